@@ -1,0 +1,31 @@
+//! The vocabulary every media-archiver stage shares, and nothing else.
+//!
+//! A webhook becomes a [`JobSpec`]; the queue stores it and hands it out; the
+//! worker fetches, verifies and stores the file; every failure on the way is
+//! reduced to an [`ErrorClass`] so that the queue can decide "retry later" or
+//! "dead-letter" without reading error messages. Those few types live here so
+//! that the stages can meet without depending on one another.
+//!
+//! This crate does no I/O. Main types:
+//! - [`JobSpec`], [`JobState`], [`ProviderKind`]: what a job is.
+//! - [`ErrorClass`] and the [`Classify`] trait: the retry classification each
+//!   crate's error enum implements.
+//! - [`Sha256Digest`] and [`decode`]: provider hash fields in every encoding
+//!   they arrive in (hex, base64, base64url, index-keyed objects, Node Buffers).
+//! - [`Clock`], [`SystemClock`], [`ManualClock`]: time, controllable in tests.
+//! - [`Secret`]: a credential that never prints.
+
+mod clock;
+pub mod decode;
+mod digest;
+mod error_class;
+mod job;
+mod secret;
+mod staged;
+
+pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use digest::Sha256Digest;
+pub use error_class::{Classify, ErrorClass};
+pub use job::{AccountName, InvalidAccountName, JobSpec, JobState, ProviderKind};
+pub use secret::Secret;
+pub use staged::StagedFile;

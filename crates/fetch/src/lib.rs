@@ -1,0 +1,1 @@
+//! Streaming, SSRF-guarded download of media into a hashed spool file.

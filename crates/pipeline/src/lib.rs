@@ -1,0 +1,1 @@
+//! The worker loop: lease, resolve, fetch, verify, store, acknowledge.

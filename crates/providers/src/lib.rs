@@ -1,0 +1,1 @@
+//! Provider adapters: webhook parsing and authentication, media reference resolution.

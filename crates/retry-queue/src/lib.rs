@@ -1,0 +1,1 @@
+//! Durable, deadline-ordered retry queue with an embedded SQLite backend.

@@ -1,0 +1,1 @@
+//! Fakes of the outside world (provider APIs) and a Garage launcher for tests.

@@ -1,0 +1,1 @@
+//! The HTTP front door: provider webhooks, health, admin API.
