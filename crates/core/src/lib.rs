@@ -6,7 +6,8 @@
 //! "dead-letter" without reading error messages. Those few types live here so
 //! that the stages can meet without depending on one another.
 //!
-//! This crate does no I/O. Main types:
+//! This crate does no I/O, except [`SecretRef::resolve`] reading an environment
+//! variable or a secret file while the config is validated. Main types:
 //! - [`JobSpec`], [`JobState`], [`ProviderKind`]: what a job is.
 //! - [`ErrorClass`] and the [`Classify`] trait: the retry classification each
 //!   crate's error enum implements.
@@ -16,6 +17,7 @@
 //! - [`Secret`]: a credential that never prints.
 
 mod clock;
+pub mod config_value;
 pub mod decode;
 mod digest;
 mod error_class;
@@ -24,6 +26,7 @@ mod secret;
 mod staged;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use config_value::SecretRef;
 pub use digest::Sha256Digest;
 pub use error_class::{Classify, ErrorClass};
 pub use job::{AccountName, InvalidAccountName, JobSpec, JobState, ProviderKind};

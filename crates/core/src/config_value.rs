@@ -1,0 +1,121 @@
+//! Small config value types every crate's config uses: durations written as
+//! `"15s"`/`"14d"`, and secrets written as a literal, `{ env = "NAME" }` or
+//! `{ file = "/run/secrets/x" }`.
+//!
+//! These are the only items in this crate that touch the outside world
+//! (environment variables and secret files), and only when
+//! [`SecretRef::resolve`] is called while the config is being validated.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::Secret;
+
+/// Deserializes a duration written as `"200ms"`, `"15s"`, `"5m"`, `"14d"`.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Deserializes an optional duration (see [`duration`]).
+pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    text.map(|t| parse_duration(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// Parses a duration such as `"200ms"`, `"15s"`, `"5m"`, `"14d"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"200ms\", \"15s\", \"5m\", \"14d\""))
+}
+
+/// Where a secret comes from, as written in the config file.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SecretRef {
+    /// Written inline (discouraged outside development).
+    Literal(String),
+    /// `{ env = "NAME" }`: read from an environment variable.
+    Env {
+        /// The variable's name.
+        env: String,
+    },
+    /// `{ file = "/run/secrets/x" }`: read from a file, one trailing newline trimmed.
+    File {
+        /// The file's path.
+        file: String,
+    },
+}
+
+impl std::fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretRef::Literal(_) => f.write_str("Literal([redacted])"),
+            SecretRef::Env { env } => write!(f, "Env({env})"),
+            SecretRef::File { file } => write!(f, "File({file})"),
+        }
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret. The error names the variable or file, never a value.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        let value = match self {
+            SecretRef::Literal(v) => v.clone(),
+            SecretRef::Env { env } => std::env::var(env)
+                .map_err(|_| format!("environment variable {env} is not set"))?,
+            SecretRef::File { file } => {
+                let mut v = std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read secret file {file}: {e}"))?;
+                if v.ends_with('\n') {
+                    v.pop();
+                    if v.ends_with('\r') {
+                        v.pop();
+                    }
+                }
+                v
+            }
+        };
+        if value.is_empty() {
+            return Err("secret is empty".to_owned());
+        }
+        Ok(Secret::new(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Holder {
+        s: SecretRef,
+    }
+
+    fn secret(toml_value: &str) -> SecretRef {
+        serde_json::from_str::<Holder>(toml_value).unwrap().s
+    }
+
+    #[test]
+    fn durations_use_human_units() {
+        assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
+        assert_eq!(parse_duration("14d").unwrap(), Duration::from_secs(14 * 86_400));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("soon").unwrap_err().contains("\"soon\""));
+    }
+
+    #[test]
+    fn secrets_come_from_literal_env_or_file_with_one_newline_trimmed() {
+        assert_eq!(secret(r#"{"s":"abc"}"#).resolve().unwrap().expose(), "abc");
+        let dir = std::env::temp_dir().join(format!("secret-test-{}", std::process::id()));
+        std::fs::write(&dir, "from-file\n").unwrap();
+        let from_file = SecretRef::File { file: dir.display().to_string() };
+        assert_eq!(from_file.resolve().unwrap().expose(), "from-file");
+        std::fs::remove_file(&dir).unwrap();
+        let missing = SecretRef::Env { env: "MEDIA_ARCHIVER_SURELY_UNSET_VAR".into() };
+        assert!(missing.resolve().unwrap_err().contains("MEDIA_ARCHIVER_SURELY_UNSET_VAR"));
+        assert!(!format!("{:?}", secret(r#"{"s":"abc"}"#)).contains("abc"));
+    }
+}
