@@ -1,1 +1,90 @@
-fn main() {}
+//! `media-archiver`: the daemon (`serve`) and its operator commands.
+//!
+//! This binary is the only crate that knows every other crate: it reads the
+//! config, builds the queue, the store, the fetcher and one adapter per
+//! account, and wires them into the webhook receiver and the worker. Exit
+//! codes: 0 ok, 1 failure, 2 usage, 78 config error.
+
+mod config;
+mod daemon;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Archives WhatsApp media announced by gateway webhooks, verified, to S3 or a folder.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: receive webhooks, archive media.
+    Serve {
+        /// Config file (TOML).
+        #[arg(long, env = "MEDIA_ARCHIVER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a config file and print a summary; exit 78 on problems.
+    CheckConfig {
+        /// Config file (TOML).
+        #[arg(long, env = "MEDIA_ARCHIVER_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// Exit code for a bad config (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = match &cli.command {
+        Command::Serve { config } | Command::CheckConfig { config } => config,
+    };
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("{}: {errors}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig { .. } => match daemon::summary(&config) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprint!("{}: {errors}", path.display());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve { .. } => {
+            daemon::init_logging(&config.log.format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(daemon::serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(daemon::ServeError::Config(errors)) => {
+                    eprint!("{}: {errors}", path.display());
+                    ExitCode::from(EXIT_CONFIG)
+                }
+                Err(daemon::ServeError::Runtime(e)) => {
+                    tracing::error!(error = format!("{e:#}"), "media-archiver stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

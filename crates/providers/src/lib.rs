@@ -1,1 +1,127 @@
-//! Provider adapters: webhook parsing and authentication, media reference resolution.
+//! Provider adapters: everything that differs between WhatsApp gateways.
+//!
+//! An adapter answers three questions for one account, and nothing else:
+//! 1. *Is this webhook really from my provider?* ([`Provider::authenticate`],
+//!    constant-time token or signature checks over the raw request).
+//! 2. *Which media files does it announce?* ([`Provider::parse_webhook`]: a
+//!    pure function from bytes to [`JobSpec`]s, with a 400-worthy error that
+//!    names the offending field).
+//! 3. *Where are the bytes now, and what hash does the provider vouch for?*
+//!    ([`Provider::resolve`], which may call the provider's API for a fresh
+//!    link, and returns a [`ResolvedMedia`] the fetch step can download).
+//!
+//! Adapters know nothing about the queue, the store or the HTTP server; the
+//! job payload they write at parse time is opaque to everyone else and read
+//! back only by the same adapter. Every error is a [`ProviderError`] whose
+//! [`Classify`](archiver_core::Classify) answer follows the provider's
+//! documented error codes (`shared/spec/providers.md`).
+//!
+//! Account configuration ([`AccountConfig`]) lives here too, one struct per
+//! provider, because the keys differ per provider.
+
+mod api_client;
+mod auth;
+mod config;
+mod error;
+mod greenapi;
+
+use std::sync::Arc;
+
+use archiver_core::{AccountName, JobSpec, ProviderKind, Sha256Digest};
+use media_fetch::{DownloadRequest, HostPolicy};
+
+pub use api_client::ApiClient;
+pub use config::AccountConfig;
+pub use greenapi::GreenApiConfig;
+pub use error::ProviderError;
+
+/// A webhook request as the receiver got it, before anything is parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookRequest<'a> {
+    /// Request headers.
+    pub headers: &'a http::HeaderMap,
+    /// The raw query string, if any.
+    pub query: Option<&'a str>,
+    /// The raw body bytes (signatures are computed over exactly these).
+    pub body: &'a [u8],
+}
+
+/// What a webhook announced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ParsedWebhook {
+    /// One job per media file.
+    pub jobs: Vec<JobSpec>,
+    /// Events that carry no media (texts, statuses), counted but not queued.
+    pub ignored: usize,
+}
+
+/// The job as the adapter sees it again in the worker.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRef<'a> {
+    /// The message id.
+    pub message_id: &'a str,
+    /// The provider's media id, if it has one.
+    pub media_id: Option<&'a str>,
+    /// What [`Provider::parse_webhook`] stored.
+    pub payload: &'a serde_json::Value,
+    /// Which attempt this is, counting from 1.
+    pub attempt: u32,
+    /// The link used earlier in this attempt answered 403/404/410: ask the
+    /// provider for a fresh one instead of trusting the stored link.
+    pub link_dead: bool,
+}
+
+/// Descriptive facts about a media file, recorded in its manifest.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MediaDetails {
+    /// The provider's mime type; decides the blob's extension.
+    pub mime_type: Option<String>,
+    /// The sender's file name (recorded, never used as a key).
+    pub file_name: Option<String>,
+    /// The caption.
+    pub caption: Option<String>,
+    /// The chat the message belongs to.
+    pub chat_id: Option<String>,
+    /// Who sent it.
+    pub sender: Option<String>,
+}
+
+/// Where to download a media file and what to check it against.
+#[derive(Debug, Clone)]
+pub struct ResolvedMedia {
+    /// The request that yields the bytes.
+    pub request: DownloadRequest,
+    /// The hosts this download (and each of its redirects) may touch.
+    pub hosts: HostPolicy,
+    /// The sha256 the provider vouches for; `None` when it vouches for none
+    /// and the archive can only record what it computed.
+    pub expected_sha256: Option<Sha256Digest>,
+    /// Facts for the manifest.
+    pub details: MediaDetails,
+}
+
+/// One account's adapter.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
+    /// The provider kind.
+    fn kind(&self) -> ProviderKind;
+    /// The account this adapter serves.
+    fn account(&self) -> &AccountName;
+    /// Whether webhooks are authenticated at all (the daemon warns at startup
+    /// when a provider that supports credentials has none configured).
+    fn webhook_auth_configured(&self) -> bool;
+    /// Checks the webhook's credentials. Runs before any parsing.
+    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError>;
+    /// Turns an authenticated webhook into jobs. Pure: no I/O.
+    fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError>;
+    /// Finds where the bytes are now.
+    async fn resolve(&self, job: JobRef<'_>) -> Result<ResolvedMedia, ProviderError>;
+}
+
+/// Builds the adapter for one configured account. Secrets are resolved here;
+/// every problem found is returned, not just the first.
+pub fn build(config: &AccountConfig, api: &ApiClient) -> Result<Arc<dyn Provider>, Vec<String>> {
+    match config {
+        AccountConfig::Greenapi(c) => Ok(Arc::new(greenapi::GreenApi::new(c, api.clone())?)),
+    }
+}

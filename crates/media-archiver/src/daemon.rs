@@ -1,0 +1,221 @@
+//! Building the stages from the config and running them until SIGTERM.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use archiver_core::SystemClock;
+use providers::{ApiClient, Provider};
+use retry_queue::{JobQueue, SqliteQueue};
+use s3_uploader::{FsStore, Layout, ObjectStore, S3Store};
+use tokio_util::sync::CancellationToken;
+use webhook_receiver::{Readiness, Receiver, ReceiverConfig};
+
+use crate::config::{Config, ConfigErrors};
+
+/// Why `serve` stopped with an error.
+#[derive(Debug)]
+pub(crate) enum ServeError {
+    /// Found while building (secrets, S3 settings): exit 78.
+    Config(ConfigErrors),
+    /// Anything else: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for ServeError {
+    fn from(e: anyhow::Error) -> Self {
+        ServeError::Runtime(e)
+    }
+}
+
+/// JSON (default) or human-readable logs on stdout; level from `RUST_LOG`.
+pub(crate) fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if format == "pretty" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    }
+}
+
+/// One adapter per account; every account's problems are collected.
+fn build_providers(config: &Config) -> Result<HashMap<String, Arc<dyn Provider>>, ConfigErrors> {
+    let api = ApiClient::new(config.fetch.connect_timeout, config.fetch.read_timeout)
+        .map_err(|e| ConfigErrors(vec![e]))?;
+    let mut errors = Vec::new();
+    let mut accounts = HashMap::new();
+    for account in &config.accounts {
+        match providers::build(account, &api) {
+            Ok(provider) => {
+                accounts.insert(account.name().to_string(), provider);
+            }
+            Err(problems) => {
+                errors.extend(problems.into_iter().map(|p| format!("accounts ({}): {p}", account.name())));
+            }
+        }
+    }
+    if errors.is_empty() { Ok(accounts) } else { Err(ConfigErrors(errors)) }
+}
+
+/// What `check-config` prints: accounts, backends, and what is unauthenticated.
+pub(crate) fn summary(config: &Config) -> Result<String, ConfigErrors> {
+    let providers = build_providers(config)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "config ok");
+    let _ = writeln!(out, "listen: {}", config.server.listen);
+    let _ = writeln!(
+        out,
+        "admin API: {}",
+        if config.server.admin_token.is_some() { "enabled" } else { "disabled (no server.admin_token)" }
+    );
+    let queue = match config.queue.backend.as_str() {
+        "sqlite" => format!("sqlite ({})", config.queue.path.display()),
+        other => other.to_owned(),
+    };
+    let _ = writeln!(out, "queue: {queue}");
+    let storage = match (config.storage.backend.as_str(), &config.storage.s3) {
+        ("s3", Some(s3)) => format!(
+            "s3 (bucket {}, endpoint {}, prefix {:?})",
+            s3.bucket,
+            s3.endpoint.as_deref().unwrap_or("AWS default"),
+            s3.prefix
+        ),
+        _ => format!("fs ({})", config.storage.path.display()),
+    };
+    let _ = writeln!(out, "storage: {storage}");
+    let _ = writeln!(out, "accounts:");
+    let mut names: Vec<_> = providers.keys().collect();
+    names.sort();
+    for name in names {
+        let provider = &providers[name];
+        let auth = if provider.webhook_auth_configured() { "authenticated" } else { "UNAUTHENTICATED webhooks" };
+        let _ = writeln!(out, "  {name}: {} ({auth}) -> POST /webhooks/{name}", provider.kind());
+    }
+    if config.fetch.allow_private_networks {
+        let _ = writeln!(out, "warning: fetch.allow_private_networks = true (SSRF guard off for addresses)");
+    }
+    Ok(out)
+}
+
+/// `/readyz`: the queue and the store both answer.
+#[derive(Debug)]
+struct QueueAndStore {
+    queue: Arc<dyn JobQueue>,
+    store: Arc<dyn ObjectStore>,
+}
+
+#[async_trait::async_trait]
+impl Readiness for QueueAndStore {
+    async fn check(&self) -> Result<(), String> {
+        let limit = Duration::from_secs(3);
+        match tokio::time::timeout(limit, self.queue.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("queue: {e}")),
+            Err(_) => return Err("queue: no answer within 3s".into()),
+        }
+        match tokio::time::timeout(limit, self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("store: {e}")),
+            Err(_) => Err("store: no answer within 3s".into()),
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or Ctrl-C, then drains.
+pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
+    let providers = build_providers(&config).map_err(ServeError::Config)?;
+    let store: Arc<dyn ObjectStore> = match (config.storage.backend.as_str(), &config.storage.s3) {
+        ("s3", Some(s3)) => {
+            let s3_config = config.s3_config(s3).map_err(|p| ServeError::Config(ConfigErrors(p)))?;
+            Arc::new(S3Store::connect(s3_config).await.context("cannot set up the S3 store")?)
+        }
+        _ => Arc::new(FsStore::open(&config.storage.path).context("cannot open the archive folder")?),
+    };
+    let queue: Arc<dyn JobQueue> = Arc::new(
+        SqliteQueue::open(&config.queue.path, config.retry_policy(), Arc::new(SystemClock))
+            .context("cannot open the queue")?,
+    );
+    let fetcher = media_fetch::Fetcher::new(config.fetch_config()).context("cannot prepare the download spool")?;
+    let listen: SocketAddr = config.server.listen.parse().context("server.listen")?;
+    let listener = webhook_receiver::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local_addr = listener.local_addr().context("listener address")?;
+
+    for provider in providers.values() {
+        if !provider.webhook_auth_configured() {
+            tracing::warn!(account = %provider.account(), provider = %provider.kind(), "webhooks for this account are not authenticated; set webhook_token");
+        }
+    }
+
+    let worker = Arc::new(pipeline::Worker::new(
+        queue.clone(),
+        providers.clone(),
+        fetcher,
+        store.clone(),
+        Layout::new(config.storage_prefix()),
+        pipeline::WorkerConfig {
+            concurrency: config.workers.concurrency,
+            lease: config.workers.lease,
+            shutdown_grace: config.workers.shutdown_grace,
+            idle_poll: config.workers.idle_poll,
+        },
+    ));
+    let admin_token = match &config.server.admin_token {
+        Some(r) => Some(r.resolve().map_err(|e| ServeError::Config(ConfigErrors(vec![format!("server.admin_token: {e}")])))?),
+        None => None,
+    };
+    let receiver = Arc::new(Receiver::new(
+        providers,
+        queue.clone(),
+        worker.new_work_signal(),
+        Arc::new(QueueAndStore { queue, store }),
+        ReceiverConfig {
+            max_body_bytes: config.server.max_body_bytes,
+            admin_token,
+            header_read_timeout: config.server.header_read_timeout,
+        },
+    ));
+
+    let stop_http = CancellationToken::new();
+    let stop_workers = CancellationToken::new();
+    let http = tokio::spawn(receiver.clone().serve(listener, stop_http.clone()));
+    let workers = tokio::spawn(worker.run(stop_workers.clone()));
+    tracing::info!(addr = %local_addr, "listening");
+
+    shutdown_signal().await;
+    tracing::info!("shutdown requested: no new webhooks, draining jobs");
+    receiver.start_draining();
+    stop_http.cancel();
+    stop_workers.cancel();
+    let _ = http.await;
+    let _ = workers.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the daemon");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

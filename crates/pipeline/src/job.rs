@@ -1,0 +1,161 @@
+//! One attempt at one job: resolve, fetch, verify, store.
+
+use std::sync::atomic::AtomicU64;
+
+use archiver_core::{Classify, ErrorClass, Sha256Digest};
+use media_fetch::{FetchError, Fetcher};
+use providers::{JobRef, Provider, ProviderError, ResolvedMedia};
+use retry_queue::JobRecord;
+use s3_uploader::{Layout, Manifest, ObjectStore, PutOutcome, StoreError, Verification};
+
+/// How many attempts a hash mismatch is retried before the job is dead: a
+/// mismatch can be a corrupted transfer once, but not every time.
+const HASH_MISMATCH_PATIENCE: u32 = 3;
+
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The job's account is no longer configured.
+    #[error("account {0:?} is not configured")]
+    UnknownAccount(String),
+    /// The provider adapter failed (API error, media unavailable, ...).
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The download failed.
+    #[error("download failed: {0}")]
+    Fetch(#[from] FetchError),
+    /// The bytes are not the ones the provider vouched for.
+    #[error("sha256 mismatch: provider says {expected}, bytes are {actual}")]
+    HashMismatch {
+        /// What the provider vouched for.
+        expected: Sha256Digest,
+        /// What the downloaded bytes hash to.
+        actual: Sha256Digest,
+        /// Which attempt found it.
+        attempt: u32,
+    },
+    /// Writing to the archive failed.
+    #[error("archive write failed: {0}")]
+    Store(#[from] StoreError),
+    /// The manifest could not be serialized (a bug, not a condition).
+    #[error("manifest: {0}")]
+    Manifest(String),
+}
+
+impl Classify for JobError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            JobError::UnknownAccount(_) | JobError::Manifest(_) => ErrorClass::Permanent,
+            JobError::Provider(e) => e.class(),
+            JobError::Fetch(e) => e.class(),
+            JobError::Store(e) => e.class(),
+            JobError::HashMismatch { attempt, .. } if *attempt < HASH_MISMATCH_PATIENCE => ErrorClass::Transient,
+            JobError::HashMismatch { .. } => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// What an archived job produced.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    /// Where the bytes are.
+    pub blob_key: String,
+    /// Where the manifest is.
+    pub manifest_key: String,
+    /// How many bytes.
+    pub size: u64,
+    /// Whether the blob was new or already archived (same content elsewhere).
+    pub outcome: PutOutcome,
+    /// How the bytes were verified.
+    pub verification: Verification,
+}
+
+/// Everything an attempt needs, borrowed from the worker.
+pub(crate) struct Stages<'a> {
+    pub(crate) fetcher: &'a Fetcher,
+    pub(crate) store: &'a dyn ObjectStore,
+    pub(crate) layout: &'a Layout,
+}
+
+impl Stages<'_> {
+    /// Runs one attempt. `progress` counts downloaded bytes.
+    pub(crate) async fn attempt(
+        &self,
+        provider: &dyn Provider,
+        job: &JobRecord,
+        progress: &AtomicU64,
+    ) -> Result<Processed, JobError> {
+        let reference = |link_dead| JobRef {
+            message_id: &job.message_id,
+            media_id: job.media_id.as_deref(),
+            payload: &job.payload,
+            attempt: job.attempts,
+            link_dead,
+        };
+        let mut resolved = provider.resolve(reference(false)).await?;
+        let staged = match self.fetcher.download(&resolved.request, &resolved.hosts, progress).await {
+            Err(e) if e.is_link_dead() => {
+                tracing::info!(job_id = %job.id, error = %e, "download link is dead; asking the provider for a fresh one");
+                resolved = provider.resolve(reference(true)).await?;
+                self.fetcher.download(&resolved.request, &resolved.hosts, progress).await?
+            }
+            other => other?,
+        };
+        let result = self.verify_and_store(job, &resolved, &staged).await;
+        // The store may have moved the file into the archive (fs backend).
+        if let Err(e) = tokio::fs::remove_file(&staged.path).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %staged.path.display(), error = %e, "could not remove spool file");
+        }
+        result
+    }
+
+    async fn verify_and_store(
+        &self,
+        job: &JobRecord,
+        resolved: &ResolvedMedia,
+        staged: &archiver_core::StagedFile,
+    ) -> Result<Processed, JobError> {
+        let verification = match resolved.expected_sha256 {
+            Some(expected) if expected != staged.sha256 => {
+                return Err(JobError::HashMismatch { expected, actual: staged.sha256, attempt: job.attempts });
+            }
+            Some(_) => Verification::ProviderSha256,
+            None => Verification::ComputedOnly,
+        };
+        let details = &resolved.details;
+        let mime = details.mime_type.as_deref();
+        let blob_key = self.layout.blob_key(&staged.sha256, mime);
+        let outcome = self.store.put_blob(&blob_key, staged, mime).await?;
+        let manifest_key = self.layout.manifest_key(&job.account, job.message_at, &job.message_id);
+        let manifest = Manifest {
+            provider: job.provider.to_string(),
+            account: job.account.clone(),
+            chat_id: details.chat_id.clone(),
+            message_id: job.message_id.clone(),
+            media_id: job.media_id.clone(),
+            sender: details.sender.clone(),
+            message_timestamp: rfc3339(job.message_at),
+            mime_type: details.mime_type.clone(),
+            file_name: details.file_name.clone(),
+            caption: details.caption.clone(),
+            size: staged.size,
+            sha256: staged.sha256,
+            blob_key: blob_key.clone(),
+            provider_sha256: resolved.expected_sha256,
+            verification,
+            archived_at: rfc3339(chrono::Utc::now().timestamp_millis()),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| JobError::Manifest(e.to_string()))?;
+        self.store.put_manifest(&manifest_key, &json).await?;
+        Ok(Processed { blob_key, manifest_key, size: staged.size, outcome, verification })
+    }
+}
+
+/// RFC 3339 UTC with seconds, as every API and manifest time is written.
+pub(crate) fn rfc3339(ms: archiver_core::UnixMillis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

@@ -1,0 +1,209 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use archiver_core::Classify;
+use media_fetch::Fetcher;
+use providers::Provider;
+use retry_queue::{Disposition, JobQueue, Lease};
+use s3_uploader::{Layout, ObjectStore};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::job::{JobError, Stages};
+use crate::telemetry::{self, Outcome};
+
+/// `[workers]` settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs in flight at once; also bounds memory (each holds at most a few
+    /// upload parts) and connections to providers and the store.
+    pub concurrency: usize,
+    /// How long a lease lasts without renewal; a crashed worker's jobs run
+    /// again after this.
+    pub lease: Duration,
+    /// How long in-flight jobs may run on after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// How often an idle worker looks for due jobs (retries, expired leases)
+    /// when no new webhook woke it.
+    pub idle_poll: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            lease: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(25),
+            idle_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Runs jobs from the queue until shut down.
+#[derive(Debug)]
+pub struct Worker {
+    queue: Arc<dyn JobQueue>,
+    providers: HashMap<String, Arc<dyn Provider>>,
+    fetcher: Fetcher,
+    store: Arc<dyn ObjectStore>,
+    layout: Layout,
+    config: WorkerConfig,
+    new_work: Arc<Notify>,
+}
+
+impl Worker {
+    /// A worker over these stages. `providers` maps account names to adapters.
+    pub fn new(
+        queue: Arc<dyn JobQueue>,
+        providers: HashMap<String, Arc<dyn Provider>>,
+        fetcher: Fetcher,
+        store: Arc<dyn ObjectStore>,
+        layout: Layout,
+        config: WorkerConfig,
+    ) -> Self {
+        Self { queue, providers, fetcher, store, layout, config, new_work: Arc::new(Notify::new()) }
+    }
+
+    /// A handle the receiver pokes after enqueueing, so new jobs start at
+    /// once instead of at the next idle poll.
+    pub fn new_work_signal(&self) -> Arc<Notify> {
+        self.new_work.clone()
+    }
+
+    /// Leases and runs jobs until `shutdown` is cancelled, then drains: jobs
+    /// in flight get `shutdown_grace` to finish, the rest are cancelled and
+    /// their leases released.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let tracker = TaskTracker::new();
+        let abandon = CancellationToken::new();
+        while !shutdown.is_cancelled() {
+            let free = permits.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => { drop(permit); continue; }
+                }
+            }
+            let leases = match self.queue.lease(free, self.config.lease).await {
+                Ok(leases) => leases,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot lease jobs; retrying shortly");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(self.config.idle_poll) => continue,
+                    }
+                }
+            };
+            if leases.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.new_work.notified() => {}
+                    _ = tokio::time::sleep(self.config.idle_poll) => {}
+                }
+                continue;
+            }
+            for lease in leases {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // Cannot happen (we leased no more than the free permits),
+                    // but never hold a lease we cannot run.
+                    self.release(&lease).await;
+                    continue;
+                };
+                let worker = self.clone();
+                let abandon = abandon.clone();
+                tracker.spawn(async move {
+                    worker.run_one(lease, abandon).await;
+                    drop(permit);
+                });
+            }
+        }
+        tracker.close();
+        tracing::info!(in_flight = tracker.len(), grace = ?self.config.shutdown_grace, "draining jobs");
+        if tokio::time::timeout(self.config.shutdown_grace, tracker.wait()).await.is_err() {
+            tracing::warn!(in_flight = tracker.len(), "grace period over; releasing unfinished jobs");
+            abandon.cancel();
+            tracker.wait().await;
+        }
+    }
+
+    async fn run_one(&self, lease: Lease, abandon: CancellationToken) {
+        let started = Instant::now();
+        let progress = AtomicU64::new(0);
+        let outcome = {
+            let renewing = self.keep_renewed(&lease);
+            let work = self.attempt(&lease, &progress);
+            tokio::pin!(work);
+            tokio::select! {
+                result = &mut work => Some(result),
+                _ = renewing => None,
+                _ = abandon.cancelled() => None,
+            }
+        };
+        let bytes = progress.load(Ordering::Relaxed);
+        let job = &lease.job;
+        match outcome {
+            None if abandon.is_cancelled() => {
+                self.release(&lease).await;
+                telemetry::transition(job, Outcome::Released, bytes, started.elapsed(), None);
+            }
+            None => {
+                // The lease was lost (another worker has the job now).
+                tracing::warn!(job_id = %job.id, "lease lost; abandoning this attempt");
+            }
+            Some(Ok(done)) => match self.queue.complete(&lease).await {
+                Ok(()) => telemetry::transition(job, Outcome::Archived, done.size, started.elapsed(), Some(&done.blob_key)),
+                Err(e) => tracing::error!(job_id = %job.id, error = %e, "archived but could not mark done; it will run again"),
+            },
+            Some(Err(error)) => self.record_failure(&lease, &error, bytes, started.elapsed()).await,
+        }
+    }
+
+    async fn attempt(&self, lease: &Lease, progress: &AtomicU64) -> Result<crate::Processed, JobError> {
+        let job = &lease.job;
+        let provider = self
+            .providers
+            .get(&job.account)
+            .ok_or_else(|| JobError::UnknownAccount(job.account.clone()))?;
+        let stages = Stages { fetcher: &self.fetcher, store: self.store.as_ref(), layout: &self.layout };
+        stages.attempt(provider.as_ref(), job, progress).await
+    }
+
+    async fn record_failure(&self, lease: &Lease, error: &JobError, bytes: u64, elapsed: Duration) {
+        let job = &lease.job;
+        let message = error.to_string();
+        match self.queue.fail(lease, error.class(), &message).await {
+            Ok(Disposition::RetryAt(at)) => {
+                let detail = format!("{message}; next attempt at {}", crate::job::rfc3339(at));
+                telemetry::transition(job, Outcome::Retry, bytes, elapsed, Some(&detail));
+            }
+            Ok(Disposition::Dead { reason }) => {
+                telemetry::transition(job, Outcome::Dead, bytes, elapsed, Some(&reason));
+            }
+            Err(e) => tracing::error!(job_id = %job.id, error = %e, "could not record the failure; the lease will expire and the job run again"),
+        }
+    }
+
+    /// Renews the lease at a third of its length for as long as the job
+    /// runs; resolves only if the lease is lost.
+    async fn keep_renewed(&self, lease: &Lease) {
+        let every = self.config.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match self.queue.renew(lease, self.config.lease).await {
+                Ok(_) => {}
+                Err(retry_queue::QueueError::LeaseLost { .. }) => return,
+                Err(e) => tracing::warn!(job_id = %lease.job.id, error = %e, "lease renewal failed; will try again"),
+            }
+        }
+    }
+
+    async fn release(&self, lease: &Lease) {
+        if let Err(e) = self.queue.release(lease).await {
+            tracing::warn!(job_id = %lease.job.id, error = %e, "could not release lease; it will expire");
+        }
+    }
+}

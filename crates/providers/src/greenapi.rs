@@ -1,0 +1,342 @@
+//! Green API (`provider = "greenapi"`), providers.md section 1.
+//!
+//! Webhooks: `incomingMessageReceived`, `outgoingMessageReceived` and
+//! `outgoingAPIMessageReceived` with a file `typeMessage` become one job
+//! each, keyed by `idMessage`; everything else is ignored. Authentication is
+//! `Authorization: Bearer <webhookUrlToken>` when `webhook_token` is set.
+//!
+//! Bytes: GET `downloadUrl`. When it is missing, or answered 403/404/410 in
+//! this attempt, `downloadFile` gives a fresh link; `getMessage` fills in
+//! details the webhook lacked. Green API vouches for no hash, so the archive
+//! records `computed-only`. The API token sits in URL paths, so URLs of API
+//! calls never appear in errors or logs.
+
+use std::time::Duration;
+
+use archiver_core::config_value::opt_duration;
+use archiver_core::{AccountName, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef};
+use media_fetch::{DownloadRequest, HostPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::api_client::{ApiClient, ApiResponse};
+use crate::auth::require_bearer;
+use crate::config::StringOrInt;
+use crate::{JobRef, MediaDetails, ParsedWebhook, Provider, ProviderError, ResolvedMedia, WebhookRequest};
+
+const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
+const DEFAULT_HOSTS: [&str; 3] = ["*.yandexcloud.net", "*.green-api.com", "*.greenapi.com"];
+const FILE_WEBHOOKS: [&str; 3] = [
+    "incomingMessageReceived",
+    "outgoingMessageReceived",
+    "outgoingAPIMessageReceived",
+];
+const FILE_MESSAGES: [&str; 5] = [
+    "imageMessage",
+    "videoMessage",
+    "documentMessage",
+    "audioMessage",
+    "stickerMessage",
+];
+/// Green API's marker for a file over 100 MB that it did not fetch.
+const TOO_LARGE_MARKER: &str = "{{SWE002}}";
+/// "Message not found" on getMessage may mean the message is still queued at
+/// Green API; retried this many attempts before it counts as permanent.
+const NOT_FOUND_PATIENCE: u32 = 4;
+/// "Internal error when downloading file" means WhatsApp no longer has the
+/// file; retried this many attempts in case it was a passing fault.
+const INTERNAL_ERROR_PATIENCE: u32 = 2;
+
+/// `[[accounts]]` keys for `provider = "greenapi"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GreenApiConfig {
+    /// Account name; the webhook URL is `/webhooks/{name}`.
+    pub name: AccountName,
+    /// How long after the message the file can still be fetched (default 14d).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub retention: Option<Duration>,
+    /// Hosts download links may point at (default: Green API's storage hosts).
+    #[serde(default)]
+    pub allowed_download_hosts: Option<Vec<String>>,
+    /// The instance's `apiUrl` (default `https://api.green-api.com`).
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// The instance id (`idInstance`), a string or an integer.
+    pub id_instance: StringOrInt,
+    /// The instance token (`apiTokenInstance`).
+    pub api_token: SecretRef,
+    /// The `webhookUrlToken`; webhooks must then carry `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub webhook_token: Option<SecretRef>,
+}
+
+fn default_api_url() -> String {
+    "https://api.green-api.com".to_owned()
+}
+
+#[derive(Debug)]
+pub(crate) struct GreenApi {
+    account: AccountName,
+    retention: Duration,
+    hosts: HostPolicy,
+    api_url: url::Url,
+    id_instance: String,
+    api_token: Secret,
+    webhook_token: Option<Secret>,
+    api: ApiClient,
+}
+
+/// What a Green API job stores: enough to download again or ask for a fresh link.
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    chat_id: String,
+    type_message: String,
+    download_url: Option<String>,
+    mime_type: Option<String>,
+    file_name: Option<String>,
+    caption: Option<String>,
+    sender: Option<String>,
+}
+
+impl GreenApi {
+    pub(crate) fn new(config: &GreenApiConfig, api: ApiClient) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let api_url = url::Url::parse(&config.api_url)
+            .map_err(|e| errors.push(format!("api_url: {e}")))
+            .ok();
+        let api_token = config
+            .api_token
+            .resolve()
+            .map_err(|e| errors.push(format!("api_token: {e}")))
+            .ok();
+        let webhook_token = match &config.webhook_token {
+            Some(t) => t.resolve().map_err(|e| errors.push(format!("webhook_token: {e}"))).ok(),
+            None => None,
+        };
+        let id_instance = config.id_instance.to_string();
+        if id_instance.is_empty() || !id_instance.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            errors.push(format!("id_instance {id_instance:?} must be letters and digits"));
+        }
+        let (Some(api_url), Some(api_token), true) = (api_url, api_token, errors.is_empty()) else {
+            return Err(errors);
+        };
+        let hosts = match &config.allowed_download_hosts {
+            Some(h) if !h.is_empty() => HostPolicy::new(h.iter().cloned()),
+            _ => HostPolicy::new(DEFAULT_HOSTS),
+        };
+        Ok(Self {
+            account: config.name.clone(),
+            retention: config.retention.unwrap_or(DEFAULT_RETENTION),
+            hosts,
+            api_url,
+            id_instance,
+            api_token,
+            webhook_token,
+            api,
+        })
+    }
+
+    /// `{api_url}/waInstance{id}/{method}/{token}`.
+    fn method_url(&self, method: &str) -> Result<url::Url, ProviderError> {
+        let mut url = self.api_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| ProviderError::BadJob("api_url cannot be a base URL".into()))?
+            .pop_if_empty()
+            .push(&format!("waInstance{}", self.id_instance))
+            .push(method)
+            .push(self.api_token.expose());
+        Ok(url)
+    }
+
+    async fn call(
+        &self,
+        method: &'static str,
+        chat_id: &str,
+        id_message: &str,
+        attempt: u32,
+    ) -> Result<Value, ProviderError> {
+        let request = self
+            .api
+            .post(self.method_url(method)?)
+            .json(&json!({ "chatId": chat_id, "idMessage": id_message }));
+        let response = self.api.send(method, request).await?;
+        if response.status == 200 {
+            response.json(method)
+        } else {
+            Err(api_error(method, &response, attempt))
+        }
+    }
+}
+
+/// Classifies a Green API error answer (providers.md section 1 (f)).
+fn api_error(api: &'static str, response: &ApiResponse, attempt: u32) -> ProviderError {
+    let detail = response.detail();
+    let class = classify(response.status, &detail, response.retry_after, attempt);
+    ProviderError::Api { api, status: response.status, detail, class }
+}
+
+fn classify(status: u16, detail: &str, retry_after: Option<Duration>, attempt: u32) -> ErrorClass {
+    let retry_if = |patience: u32| {
+        if attempt < patience { ErrorClass::Transient } else { ErrorClass::Permanent }
+    };
+    match status {
+        429 => retry_after.map_or(ErrorClass::Transient, ErrorClass::RetryAfter),
+        400 if detail.contains("instance in starting process") => ErrorClass::Transient,
+        400 if detail.contains("Message not found by id") || detail.contains("chatId not found") => {
+            retry_if(NOT_FOUND_PATIENCE)
+        }
+        500 if detail.contains("Internal error when downloading file") => retry_if(INTERNAL_ERROR_PATIENCE),
+        500..=599 => ErrorClass::Transient,
+        // 400 validation / no file in the message, 401/403 bad token or
+        // instance, 466 quota: retrying cannot help.
+        _ => ErrorClass::Permanent,
+    }
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+fn opt_string(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+#[async_trait::async_trait]
+impl Provider for GreenApi {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Greenapi
+    }
+
+    fn account(&self) -> &AccountName {
+        &self.account
+    }
+
+    fn webhook_auth_configured(&self) -> bool {
+        self.webhook_token.is_some()
+    }
+
+    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+        match &self.webhook_token {
+            Some(token) => require_bearer(request.headers, token),
+            None => Ok(()),
+        }
+    }
+
+    fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
+        let body: Value = serde_json::from_slice(request.body)
+            .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
+        if !body.is_object() {
+            return Err(ProviderError::BadPayload("expected a JSON object".into()));
+        }
+        let type_webhook = str_at(&body, &["typeWebhook"]).ok_or_else(|| ProviderError::missing("typeWebhook"))?;
+        if !FILE_WEBHOOKS.contains(&type_webhook) {
+            return Ok(ParsedWebhook { jobs: vec![], ignored: 1 });
+        }
+        let type_message = str_at(&body, &["messageData", "typeMessage"])
+            .ok_or_else(|| ProviderError::missing("messageData.typeMessage"))?;
+        if !FILE_MESSAGES.contains(&type_message) {
+            return Ok(ParsedWebhook { jobs: vec![], ignored: 1 });
+        }
+        if let Some(id) = body.pointer("/instanceData/idInstance") {
+            let id = match id {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if id != self.id_instance {
+                return Err(ProviderError::BadPayload(format!(
+                    "instanceData.idInstance {id} is not this account's id_instance"
+                )));
+            }
+        }
+        let id_message = str_at(&body, &["idMessage"])
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::missing("idMessage"))?;
+        let timestamp = body
+            .get("timestamp")
+            .and_then(Value::as_i64)
+            .filter(|t| *t > 0)
+            .ok_or_else(|| ProviderError::missing("timestamp"))?;
+        let sender = body.get("senderData").ok_or_else(|| ProviderError::missing("senderData"))?;
+        let chat_id = opt_string(sender, "chatId").ok_or_else(|| ProviderError::missing("senderData.chatId"))?;
+        let file = body
+            .pointer("/messageData/fileMessageData")
+            .filter(|f| f.is_object())
+            .ok_or_else(|| ProviderError::missing("messageData.fileMessageData"))?;
+        let payload = Payload {
+            chat_id,
+            type_message: type_message.to_owned(),
+            download_url: opt_string(file, "downloadUrl"),
+            mime_type: opt_string(file, "mimeType"),
+            file_name: opt_string(file, "fileName"),
+            caption: opt_string(file, "caption"),
+            sender: opt_string(sender, "sender"),
+        };
+        let message_at = timestamp.saturating_mul(1000);
+        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        let job = JobSpec {
+            id: JobSpec::job_id(self.account.as_str(), id_message),
+            account: self.account.to_string(),
+            provider: ProviderKind::Greenapi,
+            message_id: id_message.to_owned(),
+            media_id: None,
+            message_at,
+            deadline: message_at.saturating_add(retention_ms),
+            payload: serde_json::to_value(payload).map_err(|e| ProviderError::BadJob(e.to_string()))?,
+        };
+        Ok(ParsedWebhook { jobs: vec![job], ignored: 0 })
+    }
+
+    async fn resolve(&self, job: JobRef<'_>) -> Result<ResolvedMedia, ProviderError> {
+        let mut p: Payload =
+            serde_json::from_value(job.payload.clone()).map_err(|e| ProviderError::BadJob(e.to_string()))?;
+        if p.download_url.as_deref() == Some(TOO_LARGE_MARKER) {
+            return Err(ProviderError::MediaUnavailable(
+                "Green API did not fetch this file: it is over 100 MB ({{SWE002}}); only the phone has it".into(),
+            ));
+        }
+        if p.mime_type.is_none() {
+            let message = self
+                .call("getMessage", &p.chat_id, job.message_id, job.attempt)
+                .await?;
+            p.mime_type = p.mime_type.or_else(|| opt_string(&message, "mimeType"));
+            p.file_name = p.file_name.or_else(|| opt_string(&message, "fileName"));
+            p.caption = p.caption.or_else(|| opt_string(&message, "caption"));
+            p.download_url = p.download_url.or_else(|| opt_string(&message, "downloadUrl"));
+        }
+        let link = match p.download_url.take() {
+            Some(url) if !job.link_dead && url != TOO_LARGE_MARKER => url,
+            _ => {
+                let fresh = self
+                    .call("downloadFile", &p.chat_id, job.message_id, job.attempt)
+                    .await?;
+                opt_string(&fresh, "downloadUrl").ok_or_else(|| ProviderError::Unreachable {
+                    api: "downloadFile",
+                    detail: "answer has no downloadUrl".into(),
+                })?
+            }
+        };
+        if link == TOO_LARGE_MARKER {
+            return Err(ProviderError::MediaUnavailable(
+                "Green API did not fetch this file: it is over 100 MB ({{SWE002}}); only the phone has it".into(),
+            ));
+        }
+        let url = url::Url::parse(&link)
+            .map_err(|e| ProviderError::MediaUnavailable(format!("Green API gave a download link that is not a URL: {e}")))?;
+        Ok(ResolvedMedia {
+            request: DownloadRequest::get(url),
+            hosts: self.hosts.clone(),
+            expected_sha256: None,
+            details: MediaDetails {
+                mime_type: p.mime_type,
+                file_name: p.file_name,
+                caption: p.caption,
+                chat_id: Some(p.chat_id),
+                sender: p.sender,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

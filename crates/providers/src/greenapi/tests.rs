@@ -1,0 +1,166 @@
+use super::*;
+
+fn adapter(webhook_token: Option<&str>) -> GreenApi {
+    let config: GreenApiConfig = toml::from_str(&format!(
+        r#"
+        name = "green-main"
+        id_instance = 1101000001
+        api_token = "api-token-123"
+        {}
+        "#,
+        webhook_token.map(|t| format!("webhook_token = \"{t}\"")).unwrap_or_default()
+    ))
+    .unwrap();
+    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+    GreenApi::new(&config, api).unwrap()
+}
+
+fn image_webhook() -> Value {
+    json!({
+        "typeWebhook": "incomingMessageReceived",
+        "instanceData": {"idInstance": 1101000001, "wid": "79001234567@c.us", "typeInstance": "whatsapp"},
+        "timestamp": 1_700_000_000,
+        "idMessage": "A322F800D3F12CD4858CC947DAFB77A2",
+        "senderData": {"chatId": "79001234568@c.us", "chatName": "Ann", "sender": "79001234568@c.us", "senderName": "Ann"},
+        "messageData": {
+            "typeMessage": "imageMessage",
+            "fileMessageData": {
+                "downloadUrl": "https://sw-media.storage.yandexcloud.net/1101000001/a6679d42.jpg",
+                "caption": "look", "fileName": "a6679d42.jpg", "jpegThumbnail": "",
+                "mimeType": "image/jpeg", "isForwarded": false, "forwardingScore": 0
+            }
+        }
+    })
+}
+
+fn parse(adapter: &GreenApi, body: &Value) -> Result<ParsedWebhook, ProviderError> {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let headers = http::HeaderMap::new();
+    adapter.parse_webhook(&WebhookRequest { headers: &headers, query: None, body: &bytes })
+}
+
+#[test]
+fn an_incoming_image_becomes_one_job_keyed_by_message_id() {
+    let parsed = parse(&adapter(None), &image_webhook()).unwrap();
+    assert_eq!(parsed.ignored, 0);
+    let [job] = parsed.jobs.as_slice() else { panic!("one job expected") };
+    assert_eq!(job.id, "green-main:A322F800D3F12CD4858CC947DAFB77A2");
+    assert_eq!(job.message_id, "A322F800D3F12CD4858CC947DAFB77A2");
+    assert_eq!(job.message_at, 1_700_000_000_000);
+    assert_eq!(job.deadline, 1_700_000_000_000 + 14 * 86_400_000);
+    assert_eq!(job.payload["download_url"], "https://sw-media.storage.yandexcloud.net/1101000001/a6679d42.jpg");
+    assert_eq!(job.payload["mime_type"], "image/jpeg");
+}
+
+#[test]
+fn every_file_type_and_direction_is_archived() {
+    let adapter = adapter(None);
+    for type_webhook in FILE_WEBHOOKS {
+        for type_message in FILE_MESSAGES {
+            let mut body = image_webhook();
+            body["typeWebhook"] = json!(type_webhook);
+            body["messageData"]["typeMessage"] = json!(type_message);
+            assert_eq!(parse(&adapter, &body).unwrap().jobs.len(), 1, "{type_webhook} {type_message}");
+        }
+    }
+}
+
+#[test]
+fn texts_statuses_and_other_events_are_ignored() {
+    let adapter = adapter(None);
+    let mut text = image_webhook();
+    text["messageData"] = json!({"typeMessage": "textMessage", "textMessageData": {"textMessage": "hi"}});
+    let status = json!({"typeWebhook": "outgoingMessageStatus", "status": "read", "idMessage": "X"});
+    let state = json!({"typeWebhook": "stateInstanceChanged", "stateInstance": "authorized"});
+    for body in [text, status, state] {
+        assert_eq!(parse(&adapter, &body).unwrap(), ParsedWebhook { jobs: vec![], ignored: 1 });
+    }
+}
+
+#[test]
+fn malformed_payloads_are_rejected_naming_the_field() {
+    let adapter = adapter(None);
+    let headers = http::HeaderMap::new();
+    let err = adapter
+        .parse_webhook(&WebhookRequest { headers: &headers, query: None, body: b"{not json" })
+        .unwrap_err();
+    assert!(err.to_string().contains("malformed JSON"), "{err}");
+
+    for (pointer, field) in [
+        ("/typeWebhook", "typeWebhook"),
+        ("/idMessage", "idMessage"),
+        ("/timestamp", "timestamp"),
+        ("/senderData/chatId", "senderData.chatId"),
+        ("/messageData/fileMessageData", "messageData.fileMessageData"),
+    ] {
+        let mut body = image_webhook();
+        *body.pointer_mut(pointer).unwrap() = Value::Null;
+        let err = parse(&adapter, &body).unwrap_err();
+        assert!(matches!(err, ProviderError::BadPayload(_)));
+        assert!(err.to_string().contains(field), "{pointer}: {err}");
+    }
+}
+
+#[test]
+fn a_webhook_for_another_instance_is_rejected() {
+    let mut body = image_webhook();
+    body["instanceData"]["idInstance"] = json!(999);
+    let err = parse(&adapter(None), &body).unwrap_err();
+    assert!(err.to_string().contains("idInstance"), "{err}");
+}
+
+#[test]
+fn webhook_token_is_checked_when_configured() {
+    let with_token = adapter(Some("hook-secret"));
+    let none = http::HeaderMap::new();
+    let mut good = http::HeaderMap::new();
+    good.insert(http::header::AUTHORIZATION, "Bearer hook-secret".parse().unwrap());
+    let req = |h| WebhookRequest { headers: h, query: None, body: b"{}" };
+    assert!(with_token.authenticate(&req(&none)).is_err());
+    assert!(with_token.authenticate(&req(&good)).is_ok());
+    assert!(adapter(None).authenticate(&req(&none)).is_ok());
+    assert!(with_token.webhook_auth_configured());
+}
+
+#[test]
+fn error_codes_are_classified_as_documented() {
+    let permanent = ErrorClass::Permanent;
+    let transient = ErrorClass::Transient;
+    assert_eq!(classify(400, "Validation failed", None, 1), permanent);
+    assert_eq!(
+        classify(400, "File message encrypted url not found by chatId 1@c.us and idMessage X", None, 1),
+        permanent
+    );
+    assert_eq!(classify(401, "", None, 1), permanent);
+    assert_eq!(classify(403, "", None, 1), permanent);
+    assert_eq!(classify(466, "", None, 1), permanent);
+    assert_eq!(classify(429, "", None, 1), transient);
+    assert_eq!(classify(429, "", Some(Duration::from_secs(3)), 1), ErrorClass::RetryAfter(Duration::from_secs(3)));
+    assert_eq!(classify(400, "instance in starting process try later", None, 9), transient);
+    assert_eq!(classify(502, "", None, 9), transient);
+    assert_eq!(classify(400, "Message not found by id 'X'", None, 1), transient);
+    assert_eq!(classify(400, "Message not found by id 'X'", None, NOT_FOUND_PATIENCE), permanent);
+    let internal = "Internal error when downloading file by chatId 1@c.us idMessage X";
+    assert_eq!(classify(500, internal, None, 1), transient);
+    assert_eq!(classify(500, internal, None, INTERNAL_ERROR_PATIENCE), permanent);
+}
+
+#[test]
+fn api_urls_carry_the_token_in_the_path() {
+    let url = adapter(None).method_url("downloadFile").unwrap();
+    assert_eq!(url.as_str(), "https://api.green-api.com/waInstance1101000001/downloadFile/api-token-123");
+}
+
+#[tokio::test]
+async fn swe002_is_permanent_without_any_network_call() {
+    let mut body = image_webhook();
+    body["messageData"]["fileMessageData"]["downloadUrl"] = json!("{{SWE002}}");
+    let adapter = adapter(None);
+    let job = parse(&adapter, &body).unwrap().jobs.remove(0);
+    let err = adapter
+        .resolve(JobRef { message_id: &job.message_id, media_id: None, payload: &job.payload, attempt: 1, link_dead: false })
+        .await
+        .unwrap_err();
+    assert_eq!(archiver_core::Classify::class(&err), ErrorClass::Permanent);
+    assert!(err.to_string().contains("SWE002"));
+}

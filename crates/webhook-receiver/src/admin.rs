@@ -1,0 +1,138 @@
+//! The admin API: `/api/v1/jobs...` and `/api/v1/stats` (PRODUCT.md section 3).
+//!
+//! Disabled (404) unless `server.admin_token` is set; then every request must
+//! carry `Authorization: Bearer <admin token>`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use archiver_core::{JobState, UnixMillis};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use retry_queue::{JobFilter, JobRecord};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::Receiver;
+use crate::error::{ApiError, json};
+
+/// Jobs whose deadline is this close count as at risk.
+const AT_RISK_WITHIN: Duration = Duration::from_secs(24 * 3600);
+
+impl Receiver {
+    pub(crate) async fn admin(&self, path: &[&str], request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+        let Some(token) = &self.config.admin_token else {
+            return Err(ApiError::NotFound("admin API disabled: set server.admin_token to enable it".into()));
+        };
+        let presented = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let authorized = presented.is_some_and(|p| bool::from(p.ct_eq(token.expose().as_bytes())));
+        if !authorized {
+            return Err(ApiError::Unauthorized("admin API needs Authorization: Bearer <admin token>".into()));
+        }
+        let query = parse_query(request.uri().query());
+        let method = request.method().clone();
+        let unavailable = |e: retry_queue::QueueError| {
+            tracing::error!(error = %e, "admin request failed at the queue");
+            ApiError::Unavailable("queue unavailable; retry later".into())
+        };
+        match (&method, path) {
+            (&Method::GET, ["jobs"]) => {
+                let filter = JobFilter {
+                    state: query.get("state").map(|s| s.parse::<JobState>()).transpose().map_err(ApiError::BadRequest)?,
+                    account: query.get("account").cloned(),
+                    limit: query
+                        .get("limit")
+                        .map(|l| l.parse::<usize>())
+                        .transpose()
+                        .map_err(|_| ApiError::BadRequest("limit must be a whole number".into()))?
+                        .unwrap_or(0),
+                };
+                let jobs = self.queue.list(&filter).await.map_err(unavailable)?;
+                let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
+                Ok(json(StatusCode::OK, &json!({ "jobs": jobs })))
+            }
+            (&Method::POST, ["jobs", "retry"]) => {
+                let state = query
+                    .get("state")
+                    .ok_or_else(|| ApiError::BadRequest("missing query parameter state (e.g. state=dead)".into()))?
+                    .parse::<JobState>()
+                    .map_err(ApiError::BadRequest)?;
+                let requeued = self.queue.retry_all(state).await.map_err(unavailable)?;
+                self.new_work.notify_one();
+                Ok(json(StatusCode::OK, &json!({ "requeued": requeued })))
+            }
+            (&Method::GET, ["jobs", id]) => {
+                let id = decode(id);
+                match self.queue.get(&id).await.map_err(unavailable)? {
+                    Some(job) => Ok(json(StatusCode::OK, &job_json(&job))),
+                    None => Err(ApiError::NotFound(format!("no job {id:?}"))),
+                }
+            }
+            (&Method::POST, ["jobs", id, "retry"]) => {
+                let id = decode(id);
+                if self.queue.retry_now(&id).await.map_err(unavailable)? {
+                    self.new_work.notify_one();
+                    Ok(json(StatusCode::OK, &json!({ "requeued": 1 })))
+                } else {
+                    match self.queue.get(&id).await.map_err(unavailable)? {
+                        Some(job) => Err(ApiError::BadRequest(format!("job {id:?} is {}; only pending, waiting or dead jobs can be retried", job.state))),
+                        None => Err(ApiError::NotFound(format!("no job {id:?}"))),
+                    }
+                }
+            }
+            (&Method::GET, ["stats"]) => {
+                let stats = self.queue.stats(AT_RISK_WITHIN).await.map_err(unavailable)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &json!({
+                        "by_state": stats.by_state,
+                        "by_account": stats.by_account,
+                        "oldest_pending": stats.oldest_pending.map(rfc3339),
+                        "at_risk": stats.at_risk,
+                    }),
+                ))
+            }
+            (_, ["jobs"] | ["stats"] | ["jobs", _]) => Err(ApiError::MethodNotAllowed("GET")),
+            (_, ["jobs", "retry"] | ["jobs", _, "retry"]) => Err(ApiError::MethodNotAllowed("POST")),
+            _ => Err(ApiError::NotFound(format!("no admin route /api/v1/{}", path.join("/")))),
+        }
+    }
+}
+
+/// The job JSON of PRODUCT.md section 3 (times RFC 3339 UTC).
+fn job_json(job: &JobRecord) -> Value {
+    json!({
+        "id": job.id,
+        "account": job.account,
+        "provider": job.provider,
+        "state": job.state,
+        "attempts": job.attempts,
+        "deadline": rfc3339(job.deadline),
+        "next_attempt_at": rfc3339(job.next_attempt_at),
+        "last_error": job.last_error,
+        "created_at": rfc3339(job.created_at),
+        "updated_at": rfc3339(job.updated_at),
+        "message_id": job.message_id,
+        "media_id": job.media_id,
+        "message_timestamp": rfc3339(job.message_at),
+    })
+}
+
+fn rfc3339(ms: UnixMillis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn decode(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
+}

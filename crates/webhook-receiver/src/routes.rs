@@ -1,0 +1,104 @@
+//! Request routing and the webhook handler.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use providers::WebhookRequest;
+use retry_queue::Enqueued;
+use serde_json::json;
+
+use crate::Receiver;
+use crate::error::{ApiError, json};
+
+impl Receiver {
+    /// Routes one request. Every outcome, errors included, is a response.
+    pub(crate) async fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let result = match (request.method(), segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => Ok(json(StatusCode::OK, &json!({"status": "ok"}))),
+            (_, ["healthz"]) => Err(ApiError::MethodNotAllowed("GET")),
+            (&Method::GET, ["readyz"]) => self.readyz().await,
+            (_, ["readyz"]) => Err(ApiError::MethodNotAllowed("GET")),
+            (&Method::POST, ["webhooks", account]) => self.webhook(account, request).await,
+            (_, ["webhooks", account]) => {
+                if self.accounts.contains_key(*account) {
+                    Err(ApiError::MethodNotAllowed("POST"))
+                } else {
+                    Err(unknown_account(account))
+                }
+            }
+            (_, ["api", "v1", rest @ ..]) => self.admin(rest, request).await,
+            _ => Err(ApiError::NotFound(format!("no route {path}"))),
+        };
+        let response = result.unwrap_or_else(ApiError::into_response);
+        tracing::debug!(%peer, path, status = response.status().as_u16(), "request");
+        response
+    }
+
+    async fn readyz(&self) -> Result<Response<Full<Bytes>>, ApiError> {
+        if self.is_draining() {
+            return Err(ApiError::Unavailable("draining: shutting down".into()));
+        }
+        self.readiness.check().await.map_err(ApiError::Unavailable)?;
+        Ok(json(StatusCode::OK, &json!({"status": "ready"})))
+    }
+
+    async fn webhook(&self, account: &str, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+        let provider = self.accounts.get(account).ok_or_else(|| unknown_account(account))?;
+        let (parts, body) = request.into_parts();
+        let body = read_body(body, &parts.headers, self.config.max_body_bytes).await?;
+        let webhook = WebhookRequest { headers: &parts.headers, query: parts.uri.query(), body: &body };
+        if let Err(e) = provider.authenticate(&webhook) {
+            tracing::warn!(account, error = %e, "webhook rejected: bad credentials");
+            return Err(e.into());
+        }
+        let parsed = provider.parse_webhook(&webhook).map_err(|e| {
+            tracing::warn!(account, error = %e, "webhook rejected: unrecognised payload");
+            ApiError::from(e)
+        })?;
+        let (mut accepted, mut duplicates) = (0usize, 0usize);
+        if !parsed.jobs.is_empty() {
+            let outcomes = self.queue.enqueue(parsed.jobs).await.map_err(|e| {
+                tracing::error!(account, error = %e, "cannot commit jobs; answering 503 so the provider redelivers");
+                ApiError::Unavailable("queue unavailable; retry later".into())
+            })?;
+            for outcome in outcomes {
+                match outcome {
+                    Enqueued::New => accepted += 1,
+                    Enqueued::Duplicate => duplicates += 1,
+                }
+            }
+            self.new_work.notify_one();
+        }
+        tracing::info!(account, accepted, duplicates, ignored = parsed.ignored, "webhook accepted");
+        Ok(json(
+            StatusCode::OK,
+            &json!({"accepted": accepted, "duplicates": duplicates, "ignored": parsed.ignored}),
+        ))
+    }
+}
+
+pub(crate) fn unknown_account(account: &str) -> ApiError {
+    let shown: String = account.chars().take(64).collect();
+    ApiError::NotFound(format!("unknown account {shown:?}"))
+}
+
+/// Reads a body of at most `limit` bytes; a declared or actual larger body is 413.
+pub(crate) async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
+        Err(e) => Err(ApiError::BadRequest(format!("could not read the request body: {e}"))),
+    }
+}
