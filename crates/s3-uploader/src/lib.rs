@@ -1,1 +1,85 @@
-//! Content-addressed archive store: S3 (aws-sdk-s3) and local-folder backends behind one trait.
+//! The archive: where verified media files and their manifests end up, on S3
+//! (or any S3-compatible store) or in a local folder, behind one trait.
+//!
+//! This crate owns the [`ObjectStore`] trait and its two backends
+//! ([`S3Store`], [`FsStore`]), the storage layout ([`Layout`]), the manifest
+//! document ([`Manifest`]) and the store's error type ([`StoreError`], which
+//! classifies itself for the queue through [`archiver_core::Classify`]). It
+//! must not know about providers, webhooks, the queue or the worker loop: it
+//! is handed a finished [`StagedFile`](archiver_core::StagedFile) and a key,
+//! and either stores exactly those bytes or fails.
+//!
+//! # Storage layout (a durable format: users' scripts depend on it)
+//!
+//! Both backends use the same keys; the fs backend maps `/` to directories
+//! below its root.
+//!
+//! - Blob: `{prefix}blobs/sha256/{h[0..2]}/{h}{ext}`, where `h` is the
+//!   lowercase hex sha256 of the bytes and `ext` comes from the provider's
+//!   mime type via [`extension_for_mime`] (never from the sender's file name;
+//!   none when the type is unknown). Content-addressed: the same file sent to
+//!   a hundred chats is stored once, and nothing overwrites anything.
+//! - Manifest: `{prefix}messages/{account}/{yyyy}/{mm}/{dd}/{message_id}.json`,
+//!   dated by the message's UTC timestamp. `account` and `message_id` are
+//!   percent-encoded byte by byte outside `[A-Za-z0-9._=-]` (uppercase hex,
+//!   `%2F` for `/`, `%2B` for `+`), so that no id can escape its folder or
+//!   collide with another; valid account names are unchanged by this.
+//! - `{prefix}` is the configured prefix with a `/` appended when it is not
+//!   empty and does not already end with one.
+//!
+//! A manifest is a JSON object with exactly the fields of [`Manifest`], all of
+//! them always present (`null` when unknown):
+//!
+//! ```json
+//! {"provider":"cloudapi","account":"meta-main","chat_id":"4915112345678",
+//!  "message_id":"wamid.HBgM","media_id":"1234","sender":"4915112345678",
+//!  "message_timestamp":"2026-11-03T10:15:00Z","mime_type":"image/jpeg",
+//!  "file_name":null,"caption":"look","size":51234,
+//!  "sha256":"<64 hex>","blob_key":"blobs/sha256/ab/ab…cd.jpg",
+//!  "provider_sha256":"<64 hex>","verification":"provider-sha256",
+//!  "archived_at":"2026-11-03T10:15:07.123Z"}
+//! ```
+//!
+//! `verification` is one of `provider-sha256`, `whatsapp-enc+plain`,
+//! `computed-only` ([`Verification`]). Readers must ignore fields they do not
+//! know: later versions may add some, never rename or remove one.
+//!
+//! # Why spool, then upload
+//!
+//! The blob key *is* the sha256 of the bytes, and S3 wants the checksum of
+//! each request with the request, so the hash must be known before the first
+//! byte is sent; some providers vouch for no hash at all. The fetch step
+//! therefore streams each download into a local spool file, hashing as it
+//! goes, and hands over a `StagedFile {path, size, sha256}`. This crate then
+//! writes it so that an object never becomes visible partially or
+//! unverified: fs writes are temp-file + fsync + rename + fsync(dir); S3 puts
+//! carry `ChecksumSHA256` (the store re-verifies), files larger than one part
+//! go multipart with one checksum per part, and every byte read back from the
+//! spool is hashed again here and compared with `StagedFile::sha256` before
+//! the object is committed. Memory stays bounded by part size × parallel
+//! parts, never by file size.
+//!
+//! # Errors
+//!
+//! [`StoreError`] is classified for the queue: network failures, timeouts,
+//! 5xx, throttling (with the server's `Retry-After` when it gives one), local
+//! I/O, and store-wide misconfiguration (access denied, no such bucket: the
+//! store is broken, not the job, so jobs resume on their own once an operator
+//! fixes it and `/readyz` reports it meanwhile) are retryable. A checksum the
+//! store rejected or a spool file that no longer matches its recorded hash,
+//! an invalid key, and other 4xx rejections are permanent: sending the same
+//! request again cannot succeed. Error messages never contain credentials.
+
+mod error;
+mod fs;
+mod layout;
+mod manifest;
+mod s3;
+mod store;
+
+pub use error::StoreError;
+pub use fs::FsStore;
+pub use layout::{Layout, extension_for_mime};
+pub use manifest::{Manifest, Verification};
+pub use s3::{S3Config, S3Store};
+pub use store::{MAX_SMALL_OBJECT_BYTES, ObjectStore, PutOutcome};

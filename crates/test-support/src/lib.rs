@@ -1,1 +1,3 @@
 //! Fakes of the outside world (provider APIs) and a Garage launcher for tests.
+
+pub mod garage;
