@@ -72,7 +72,7 @@ pub fn bytes(value: &Value) -> Result<Vec<u8>, DecodeError> {
 /// Decodes a byte field given as a string (hex or any base64 flavour).
 pub fn bytes_from_str(s: &str) -> Result<Vec<u8>, DecodeError> {
     let s = s.trim();
-    if s.len() % 2 == 0
+    if s.len().is_multiple_of(2)
         && !s.is_empty()
         && s.bytes().all(|b| b.is_ascii_hexdigit())
         && let Ok(v) = hex::decode(s)
