@@ -1,1 +1,35 @@
-//! Streaming, SSRF-guarded download of media into a hashed spool file.
+//! Turns a [`DownloadRequest`] into a hashed file in the local spool, safely.
+//!
+//! This crate owns one step of the worker: given a URL (with its method,
+//! headers and body) and the account's [`HostPolicy`], stream the response
+//! into a new spool file while computing its sha256, and hand back an
+//! [`archiver_core::StagedFile`] whose size is checked against
+//! `Content-Length` and the configured cap. It enforces the SSRF guard on the
+//! first URL and on every redirect hop (host allowlist, then the addresses
+//! actually connected to, via a guarding DNS resolver), timeouts between
+//! bytes, and never applies compression. Every failure is one
+//! [`FetchError`] variant that classifies itself for the queue.
+//!
+//! It must not know about providers (how a reference becomes a URL), the
+//! queue (leases: it only bumps a progress counter), or storage (what happens
+//! to the spool file afterwards: the holder of the `StagedFile` owns and
+//! removes it). URLs shown in errors and logs go through [`redact_url`].
+//!
+//! Main types: [`Fetcher`], [`FetchConfig`], [`DownloadRequest`],
+//! [`HostPolicy`], [`FetchError`].
+
+mod config;
+mod error;
+mod fetcher;
+mod guard;
+mod policy;
+mod redact;
+mod request;
+mod spool;
+
+pub use config::FetchConfig;
+pub use error::FetchError;
+pub use fetcher::Fetcher;
+pub use policy::HostPolicy;
+pub use redact::redact_url;
+pub use request::DownloadRequest;

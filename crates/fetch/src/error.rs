@@ -1,0 +1,175 @@
+use std::time::{Duration, SystemTime};
+
+use archiver_core::{Classify, ErrorClass};
+
+/// Why a download failed. Messages name the cause and, where a URL appears,
+/// show it through [`crate::redact_url`]: no query strings, no credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The SSRF guard refused the URL or a redirect hop: the host is not in
+    /// the account's allowed hosts, or it is (or resolves to) an address
+    /// downloads may not reach.
+    #[error("download from {host} blocked: {reason}")]
+    Blocked { host: String, reason: String },
+    /// The server answered with a status other than success (or a redirect
+    /// that could be followed).
+    #[error("download host answered HTTP {status}{}", retry_after_text(*.retry_after))]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// The file is larger than `max_file_bytes`.
+    #[error("file is larger than the {limit}-byte limit")]
+    TooLarge { limit: u64 },
+    /// Connecting, waiting for headers or waiting for the next chunk took too long.
+    #[error("download timed out: {0}")]
+    Timeout(String),
+    /// The connection could not be made (DNS, TCP, TLS).
+    #[error("could not connect: {0}")]
+    Connect(String),
+    /// The body ended before `Content-Length` bytes arrived.
+    #[error("body truncated: expected {expected} bytes, got {got}")]
+    Truncated { expected: u64, got: u64 },
+    /// Reading the body or writing the spool file failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// The URL (or a redirect's `Location`, or a request header) cannot be used.
+    #[error("bad URL: {0}")]
+    BadUrl(String),
+    /// More redirects than the fetcher follows.
+    #[error("too many redirects (more than {})", crate::fetcher::MAX_REDIRECTS)]
+    TooManyRedirects,
+}
+
+fn retry_after_text(d: Option<Duration>) -> String {
+    d.map(|d| format!(" (retry after {}s)", d.as_secs()))
+        .unwrap_or_default()
+}
+
+impl FetchError {
+    /// True for 403, 404 and 410: the link expired or the file is gone, and
+    /// the provider should be asked for a fresh link (when it can give one)
+    /// rather than retrying the same URL.
+    pub fn is_link_dead(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Status {
+                status: 403 | 404 | 410,
+                ..
+            }
+        )
+    }
+}
+
+impl Classify for FetchError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            FetchError::Status {
+                status,
+                retry_after,
+            } => match (*status, *retry_after) {
+                (429 | 503, Some(d)) => ErrorClass::RetryAfter(d),
+                (408 | 429, _) | (500..=599, _) => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            },
+            FetchError::Timeout(_)
+            | FetchError::Connect(_)
+            | FetchError::Truncated { .. }
+            | FetchError::Io(_) => ErrorClass::Transient,
+            FetchError::Blocked { .. }
+            | FetchError::TooLarge { .. }
+            | FetchError::BadUrl(_)
+            | FetchError::TooManyRedirects => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3). A date
+/// in the past means "now".
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn classification() {
+        let st = |status, retry_after| FetchError::Status {
+            status,
+            retry_after,
+        };
+        let s7 = Some(Duration::from_secs(7));
+        assert_eq!(
+            st(429, s7).class(),
+            ErrorClass::RetryAfter(Duration::from_secs(7))
+        );
+        assert_eq!(
+            st(503, s7).class(),
+            ErrorClass::RetryAfter(Duration::from_secs(7))
+        );
+        assert_eq!(st(429, None).class(), ErrorClass::Transient);
+        assert_eq!(st(500, s7).class(), ErrorClass::Transient);
+        assert_eq!(st(502, None).class(), ErrorClass::Transient);
+        assert_eq!(st(408, None).class(), ErrorClass::Transient);
+        assert_eq!(st(404, None).class(), ErrorClass::Permanent);
+        assert_eq!(st(400, None).class(), ErrorClass::Permanent);
+        assert!(
+            st(404, None).is_link_dead()
+                && st(403, None).is_link_dead()
+                && st(410, None).is_link_dead()
+        );
+        assert!(!st(500, None).is_link_dead() && !st(401, None).is_link_dead());
+        assert_eq!(
+            FetchError::TooLarge { limit: 1 }.class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            FetchError::Truncated {
+                expected: 2,
+                got: 1
+            }
+            .class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            FetchError::Timeout(String::new()).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            FetchError::Blocked {
+                host: "h".into(),
+                reason: "r".into()
+            }
+            .class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(FetchError::TooManyRedirects.class(), ErrorClass::Permanent);
+    }
+}

@@ -1,0 +1,339 @@
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use archiver_core::StagedFile;
+use http::header::{ACCEPT_ENCODING, LOCATION, RETRY_AFTER};
+use http::{HeaderValue, Method, StatusCode};
+use reqwest::redirect::Policy;
+use url::{Host, Url};
+
+use crate::error::parse_retry_after;
+use crate::guard::{BlockedAddress, GuardedResolver, forbidden_reason};
+use crate::spool::SpoolWriter;
+use crate::{DownloadRequest, FetchConfig, FetchError, HostPolicy, redact_url};
+
+/// Redirects followed before giving up with [`FetchError::TooManyRedirects`].
+pub(crate) const MAX_REDIRECTS: usize = 5;
+
+/// Downloads files into the spool. Cheap to clone: clones share one
+/// connection pool.
+///
+/// The HTTP client never uses a proxy: the SSRF guard must see the address
+/// actually connected to, which a proxy would hide.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    cfg: Arc<FetchConfig>,
+}
+
+impl Fetcher {
+    /// Builds the HTTP client and creates `spool_dir` if it is missing.
+    pub fn new(cfg: FetchConfig) -> Result<Self, FetchError> {
+        std::fs::create_dir_all(&cfg.spool_dir).map_err(|e| {
+            FetchError::Io(format!(
+                "creating spool dir {}: {e}",
+                cfg.spool_dir.display()
+            ))
+        })?;
+        let client = reqwest::Client::builder()
+            .redirect(Policy::none())
+            .no_proxy()
+            .connect_timeout(cfg.connect_timeout)
+            .dns_resolver(Arc::new(GuardedResolver {
+                allow_private_networks: cfg.allow_private_networks,
+            }))
+            .user_agent(concat!("media-archiver/", env!("CARGO_PKG_VERSION")))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| FetchError::Io(format!("building the HTTP client: {}", chain(&e))))?;
+        Ok(Self {
+            client,
+            cfg: Arc::new(cfg),
+        })
+    }
+
+    /// Streams the response body into a new spool file while hashing it.
+    ///
+    /// The body is never held in memory. Enforces `max_file_bytes` (from
+    /// `Content-Length` up front and on the bytes received), `read_timeout`
+    /// while waiting for headers and between chunks, and the SSRF guard on
+    /// the URL and on every redirect hop (at most 5 redirects, followed
+    /// here rather than by the client). `progress` grows by the size of each
+    /// chunk so that the caller can renew its lease while bytes move. The
+    /// file is fsynced before it is returned; on any error (or if the future
+    /// is dropped) it is removed. Compression is never requested or undone.
+    pub async fn download(
+        &self,
+        req: &DownloadRequest,
+        hosts: &HostPolicy,
+        progress: &AtomicU64,
+    ) -> Result<StagedFile, FetchError> {
+        let shown = redact_url(&req.url);
+        let result = self.download_inner(req, hosts, progress).await;
+        match &result {
+            Ok(file) => {
+                tracing::debug!(url = %shown, bytes = file.size, sha256 = %file.sha256, "download complete")
+            }
+            Err(error) => tracing::debug!(url = %shown, %error, "download failed"),
+        }
+        result
+    }
+
+    /// Like [`Fetcher::download`], for a body already in memory (a provider
+    /// that inlines the file, e.g. base64 in a webhook): writes and hashes it
+    /// into the spool, under the same size cap.
+    pub async fn spool_bytes(&self, bytes: &[u8]) -> Result<StagedFile, FetchError> {
+        if bytes.len() as u64 > self.cfg.max_file_bytes {
+            return Err(FetchError::TooLarge {
+                limit: self.cfg.max_file_bytes,
+            });
+        }
+        let mut spool = SpoolWriter::create(&self.cfg.spool_dir)?;
+        spool.write(bytes).await?;
+        spool.finish().await
+    }
+
+    async fn download_inner(
+        &self,
+        req: &DownloadRequest,
+        hosts: &HostPolicy,
+        progress: &AtomicU64,
+    ) -> Result<StagedFile, FetchError> {
+        let (url, mut response) = self.send_following_redirects(req, hosts).await?;
+        let limit = self.cfg.max_file_bytes;
+        let expected = response.content_length();
+        if expected.is_some_and(|len| len > limit) {
+            return Err(FetchError::TooLarge { limit });
+        }
+
+        let mut spool = SpoolWriter::create(&self.cfg.spool_dir)?;
+        loop {
+            let next = tokio::time::timeout(self.cfg.read_timeout, response.chunk()).await;
+            let chunk = match next {
+                Err(_) => {
+                    return Err(FetchError::Timeout(format!(
+                        "no data for {:?} from {} after {} bytes",
+                        self.cfg.read_timeout,
+                        redact_url(&url),
+                        spool.size()
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(match expected {
+                        Some(expected) if spool.size() < expected => FetchError::Truncated {
+                            expected,
+                            got: spool.size(),
+                        },
+                        _ if e.is_timeout() => {
+                            FetchError::Timeout(format!("{}: {}", redact_url(&url), chain(&e)))
+                        }
+                        _ => FetchError::Io(format!(
+                            "reading the body from {}: {}",
+                            redact_url(&url),
+                            chain(&e)
+                        )),
+                    });
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            if spool.size() + chunk.len() as u64 > limit {
+                return Err(FetchError::TooLarge { limit });
+            }
+            spool.write(&chunk).await?;
+            progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(expected) = expected
+            && spool.size() != expected
+        {
+            return Err(FetchError::Truncated {
+                expected,
+                got: spool.size(),
+            });
+        }
+        spool.finish().await
+    }
+
+    /// Sends the request, following redirects by hand so that every hop goes
+    /// through [`Fetcher::check_url`]. Returns the final URL and a successful
+    /// response whose body is still unread.
+    async fn send_following_redirects(
+        &self,
+        req: &DownloadRequest,
+        hosts: &HostPolicy,
+    ) -> Result<(Url, reqwest::Response), FetchError> {
+        let mut url = req.url.clone();
+        let mut method = req.method.clone();
+        let mut body = req.body.clone();
+        // Caller headers may be credentials: they go to the first origin only.
+        let first_origin = url.origin();
+        let mut send_headers = true;
+
+        for hop in 0..=MAX_REDIRECTS {
+            self.check_url(&url, hosts)?;
+            let mut builder = self
+                .client
+                .request(method.clone(), url.clone())
+                .header(ACCEPT_ENCODING, "identity");
+            if send_headers {
+                for (name, value) in &req.headers {
+                    let mut value = HeaderValue::from_str(value.expose()).map_err(|_| {
+                        FetchError::BadUrl(format!("request header {name} has an invalid value"))
+                    })?;
+                    value.set_sensitive(true);
+                    builder = builder.header(name, value);
+                }
+            }
+            if let Some(body) = &body {
+                builder = builder.body(body.clone());
+            }
+
+            // The client's connect_timeout covers DNS + handshake; after
+            // that the server gets read_timeout to start answering.
+            let wait = self.cfg.connect_timeout + self.cfg.read_timeout;
+            let response = tokio::time::timeout(wait, builder.send())
+                .await
+                .map_err(|_| {
+                    FetchError::Timeout(format!(
+                        "no response within {wait:?} from {}",
+                        redact_url(&url)
+                    ))
+                })?
+                .map_err(|e| from_reqwest(e, &url))?;
+
+            let status = response.status();
+            if status.is_success() {
+                return Ok((url, response));
+            }
+            let location = response.headers().get(LOCATION);
+            if !is_followed_redirect(status) || location.is_none() {
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                return Err(FetchError::Status {
+                    status: status.as_u16(),
+                    retry_after,
+                });
+            }
+            if hop == MAX_REDIRECTS {
+                break;
+            }
+            let next = location
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok())
+                .ok_or_else(|| {
+                    FetchError::BadUrl(format!(
+                        "unusable redirect Location from {}",
+                        redact_url(&url)
+                    ))
+                })?;
+            if url.scheme() == "https" && next.scheme() == "http" {
+                return Err(FetchError::Blocked {
+                    host: next.host_str().unwrap_or_default().to_owned(),
+                    reason: "redirect from https to plain http".to_owned(),
+                });
+            }
+            if status == StatusCode::SEE_OTHER
+                || (matches!(status.as_u16(), 300..=302) && method == Method::POST)
+            {
+                if method != Method::HEAD {
+                    method = Method::GET;
+                }
+                body = None;
+            }
+            if next.origin() != first_origin {
+                send_headers = false;
+            }
+            tracing::debug!(from = %redact_url(&url), to = %redact_url(&next), status = status.as_u16(), "following redirect");
+            url = next;
+        }
+        Err(FetchError::TooManyRedirects)
+    }
+
+    /// The SSRF guard's static half, for one hop: scheme, host allowlist,
+    /// and (for IP-literal hosts, which skip DNS) the address check.
+    fn check_url(&self, url: &Url, hosts: &HostPolicy) -> Result<(), FetchError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(FetchError::BadUrl(format!(
+                "unsupported scheme in {}",
+                redact_url(url)
+            )));
+        }
+        let (host, ip) = match url.host() {
+            None => {
+                return Err(FetchError::BadUrl(format!(
+                    "no host in {}",
+                    redact_url(url)
+                )));
+            }
+            Some(Host::Domain(d)) => (d.to_owned(), None),
+            Some(Host::Ipv4(a)) => (a.to_string(), Some(a.into())),
+            Some(Host::Ipv6(a)) => (a.to_string(), Some(a.into())),
+        };
+        if !hosts.allows(&host) {
+            return Err(FetchError::Blocked {
+                host,
+                reason: "host is not in the account's allowed download hosts".to_owned(),
+            });
+        }
+        if !self.cfg.allow_private_networks
+            && let Some(reason) = ip.and_then(forbidden_reason)
+        {
+            return Err(FetchError::Blocked {
+                host,
+                reason: format!("{reason} address"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// 301, 302, 303, 307 and 308 are followed (300 too, when it names a
+/// `Location`); 304 and the rest are answers, not redirects.
+fn is_followed_redirect(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 300..=303 | 307 | 308)
+}
+
+fn from_reqwest(err: reqwest::Error, url: &Url) -> FetchError {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(b) = e.downcast_ref::<BlockedAddress>() {
+            return FetchError::Blocked {
+                host: b.host.clone(),
+                reason: format!("resolves to {}, a {} address", b.addr, b.reason),
+            };
+        }
+        source = e.source();
+    }
+    let (timeout, builder) = (err.is_timeout(), err.is_builder());
+    let detail = format!("{}: {}", redact_url(url), chain(&err.without_url()));
+    if timeout {
+        FetchError::Timeout(detail)
+    } else if builder {
+        FetchError::BadUrl(detail)
+    } else {
+        // Connect failures, and the request failing on the wire before a
+        // response arrived: both worth another attempt.
+        FetchError::Connect(detail)
+    }
+}
+
+/// An error and its sources, joined with ": ", for messages. Callers strip
+/// URLs from reqwest errors first (`without_url`).
+fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        source = e.source();
+    }
+    out
+}

@@ -1,0 +1,634 @@
+//! Fetcher against a local HTTP server on 127.0.0.1:0.
+//!
+//! `allow_private_networks` is on (the server is on loopback) except in the
+//! SSRF tests, which check that it is what lets these downloads through.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use archiver_core::{Classify, ErrorClass, Secret};
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, LOCATION, RETRY_AFTER};
+use hyper::{Request, Response};
+use media_fetch::{DownloadRequest, FetchConfig, FetchError, Fetcher, HostPolicy};
+use sha2::{Digest, Sha256};
+use test_support::http::{self, Body, TestServer};
+use url::Url;
+
+const MIB: usize = 1024 * 1024;
+const TOKEN: &str = "Bearer tok-4f1b9c2e-very-secret";
+const QUERY_SECRET: &str = "sig-7d3a-query-secret";
+
+/// Byte `i` of the deterministic test file.
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 11)) as u8
+}
+
+fn pattern_chunk(start: usize, len: usize) -> Bytes {
+    (start..start + len)
+        .map(pattern)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Streams `len` pattern bytes in 64 KiB chunks, never holding them all.
+fn pattern_body(len: usize) -> Body {
+    let chunks = (0..len)
+        .step_by(64 * 1024)
+        .map(move |start| Ok(pattern_chunk(start, (64 * 1024).min(len - start))));
+    http::stream(futures_util::stream::iter(chunks))
+}
+
+fn sized(len: usize, body: Body) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header(CONTENT_LENGTH, len)
+        .body(body)
+        .unwrap()
+}
+
+struct Server {
+    server: TestServer,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        let server = TestServer::start(move |req| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            route(req)
+        })
+        .await;
+        Self { server, hits }
+    }
+
+    fn url(&self, path: &str) -> Url {
+        Url::parse(&format!("{}{path}", self.server.base_url())).unwrap()
+    }
+
+    fn port(&self) -> u16 {
+        self.server.addr().port()
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn route(req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let num = |s: &str| s.parse::<usize>().unwrap();
+    match segments.as_slice() {
+        ["abc"] => http::text(200, "abc"),
+        ["sized", n] => sized(num(n), pattern_body(num(n))),
+        // No Content-Length: chunked transfer encoding.
+        ["unsized", n] => Response::new(pattern_body(num(n))),
+        ["truncated", full, sent] => sized(
+            num(full),
+            http::slow_body(
+                pattern_chunk(0, num(sent)),
+                Duration::ZERO,
+                Bytes::new(),
+                true,
+            ),
+        ),
+        ["stall"] => sized(
+            10,
+            http::slow_body(
+                Bytes::new(),
+                Duration::from_secs(30),
+                pattern_chunk(0, 10),
+                false,
+            ),
+        ),
+        ["slow-headers"] => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            http::text(200, "late")
+        }
+        ["status", code] => {
+            let mut r = http::text(num(code) as u16, "no");
+            if let Some(v) = query.strip_prefix("retry_after=") {
+                let v = v.replace("%20", " ").replace("%2C", ",");
+                r.headers_mut().insert(RETRY_AFTER, v.parse().unwrap());
+            }
+            r
+        }
+        ["redirect"] => {
+            let to = query
+                .strip_prefix("to=")
+                .unwrap()
+                .replace("%3A", ":")
+                .replace("%2F", "/");
+            Response::builder()
+                .status(302)
+                .header(LOCATION, to)
+                .body(http::empty())
+                .unwrap()
+        }
+        ["redirect-307"] => Response::builder()
+            .status(307)
+            .header(LOCATION, "/echo")
+            .body(http::empty())
+            .unwrap(),
+        ["loop", n] => Response::builder()
+            .status(301)
+            .header(LOCATION, format!("/loop/{}", num(n) + 1))
+            .body(http::empty())
+            .unwrap(),
+        // Answers with the method, whether Authorization arrived, and the body.
+        ["echo"] => {
+            let auth = req.headers().get(AUTHORIZATION).is_some();
+            let accept_encoding = req
+                .headers()
+                .get("accept-encoding")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let method = req.method().to_string();
+            let body = http::read_body(req, 1024).await.unwrap();
+            http::text(
+                200,
+                format!(
+                    "{method} auth={auth} ae={accept_encoding} body={}",
+                    String::from_utf8_lossy(&body)
+                ),
+            )
+        }
+        _ => http::text(404, "not found"),
+    }
+}
+
+struct Env {
+    fetcher: Fetcher,
+    spool: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(tweak: impl FnOnce(&mut FetchConfig)) -> Self {
+        let spool = tempfile::tempdir().unwrap();
+        let mut cfg = FetchConfig {
+            allow_private_networks: true,
+            spool_dir: spool.path().join("spool"),
+            ..FetchConfig::default()
+        };
+        tweak(&mut cfg);
+        let fetcher = Fetcher::new(cfg).unwrap();
+        Self { fetcher, spool }
+    }
+
+    fn spool_files(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(self.spool.path().join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
+    async fn get(
+        &self,
+        url: Url,
+        hosts: &HostPolicy,
+    ) -> Result<archiver_core::StagedFile, FetchError> {
+        self.fetcher
+            .download(&DownloadRequest::get(url), hosts, &AtomicU64::new(0))
+            .await
+    }
+}
+
+fn loopback() -> HostPolicy {
+    HostPolicy::new(["127.0.0.1"])
+}
+
+fn read(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[tokio::test]
+async fn streams_40_mib_hashed_with_exact_size_and_progress() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let len = 40 * MIB;
+    let progress = AtomicU64::new(0);
+    let req = DownloadRequest::get(server.url(&format!("/sized/{len}")));
+    let file = env
+        .fetcher
+        .download(&req, &loopback(), &progress)
+        .await
+        .unwrap();
+
+    let mut expected = Sha256::new();
+    for start in (0..len).step_by(MIB) {
+        expected.update(pattern_chunk(start, MIB));
+    }
+    let expected: [u8; 32] = expected.finalize().into();
+    assert_eq!(file.size, len as u64);
+    assert_eq!(file.sha256.as_bytes(), &expected);
+    assert_eq!(progress.load(Ordering::Relaxed), len as u64);
+    assert_eq!(std::fs::metadata(&file.path).unwrap().len(), len as u64);
+    let on_disk: [u8; 32] = Sha256::digest(read(&file.path)).into();
+    assert_eq!(on_disk, expected);
+    assert!(file.path.starts_with(env.spool.path().join("spool")));
+}
+
+#[tokio::test]
+async fn chunked_body_without_content_length_is_accepted() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let progress = AtomicU64::new(0);
+    let req = DownloadRequest::get(server.url("/unsized/300000"));
+    let file = env
+        .fetcher
+        .download(&req, &loopback(), &progress)
+        .await
+        .unwrap();
+    assert_eq!(file.size, 300_000);
+    assert_eq!(progress.load(Ordering::Relaxed), 300_000);
+    assert_eq!(read(&file.path), pattern_chunk(0, 300_000).to_vec());
+}
+
+#[tokio::test]
+async fn sha256_matches_a_known_vector_and_accept_encoding_is_identity() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let file = env.get(server.url("/abc"), &loopback()).await.unwrap();
+    // sha256("abc"), FIPS 180-2 appendix B.1.
+    assert_eq!(
+        file.sha256.to_hex(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let echo = env.get(server.url("/echo"), &loopback()).await.unwrap();
+    assert_eq!(
+        String::from_utf8(read(&echo.path)).unwrap(),
+        "GET auth=false ae=identity body="
+    );
+}
+
+#[tokio::test]
+async fn spool_bytes_hashes_and_caps() {
+    let env = Env::new(|c| c.max_file_bytes = 5);
+    let file = env.fetcher.spool_bytes(b"abc").await.unwrap();
+    assert_eq!(file.size, 3);
+    assert_eq!(
+        file.sha256.to_hex(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(read(&file.path), b"abc");
+    let err = env.fetcher.spool_bytes(b"abcdef").await.unwrap_err();
+    assert!(matches!(err, FetchError::TooLarge { limit: 5 }), "{err:?}");
+    assert_eq!(env.spool_files(), vec![file.path]);
+}
+
+#[tokio::test]
+async fn too_large_with_content_length_is_refused_up_front() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.max_file_bytes = 100_000);
+    let progress = AtomicU64::new(0);
+    let req = DownloadRequest::get(server.url("/sized/100001"));
+    let err = env
+        .fetcher
+        .download(&req, &loopback(), &progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::TooLarge { limit: 100_000 }),
+        "{err:?}"
+    );
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(progress.load(Ordering::Relaxed), 0, "no byte read");
+    assert!(env.spool_files().is_empty());
+    // Exactly at the limit is fine.
+    let ok = env
+        .get(server.url("/sized/100000"), &loopback())
+        .await
+        .unwrap();
+    assert_eq!(ok.size, 100_000);
+}
+
+#[tokio::test]
+async fn too_large_without_content_length_stops_and_cleans_up() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.max_file_bytes = 100_000);
+    let progress = AtomicU64::new(0);
+    let req = DownloadRequest::get(server.url("/unsized/1000000"));
+    let err = env
+        .fetcher
+        .download(&req, &loopback(), &progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::TooLarge { limit: 100_000 }),
+        "{err:?}"
+    );
+    assert!(progress.load(Ordering::Relaxed) <= 100_000);
+    assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
+}
+
+#[tokio::test]
+async fn truncated_body_is_truncated_and_cleaned_up() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let err = env
+        .get(server.url("/truncated/200000/70000"), &loopback())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FetchError::Truncated {
+                expected: 200_000,
+                got: 70_000
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert!(env.spool_files().is_empty());
+}
+
+#[tokio::test]
+async fn stall_after_headers_times_out() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.read_timeout = Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = env
+        .get(server.url("/stall"), &loopback())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Timeout(_)), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(env.spool_files().is_empty());
+}
+
+#[tokio::test]
+async fn no_response_headers_times_out() {
+    let server = Server::start().await;
+    let env = Env::new(|c| {
+        c.connect_timeout = Duration::from_millis(300);
+        c.read_timeout = Duration::from_millis(300);
+    });
+    let err = env
+        .get(server.url("/slow-headers"), &loopback())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Timeout(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn statuses_classify() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let hosts = loopback();
+    let get = |path: &str| env.get(server.url(path), &hosts);
+
+    let e = get("/status/429?retry_after=7").await.unwrap_err();
+    assert!(
+        matches!(e, FetchError::Status { status: 429, retry_after: Some(d) } if d == Duration::from_secs(7)),
+        "{e:?}"
+    );
+    assert_eq!(e.class(), ErrorClass::RetryAfter(Duration::from_secs(7)));
+
+    let e = get("/status/503").await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FetchError::Status {
+                status: 503,
+                retry_after: None
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.class(), ErrorClass::Transient);
+    assert!(!e.is_link_dead());
+
+    // An HTTP-date in the past means "retry now".
+    let e = get("/status/503?retry_after=Sun,%2006%20Nov%201994%2008:49:37%20GMT")
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::RetryAfter(Duration::ZERO));
+
+    for code in [404, 403, 410] {
+        let e = get(&format!("/status/{code}")).await.unwrap_err();
+        assert!(e.is_link_dead(), "{code}");
+        assert_eq!(e.class(), ErrorClass::Permanent);
+    }
+    let e = get("/status/400").await.unwrap_err();
+    assert!(!e.is_link_dead());
+    assert_eq!(e.class(), ErrorClass::Permanent);
+    assert!(env.spool_files().is_empty());
+}
+
+#[tokio::test]
+async fn redirect_to_an_allowed_host_is_followed() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let target = format!("http://localhost:{}/abc", server.port());
+    let hosts = HostPolicy::new(["127.0.0.1", "localhost"]);
+    let file = env
+        .get(server.url(&format!("/redirect?to={target}")), &hosts)
+        .await
+        .unwrap();
+    assert_eq!(read(&file.path), b"abc");
+    // Relative Location.
+    let file = env
+        .get(server.url("/redirect?to=/abc"), &loopback())
+        .await
+        .unwrap();
+    assert_eq!(read(&file.path), b"abc");
+}
+
+#[tokio::test]
+async fn redirect_to_a_disallowed_host_is_blocked() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let target = format!("http://localhost:{}/abc", server.port());
+    let err = env
+        .get(server.url(&format!("/redirect?to={target}")), &loopback())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Blocked { host, .. } if host == "localhost"),
+        "{err:?}"
+    );
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(server.hits(), 1, "the redirect target was never requested");
+}
+
+#[tokio::test]
+async fn redirect_loops_stop_after_five_hops() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let err = env
+        .get(server.url("/loop/0"), &loopback())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::TooManyRedirects), "{err:?}");
+    assert_eq!(server.hits(), 6, "the first request and five redirects");
+}
+
+#[tokio::test]
+async fn credentials_stay_on_the_first_origin_and_307_keeps_the_body() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let hosts = HostPolicy::new(["127.0.0.1", "localhost"]);
+    let progress = AtomicU64::new(0);
+
+    let mut req = DownloadRequest::get(server.url("/redirect-307"))
+        .with_header(AUTHORIZATION, Secret::new(TOKEN));
+    req.method = hyper::Method::POST;
+    req.body = Some(Bytes::from_static(b"{\"id\":1}"));
+    let file = env.fetcher.download(&req, &hosts, &progress).await.unwrap();
+    assert_eq!(
+        read(&file.path),
+        b"POST auth=true ae=identity body={\"id\":1}"
+    );
+
+    let target = format!("http://localhost:{}/echo", server.port());
+    let req = DownloadRequest::get(server.url(&format!("/redirect?to={target}")))
+        .with_header(AUTHORIZATION, Secret::new(TOKEN));
+    let file = env.fetcher.download(&req, &hosts, &progress).await.unwrap();
+    assert_eq!(read(&file.path), b"GET auth=false ae=identity body=");
+}
+
+#[tokio::test]
+async fn loopback_is_blocked_unless_private_networks_are_allowed() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.allow_private_networks = false);
+
+    // IP literal: checked directly.
+    let err = env.get(server.url("/abc"), &loopback()).await.unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Blocked { host, reason } if host == "127.0.0.1" && reason.contains("loopback")),
+        "{err:?}"
+    );
+    // A name: checked on the addresses the resolver hands to the connector.
+    let hosts = HostPolicy::new(["localhost"]);
+    let url = Url::parse(&format!("http://localhost:{}/abc", server.port())).unwrap();
+    let err = env.get(url, &hosts).await.unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Blocked { host, reason } if host == "localhost" && reason.contains("loopback")),
+        "{err:?}"
+    );
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    // The metadata address, as a literal.
+    let url = Url::parse("http://169.254.169.254/latest/meta-data/").unwrap();
+    let err = env
+        .get(url, &HostPolicy::new(Vec::<String>::new()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Blocked { reason, .. } if reason.contains("metadata")),
+        "{err:?}"
+    );
+
+    assert_eq!(server.hits(), 0);
+    assert!(env.spool_files().is_empty());
+}
+
+#[tokio::test]
+async fn host_not_in_policy_is_blocked_even_with_private_networks_allowed() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.allow_private_networks = true);
+    let err = env
+        .get(
+            server.url("/abc"),
+            &HostPolicy::new(["*.whatsapp.net", "lookaside.fbsbx.com"]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Blocked { host, reason } if host == "127.0.0.1" && reason.contains("allowed")),
+        "{err:?}"
+    );
+    assert_eq!(server.hits(), 0);
+}
+
+#[tokio::test]
+async fn unsupported_scheme_is_a_bad_url() {
+    let env = Env::new(|_| {});
+    let err = env
+        .get(
+            Url::parse("file:///etc/passwd").unwrap(),
+            &HostPolicy::new(Vec::<String>::new()),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::BadUrl(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn secrets_never_appear_in_debug_or_errors() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.read_timeout = Duration::from_millis(300));
+    let progress = AtomicU64::new(0);
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut messages = Vec::new();
+    for (url, hosts) in [
+        (
+            server.url(&format!("/status/404?token={QUERY_SECRET}")),
+            loopback(),
+        ),
+        (
+            server.url(&format!("/stall?token={QUERY_SECRET}")),
+            loopback(),
+        ),
+        (
+            server.url(&format!("/truncated/100/10?token={QUERY_SECRET}")),
+            loopback(),
+        ),
+        (
+            server.url(&format!("/loop/0?token={QUERY_SECRET}")),
+            loopback(),
+        ),
+        (
+            server.url(&format!("/abc?token={QUERY_SECRET}")),
+            HostPolicy::new(["example.com"]),
+        ),
+        (
+            Url::parse(&format!(
+                "http://user:{QUERY_SECRET}@127.0.0.1:{closed_port}/x?token={QUERY_SECRET}"
+            ))
+            .unwrap(),
+            loopback(),
+        ),
+        (
+            Url::parse(&format!(
+                "http://127.0.0.1:{closed_port}/waInstance1101/downloadFile/{QUERY_SECRET}"
+            ))
+            .unwrap(),
+            loopback(),
+        ),
+    ] {
+        let req = DownloadRequest::get(url).with_header(AUTHORIZATION, Secret::new(TOKEN));
+        let debug = format!("{req:?}");
+        assert!(
+            !debug.contains("tok-4f1b") && !debug.contains(QUERY_SECRET),
+            "{debug}"
+        );
+        assert!(debug.contains("authorization"), "{debug}");
+        let err = env
+            .fetcher
+            .download(&req, &hosts, &progress)
+            .await
+            .unwrap_err();
+        messages.push(format!("{err} | {err:?}"));
+    }
+    for m in &messages {
+        assert!(!m.contains("tok-4f1b") && !m.contains(QUERY_SECRET), "{m}");
+    }
+    // The connection-refused error names the place, redacted.
+    assert!(
+        messages.iter().any(|m| m.contains(&format!(
+            "127.0.0.1:{closed_port}/waInstance1101/downloadFile/***"
+        ))),
+        "{messages:#?}"
+    );
+}
