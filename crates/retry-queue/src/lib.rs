@@ -1,1 +1,105 @@
-//! Durable, deadline-ordered retry queue with an embedded SQLite backend.
+//! The durable job queue between the webhook receiver and the workers.
+//!
+//! This crate owns a job's life after the webhook was accepted: it commits
+//! [`JobSpec`]s durably (the receiver answers 200 only after [`JobQueue::enqueue`]
+//! returns), hands ready jobs out earliest-deadline-first under a time-limited
+//! [`Lease`], and decides on every failure, from the [`ErrorClass`] alone,
+//! whether the job runs again later (exponential backoff with jitter, at
+//! least `Retry-After`, never past the job's deadline) or is dead-lettered
+//! with a reason. It knows nothing about providers, HTTP or storage: a job's
+//! `payload` is opaque JSON that only the provider adapter reads, and the
+//! worker loop, not this crate, decides what an attempt does.
+//!
+//! Main types:
+//! - [`JobQueue`]: the backend trait (SQLite now, PostgreSQL later, same
+//!   semantics, one conformance suite behind the `conformance` feature).
+//! - [`SqliteQueue`]: the embedded backend, one file, one process.
+//! - [`JobRecord`], [`Lease`], [`Enqueued`], [`Disposition`], [`JobFilter`],
+//!   [`QueueStats`]: what the trait takes and returns.
+//! - [`RetryPolicy`]: backoff bounds; [`QueueError`]: the one error enum.
+//!
+//! # Life cycle (PRODUCT.md section 6)
+//!
+//! `pending` -> `leased` -> `done`; a failed attempt goes back to `pending`
+//! with a later `next_attempt_at`, or to `dead` with a reason; `waiting` is a
+//! parked job (On-Prem store requested) that [`JobQueue::wake`] or its timeout
+//! returns to the ready set. A job is *ready* when it is pending and due, leased
+//! with an expired lease (its worker crashed), or waiting past its timeout. A
+//! ready job whose deadline has passed is dead-lettered by the next
+//! [`JobQueue::lease`] instead of being handed out. A lease carries a fencing
+//! `token`: every call made with a lease fails with [`QueueError::LeaseLost`]
+//! once the job was leased again or finished, so a slow worker can never
+//! overwrite the outcome of the worker that replaced it.
+//!
+//! For a dead job, `last_error` holds the dead-letter reason (the permanent
+//! error itself, or `expired: ...` naming the last error).
+//!
+//! # SQLite schema (version 1, kept in `PRAGMA user_version`)
+//!
+//! Every time is Unix milliseconds (INTEGER); the payload is JSON text. The database runs with `journal_mode=WAL` and `synchronous=FULL`, so
+//! a returned enqueue has been fsynced.
+//!
+//! ```sql
+//! CREATE TABLE jobs (
+//!     id                  TEXT PRIMARY KEY NOT NULL, -- "{account}:{media or message id}"
+//!     account             TEXT NOT NULL,
+//!     provider            TEXT NOT NULL,              -- ProviderKind, lowercase
+//!     state               TEXT NOT NULL,              -- pending|leased|waiting|done|dead
+//!     attempts            INTEGER NOT NULL DEFAULT 0, -- leases taken, minus releases
+//!     deadline            INTEGER NOT NULL,           -- the provider forgets the file then
+//!     next_attempt_at     INTEGER NOT NULL,           -- due time (pending) or park timeout (waiting)
+//!     backoff_interval_ms INTEGER,                    -- interval for the next failure; NULL = policy.initial
+//!     lease_token         INTEGER NOT NULL DEFAULT 0, -- fencing token of the latest lease; only grows
+//!     lease_expires_at    INTEGER,                    -- set while leased
+//!     last_error          TEXT,                       -- latest error, or the dead-letter reason
+//!     created_at          INTEGER NOT NULL,
+//!     updated_at          INTEGER NOT NULL,
+//!     message_id          TEXT NOT NULL,
+//!     media_id            TEXT,
+//!     message_at          INTEGER NOT NULL,
+//!     payload             TEXT NOT NULL,              -- the adapter's reference, verbatim JSON
+//!     due_at              INTEGER GENERATED ALWAYS AS (CASE state
+//!                             WHEN 'pending' THEN next_attempt_at
+//!                             WHEN 'waiting' THEN next_attempt_at
+//!                             WHEN 'leased'  THEN lease_expires_at END) VIRTUAL
+//! ) STRICT;
+//! -- Only live jobs (pending, leased, waiting) are in this index, in the
+//! -- order lease() hands them out, so leasing never reads done/dead history.
+//! -- (A lease call skips, inside the index, live jobs that are not due yet
+//! -- and have earlier deadlines; that cost follows the live set only.)
+//! CREATE INDEX jobs_ready       ON jobs (deadline, next_attempt_at, due_at) WHERE due_at IS NOT NULL;
+//! CREATE INDEX jobs_pending_age ON jobs (created_at) WHERE state = 'pending'; -- oldest pending
+//! CREATE INDEX jobs_state       ON jobs (state, updated_at);   -- list by state, retry_all
+//! CREATE INDEX jobs_account     ON jobs (account, updated_at); -- list by account
+//! CREATE INDEX jobs_updated     ON jobs (updated_at);          -- unfiltered list
+//!
+//! -- Jobs per (account, state), kept by triggers on jobs (insert, state
+//! -- change, delete), so stats() costs the number of accounts, not rows.
+//! CREATE TABLE job_counts (
+//!     account TEXT NOT NULL,
+//!     state   TEXT NOT NULL,
+//!     n       INTEGER NOT NULL,
+//!     PRIMARY KEY (account, state)
+//! ) STRICT, WITHOUT ROWID;
+//! ```
+//!
+//! # Runtime shape of the SQLite backend
+//!
+//! One dedicated OS thread owns the connection; async callers send it commands
+//! over a bounded channel and await a oneshot reply. Enqueues waiting in the
+//! channel are committed together in one transaction (group commit), so
+//! concurrent webhooks share one fsync.
+
+mod backoff;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod error;
+mod policy;
+mod queue;
+mod sqlite;
+
+pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis};
+pub use error::QueueError;
+pub use policy::RetryPolicy;
+pub use queue::{Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, QueueStats};
+pub use sqlite::SqliteQueue;

@@ -1,0 +1,1104 @@
+//! The behaviour every [`JobQueue`] backend must have, as one test suite.
+//!
+//! Each case is a public async function that takes a [`QueueFactory`] and
+//! panics on the first deviation; its name and doc comment are the rule it
+//! checks. A backend's integration test provides a factory and expands the
+//! whole suite, one `#[tokio::test]` per case, with
+//! [`conformance_suite!`](crate::conformance_suite):
+//!
+//! ```ignore
+//! fn sqlite_backend() -> impl retry_queue::conformance::QueueFactory {
+//!     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+//!     move |clock, policy| {
+//!         let path = dir.path().join("queue.db");
+//!         async move {
+//!             std::sync::Arc::new(retry_queue::SqliteQueue::open(&path, policy, clock).unwrap())
+//!                 as std::sync::Arc<dyn retry_queue::JobQueue>
+//!         }
+//!     }
+//! }
+//! retry_queue::conformance_suite!(sqlite_backend);
+//! ```
+//!
+//! Time only moves through the `ManualClock` the suite hands to the factory;
+//! nothing sleeps.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use archiver_core::{Classify, Clock, ErrorClass, ManualClock, ProviderKind, UnixMillis};
+
+use crate::{
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, JobSpec, JobState, Lease, QueueError,
+    RetryPolicy,
+};
+
+/// Opens a backend for one test case.
+///
+/// Every call on the same factory must open the **same** storage (same file,
+/// same database schema), so that a case can drop a queue and reopen it; a
+/// fresh factory must start empty. Any `Fn(Arc<dyn Clock>, RetryPolicy) ->
+/// impl Future<Output = Arc<dyn JobQueue>>` is a factory.
+pub trait QueueFactory {
+    /// The future that opens the queue.
+    type Open: Future<Output = Arc<dyn JobQueue>>;
+    /// Opens the factory's storage with this clock and policy.
+    fn open(&self, clock: Arc<dyn Clock>, policy: RetryPolicy) -> Self::Open;
+}
+
+impl<F, Fut> QueueFactory for F
+where
+    F: Fn(Arc<dyn Clock>, RetryPolicy) -> Fut,
+    Fut: Future<Output = Arc<dyn JobQueue>>,
+{
+    type Open = Fut;
+    fn open(&self, clock: Arc<dyn Clock>, policy: RetryPolicy) -> Fut {
+        self(clock, policy)
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each calling
+/// `$factory()` for a fresh factory. The calling crate needs `tokio` (with
+/// `macros` and `rt-multi-thread`) as a dev-dependency.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:path) => {
+        $crate::conformance_suite!(@cases $factory;
+            enqueue_is_idempotent_within_and_across_batches,
+            enqueue_of_a_dead_job_revives_it,
+            lease_hands_out_earliest_deadline_first,
+            a_leased_job_is_hidden_from_other_leases,
+            an_expired_lease_goes_to_another_worker_and_the_first_loses_it,
+            renew_extends_the_lease,
+            backoff_grows_by_the_multiplier_is_capped_and_jittered_per_job,
+            retry_after_is_honoured,
+            retries_never_fall_after_the_deadline,
+            a_ready_job_past_its_deadline_is_dead_expired,
+            a_permanent_error_dead_letters_at_once,
+            a_parked_job_waits_for_its_wake,
+            a_parked_job_times_out_back_to_ready,
+            release_gives_the_job_back_and_undoes_the_attempt,
+            list_filters_by_state_and_account_newest_first,
+            retry_now_and_retry_all_requeue_at_once,
+            stats_count_states_accounts_oldest_pending_and_at_risk,
+            committed_jobs_and_leases_survive_reopen,
+            concurrent_enqueues_yield_exactly_one_new_per_id,
+            ping_answers,
+        );
+    };
+    (@cases $factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::conformance::$case($factory()).await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Fixture
+
+/// Where every case's clock starts: 2026-01-01T00:00:00Z.
+pub const T0: UnixMillis = 1_767_225_600_000;
+
+const SEC: i64 = 1_000;
+const MIN: i64 = 60 * SEC;
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
+
+/// The lease length the cases use unless they say otherwise.
+const LEASE: Duration = Duration::from_secs(300);
+
+/// The policy the cases use: 10 s, doubling, at most 60 s.
+pub fn test_policy() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_secs(10),
+        max: Duration::from_secs(60),
+        multiplier: 2.0,
+    }
+}
+
+/// A job of account `acme` with a deadline a week after [`T0`].
+pub fn job(id: &str) -> JobSpec {
+    job_of("acme", id, T0 + 7 * DAY)
+}
+
+/// A job of `account` with id `{account}:{key}` and the given deadline.
+pub fn job_of(account: &str, key: &str, deadline: UnixMillis) -> JobSpec {
+    JobSpec {
+        id: JobSpec::job_id(account, key),
+        account: account.to_owned(),
+        provider: ProviderKind::Cloudapi,
+        message_id: format!("wamid.{key}"),
+        media_id: Some(format!("media-{key}")),
+        message_at: T0 - HOUR,
+        deadline,
+        payload: serde_json::json!({ "media_id": format!("media-{key}"), "sha256": "ab12" }),
+    }
+}
+
+struct Fixture {
+    clock: ManualClock,
+    queue: Arc<dyn JobQueue>,
+}
+
+async fn start(factory: &impl QueueFactory) -> Fixture {
+    let clock = ManualClock::new(T0);
+    let queue = factory.open(Arc::new(clock.clone()), test_policy()).await;
+    Fixture { clock, queue }
+}
+
+impl Fixture {
+    fn now(&self) -> UnixMillis {
+        self.clock.now_ms()
+    }
+
+    fn advance_ms(&self, ms: i64) {
+        self.clock
+            .advance(Duration::from_millis(u64::try_from(ms).expect("forward")));
+    }
+
+    async fn enqueue(&self, jobs: Vec<JobSpec>) -> Vec<Enqueued> {
+        let n = jobs.len();
+        let out = self.queue.enqueue(jobs).await.expect("enqueue");
+        assert_eq!(out.len(), n, "one outcome per job");
+        out
+    }
+
+    async fn lease(&self, max: usize) -> Vec<Lease> {
+        self.queue.lease(max, LEASE).await.expect("lease")
+    }
+
+    async fn lease_ids(&self, max: usize) -> Vec<String> {
+        ids(&self.lease(max).await)
+    }
+
+    /// Leases exactly one job and checks it is `id`.
+    async fn lease_one(&self, id: &str) -> Lease {
+        let mut leases = self.lease(1).await;
+        assert_eq!(ids(&leases), [id], "expected to lease {id}");
+        leases.remove(0)
+    }
+
+    async fn assert_nothing_ready(&self) {
+        let leased = self.lease_ids(100).await;
+        assert!(leased.is_empty(), "nothing should be ready, got {leased:?}");
+    }
+
+    async fn get(&self, id: &str) -> JobRecord {
+        self.queue
+            .get(id)
+            .await
+            .expect("get")
+            .unwrap_or_else(|| panic!("job {id} should exist"))
+    }
+
+    async fn fail(&self, lease: &Lease, class: ErrorClass, error: &str) -> Disposition {
+        self.queue.fail(lease, class, error).await.expect("fail")
+    }
+
+    /// Fails a lease transiently and returns the delay until its next attempt.
+    async fn fail_transient(&self, lease: &Lease) -> i64 {
+        match self.fail(lease, ErrorClass::Transient, "boom").await {
+            Disposition::RetryAt(at) => at - self.now(),
+            dead => panic!("expected a retry, got {dead:?}"),
+        }
+    }
+
+    async fn list(&self, state: Option<JobState>, account: Option<&str>) -> Vec<String> {
+        let filter = JobFilter {
+            state,
+            account: account.map(str::to_owned),
+            limit: 0,
+        };
+        let jobs = self.queue.list(&filter).await.expect("list");
+        jobs.into_iter().map(|job| job.id).collect()
+    }
+}
+
+fn ids(leases: &[Lease]) -> Vec<String> {
+    leases.iter().map(|lease| lease.job.id.clone()).collect()
+}
+
+fn assert_lease_lost<T: std::fmt::Debug>(result: Result<T, QueueError>, id: &str) {
+    match result {
+        Err(QueueError::LeaseLost { job_id }) => assert_eq!(job_id, id),
+        other => panic!("expected LeaseLost for {id}, got {other:?}"),
+    }
+}
+
+/// A backoff delay is the interval ±25%, never above the policy's max.
+fn assert_jittered(delay_ms: i64, interval_s: i64) {
+    let interval = interval_s * SEC;
+    let low = interval - interval / 4;
+    let high = (interval + interval / 4).min(test_policy().max.as_millis() as i64);
+    assert!(
+        (low..=high).contains(&delay_ms),
+        "delay {delay_ms} ms should be within {low}..={high} ms (interval {interval_s} s)"
+    );
+}
+
+fn json(job: &JobRecord) -> serde_json::Value {
+    serde_json::to_value(job).expect("JobRecord serializes")
+}
+
+// ---------------------------------------------------------------------------
+// Cases
+
+/// A redelivered webhook is a duplicate, never a second job, whether the
+/// repeat is in the same batch or a later one; a duplicate changes nothing;
+/// a new job starts pending, ready now, with the spec stored verbatim.
+pub async fn enqueue_is_idempotent_within_and_across_batches(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    let a = job("a");
+    assert_eq!(
+        f.enqueue(vec![a.clone(), job("b"), job("a")]).await,
+        [Enqueued::New, Enqueued::New, Enqueued::Duplicate]
+    );
+    assert_eq!(
+        f.enqueue(vec![job("b"), job("c")]).await,
+        [Enqueued::Duplicate, Enqueued::New]
+    );
+    assert_eq!(f.enqueue(Vec::new()).await, []);
+    assert_eq!(f.list(None, None).await.len(), 3);
+
+    let record = f.get("acme:a").await;
+    assert_eq!(record.id, a.id);
+    assert_eq!(record.account, a.account);
+    assert_eq!(record.provider, a.provider);
+    assert_eq!(record.state, JobState::Pending);
+    assert_eq!(record.attempts, 0);
+    assert_eq!(record.deadline, a.deadline);
+    assert_eq!(record.next_attempt_at, T0);
+    assert_eq!(record.created_at, T0);
+    assert_eq!(record.updated_at, T0);
+    assert_eq!(record.last_error, None);
+    assert_eq!(record.message_id, a.message_id);
+    assert_eq!(record.media_id, a.media_id);
+    assert_eq!(record.message_at, a.message_at);
+    assert_eq!(record.payload, a.payload);
+    assert!(f.queue.get("acme:nope").await.expect("get").is_none());
+
+    // A duplicate of a leased job leaves it alone, payload included.
+    f.advance_ms(SEC);
+    let lease = f.lease_one("acme:a").await;
+    let mut changed = job("a");
+    changed.payload = serde_json::json!({ "other": true });
+    changed.deadline += DAY;
+    assert_eq!(
+        f.enqueue(vec![changed.clone()]).await,
+        [Enqueued::Duplicate]
+    );
+    let record = f.get("acme:a").await;
+    assert_eq!(record.state, JobState::Leased);
+    assert_eq!(record.attempts, 1);
+    assert_eq!(record.payload, a.payload);
+    assert_eq!(record.deadline, a.deadline);
+
+    // So does a duplicate of a finished job.
+    f.queue.complete(&lease).await.expect("complete");
+    assert_eq!(f.enqueue(vec![changed]).await, [Enqueued::Duplicate]);
+    assert_eq!(f.get("acme:a").await.state, JobState::Done);
+}
+
+/// A dedup entry never blocks the retry of a failed job: enqueueing the id
+/// of a dead job reports `Duplicate` and puts it back to pending, ready now,
+/// attempts and backoff reset, last error kept.
+pub async fn enqueue_of_a_dead_job_revives_it(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a")]).await;
+    // Two transient failures grow the backoff interval to 40 s.
+    for interval in [10, 20] {
+        let lease = f.lease_one("acme:a").await;
+        let delay = f.fail_transient(&lease).await;
+        assert_jittered(delay, interval);
+        f.advance_ms(delay);
+    }
+    let lease = f.lease_one("acme:a").await;
+    assert_eq!(lease.job.attempts, 3);
+    f.fail(&lease, ErrorClass::Permanent, "media gone").await;
+    assert_eq!(f.get("acme:a").await.state, JobState::Dead);
+
+    f.advance_ms(HOUR);
+    assert_eq!(f.enqueue(vec![job("a")]).await, [Enqueued::Duplicate]);
+    let record = f.get("acme:a").await;
+    assert_eq!(record.state, JobState::Pending);
+    assert_eq!(record.attempts, 0);
+    assert_eq!(record.next_attempt_at, f.now());
+    assert_eq!(record.last_error.as_deref(), Some("media gone"));
+
+    let lease = f.lease_one("acme:a").await;
+    assert_eq!(lease.job.attempts, 1);
+    // Backoff starts again from `initial`.
+    assert_jittered(f.fail_transient(&lease).await, 10);
+}
+
+/// Among ready jobs the earliest deadline goes first; equal deadlines go
+/// oldest `next_attempt_at` first; `max` bounds each call.
+pub async fn lease_hands_out_earliest_deadline_first(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![
+        job_of("acme", "z", T0 + 3 * DAY),
+        job_of("acme", "y", T0 + DAY),
+        job_of("acme", "x", T0 + 2 * DAY),
+        job_of("acme", "tie-early", T0 + 5 * DAY),
+    ])
+    .await;
+    f.advance_ms(SEC);
+    // Same deadline, ready one second later, smaller id: still second.
+    f.enqueue(vec![job_of("acme", "tie-a-late", T0 + 5 * DAY)])
+        .await;
+
+    assert_eq!(f.lease_ids(2).await, ["acme:y", "acme:x"]);
+    assert_eq!(
+        f.lease_ids(10).await,
+        ["acme:z", "acme:tie-early", "acme:tie-a-late"]
+    );
+    assert_eq!(f.lease_ids(10).await, Vec::<String>::new());
+    assert!(f.queue.lease(0, LEASE).await.expect("lease").is_empty());
+}
+
+/// A leased job is handed to nobody else while its lease runs, even to
+/// workers leasing concurrently; the lease carries the counted attempt, a
+/// token and its expiry.
+pub async fn a_leased_job_is_hidden_from_other_leases(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a"), job("b"), job("c")]).await;
+    let first = f.lease(2).await;
+    assert_eq!(first.len(), 2);
+    for lease in &first {
+        assert_eq!(lease.job.state, JobState::Leased);
+        assert_eq!(lease.job.attempts, 1);
+        assert_eq!(lease.expires_at, T0 + LEASE.as_millis() as i64);
+        let stored = f.get(&lease.job.id).await;
+        assert_eq!(stored.state, JobState::Leased);
+        assert_eq!(stored.attempts, 1);
+    }
+    let second = f.lease_ids(2).await;
+    assert_eq!(second.len(), 1);
+    assert!(!ids(&first).contains(&second[0]));
+    f.assert_nothing_ready().await;
+
+    // Eight workers racing over forty jobs: each job goes to exactly one.
+    let jobs: Vec<JobSpec> = (0..40).map(|i| job(&format!("race-{i}"))).collect();
+    f.enqueue(jobs).await;
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let queue = f.queue.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let leases = queue.lease(3, LEASE).await.expect("lease");
+                    if leases.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(ids(&leases));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.expect("worker"));
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 40, "every job leased once: {all:?}");
+    assert_eq!(unique.len(), 40);
+}
+
+/// A lease that lapses (crashed worker) makes the job ready again; whoever
+/// leases it next gets a new token and a counted attempt, and every call
+/// with the old lease fails with `LeaseLost` (a permanent error). A lapsed
+/// lease nobody took over still works.
+pub async fn an_expired_lease_goes_to_another_worker_and_the_first_loses_it(
+    factory: impl QueueFactory,
+) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a")]).await;
+    let lease_for = Duration::from_secs(60);
+    let first = f.queue.lease(1, lease_for).await.expect("lease").remove(0);
+    f.advance_ms(30 * SEC);
+    f.assert_nothing_ready().await;
+    f.advance_ms(31 * SEC);
+    let second = f.queue.lease(1, lease_for).await.expect("lease");
+    assert_eq!(ids(&second), ["acme:a"]);
+    let second = &second[0];
+    assert_eq!(second.job.attempts, 2);
+    assert_ne!(second.token, first.token);
+    assert_eq!(second.expires_at, f.now() + 60 * SEC);
+
+    let err = f.queue.complete(&first).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_lease_lost(Err::<(), _>(err), "acme:a");
+    assert_lease_lost(f.queue.renew(&first, lease_for).await, "acme:a");
+    assert_lease_lost(
+        f.queue.fail(&first, ErrorClass::Transient, "late").await,
+        "acme:a",
+    );
+    assert_lease_lost(f.queue.park(&first, f.now() + HOUR).await, "acme:a");
+    assert_lease_lost(f.queue.release(&first).await, "acme:a");
+    let record = f.get("acme:a").await;
+    assert_eq!(record.state, JobState::Leased);
+    assert_eq!(record.last_error, None, "the lost lease changed nothing");
+
+    f.queue.complete(second).await.expect("complete");
+    assert_eq!(f.get("acme:a").await.state, JobState::Done);
+    assert_eq!(f.get("acme:a").await.attempts, 2);
+    // Finished: the winning lease is spent too.
+    assert_lease_lost(f.queue.complete(second).await, "acme:a");
+    assert_lease_lost(f.queue.renew(second, lease_for).await, "acme:a");
+
+    // Lapsed but not taken over: the slow worker may still finish.
+    f.enqueue(vec![job("b")]).await;
+    let slow = f.queue.lease(1, lease_for).await.expect("lease").remove(0);
+    f.advance_ms(10 * MIN);
+    f.queue
+        .complete(&slow)
+        .await
+        .expect("complete after expiry");
+    assert_eq!(f.get("acme:b").await.state, JobState::Done);
+}
+
+/// Renewing moves the lease's expiry to now + `lease_for`, so a long
+/// download keeps its job.
+pub async fn renew_extends_the_lease(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a")]).await;
+    let lease_for = Duration::from_secs(60);
+    let lease = f.queue.lease(1, lease_for).await.expect("lease").remove(0);
+    assert_eq!(lease.expires_at, T0 + 60 * SEC);
+    f.advance_ms(50 * SEC);
+    let expiry = f.queue.renew(&lease, lease_for).await.expect("renew");
+    assert_eq!(expiry, T0 + 110 * SEC);
+    f.advance_ms(50 * SEC); // past the first expiry
+    f.assert_nothing_ready().await;
+    let expiry = f.queue.renew(&lease, lease_for).await.expect("renew");
+    assert_eq!(expiry, T0 + 160 * SEC);
+    f.advance_ms(60 * SEC); // exactly at the expiry: lapsed
+    assert_eq!(f.lease_ids(1).await, ["acme:a"]);
+    assert_lease_lost(f.queue.renew(&lease, lease_for).await, "acme:a");
+}
+
+/// After each transient failure the wait is the job's current interval ±25%:
+/// `initial`, then times `multiplier` per failure, never above `max`. The
+/// interval is stored with each job, so one job's failures do not slow
+/// another; the job is not ready a millisecond early.
+pub async fn backoff_grows_by_the_multiplier_is_capped_and_jittered_per_job(
+    factory: impl QueueFactory,
+) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a")]).await;
+    for interval in [10, 20, 40, 60, 60, 60] {
+        let lease = f.lease_one("acme:a").await;
+        let delay = f.fail_transient(&lease).await;
+        assert_jittered(delay, interval);
+        let record = f.get("acme:a").await;
+        assert_eq!(record.state, JobState::Pending);
+        assert_eq!(record.next_attempt_at, f.now() + delay);
+        assert_eq!(record.last_error.as_deref(), Some("boom"));
+        f.advance_ms(delay - 1);
+        f.assert_nothing_ready().await;
+        f.advance_ms(1);
+    }
+    assert_eq!(f.lease_one("acme:a").await.job.attempts, 7);
+
+    // Another job starts from `initial`, whatever `a` went through.
+    f.enqueue(vec![job("b")]).await;
+    let lease = f.lease_one("acme:b").await;
+    assert_jittered(f.fail_transient(&lease).await, 10);
+
+    // Jitter: thirty jobs failing together do not all retry together.
+    let jobs: Vec<JobSpec> = (0..30).map(|i| job(&format!("herd-{i}"))).collect();
+    f.enqueue(jobs).await;
+    let mut delays = HashSet::new();
+    for lease in f.lease(30).await {
+        let delay = f.fail_transient(&lease).await;
+        assert_jittered(delay, 10);
+        delays.insert(delay);
+    }
+    assert!(delays.len() > 1, "jitter should spread retries: {delays:?}");
+}
+
+/// `RetryAfter(d)` waits at least `d`, or the backoff if that is longer; the
+/// backoff still advances.
+pub async fn retry_after_is_honoured(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a")]).await;
+    let lease = f.lease_one("acme:a").await;
+    let ten_minutes = Duration::from_secs(600);
+    let at = match f
+        .fail(
+            &lease,
+            ErrorClass::RetryAfter(ten_minutes),
+            "429 Too Many Requests",
+        )
+        .await
+    {
+        Disposition::RetryAt(at) => at,
+        dead => panic!("expected a retry, got {dead:?}"),
+    };
+    assert_eq!(at, f.now() + 10 * MIN);
+    assert_eq!(
+        f.get("acme:a").await.last_error.as_deref(),
+        Some("429 Too Many Requests")
+    );
+    f.advance_ms(10 * MIN - 1);
+    f.assert_nothing_ready().await;
+    f.advance_ms(1);
+    let lease = f.lease_one("acme:a").await;
+
+    // A shorter Retry-After than the backoff (now 20 s ±25%) waits the backoff.
+    let delay = match f
+        .fail(
+            &lease,
+            ErrorClass::RetryAfter(Duration::from_secs(1)),
+            "503",
+        )
+        .await
+    {
+        Disposition::RetryAt(at) => at - f.now(),
+        dead => panic!("expected a retry, got {dead:?}"),
+    };
+    assert_jittered(delay, 20);
+}
+
+/// A retry that would fall after the deadline is not scheduled: the job is
+/// dead with reason `expired: ...` naming the last error.
+pub async fn retries_never_fall_after_the_deadline(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    // The first backoff (10 s ±25%) overshoots a deadline 5 s away.
+    f.enqueue(vec![
+        job_of("acme", "soon", T0 + 5 * SEC),
+        job_of("acme", "later", T0 + HOUR),
+    ])
+    .await;
+    let lease = f.lease_one("acme:soon").await;
+    let expected =
+        "expired: next attempt would fall after the deadline; last error: connection reset";
+    assert_eq!(
+        f.fail(&lease, ErrorClass::Transient, "connection reset")
+            .await,
+        Disposition::Dead {
+            reason: expected.to_owned()
+        }
+    );
+    let record = f.get("acme:soon").await;
+    assert_eq!(record.state, JobState::Dead);
+    assert_eq!(record.last_error.as_deref(), Some(expected));
+
+    // Retry-After beyond the deadline too.
+    let lease = f.lease_one("acme:later").await;
+    match f
+        .fail(
+            &lease,
+            ErrorClass::RetryAfter(Duration::from_secs(7200)),
+            "429",
+        )
+        .await
+    {
+        Disposition::Dead { reason } => {
+            assert!(reason.starts_with("expired: "), "{reason}");
+            assert!(reason.ends_with("last error: 429"), "{reason}");
+        }
+        other => panic!("expected dead, got {other:?}"),
+    }
+    f.advance_ms(3 * HOUR);
+    f.assert_nothing_ready().await;
+}
+
+/// A ready job whose deadline has passed (pending, waiting past its timeout,
+/// or behind a lapsed lease) is dead-lettered `expired` by the next lease and
+/// not handed out; a deadline equal to now is still in time; a job that is
+/// not ready (live lease, park not timed out) is left alone.
+pub async fn a_ready_job_past_its_deadline_is_dead_expired(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![
+        job_of("acme", "pending", T0 + 10 * SEC),
+        job_of("acme", "on-time", T0 + 11 * SEC),
+        job_of("acme", "leased", T0 + 30 * SEC),
+        job_of("acme", "parked", T0 + 31 * SEC),
+        job_of("acme", "healthy", T0 + DAY),
+    ])
+    .await;
+    let leases: BTreeMap<String, Lease> = f
+        .lease(5)
+        .await
+        .into_iter()
+        .map(|lease| (lease.job.id.clone(), lease))
+        .collect();
+    assert_eq!(leases.len(), 5);
+    for id in ["acme:pending", "acme:on-time", "acme:healthy"] {
+        f.queue.release(&leases[id]).await.expect("release");
+    }
+    f.queue
+        .park(&leases["acme:parked"], T0 + 20 * SEC)
+        .await
+        .expect("park");
+    // `acme:leased` keeps its five-minute lease, as if its worker crashed.
+
+    f.advance_ms(11 * SEC); // `pending` is 1 s late, `on-time` due right now
+    let handed = f.lease(10).await;
+    assert_eq!(ids(&handed), ["acme:on-time", "acme:healthy"]);
+    let record = f.get("acme:pending").await;
+    assert_eq!(record.state, JobState::Dead);
+    let reason = record.last_error.expect("reason");
+    assert!(reason.starts_with("expired: "), "{reason}");
+    assert_eq!(f.get("acme:parked").await.state, JobState::Waiting);
+    assert_eq!(f.get("acme:leased").await.state, JobState::Leased);
+    for lease in &handed {
+        f.queue.complete(lease).await.expect("complete");
+    }
+
+    // Park timeout and lease expiry both arrive after the deadlines.
+    f.advance_ms(LEASE.as_millis() as i64);
+    f.assert_nothing_ready().await;
+    for id in ["acme:parked", "acme:leased"] {
+        let record = f.get(id).await;
+        assert_eq!(record.state, JobState::Dead, "{id}");
+        let reason = record.last_error.unwrap_or_default();
+        assert!(reason.starts_with("expired: "), "{id}: {reason}");
+    }
+    assert_lease_lost(
+        f.queue.complete(&leases["acme:leased"]).await,
+        "acme:leased",
+    );
+}
+
+/// A permanent error dead-letters at once, with the error as the reason.
+pub async fn a_permanent_error_dead_letters_at_once(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a")]).await;
+    let lease = f.lease_one("acme:a").await;
+    let reason = "sha256 mismatch: provider says ab12…, bytes are cd34…";
+    assert_eq!(
+        f.fail(&lease, ErrorClass::Permanent, reason).await,
+        Disposition::Dead {
+            reason: reason.to_owned()
+        }
+    );
+    let record = f.get("acme:a").await;
+    assert_eq!(record.state, JobState::Dead);
+    assert_eq!(record.last_error.as_deref(), Some(reason));
+    assert_eq!(record.attempts, 1);
+    f.advance_ms(DAY);
+    f.assert_nothing_ready().await;
+    assert_lease_lost(f.queue.complete(&lease).await, "acme:a");
+}
+
+/// A parked job waits, off the ready set, until `wake` makes it pending and
+/// ready now. `wake` reports whether a waiting job had that id.
+pub async fn a_parked_job_waits_for_its_wake(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a")]).await;
+    let lease = f.lease_one("acme:a").await;
+    f.queue.park(&lease, T0 + HOUR).await.expect("park");
+    let record = f.get("acme:a").await;
+    assert_eq!(record.state, JobState::Waiting);
+    assert_eq!(record.next_attempt_at, T0 + HOUR);
+    assert_eq!(record.attempts, 1, "the attempt stays counted");
+    f.assert_nothing_ready().await;
+    assert_lease_lost(f.queue.complete(&lease).await, "acme:a");
+
+    f.advance_ms(MIN);
+    assert!(f.queue.wake("acme:a").await.expect("wake"));
+    let record = f.get("acme:a").await;
+    assert_eq!(record.state, JobState::Pending);
+    assert_eq!(record.next_attempt_at, f.now());
+    assert!(!f.queue.wake("acme:a").await.expect("wake"), "not waiting");
+    assert!(!f.queue.wake("acme:nope").await.expect("wake"), "absent");
+    assert_eq!(f.lease_one("acme:a").await.job.attempts, 2);
+    assert!(!f.queue.wake("acme:a").await.expect("wake"), "leased");
+}
+
+/// A parked job whose callback never comes is ready again at its timeout.
+pub async fn a_parked_job_times_out_back_to_ready(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a")]).await;
+    let lease = f.lease_one("acme:a").await;
+    f.queue.park(&lease, T0 + 10 * MIN).await.expect("park");
+    f.advance_ms(10 * MIN - 1);
+    f.assert_nothing_ready().await;
+    f.advance_ms(1);
+    let lease = f.lease_one("acme:a").await;
+    assert_eq!(lease.job.attempts, 2);
+    assert_eq!(lease.job.state, JobState::Leased);
+}
+
+/// Releasing a lease (shutdown) puts the job back pending, ready now, and
+/// undoes the attempt the lease counted.
+pub async fn release_gives_the_job_back_and_undoes_the_attempt(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a")]).await;
+    let lease = f.lease_one("acme:a").await;
+    let delay = f.fail_transient(&lease).await;
+    f.advance_ms(delay);
+    let lease = f.lease_one("acme:a").await;
+    assert_eq!(lease.job.attempts, 2);
+    f.advance_ms(SEC);
+    f.queue.release(&lease).await.expect("release");
+    let record = f.get("acme:a").await;
+    assert_eq!(record.state, JobState::Pending);
+    assert_eq!(record.attempts, 1);
+    assert_eq!(record.next_attempt_at, f.now());
+    assert_eq!(record.last_error.as_deref(), Some("boom"), "kept");
+    assert_lease_lost(f.queue.release(&lease).await, "acme:a");
+    assert_eq!(f.lease_one("acme:a").await.job.attempts, 2);
+}
+
+/// `list` filters by state and account, newest update first; limit 0 means
+/// 100 and no call returns more than 1000.
+pub async fn list_filters_by_state_and_account_newest_first(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job_of("acme", "1", T0 + DAY)]).await;
+    f.advance_ms(SEC);
+    f.enqueue(vec![job_of("globex", "1", T0 + DAY + 1)]).await;
+    f.advance_ms(SEC);
+    f.enqueue(vec![job_of("acme", "2", T0 + DAY + 2)]).await;
+    f.advance_ms(SEC);
+    f.enqueue(vec![job_of("globex", "2", T0 + DAY + 3)]).await;
+    f.advance_ms(SEC);
+    let lease = f.lease_one("acme:1").await; // acme:1 updated last
+    f.advance_ms(SEC);
+    f.fail(&lease, ErrorClass::Permanent, "gone").await;
+
+    assert_eq!(
+        f.list(None, None).await,
+        ["acme:1", "globex:2", "acme:2", "globex:1"]
+    );
+    assert_eq!(
+        f.list(Some(JobState::Pending), None).await,
+        ["globex:2", "acme:2", "globex:1"]
+    );
+    assert_eq!(f.list(None, Some("globex")).await, ["globex:2", "globex:1"]);
+    assert_eq!(f.list(Some(JobState::Dead), Some("acme")).await, ["acme:1"]);
+    assert_eq!(
+        f.list(Some(JobState::Dead), Some("globex")).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(f.list(None, Some("initech")).await, Vec::<String>::new());
+    let two = JobFilter {
+        limit: 2,
+        ..JobFilter::default()
+    };
+    let listed: Vec<String> = f
+        .queue
+        .list(&two)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|job| job.id)
+        .collect();
+    assert_eq!(listed, ["acme:1", "globex:2"]);
+    let records = f.queue.list(&two).await.expect("list");
+    assert_eq!(records[0].state, JobState::Dead);
+    assert_eq!(records[0].last_error.as_deref(), Some("gone"));
+
+    let bulk: Vec<JobSpec> = (0..1001)
+        .map(|i| job_of("bulk", &i.to_string(), T0 + DAY))
+        .collect();
+    f.enqueue(bulk).await;
+    let bulk_filter = |limit| JobFilter {
+        account: Some("bulk".to_owned()),
+        limit,
+        ..JobFilter::default()
+    };
+    let count = |limit| {
+        let filter = bulk_filter(limit);
+        let queue = f.queue.clone();
+        async move { queue.list(&filter).await.expect("list").len() }
+    };
+    assert_eq!(count(0).await, 100);
+    assert_eq!(count(5000).await, 1000);
+    assert_eq!(count(7).await, 7);
+}
+
+/// Admin requeue: a dead, pending or waiting job becomes pending and ready
+/// now with its backoff reset (last error kept); a done or leased job, or an
+/// absent one, is refused. `retry_all` does that for every job in a state.
+pub async fn retry_now_and_retry_all_requeue_at_once(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![
+        job("dead"),
+        job("backing-off"),
+        job("parked"),
+        job("done"),
+        job("leased"),
+    ])
+    .await;
+    let leases: BTreeMap<String, Lease> = f
+        .lease(5)
+        .await
+        .into_iter()
+        .map(|lease| (lease.job.id.clone(), lease))
+        .collect();
+    f.fail(&leases["acme:dead"], ErrorClass::Permanent, "gone")
+        .await;
+    // Its stored interval is now 20 s.
+    f.fail(&leases["acme:backing-off"], ErrorClass::Transient, "slow")
+        .await;
+    f.queue
+        .park(&leases["acme:parked"], T0 + DAY)
+        .await
+        .expect("park");
+    f.queue.complete(&leases["acme:done"]).await.expect("done");
+
+    f.advance_ms(SEC);
+    for id in ["acme:dead", "acme:backing-off", "acme:parked"] {
+        assert!(f.queue.retry_now(id).await.expect("retry_now"), "{id}");
+        let record = f.get(id).await;
+        assert_eq!(record.state, JobState::Pending, "{id}");
+        assert_eq!(record.next_attempt_at, f.now(), "{id}");
+    }
+    assert_eq!(f.get("acme:dead").await.last_error.as_deref(), Some("gone"));
+    assert_eq!(
+        f.get("acme:backing-off").await.last_error.as_deref(),
+        Some("slow")
+    );
+    for id in ["acme:done", "acme:leased", "acme:absent"] {
+        assert!(!f.queue.retry_now(id).await.expect("retry_now"), "{id}");
+    }
+    assert_eq!(f.get("acme:done").await.state, JobState::Done);
+    assert_eq!(f.get("acme:leased").await.state, JobState::Leased);
+
+    let again: BTreeMap<String, Lease> = f
+        .lease(10)
+        .await
+        .into_iter()
+        .map(|lease| (lease.job.id.clone(), lease))
+        .collect();
+    let ready: Vec<&str> = again.keys().map(String::as_str).collect();
+    assert_eq!(ready, ["acme:backing-off", "acme:dead", "acme:parked"]);
+    // The backoff was reset: 10 s again, not 20 s.
+    assert_jittered(f.fail_transient(&again["acme:backing-off"]).await, 10);
+
+    // retry_all(Dead) requeues every dead job, and only those.
+    f.fail(&again["acme:dead"], ErrorClass::Permanent, "gone")
+        .await;
+    f.fail(&again["acme:parked"], ErrorClass::Permanent, "gone")
+        .await;
+    f.fail(&leases["acme:leased"], ErrorClass::Permanent, "gone")
+        .await;
+    assert_eq!(
+        f.queue.retry_all(JobState::Dead).await.expect("retry_all"),
+        3
+    );
+    assert_eq!(
+        f.list(Some(JobState::Dead), None).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        f.queue.retry_all(JobState::Dead).await.expect("retry_all"),
+        0
+    );
+    assert_eq!(
+        f.queue.retry_all(JobState::Done).await.expect("retry_all"),
+        0
+    );
+    assert_eq!(f.get("acme:done").await.state, JobState::Done);
+    let mut ready = f.lease_ids(10).await; // `backing-off` is not due yet
+    ready.sort();
+    assert_eq!(ready, ["acme:dead", "acme:leased", "acme:parked"]);
+    assert_eq!(
+        f.queue
+            .retry_all(JobState::Leased)
+            .await
+            .expect("retry_all"),
+        0
+    );
+    // retry_all(Pending) makes backing-off jobs ready now.
+    assert_eq!(
+        f.queue
+            .retry_all(JobState::Pending)
+            .await
+            .expect("retry_all"),
+        1
+    );
+    assert_eq!(f.lease_ids(10).await, ["acme:backing-off"]);
+}
+
+/// Stats count every state (zeros included) overall and per account, give
+/// the oldest pending job's `created_at`, and count live jobs whose deadline
+/// is within the window as at risk.
+pub async fn stats_count_states_accounts_oldest_pending_and_at_risk(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    let stats = f
+        .queue
+        .stats(Duration::from_secs(86_400))
+        .await
+        .expect("stats");
+    let states: Vec<&str> = stats.by_state.keys().map(String::as_str).collect();
+    assert_eq!(states, ["dead", "done", "leased", "pending", "waiting"]);
+    assert!(stats.by_state.values().all(|n| *n == 0));
+    assert!(stats.by_account.is_empty());
+    assert_eq!(stats.oldest_pending, None);
+    assert_eq!(stats.at_risk, 0);
+
+    // Leased first (earliest deadlines), then the rest.
+    f.enqueue(vec![
+        job_of("globex", "leased", T0 + HOUR),
+        job_of("globex", "done", T0 + HOUR + 1),
+        job_of("globex", "dead", T0 + HOUR + 2),
+        job_of("globex", "waiting", T0 + HOUR + 3),
+    ])
+    .await;
+    let leases = f.lease(4).await;
+    f.queue.complete(&leases[1]).await.expect("complete");
+    f.fail(&leases[2], ErrorClass::Permanent, "gone").await;
+    f.queue.park(&leases[3], T0 + DAY).await.expect("park");
+    f.advance_ms(MIN);
+    f.enqueue(vec![job_of("acme", "urgent", T0 + 2 * HOUR)])
+        .await;
+    f.advance_ms(MIN);
+    f.enqueue(vec![job_of("acme", "relaxed", T0 + 3 * DAY)])
+        .await;
+
+    let stats = f
+        .queue
+        .stats(Duration::from_secs(86_400))
+        .await
+        .expect("stats");
+    let expected: BTreeMap<String, u64> = [
+        ("pending", 2),
+        ("leased", 1),
+        ("waiting", 1),
+        ("done", 1),
+        ("dead", 1),
+    ]
+    .into_iter()
+    .map(|(state, n)| (state.to_owned(), n))
+    .collect();
+    assert_eq!(stats.by_state, expected);
+    let acme = &stats.by_account["acme"];
+    assert_eq!(acme.len(), 5, "every state per account: {acme:?}");
+    assert_eq!(acme["pending"], 2);
+    assert_eq!(acme.values().sum::<u64>(), 2);
+    let globex = &stats.by_account["globex"];
+    assert_eq!(globex["pending"], 0);
+    for state in ["leased", "waiting", "done", "dead"] {
+        assert_eq!(globex[state], 1, "{state}");
+    }
+    assert_eq!(stats.by_account.len(), 2);
+    assert_eq!(stats.oldest_pending, Some(T0 + MIN));
+    // Within 24 h and live: globex leased + waiting, acme urgent.
+    assert_eq!(stats.at_risk, 3);
+    assert_eq!(
+        f.queue.stats(Duration::ZERO).await.expect("stats").at_risk,
+        0
+    );
+    // A deadline already passed still counts as at risk until dead.
+    f.advance_ms(HOUR);
+    let stats = f.queue.stats(Duration::ZERO).await.expect("stats");
+    assert_eq!(stats.at_risk, 2, "globex leased and waiting are past due");
+    let value = serde_json::to_value(&stats).expect("serializes");
+    assert!(value["by_state"]["pending"].is_u64());
+}
+
+/// What a queue acknowledged is still there after the queue is dropped and
+/// its storage reopened: jobs, backoff state and leases (the tokens are data).
+pub async fn committed_jobs_and_leases_survive_reopen(factory: impl QueueFactory) {
+    let clock = ManualClock::new(T0);
+    let queue = factory.open(Arc::new(clock.clone()), test_policy()).await;
+    let f = Fixture {
+        clock: clock.clone(),
+        queue,
+    };
+    f.enqueue(vec![job("a"), job("b"), job("c")]).await;
+    let held = f.lease_one("acme:a").await;
+    let b = f.lease_one("acme:b").await;
+    let delay = f.fail_transient(&b).await;
+    let before: Vec<serde_json::Value> = {
+        let mut all = Vec::new();
+        for id in ["acme:a", "acme:b", "acme:c"] {
+            all.push(json(&f.get(id).await));
+        }
+        all
+    };
+    drop(f);
+
+    let queue = factory.open(Arc::new(clock.clone()), test_policy()).await;
+    let f = Fixture { clock, queue };
+    for (id, before) in ["acme:a", "acme:b", "acme:c"].into_iter().zip(before) {
+        assert_eq!(json(&f.get(id).await), before, "{id}");
+    }
+    assert_eq!(
+        f.enqueue(vec![job("a"), job("c")]).await,
+        [Enqueued::Duplicate, Enqueued::Duplicate]
+    );
+    // The lease taken before the restart still holds its job.
+    f.queue
+        .complete(&held)
+        .await
+        .expect("complete after reopen");
+    f.advance_ms(delay);
+    let leases = f.lease(10).await;
+    let mut ready = ids(&leases);
+    ready.sort();
+    assert_eq!(ready, ["acme:b", "acme:c"]);
+    // `b`'s backoff continued from the stored interval (20 s, not 10 s).
+    let b = leases
+        .iter()
+        .find(|lease| lease.job.id == "acme:b")
+        .expect("b");
+    assert_jittered(f.fail_transient(b).await, 20);
+}
+
+/// Fifty concurrent enqueues of overlapping batches (one id shared by all,
+/// one shared by pairs, one per task) create each job exactly once.
+pub async fn concurrent_enqueues_yield_exactly_one_new_per_id(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let queue = f.queue.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let batch = vec![
+                    job("shared"),
+                    job(&format!("own-{i}")),
+                    job(&format!("pair-{}", i / 2)),
+                    job("shared"),
+                ];
+                let ids: Vec<String> = batch.iter().map(|job| job.id.clone()).collect();
+                barrier.wait().await;
+                let outcome = queue.enqueue(batch).await.expect("enqueue");
+                ids.into_iter().zip(outcome).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut new_per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for task in tasks {
+        let outcome = task.await.expect("task");
+        assert_eq!(outcome.len(), 4);
+        assert_eq!(outcome[3].1, Enqueued::Duplicate, "repeat within a batch");
+        for (id, enqueued) in outcome {
+            let count = new_per_id.entry(id).or_default();
+            if enqueued == Enqueued::New {
+                *count += 1;
+            }
+        }
+    }
+    assert_eq!(new_per_id.len(), 1 + 50 + 25);
+    for (id, count) in &new_per_id {
+        assert_eq!(*count, 1, "{id} should be New exactly once");
+    }
+    let all = f
+        .queue
+        .list(&JobFilter {
+            limit: 1000,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 76);
+}
+
+/// `ping` answers while the backend is usable.
+pub async fn ping_answers(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.queue.ping().await.expect("ping");
+    f.enqueue(vec![job("a")]).await;
+    f.queue.ping().await.expect("ping");
+}

@@ -1,0 +1,1213 @@
+//! The embedded backend: one SQLite file, one OS thread that owns the
+//! connection, commands over a bounded channel (schema in the crate docs).
+//!
+//! Why a thread and not a connection pool: SQLite allows one writer at a
+//! time anyway, and nearly every queue operation writes. A single owner
+//! thread serialises them without `SQLITE_BUSY` retries, keeps prepared
+//! statements cached, and is the natural place for group commit: enqueues
+//! that arrived while the previous transaction was being fsynced are
+//! committed together, so a burst of webhooks costs one fsync, not one each.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use archiver_core::{Clock, ErrorClass, JobSpec, JobState, UnixMillis};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, QueueError, QueueStats,
+    RetryPolicy, backoff,
+};
+
+/// Schema version kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// The schema documented in the crate docs; keep both in step.
+const SCHEMA_V1: &str = "
+CREATE TABLE jobs (
+    id                  TEXT PRIMARY KEY NOT NULL,
+    account             TEXT NOT NULL,
+    provider            TEXT NOT NULL,
+    state               TEXT NOT NULL
+                        CHECK (state IN ('pending', 'leased', 'waiting', 'done', 'dead')),
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    deadline            INTEGER NOT NULL,
+    next_attempt_at     INTEGER NOT NULL,
+    backoff_interval_ms INTEGER,
+    lease_token         INTEGER NOT NULL DEFAULT 0,
+    lease_expires_at    INTEGER,
+    last_error          TEXT,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    message_id          TEXT NOT NULL,
+    media_id            TEXT,
+    message_at          INTEGER NOT NULL,
+    payload             TEXT NOT NULL,
+    due_at              INTEGER GENERATED ALWAYS AS (CASE state
+                            WHEN 'pending' THEN next_attempt_at
+                            WHEN 'waiting' THEN next_attempt_at
+                            WHEN 'leased'  THEN lease_expires_at END) VIRTUAL
+) STRICT;
+CREATE INDEX jobs_ready       ON jobs (deadline, next_attempt_at, due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX jobs_pending_age ON jobs (created_at) WHERE state = 'pending';
+CREATE INDEX jobs_state       ON jobs (state, updated_at);
+CREATE INDEX jobs_account     ON jobs (account, updated_at);
+CREATE INDEX jobs_updated     ON jobs (updated_at);
+
+CREATE TABLE job_counts (
+    account TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (account, state)
+) STRICT, WITHOUT ROWID;
+CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
+    INSERT INTO job_counts (account, state, n) VALUES (NEW.account, NEW.state, 1)
+        ON CONFLICT (account, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs
+WHEN OLD.state <> NEW.state BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE account = OLD.account AND state = OLD.state;
+    INSERT INTO job_counts (account, state, n) VALUES (NEW.account, NEW.state, 1)
+        ON CONFLICT (account, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE account = OLD.account AND state = OLD.state;
+END;
+";
+
+/// Columns read into a [`JobRecord`] (plus the lease token), in this order.
+const COLUMNS: &str = "id, account, provider, state, attempts, deadline, next_attempt_at, \
+     last_error, created_at, updated_at, message_id, media_id, message_at, payload, lease_token";
+
+/// Commands waiting for the thread; senders wait when it is full.
+const CHANNEL_CAPACITY: usize = 1024;
+/// Most enqueue requests committed in one transaction.
+const MAX_GROUP: usize = 256;
+/// Most jobs handed out by one `lease` call.
+const MAX_LEASE_BATCH: usize = 1000;
+
+/// The SQLite [`JobQueue`]: embedded, one process, one file (plus its WAL).
+///
+/// Dropping it stops its thread after the commands already sent, and waits
+/// for that, so the file can be reopened at once.
+pub struct SqliteQueue {
+    /// For `Debug` and error messages.
+    path: PathBuf,
+    /// `None` only while dropping: closing the channel stops the thread.
+    commands: Option<mpsc::Sender<Command>>,
+    /// Joined on drop.
+    worker: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteQueue")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteQueue {
+    /// Opens (or creates, with its parent directory and schema) the queue
+    /// database at `path` and starts its thread. Needs no async runtime.
+    pub fn open(
+        path: &Path,
+        policy: RetryPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, QueueError> {
+        policy.validate().map_err(QueueError::InvalidPolicy)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                QueueError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let conn = open_database(path).map_err(|e| match QueueError::from(e) {
+            QueueError::Unavailable(msg) => {
+                QueueError::Unavailable(format!("{}: {msg}", path.display()))
+            }
+            other => other,
+        })?;
+        let store = Store {
+            conn,
+            clock,
+            policy,
+            enqueue_commits: 0,
+        };
+        let (commands, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let worker = std::thread::Builder::new()
+            .name("retry-queue-sqlite".to_owned())
+            .spawn(move || run(store, receiver))
+            .map_err(|e| QueueError::Unavailable(format!("cannot start the queue thread: {e}")))?;
+        Ok(Self {
+            path: path.to_owned(),
+            commands: Some(commands),
+            worker: Some(worker),
+        })
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Command>, QueueError> {
+        self.commands.as_ref().ok_or_else(stopped)
+    }
+
+    /// Runs `f` on the database thread and waits for its answer.
+    ///
+    /// If the caller stops waiting, `f` still runs (a lease taken that way
+    /// simply expires).
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> StoreResult<T> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Call(Box::new(move |store: &mut Store| {
+            let _ = reply.send(f(store).map_err(QueueError::from));
+        }));
+        self.sender()?.send(command).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for SqliteQueue {
+    fn drop(&mut self) {
+        drop(self.commands.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn stopped() -> QueueError {
+    QueueError::Unavailable("the queue's database thread has stopped".to_owned())
+}
+
+#[async_trait::async_trait]
+impl JobQueue for SqliteQueue {
+    async fn enqueue(&self, jobs: Vec<JobSpec>) -> Result<Vec<Enqueued>, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.sender()?
+            .send(Command::Enqueue(EnqueueRequest { jobs, reply }))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Lease>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.call(move |store| store.lease(max, lease_for)).await
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<UnixMillis, QueueError> {
+        let held = Held::of(lease);
+        self.call(move |store| store.renew(&held, lease_for)).await
+    }
+
+    async fn complete(&self, lease: &Lease) -> Result<(), QueueError> {
+        let held = Held::of(lease);
+        self.call(move |store| store.complete(&held)).await
+    }
+
+    async fn fail(
+        &self,
+        lease: &Lease,
+        class: ErrorClass,
+        error: &str,
+    ) -> Result<Disposition, QueueError> {
+        let held = Held::of(lease);
+        let error = error.to_owned();
+        self.call(move |store| store.fail(&held, class, &error))
+            .await
+    }
+
+    async fn park(&self, lease: &Lease, until: UnixMillis) -> Result<(), QueueError> {
+        let held = Held::of(lease);
+        self.call(move |store| store.park(&held, until)).await
+    }
+
+    async fn wake(&self, job_id: &str) -> Result<bool, QueueError> {
+        let id = job_id.to_owned();
+        self.call(move |store| store.wake(&id)).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        let held = Held::of(lease);
+        self.call(move |store| store.release(&held)).await
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let id = job_id.to_owned();
+        self.call(move |store| store.get(&id)).await
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, QueueError> {
+        let filter = filter.clone();
+        self.call(move |store| store.list(&filter)).await
+    }
+
+    async fn retry_now(&self, job_id: &str) -> Result<bool, QueueError> {
+        let id = job_id.to_owned();
+        self.call(move |store| store.retry_now(&id)).await
+    }
+
+    async fn retry_all(&self, state: JobState) -> Result<u64, QueueError> {
+        self.call(move |store| store.retry_all(state)).await
+    }
+
+    async fn stats(&self, at_risk_within: Duration) -> Result<QueueStats, QueueError> {
+        self.call(move |store| store.stats(at_risk_within)).await
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.call(|store| store.ping()).await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The database thread.
+
+type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
+
+struct EnqueueRequest {
+    jobs: Vec<JobSpec>,
+    reply: Reply<Vec<Enqueued>>,
+}
+
+enum Command {
+    /// Kept apart from `Call` so that waiting enqueues can share a commit.
+    Enqueue(EnqueueRequest),
+    /// Anything else; the closure sends its own reply.
+    Call(Box<dyn FnOnce(&mut Store) + Send>),
+}
+
+/// The thread's loop: one command at a time, in arrival order, except that
+/// an enqueue takes every enqueue queued right behind it into its transaction.
+fn run(mut store: Store, mut commands: mpsc::Receiver<Command>) {
+    let mut next = None;
+    loop {
+        let command = match next.take() {
+            Some(command) => command,
+            None => match commands.blocking_recv() {
+                Some(command) => command,
+                None => return, // every sender dropped: the queue was dropped
+            },
+        };
+        match command {
+            Command::Call(f) => f(&mut store),
+            Command::Enqueue(first) => {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match commands.try_recv() {
+                        Ok(Command::Enqueue(request)) => group.push(request),
+                        Ok(other) => {
+                            // Keep the order: it runs right after this group.
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                store.enqueue_group(group);
+            }
+        }
+    }
+}
+
+/// What a lease call needs to prove it still holds the job.
+struct Held {
+    job_id: String,
+    token: u64,
+}
+
+impl Held {
+    fn of(lease: &Lease) -> Self {
+        Self {
+            job_id: lease.job.id.clone(),
+            token: lease.token,
+        }
+    }
+
+    /// The token as stored; a token that does not fit was never issued.
+    fn token(&self) -> StoreResult<i64> {
+        i64::try_from(self.token).map_err(|_| self.lost())
+    }
+
+    fn lost(&self) -> StoreError {
+        QueueError::LeaseLost {
+            job_id: self.job_id.clone(),
+        }
+        .into()
+    }
+}
+
+/// The connection and everything the operations need; lives on the thread.
+struct Store {
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+    policy: RetryPolicy,
+    /// Enqueue transactions committed so far (group commit is observable in
+    /// traces and tests).
+    enqueue_commits: u64,
+}
+
+impl Store {
+    fn now(&self) -> UnixMillis {
+        self.clock.now_ms()
+    }
+
+    fn enqueue_group(&mut self, group: Vec<EnqueueRequest>) {
+        let now = self.now();
+        match insert_group(&mut self.conn, &group, now) {
+            Ok(outcomes) => {
+                self.enqueue_commits += 1;
+                tracing::trace!(
+                    requests = group.len(),
+                    commits = self.enqueue_commits,
+                    "enqueue group committed"
+                );
+                for (request, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = request.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                // Nothing of the group was committed; every caller hears so.
+                let message = e.to_string();
+                tracing::warn!(error = %message, requests = group.len(), "enqueue failed");
+                for request in group {
+                    let _ = request
+                        .reply
+                        .send(Err(QueueError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+
+    fn lease(&mut self, max: usize, lease_for: Duration) -> StoreResult<Vec<Lease>> {
+        let now = self.now();
+        let expires_at = now.saturating_add(millis(lease_for));
+        let limit = i64::try_from(max.min(MAX_LEASE_BATCH)).unwrap_or(1);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            // Ready but past the deadline: the provider has forgotten the
+            // file, so dead-letter instead of handing it out.
+            let mut expire = tx.prepare_cached(
+                "UPDATE jobs SET state = 'dead',
+                    last_error = 'expired: the deadline passed before the job could run'
+                                 || COALESCE('; last error: ' || last_error, ''),
+                    lease_expires_at = NULL, updated_at = ?1
+                 WHERE due_at IS NOT NULL AND due_at <= ?1 AND deadline < ?1
+                 RETURNING id, account, attempts, deadline",
+            )?;
+            let expired = expire.query_map(params![now], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })?;
+            for expired in expired {
+                let (job_id, account, attempts, deadline) = expired?;
+                tracing::warn!(
+                    job_id,
+                    account,
+                    attempts,
+                    deadline,
+                    outcome = "dead",
+                    reason = "expired",
+                    "job dead: its deadline passed before it could run"
+                );
+            }
+        }
+        let ready = {
+            let mut select = tx.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM jobs
+                 WHERE due_at IS NOT NULL AND due_at <= ?1
+                 ORDER BY deadline, next_attempt_at LIMIT ?2"
+            ))?;
+            select
+                .query_map(params![now, limit], read_job)?
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let mut leases = Vec::with_capacity(ready.len());
+        {
+            let mut take = tx.prepare_cached(
+                "UPDATE jobs SET state = 'leased', attempts = attempts + 1,
+                    lease_token = lease_token + 1, lease_expires_at = ?2, updated_at = ?3
+                 WHERE id = ?1",
+            )?;
+            for StoredJob {
+                mut job,
+                lease_token,
+            } in ready
+            {
+                take.execute(params![job.id, expires_at, now])?;
+                if job.state == JobState::Leased {
+                    tracing::info!(
+                        job_id = job.id,
+                        account = job.account,
+                        attempts = job.attempts,
+                        "lease expired without an outcome (worker gone?); job leased again"
+                    );
+                }
+                job.state = JobState::Leased;
+                job.attempts = job.attempts.saturating_add(1);
+                job.updated_at = now;
+                leases.push(Lease {
+                    job,
+                    // Tokens start at 0 and only grow, so this never fails.
+                    token: u64::try_from(lease_token + 1).unwrap_or_default(),
+                    expires_at,
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(leases)
+    }
+
+    /// Runs a one-statement update that only matches while `held` still
+    /// holds the job; `LeaseLost` if it changed nothing.
+    fn update_held(
+        &mut self,
+        held: &Held,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> StoreResult<()> {
+        let changed = self.conn.prepare_cached(sql)?.execute(args)?;
+        if changed == 0 {
+            return Err(held.lost());
+        }
+        Ok(())
+    }
+
+    fn renew(&mut self, held: &Held, lease_for: Duration) -> StoreResult<UnixMillis> {
+        let now = self.now();
+        let expires_at = now.saturating_add(millis(lease_for));
+        self.update_held(
+            held,
+            "UPDATE jobs SET lease_expires_at = ?3, updated_at = ?4
+             WHERE id = ?1 AND state = 'leased' AND lease_token = ?2",
+            params![held.job_id, held.token()?, expires_at, now],
+        )?;
+        Ok(expires_at)
+    }
+
+    fn complete(&mut self, held: &Held) -> StoreResult<()> {
+        let now = self.now();
+        self.update_held(
+            held,
+            "UPDATE jobs SET state = 'done', lease_expires_at = NULL, updated_at = ?3
+             WHERE id = ?1 AND state = 'leased' AND lease_token = ?2",
+            params![held.job_id, held.token()?, now],
+        )
+    }
+
+    fn park(&mut self, held: &Held, until: UnixMillis) -> StoreResult<()> {
+        let now = self.now();
+        self.update_held(
+            held,
+            "UPDATE jobs SET state = 'waiting', next_attempt_at = ?3,
+                lease_expires_at = NULL, updated_at = ?4
+             WHERE id = ?1 AND state = 'leased' AND lease_token = ?2",
+            params![held.job_id, held.token()?, until, now],
+        )
+    }
+
+    fn release(&mut self, held: &Held) -> StoreResult<()> {
+        let now = self.now();
+        self.update_held(
+            held,
+            "UPDATE jobs SET state = 'pending', next_attempt_at = ?3,
+                attempts = MAX(attempts - 1, 0), lease_expires_at = NULL, updated_at = ?3
+             WHERE id = ?1 AND state = 'leased' AND lease_token = ?2",
+            params![held.job_id, held.token()?, now],
+        )
+    }
+
+    fn fail(&mut self, held: &Held, class: ErrorClass, error: &str) -> StoreResult<Disposition> {
+        let now = self.now();
+        let token = held.token()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = tx
+            .prepare_cached(
+                "SELECT deadline, backoff_interval_ms FROM jobs
+                 WHERE id = ?1 AND state = 'leased' AND lease_token = ?2",
+            )?
+            .query_row(params![held.job_id, token], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+            })
+            .optional()?;
+        let Some((deadline, stored_interval)) = found else {
+            return Err(held.lost());
+        };
+
+        let (disposition, interval) = match class {
+            ErrorClass::Permanent => (
+                Disposition::Dead {
+                    reason: error.to_owned(),
+                },
+                stored_interval,
+            ),
+            ErrorClass::Transient | ErrorClass::RetryAfter(_) => {
+                let stored =
+                    stored_interval.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs()));
+                let step = backoff::next_step(&self.policy, stored);
+                let delay = match class {
+                    ErrorClass::RetryAfter(at_least) => step.delay.max(at_least),
+                    _ => step.delay,
+                };
+                let at = now.saturating_add(millis(delay));
+                let disposition = if at > deadline {
+                    Disposition::Dead {
+                        reason: format!(
+                            "expired: next attempt would fall after the deadline; last error: {error}"
+                        ),
+                    }
+                } else {
+                    Disposition::RetryAt(at)
+                };
+                (disposition, Some(millis(step.next_interval)))
+            }
+        };
+
+        match &disposition {
+            Disposition::RetryAt(at) => {
+                tx.prepare_cached(
+                    "UPDATE jobs SET state = 'pending', next_attempt_at = ?2,
+                        backoff_interval_ms = ?3, last_error = ?4,
+                        lease_expires_at = NULL, updated_at = ?5
+                     WHERE id = ?1",
+                )?
+                .execute(params![held.job_id, at, interval, error, now])?;
+            }
+            Disposition::Dead { reason } => {
+                tx.prepare_cached(
+                    "UPDATE jobs SET state = 'dead', backoff_interval_ms = ?2, last_error = ?3,
+                        lease_expires_at = NULL, updated_at = ?4
+                     WHERE id = ?1",
+                )?
+                .execute(params![held.job_id, interval, reason, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(disposition)
+    }
+
+    fn wake(&mut self, job_id: &str) -> StoreResult<bool> {
+        let now = self.now();
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?2
+                 WHERE id = ?1 AND state = 'waiting'",
+            )?
+            .execute(params![job_id, now])?;
+        Ok(changed > 0)
+    }
+
+    fn get(&mut self, job_id: &str) -> StoreResult<Option<JobRecord>> {
+        let found = self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
+            .query_row(params![job_id], read_job)
+            .optional()?;
+        Ok(found.map(|stored| stored.job))
+    }
+
+    fn list(&mut self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
+        let mut conditions = Vec::new();
+        let mut args = Vec::new();
+        if let Some(state) = filter.state {
+            args.push(Value::Text(state.as_str().to_owned()));
+            conditions.push(format!("state = ?{}", args.len()));
+        }
+        if let Some(account) = &filter.account {
+            args.push(Value::Text(account.clone()));
+            conditions.push(format!("account = ?{}", args.len()));
+        }
+        let limit = i64::try_from(filter.effective_limit()).unwrap_or(1);
+        args.push(Value::Integer(limit));
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM jobs {where_clause} ORDER BY updated_at DESC LIMIT ?{}",
+            args.len()
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let jobs = stmt
+            .query_map(params_from_iter(args), read_job)?
+            .map(|row| row.map(|stored| stored.job))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(jobs)
+    }
+
+    fn retry_now(&mut self, job_id: &str) -> StoreResult<bool> {
+        let now = self.now();
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2,
+                    backoff_interval_ms = NULL, lease_expires_at = NULL, updated_at = ?2
+                 WHERE id = ?1 AND state IN ('dead', 'pending', 'waiting')",
+            )?
+            .execute(params![job_id, now])?;
+        Ok(changed > 0)
+    }
+
+    fn retry_all(&mut self, state: JobState) -> StoreResult<u64> {
+        if !matches!(
+            state,
+            JobState::Dead | JobState::Pending | JobState::Waiting
+        ) {
+            return Ok(0);
+        }
+        let now = self.now();
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2,
+                    backoff_interval_ms = NULL, lease_expires_at = NULL, updated_at = ?2
+                 WHERE state = ?1",
+            )?
+            .execute(params![state.as_str(), now])?;
+        Ok(u64::try_from(changed).unwrap_or(u64::MAX))
+    }
+
+    fn stats(&mut self, at_risk_within: Duration) -> StoreResult<QueueStats> {
+        let now = self.now();
+        let zeroes = || -> BTreeMap<String, u64> {
+            JobState::ALL
+                .iter()
+                .map(|state| (state.as_str().to_owned(), 0))
+                .collect()
+        };
+        let tx = self.conn.transaction()?; // one consistent snapshot
+        let mut stats = QueueStats {
+            by_state: zeroes(),
+            ..QueueStats::default()
+        };
+        {
+            // Maintained by triggers: cost follows accounts, not history.
+            let mut counts =
+                tx.prepare_cached("SELECT account, state, n FROM job_counts WHERE n > 0")?;
+            let rows = counts.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (account, state, n) = row?;
+                let n = n.max(0).unsigned_abs();
+                *stats.by_state.entry(state.clone()).or_default() += n;
+                *stats
+                    .by_account
+                    .entry(account)
+                    .or_insert_with(zeroes)
+                    .entry(state)
+                    .or_default() += n;
+            }
+        }
+        stats.oldest_pending = tx
+            .prepare_cached("SELECT MIN(created_at) FROM jobs INDEXED BY jobs_pending_age WHERE state = 'pending'")?
+            .query_row([], |row| row.get::<_, Option<i64>>(0))?;
+        // `due_at IS NOT NULL` is exactly "pending, leased or waiting".
+        let horizon = now.saturating_add(millis(at_risk_within));
+        let at_risk = tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE due_at IS NOT NULL AND deadline <= ?1",
+            )?
+            .query_row(params![horizon], |row| row.get::<_, i64>(0))?;
+        stats.at_risk = at_risk.max(0).unsigned_abs();
+        tx.commit()?;
+        Ok(stats)
+    }
+
+    fn ping(&mut self) -> StoreResult<()> {
+        self.conn
+            .prepare_cached("SELECT 1")?
+            .query_row([], |row| row.get::<_, i64>(0))?;
+        Ok(())
+    }
+}
+
+/// Inserts or revives every job of a group in one transaction.
+fn insert_group(
+    conn: &mut Connection,
+    group: &[EnqueueRequest],
+    now: UnixMillis,
+) -> rusqlite::Result<Vec<Vec<Enqueued>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO jobs (id, account, provider, state, attempts, deadline, next_attempt_at,
+                created_at, updated_at, message_id, media_id, message_at, payload)
+             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?5, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (id) DO NOTHING",
+        )?;
+        // A dedup entry never blocks the retry of a failed job.
+        let mut revive = tx.prepare_cached(
+            "UPDATE jobs SET state = 'pending', attempts = 0, backoff_interval_ms = NULL,
+                next_attempt_at = ?2, lease_expires_at = NULL, updated_at = ?2
+             WHERE id = ?1 AND state = 'dead'",
+        )?;
+        for request in group {
+            let mut outcome = Vec::with_capacity(request.jobs.len());
+            for job in &request.jobs {
+                let inserted = insert.execute(params![
+                    job.id,
+                    job.account,
+                    job.provider.as_str(),
+                    job.deadline,
+                    now,
+                    job.message_id,
+                    job.media_id,
+                    job.message_at,
+                    job.payload.to_string(),
+                ])?;
+                if inserted > 0 {
+                    outcome.push(Enqueued::New);
+                } else {
+                    if revive.execute(params![job.id, now])? > 0 {
+                        tracing::info!(
+                            job_id = job.id,
+                            account = job.account,
+                            outcome = "revived",
+                            "dead job enqueued again; back to pending"
+                        );
+                    }
+                    outcome.push(Enqueued::Duplicate);
+                }
+            }
+            outcomes.push(outcome);
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+fn open_database(path: &Path) -> StoreResult<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(QueueError::Unavailable(format!(
+            "SQLite refused WAL journal mode (it kept {mode:?})"
+        ))
+        .into());
+    }
+    // FULL: a commit in WAL mode fsyncs the WAL, so an acknowledged
+    // enqueue survives power loss, not only a process crash.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    match version {
+        0 => {
+            tx.execute_batch(SCHEMA_V1)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        SCHEMA_VERSION => {}
+        other => {
+            return Err(QueueError::Corrupt(format!(
+                "queue database has schema version {other}; this build knows version {SCHEMA_VERSION}"
+            ))
+            .into());
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A row of `COLUMNS`.
+struct StoredJob {
+    job: JobRecord,
+    lease_token: i64,
+}
+
+fn read_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredJob> {
+    fn parse<T>(idx: usize, text: &str, parsed: Result<T, String>) -> rusqlite::Result<T> {
+        parsed.map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                idx,
+                rusqlite::types::Type::Text,
+                format!("{e} (stored {text:?})").into(),
+            )
+        })
+    }
+    let provider: String = row.get(2)?;
+    let state: String = row.get(3)?;
+    let payload: String = row.get(13)?;
+    Ok(StoredJob {
+        job: JobRecord {
+            id: row.get(0)?,
+            account: row.get(1)?,
+            provider: parse(2, &provider, provider.parse())?,
+            state: parse(3, &state, state.parse())?,
+            attempts: row.get(4)?,
+            deadline: row.get(5)?,
+            next_attempt_at: row.get(6)?,
+            last_error: row.get(7)?,
+            created_at: row.get(8)?,
+            updated_at: row.get(9)?,
+            message_id: row.get(10)?,
+            media_id: row.get(11)?,
+            message_at: row.get(12)?,
+            payload: parse(
+                13,
+                "<payload>",
+                serde_json::from_str(&payload).map_err(|e| format!("payload is not JSON: {e}")),
+            )?,
+        },
+        lease_token: row.get(14)?,
+    })
+}
+
+/// Whole milliseconds, rounded up (a wait is never shortened), saturating.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
+}
+
+// ---------------------------------------------------------------------------
+// Errors inside the thread: database errors and queue errors, so that `?`
+// works on both; turned into a `QueueError` before leaving the thread.
+
+enum StoreError {
+    Db(rusqlite::Error),
+    Queue(QueueError),
+}
+
+type StoreResult<T> = Result<T, StoreError>;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+impl From<QueueError> for StoreError {
+    fn from(e: QueueError) -> Self {
+        StoreError::Queue(e)
+    }
+}
+
+impl From<StoreError> for QueueError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Queue(e) => e,
+            StoreError::Db(
+                e @ (rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..)),
+            ) => QueueError::Corrupt(e.to_string()),
+            StoreError::Db(e) => QueueError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use archiver_core::{ManualClock, ProviderKind};
+
+    use super::*;
+
+    fn spec(id: &str) -> JobSpec {
+        JobSpec {
+            id: id.to_owned(),
+            account: "acme".to_owned(),
+            provider: ProviderKind::Cloudapi,
+            message_id: format!("wamid.{id}"),
+            media_id: Some(id.to_owned()),
+            message_at: 0,
+            deadline: i64::MAX / 2,
+            payload: serde_json::json!({"media": id}),
+        }
+    }
+
+    trait ToSpec {
+        fn job_spec(&self) -> JobSpec;
+    }
+
+    impl ToSpec for Lease {
+        fn job_spec(&self) -> JobSpec {
+            JobSpec {
+                id: self.job.id.clone(),
+                account: self.job.account.clone(),
+                provider: self.job.provider,
+                message_id: self.job.message_id.clone(),
+                media_id: self.job.media_id.clone(),
+                message_at: self.job.message_at,
+                deadline: self.job.deadline,
+                payload: self.job.payload.clone(),
+            }
+        }
+    }
+
+    fn open(dir: &Path) -> SqliteQueue {
+        SqliteQueue::open(
+            &dir.join("q.db"),
+            RetryPolicy::default(),
+            Arc::new(ManualClock::new(1_000)),
+        )
+        .unwrap()
+    }
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let n = stmt.parameter_count();
+        let rows = stmt
+            .query_map(params_from_iter(std::iter::repeat_n(0, n)), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        rows.join("\n")
+    }
+
+    #[test]
+    fn hot_queries_use_their_indexes_and_never_scan_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_database(&dir.path().join("q.db")).unwrap_or_else(|_| panic!("open"));
+
+        let lease = plan(
+            &conn,
+            &format!(
+                "SELECT {COLUMNS} FROM jobs WHERE due_at IS NOT NULL AND due_at <= ?1
+                 ORDER BY deadline, next_attempt_at LIMIT ?2"
+            ),
+        );
+        assert!(lease.contains("INDEX jobs_ready"), "{lease}");
+        assert!(!lease.contains("TEMP B-TREE"), "{lease}");
+
+        let expire = plan(
+            &conn,
+            "UPDATE jobs SET state = 'dead'
+             WHERE due_at IS NOT NULL AND due_at <= ?1 AND deadline < ?1",
+        );
+        assert!(expire.contains("INDEX jobs_ready"), "{expire}");
+
+        let at_risk = plan(
+            &conn,
+            "SELECT COUNT(*) FROM jobs WHERE due_at IS NOT NULL AND deadline <= ?1",
+        );
+        assert!(at_risk.contains("INDEX jobs_ready"), "{at_risk}");
+
+        let oldest = plan(
+            &conn,
+            "SELECT MIN(created_at) FROM jobs INDEXED BY jobs_pending_age WHERE state = 'pending'",
+        );
+        assert!(oldest.contains("INDEX jobs_pending_age"), "{oldest}");
+
+        let list = plan(
+            &conn,
+            &format!("SELECT {COLUMNS} FROM jobs ORDER BY updated_at DESC LIMIT ?1"),
+        );
+        assert!(list.contains("INDEX jobs_updated"), "{list}");
+        assert!(!list.contains("TEMP B-TREE"), "{list}");
+        let by_state = plan(
+            &conn,
+            &format!(
+                "SELECT {COLUMNS} FROM jobs WHERE state = ?1 ORDER BY updated_at DESC LIMIT ?2"
+            ),
+        );
+        assert!(by_state.contains("INDEX jobs_state"), "{by_state}");
+        assert!(!by_state.contains("TEMP B-TREE"), "{by_state}");
+    }
+
+    #[tokio::test]
+    async fn trigger_kept_counts_match_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        let mut specs: Vec<JobSpec> = (0..12).map(|i| spec(&format!("acme:{i}"))).collect();
+        for i in 0..5 {
+            let mut other = spec(&format!("globex:{i}"));
+            other.account = "globex".to_owned();
+            specs.push(other);
+        }
+        specs.push(spec("acme:0")); // duplicate: no count
+        queue.enqueue(specs).await.unwrap();
+        let leases = queue.lease(10, Duration::from_secs(60)).await.unwrap();
+        queue.complete(&leases[0]).await.unwrap();
+        queue
+            .fail(&leases[1], ErrorClass::Permanent, "gone")
+            .await
+            .unwrap();
+        queue
+            .fail(&leases[2], ErrorClass::Transient, "later")
+            .await
+            .unwrap();
+        queue.park(&leases[3], i64::MAX / 4).await.unwrap();
+        queue.release(&leases[4]).await.unwrap();
+        queue
+            .renew(&leases[5], Duration::from_secs(60))
+            .await
+            .unwrap();
+        queue.enqueue(vec![leases[1].job_spec()]).await.unwrap(); // revive
+        queue.retry_all(JobState::Waiting).await.unwrap();
+
+        let (kept, counted) = queue
+            .call(|store| {
+                let read = |sql: &str| -> rusqlite::Result<Vec<(String, String, i64)>> {
+                    store
+                        .conn
+                        .prepare(sql)?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect()
+                };
+                Ok((
+                    read("SELECT account, state, n FROM job_counts WHERE n > 0 ORDER BY 1, 2")?,
+                    read("SELECT account, state, COUNT(*) FROM jobs GROUP BY 1, 2 ORDER BY 1, 2")?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, counted);
+        let stats = queue.stats(Duration::ZERO).await.unwrap();
+        assert_eq!(stats.by_state.values().sum::<u64>(), 17);
+        assert_eq!(stats.by_state["leased"], 5);
+    }
+
+    #[test]
+    fn open_creates_the_schema_once_and_refuses_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/q.db");
+        let conn = open_database(&{
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            path.clone()
+        })
+        .unwrap_or_else(|_| panic!("open"));
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        drop(conn);
+        assert!(open_database(&path).is_ok(), "reopening is idempotent");
+
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        match open_database(&path).map_err(QueueError::from) {
+            Err(QueueError::Corrupt(msg)) => assert!(msg.contains("99"), "{msg}"),
+            other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn open_rejects_an_invalid_policy_and_creates_parent_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = RetryPolicy {
+            multiplier: 0.0,
+            ..RetryPolicy::default()
+        };
+        let err = SqliteQueue::open(&dir.path().join("q.db"), bad, Arc::new(ManualClock::new(0)))
+            .unwrap_err();
+        assert!(matches!(err, QueueError::InvalidPolicy(_)), "{err}");
+
+        let path = dir.path().join("a/b/q.db");
+        let queue = SqliteQueue::open(&path, RetryPolicy::default(), Arc::new(ManualClock::new(0)))
+            .unwrap();
+        drop(queue);
+        assert!(path.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn enqueues_waiting_in_the_channel_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(open(dir.path()));
+        let commits = || {
+            let queue = queue.clone();
+            async move { queue.call(|store| Ok(store.enqueue_commits)).await.unwrap() }
+        };
+        assert_eq!(commits().await, 0);
+
+        // Hold the database thread until 20 enqueues wait in the channel.
+        let (started_tx, started_rx) = oneshot::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let blocker = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                queue
+                    .call(move |_| {
+                        let _ = started_tx.send(());
+                        let _ = go_rx.recv();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        started_rx.await.unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let queue = queue.clone();
+                tokio::spawn(async move { queue.enqueue(vec![spec(&format!("acme:{i}"))]).await })
+            })
+            .collect();
+        let sender = queue.sender().unwrap();
+        while sender.max_capacity() - sender.capacity() < 20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        go_tx.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), vec![Enqueued::New]);
+        }
+        assert_eq!(commits().await, 1, "20 waiting enqueues, one transaction");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_thread_makes_every_call_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        let panicked = Arc::new(AtomicBool::new(false));
+        let flag = panicked.clone();
+        // A bug that panics on the thread takes the queue out of service
+        // visibly (ping fails, /readyz says so) rather than silently.
+        let result = queue
+            .call(move |_| -> StoreResult<()> {
+                flag.store(true, Ordering::SeqCst);
+                panic!("simulated bug on the database thread")
+            })
+            .await;
+        assert!(panicked.load(Ordering::SeqCst));
+        assert!(matches!(result, Err(QueueError::Unavailable(_))));
+        assert!(matches!(
+            queue.ping().await,
+            Err(QueueError::Unavailable(_))
+        ));
+        assert!(matches!(
+            queue.enqueue(vec![spec("acme:1")]).await,
+            Err(QueueError::Unavailable(_))
+        ));
+    }
+}
