@@ -1,1 +1,327 @@
-//! End-to-end tests live in `tests/`.
+//! Harness for the end-to-end tests in `tests/tests/`: runs the real
+//! `media-archiver` binary as a child process with a generated config, and
+//! talks to it over HTTP like a provider and an operator would.
+//!
+//! The binary is the one cargo built for this workspace
+//! (`target/<profile>/media-archiver`); `cargo test --workspace` builds it
+//! because the `media-archiver` package has integration tests of its own.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::Digest as _;
+
+/// The admin token every test config uses.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+/// Where archived files go in a test.
+#[derive(Debug, Clone)]
+pub enum StoreUnderTest {
+    /// A folder in the test's temp dir.
+    Fs,
+    /// A bucket on a running Garage.
+    S3 {
+        /// `http://127.0.0.1:PORT`.
+        endpoint: String,
+        /// Bucket name.
+        bucket: String,
+        /// Key id.
+        access_key_id: String,
+        /// Secret key.
+        secret_access_key: String,
+    },
+}
+
+impl StoreUnderTest {
+    /// The S3 variant for a Garage started by `test_support::garage`.
+    pub fn garage(g: &test_support::garage::Garage) -> Self {
+        StoreUnderTest::S3 {
+            endpoint: g.endpoint.clone(),
+            bucket: g.bucket.clone(),
+            access_key_id: g.access_key_id.clone(),
+            secret_access_key: g.secret_access_key.clone(),
+        }
+    }
+}
+
+/// A config for tests: fast retries, private networks allowed (the fakes
+/// listen on 127.0.0.1), the admin API on, plus the given accounts.
+pub fn config(store: &StoreUnderTest, accounts: &str) -> String {
+    let storage = match store {
+        StoreUnderTest::Fs => "[storage]\nbackend = \"fs\"\npath = \"data/archive\"\n".to_owned(),
+        StoreUnderTest::S3 {
+            endpoint,
+            bucket,
+            access_key_id,
+            secret_access_key,
+        } => format!(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"{bucket}\"\nregion = \"us-east-1\"\n\
+             endpoint = \"{endpoint}\"\nforce_path_style = true\naccess_key_id = \"{access_key_id}\"\n\
+             secret_access_key = \"{secret_access_key}\"\n"
+        ),
+    };
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 65536
+admin_token = "{ADMIN_TOKEN}"
+
+[workers]
+concurrency = 4
+lease = "30s"
+shutdown_grace = "5s"
+idle_poll = "50ms"
+
+[retry]
+initial = "100ms"
+max = "500ms"
+multiplier = 2.0
+
+[fetch]
+connect_timeout = "2s"
+read_timeout = "2s"
+allow_private_networks = true
+
+[log]
+format = "json"
+
+{storage}
+{accounts}
+"#
+    )
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The daemon's working directory (its `data/` lives here).
+    pub workdir: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+/// The `media-archiver` binary built for this workspace.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/media-archiver
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let binary = profile_dir.join("media-archiver");
+    assert!(
+        binary.exists(),
+        "{} not built; run `cargo test --workspace` (or `cargo build -p media-archiver`)",
+        binary.display()
+    );
+    binary
+}
+
+impl Daemon {
+    /// Writes `config` to `workdir/config.toml` and starts the daemon there;
+    /// returns once it logged the address it listens on.
+    pub fn start(config: &str, workdir: &Path) -> Daemon {
+        std::fs::create_dir_all(workdir).unwrap();
+        let config_path = workdir.join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(workdir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn media-archiver");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            let addr_tx = addr_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(event) = serde_json::from_str::<Value>(&line)
+                        && event["message"] == "listening"
+                        && let Some(addr) = event["addr"].as_str()
+                    {
+                        let _ = addr_tx.send(addr.to_owned());
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "daemon did not start; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Daemon {
+            child,
+            base_url: format!("http://{addr}"),
+            workdir: workdir.to_owned(),
+            logs,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Everything the daemon printed so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// A URL on the daemon.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// POSTs raw bytes to `/webhooks/{account}` with optional headers.
+    pub async fn post_raw(
+        &self,
+        account: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(self.url(&format!("/webhooks/{account}")))
+            .body(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.expect("webhook request");
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// POSTs a JSON webhook with `Authorization: Bearer <token>`.
+    pub async fn webhook(&self, account: &str, body: &Value, token: &str) -> (u16, Value) {
+        let auth = format!("Bearer {token}");
+        self.post_raw(
+            account,
+            serde_json::to_vec(body).unwrap(),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await
+    }
+
+    /// GET on the admin API.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin request");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// Polls the admin API until job `id` is in `state` (done or dead), and
+    /// returns it. Panics with the job and the logs after `timeout`.
+    pub async fn wait_for_job(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        let started = Instant::now();
+        let path = format!("/api/v1/jobs/{}", id.replace(':', "%3A"));
+        loop {
+            let (status, job) = self.admin_get(&path).await;
+            if status == 200 && job["state"] == state {
+                return job;
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "job {id} not {state} after {timeout:?}: {job}\nlogs:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGKILL (a crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait for daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// sha256 of bytes as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Deterministic pseudo-random bytes (incompressible, unlike zeros).
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// An S3 client for checking what landed in Garage.
+pub async fn s3_client(store: &StoreUnderTest) -> aws_sdk_s3::Client {
+    let StoreUnderTest::S3 {
+        endpoint,
+        access_key_id,
+        secret_access_key,
+        ..
+    } = store
+    else {
+        panic!("not an S3 store");
+    };
+    let credentials =
+        aws_sdk_s3::config::Credentials::new(access_key_id, secret_access_key, None, None, "e2e");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(credentials)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}

@@ -27,8 +27,9 @@ pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>,
 
 /// Parses a duration such as `"200ms"`, `"15s"`, `"5m"`, `"14d"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"200ms\", \"15s\", \"5m\", \"14d\""))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration {text:?} ({e}); write e.g. \"200ms\", \"15s\", \"5m\", \"14d\"")
+    })
 }
 
 /// Where a secret comes from, as written in the config file.
@@ -64,8 +65,9 @@ impl SecretRef {
     pub fn resolve(&self) -> Result<Secret, String> {
         let value = match self {
             SecretRef::Literal(v) => v.clone(),
-            SecretRef::Env { env } => std::env::var(env)
-                .map_err(|_| format!("environment variable {env} is not set"))?,
+            SecretRef::Env { env } => {
+                std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))?
+            }
             SecretRef::File { file } => {
                 let mut v = std::fs::read_to_string(file)
                     .map_err(|e| format!("cannot read secret file {file}: {e}"))?;
@@ -101,7 +103,10 @@ mod tests {
     #[test]
     fn durations_use_human_units() {
         assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
-        assert_eq!(parse_duration("14d").unwrap(), Duration::from_secs(14 * 86_400));
+        assert_eq!(
+            parse_duration("14d").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("soon").unwrap_err().contains("\"soon\""));
     }
@@ -111,11 +116,20 @@ mod tests {
         assert_eq!(secret(r#"{"s":"abc"}"#).resolve().unwrap().expose(), "abc");
         let dir = std::env::temp_dir().join(format!("secret-test-{}", std::process::id()));
         std::fs::write(&dir, "from-file\n").unwrap();
-        let from_file = SecretRef::File { file: dir.display().to_string() };
+        let from_file = SecretRef::File {
+            file: dir.display().to_string(),
+        };
         assert_eq!(from_file.resolve().unwrap().expose(), "from-file");
         std::fs::remove_file(&dir).unwrap();
-        let missing = SecretRef::Env { env: "MEDIA_ARCHIVER_SURELY_UNSET_VAR".into() };
-        assert!(missing.resolve().unwrap_err().contains("MEDIA_ARCHIVER_SURELY_UNSET_VAR"));
+        let missing = SecretRef::Env {
+            env: "MEDIA_ARCHIVER_SURELY_UNSET_VAR".into(),
+        };
+        assert!(
+            missing
+                .resolve()
+                .unwrap_err()
+                .contains("MEDIA_ARCHIVER_SURELY_UNSET_VAR")
+        );
         assert!(!format!("{:?}", secret(r#"{"s":"abc"}"#)).contains("abc"));
     }
 }

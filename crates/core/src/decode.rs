@@ -99,7 +99,10 @@ pub fn u64_field(value: &Value) -> Result<u64, DecodeError> {
         Value::Number(n) => n.as_u64().ok_or(DecodeError::BadInteger),
         Value::String(s) => s.trim().parse().map_err(|_| DecodeError::BadInteger),
         Value::Object(map) => {
-            let low = map.get("low").and_then(Value::as_i64).ok_or(DecodeError::BadInteger)?;
+            let low = map
+                .get("low")
+                .and_then(Value::as_i64)
+                .ok_or(DecodeError::BadInteger)?;
             let high = map.get("high").and_then(Value::as_i64).unwrap_or(0);
             // protobuf.js stores both halves as signed 32-bit integers.
             let low = u64::from(low as i32 as u32);
@@ -137,7 +140,10 @@ mod tests {
     #[test]
     fn malformed_bytes_are_rejected_not_guessed() {
         assert!(bytes(&json!("not base64 !!")).is_err());
-        assert!(bytes(&json!({"0": 1, "2": 3})).is_err(), "gap in the indices");
+        assert!(
+            bytes(&json!({"0": 1, "2": 3})).is_err(),
+            "gap in the indices"
+        );
         assert!(bytes(&json!({"0": 300})).is_err());
         assert!(bytes(&json!(null)).is_err());
         assert!(bytes(&json!(true)).is_err());
@@ -147,8 +153,14 @@ mod tests {
     fn integers_arrive_as_numbers_strings_or_longs() {
         assert_eq!(u64_field(&json!(92941)).unwrap(), 92941);
         assert_eq!(u64_field(&json!("92941")).unwrap(), 92941);
-        assert_eq!(u64_field(&json!({"low": 92941, "high": 0, "unsigned": false})).unwrap(), 92941);
-        assert_eq!(u64_field(&json!({"low": -1, "high": 1, "unsigned": true})).unwrap(), (1u64 << 33) - 1);
+        assert_eq!(
+            u64_field(&json!({"low": 92941, "high": 0, "unsigned": false})).unwrap(),
+            92941
+        );
+        assert_eq!(
+            u64_field(&json!({"low": -1, "high": 1, "unsigned": true})).unwrap(),
+            (1u64 << 33) - 1
+        );
         assert!(u64_field(&json!("12a")).is_err());
         assert!(u64_field(&json!(-5)).is_err());
     }

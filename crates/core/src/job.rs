@@ -101,7 +101,9 @@ impl FromStr for JobState {
         JobState::ALL
             .into_iter()
             .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown job state {s:?} (pending, leased, waiting, done, dead)"))
+            .ok_or_else(|| {
+                format!("unknown job state {s:?} (pending, leased, waiting, done, dead)")
+            })
     }
 }
 
@@ -200,7 +202,10 @@ mod tests {
         for state in JobState::ALL {
             assert_eq!(state.as_str().parse::<JobState>().unwrap(), state);
         }
-        assert_eq!("cloudapi".parse::<ProviderKind>().unwrap(), ProviderKind::Cloudapi);
+        assert_eq!(
+            "cloudapi".parse::<ProviderKind>().unwrap(),
+            ProviderKind::Cloudapi
+        );
         assert!("whatsapp".parse::<ProviderKind>().is_err());
     }
 }

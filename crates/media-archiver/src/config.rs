@@ -71,7 +71,11 @@ pub(crate) struct Queue {
 
 impl Default for Queue {
     fn default() -> Self {
-        Self { backend: "sqlite".into(), path: "data/queue.db".into(), url: None }
+        Self {
+            backend: "sqlite".into(),
+            path: "data/queue.db".into(),
+            url: None,
+        }
     }
 }
 
@@ -89,7 +93,11 @@ pub(crate) struct Storage {
 
 impl Default for Storage {
     fn default() -> Self {
-        Self { backend: "fs".into(), path: "data/archive".into(), s3: None }
+        Self {
+            backend: "fs".into(),
+            path: "data/archive".into(),
+            s3: None,
+        }
     }
 }
 
@@ -173,7 +181,11 @@ pub(crate) struct Retry {
 
 impl Default for Retry {
     fn default() -> Self {
-        Self { initial: Duration::from_secs(5), max: Duration::from_secs(3600), multiplier: 2.0 }
+        Self {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(3600),
+            multiplier: 2.0,
+        }
     }
 }
 
@@ -211,11 +223,15 @@ pub(crate) struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Self { format: "json".into() }
+        Self {
+            format: "json".into(),
+        }
     }
 }
 
-const SECTIONS: [&str; 8] = ["server", "queue", "storage", "workers", "retry", "fetch", "log", "accounts"];
+const SECTIONS: [&str; 8] = [
+    "server", "queue", "storage", "workers", "retry", "fetch", "log", "accounts",
+];
 
 /// Every problem found in a config file.
 #[derive(Debug)]
@@ -241,10 +257,14 @@ impl Config {
 
     /// Parses and checks config text.
     pub(crate) fn parse(text: &str) -> Result<Self, ConfigErrors> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("TOML syntax: {e}")]))?;
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("TOML syntax: {e}")]))?;
         let mut errors = Vec::new();
         for key in table.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
-            errors.push(format!("{key}: unknown key (expected one of {})", SECTIONS.join(", ")));
+            errors.push(format!(
+                "{key}: unknown key (expected one of {})",
+                SECTIONS.join(", ")
+            ));
         }
         let mut config = Config {
             server: section(&table, "server", &mut errors),
@@ -260,10 +280,10 @@ impl Config {
             None => {}
             Some(toml::Value::Array(entries)) => {
                 for (i, entry) in entries.iter().enumerate() {
-                    let label = entry
-                        .get("name")
-                        .and_then(toml::Value::as_str)
-                        .map_or_else(|| format!("accounts[{i}]"), |n| format!("accounts[{i}] ({n})"));
+                    let label = entry.get("name").and_then(toml::Value::as_str).map_or_else(
+                        || format!("accounts[{i}]"),
+                        |n| format!("accounts[{i}] ({n})"),
+                    );
                     match AccountConfig::deserialize(entry.clone()) {
                         Ok(account) => config.accounts.push(account),
                         Err(e) => errors.push(format!("{label}: {}", one_line(&e.to_string()))),
@@ -273,13 +293,20 @@ impl Config {
             Some(_) => errors.push("accounts: must be an array of tables ([[accounts]])".into()),
         }
         config.check(&mut errors);
-        if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Checks values that parsed but make no sense together.
     fn check(&self, errors: &mut Vec<String>) {
         if self.server.listen.parse::<SocketAddr>().is_err() {
-            errors.push(format!("server.listen: {:?} is not an address such as \"127.0.0.1:8080\"", self.server.listen));
+            errors.push(format!(
+                "server.listen: {:?} is not an address such as \"127.0.0.1:8080\"",
+                self.server.listen
+            ));
         }
         if self.server.max_body_bytes == 0 {
             errors.push("server.max_body_bytes: must be above 0".into());
@@ -291,18 +318,27 @@ impl Config {
         }
         match self.queue.backend.as_str() {
             "sqlite" => {}
-            "postgres" => errors.push("queue.backend: \"postgres\" is not available in this build yet; use \"sqlite\"".into()),
-            other => errors.push(format!("queue.backend: {other:?} is not \"sqlite\" or \"postgres\"")),
+            "postgres" => errors.push(
+                "queue.backend: \"postgres\" is not available in this build yet; use \"sqlite\""
+                    .into(),
+            ),
+            other => errors.push(format!(
+                "queue.backend: {other:?} is not \"sqlite\" or \"postgres\""
+            )),
         }
         match (self.storage.backend.as_str(), &self.storage.s3) {
             ("fs", _) => {}
-            ("s3", None) => errors.push("storage.s3: required when storage.backend = \"s3\" (at least bucket)".into()),
+            ("s3", None) => errors.push(
+                "storage.s3: required when storage.backend = \"s3\" (at least bucket)".into(),
+            ),
             ("s3", Some(s3)) => {
                 if let Err(problems) = self.s3_config(s3) {
                     errors.extend(problems.into_iter().map(|p| format!("storage.s3: {p}")));
                 }
             }
-            (other, _) => errors.push(format!("storage.backend: {other:?} is not \"fs\" or \"s3\"")),
+            (other, _) => errors.push(format!(
+                "storage.backend: {other:?} is not \"fs\" or \"s3\""
+            )),
         }
         if !(1..=1024).contains(&self.workers.concurrency) {
             errors.push("workers.concurrency: must be between 1 and 1024".into());
@@ -320,7 +356,10 @@ impl Config {
             errors.push("fetch.max_file_bytes: must be above 0".into());
         }
         if !["json", "pretty"].contains(&self.log.format.as_str()) {
-            errors.push(format!("log.format: {:?} is not \"json\" or \"pretty\"", self.log.format));
+            errors.push(format!(
+                "log.format: {:?} is not \"json\" or \"pretty\"",
+                self.log.format
+            ));
         }
         if self.accounts.is_empty() && errors.iter().all(|e| !e.starts_with("accounts")) {
             errors.push("accounts: at least one [[accounts]] entry is needed".into());
@@ -328,14 +367,21 @@ impl Config {
         let mut seen = BTreeSet::new();
         for account in &self.accounts {
             if !seen.insert(account.name().as_str()) {
-                errors.push(format!("accounts: name {:?} is used twice", account.name().as_str()));
+                errors.push(format!(
+                    "accounts: name {:?} is used twice",
+                    account.name().as_str()
+                ));
             }
         }
     }
 
     /// The queue's retry policy.
     pub(crate) fn retry_policy(&self) -> retry_queue::RetryPolicy {
-        retry_queue::RetryPolicy { initial: self.retry.initial, max: self.retry.max, multiplier: self.retry.multiplier }
+        retry_queue::RetryPolicy {
+            initial: self.retry.initial,
+            max: self.retry.max,
+            multiplier: self.retry.multiplier,
+        }
     }
 
     /// The fetch step's settings.
@@ -353,7 +399,11 @@ impl Config {
     pub(crate) fn s3_config(&self, s3: &S3) -> Result<s3_uploader::S3Config, Vec<String>> {
         let mut problems = Vec::new();
         let mut secret = |name: &str, r: &Option<SecretRef>| {
-            r.as_ref().and_then(|r| r.resolve().map_err(|e| problems.push(format!("{name}: {e}"))).ok())
+            r.as_ref().and_then(|r| {
+                r.resolve()
+                    .map_err(|e| problems.push(format!("{name}: {e}")))
+                    .ok()
+            })
         };
         let access_key_id = secret("access_key_id", &s3.access_key_id);
         let secret_access_key = secret("secret_access_key", &s3.secret_access_key);
@@ -379,7 +429,11 @@ impl Config {
             ..s3_uploader::S3Config::default()
         };
         problems.extend(config.validate());
-        if problems.is_empty() { Ok(config) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
     }
 
     /// The key prefix of the storage layout (S3 only; the fs root is the folder).
@@ -393,7 +447,11 @@ impl Config {
 
 /// Deserializes one top-level section, recording a problem (and using the
 /// defaults) when it does not fit.
-fn section<T: DeserializeOwned + Default>(table: &toml::Table, key: &str, errors: &mut Vec<String>) -> T {
+fn section<T: DeserializeOwned + Default>(
+    table: &toml::Table,
+    key: &str,
+    errors: &mut Vec<String>,
+) -> T {
     match table.get(key) {
         None => T::default(),
         Some(value) => T::deserialize(value.clone()).unwrap_or_else(|e| {

@@ -35,11 +35,17 @@ impl From<anyhow::Error> for ServeError {
 pub(crate) fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     if format == "pretty" {
         builder.init();
     } else {
-        builder.json().flatten_event(true).with_current_span(false).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
     }
 }
 
@@ -55,11 +61,19 @@ fn build_providers(config: &Config) -> Result<HashMap<String, Arc<dyn Provider>>
                 accounts.insert(account.name().to_string(), provider);
             }
             Err(problems) => {
-                errors.extend(problems.into_iter().map(|p| format!("accounts ({}): {p}", account.name())));
+                errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|p| format!("accounts ({}): {p}", account.name())),
+                );
             }
         }
     }
-    if errors.is_empty() { Ok(accounts) } else { Err(ConfigErrors(errors)) }
+    if errors.is_empty() {
+        Ok(accounts)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// What `check-config` prints: accounts, backends, and what is unauthenticated.
@@ -71,7 +85,11 @@ pub(crate) fn summary(config: &Config) -> Result<String, ConfigErrors> {
     let _ = writeln!(
         out,
         "admin API: {}",
-        if config.server.admin_token.is_some() { "enabled" } else { "disabled (no server.admin_token)" }
+        if config.server.admin_token.is_some() {
+            "enabled"
+        } else {
+            "disabled (no server.admin_token)"
+        }
     );
     let queue = match config.queue.backend.as_str() {
         "sqlite" => format!("sqlite ({})", config.queue.path.display()),
@@ -93,11 +111,22 @@ pub(crate) fn summary(config: &Config) -> Result<String, ConfigErrors> {
     names.sort();
     for name in names {
         let provider = &providers[name];
-        let auth = if provider.webhook_auth_configured() { "authenticated" } else { "UNAUTHENTICATED webhooks" };
-        let _ = writeln!(out, "  {name}: {} ({auth}) -> POST /webhooks/{name}", provider.kind());
+        let auth = if provider.webhook_auth_configured() {
+            "authenticated"
+        } else {
+            "UNAUTHENTICATED webhooks"
+        };
+        let _ = writeln!(
+            out,
+            "  {name}: {} ({auth}) -> POST /webhooks/{name}",
+            provider.kind()
+        );
     }
     if config.fetch.allow_private_networks {
-        let _ = writeln!(out, "warning: fetch.allow_private_networks = true (SSRF guard off for addresses)");
+        let _ = writeln!(
+            out,
+            "warning: fetch.allow_private_networks = true (SSRF guard off for addresses)"
+        );
     }
     Ok(out)
 }
@@ -131,16 +160,29 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
     let providers = build_providers(&config).map_err(ServeError::Config)?;
     let store: Arc<dyn ObjectStore> = match (config.storage.backend.as_str(), &config.storage.s3) {
         ("s3", Some(s3)) => {
-            let s3_config = config.s3_config(s3).map_err(|p| ServeError::Config(ConfigErrors(p)))?;
-            Arc::new(S3Store::connect(s3_config).await.context("cannot set up the S3 store")?)
+            let s3_config = config
+                .s3_config(s3)
+                .map_err(|p| ServeError::Config(ConfigErrors(p)))?;
+            Arc::new(
+                S3Store::connect(s3_config)
+                    .await
+                    .context("cannot set up the S3 store")?,
+            )
         }
-        _ => Arc::new(FsStore::open(&config.storage.path).context("cannot open the archive folder")?),
+        _ => {
+            Arc::new(FsStore::open(&config.storage.path).context("cannot open the archive folder")?)
+        }
     };
     let queue: Arc<dyn JobQueue> = Arc::new(
-        SqliteQueue::open(&config.queue.path, config.retry_policy(), Arc::new(SystemClock))
-            .context("cannot open the queue")?,
+        SqliteQueue::open(
+            &config.queue.path,
+            config.retry_policy(),
+            Arc::new(SystemClock),
+        )
+        .context("cannot open the queue")?,
     );
-    let fetcher = media_fetch::Fetcher::new(config.fetch_config()).context("cannot prepare the download spool")?;
+    let fetcher = media_fetch::Fetcher::new(config.fetch_config())
+        .context("cannot prepare the download spool")?;
     let listen: SocketAddr = config.server.listen.parse().context("server.listen")?;
     let listener = webhook_receiver::bind(listen)
         .await
@@ -167,7 +209,9 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
         },
     ));
     let admin_token = match &config.server.admin_token {
-        Some(r) => Some(r.resolve().map_err(|e| ServeError::Config(ConfigErrors(vec![format!("server.admin_token: {e}")])))?),
+        Some(r) => Some(r.resolve().map_err(|e| {
+            ServeError::Config(ConfigErrors(vec![format!("server.admin_token: {e}")]))
+        })?),
         None => None,
     };
     let receiver = Arc::new(Receiver::new(
@@ -203,7 +247,9 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the daemon");

@@ -67,7 +67,10 @@ fn main() -> ExitCode {
         },
         Command::Serve { .. } => {
             daemon::init_logging(&config.log.format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");

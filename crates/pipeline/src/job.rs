@@ -49,7 +49,9 @@ impl Classify for JobError {
             JobError::Provider(e) => e.class(),
             JobError::Fetch(e) => e.class(),
             JobError::Store(e) => e.class(),
-            JobError::HashMismatch { attempt, .. } if *attempt < HASH_MISMATCH_PATIENCE => ErrorClass::Transient,
+            JobError::HashMismatch { attempt, .. } if *attempt < HASH_MISMATCH_PATIENCE => {
+                ErrorClass::Transient
+            }
             JobError::HashMismatch { .. } => ErrorClass::Permanent,
         }
     }
@@ -93,11 +95,17 @@ impl Stages<'_> {
             link_dead,
         };
         let mut resolved = provider.resolve(reference(false)).await?;
-        let staged = match self.fetcher.download(&resolved.request, &resolved.hosts, progress).await {
+        let staged = match self
+            .fetcher
+            .download(&resolved.request, &resolved.hosts, progress)
+            .await
+        {
             Err(e) if e.is_link_dead() => {
                 tracing::info!(job_id = %job.id, error = %e, "download link is dead; asking the provider for a fresh one");
                 resolved = provider.resolve(reference(true)).await?;
-                self.fetcher.download(&resolved.request, &resolved.hosts, progress).await?
+                self.fetcher
+                    .download(&resolved.request, &resolved.hosts, progress)
+                    .await?
             }
             other => other?,
         };
@@ -119,7 +127,11 @@ impl Stages<'_> {
     ) -> Result<Processed, JobError> {
         let verification = match resolved.expected_sha256 {
             Some(expected) if expected != staged.sha256 => {
-                return Err(JobError::HashMismatch { expected, actual: staged.sha256, attempt: job.attempts });
+                return Err(JobError::HashMismatch {
+                    expected,
+                    actual: staged.sha256,
+                    attempt: job.attempts,
+                });
             }
             Some(_) => Verification::ProviderSha256,
             None => Verification::ComputedOnly,
@@ -128,7 +140,9 @@ impl Stages<'_> {
         let mime = details.mime_type.as_deref();
         let blob_key = self.layout.blob_key(&staged.sha256, mime);
         let outcome = self.store.put_blob(&blob_key, staged, mime).await?;
-        let manifest_key = self.layout.manifest_key(&job.account, job.message_at, &job.message_id);
+        let manifest_key = self
+            .layout
+            .manifest_key(&job.account, job.message_at, &job.message_id);
         let manifest = Manifest {
             provider: job.provider.to_string(),
             account: job.account.clone(),
@@ -147,9 +161,16 @@ impl Stages<'_> {
             verification,
             archived_at: rfc3339(chrono::Utc::now().timestamp_millis()),
         };
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| JobError::Manifest(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| JobError::Manifest(e.to_string()))?;
         self.store.put_manifest(&manifest_key, &json).await?;
-        Ok(Processed { blob_key, manifest_key, size: staged.size, outcome, verification })
+        Ok(Processed {
+            blob_key,
+            manifest_key,
+            size: staged.size,
+            outcome,
+            verification,
+        })
     }
 }
 

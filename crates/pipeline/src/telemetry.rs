@@ -35,7 +35,13 @@ impl Outcome {
 }
 
 /// Reports one transition.
-pub fn transition(job: &JobRecord, outcome: Outcome, bytes: u64, elapsed: Duration, detail: Option<&str>) {
+pub fn transition(
+    job: &JobRecord,
+    outcome: Outcome,
+    bytes: u64,
+    elapsed: Duration,
+    detail: Option<&str>,
+) {
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     match outcome {
         Outcome::Archived | Outcome::Released => tracing::info!(

@@ -64,7 +64,15 @@ impl Worker {
         layout: Layout,
         config: WorkerConfig,
     ) -> Self {
-        Self { queue, providers, fetcher, store, layout, config, new_work: Arc::new(Notify::new()) }
+        Self {
+            queue,
+            providers,
+            fetcher,
+            store,
+            layout,
+            config,
+            new_work: Arc::new(Notify::new()),
+        }
     }
 
     /// A handle the receiver pokes after enqueueing, so new jobs start at
@@ -123,8 +131,14 @@ impl Worker {
         }
         tracker.close();
         tracing::info!(in_flight = tracker.len(), grace = ?self.config.shutdown_grace, "draining jobs");
-        if tokio::time::timeout(self.config.shutdown_grace, tracker.wait()).await.is_err() {
-            tracing::warn!(in_flight = tracker.len(), "grace period over; releasing unfinished jobs");
+        if tokio::time::timeout(self.config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = tracker.len(),
+                "grace period over; releasing unfinished jobs"
+            );
             abandon.cancel();
             tracker.wait().await;
         }
@@ -155,20 +169,39 @@ impl Worker {
                 tracing::warn!(job_id = %job.id, "lease lost; abandoning this attempt");
             }
             Some(Ok(done)) => match self.queue.complete(&lease).await {
-                Ok(()) => telemetry::transition(job, Outcome::Archived, done.size, started.elapsed(), Some(&done.blob_key)),
-                Err(e) => tracing::error!(job_id = %job.id, error = %e, "archived but could not mark done; it will run again"),
+                Ok(()) => telemetry::transition(
+                    job,
+                    Outcome::Archived,
+                    done.size,
+                    started.elapsed(),
+                    Some(&done.blob_key),
+                ),
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, error = %e, "archived but could not mark done; it will run again")
+                }
             },
-            Some(Err(error)) => self.record_failure(&lease, &error, bytes, started.elapsed()).await,
+            Some(Err(error)) => {
+                self.record_failure(&lease, &error, bytes, started.elapsed())
+                    .await
+            }
         }
     }
 
-    async fn attempt(&self, lease: &Lease, progress: &AtomicU64) -> Result<crate::Processed, JobError> {
+    async fn attempt(
+        &self,
+        lease: &Lease,
+        progress: &AtomicU64,
+    ) -> Result<crate::Processed, JobError> {
         let job = &lease.job;
         let provider = self
             .providers
             .get(&job.account)
             .ok_or_else(|| JobError::UnknownAccount(job.account.clone()))?;
-        let stages = Stages { fetcher: &self.fetcher, store: self.store.as_ref(), layout: &self.layout };
+        let stages = Stages {
+            fetcher: &self.fetcher,
+            store: self.store.as_ref(),
+            layout: &self.layout,
+        };
         stages.attempt(provider.as_ref(), job, progress).await
     }
 
@@ -183,7 +216,9 @@ impl Worker {
             Ok(Disposition::Dead { reason }) => {
                 telemetry::transition(job, Outcome::Dead, bytes, elapsed, Some(&reason));
             }
-            Err(e) => tracing::error!(job_id = %job.id, error = %e, "could not record the failure; the lease will expire and the job run again"),
+            Err(e) => {
+                tracing::error!(job_id = %job.id, error = %e, "could not record the failure; the lease will expire and the job run again")
+            }
         }
     }
 
@@ -196,7 +231,9 @@ impl Worker {
             match self.queue.renew(lease, self.config.lease).await {
                 Ok(_) => {}
                 Err(retry_queue::QueueError::LeaseLost { .. }) => return,
-                Err(e) => tracing::warn!(job_id = %lease.job.id, error = %e, "lease renewal failed; will try again"),
+                Err(e) => {
+                    tracing::warn!(job_id = %lease.job.id, error = %e, "lease renewal failed; will try again")
+                }
             }
         }
     }

@@ -85,7 +85,11 @@ impl ApiClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(ApiResponse { status, retry_after, body })
+        Ok(ApiResponse {
+            status,
+            retry_after,
+            body,
+        })
     }
 
     pub(crate) fn post(&self, url: url::Url) -> reqwest::RequestBuilder {
@@ -110,5 +114,9 @@ fn describe(e: &reqwest::Error) -> String {
         detail = s.to_string();
         source = s.source();
     }
-    if detail.is_empty() { kind.to_owned() } else { format!("{kind}: {detail}") }
+    if detail.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {detail}")
+    }
 }

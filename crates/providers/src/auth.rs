@@ -11,20 +11,24 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `Authorization: Bearer <token>` must carry exactly `expected`.
-pub(crate) fn require_bearer(headers: &http::HeaderMap, expected: &Secret) -> Result<(), ProviderError> {
+pub(crate) fn require_bearer(
+    headers: &http::HeaderMap,
+    expected: &Secret,
+) -> Result<(), ProviderError> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(ProviderError::Unauthorized(
             "missing Authorization header (expected `Bearer <webhook_token>`)".into(),
         ));
     };
-    let presented = value
-        .as_bytes()
-        .strip_prefix(b"Bearer ")
-        .ok_or_else(|| ProviderError::Unauthorized("Authorization header is not a Bearer token".into()))?;
+    let presented = value.as_bytes().strip_prefix(b"Bearer ").ok_or_else(|| {
+        ProviderError::Unauthorized("Authorization header is not a Bearer token".into())
+    })?;
     if constant_time_eq(presented, expected.expose().as_bytes()) {
         Ok(())
     } else {
-        Err(ProviderError::Unauthorized("webhook token does not match".into()))
+        Err(ProviderError::Unauthorized(
+            "webhook token does not match".into(),
+        ))
     }
 }
 
@@ -44,7 +48,13 @@ mod tests {
     fn bearer_token_must_match_exactly() {
         let secret = Secret::new("s3cret");
         assert!(require_bearer(&headers(Some("Bearer s3cret")), &secret).is_ok());
-        for bad in [None, Some("Bearer s3cre"), Some("Bearer s3cret "), Some("Basic s3cret"), Some("s3cret")] {
+        for bad in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret "),
+            Some("Basic s3cret"),
+            Some("s3cret"),
+        ] {
             let err = require_bearer(&headers(bad), &secret).unwrap_err();
             assert!(matches!(err, ProviderError::Unauthorized(_)), "{bad:?}");
             assert!(!err.to_string().contains("s3cret"));

@@ -22,7 +22,9 @@ use serde_json::{Value, json};
 use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::require_bearer;
 use crate::config::StringOrInt;
-use crate::{JobRef, MediaDetails, ParsedWebhook, Provider, ProviderError, ResolvedMedia, WebhookRequest};
+use crate::{
+    JobRef, MediaDetails, ParsedWebhook, Provider, ProviderError, ResolvedMedia, WebhookRequest,
+};
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
 const DEFAULT_HOSTS: [&str; 3] = ["*.yandexcloud.net", "*.green-api.com", "*.greenapi.com"];
@@ -52,23 +54,23 @@ const INTERNAL_ERROR_PATIENCE: u32 = 2;
 #[serde(deny_unknown_fields)]
 pub struct GreenApiConfig {
     /// Account name; the webhook URL is `/webhooks/{name}`.
-    pub name: AccountName,
+    pub(crate) name: AccountName,
     /// How long after the message the file can still be fetched (default 14d).
     #[serde(default, deserialize_with = "opt_duration")]
-    pub retention: Option<Duration>,
+    pub(crate) retention: Option<Duration>,
     /// Hosts download links may point at (default: Green API's storage hosts).
     #[serde(default)]
-    pub allowed_download_hosts: Option<Vec<String>>,
+    pub(crate) allowed_download_hosts: Option<Vec<String>>,
     /// The instance's `apiUrl` (default `https://api.green-api.com`).
     #[serde(default = "default_api_url")]
-    pub api_url: String,
+    pub(crate) api_url: String,
     /// The instance id (`idInstance`), a string or an integer.
-    pub id_instance: StringOrInt,
+    pub(crate) id_instance: StringOrInt,
     /// The instance token (`apiTokenInstance`).
-    pub api_token: SecretRef,
+    pub(crate) api_token: SecretRef,
     /// The `webhookUrlToken`; webhooks must then carry `Authorization: Bearer <token>`.
     #[serde(default)]
-    pub webhook_token: Option<SecretRef>,
+    pub(crate) webhook_token: Option<SecretRef>,
 }
 
 fn default_api_url() -> String {
@@ -111,12 +113,17 @@ impl GreenApi {
             .map_err(|e| errors.push(format!("api_token: {e}")))
             .ok();
         let webhook_token = match &config.webhook_token {
-            Some(t) => t.resolve().map_err(|e| errors.push(format!("webhook_token: {e}"))).ok(),
+            Some(t) => t
+                .resolve()
+                .map_err(|e| errors.push(format!("webhook_token: {e}")))
+                .ok(),
             None => None,
         };
         let id_instance = config.id_instance.to_string();
         if id_instance.is_empty() || !id_instance.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            errors.push(format!("id_instance {id_instance:?} must be letters and digits"));
+            errors.push(format!(
+                "id_instance {id_instance:?} must be letters and digits"
+            ));
         }
         let (Some(api_url), Some(api_token), true) = (api_url, api_token, errors.is_empty()) else {
             return Err(errors);
@@ -173,20 +180,33 @@ impl GreenApi {
 fn api_error(api: &'static str, response: &ApiResponse, attempt: u32) -> ProviderError {
     let detail = response.detail();
     let class = classify(response.status, &detail, response.retry_after, attempt);
-    ProviderError::Api { api, status: response.status, detail, class }
+    ProviderError::Api {
+        api,
+        status: response.status,
+        detail,
+        class,
+    }
 }
 
 fn classify(status: u16, detail: &str, retry_after: Option<Duration>, attempt: u32) -> ErrorClass {
     let retry_if = |patience: u32| {
-        if attempt < patience { ErrorClass::Transient } else { ErrorClass::Permanent }
+        if attempt < patience {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Permanent
+        }
     };
     match status {
         429 => retry_after.map_or(ErrorClass::Transient, ErrorClass::RetryAfter),
         400 if detail.contains("instance in starting process") => ErrorClass::Transient,
-        400 if detail.contains("Message not found by id") || detail.contains("chatId not found") => {
+        400 if detail.contains("Message not found by id")
+            || detail.contains("chatId not found") =>
+        {
             retry_if(NOT_FOUND_PATIENCE)
         }
-        500 if detail.contains("Internal error when downloading file") => retry_if(INTERNAL_ERROR_PATIENCE),
+        500 if detail.contains("Internal error when downloading file") => {
+            retry_if(INTERNAL_ERROR_PATIENCE)
+        }
         500..=599 => ErrorClass::Transient,
         // 400 validation / no file in the message, 401/403 bad token or
         // instance, 466 quota: retrying cannot help.
@@ -199,7 +219,10 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 }
 
 fn opt_string(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+    v.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 #[async_trait::async_trait]
@@ -229,14 +252,21 @@ impl Provider for GreenApi {
         if !body.is_object() {
             return Err(ProviderError::BadPayload("expected a JSON object".into()));
         }
-        let type_webhook = str_at(&body, &["typeWebhook"]).ok_or_else(|| ProviderError::missing("typeWebhook"))?;
+        let type_webhook =
+            str_at(&body, &["typeWebhook"]).ok_or_else(|| ProviderError::missing("typeWebhook"))?;
         if !FILE_WEBHOOKS.contains(&type_webhook) {
-            return Ok(ParsedWebhook { jobs: vec![], ignored: 1 });
+            return Ok(ParsedWebhook {
+                jobs: vec![],
+                ignored: 1,
+            });
         }
         let type_message = str_at(&body, &["messageData", "typeMessage"])
             .ok_or_else(|| ProviderError::missing("messageData.typeMessage"))?;
         if !FILE_MESSAGES.contains(&type_message) {
-            return Ok(ParsedWebhook { jobs: vec![], ignored: 1 });
+            return Ok(ParsedWebhook {
+                jobs: vec![],
+                ignored: 1,
+            });
         }
         if let Some(id) = body.pointer("/instanceData/idInstance") {
             let id = match id {
@@ -257,8 +287,11 @@ impl Provider for GreenApi {
             .and_then(Value::as_i64)
             .filter(|t| *t > 0)
             .ok_or_else(|| ProviderError::missing("timestamp"))?;
-        let sender = body.get("senderData").ok_or_else(|| ProviderError::missing("senderData"))?;
-        let chat_id = opt_string(sender, "chatId").ok_or_else(|| ProviderError::missing("senderData.chatId"))?;
+        let sender = body
+            .get("senderData")
+            .ok_or_else(|| ProviderError::missing("senderData"))?;
+        let chat_id = opt_string(sender, "chatId")
+            .ok_or_else(|| ProviderError::missing("senderData.chatId"))?;
         let file = body
             .pointer("/messageData/fileMessageData")
             .filter(|f| f.is_object())
@@ -282,14 +315,18 @@ impl Provider for GreenApi {
             media_id: None,
             message_at,
             deadline: message_at.saturating_add(retention_ms),
-            payload: serde_json::to_value(payload).map_err(|e| ProviderError::BadJob(e.to_string()))?,
+            payload: serde_json::to_value(payload)
+                .map_err(|e| ProviderError::BadJob(e.to_string()))?,
         };
-        Ok(ParsedWebhook { jobs: vec![job], ignored: 0 })
+        Ok(ParsedWebhook {
+            jobs: vec![job],
+            ignored: 0,
+        })
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<ResolvedMedia, ProviderError> {
-        let mut p: Payload =
-            serde_json::from_value(job.payload.clone()).map_err(|e| ProviderError::BadJob(e.to_string()))?;
+        let mut p: Payload = serde_json::from_value(job.payload.clone())
+            .map_err(|e| ProviderError::BadJob(e.to_string()))?;
         if p.download_url.as_deref() == Some(TOO_LARGE_MARKER) {
             return Err(ProviderError::MediaUnavailable(
                 "Green API did not fetch this file: it is over 100 MB ({{SWE002}}); only the phone has it".into(),
@@ -302,7 +339,9 @@ impl Provider for GreenApi {
             p.mime_type = p.mime_type.or_else(|| opt_string(&message, "mimeType"));
             p.file_name = p.file_name.or_else(|| opt_string(&message, "fileName"));
             p.caption = p.caption.or_else(|| opt_string(&message, "caption"));
-            p.download_url = p.download_url.or_else(|| opt_string(&message, "downloadUrl"));
+            p.download_url = p
+                .download_url
+                .or_else(|| opt_string(&message, "downloadUrl"));
         }
         let link = match p.download_url.take() {
             Some(url) if !job.link_dead && url != TOO_LARGE_MARKER => url,
@@ -321,8 +360,11 @@ impl Provider for GreenApi {
                 "Green API did not fetch this file: it is over 100 MB ({{SWE002}}); only the phone has it".into(),
             ));
         }
-        let url = url::Url::parse(&link)
-            .map_err(|e| ProviderError::MediaUnavailable(format!("Green API gave a download link that is not a URL: {e}")))?;
+        let url = url::Url::parse(&link).map_err(|e| {
+            ProviderError::MediaUnavailable(format!(
+                "Green API gave a download link that is not a URL: {e}"
+            ))
+        })?;
         Ok(ResolvedMedia {
             request: DownloadRequest::get(url),
             hosts: self.hosts.clone(),

@@ -32,8 +32,8 @@ use media_fetch::{DownloadRequest, HostPolicy};
 
 pub use api_client::ApiClient;
 pub use config::AccountConfig;
-pub use greenapi::GreenApiConfig;
 pub use error::ProviderError;
+pub use greenapi::GreenApiConfig;
 
 /// A webhook request as the receiver got it, before anything is parsed.
 #[derive(Debug, Clone, Copy)]

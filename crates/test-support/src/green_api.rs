@@ -116,7 +116,15 @@ struct Message {
 impl FakeGreenApi {
     /// Starts the fake on `127.0.0.1:0`.
     pub async fn start() -> Self {
-        let api_token = random_hex(50);
+        Self::start_on("127.0.0.1:0", &random_hex(50))
+            .await
+            .expect("bind the fake Green API on 127.0.0.1:0")
+    }
+
+    /// Starts the fake on a fixed address with a fixed token (the demo
+    /// provider of `config/dev.toml`).
+    pub async fn start_on(addr: &str, api_token: &str) -> std::io::Result<Self> {
+        let api_token = api_token.to_owned();
         let state = Arc::new(Mutex::new(State {
             base_url: String::new(),
             api_token: api_token.clone(),
@@ -127,15 +135,16 @@ impl FakeGreenApi {
             get_message_calls: 0,
         }));
         let handler_state = Arc::clone(&state);
-        let server = TestServer::start(move |req| handle(Arc::clone(&handler_state), req)).await;
+        let server =
+            TestServer::start_on(addr, move |req| handle(Arc::clone(&handler_state), req)).await?;
         let base_url = server.base_url();
         lock(&state).base_url = base_url.clone();
-        Self {
+        Ok(Self {
             server,
             base_url,
             api_token,
             state,
-        }
+        })
     }
 
     /// `http://127.0.0.1:PORT`: the `apiUrl` and the file host alike.

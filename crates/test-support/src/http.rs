@@ -45,9 +45,18 @@ impl TestServer {
         H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0", handler)
             .await
-            .expect("bind a test server on 127.0.0.1:0");
+            .expect("bind a test server on 127.0.0.1:0")
+    }
+
+    /// Binds `addr` (a demo on a fixed port) and serves each request with `handler`.
+    pub async fn start_on<H, F>(addr: &str, handler: H) -> std::io::Result<TestServer>
+    where
+        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr().expect("test server address");
         let handler = Arc::new(handler);
         let accept = tokio::spawn(async move {
@@ -75,7 +84,7 @@ impl TestServer {
                 }
             }
         });
-        TestServer { addr, accept }
+        Ok(TestServer { addr, accept })
     }
 
     /// The bound address.

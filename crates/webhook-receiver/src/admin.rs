@@ -22,9 +22,15 @@ use crate::error::{ApiError, json};
 const AT_RISK_WITHIN: Duration = Duration::from_secs(24 * 3600);
 
 impl Receiver {
-    pub(crate) async fn admin(&self, path: &[&str], request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    pub(crate) async fn admin(
+        &self,
+        path: &[&str],
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
         let Some(token) = &self.config.admin_token else {
-            return Err(ApiError::NotFound("admin API disabled: set server.admin_token to enable it".into()));
+            return Err(ApiError::NotFound(
+                "admin API disabled: set server.admin_token to enable it".into(),
+            ));
         };
         let presented = request
             .headers()
@@ -32,7 +38,9 @@ impl Receiver {
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
         let authorized = presented.is_some_and(|p| bool::from(p.ct_eq(token.expose().as_bytes())));
         if !authorized {
-            return Err(ApiError::Unauthorized("admin API needs Authorization: Bearer <admin token>".into()));
+            return Err(ApiError::Unauthorized(
+                "admin API needs Authorization: Bearer <admin token>".into(),
+            ));
         }
         let query = parse_query(request.uri().query());
         let method = request.method().clone();
@@ -43,7 +51,11 @@ impl Receiver {
         match (&method, path) {
             (&Method::GET, ["jobs"]) => {
                 let filter = JobFilter {
-                    state: query.get("state").map(|s| s.parse::<JobState>()).transpose().map_err(ApiError::BadRequest)?,
+                    state: query
+                        .get("state")
+                        .map(|s| s.parse::<JobState>())
+                        .transpose()
+                        .map_err(ApiError::BadRequest)?,
                     account: query.get("account").cloned(),
                     limit: query
                         .get("limit")
@@ -59,7 +71,11 @@ impl Receiver {
             (&Method::POST, ["jobs", "retry"]) => {
                 let state = query
                     .get("state")
-                    .ok_or_else(|| ApiError::BadRequest("missing query parameter state (e.g. state=dead)".into()))?
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "missing query parameter state (e.g. state=dead)".into(),
+                        )
+                    })?
                     .parse::<JobState>()
                     .map_err(ApiError::BadRequest)?;
                 let requeued = self.queue.retry_all(state).await.map_err(unavailable)?;
@@ -80,13 +96,20 @@ impl Receiver {
                     Ok(json(StatusCode::OK, &json!({ "requeued": 1 })))
                 } else {
                     match self.queue.get(&id).await.map_err(unavailable)? {
-                        Some(job) => Err(ApiError::BadRequest(format!("job {id:?} is {}; only pending, waiting or dead jobs can be retried", job.state))),
+                        Some(job) => Err(ApiError::BadRequest(format!(
+                            "job {id:?} is {}; only pending, waiting or dead jobs can be retried",
+                            job.state
+                        ))),
                         None => Err(ApiError::NotFound(format!("no job {id:?}"))),
                     }
                 }
             }
             (&Method::GET, ["stats"]) => {
-                let stats = self.queue.stats(AT_RISK_WITHIN).await.map_err(unavailable)?;
+                let stats = self
+                    .queue
+                    .stats(AT_RISK_WITHIN)
+                    .await
+                    .map_err(unavailable)?;
                 Ok(json(
                     StatusCode::OK,
                     &json!({
@@ -97,9 +120,14 @@ impl Receiver {
                     }),
                 ))
             }
+            (_, ["jobs", "retry"] | ["jobs", _, "retry"]) => {
+                Err(ApiError::MethodNotAllowed("POST"))
+            }
             (_, ["jobs"] | ["stats"] | ["jobs", _]) => Err(ApiError::MethodNotAllowed("GET")),
-            (_, ["jobs", "retry"] | ["jobs", _, "retry"]) => Err(ApiError::MethodNotAllowed("POST")),
-            _ => Err(ApiError::NotFound(format!("no admin route /api/v1/{}", path.join("/")))),
+            _ => Err(ApiError::NotFound(format!(
+                "no admin route /api/v1/{}",
+                path.join("/")
+            ))),
         }
     }
 }
@@ -130,9 +158,13 @@ fn rfc3339(ms: UnixMillis) -> String {
 }
 
 fn decode(segment: &str) -> String {
-    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn parse_query(query: Option<&str>) -> HashMap<String, String> {
-    url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }

@@ -33,9 +33,13 @@ impl ApiError {
 
     fn message(&self) -> String {
         match self {
-            ApiError::BadRequest(m) | ApiError::Unauthorized(m) | ApiError::NotFound(m) => m.clone(),
+            ApiError::BadRequest(m) | ApiError::Unauthorized(m) | ApiError::NotFound(m) => {
+                m.clone()
+            }
             ApiError::MethodNotAllowed(allowed) => format!("method not allowed; use {allowed}"),
-            ApiError::PayloadTooLarge(limit) => format!("body larger than server.max_body_bytes ({limit} bytes)"),
+            ApiError::PayloadTooLarge(limit) => {
+                format!("body larger than server.max_body_bytes ({limit} bytes)")
+            }
             ApiError::Unavailable(m) => m.clone(),
         }
     }
@@ -49,9 +53,10 @@ impl ApiError {
             response.headers_mut().insert(http::header::ALLOW, value);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("5"),
+            );
         }
         response
     }
@@ -70,8 +75,9 @@ impl From<providers::ProviderError> for ApiError {
 pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }

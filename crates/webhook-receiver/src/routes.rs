@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use providers::WebhookRequest;
 use retry_queue::Enqueued;
@@ -15,7 +15,11 @@ use crate::error::{ApiError, json};
 
 impl Receiver {
     /// Routes one request. Every outcome, errors included, is a response.
-    pub(crate) async fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    pub(crate) async fn route(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let result = match (request.method(), segments.as_slice()) {
@@ -43,15 +47,29 @@ impl Receiver {
         if self.is_draining() {
             return Err(ApiError::Unavailable("draining: shutting down".into()));
         }
-        self.readiness.check().await.map_err(ApiError::Unavailable)?;
+        self.readiness
+            .check()
+            .await
+            .map_err(ApiError::Unavailable)?;
         Ok(json(StatusCode::OK, &json!({"status": "ready"})))
     }
 
-    async fn webhook(&self, account: &str, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
-        let provider = self.accounts.get(account).ok_or_else(|| unknown_account(account))?;
+    async fn webhook(
+        &self,
+        account: &str,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let provider = self
+            .accounts
+            .get(account)
+            .ok_or_else(|| unknown_account(account))?;
         let (parts, body) = request.into_parts();
         let body = read_body(body, &parts.headers, self.config.max_body_bytes).await?;
-        let webhook = WebhookRequest { headers: &parts.headers, query: parts.uri.query(), body: &body };
+        let webhook = WebhookRequest {
+            headers: &parts.headers,
+            query: parts.uri.query(),
+            body: &body,
+        };
         if let Err(e) = provider.authenticate(&webhook) {
             tracing::warn!(account, error = %e, "webhook rejected: bad credentials");
             return Err(e.into());
@@ -74,7 +92,13 @@ impl Receiver {
             }
             self.new_work.notify_one();
         }
-        tracing::info!(account, accepted, duplicates, ignored = parsed.ignored, "webhook accepted");
+        tracing::info!(
+            account,
+            accepted,
+            duplicates,
+            ignored = parsed.ignored,
+            "webhook accepted"
+        );
         Ok(json(
             StatusCode::OK,
             &json!({"accepted": accepted, "duplicates": duplicates, "ignored": parsed.ignored}),
@@ -87,18 +111,44 @@ pub(crate) fn unknown_account(account: &str) -> ApiError {
     ApiError::NotFound(format!("unknown account {shown:?}"))
 }
 
-/// Reads a body of at most `limit` bytes; a declared or actual larger body is 413.
-pub(crate) async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// How much of an oversized body is read and thrown away before answering
+/// 413, so that an ordinary client (which sends its whole body before it
+/// reads the answer) sees the 413 instead of a connection reset. Beyond this
+/// the connection is simply closed.
+const OVERSIZE_DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes; a declared or actual larger body is
+/// 413. Memory use is bounded by `limit`: the excess is discarded as it arrives.
+pub(crate) async fn read_body(
+    mut body: Incoming,
+    headers: &http::HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let mut collected = bytes::BytesMut::new();
+    let mut too_large = declared.is_some_and(|n| n > limit as u64);
+    let mut discarded = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if !too_large && collected.len() + data.len() <= limit {
+            collected.extend_from_slice(&data);
+            continue;
+        }
+        too_large = true;
+        discarded += data.len() as u64;
+        if discarded > OVERSIZE_DRAIN_BYTES {
+            break;
+        }
+    }
+    if too_large {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
-        Err(e) => Err(ApiError::BadRequest(format!("could not read the request body: {e}"))),
-    }
+    Ok(collected.freeze())
 }

@@ -27,7 +27,11 @@ pub struct ReceiverConfig {
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 4 * 1024 * 1024, admin_token: None, header_read_timeout: Duration::from_secs(10) }
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            admin_token: None,
+            header_read_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -52,7 +56,14 @@ impl Receiver {
         readiness: Arc<dyn Readiness>,
         config: ReceiverConfig,
     ) -> Self {
-        Self { accounts, queue, new_work, readiness, config, draining: AtomicBool::new(false) }
+        Self {
+            accounts,
+            queue,
+            new_work,
+            readiness,
+            config,
+            draining: AtomicBool::new(false),
+        }
     }
 
     /// Marks the daemon as shutting down: `/readyz` answers 503 from now on,
@@ -99,7 +110,10 @@ impl Receiver {
             });
         }
         drop(listener);
-        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after 10s; closing them");
         }
     }

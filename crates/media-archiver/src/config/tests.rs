@@ -69,7 +69,8 @@ fn every_problem_is_reported_at_once_with_its_key_path() {
 
 #[test]
 fn duplicate_account_names_and_bad_backends_are_rejected() {
-    let text = format!("{MINIMAL}{MINIMAL}\n[storage]\nbackend = \"ftp\"\n[log]\nformat = \"xml\"\n");
+    let text =
+        format!("{MINIMAL}{MINIMAL}\n[storage]\nbackend = \"ftp\"\n[log]\nformat = \"xml\"\n");
     let all = Config::parse(&text).unwrap_err().0.join("\n");
     assert!(all.contains("used twice"), "{all}");
     assert!(all.contains("storage.backend"), "{all}");
@@ -79,11 +80,23 @@ fn duplicate_account_names_and_bad_backends_are_rejected() {
 #[test]
 fn s3_needs_a_bucket_section_and_matching_keys() {
     let text = format!("{MINIMAL}\n[storage]\nbackend = \"s3\"\n");
-    assert!(Config::parse(&text).unwrap_err().0.join("\n").contains("storage.s3"));
+    assert!(
+        Config::parse(&text)
+            .unwrap_err()
+            .0
+            .join("\n")
+            .contains("storage.s3")
+    );
     let text = format!(
         "{MINIMAL}\n[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"media\"\naccess_key_id = \"GK1\"\n"
     );
-    assert!(Config::parse(&text).unwrap_err().0.join("\n").contains("go together"));
+    assert!(
+        Config::parse(&text)
+            .unwrap_err()
+            .0
+            .join("\n")
+            .contains("go together")
+    );
 }
 
 #[test]
@@ -96,7 +109,11 @@ fn shipped_config_files_are_valid() {
         if file == "dev.toml" {
             result.unwrap();
         } else if let Err(errors) = result {
-            let unexpected: Vec<_> = errors.0.iter().filter(|e| !e.contains("environment variable")).collect();
+            let unexpected: Vec<_> = errors
+                .0
+                .iter()
+                .filter(|e| !e.contains("environment variable"))
+                .collect();
             assert!(unexpected.is_empty(), "{file}: {unexpected:?}");
         }
     }

@@ -8,7 +8,9 @@ fn adapter(webhook_token: Option<&str>) -> GreenApi {
         api_token = "api-token-123"
         {}
         "#,
-        webhook_token.map(|t| format!("webhook_token = \"{t}\"")).unwrap_or_default()
+        webhook_token
+            .map(|t| format!("webhook_token = \"{t}\""))
+            .unwrap_or_default()
     ))
     .unwrap();
     let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
@@ -36,19 +38,28 @@ fn image_webhook() -> Value {
 fn parse(adapter: &GreenApi, body: &Value) -> Result<ParsedWebhook, ProviderError> {
     let bytes = serde_json::to_vec(body).unwrap();
     let headers = http::HeaderMap::new();
-    adapter.parse_webhook(&WebhookRequest { headers: &headers, query: None, body: &bytes })
+    adapter.parse_webhook(&WebhookRequest {
+        headers: &headers,
+        query: None,
+        body: &bytes,
+    })
 }
 
 #[test]
 fn an_incoming_image_becomes_one_job_keyed_by_message_id() {
     let parsed = parse(&adapter(None), &image_webhook()).unwrap();
     assert_eq!(parsed.ignored, 0);
-    let [job] = parsed.jobs.as_slice() else { panic!("one job expected") };
+    let [job] = parsed.jobs.as_slice() else {
+        panic!("one job expected")
+    };
     assert_eq!(job.id, "green-main:A322F800D3F12CD4858CC947DAFB77A2");
     assert_eq!(job.message_id, "A322F800D3F12CD4858CC947DAFB77A2");
     assert_eq!(job.message_at, 1_700_000_000_000);
     assert_eq!(job.deadline, 1_700_000_000_000 + 14 * 86_400_000);
-    assert_eq!(job.payload["download_url"], "https://sw-media.storage.yandexcloud.net/1101000001/a6679d42.jpg");
+    assert_eq!(
+        job.payload["download_url"],
+        "https://sw-media.storage.yandexcloud.net/1101000001/a6679d42.jpg"
+    );
     assert_eq!(job.payload["mime_type"], "image/jpeg");
 }
 
@@ -60,7 +71,11 @@ fn every_file_type_and_direction_is_archived() {
             let mut body = image_webhook();
             body["typeWebhook"] = json!(type_webhook);
             body["messageData"]["typeMessage"] = json!(type_message);
-            assert_eq!(parse(&adapter, &body).unwrap().jobs.len(), 1, "{type_webhook} {type_message}");
+            assert_eq!(
+                parse(&adapter, &body).unwrap().jobs.len(),
+                1,
+                "{type_webhook} {type_message}"
+            );
         }
     }
 }
@@ -69,11 +84,19 @@ fn every_file_type_and_direction_is_archived() {
 fn texts_statuses_and_other_events_are_ignored() {
     let adapter = adapter(None);
     let mut text = image_webhook();
-    text["messageData"] = json!({"typeMessage": "textMessage", "textMessageData": {"textMessage": "hi"}});
-    let status = json!({"typeWebhook": "outgoingMessageStatus", "status": "read", "idMessage": "X"});
+    text["messageData"] =
+        json!({"typeMessage": "textMessage", "textMessageData": {"textMessage": "hi"}});
+    let status =
+        json!({"typeWebhook": "outgoingMessageStatus", "status": "read", "idMessage": "X"});
     let state = json!({"typeWebhook": "stateInstanceChanged", "stateInstance": "authorized"});
     for body in [text, status, state] {
-        assert_eq!(parse(&adapter, &body).unwrap(), ParsedWebhook { jobs: vec![], ignored: 1 });
+        assert_eq!(
+            parse(&adapter, &body).unwrap(),
+            ParsedWebhook {
+                jobs: vec![],
+                ignored: 1
+            }
+        );
     }
 }
 
@@ -82,7 +105,11 @@ fn malformed_payloads_are_rejected_naming_the_field() {
     let adapter = adapter(None);
     let headers = http::HeaderMap::new();
     let err = adapter
-        .parse_webhook(&WebhookRequest { headers: &headers, query: None, body: b"{not json" })
+        .parse_webhook(&WebhookRequest {
+            headers: &headers,
+            query: None,
+            body: b"{not json",
+        })
         .unwrap_err();
     assert!(err.to_string().contains("malformed JSON"), "{err}");
 
@@ -91,7 +118,10 @@ fn malformed_payloads_are_rejected_naming_the_field() {
         ("/idMessage", "idMessage"),
         ("/timestamp", "timestamp"),
         ("/senderData/chatId", "senderData.chatId"),
-        ("/messageData/fileMessageData", "messageData.fileMessageData"),
+        (
+            "/messageData/fileMessageData",
+            "messageData.fileMessageData",
+        ),
     ] {
         let mut body = image_webhook();
         *body.pointer_mut(pointer).unwrap() = Value::Null;
@@ -114,8 +144,15 @@ fn webhook_token_is_checked_when_configured() {
     let with_token = adapter(Some("hook-secret"));
     let none = http::HeaderMap::new();
     let mut good = http::HeaderMap::new();
-    good.insert(http::header::AUTHORIZATION, "Bearer hook-secret".parse().unwrap());
-    let req = |h| WebhookRequest { headers: h, query: None, body: b"{}" };
+    good.insert(
+        http::header::AUTHORIZATION,
+        "Bearer hook-secret".parse().unwrap(),
+    );
+    let req = |h| WebhookRequest {
+        headers: h,
+        query: None,
+        body: b"{}",
+    };
     assert!(with_token.authenticate(&req(&none)).is_err());
     assert!(with_token.authenticate(&req(&good)).is_ok());
     assert!(adapter(None).authenticate(&req(&none)).is_ok());
@@ -128,27 +165,50 @@ fn error_codes_are_classified_as_documented() {
     let transient = ErrorClass::Transient;
     assert_eq!(classify(400, "Validation failed", None, 1), permanent);
     assert_eq!(
-        classify(400, "File message encrypted url not found by chatId 1@c.us and idMessage X", None, 1),
+        classify(
+            400,
+            "File message encrypted url not found by chatId 1@c.us and idMessage X",
+            None,
+            1
+        ),
         permanent
     );
     assert_eq!(classify(401, "", None, 1), permanent);
     assert_eq!(classify(403, "", None, 1), permanent);
     assert_eq!(classify(466, "", None, 1), permanent);
     assert_eq!(classify(429, "", None, 1), transient);
-    assert_eq!(classify(429, "", Some(Duration::from_secs(3)), 1), ErrorClass::RetryAfter(Duration::from_secs(3)));
-    assert_eq!(classify(400, "instance in starting process try later", None, 9), transient);
+    assert_eq!(
+        classify(429, "", Some(Duration::from_secs(3)), 1),
+        ErrorClass::RetryAfter(Duration::from_secs(3))
+    );
+    assert_eq!(
+        classify(400, "instance in starting process try later", None, 9),
+        transient
+    );
     assert_eq!(classify(502, "", None, 9), transient);
-    assert_eq!(classify(400, "Message not found by id 'X'", None, 1), transient);
-    assert_eq!(classify(400, "Message not found by id 'X'", None, NOT_FOUND_PATIENCE), permanent);
+    assert_eq!(
+        classify(400, "Message not found by id 'X'", None, 1),
+        transient
+    );
+    assert_eq!(
+        classify(400, "Message not found by id 'X'", None, NOT_FOUND_PATIENCE),
+        permanent
+    );
     let internal = "Internal error when downloading file by chatId 1@c.us idMessage X";
     assert_eq!(classify(500, internal, None, 1), transient);
-    assert_eq!(classify(500, internal, None, INTERNAL_ERROR_PATIENCE), permanent);
+    assert_eq!(
+        classify(500, internal, None, INTERNAL_ERROR_PATIENCE),
+        permanent
+    );
 }
 
 #[test]
 fn api_urls_carry_the_token_in_the_path() {
     let url = adapter(None).method_url("downloadFile").unwrap();
-    assert_eq!(url.as_str(), "https://api.green-api.com/waInstance1101000001/downloadFile/api-token-123");
+    assert_eq!(
+        url.as_str(),
+        "https://api.green-api.com/waInstance1101000001/downloadFile/api-token-123"
+    );
 }
 
 #[tokio::test]
@@ -158,7 +218,13 @@ async fn swe002_is_permanent_without_any_network_call() {
     let adapter = adapter(None);
     let job = parse(&adapter, &body).unwrap().jobs.remove(0);
     let err = adapter
-        .resolve(JobRef { message_id: &job.message_id, media_id: None, payload: &job.payload, attempt: 1, link_dead: false })
+        .resolve(JobRef {
+            message_id: &job.message_id,
+            media_id: None,
+            payload: &job.payload,
+            attempt: 1,
+            link_dead: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(archiver_core::Classify::class(&err), ErrorClass::Permanent);
