@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicU64;
 
 use archiver_core::{Classify, ErrorClass, Sha256Digest};
 use media_fetch::{FetchError, Fetcher};
-use providers::{JobRef, Provider, ProviderError, ResolvedMedia};
+use providers::{JobRef, MediaSource, Provider, ProviderError, Resolution, ResolvedMedia};
 use retry_queue::JobRecord;
 use s3_uploader::{Layout, Manifest, ObjectStore, PutOutcome, StoreError, Verification};
 
@@ -72,6 +72,20 @@ pub struct Processed {
     pub verification: Verification,
 }
 
+/// How an attempt that did not fail ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Attempted {
+    /// Verified and archived.
+    Archived(Processed),
+    /// The provider is preparing the file; wait for its event.
+    Parked {
+        /// How long to wait at most.
+        timeout: std::time::Duration,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Everything an attempt needs, borrowed from the worker.
 pub(crate) struct Stages<'a> {
     pub(crate) fetcher: &'a Fetcher,
@@ -86,26 +100,31 @@ impl Stages<'_> {
         provider: &dyn Provider,
         job: &JobRecord,
         progress: &AtomicU64,
-    ) -> Result<Processed, JobError> {
+    ) -> Result<Attempted, JobError> {
         let reference = |link_dead| JobRef {
             message_id: &job.message_id,
             media_id: job.media_id.as_deref(),
             payload: &job.payload,
             attempt: job.attempts,
+            last_error: job.last_error.as_deref(),
             link_dead,
         };
-        let mut resolved = provider.resolve(reference(false)).await?;
-        let staged = match self
-            .fetcher
-            .download(&resolved.request, &resolved.hosts, progress)
-            .await
-        {
+        let mut resolved = match provider.resolve(reference(false)).await? {
+            Resolution::Fetch(resolved) => resolved,
+            Resolution::Park { timeout, reason } => {
+                return Ok(Attempted::Parked { timeout, reason });
+            }
+        };
+        let staged = match self.obtain(&resolved.source, progress).await {
             Err(e) if e.is_link_dead() => {
                 tracing::info!(job_id = %job.id, error = %e, "download link is dead; asking the provider for a fresh one");
-                resolved = provider.resolve(reference(true)).await?;
-                self.fetcher
-                    .download(&resolved.request, &resolved.hosts, progress)
-                    .await?
+                resolved = match provider.resolve(reference(true)).await? {
+                    Resolution::Fetch(resolved) => resolved,
+                    Resolution::Park { timeout, reason } => {
+                        return Ok(Attempted::Parked { timeout, reason });
+                    }
+                };
+                self.obtain(&resolved.source, progress).await?
             }
             other => other?,
         };
@@ -116,7 +135,21 @@ impl Stages<'_> {
         {
             tracing::warn!(path = %staged.path.display(), error = %e, "could not remove spool file");
         }
-        result
+        result.map(Attempted::Archived)
+    }
+
+    /// Puts the bytes into a spool file, hashed.
+    async fn obtain(
+        &self,
+        source: &MediaSource,
+        progress: &AtomicU64,
+    ) -> Result<archiver_core::StagedFile, FetchError> {
+        match source {
+            MediaSource::Download { request, hosts } => {
+                self.fetcher.download(request, hosts, progress).await
+            }
+            MediaSource::Inline(bytes) => self.fetcher.spool_bytes(bytes).await,
+        }
     }
 
     async fn verify_and_store(

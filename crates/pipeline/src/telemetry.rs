@@ -20,6 +20,8 @@ pub enum Outcome {
     Dead,
     /// Handed back unfinished (shutdown).
     Released,
+    /// Waiting for the provider's event (On-Prem store callback).
+    Parked,
 }
 
 impl Outcome {
@@ -30,6 +32,7 @@ impl Outcome {
             Outcome::Retry => "retry",
             Outcome::Dead => "dead",
             Outcome::Released => "released",
+            Outcome::Parked => "parked",
         }
     }
 }
@@ -44,7 +47,7 @@ pub fn transition(
 ) {
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     match outcome {
-        Outcome::Archived | Outcome::Released => tracing::info!(
+        Outcome::Archived | Outcome::Released | Outcome::Parked => tracing::info!(
             job_id = %job.id,
             account = %job.account,
             provider = %job.provider,

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::job::{JobError, Stages};
+use crate::job::{Attempted, JobError, Stages};
 use crate::telemetry::{self, Outcome};
 
 /// `[workers]` settings.
@@ -168,7 +168,7 @@ impl Worker {
                 // The lease was lost (another worker has the job now).
                 tracing::warn!(job_id = %job.id, "lease lost; abandoning this attempt");
             }
-            Some(Ok(done)) => match self.queue.complete(&lease).await {
+            Some(Ok(Attempted::Archived(done))) => match self.queue.complete(&lease).await {
                 Ok(()) => telemetry::transition(
                     job,
                     Outcome::Archived,
@@ -180,6 +180,24 @@ impl Worker {
                     tracing::error!(job_id = %job.id, error = %e, "archived but could not mark done; it will run again")
                 }
             },
+            Some(Ok(Attempted::Parked { timeout, reason })) => {
+                let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+                let until = chrono::Utc::now()
+                    .timestamp_millis()
+                    .saturating_add(timeout_ms);
+                match self.queue.park(&lease, until).await {
+                    Ok(()) => telemetry::transition(
+                        job,
+                        Outcome::Parked,
+                        bytes,
+                        started.elapsed(),
+                        Some(&reason),
+                    ),
+                    Err(e) => {
+                        tracing::error!(job_id = %job.id, error = %e, "could not park the job; its lease will expire and it runs again")
+                    }
+                }
+            }
             Some(Err(error)) => {
                 self.record_failure(&lease, &error, bytes, started.elapsed())
                     .await
@@ -187,11 +205,7 @@ impl Worker {
         }
     }
 
-    async fn attempt(
-        &self,
-        lease: &Lease,
-        progress: &AtomicU64,
-    ) -> Result<crate::Processed, JobError> {
+    async fn attempt(&self, lease: &Lease, progress: &AtomicU64) -> Result<Attempted, JobError> {
         let job = &lease.job;
         let provider = self
             .providers

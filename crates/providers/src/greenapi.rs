@@ -23,7 +23,8 @@ use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::require_bearer;
 use crate::config::StringOrInt;
 use crate::{
-    JobRef, MediaDetails, ParsedWebhook, Provider, ProviderError, ResolvedMedia, WebhookRequest,
+    JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
+    ResolvedMedia, WebhookRequest,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -256,16 +257,16 @@ impl Provider for GreenApi {
             str_at(&body, &["typeWebhook"]).ok_or_else(|| ProviderError::missing("typeWebhook"))?;
         if !FILE_WEBHOOKS.contains(&type_webhook) {
             return Ok(ParsedWebhook {
-                jobs: vec![],
                 ignored: 1,
+                ..ParsedWebhook::default()
             });
         }
         let type_message = str_at(&body, &["messageData", "typeMessage"])
             .ok_or_else(|| ProviderError::missing("messageData.typeMessage"))?;
         if !FILE_MESSAGES.contains(&type_message) {
             return Ok(ParsedWebhook {
-                jobs: vec![],
                 ignored: 1,
+                ..ParsedWebhook::default()
             });
         }
         if let Some(id) = body.pointer("/instanceData/idInstance") {
@@ -320,11 +321,11 @@ impl Provider for GreenApi {
         };
         Ok(ParsedWebhook {
             jobs: vec![job],
-            ignored: 0,
+            ..ParsedWebhook::default()
         })
     }
 
-    async fn resolve(&self, job: JobRef<'_>) -> Result<ResolvedMedia, ProviderError> {
+    async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
         let mut p: Payload = serde_json::from_value(job.payload.clone())
             .map_err(|e| ProviderError::BadJob(e.to_string()))?;
         if p.download_url.as_deref() == Some(TOO_LARGE_MARKER) {
@@ -365,9 +366,8 @@ impl Provider for GreenApi {
                 "Green API gave a download link that is not a URL: {e}"
             ))
         })?;
-        Ok(ResolvedMedia {
-            request: DownloadRequest::get(url),
-            hosts: self.hosts.clone(),
+        Ok(Resolution::Fetch(ResolvedMedia {
+            source: MediaSource::download(DownloadRequest::get(url), self.hosts.clone()),
             expected_sha256: None,
             details: MediaDetails {
                 mime_type: p.mime_type,
@@ -376,7 +376,7 @@ impl Provider for GreenApi {
                 chat_id: Some(p.chat_id),
                 sender: p.sender,
             },
-        })
+        }))
     }
 }
 

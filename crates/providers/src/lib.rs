@@ -53,6 +53,19 @@ pub struct ParsedWebhook {
     pub jobs: Vec<JobSpec>,
     /// Events that carry no media (texts, statuses), counted but not queued.
     pub ignored: usize,
+    /// Jobs parked for an external event that this webhook is (for example
+    /// an On-Prem store callback); the receiver wakes each one.
+    pub wakes: Vec<Wake>,
+}
+
+/// A parked job to wake, with what the event said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wake {
+    /// The job's id.
+    pub job_id: String,
+    /// Recorded as the job's `last_error` so the next attempt sees it
+    /// (`None` when the event is plain success).
+    pub note: Option<String>,
 }
 
 /// The job as the adapter sees it again in the worker.
@@ -66,6 +79,8 @@ pub struct JobRef<'a> {
     pub payload: &'a serde_json::Value,
     /// Which attempt this is, counting from 1.
     pub attempt: u32,
+    /// What the previous attempt or a wake-up event recorded.
+    pub last_error: Option<&'a str>,
     /// The link used earlier in this attempt answered 403/404/410: ask the
     /// provider for a fresh one instead of trusting the stored link.
     pub link_dead: bool,
@@ -86,13 +101,49 @@ pub struct MediaDetails {
     pub sender: Option<String>,
 }
 
-/// Where to download a media file and what to check it against.
+/// What [`Provider::resolve`] found.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// The bytes can be had now.
+    Fetch(ResolvedMedia),
+    /// The provider was asked to prepare the file and will say when it is
+    /// ready (On-Prem's store callback): park the job until woken, or until
+    /// `timeout`, whichever comes first.
+    Park {
+        /// How long to wait for the event before trying again.
+        timeout: std::time::Duration,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Where the bytes come from.
+#[derive(Debug, Clone)]
+pub enum MediaSource {
+    /// Download them.
+    Download {
+        /// The request that yields the bytes.
+        request: DownloadRequest,
+        /// The hosts this download (and each of its redirects) may touch.
+        hosts: HostPolicy,
+    },
+    /// The webhook carried them (e.g. Evolution's `base64`); the stored
+    /// payload is their only copy until they are archived.
+    Inline(bytes::Bytes),
+}
+
+impl MediaSource {
+    /// A plain GET of `request` within `hosts`.
+    pub fn download(request: DownloadRequest, hosts: HostPolicy) -> Self {
+        MediaSource::Download { request, hosts }
+    }
+}
+
+/// Where to get a media file and what to check it against.
 #[derive(Debug, Clone)]
 pub struct ResolvedMedia {
-    /// The request that yields the bytes.
-    pub request: DownloadRequest,
-    /// The hosts this download (and each of its redirects) may touch.
-    pub hosts: HostPolicy,
+    /// Where the bytes come from.
+    pub source: MediaSource,
     /// The sha256 the provider vouches for; `None` when it vouches for none
     /// and the archive can only record what it computed.
     pub expected_sha256: Option<Sha256Digest>,
@@ -114,8 +165,8 @@ pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
     fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError>;
     /// Turns an authenticated webhook into jobs. Pure: no I/O.
     fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError>;
-    /// Finds where the bytes are now.
-    async fn resolve(&self, job: JobRef<'_>) -> Result<ResolvedMedia, ProviderError>;
+    /// Finds where the bytes are now (or parks the job until they are).
+    async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError>;
 }
 
 /// Builds the adapter for one configured account. Secrets are resolved here;

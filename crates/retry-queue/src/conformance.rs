@@ -78,6 +78,7 @@ macro_rules! conformance_suite {
             a_ready_job_past_its_deadline_is_dead_expired,
             a_permanent_error_dead_letters_at_once,
             a_parked_job_waits_for_its_wake,
+            a_wake_before_the_park_is_not_lost,
             a_parked_job_times_out_back_to_ready,
             release_gives_the_job_back_and_undoes_the_attempt,
             list_filters_by_state_and_account_newest_first,
@@ -703,14 +704,58 @@ pub async fn a_parked_job_waits_for_its_wake(factory: impl QueueFactory) {
     assert_lease_lost(f.queue.complete(&lease).await, "acme:a");
 
     f.advance_ms(MIN);
-    assert!(f.queue.wake("acme:a").await.expect("wake"));
+    assert!(
+        f.queue
+            .wake("acme:a", Some("callback: downloaded"))
+            .await
+            .expect("wake")
+    );
     let record = f.get("acme:a").await;
     assert_eq!(record.state, JobState::Pending);
     assert_eq!(record.next_attempt_at, f.now());
-    assert!(!f.queue.wake("acme:a").await.expect("wake"), "not waiting");
-    assert!(!f.queue.wake("acme:nope").await.expect("wake"), "absent");
+    assert_eq!(
+        record.last_error.as_deref(),
+        Some("callback: downloaded"),
+        "the note is kept"
+    );
+    assert!(
+        !f.queue.wake("acme:a", None).await.expect("wake"),
+        "not waiting"
+    );
+    assert!(
+        !f.queue.wake("acme:nope", None).await.expect("wake"),
+        "absent"
+    );
     assert_eq!(f.lease_one("acme:a").await.job.attempts, 2);
-    assert!(!f.queue.wake("acme:a").await.expect("wake"), "leased");
+}
+
+/// The event a job will park for can arrive before the worker parks it (a
+/// fast callback): the park then makes the job ready at once, never waiting
+/// out its timeout.
+pub async fn a_wake_before_the_park_is_not_lost(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![job("a")]).await;
+    let lease = f.lease_one("acme:a").await;
+    assert!(
+        f.queue.wake("acme:a", None).await.expect("wake"),
+        "a leased job can be woken"
+    );
+    assert_eq!(
+        f.get("acme:a").await.state,
+        JobState::Leased,
+        "still held by its worker"
+    );
+    f.queue.park(&lease, T0 + HOUR).await.expect("park");
+    let record = f.get("acme:a").await;
+    assert_eq!(record.state, JobState::Pending, "ready at once");
+    assert_eq!(record.next_attempt_at, f.now());
+    let again = f.lease_one("acme:a").await;
+    f.queue.park(&again, T0 + HOUR).await.expect("park");
+    assert_eq!(
+        f.get("acme:a").await.state,
+        JobState::Waiting,
+        "the mark was used up"
+    );
 }
 
 /// A parked job whose callback never comes is ready again at its timeout.

@@ -173,9 +173,14 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug + 'static {
     /// treats it as ready again. The attempt stays counted.
     async fn park(&self, lease: &Lease, until: UnixMillis) -> Result<(), QueueError>;
 
-    /// `waiting` -> `pending`, ready now. `Ok(false)` if no waiting job has
-    /// that id.
-    async fn wake(&self, job_id: &str) -> Result<bool, QueueError>;
+    /// The external event a parked job waits for has happened: a `waiting`
+    /// job becomes `pending`, ready now; a `leased` job (whose worker has not
+    /// parked it yet: the event won the race) is marked, so that its `park`
+    /// makes it ready at once instead of waiting. `note`, when given,
+    /// replaces `last_error` so that the next attempt can see what the event
+    /// said (e.g. a store callback's error). `Ok(false)` if no waiting or
+    /// leased job has that id.
+    async fn wake(&self, job_id: &str, note: Option<&str>) -> Result<bool, QueueError>;
 
     /// Gives a lease back untouched (shutdown): `pending`, ready now, and the
     /// attempt it counted is undone.

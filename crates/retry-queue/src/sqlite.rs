@@ -48,6 +48,7 @@ CREATE TABLE jobs (
     media_id            TEXT,
     message_at          INTEGER NOT NULL,
     payload             TEXT NOT NULL,
+    woken               INTEGER NOT NULL DEFAULT 0,
     due_at              INTEGER GENERATED ALWAYS AS (CASE state
                             WHEN 'pending' THEN next_attempt_at
                             WHEN 'waiting' THEN next_attempt_at
@@ -232,9 +233,11 @@ impl JobQueue for SqliteQueue {
         self.call(move |store| store.park(&held, until)).await
     }
 
-    async fn wake(&self, job_id: &str) -> Result<bool, QueueError> {
+    async fn wake(&self, job_id: &str, note: Option<&str>) -> Result<bool, QueueError> {
         let id = job_id.to_owned();
-        self.call(move |store| store.wake(&id)).await
+        let note = note.map(str::to_owned);
+        self.call(move |store| store.wake(&id, note.as_deref()))
+            .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
@@ -441,7 +444,7 @@ impl Store {
         let mut leases = Vec::with_capacity(ready.len());
         {
             let mut take = tx.prepare_cached(
-                "UPDATE jobs SET state = 'leased', attempts = attempts + 1,
+                "UPDATE jobs SET state = 'leased', attempts = attempts + 1, woken = 0,
                     lease_token = lease_token + 1, lease_expires_at = ?2, updated_at = ?3
                  WHERE id = ?1",
             )?;
@@ -515,8 +518,10 @@ impl Store {
         let now = self.now();
         self.update_held(
             held,
-            "UPDATE jobs SET state = 'waiting', next_attempt_at = ?3,
-                lease_expires_at = NULL, updated_at = ?4
+            "UPDATE jobs SET
+                state = CASE woken WHEN 1 THEN 'pending' ELSE 'waiting' END,
+                next_attempt_at = CASE woken WHEN 1 THEN ?4 ELSE ?3 END,
+                woken = 0, lease_expires_at = NULL, updated_at = ?4
              WHERE id = ?1 AND state = 'leased' AND lease_token = ?2",
             params![held.job_id, held.token()?, until, now],
         )
@@ -604,15 +609,21 @@ impl Store {
         Ok(disposition)
     }
 
-    fn wake(&mut self, job_id: &str) -> StoreResult<bool> {
+    fn wake(&mut self, job_id: &str, note: Option<&str>) -> StoreResult<bool> {
         let now = self.now();
+        // A waiting job becomes ready now; a leased one (its worker has not
+        // parked it yet) is marked so that its park makes it ready at once.
         let changed = self
             .conn
             .prepare_cached(
-                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?2
-                 WHERE id = ?1 AND state = 'waiting'",
+                "UPDATE jobs SET
+                    state = CASE state WHEN 'waiting' THEN 'pending' ELSE state END,
+                    next_attempt_at = CASE state WHEN 'waiting' THEN ?2 ELSE next_attempt_at END,
+                    woken = CASE state WHEN 'leased' THEN 1 ELSE woken END,
+                    last_error = COALESCE(?3, last_error), updated_at = ?2
+                 WHERE id = ?1 AND state IN ('waiting', 'leased')",
             )?
-            .execute(params![job_id, now])?;
+            .execute(params![job_id, now, note])?;
         Ok(changed > 0)
     }
 

@@ -93,8 +93,8 @@ fn texts_statuses_and_other_events_are_ignored() {
         assert_eq!(
             parse(&adapter, &body).unwrap(),
             ParsedWebhook {
-                jobs: vec![],
-                ignored: 1
+                ignored: 1,
+                ..ParsedWebhook::default()
             }
         );
     }
@@ -223,6 +223,7 @@ async fn swe002_is_permanent_without_any_network_call() {
             media_id: None,
             payload: &job.payload,
             attempt: 1,
+            last_error: None,
             link_dead: false,
         })
         .await
