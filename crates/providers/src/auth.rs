@@ -32,6 +32,31 @@ pub(crate) fn require_bearer(
     }
 }
 
+/// `Authorization: Bearer <token>` or a `token=<token>` query parameter
+/// (for providers whose webhook settings allow only a URL).
+#[allow(dead_code)] // until the codechat and onprem adapters use it
+pub(crate) fn require_bearer_or_query_token(
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    expected: &Secret,
+) -> Result<(), ProviderError> {
+    if headers.contains_key(http::header::AUTHORIZATION) {
+        return require_bearer(headers, expected);
+    }
+    let presented = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    });
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) => Ok(()),
+        Some(_) => Err(ProviderError::Unauthorized("webhook token does not match".into())),
+        None => Err(ProviderError::Unauthorized(
+            "missing credentials (expected `Authorization: Bearer <webhook_token>` or `?token=<webhook_token>`)".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +67,21 @@ mod tests {
             h.insert(http::header::AUTHORIZATION, a.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_query_token_is_accepted_in_place_of_the_header() {
+        let secret = Secret::new("s3cret");
+        let none = headers(None);
+        assert!(require_bearer_or_query_token(&none, Some("a=1&token=s3cret"), &secret).is_ok());
+        assert!(
+            require_bearer_or_query_token(&headers(Some("Bearer s3cret")), None, &secret).is_ok()
+        );
+        assert!(require_bearer_or_query_token(&none, Some("token=nope"), &secret).is_err());
+        assert!(require_bearer_or_query_token(&none, None, &secret).is_err());
+        // A wrong header is not rescued by a right query token.
+        let wrong = headers(Some("Bearer nope"));
+        assert!(require_bearer_or_query_token(&wrong, Some("token=s3cret"), &secret).is_err());
     }
 
     #[test]
