@@ -7,6 +7,7 @@ use media_fetch::{FetchError, Fetcher};
 use providers::{JobRef, MediaSource, Provider, ProviderError, Resolution, ResolvedMedia};
 use retry_queue::JobRecord;
 use s3_uploader::{Layout, Manifest, ObjectStore, PutOutcome, StoreError, Verification};
+use whatsapp_media::{DecryptError, EncryptedMedia};
 
 /// How many attempts a hash mismatch is retried before the job is dead: a
 /// mismatch can be a corrupted transfer once, but not every time.
@@ -34,6 +35,15 @@ pub enum JobError {
         /// Which attempt found it.
         attempt: u32,
     },
+    /// A WhatsApp-encrypted download failed one of the checks (or could not
+    /// be read); the message names the check.
+    #[error("WhatsApp media check failed: {error}")]
+    Decrypt {
+        /// Which check, and what it found.
+        error: DecryptError,
+        /// Which attempt found it.
+        attempt: u32,
+    },
     /// Writing to the archive failed.
     #[error("archive write failed: {0}")]
     Store(#[from] StoreError),
@@ -53,6 +63,14 @@ impl Classify for JobError {
                 ErrorClass::Transient
             }
             JobError::HashMismatch { .. } => ErrorClass::Permanent,
+            // Same patience as a plain hash mismatch: a corrupted transfer
+            // once, maybe; the same failed check every time, no.
+            JobError::Decrypt { error, attempt }
+                if error.is_mismatch() && *attempt >= HASH_MISMATCH_PATIENCE =>
+            {
+                ErrorClass::Permanent
+            }
+            JobError::Decrypt { error, .. } => error.class(),
         }
     }
 }
@@ -128,13 +146,17 @@ impl Stages<'_> {
             }
             other => other?,
         };
+        let staged = match &resolved.encryption {
+            Some(media) => {
+                let plain = decrypt(media, &staged, job.attempts).await;
+                remove_spool_file(&staged).await;
+                plain?
+            }
+            None => staged,
+        };
         let result = self.verify_and_store(job, &resolved, &staged).await;
         // The store may have moved the file into the archive (fs backend).
-        if let Err(e) = tokio::fs::remove_file(&staged.path).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %staged.path.display(), error = %e, "could not remove spool file");
-        }
+        remove_spool_file(&staged).await;
         result.map(Attempted::Archived)
     }
 
@@ -166,6 +188,9 @@ impl Stages<'_> {
                     attempt: job.attempts,
                 });
             }
+            // Decrypted and checked against fileEncSha256, the MAC and
+            // fileSha256 (which is `expected` here) on the way.
+            Some(_) if resolved.encryption.is_some() => Verification::WhatsappEncPlain,
             Some(_) => Verification::ProviderSha256,
             None => Verification::ComputedOnly,
         };
@@ -204,6 +229,38 @@ impl Stages<'_> {
             outcome,
             verification,
         })
+    }
+}
+
+/// Authenticates and decrypts a WhatsApp-encrypted spool file into a new
+/// plaintext spool file beside it (on a blocking thread: it is file I/O and
+/// AES). If this future is dropped, the plaintext file is removed when the
+/// blocking work ends.
+async fn decrypt(
+    media: &EncryptedMedia,
+    encrypted: &archiver_core::StagedFile,
+    attempt: u32,
+) -> Result<archiver_core::StagedFile, JobError> {
+    let (media, encrypted) = (media.clone(), encrypted.clone());
+    let fail = |error| JobError::Decrypt { error, attempt };
+    let plain = tokio::task::spawn_blocking(move || {
+        let dir = encrypted
+            .path
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        whatsapp_media::decrypt_file(&media, &encrypted, dir)
+    })
+    .await
+    .map_err(|e| fail(DecryptError::Io(format!("decryption task failed: {e}"))))?
+    .map_err(fail)?;
+    plain.keep().map_err(fail)
+}
+
+async fn remove_spool_file(staged: &archiver_core::StagedFile) {
+    if let Err(e) = tokio::fs::remove_file(&staged.path).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %staged.path.display(), error = %e, "could not remove spool file");
     }
 }
 

@@ -369,6 +369,7 @@ impl Provider for GreenApi {
         Ok(Resolution::Fetch(ResolvedMedia {
             source: MediaSource::download(DownloadRequest::get(url), self.hosts.clone()),
             expected_sha256: None,
+            encryption: None,
             details: MediaDetails {
                 mime_type: p.mime_type,
                 file_name: p.file_name,

@@ -149,6 +149,11 @@ pub struct ResolvedMedia {
     pub expected_sha256: Option<Sha256Digest>,
     /// Facts for the manifest.
     pub details: MediaDetails,
+    /// Set when the bytes obtained are a WhatsApp end-to-end encrypted blob
+    /// (Baileys media straight from the CDN): the pipeline authenticates and
+    /// decrypts them before `expected_sha256` is checked, and the manifest
+    /// says `whatsapp-enc+plain`. `None` for plain bytes.
+    pub encryption: Option<whatsapp_media::EncryptedMedia>,
 }
 
 /// One account's adapter.
