@@ -235,7 +235,6 @@ pub(crate) fn decrypt_with_chunk(
         DecryptError::BadPadding("the last block's PKCS#7 padding is invalid".into())
     })?;
     write(unpadded)?;
-    drop(write);
 
     // 4. The plaintext is the file the message vouched for.
     let sha256 = Sha256Digest::from_bytes(hasher.finalize().into());

@@ -38,3 +38,6 @@ mod keys;
 
 pub use decrypt::{DecryptError, Plaintext, decrypt_file};
 pub use keys::{EncryptedMedia, MediaKey, MediaKeys, MediaType};
+
+#[cfg(test)]
+mod tests;
