@@ -102,6 +102,9 @@ pub struct MediaDetails {
 }
 
 /// What [`Provider::resolve`] found.
+// One value per attempt, never stored in bulk: boxing the large variant
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Resolution {
     /// The bytes can be had now.
