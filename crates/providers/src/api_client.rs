@@ -95,6 +95,10 @@ impl ApiClient {
     pub(crate) fn post(&self, url: url::Url) -> reqwest::RequestBuilder {
         self.http.post(url)
     }
+
+    pub(crate) fn get(&self, url: url::Url) -> reqwest::RequestBuilder {
+        self.http.get(url)
+    }
 }
 
 /// A reqwest error without its URL (which may hold a token).

@@ -34,7 +34,6 @@ pub(crate) fn require_bearer(
 
 /// `Authorization: Bearer <token>` or a `token=<token>` query parameter
 /// (for providers whose webhook settings allow only a URL).
-#[allow(dead_code)] // until the codechat and onprem adapters use it
 pub(crate) fn require_bearer_or_query_token(
     headers: &http::HeaderMap,
     query: Option<&str>,

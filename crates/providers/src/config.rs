@@ -7,7 +7,9 @@
 
 use serde::Deserialize;
 
+use crate::cloudapi::CloudApiConfig;
 use crate::greenapi::GreenApiConfig;
+use crate::onprem::OnPremConfig;
 
 /// One `[[accounts]]` entry.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,6 +17,10 @@ use crate::greenapi::GreenApiConfig;
 pub enum AccountConfig {
     /// `provider = "greenapi"`.
     Greenapi(GreenApiConfig),
+    /// `provider = "onprem"`.
+    Onprem(OnPremConfig),
+    /// `provider = "cloudapi"`.
+    Cloudapi(CloudApiConfig),
 }
 
 impl AccountConfig {
@@ -22,6 +28,8 @@ impl AccountConfig {
     pub fn name(&self) -> &archiver_core::AccountName {
         match self {
             AccountConfig::Greenapi(c) => &c.name,
+            AccountConfig::Onprem(c) => &c.name,
+            AccountConfig::Cloudapi(c) => &c.name,
         }
     }
 }

@@ -21,9 +21,11 @@
 
 mod api_client;
 mod auth;
+mod cloudapi;
 mod config;
 mod error;
 mod greenapi;
+mod onprem;
 
 use std::sync::Arc;
 
@@ -31,9 +33,11 @@ use archiver_core::{AccountName, JobSpec, ProviderKind, Sha256Digest};
 use media_fetch::{DownloadRequest, HostPolicy};
 
 pub use api_client::ApiClient;
+pub use cloudapi::CloudApiConfig;
 pub use config::AccountConfig;
 pub use error::ProviderError;
 pub use greenapi::GreenApiConfig;
+pub use onprem::OnPremConfig;
 
 /// A webhook request as the receiver got it, before anything is parsed.
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +179,15 @@ pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
     fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError>;
     /// Finds where the bytes are now (or parks the job until they are).
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError>;
+    /// Answers a subscription check (`GET /webhooks/{account}` with the raw
+    /// `query`), as Meta's Cloud API sends one before it delivers webhooks:
+    /// `Some(Ok(text))` is echoed as `200 text/plain`, `Some(Err(_))` is
+    /// refused (403), and `None` (the default) means the provider has no
+    /// such check, so the route answers 405.
+    fn verify_subscription(&self, query: Option<&str>) -> Option<Result<String, ProviderError>> {
+        let _ = query;
+        None
+    }
 }
 
 /// Builds the adapter for one configured account. Secrets are resolved here;
@@ -182,5 +195,7 @@ pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
 pub fn build(config: &AccountConfig, api: &ApiClient) -> Result<Arc<dyn Provider>, Vec<String>> {
     match config {
         AccountConfig::Greenapi(c) => Ok(Arc::new(greenapi::GreenApi::new(c, api.clone())?)),
+        AccountConfig::Onprem(c) => Ok(Arc::new(onprem::OnPrem::new(c, api.clone())?)),
+        AccountConfig::Cloudapi(c) => Ok(Arc::new(cloudapi::CloudApi::new(c, api.clone())?)),
     }
 }

@@ -3,3 +3,4 @@
 pub mod garage;
 pub mod green_api;
 pub mod http;
+pub mod meta;

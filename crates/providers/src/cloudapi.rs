@@ -1,0 +1,581 @@
+//! Meta WhatsApp Cloud API (`provider = "cloudapi"`), providers.md section 5.
+//!
+//! Webhooks: Meta first checks the callback URL with
+//! `GET ?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`
+//! ([`Provider::verify_subscription`]: the challenge is echoed when the
+//! token is the account's `verify_token`). Every notification carries
+//! `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app_secret, raw body)>`,
+//! verified over the exact bytes received, in constant time, before anything
+//! is parsed. Each media message in `entry[].changes[].value.messages[]`
+//! becomes one job keyed by its media id; statuses, texts and other fields
+//! are ignored.
+//!
+//! Bytes: `GET {graph_url}/{media-id}` with the access token answers a
+//! `url` valid for about five minutes, so it is asked for on every attempt
+//! and never stored; the file is a GET of that URL with the same token.
+//! The webhook's `sha256` (base64 in real payloads, hex in the docs) and the
+//! media info's `sha256` (hex) must agree, and the bytes must match them.
+
+use std::time::Duration;
+
+use archiver_core::config_value::opt_duration;
+use archiver_core::{
+    AccountName, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, Sha256Digest,
+};
+use hmac::{Hmac, Mac};
+use media_fetch::{DownloadRequest, HostPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::api_client::{ApiClient, ApiResponse};
+use crate::auth::constant_time_eq;
+use crate::{
+    JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
+    ResolvedMedia, WebhookRequest,
+};
+
+const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+const DEFAULT_HOSTS: [&str; 3] = ["lookaside.fbsbx.com", "*.fbsbx.com", "*.whatsapp.net"];
+const MEDIA_TYPES: [&str; 5] = ["image", "document", "audio", "video", "sticker"];
+const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+/// A rejected access token is an operator's fix, not a reason to give up on
+/// files that stay fetchable for days: retried this slowly.
+pub(crate) const CREDENTIALS_RETRY: Duration = Duration::from_secs(5 * 60);
+/// The webhook's and the media info's sha256 disagreeing is retried (Meta
+/// may have answered for a moment-old upload) before this attempt.
+const HASH_DISAGREEMENT_PATIENCE: u32 = 3;
+/// Graph error codes that mean "slow down": transient whatever the status.
+const THROTTLING_CODES: [i64; 8] = [4, 17, 32, 613, 80007, 130429, 131048, 131056];
+/// Graph error codes of an invalid or expired access token.
+const TOKEN_CODES: [i64; 2] = [102, 190];
+/// The longest `hub.challenge` echoed (Meta sends a short number).
+const MAX_CHALLENGE: usize = 256;
+
+/// `[[accounts]]` keys for `provider = "cloudapi"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudApiConfig {
+    /// Account name; the webhook (callback) URL is `/webhooks/{name}`.
+    pub(crate) name: AccountName,
+    /// How long after the message its media id can still be fetched
+    /// (default 7d: "Media IDs in webhooks expire after 7 days").
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub(crate) retention: Option<Duration>,
+    /// Hosts media URLs may point at (default `lookaside.fbsbx.com`,
+    /// `*.fbsbx.com`, `*.whatsapp.net`).
+    #[serde(default)]
+    pub(crate) allowed_download_hosts: Option<Vec<String>>,
+    /// Graph API base including the version (default
+    /// `https://graph.facebook.com/v21.0`); media info is `{graph_url}/{media-id}`.
+    #[serde(default = "default_graph_url")]
+    pub(crate) graph_url: String,
+    /// A system-user access token with `whatsapp_business_messaging`.
+    pub(crate) access_token: SecretRef,
+    /// The app secret: webhooks are signed with it (`X-Hub-Signature-256`).
+    pub(crate) app_secret: SecretRef,
+    /// The verify token entered beside the callback URL in the app dashboard.
+    pub(crate) verify_token: SecretRef,
+}
+
+fn default_graph_url() -> String {
+    "https://graph.facebook.com/v21.0".to_owned()
+}
+
+#[derive(Debug)]
+pub(crate) struct CloudApi {
+    account: AccountName,
+    retention: Duration,
+    hosts: HostPolicy,
+    graph_url: url::Url,
+    access_token: Secret,
+    app_secret: Secret,
+    verify_token: Secret,
+    api: ApiClient,
+}
+
+/// What a Cloud API job stores (never the short-lived media URL).
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    media_type: String,
+    mime_type: Option<String>,
+    /// The webhook's sha256, decoded and written as hex.
+    sha256: Option<String>,
+    caption: Option<String>,
+    file_name: Option<String>,
+    sender: Option<String>,
+    /// The business number the message arrived on (`metadata.phone_number_id`).
+    phone_number_id: Option<String>,
+}
+
+/// What `GET {graph_url}/{media-id}` answers.
+#[derive(Debug)]
+struct MediaInfo {
+    url: url::Url,
+    mime_type: Option<String>,
+    sha256: Option<Sha256Digest>,
+}
+
+impl CloudApi {
+    pub(crate) fn new(config: &CloudApiConfig, api: ApiClient) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let graph_url = match url::Url::parse(&config.graph_url) {
+            Ok(u) if u.cannot_be_a_base() || u.host_str().is_none() => {
+                errors.push("graph_url: must be an http(s) URL with a host".to_owned());
+                None
+            }
+            Ok(u) => Some(u),
+            Err(e) => {
+                errors.push(format!("graph_url: {e}"));
+                None
+            }
+        };
+        let mut secret = |key: &str, value: &SecretRef| {
+            value
+                .resolve()
+                .ok()
+                .filter(|s| !s.expose().is_empty())
+                .or_else(|| {
+                    errors.push(format!("{key}: must be set to a non-empty value"));
+                    None
+                })
+        };
+        let access_token = secret("access_token", &config.access_token);
+        let app_secret = secret("app_secret", &config.app_secret);
+        let verify_token = secret("verify_token", &config.verify_token);
+        let (Some(graph_url), Some(access_token), Some(app_secret), Some(verify_token), true) = (
+            graph_url,
+            access_token,
+            app_secret,
+            verify_token,
+            errors.is_empty(),
+        ) else {
+            return Err(errors);
+        };
+        let hosts = match &config.allowed_download_hosts {
+            Some(h) if !h.is_empty() => HostPolicy::new(h.iter().cloned()),
+            _ => HostPolicy::new(DEFAULT_HOSTS),
+        };
+        Ok(Self {
+            account: config.name.clone(),
+            retention: config.retention.unwrap_or(DEFAULT_RETENTION),
+            hosts,
+            graph_url,
+            access_token,
+            app_secret,
+            verify_token,
+            api,
+        })
+    }
+
+    /// `GET {graph_url}/{media-id}[?phone_number_id=…]`: a fresh URL.
+    async fn media_info(
+        &self,
+        media_id: &str,
+        phone_number_id: Option<&str>,
+    ) -> Result<MediaInfo, ProviderError> {
+        const API: &str = "media info";
+        let mut url = self.graph_url.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push(media_id);
+        }
+        if let Some(id) = phone_number_id {
+            url.query_pairs_mut().append_pair("phone_number_id", id);
+        }
+        let request = self.api.get(url).bearer_auth(self.access_token.expose());
+        let response = self.api.send(API, request).await?;
+        if response.status != 200 {
+            return Err(self.api_error(API, &response));
+        }
+        let body = response.json(API)?;
+        let unreachable = |detail: &str| ProviderError::Unreachable {
+            api: API,
+            detail: detail.to_owned(),
+        };
+        let url = body
+            .get("url")
+            .and_then(Value::as_str)
+            .and_then(|u| url::Url::parse(u).ok())
+            .ok_or_else(|| unreachable("answer has no usable `url`"))?;
+        let sha256 = match body.get("sha256") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_str()
+                    .and_then(|s| Sha256Digest::parse(s).ok())
+                    .ok_or_else(|| unreachable("answer's `sha256` is not hex or base64"))?,
+            ),
+        };
+        Ok(MediaInfo {
+            url,
+            mime_type: non_empty(&body, "mime_type").map(str::to_owned),
+            sha256,
+        })
+    }
+
+    /// A Graph error answer, classified, with the token never in the text.
+    fn api_error(&self, api: &'static str, response: &ApiResponse) -> ProviderError {
+        let error = response
+            .json(api)
+            .ok()
+            .and_then(|b| b.get("error").cloned());
+        let code = error
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_i64);
+        let message = error
+            .as_ref()
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .map(|m| match code {
+                Some(code) => format!("{m} (code {code})"),
+                None => m.to_owned(),
+            })
+            .unwrap_or_else(|| response.detail());
+        let message = message.replace(self.access_token.expose(), "[redacted]");
+        let class = classify(response.status, code, response.retry_after);
+        let detail = if token_refused(response.status, code) {
+            format!(
+                "{message}; the access token was refused: fix the account's access_token (retrying every {} minutes)",
+                CREDENTIALS_RETRY.as_secs() / 60
+            )
+        } else {
+            message
+        };
+        ProviderError::Api {
+            api,
+            status: response.status,
+            detail,
+            class,
+        }
+    }
+
+    fn message_job(
+        &self,
+        at: &str,
+        m: &Value,
+        phone_number_id: Option<&str>,
+    ) -> Result<Option<JobSpec>, ProviderError> {
+        let field = |rest: &str| format!("{at}.{rest}");
+        let missing = |rest: &str| ProviderError::missing(&field(rest));
+        let kind = m
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| missing("type"))?;
+        if !MEDIA_TYPES.contains(&kind) {
+            return Ok(None);
+        }
+        let media = m
+            .get(kind)
+            .filter(|v| v.is_object())
+            .ok_or_else(|| missing(kind))?;
+        let message_id = non_empty(m, "id").ok_or_else(|| missing("id"))?;
+        let timestamp = m
+            .get("timestamp")
+            .and_then(unix_seconds)
+            .ok_or_else(|| missing("timestamp"))?;
+        let media_id = non_empty(media, "id").ok_or_else(|| missing(&format!("{kind}.id")))?;
+        let sha256 = match media.get("sha256") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_str()
+                    .and_then(|s| Sha256Digest::parse(s).ok())
+                    .ok_or_else(|| {
+                        ProviderError::BadPayload(format!(
+                            "field `{}` is not a sha256 in hex or base64",
+                            field(&format!("{kind}.sha256"))
+                        ))
+                    })?
+                    .to_hex(),
+            ),
+        };
+        let payload = Payload {
+            media_type: kind.to_owned(),
+            mime_type: non_empty(media, "mime_type").map(str::to_owned),
+            sha256,
+            caption: non_empty(media, "caption").map(str::to_owned),
+            file_name: non_empty(media, "filename").map(str::to_owned),
+            sender: non_empty(m, "from").map(str::to_owned),
+            phone_number_id: phone_number_id.map(str::to_owned),
+        };
+        let message_at = timestamp.saturating_mul(1000);
+        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        Ok(Some(JobSpec {
+            id: JobSpec::job_id(self.account.as_str(), media_id),
+            account: self.account.to_string(),
+            provider: ProviderKind::Cloudapi,
+            message_id: message_id.to_owned(),
+            media_id: Some(media_id.to_owned()),
+            message_at,
+            deadline: message_at.saturating_add(retention_ms),
+            payload: serde_json::to_value(payload)
+                .map_err(|e| ProviderError::BadJob(e.to_string()))?,
+        }))
+    }
+}
+
+/// Checks `X-Hub-Signature-256: sha256=<hex>` against HMAC-SHA256 of `body`
+/// under `secret`, in constant time. The error says what is wrong, never
+/// what the signature should have been.
+pub(crate) fn verify_signature(
+    secret: &[u8],
+    body: &[u8],
+    header: Option<&[u8]>,
+) -> Result<(), ProviderError> {
+    let header = header
+        .ok_or_else(|| ProviderError::Unauthorized("missing X-Hub-Signature-256 header".into()))?;
+    let signature = header
+        .strip_prefix(b"sha256=")
+        .and_then(|h| hex::decode(h).ok())
+        .ok_or_else(|| {
+            ProviderError::Unauthorized("X-Hub-Signature-256 is not `sha256=<hex>`".into())
+        })?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
+        .map_err(|_| ProviderError::Unauthorized("app_secret unusable as an HMAC key".into()))?;
+    mac.update(body);
+    // `verify_slice` compares in constant time.
+    mac.verify_slice(&signature).map_err(|_| {
+        ProviderError::Unauthorized(
+            "X-Hub-Signature-256 does not match the body (is app_secret the app's secret?)".into(),
+        )
+    })
+}
+
+/// The retry class of a Graph API error: its HTTP status, `error.code` and
+/// `Retry-After`.
+pub(crate) fn classify(
+    status: u16,
+    code: Option<i64>,
+    retry_after: Option<Duration>,
+) -> ErrorClass {
+    let later = || retry_after.map_or(ErrorClass::Transient, ErrorClass::RetryAfter);
+    if code.is_some_and(|c| THROTTLING_CODES.contains(&c)) {
+        return later();
+    }
+    if token_refused(status, code) {
+        return ErrorClass::RetryAfter(CREDENTIALS_RETRY);
+    }
+    match status {
+        408 | 429 | 500..=599 => later(),
+        // 400: invalid or expired media id (the docs advise not retrying);
+        // 404: no such media. Other 4xx: a request we cannot fix by waiting.
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// Whether a Graph error says the access token is invalid, expired or
+/// lacks permission (an operator's fix), rather than anything about the media.
+fn token_refused(status: u16, code: Option<i64>) -> bool {
+    let throttled = code.is_some_and(|c| THROTTLING_CODES.contains(&c));
+    !throttled && (status == 401 || status == 403 || code.is_some_and(|c| TOKEN_CODES.contains(&c)))
+}
+
+/// The sha256 to check the bytes against: the webhook's and the media
+/// info's, which must agree when both are given.
+fn expected_sha256(
+    webhook: Option<Sha256Digest>,
+    info: Option<Sha256Digest>,
+    attempt: u32,
+) -> Result<Option<Sha256Digest>, ProviderError> {
+    match (webhook, info) {
+        (Some(w), Some(i)) if w != i => Err(ProviderError::Api {
+            api: "media info",
+            status: 200,
+            detail: format!("sha256 mismatch: the webhook says {w}, the media info says {i}"),
+            class: if attempt < HASH_DISAGREEMENT_PATIENCE {
+                ErrorClass::Transient
+            } else {
+                ErrorClass::Permanent
+            },
+        }),
+        (w, i) => Ok(w.or(i)),
+    }
+}
+
+/// `hub.challenge` when `query` is a valid subscription check for `token`.
+pub(crate) fn subscription_challenge(
+    query: Option<&str>,
+    token: &Secret,
+) -> Result<String, ProviderError> {
+    let (mut mode, mut presented, mut challenge) = (None, None, None);
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "hub.mode" => mode = Some(v.into_owned()),
+            "hub.verify_token" => presented = Some(v.into_owned()),
+            "hub.challenge" => challenge = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if mode.as_deref() != Some("subscribe") {
+        return Err(ProviderError::Unauthorized(
+            "not a subscription check: hub.mode must be `subscribe`".into(),
+        ));
+    }
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => {}
+        _ => {
+            return Err(ProviderError::Unauthorized(
+                "hub.verify_token does not match the account's verify_token".into(),
+            ));
+        }
+    }
+    match challenge {
+        Some(c)
+            if !c.is_empty()
+                && c.len() <= MAX_CHALLENGE
+                && c.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(c)
+        }
+        _ => Err(ProviderError::Unauthorized(format!(
+            "hub.challenge missing or not 1 to {MAX_CHALLENGE} printable characters"
+        ))),
+    }
+}
+
+fn non_empty<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// A Unix time in seconds, written as a string (as Meta does) or a number.
+fn unix_seconds(v: &Value) -> Option<i64> {
+    match v {
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+    .filter(|t| *t > 0)
+}
+
+/// A list at `key` of `v`: absent or null is `None`, not a list is 400.
+fn list<'a>(v: &'a Value, key: &str, at: &str) -> Result<Option<&'a Vec<Value>>, ProviderError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(l) => l
+            .as_array()
+            .map(Some)
+            .ok_or_else(|| ProviderError::missing(&format!("{at}{key}"))),
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for CloudApi {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Cloudapi
+    }
+
+    fn account(&self) -> &AccountName {
+        &self.account
+    }
+
+    fn webhook_auth_configured(&self) -> bool {
+        true
+    }
+
+    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+        verify_signature(
+            self.app_secret.expose().as_bytes(),
+            request.body,
+            request.headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()),
+        )
+    }
+
+    fn verify_subscription(&self, query: Option<&str>) -> Option<Result<String, ProviderError>> {
+        Some(subscription_challenge(query, &self.verify_token))
+    }
+
+    fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
+        let body: Value = serde_json::from_slice(request.body)
+            .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
+        if !body.is_object() {
+            return Err(ProviderError::BadPayload("expected a JSON object".into()));
+        }
+        match body.get("object").and_then(Value::as_str) {
+            None | Some("whatsapp_business_account") => {}
+            Some(other) => {
+                return Err(ProviderError::BadPayload(format!(
+                    "field `object` is {other:?}, expected \"whatsapp_business_account\""
+                )));
+            }
+        }
+        let entries = list(&body, "entry", "")?.ok_or_else(|| ProviderError::missing("entry"))?;
+        let mut parsed = ParsedWebhook::default();
+        for (e, entry) in entries.iter().enumerate() {
+            let at = format!("entry[{e}].");
+            let changes = list(entry, "changes", &at)?
+                .ok_or_else(|| ProviderError::missing(&format!("{at}changes")))?;
+            for (c, change) in changes.iter().enumerate() {
+                let at = format!("{at}changes[{c}].");
+                if change
+                    .get("field")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| f != "messages")
+                {
+                    parsed.ignored += 1;
+                    continue;
+                }
+                let value = change
+                    .get("value")
+                    .filter(|v| v.is_object())
+                    .ok_or_else(|| ProviderError::missing(&format!("{at}value")))?;
+                let at = format!("{at}value.");
+                let phone_number_id = value
+                    .pointer("/metadata/phone_number_id")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty());
+                let messages = list(value, "messages", &at)?;
+                let statuses = list(value, "statuses", &at)?;
+                for (i, m) in messages.into_iter().flatten().enumerate() {
+                    match self.message_job(&format!("{at}messages[{i}]"), m, phone_number_id)? {
+                        Some(job) => parsed.jobs.push(job),
+                        None => parsed.ignored += 1,
+                    }
+                }
+                parsed.ignored += statuses.map_or(0, Vec::len);
+                if messages.is_none() && statuses.is_none() {
+                    // An `errors`-only or otherwise empty change.
+                    parsed.ignored += 1;
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
+        let p: Payload = serde_json::from_value(job.payload.clone())
+            .map_err(|e| ProviderError::BadJob(e.to_string()))?;
+        let media_id = job
+            .media_id
+            .ok_or_else(|| ProviderError::BadJob("no media id".into()))?;
+        let webhook_sha256 = p
+            .sha256
+            .as_deref()
+            .map(Sha256Digest::parse)
+            .transpose()
+            .map_err(|e| ProviderError::BadJob(format!("sha256: {e}")))?;
+        // Always a fresh URL: the one from an earlier attempt (or from
+        // before `link_dead`) has likely expired.
+        let info = self
+            .media_info(media_id, p.phone_number_id.as_deref())
+            .await?;
+        let expected_sha256 = expected_sha256(webhook_sha256, info.sha256, job.attempt)?;
+        let request = DownloadRequest::get(info.url).with_header(
+            http::header::AUTHORIZATION,
+            Secret::new(format!("Bearer {}", self.access_token.expose())),
+        );
+        Ok(Resolution::Fetch(ResolvedMedia {
+            source: MediaSource::download(request, self.hosts.clone()),
+            expected_sha256,
+            encryption: None,
+            details: MediaDetails {
+                mime_type: p.mime_type.or(info.mime_type),
+                file_name: p.file_name,
+                caption: p.caption,
+                chat_id: p.sender.clone(),
+                sender: p.sender,
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;
