@@ -20,6 +20,10 @@ pub enum QueueError {
     /// The retry policy's bounds make no sense (see [`crate::RetryPolicy::validate`]).
     #[error("invalid retry policy: {0}")]
     InvalidPolicy(String),
+    /// The backend's settings are wrong (e.g. a PostgreSQL URL that does not
+    /// parse); the message names the setting, never a secret value.
+    #[error("invalid queue configuration: {0}")]
+    Config(String),
     /// The stored data cannot be read by this build (unknown state or
     /// provider, payload that is not JSON, a newer schema version).
     #[error("queue storage is corrupt or from a newer version: {0}")]
@@ -32,6 +36,7 @@ impl Classify for QueueError {
             QueueError::Unavailable(_) => ErrorClass::Transient,
             QueueError::LeaseLost { .. }
             | QueueError::InvalidPolicy(_)
+            | QueueError::Config(_)
             | QueueError::Corrupt(_) => ErrorClass::Permanent,
         }
     }
@@ -54,6 +59,10 @@ mod tests {
         assert!(lost.to_string().contains("a:1"));
         assert_eq!(
             QueueError::Corrupt("x".into()).class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            QueueError::Config("url".into()).class(),
             ErrorClass::Permanent
         );
     }

@@ -11,9 +11,11 @@
 //! worker loop, not this crate, decides what an attempt does.
 //!
 //! Main types:
-//! - [`JobQueue`]: the backend trait (SQLite now, PostgreSQL later, same
+//! - [`JobQueue`]: the backend trait (SQLite and PostgreSQL, same
 //!   semantics, one conformance suite behind the `conformance` feature).
 //! - [`SqliteQueue`]: the embedded backend, one file, one process.
+//! - [`PgQueue`] (with [`PgOptions`]): the shared backend, one PostgreSQL
+//!   database that several daemon replicas lease from at once.
 //! - [`JobRecord`], [`Lease`], [`Enqueued`], [`Disposition`], [`JobFilter`],
 //!   [`QueueStats`]: what the trait takes and returns.
 //! - [`RetryPolicy`]: backoff bounds; [`QueueError`]: the one error enum.
@@ -83,6 +85,19 @@
 //! ) STRICT, WITHOUT ROWID;
 //! ```
 //!
+//! # PostgreSQL schema (migrations in `migrations/`, applied at connect)
+//!
+//! The same `jobs` table in PostgreSQL types (`BIGINT` milliseconds,
+//! `BOOLEAN woken`, `due_at` a `STORED` generated column) with the same
+//! indexes; applied migrations are recorded in `retry_queue_migrations`
+//! (sqlx's migrator, under an advisory lock so that replicas starting
+//! together migrate once). No counter table: `stats()` counts with
+//! `GROUP BY` (a per-state counter row would serialise every replica's
+//! transitions on its lock), so it costs a scan of the table; it serves the
+//! admin API, not a hot path. The tables live in `PgOptions::schema` when
+//! set (created if missing), else in the server's `search_path`. See
+//! [`PgQueue`] for leasing (`FOR UPDATE SKIP LOCKED`) and group commit.
+//!
 //! # Runtime shape of the SQLite backend
 //!
 //! One dedicated OS thread owns the connection; async callers send it commands
@@ -95,11 +110,13 @@ mod backoff;
 pub mod conformance;
 mod error;
 mod policy;
+mod postgres;
 mod queue;
 mod sqlite;
 
 pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis};
 pub use error::QueueError;
 pub use policy::RetryPolicy;
+pub use postgres::{PgOptions, PgQueue};
 pub use queue::{Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, QueueStats};
 pub use sqlite::SqliteQueue;
