@@ -12,6 +12,8 @@ use http_body_util::Full;
 pub(crate) enum ApiError {
     BadRequest(String),
     Unauthorized(String),
+    /// A subscription check that was refused (wrong verify token).
+    Forbidden(String),
     NotFound(String),
     MethodNotAllowed(&'static str),
     PayloadTooLarge(usize),
@@ -24,6 +26,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -33,9 +36,10 @@ impl ApiError {
 
     fn message(&self) -> String {
         match self {
-            ApiError::BadRequest(m) | ApiError::Unauthorized(m) | ApiError::NotFound(m) => {
-                m.clone()
-            }
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m) => m.clone(),
             ApiError::MethodNotAllowed(allowed) => format!("method not allowed; use {allowed}"),
             ApiError::PayloadTooLarge(limit) => {
                 format!("body larger than server.max_body_bytes ({limit} bytes)")

@@ -28,6 +28,7 @@ impl Receiver {
             (&Method::GET, ["readyz"]) => self.readyz().await,
             (_, ["readyz"]) => Err(ApiError::MethodNotAllowed("GET")),
             (&Method::POST, ["webhooks", account]) => self.webhook(account, request).await,
+            (&Method::GET, ["webhooks", account]) => self.subscription_check(account, &request),
             (_, ["webhooks", account]) => {
                 if self.accounts.contains_key(*account) {
                     Err(ApiError::MethodNotAllowed("POST"))
@@ -78,7 +79,7 @@ impl Receiver {
             tracing::warn!(account, error = %e, "webhook rejected: unrecognised payload");
             ApiError::from(e)
         })?;
-        let (mut accepted, mut duplicates) = (0usize, 0usize);
+        let (mut accepted, mut duplicates, mut ignored) = (0usize, 0usize, parsed.ignored);
         if !parsed.jobs.is_empty() {
             let outcomes = self.queue.enqueue(parsed.jobs).await.map_err(|e| {
                 tracing::error!(account, error = %e, "cannot commit jobs; answering 503 so the provider redelivers");
@@ -92,17 +93,65 @@ impl Receiver {
             }
             self.new_work.notify_one();
         }
-        tracing::info!(
-            account,
-            accepted,
-            duplicates,
-            ignored = parsed.ignored,
-            "webhook accepted"
-        );
+        // Events a parked job waits for (On-Prem store callbacks): each wakes
+        // its job, durably, before the 200.
+        for wake in &parsed.wakes {
+            let woken = self
+                .queue
+                .wake(&wake.job_id, wake.note.as_deref())
+                .await
+                .map_err(|e| {
+                    tracing::error!(account, error = %e, "cannot record a wake-up; answering 503 so the provider redelivers");
+                    ApiError::Unavailable("queue unavailable; retry later".into())
+                })?;
+            if woken {
+                accepted += 1;
+                self.new_work.notify_one();
+            } else {
+                // Unknown id, or a job not waiting (done, dead, or already
+                // retrying): nothing to wake, but the event is recorded.
+                ignored += 1;
+                tracing::info!(account, job_id = %wake.job_id, note = wake.note.as_deref(), "wake-up event matched no waiting job");
+            }
+        }
+        tracing::info!(account, accepted, duplicates, ignored, "webhook accepted");
         Ok(json(
             StatusCode::OK,
-            &json!({"accepted": accepted, "duplicates": duplicates, "ignored": parsed.ignored}),
+            &json!({"accepted": accepted, "duplicates": duplicates, "ignored": ignored}),
         ))
+    }
+
+    /// `GET /webhooks/{account}`: a provider's subscription check (Meta's
+    /// `hub.challenge`), echoed as plain text when the provider accepts it.
+    fn subscription_check(
+        &self,
+        account: &str,
+        request: &Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let provider = self
+            .accounts
+            .get(account)
+            .ok_or_else(|| unknown_account(account))?;
+        match provider.verify_subscription(request.uri().query()) {
+            None => Err(ApiError::MethodNotAllowed("POST")),
+            Some(Ok(challenge)) => {
+                tracing::info!(account, "subscription check answered");
+                let mut response = Response::new(Full::new(Bytes::from(challenge)));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response.headers_mut().insert(
+                    http::header::X_CONTENT_TYPE_OPTIONS,
+                    http::HeaderValue::from_static("nosniff"),
+                );
+                Ok(response)
+            }
+            Some(Err(e)) => {
+                tracing::warn!(account, error = %e, "subscription check refused");
+                Err(ApiError::Forbidden(e.to_string()))
+            }
+        }
     }
 }
 
