@@ -214,26 +214,32 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
         })?),
         None => None,
     };
-    let receiver = Arc::new(Receiver::new(
-        providers,
-        queue.clone(),
-        worker.new_work_signal(),
-        Arc::new(QueueAndStore { queue, store }),
-        ReceiverConfig {
-            max_body_bytes: config.server.max_body_bytes,
-            admin_token,
-            header_read_timeout: config.server.header_read_timeout,
-        },
-    ));
+    let render_metrics = crate::telemetry::install_metrics().context("cannot set up metrics")?;
+    let receiver = Arc::new(
+        Receiver::new(
+            providers,
+            queue.clone(),
+            worker.new_work_signal(),
+            Arc::new(QueueAndStore { queue, store }),
+            ReceiverConfig {
+                max_body_bytes: config.server.max_body_bytes,
+                admin_token,
+                header_read_timeout: config.server.header_read_timeout,
+            },
+        )
+        .with_metrics(render_metrics),
+    );
 
     let stop_http = CancellationToken::new();
     let stop_workers = CancellationToken::new();
     let http = tokio::spawn(receiver.clone().serve(listener, stop_http.clone()));
     let workers = tokio::spawn(worker.run(stop_workers.clone()));
     tracing::info!(addr = %local_addr, "listening");
+    crate::telemetry::notify_ready();
 
     shutdown_signal().await;
     tracing::info!("shutdown requested: no new webhooks, draining jobs");
+    crate::telemetry::notify_stopping();
     receiver.start_draining();
     stop_http.cancel();
     stop_workers.cancel();

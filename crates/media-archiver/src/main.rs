@@ -7,6 +7,7 @@
 
 mod config;
 mod daemon;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::AtomicU64;
 
+use crate::telemetry::{self, Stage};
 use archiver_core::{Classify, ErrorClass, Sha256Digest};
 use media_fetch::{FetchError, Fetcher};
 use providers::{JobRef, MediaSource, Provider, ProviderError, Resolution, ResolvedMedia};
@@ -50,6 +51,22 @@ pub enum JobError {
     /// The manifest could not be serialized (a bug, not a condition).
     #[error("manifest: {0}")]
     Manifest(String),
+}
+
+impl JobError {
+    /// A short, bounded label for metrics (`dead_total{reason}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            JobError::UnknownAccount(_) => "unknown_account",
+            JobError::Provider(ProviderError::MediaUnavailable(_)) => "media_unavailable",
+            JobError::Provider(_) => "provider_error",
+            JobError::Fetch(_) => "download_failed",
+            JobError::HashMismatch { .. } => "hash_mismatch",
+            JobError::Decrypt { .. } => "whatsapp_check_failed",
+            JobError::Store(_) => "store_failed",
+            JobError::Manifest(_) => "manifest",
+        }
+    }
 }
 
 impl Classify for JobError {
@@ -119,6 +136,7 @@ impl Stages<'_> {
         job: &JobRecord,
         progress: &AtomicU64,
     ) -> Result<Attempted, JobError> {
+        let started = std::time::Instant::now();
         let reference = |link_dead| JobRef {
             message_id: &job.message_id,
             media_id: job.media_id.as_deref(),
@@ -154,7 +172,12 @@ impl Stages<'_> {
             }
             None => staged,
         };
+        telemetry::stage(Stage::Download, started.elapsed());
+        let uploading = std::time::Instant::now();
         let result = self.verify_and_store(job, &resolved, &staged).await;
+        if result.is_ok() {
+            telemetry::stage(Stage::Upload, uploading.elapsed());
+        }
         // The store may have moved the file into the archive (fs backend).
         remove_spool_file(&staged).await;
         result.map(Attempted::Archived)
@@ -244,10 +267,7 @@ async fn decrypt(
     let (media, encrypted) = (media.clone(), encrypted.clone());
     let fail = |error| JobError::Decrypt { error, attempt };
     let plain = tokio::task::spawn_blocking(move || {
-        let dir = encrypted
-            .path
-            .parent()
-            .unwrap_or(std::path::Path::new("."));
+        let dir = encrypted.path.parent().unwrap_or(std::path::Path::new("."));
         whatsapp_media::decrypt_file(&media, &encrypted, dir)
     })
     .await

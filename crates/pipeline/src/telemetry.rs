@@ -1,23 +1,31 @@
 //! The one place where job transitions are reported.
 //!
-//! Every transition a worker causes (archived, retry scheduled, dead,
+//! Every transition a worker causes (archived, retry scheduled, dead, parked,
 //! released at shutdown) goes through [`transition`], which writes one
-//! structured log event with the same fields each time. Metrics hang off
-//! the same call, so logs and counters can never disagree.
+//! structured log event with the same fields each time and updates the
+//! counters of PRODUCT.md section 8 in the same call, so logs and metrics
+//! cannot disagree. Stage timings ([`Stage`]) are recorded as histograms.
+//!
+//! Metrics go through the `metrics` facade: the binary installs the
+//! Prometheus recorder; without one (unit tests) they cost nothing.
 
 use std::time::Duration;
 
+use archiver_core::ErrorClass;
 use retry_queue::JobRecord;
 
 /// What happened to a job at the end of an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Verified and archived.
     Archived,
-    /// Failed; another attempt is scheduled.
-    Retry,
-    /// Failed for good.
-    Dead,
+    /// Failed with this class; another attempt is scheduled.
+    Retry(ErrorClass),
+    /// Failed for good; `reason` is a short label (`expired`, `permanent`).
+    Dead {
+        /// Metric label: why it died.
+        reason: &'static str,
+    },
     /// Handed back unfinished (shutdown).
     Released,
     /// Waiting for the provider's event (On-Prem store callback).
@@ -25,19 +33,37 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The label used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
+    /// The label used in logs.
+    pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Archived => "archived",
-            Outcome::Retry => "retry",
-            Outcome::Dead => "dead",
+            Outcome::Retry(_) => "retry",
+            Outcome::Dead { .. } => "dead",
             Outcome::Released => "released",
             Outcome::Parked => "parked",
         }
     }
 }
 
-/// Reports one transition.
+/// A timed stage of an attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    /// Resolving and downloading into the spool.
+    Download,
+    /// Writing blob and manifest to the store.
+    Upload,
+}
+
+/// Records how long a stage took.
+pub fn stage(stage: Stage, elapsed: Duration) {
+    let name = match stage {
+        Stage::Download => "media_archiver_download_seconds",
+        Stage::Upload => "media_archiver_upload_seconds",
+    };
+    metrics::histogram!(name).record(elapsed.as_secs_f64());
+}
+
+/// Reports one transition: one log event, and the matching counters.
 pub fn transition(
     job: &JobRecord,
     outcome: Outcome,
@@ -46,28 +72,53 @@ pub fn transition(
     detail: Option<&str>,
 ) {
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let account = job.account.clone();
+    match &outcome {
+        Outcome::Archived => {
+            metrics::counter!("media_archiver_archived_total", "account" => account.clone())
+                .increment(1);
+            metrics::counter!("media_archiver_archived_bytes_total", "account" => account)
+                .increment(bytes);
+            let since_webhook = chrono::Utc::now()
+                .timestamp_millis()
+                .saturating_sub(job.created_at);
+            metrics::histogram!("media_archiver_job_latency_seconds")
+                .record(since_webhook.max(0) as f64 / 1000.0);
+        }
+        Outcome::Retry(class) => {
+            metrics::counter!("media_archiver_failures_total", "account" => account, "class" => class.label())
+                .increment(1);
+        }
+        Outcome::Dead { reason } => {
+            metrics::counter!("media_archiver_failures_total", "account" => account.clone(), "class" => "permanent")
+                .increment(1);
+            metrics::counter!("media_archiver_dead_total", "account" => account, "reason" => *reason).increment(1);
+        }
+        Outcome::Released | Outcome::Parked => {}
+    }
+    let label = outcome.as_str();
     match outcome {
         Outcome::Archived | Outcome::Released | Outcome::Parked => tracing::info!(
             job_id = %job.id,
             account = %job.account,
             provider = %job.provider,
             attempt = job.attempts,
-            outcome = outcome.as_str(),
+            outcome = label,
             bytes,
             elapsed_ms,
             detail,
-            "job {}", outcome.as_str()
+            "job {label}"
         ),
-        Outcome::Retry | Outcome::Dead => tracing::warn!(
+        Outcome::Retry(_) | Outcome::Dead { .. } => tracing::warn!(
             job_id = %job.id,
             account = %job.account,
             provider = %job.provider,
             attempt = job.attempts,
-            outcome = outcome.as_str(),
+            outcome = label,
             bytes,
             elapsed_ms,
             detail,
-            "job {}", outcome.as_str()
+            "job {label}"
         ),
     }
 }

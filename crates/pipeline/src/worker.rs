@@ -222,13 +222,25 @@ impl Worker {
     async fn record_failure(&self, lease: &Lease, error: &JobError, bytes: u64, elapsed: Duration) {
         let job = &lease.job;
         let message = error.to_string();
-        match self.queue.fail(lease, error.class(), &message).await {
+        let class = error.class();
+        match self.queue.fail(lease, class, &message).await {
             Ok(Disposition::RetryAt(at)) => {
                 let detail = format!("{message}; next attempt at {}", crate::job::rfc3339(at));
-                telemetry::transition(job, Outcome::Retry, bytes, elapsed, Some(&detail));
+                telemetry::transition(job, Outcome::Retry(class), bytes, elapsed, Some(&detail));
             }
             Ok(Disposition::Dead { reason }) => {
-                telemetry::transition(job, Outcome::Dead, bytes, elapsed, Some(&reason));
+                let label = if class.is_retryable() {
+                    "expired"
+                } else {
+                    error.label()
+                };
+                telemetry::transition(
+                    job,
+                    Outcome::Dead { reason: label },
+                    bytes,
+                    elapsed,
+                    Some(&reason),
+                );
             }
             Err(e) => {
                 tracing::error!(job_id = %job.id, error = %e, "could not record the failure; the lease will expire and the job run again")

@@ -48,6 +48,19 @@ impl ApiError {
         }
     }
 
+    /// The `outcome` label of `webhooks_total`.
+    pub(crate) fn outcome_label(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
         let mut response = json(status, &serde_json::json!({ "error": self.message() }));

@@ -21,7 +21,7 @@ mod server;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use server::{Receiver, ReceiverConfig, bind};
+pub use server::{Receiver, ReceiverConfig, RenderMetrics, bind};
 
 /// Answers whether the daemon can do its work right now (queue and store
 /// reachable); backs `/readyz`.

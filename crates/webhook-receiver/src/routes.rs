@@ -27,7 +27,15 @@ impl Receiver {
             (_, ["healthz"]) => Err(ApiError::MethodNotAllowed("GET")),
             (&Method::GET, ["readyz"]) => self.readyz().await,
             (_, ["readyz"]) => Err(ApiError::MethodNotAllowed("GET")),
-            (&Method::POST, ["webhooks", account]) => self.webhook(account, request).await,
+            (&Method::GET, ["metrics"]) => self.metrics().await,
+            (_, ["metrics"]) => Err(ApiError::MethodNotAllowed("GET")),
+            (&Method::POST, ["webhooks", account]) => {
+                let result = self.webhook(account, request).await;
+                if self.accounts.contains_key(*account) {
+                    count_webhook(account, &result);
+                }
+                result
+            }
             (&Method::GET, ["webhooks", account]) => self.subscription_check(account, &request),
             (_, ["webhooks", account]) => {
                 if self.accounts.contains_key(*account) {
@@ -42,6 +50,33 @@ impl Receiver {
         let response = result.unwrap_or_else(ApiError::into_response);
         tracing::debug!(%peer, path, status = response.status().as_u16(), "request");
         response
+    }
+
+    async fn metrics(&self) -> Result<Response<Full<Bytes>>, ApiError> {
+        let Some(render) = &self.render_metrics else {
+            return Err(ApiError::NotFound("metrics are not enabled".into()));
+        };
+        // Queue gauges are read at scrape time, so they are never stale.
+        match self
+            .queue
+            .stats(std::time::Duration::from_secs(24 * 3600))
+            .await
+        {
+            Ok(stats) => {
+                for (state, count) in &stats.by_state {
+                    metrics::gauge!("media_archiver_jobs", "state" => state.clone())
+                        .set(*count as f64);
+                }
+                metrics::gauge!("media_archiver_jobs_at_risk").set(stats.at_risk as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: queue stats unavailable"),
+        }
+        let mut response = Response::new(Full::new(Bytes::from((render.0)())));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        Ok(response)
     }
 
     async fn readyz(&self) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -153,6 +188,16 @@ impl Receiver {
             }
         }
     }
+}
+
+/// `webhooks_total{account,outcome}`, one count per webhook on a known account.
+fn count_webhook(account: &str, result: &Result<Response<Full<Bytes>>, ApiError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.outcome_label(),
+    };
+    metrics::counter!("media_archiver_webhooks_total", "account" => account.to_owned(), "outcome" => outcome)
+        .increment(1);
 }
 
 pub(crate) fn unknown_account(account: &str) -> ApiError {

@@ -44,6 +44,19 @@ pub struct Receiver {
     pub(crate) readiness: Arc<dyn Readiness>,
     pub(crate) config: ReceiverConfig,
     pub(crate) draining: AtomicBool,
+    pub(crate) render_metrics: Option<MetricsHook>,
+}
+
+/// Renders the Prometheus text exposition (the binary owns the recorder).
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// [`RenderMetrics`] with a `Debug` the receiver can derive through.
+pub(crate) struct MetricsHook(pub(crate) RenderMetrics);
+
+impl std::fmt::Debug for MetricsHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsHook")
+    }
 }
 
 impl Receiver {
@@ -63,7 +76,15 @@ impl Receiver {
             readiness,
             config,
             draining: AtomicBool::new(false),
+            render_metrics: None,
         }
+    }
+
+    /// Serves `GET /metrics` with this renderer; before rendering, the
+    /// queue gauges (`jobs{state}`, `jobs_at_risk`) are refreshed.
+    pub fn with_metrics(mut self, render: RenderMetrics) -> Self {
+        self.render_metrics = Some(MetricsHook(render));
+        self
     }
 
     /// Marks the daemon as shutting down: `/readyz` answers 503 from now on,
