@@ -61,12 +61,17 @@ impl Default for Server {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Queue {
-    /// `sqlite` (embedded) or `postgres`.
+    /// `sqlite` (embedded, one process) or `postgres` (several replicas).
     pub(crate) backend: String,
     /// SQLite database file.
     pub(crate) path: PathBuf,
-    /// PostgreSQL connection URL.
+    /// PostgreSQL connection URL; a secret, since it may hold a password.
     pub(crate) url: Option<SecretRef>,
+    /// PostgreSQL pool size per process.
+    pub(crate) max_connections: Option<u32>,
+    /// PostgreSQL schema for the queue's tables (created if missing);
+    /// the server's `search_path` when unset.
+    pub(crate) schema: Option<String>,
 }
 
 impl Default for Queue {
@@ -75,6 +80,8 @@ impl Default for Queue {
             backend: "sqlite".into(),
             path: "data/queue.db".into(),
             url: None,
+            max_connections: None,
+            schema: None,
         }
     }
 }
@@ -318,10 +325,11 @@ impl Config {
         }
         match self.queue.backend.as_str() {
             "sqlite" => {}
-            "postgres" => errors.push(
-                "queue.backend: \"postgres\" is not available in this build yet; use \"sqlite\""
-                    .into(),
-            ),
+            "postgres" => {
+                if let Err(problems) = self.pg_options() {
+                    errors.extend(problems);
+                }
+            }
             other => errors.push(format!(
                 "queue.backend: {other:?} is not \"sqlite\" or \"postgres\""
             )),
@@ -382,6 +390,29 @@ impl Config {
             max: self.retry.max,
             multiplier: self.retry.multiplier,
         }
+    }
+
+    /// The PostgreSQL queue's settings, the URL resolved. Problems carry
+    /// their key path and never the URL itself.
+    pub(crate) fn pg_options(&self) -> Result<retry_queue::PgOptions, Vec<String>> {
+        let Some(url) = &self.queue.url else {
+            return Err(vec![
+                "queue.url: required when queue.backend = \"postgres\"".into(),
+            ]);
+        };
+        let url = url.resolve().map_err(|e| vec![format!("queue.url: {e}")])?;
+        let options = retry_queue::PgOptions {
+            url,
+            max_connections: self
+                .queue
+                .max_connections
+                .unwrap_or(retry_queue::PgOptions::DEFAULT_MAX_CONNECTIONS),
+            schema: self.queue.schema.clone(),
+        };
+        options
+            .validate()
+            .map_err(|problems| vec![format!("queue: {problems}")])?;
+        Ok(options)
     }
 
     /// The fetch step's settings.

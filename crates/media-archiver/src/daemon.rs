@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use archiver_core::SystemClock;
 use providers::{ApiClient, Provider};
-use retry_queue::{JobQueue, SqliteQueue};
+use retry_queue::{JobQueue, PgQueue, QueueError, SqliteQueue};
 use s3_uploader::{FsStore, Layout, ObjectStore, S3Store};
 use tokio_util::sync::CancellationToken;
 use webhook_receiver::{Readiness, Receiver, ReceiverConfig};
@@ -93,6 +93,11 @@ pub(crate) fn summary(config: &Config) -> Result<String, ConfigErrors> {
     );
     let queue = match config.queue.backend.as_str() {
         "sqlite" => format!("sqlite ({})", config.queue.path.display()),
+        // Never the URL: it may hold a password.
+        "postgres" => format!(
+            "postgres (schema {})",
+            config.queue.schema.as_deref().unwrap_or("from search_path")
+        ),
         other => other.to_owned(),
     };
     let _ = writeln!(out, "queue: {queue}");
@@ -129,6 +134,35 @@ pub(crate) fn summary(config: &Config) -> Result<String, ConfigErrors> {
         );
     }
     Ok(out)
+}
+
+/// The configured queue backend: SQLite opened in place, or PostgreSQL
+/// connected and migrated. A PostgreSQL setting that only the server can
+/// reject is a config error (exit 78); an unreachable server is a runtime
+/// error (exit 1: a supervisor restarts the daemon).
+async fn open_queue(config: &Config) -> Result<Arc<dyn JobQueue>, ServeError> {
+    let policy = config.retry_policy();
+    let clock = Arc::new(SystemClock);
+    if config.queue.backend == "postgres" {
+        let options = config
+            .pg_options()
+            .map_err(|p| ServeError::Config(ConfigErrors(p)))?;
+        let queue = PgQueue::connect_with(options, policy, clock)
+            .await
+            .map_err(|e| match e {
+                QueueError::Config(problem) => {
+                    ServeError::Config(ConfigErrors(vec![format!("queue: {problem}")]))
+                }
+                other => ServeError::Runtime(
+                    anyhow::Error::new(other).context("cannot open the PostgreSQL queue"),
+                ),
+            })?;
+        tracing::info!(schema = config.queue.schema.as_deref(), "queue: postgres");
+        return Ok(Arc::new(queue));
+    }
+    let queue =
+        SqliteQueue::open(&config.queue.path, policy, clock).context("cannot open the queue")?;
+    Ok(Arc::new(queue))
 }
 
 /// `/readyz`: the queue and the store both answer.
@@ -173,14 +207,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
             Arc::new(FsStore::open(&config.storage.path).context("cannot open the archive folder")?)
         }
     };
-    let queue: Arc<dyn JobQueue> = Arc::new(
-        SqliteQueue::open(
-            &config.queue.path,
-            config.retry_policy(),
-            Arc::new(SystemClock),
-        )
-        .context("cannot open the queue")?,
-    );
+    let queue = open_queue(&config).await?;
     let fetcher = media_fetch::Fetcher::new(config.fetch_config())
         .context("cannot prepare the download spool")?;
     let listen: SocketAddr = config.server.listen.parse().context("server.listen")?;

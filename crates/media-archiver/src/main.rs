@@ -5,6 +5,7 @@
 //! account, and wires them into the webhook receiver and the worker. Exit
 //! codes: 0 ok, 1 failure, 2 usage, 78 config error.
 
+mod cli;
 mod config;
 mod daemon;
 mod telemetry;
@@ -38,6 +39,9 @@ enum Command {
         #[arg(long, env = "MEDIA_ARCHIVER_CONFIG")]
         config: PathBuf,
     },
+    /// List, inspect and requeue jobs through a running daemon's admin API
+    /// (token from MEDIA_ARCHIVER_ADMIN_TOKEN).
+    Jobs(cli::jobs::JobsArgs),
 }
 
 /// Exit code for a bad config (sysexits EX_CONFIG).
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {
         Command::Serve { config } | Command::CheckConfig { config } => config,
+        Command::Jobs(args) => return cli::jobs::run(args),
     };
     let config = match Config::load(path) {
         Ok(config) => config,
@@ -56,6 +61,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        // Returned above, before any config is read.
+        Command::Jobs(_) => ExitCode::SUCCESS,
         Command::CheckConfig { .. } => match daemon::summary(&config) {
             Ok(summary) => {
                 print!("{summary}");

@@ -118,3 +118,51 @@ fn shipped_config_files_are_valid() {
         }
     }
 }
+
+#[test]
+fn postgres_needs_a_url_and_checks_it_without_printing_it() {
+    let errors = Config::parse(&format!("[queue]\nbackend = \"postgres\"\n{MINIMAL}"))
+        .unwrap_err()
+        .0;
+    assert!(
+        errors.iter().any(|e| e.starts_with("queue.url: required")),
+        "{errors:?}"
+    );
+
+    let text = format!(
+        "[queue]\nbackend = \"postgres\"\nurl = \"mysql://app:hunter2@db/q\"\n\
+         max_connections = 1\nschema = \"Not Valid\"\n{MINIMAL}"
+    );
+    let all = Config::parse(&text).unwrap_err().0.join("\n");
+    assert!(
+        all.contains("queue: url must start with postgres://"),
+        "{all}"
+    );
+    assert!(all.contains("max_connections"), "{all}");
+    assert!(all.contains("schema"), "{all}");
+    assert!(!all.contains("hunter2"), "the URL's password leaked: {all}");
+
+    let text = format!(
+        "[queue]\nbackend = \"postgres\"\nurl = \"postgres://app:hunter2@db:5432/q\"\n\
+         max_connections = 4\nschema = \"media_archiver\"\n{MINIMAL}"
+    );
+    let config = Config::parse(&text).unwrap();
+    let options = config.pg_options().unwrap();
+    assert_eq!(options.max_connections, 4);
+    assert_eq!(options.schema.as_deref(), Some("media_archiver"));
+    assert!(!format!("{config:?}{options:?}").contains("hunter2"));
+}
+
+#[test]
+fn postgres_url_may_come_from_the_environment() {
+    let text = format!(
+        "[queue]\nbackend = \"postgres\"\nurl = {{ env = \"MEDIA_ARCHIVER_TEST_UNSET_DB_URL\" }}\n{MINIMAL}"
+    );
+    let errors = Config::parse(&text).unwrap_err().0;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("queue.url:") && e.contains("MEDIA_ARCHIVER_TEST_UNSET_DB_URL")),
+        "{errors:?}"
+    );
+}
