@@ -102,6 +102,8 @@ pub struct FakeOnPrem {
 struct OnPremState {
     password: String,
     tokens: HashSet<String>,
+    /// Every token ever issued, expired ones included.
+    issued: Vec<String>,
     media: HashMap<String, OnPremMedia>,
     webhook_url: Option<String>,
     store_callbacks: VecDeque<StoreCallback>,
@@ -130,6 +132,7 @@ impl FakeOnPrem {
         let state = Arc::new(Mutex::new(OnPremState {
             password: password.clone(),
             tokens: HashSet::new(),
+            issued: Vec::new(),
             media: HashMap::new(),
             webhook_url: None,
             store_callbacks: VecDeque::new(),
@@ -280,6 +283,11 @@ impl FakeOnPrem {
         lock(&self.state).tokens.clear();
     }
 
+    /// Every bearer token issued so far (to check that none is logged).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.state).issued.clone()
+    }
+
     /// Successful logins so far.
     pub fn logins(&self) -> usize {
         lock(&self.state).logins
@@ -388,6 +396,7 @@ fn onprem_login(state: &Mutex<OnPremState>, req: &Request<Incoming>) -> Response
     }
     let token = format!("eyJ{}", random_hex(96));
     st.tokens.insert(token.clone());
+    st.issued.push(token.clone());
     st.logins += 1;
     let expires = chrono::Utc::now() + chrono::Duration::days(7);
     let meta: Value = serde_json::from_str(ONPREM_META).expect("meta JSON");

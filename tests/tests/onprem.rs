@@ -1,0 +1,437 @@
+//! WhatsApp Business On-Premises API end to end: the real daemon, the fake
+//! On-Prem client (login, asynchronous store, store callbacks posted to the
+//! daemon), and the real archive (a folder, or Garage over S3).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use e2e::{Daemon, StoreUnderTest, bytes, config, sha256_hex};
+use serde_json::{Value, json};
+use test_support::garage::Garage;
+use test_support::meta::{FakeOnPrem, HashEncoding, StoreCallback};
+
+const ACCOUNT: &str = "onprem";
+const WEBHOOK_TOKEN: &str = "e2e-onprem-webhook-token";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn account(fake: &FakeOnPrem, store_callback_timeout: &str) -> String {
+    format!(
+        r#"
+[[accounts]]
+name = "{ACCOUNT}"
+provider = "onprem"
+api_url = "{}"
+username = "{}"
+password = "{}"
+webhook_token = "{WEBHOOK_TOKEN}"
+store_callback_timeout = "{store_callback_timeout}"
+"#,
+        fake.base_url(),
+        fake.username(),
+        fake.password(),
+    )
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+struct Setup {
+    fake: FakeOnPrem,
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+/// The fake, the daemon, and the fake told where to post (the Coreapp's
+/// `webhooks.url`, with the token in the query as the README says).
+async fn setup(store: StoreUnderTest, store_callback_timeout: &str) -> Setup {
+    let fake = FakeOnPrem::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &config(&store, &account(&fake, store_callback_timeout)),
+        dir.path(),
+    );
+    fake.set_webhook_url(&daemon.url(&format!("/webhooks/{ACCOUNT}?token={WEBHOOK_TOKEN}")));
+    Setup {
+        fake,
+        daemon,
+        _dir: dir,
+    }
+}
+
+/// Registers a file with the fake, lets the fake post its webhook, and
+/// returns the bytes, the media id and the job id.
+async fn announce(
+    s: &Setup,
+    kind: &str,
+    mime: &str,
+    message_id: &str,
+    len: usize,
+    auto_download: bool,
+) -> (Vec<u8>, String, String) {
+    let content = bytes(len, message_id.len() as u64 * 31 + len as u64);
+    let media = s.fake.add_media(kind, content.clone(), mime, auto_download);
+    let hook = s
+        .fake
+        .message_webhook(&media, message_id, now(), HashEncoding::Hex);
+    let status = s.fake.deliver(&hook).await;
+    assert_eq!(status, 200, "{}", s.daemon.logs());
+    let job_id = format!("{ACCOUNT}:{media}");
+    (content, media, job_id)
+}
+
+/// Waits until the daemon has logged `needle` (its output is collected by
+/// a reader thread, so a line may land just after the request that caused it).
+async fn wait_for_log(daemon: &Daemon, needle: &str) {
+    let started = std::time::Instant::now();
+    while !daemon.logs().contains(needle) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{needle:?} never logged:\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path))
+            } else {
+                out.push(path)
+            }
+        }
+    }
+    out
+}
+
+fn fs_manifest(workdir: &Path, message_id: &str) -> Option<Value> {
+    walk(&workdir.join(format!("data/archive/messages/{ACCOUNT}")))
+        .into_iter()
+        .find(|p| p.file_name().unwrap() == format!("{message_id}.json").as_str())
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+}
+
+/// The blob and manifest of one message in the fs archive.
+fn assert_archived_fs(s: &Setup, message_id: &str, media: &str, content: &[u8], ext: &str) {
+    let hash = sha256_hex(content);
+    let blob = s.daemon.workdir.join(format!(
+        "data/archive/blobs/sha256/{}/{hash}{ext}",
+        &hash[..2]
+    ));
+    let stored =
+        std::fs::read(&blob).unwrap_or_else(|e| panic!("blob {} missing: {e}", blob.display()));
+    assert!(
+        stored == content,
+        "archived bytes differ from the provider's"
+    );
+    let manifest = fs_manifest(&s.daemon.workdir, message_id).expect("manifest");
+    assert_manifest(&manifest, message_id, media, &hash, ext);
+}
+
+fn assert_manifest(manifest: &Value, message_id: &str, media: &str, hash: &str, ext: &str) {
+    assert_eq!(manifest["provider"], "onprem");
+    assert_eq!(manifest["account"], ACCOUNT);
+    assert_eq!(manifest["message_id"], message_id);
+    assert_eq!(manifest["media_id"], media);
+    assert_eq!(manifest["sha256"], hash);
+    assert_eq!(manifest["provider_sha256"], hash);
+    assert_eq!(manifest["verification"], "provider-sha256");
+    assert_eq!(
+        manifest["blob_key"],
+        format!("blobs/sha256/{}/{hash}{ext}", &hash[..2])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_s3_an_image_and_a_document_are_archived_through_the_store_and_its_callback() {
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let store = StoreUnderTest::garage(&garage);
+    let s = setup(store.clone(), "10m").await;
+    let (image, image_media, image_job) =
+        announce(&s, "image", "image/jpeg", "wamid.IMAGE1", 300_000, false).await;
+    let (document, doc_media, doc_job) = announce(
+        &s,
+        "document",
+        "application/pdf",
+        "wamid.DOCUMENT1",
+        120_000,
+        false,
+    )
+    .await;
+    for job_id in [&image_job, &doc_job] {
+        let job = s.daemon.wait_for_job(job_id, "done", WAIT).await;
+        // One attempt asked the store and parked; the callback woke the
+        // second, which fetched.
+        assert_eq!(job["attempts"], 2, "{job}");
+    }
+    for media in [&image_media, &doc_media] {
+        assert_eq!(s.fake.store_requests(media), 1);
+        assert_eq!(s.fake.media_gets(media), 1);
+        assert!(
+            s.fake
+                .callback_deliveries()
+                .iter()
+                .any(|(id, status)| id == media && *status == 200),
+            "{:?}",
+            s.fake.callback_deliveries()
+        );
+    }
+    assert_eq!(s.fake.logins(), 1, "the token is cached");
+
+    let client = e2e::s3_client(&store).await;
+    for (content, ext, message_id, media) in [
+        (&image, ".jpg", "wamid.IMAGE1", &image_media),
+        (&document, ".pdf", "wamid.DOCUMENT1", &doc_media),
+    ] {
+        let hash = sha256_hex(content);
+        let key = format!("blobs/sha256/{}/{hash}{ext}", &hash[..2]);
+        let object = client
+            .get_object()
+            .bucket(&garage.bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e:?}"));
+        let body = object.body.collect().await.unwrap().into_bytes();
+        assert_eq!(sha256_hex(&body), hash, "{key} content differs");
+        let listed = client
+            .list_objects_v2()
+            .bucket(&garage.bucket)
+            .prefix(format!("messages/{ACCOUNT}/"))
+            .send()
+            .await
+            .unwrap();
+        let manifest_key = listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key())
+            .find(|k| k.ends_with(&format!("/{message_id}.json")))
+            .unwrap_or_else(|| panic!("no manifest for {message_id}"))
+            .to_owned();
+        let manifest = client
+            .get_object()
+            .bucket(&garage.bucket)
+            .key(&manifest_key)
+            .send()
+            .await
+            .unwrap();
+        let manifest: Value =
+            serde_json::from_slice(&manifest.body.collect().await.unwrap().into_bytes()).unwrap();
+        assert_manifest(&manifest, message_id, media, &hash, ext);
+    }
+
+    // Neither the password nor any bearer token reached the logs.
+    let logs = s.daemon.logs();
+    assert!(!logs.contains(s.fake.password()), "password in the logs");
+    for token in s.fake.issued_tokens() {
+        assert!(!logs.contains(&token), "bearer token in the logs");
+    }
+    assert!(!logs.contains(WEBHOOK_TOKEN), "webhook token in the logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_downloaded_file_is_fetched_without_asking_the_store() {
+    let s = setup(StoreUnderTest::Fs, "10m").await;
+    let (content, media, job_id) = announce(
+        &s,
+        "voice",
+        "audio/ogg; codecs=opus",
+        "wamid.VOICE1",
+        40_000,
+        true,
+    )
+    .await;
+    let job = s.daemon.wait_for_job(&job_id, "done", WAIT).await;
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(s.fake.store_requests(&media), 0);
+    assert_archived_fs(&s, "wamid.VOICE1", &media, &content, ".ogg");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_that_do_not_match_the_sha256_are_never_archived_and_the_job_dies_naming_it() {
+    let s = setup(StoreUnderTest::Fs, "10m").await;
+    let content = bytes(50_000, 7);
+    let media = s.fake.add_media("image", content, "image/jpeg", false);
+    s.fake.corrupt(&media);
+    let hook = s
+        .fake
+        .message_webhook(&media, "wamid.BAD1", now(), HashEncoding::Hex);
+    assert_eq!(s.fake.deliver(&hook).await, 200);
+    let job = s
+        .daemon
+        .wait_for_job(&format!("{ACCOUNT}:{media}"), "dead", WAIT)
+        .await;
+    let reason = job["last_error"].as_str().unwrap();
+    assert!(reason.contains("sha256 mismatch"), "{reason}");
+    assert!(
+        s.fake.media_gets(&media) >= 2,
+        "retried before giving up: {job}"
+    );
+    assert!(walk(&s.daemon.workdir.join("data/archive/blobs")).is_empty());
+    assert!(fs_manifest(&s.daemon.workdir, "wamid.BAD1").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_that_never_comes_or_comes_late_times_out_and_the_store_is_asked_again() {
+    let s = setup(StoreUnderTest::Fs, "1s").await;
+
+    // Never: the first store request is lost; after the timeout the store
+    // is asked again, and that one calls back.
+    s.fake.set_store_callbacks(vec![StoreCallback::Never]);
+    let (content, media, job_id) =
+        announce(&s, "image", "image/png", "wamid.NEVER1", 20_000, false).await;
+    s.daemon.wait_for_job(&job_id, "done", WAIT).await;
+    assert_eq!(s.fake.store_requests(&media), 2);
+    assert_archived_fs(&s, "wamid.NEVER1", &media, &content, ".png");
+
+    // Late: the first callback arrives after the timeout, the second in
+    // time; the late one then finds the job done, and is still answered 200.
+    s.fake
+        .set_store_callbacks(vec![StoreCallback::After(Duration::from_secs(3))]);
+    let (content, media, job_id) =
+        announce(&s, "video", "video/mp4", "wamid.LATE1", 60_000, false).await;
+    s.daemon.wait_for_job(&job_id, "done", WAIT).await;
+    assert_eq!(s.fake.store_requests(&media), 2);
+    assert_archived_fs(&s, "wamid.LATE1", &media, &content, ".mp4");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let late: Vec<_> = s
+            .fake
+            .callback_deliveries()
+            .into_iter()
+            .filter(|(id, _)| *id == media)
+            .collect();
+        if late.len() == 2 {
+            assert!(late.iter().all(|(_, status)| *status == 200), "{late:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{late:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The late callback is recorded.
+    wait_for_log(&s.daemon, &media).await;
+    wait_for_log(&s.daemon, "matched no waiting job").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_store_is_asked_once_more_then_the_job_dies_with_the_stores_reason() {
+    let s = setup(StoreUnderTest::Fs, "10m").await;
+
+    // Fails once, then works.
+    s.fake
+        .set_store_callbacks(vec![StoreCallback::Error(Duration::ZERO)]);
+    let (content, media, job_id) =
+        announce(&s, "sticker", "image/webp", "wamid.ONCE1", 10_000, false).await;
+    s.daemon.wait_for_job(&job_id, "done", WAIT).await;
+    assert_eq!(s.fake.store_requests(&media), 2);
+    assert_archived_fs(&s, "wamid.ONCE1", &media, &content, ".webp");
+
+    // Fails twice: permanent.
+    s.fake.set_store_callbacks(vec![
+        StoreCallback::Error(Duration::ZERO),
+        StoreCallback::Error(Duration::ZERO),
+    ]);
+    let (_, media, job_id) =
+        announce(&s, "audio", "audio/mpeg", "wamid.TWICE1", 10_000, false).await;
+    let job = s.daemon.wait_for_job(&job_id, "dead", WAIT).await;
+    let reason = job["last_error"].as_str().unwrap();
+    assert!(
+        reason.contains("Media not found in the datastore"),
+        "{reason}"
+    );
+    assert_eq!(s.fake.store_requests(&media), 2);
+    assert_eq!(s.fake.media_gets(&media), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_token_is_renewed_by_logging_in_again() {
+    let s = setup(StoreUnderTest::Fs, "10m").await;
+    let (_, _, job_id) = announce(&s, "image", "image/jpeg", "wamid.TOK1", 5_000, false).await;
+    s.daemon.wait_for_job(&job_id, "done", WAIT).await;
+    assert_eq!(s.fake.logins(), 1);
+
+    s.fake.expire_tokens();
+    let (content, media, job_id) = announce(
+        &s,
+        "document",
+        "application/pdf",
+        "wamid.TOK2",
+        5_000,
+        false,
+    )
+    .await;
+    let job = s.daemon.wait_for_job(&job_id, "done", WAIT).await;
+    assert_eq!(job["attempts"], 2, "the 401 cost no attempt: {job}");
+    assert_eq!(s.fake.logins(), 2);
+    assert_archived_fs(&s, "wamid.TOK2", &media, &content, ".pdf");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_for_unknown_media_and_unauthenticated_webhooks() {
+    let s = setup(StoreUnderTest::Fs, "10m").await;
+    // A store callback nobody waits for: 200, nothing accepted, recorded.
+    let callback =
+        s.fake
+            .store_callback_body("00000000-dead-beef-0000-000000000000", "image", false);
+    let (status, answer) = s.daemon.webhook(ACCOUNT, &callback, WEBHOOK_TOKEN).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"accepted": 0, "duplicates": 0, "ignored": 1})
+    );
+    wait_for_log(&s.daemon, "00000000-dead-beef-0000-000000000000").await;
+
+    // No token, a wrong bearer token, a wrong query token: 401, nothing queued.
+    let media = s
+        .fake
+        .add_media("image", vec![1, 2, 3], "image/jpeg", false);
+    let hook = s
+        .fake
+        .message_webhook(&media, "wamid.X", now(), HashEncoding::Hex);
+    let body = serde_json::to_vec(&hook).unwrap();
+    let (status, _) = s.daemon.post_raw(ACCOUNT, body.clone(), &[]).await;
+    assert_eq!(status, 401);
+    let (status, _) = s.daemon.webhook(ACCOUNT, &hook, "wrong-token").await;
+    assert_eq!(status, 401);
+    let response = reqwest::Client::new()
+        .post(s.daemon.url(&format!("/webhooks/{ACCOUNT}?token=wrong")))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let (_, jobs) = s
+        .daemon
+        .admin_get(&format!("/api/v1/jobs?account={ACCOUNT}"))
+        .await;
+    assert_eq!(jobs["jobs"], json!([]));
+    assert_eq!(s.fake.store_requests(&media), 0);
+
+    // A malformed webhook names the field.
+    let mut bad = hook.clone();
+    bad["messages"][0]["image"]["sha256"] = json!("not-a-hash");
+    let (status, answer) = s.daemon.webhook(ACCOUNT, &bad, WEBHOOK_TOKEN).await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("messages[0].image.sha256"),
+        "{answer}"
+    );
+    // On-Prem has no subscription check.
+    let response = reqwest::get(s.daemon.url(&format!("/webhooks/{ACCOUNT}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+}
