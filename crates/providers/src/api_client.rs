@@ -63,6 +63,17 @@ impl ApiClient {
         api: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<ApiResponse, ProviderError> {
+        self.send_limited(api, request, MAX_API_BODY).await
+    }
+
+    /// [`ApiClient::send`] for an answer that may be larger than usual (a
+    /// file inside JSON, e.g. Evolution's base64): read up to `limit` bytes.
+    pub(crate) async fn send_limited(
+        &self,
+        api: &'static str,
+        request: reqwest::RequestBuilder,
+        limit: usize,
+    ) -> Result<ApiResponse, ProviderError> {
         let unreachable = |e: reqwest::Error| ProviderError::Unreachable {
             api,
             detail: describe(&e),
@@ -77,10 +88,10 @@ impl ApiClient {
             .map(Duration::from_secs);
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > MAX_API_BODY {
+            if body.len() + chunk.len() > limit {
                 return Err(ProviderError::Unreachable {
                     api,
-                    detail: format!("answer larger than {MAX_API_BODY} bytes"),
+                    detail: format!("answer larger than {limit} bytes"),
                 });
             }
             body.extend_from_slice(&chunk);

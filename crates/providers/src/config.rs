@@ -8,7 +8,10 @@
 use serde::Deserialize;
 
 use crate::cloudapi::CloudApiConfig;
+use crate::codechat::CodechatConfig;
+use crate::evolution::EvolutionConfig;
 use crate::greenapi::GreenApiConfig;
+use crate::nxcloud::NxcloudConfig;
 use crate::onprem::OnPremConfig;
 
 /// One `[[accounts]]` entry.
@@ -17,6 +20,12 @@ use crate::onprem::OnPremConfig;
 pub enum AccountConfig {
     /// `provider = "greenapi"`.
     Greenapi(GreenApiConfig),
+    /// `provider = "codechat"`.
+    Codechat(CodechatConfig),
+    /// `provider = "evolution"`.
+    Evolution(EvolutionConfig),
+    /// `provider = "nxcloud"`.
+    Nxcloud(NxcloudConfig),
     /// `provider = "onprem"`.
     Onprem(OnPremConfig),
     /// `provider = "cloudapi"`.
@@ -28,6 +37,9 @@ impl AccountConfig {
     pub fn name(&self) -> &archiver_core::AccountName {
         match self {
             AccountConfig::Greenapi(c) => &c.name,
+            AccountConfig::Codechat(c) => &c.name,
+            AccountConfig::Evolution(c) => &c.name,
+            AccountConfig::Nxcloud(c) => &c.name,
             AccountConfig::Onprem(c) => &c.name,
             AccountConfig::Cloudapi(c) => &c.name,
         }

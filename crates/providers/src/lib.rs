@@ -21,10 +21,14 @@
 
 mod api_client;
 mod auth;
+mod baileys;
 mod cloudapi;
+mod codechat;
 mod config;
 mod error;
+mod evolution;
 mod greenapi;
+mod nxcloud;
 mod onprem;
 
 use std::sync::Arc;
@@ -34,9 +38,12 @@ use media_fetch::{DownloadRequest, HostPolicy};
 
 pub use api_client::ApiClient;
 pub use cloudapi::CloudApiConfig;
+pub use codechat::CodechatConfig;
 pub use config::AccountConfig;
 pub use error::ProviderError;
+pub use evolution::EvolutionConfig;
 pub use greenapi::GreenApiConfig;
+pub use nxcloud::NxcloudConfig;
 pub use onprem::OnPremConfig;
 
 /// A webhook request as the receiver got it, before anything is parsed.
@@ -195,6 +202,9 @@ pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
 pub fn build(config: &AccountConfig, api: &ApiClient) -> Result<Arc<dyn Provider>, Vec<String>> {
     match config {
         AccountConfig::Greenapi(c) => Ok(Arc::new(greenapi::GreenApi::new(c, api.clone())?)),
+        AccountConfig::Codechat(c) => Ok(Arc::new(codechat::Codechat::new(c)?)),
+        AccountConfig::Evolution(c) => Ok(Arc::new(evolution::Evolution::new(c, api.clone())?)),
+        AccountConfig::Nxcloud(c) => Ok(Arc::new(nxcloud::Nxcloud::new(c, api.clone())?)),
         AccountConfig::Onprem(c) => Ok(Arc::new(onprem::OnPrem::new(c, api.clone())?)),
         AccountConfig::Cloudapi(c) => Ok(Arc::new(cloudapi::CloudApi::new(c, api.clone())?)),
     }

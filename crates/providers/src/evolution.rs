@@ -1,0 +1,451 @@
+//! Evolution API v2 (`provider = "evolution"`), providers.md sections 2
+//! ("Evolution API (v2) for comparison") and 3.
+//!
+//! Webhooks: `messages.upsert` (`{event, instance, data:{key, message,
+//! messageType, messageTimestamp}}`) whose `data.message` holds a media
+//! message (`imageMessage`, `videoMessage`, `audioMessage`,
+//! `documentMessage`, `stickerMessage`, `ptvMessage`) become one job each,
+//! keyed by `data.key.id`; everything else is ignored. Evolution serializes
+//! byte fields as index-keyed objects (`{"0":63,...}`); every encoding is
+//! accepted. A webhook for another instance (`instance` differs from the
+//! account's) is refused.
+//!
+//! Authentication: with `webhook_jwt_secret` set, the HS256 JWT Evolution
+//! sends as `Authorization: Bearer` when the instance's webhook headers carry
+//! `jwt_key` (signature and `exp` checked); otherwise `webhook_token`
+//! (`Authorization: Bearer …` or `?token=…`).
+//!
+//! Bytes, in order of preference:
+//! 1. `data.message.base64` (Evolution's `webhook_base64`): the file itself,
+//!    checked against `fileSha256`; nothing is downloaded.
+//! 2. `mode = "direct"` (default): the encrypted blob from `cdn_url +
+//!    directPath`, decrypted and verified here (`whatsapp-enc+plain`).
+//! 3. When the CDN answers 403/404/410, or with `mode = "provider"`:
+//!    `POST {api_url}/chat/getBase64FromMediaMessage/{instance}` (`apikey`
+//!    header) with the whole message, so Evolution can ask the sender's
+//!    phone to upload it again; its `base64` is checked against `fileSha256`.
+//!    That answer holds the whole file in JSON, so it is read into memory,
+//!    up to [`MAX_BASE64_ANSWER`].
+
+use std::time::Duration;
+
+use archiver_core::config_value::opt_duration;
+use archiver_core::{AccountName, ErrorClass, ProviderKind, Secret, SecretRef};
+use bytes::Bytes;
+use media_fetch::HostPolicy;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::api_client::ApiResponse;
+use crate::auth::{constant_time_eq, require_bearer_or_query_token};
+use crate::baileys::{self, Mode, Stub, invalid, opt_string};
+use crate::{
+    ApiClient, JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
+    ResolvedMedia, WebhookRequest,
+};
+
+const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
+/// The most of a getBase64FromMediaMessage answer that is read: a 100 MB
+/// file (WhatsApp's media limit) as base64 inside JSON.
+pub(crate) const MAX_BASE64_ANSWER: usize = 140 * 1024 * 1024;
+const GET_BASE64: &str = "getBase64FromMediaMessage";
+
+/// `[[accounts]]` keys for `provider = "evolution"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvolutionConfig {
+    /// Account name; the webhook URL is `/webhooks/{name}`.
+    pub(crate) name: AccountName,
+    /// How long after the message the file can still be fetched (default 14d).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub(crate) retention: Option<Duration>,
+    /// Hosts CDN links may point at (default `*.whatsapp.net`); the host of
+    /// `cdn_url` is always allowed.
+    #[serde(default)]
+    pub(crate) allowed_download_hosts: Option<Vec<String>>,
+    /// The Evolution API server, e.g. `https://evolution.example.com`.
+    pub(crate) api_url: String,
+    /// The instance name (`/chat/getBase64FromMediaMessage/{instance}`).
+    pub(crate) instance: String,
+    /// The global or instance API key, sent as the `apikey` header.
+    pub(crate) api_key: SecretRef,
+    /// The instance's webhook `jwt_key`: webhooks must carry an HS256 JWT
+    /// signed with it. Takes precedence over `webhook_token`.
+    #[serde(default)]
+    pub(crate) webhook_jwt_secret: Option<SecretRef>,
+    /// Otherwise webhooks must carry this as `Authorization: Bearer …` (an
+    /// instance webhook header) or `?token=…`.
+    #[serde(default)]
+    pub(crate) webhook_token: Option<SecretRef>,
+    /// The WhatsApp CDN (default `https://mmg.whatsapp.net`).
+    #[serde(default = "default_cdn_url")]
+    pub(crate) cdn_url: String,
+    /// `"direct"` (CDN + local decryption, the default) or `"provider"`.
+    #[serde(default)]
+    pub(crate) mode: Mode,
+}
+
+fn default_cdn_url() -> String {
+    baileys::DEFAULT_CDN_URL.to_owned()
+}
+
+#[derive(Debug)]
+pub(crate) struct Evolution {
+    account: AccountName,
+    retention: Duration,
+    cdn_hosts: HostPolicy,
+    api_url: url::Url,
+    cdn_url: String,
+    instance: String,
+    api_key: Secret,
+    webhook: WebhookAuth,
+    mode: Mode,
+    api: ApiClient,
+}
+
+#[derive(Debug)]
+enum WebhookAuth {
+    Jwt(Secret),
+    Token(Secret),
+    None,
+}
+
+/// What an Evolution job stores.
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    stub: Stub,
+    /// `data.key`, verbatim, for getBase64FromMediaMessage.
+    key: Value,
+    /// `{<type>Message: {...}}`, verbatim, for getBase64FromMediaMessage.
+    message: Value,
+    /// `data.message.base64`: the file itself, when the webhook carried it.
+    inline_base64: Option<String>,
+    chat_id: Option<String>,
+    sender: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[allow(dead_code)] // checked by the validation
+    exp: u64,
+}
+
+impl Evolution {
+    pub(crate) fn new(config: &EvolutionConfig, api: ApiClient) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let api_url = baileys::parse_url("api_url", &config.api_url, &mut errors);
+        let cdn = baileys::parse_url("cdn_url", &config.cdn_url, &mut errors);
+        let mut secret = |key: &str, r: &SecretRef| {
+            r.resolve()
+                .map_err(|e| errors.push(format!("{key}: {e}")))
+                .ok()
+        };
+        let api_key = secret("api_key", &config.api_key);
+        let jwt = config
+            .webhook_jwt_secret
+            .as_ref()
+            .and_then(|r| secret("webhook_jwt_secret", r));
+        let token = config
+            .webhook_token
+            .as_ref()
+            .and_then(|r| secret("webhook_token", r));
+        if config.instance.is_empty() || config.instance.contains(['/', '?', '#']) {
+            errors.push(format!(
+                "instance {:?} is not a path segment",
+                config.instance
+            ));
+        }
+        let (Some(api_url), Some(cdn), Some(api_key), true) =
+            (api_url, cdn, api_key, errors.is_empty())
+        else {
+            return Err(errors);
+        };
+        let webhook = match (jwt, token) {
+            (Some(secret), _) => WebhookAuth::Jwt(secret),
+            (None, Some(token)) => WebhookAuth::Token(token),
+            (None, None) => WebhookAuth::None,
+        };
+        Ok(Self {
+            account: config.name.clone(),
+            retention: config.retention.unwrap_or(DEFAULT_RETENTION),
+            cdn_hosts: baileys::cdn_hosts(config.allowed_download_hosts.as_ref(), &cdn),
+            api_url,
+            cdn_url: config.cdn_url.clone(),
+            instance: config.instance.clone(),
+            api_key,
+            webhook,
+            mode: config.mode,
+            api,
+        })
+    }
+
+    /// One media message of the webhook (`data`, or an element of it).
+    fn message_job(
+        &self,
+        body: &Value,
+        data: &Value,
+        at: &str,
+    ) -> Result<Option<archiver_core::JobSpec>, ProviderError> {
+        let field = |key: &str| format!("{at}.{key}");
+        let Some(message) = data.get("message").filter(|m| m.is_object()) else {
+            return Ok(None);
+        };
+        let message_type = data.get("messageType").and_then(Value::as_str);
+        let Some((name, content)) = baileys::find_media(message, message_type)
+            .or_else(|| baileys::find_media(message, None))
+        else {
+            return Ok(None);
+        };
+        let key = data
+            .get("key")
+            .filter(|k| k.is_object())
+            .ok_or_else(|| ProviderError::missing(&field("key")))?;
+        let id = key
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::missing(&field("key.id")))?;
+        let message_at =
+            baileys::timestamp_ms(data.get("messageTimestamp"), &field("messageTimestamp"))?;
+        let inline_base64 = match message.get("base64") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if baileys::decode_file_base64(s).is_some() => Some(s.clone()),
+            Some(_) => return Err(invalid(&field("message.base64"), "not base64")),
+        };
+        let stub = Stub::parse(
+            name,
+            content,
+            &format!("{at}.message.{name}"),
+            inline_base64.is_none(),
+        )?;
+        let chat_id = opt_string(key, "remoteJid");
+        let from_me = key.get("fromMe").and_then(Value::as_bool) == Some(true);
+        let sender = if from_me {
+            opt_string(body, "sender")
+        } else {
+            opt_string(key, "participant").or_else(|| chat_id.clone())
+        };
+        let payload = Payload {
+            stub,
+            key: key.clone(),
+            message: json!({ name: content }),
+            inline_base64,
+            chat_id,
+            sender,
+        };
+        baileys::job(
+            self.account.as_str(),
+            ProviderKind::Evolution,
+            id,
+            message_at,
+            self.retention,
+            &payload,
+        )
+        .map(Some)
+    }
+
+    /// `POST /chat/getBase64FromMediaMessage/{instance}`: the decrypted file
+    /// as base64 inside JSON.
+    async fn get_base64(&self, p: &Payload) -> Result<Bytes, ProviderError> {
+        let mut url = self.api_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| ProviderError::BadJob("api_url cannot be a base URL".into()))?
+            .pop_if_empty()
+            .extend(["chat", GET_BASE64, &self.instance]);
+        let body = json!({
+            "message": { "key": p.key, "message": p.message },
+            "convertToMp4": false,
+        });
+        let request = self
+            .api
+            .post(url)
+            .header("apikey", self.api_key.expose())
+            .json(&body);
+        let response = self
+            .api
+            .send_limited(GET_BASE64, request, MAX_BASE64_ANSWER)
+            .await?;
+        if response.status != 200 && response.status != 201 {
+            return Err(api_error(&response));
+        }
+        let answer = response.json(GET_BASE64)?;
+        let text = answer
+            .get("base64")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::Unreachable {
+                api: GET_BASE64,
+                detail: "answer has no base64".into(),
+            })?;
+        baileys::decode_file_base64(text)
+            .map(Bytes::from)
+            .ok_or_else(|| ProviderError::Unreachable {
+                api: GET_BASE64,
+                detail: "answer's base64 does not decode".into(),
+            })
+    }
+
+    fn verify_jwt(&self, secret: &Secret, headers: &http::HeaderMap) -> Result<(), ProviderError> {
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ProviderError::Unauthorized(
+                    "missing `Authorization: Bearer <JWT>` (webhook_jwt_secret is set)".into(),
+                )
+            })?;
+        verify_hs256(token, secret)
+    }
+}
+
+/// Checks an HS256 JWT: signature with `secret` (constant time, in
+/// `jsonwebtoken`), `exp` present and not past (30 s leeway for clock skew).
+pub(crate) fn verify_hs256(token: &str, secret: &Secret) -> Result<(), ProviderError> {
+    use jsonwebtoken::errors::ErrorKind;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.leeway = 30;
+    validation.set_required_spec_claims(&["exp"]);
+    let key = jsonwebtoken::DecodingKey::from_secret(secret.expose().as_bytes());
+    jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        .map(|_| ())
+        .map_err(|e| {
+            let why = match e.kind() {
+                ErrorKind::ExpiredSignature => "webhook JWT has expired",
+                ErrorKind::InvalidSignature => "webhook JWT signature does not match",
+                ErrorKind::InvalidAlgorithm => "webhook JWT is not HS256",
+                ErrorKind::MissingRequiredClaim(_) => "webhook JWT has no `exp`",
+                _ => "webhook JWT is malformed",
+            };
+            ProviderError::Unauthorized(why.into())
+        })
+}
+
+/// Classifies a getBase64FromMediaMessage error answer: Evolution answers
+/// 400 for "Message not found" and "not of the media type" (retrying cannot
+/// help), 401/403/404 for a bad key or instance.
+pub(crate) fn classify(status: u16, retry_after: Option<Duration>) -> ErrorClass {
+    match status {
+        429 => retry_after.map_or(ErrorClass::Transient, ErrorClass::RetryAfter),
+        408 | 500..=599 => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+fn api_error(response: &ApiResponse) -> ProviderError {
+    ProviderError::Api {
+        api: GET_BASE64,
+        status: response.status,
+        detail: response.detail(),
+        class: classify(response.status, response.retry_after),
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Evolution {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Evolution
+    }
+
+    fn account(&self) -> &AccountName {
+        &self.account
+    }
+
+    fn webhook_auth_configured(&self) -> bool {
+        !matches!(self.webhook, WebhookAuth::None)
+    }
+
+    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+        match &self.webhook {
+            WebhookAuth::Jwt(secret) => self.verify_jwt(secret, request.headers),
+            WebhookAuth::Token(token) => {
+                require_bearer_or_query_token(request.headers, request.query, token)
+            }
+            WebhookAuth::None => Ok(()),
+        }
+    }
+
+    fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
+        let body: Value = serde_json::from_slice(request.body)
+            .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
+        if !body.is_object() {
+            return Err(ProviderError::BadPayload("expected a JSON object".into()));
+        }
+        let event = body
+            .get("event")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ProviderError::missing("event"))?;
+        if !baileys::is_upsert(event) {
+            return Ok(ParsedWebhook {
+                ignored: 1,
+                ..ParsedWebhook::default()
+            });
+        }
+        if let Some(instance) = body.get("instance").and_then(Value::as_str)
+            && !constant_time_eq(instance.as_bytes(), self.instance.as_bytes())
+        {
+            return Err(ProviderError::BadPayload(format!(
+                "`instance` {instance:?} is not this account's instance"
+            )));
+        }
+        let data = body
+            .get("data")
+            .ok_or_else(|| ProviderError::missing("data"))?;
+        let items: Vec<(&Value, String)> = match data {
+            Value::Object(_) => vec![(data, "data".to_owned())],
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d, format!("data[{i}]")))
+                .collect(),
+            _ => return Err(ProviderError::missing("data")),
+        };
+        let mut parsed = ParsedWebhook::default();
+        for (item, at) in items {
+            match self.message_job(&body, item, &at)? {
+                Some(job) => parsed.jobs.push(job),
+                None => parsed.ignored += 1,
+            }
+        }
+        Ok(parsed)
+    }
+
+    async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
+        let p: Payload = serde_json::from_value(job.payload.clone())
+            .map_err(|e| ProviderError::BadJob(e.to_string()))?;
+        let details = p.stub.details(p.chat_id.clone(), p.sender.clone());
+        if let Some(text) = &p.inline_base64 {
+            let bytes = baileys::decode_file_base64(text)
+                .ok_or_else(|| ProviderError::BadJob("stored base64 does not decode".into()))?;
+            return Ok(Resolution::Fetch(ResolvedMedia {
+                source: MediaSource::Inline(Bytes::from(bytes)),
+                expected_sha256: Some(p.stub.file_sha256),
+                encryption: None,
+                details,
+            }));
+        }
+        if self.mode == Mode::Direct && !job.link_dead {
+            return Ok(Resolution::Fetch(p.stub.direct(
+                &self.cdn_url,
+                &self.cdn_hosts,
+                details,
+            )?));
+        }
+        if job.link_dead {
+            tracing::info!(
+                message_id = job.message_id,
+                "CDN blob gone; asking Evolution for the file"
+            );
+        }
+        let bytes = self.get_base64(&p).await?;
+        Ok(Resolution::Fetch(ResolvedMedia {
+            source: MediaSource::Inline(bytes),
+            expected_sha256: Some(p.stub.file_sha256),
+            encryption: None,
+            details,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,533 @@
+//! NXCloud WhatsApp API (`provider = "nxcloud"`), providers.md section 6 and
+//! `shared/spec/sources/004_…` (getMedia).
+//!
+//! Webhooks: NXCloud's inbound message shape is not publicly documented.
+//! Accepted is the Cloud-API-like body its status callbacks share:
+//! `{business_phone, messaging_product:"whatsapp", contacts?, messages:[{from,
+//! id, timestamp, type, <type>:{id, mime_type, sha256?, caption?,
+//! filename?}}], statuses?}`, where `type` is `image`, `video`, `audio`,
+//! `voice`, `document` or `sticker`. Each media message becomes one job keyed
+//! by its media id; texts and statuses are ignored; a body for another
+//! `business_phone` is refused, and so is a Meta envelope (`entry[]`), so a
+//! shape change is loud rather than silently archived as nothing.
+//!
+//! Signature: every API request carries `accessKey`, `ts` (ms), `bizType`
+//! (`2`), `action` and `sign` = lowercase hex MD5 of the sorted `k=v` headers
+//! joined by `&`, then `&body=` and the raw body (left out when empty), then
+//! `&accessSecret=` and the secret ([`sign`]). With
+//! `verify_webhook_signature = true`, webhooks must carry the same headers,
+//! signed the same way over the headers they carry (`algorithm: sha256` is
+//! honoured); which headers NXCloud's callbacks carry is unconfirmed, so the
+//! check is off by default. Webhook `ts` is not held to a window: a
+//! redelivery may repeat an old signature, and a replay can only produce a
+//! duplicate, which the queue absorbs.
+//!
+//! Bytes: `POST {api_url}/api/wa/getMedia` -> `data.url` (an OSS link signed
+//! until its `Expires`) -> GET at once. When the link has died (403/404/410)
+//! getMedia is asked again. NXCloud vouches for no hash, but a `sha256` in
+//! the webhook, if one ever appears, is checked.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use archiver_core::config_value::opt_duration;
+use archiver_core::{
+    AccountName, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, Sha256Digest,
+};
+use md5::Md5;
+use media_fetch::{DownloadRequest, HostPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use crate::api_client::ApiResponse;
+use crate::auth::constant_time_eq;
+use crate::baileys::{invalid, opt_string};
+use crate::config::StringOrInt;
+use crate::{
+    ApiClient, JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError,
+    Resolution, ResolvedMedia, WebhookRequest,
+};
+
+const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+const DEFAULT_HOSTS: [&str; 1] = ["*.aliyuncs.com"];
+const MEDIA_TYPES: [&str; 6] = ["image", "video", "audio", "voice", "document", "sticker"];
+const GET_MEDIA: &str = "getMedia";
+/// `bizType` of WhatsApp requests.
+const BIZ_TYPE: &str = "2";
+
+/// `[[accounts]]` keys for `provider = "nxcloud"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NxcloudConfig {
+    /// Account name; the webhook URL is `/webhooks/{name}`.
+    pub(crate) name: AccountName,
+    /// How long after the message the file can still be fetched (default 7d).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub(crate) retention: Option<Duration>,
+    /// Hosts media links may point at (default `*.aliyuncs.com`).
+    #[serde(default)]
+    pub(crate) allowed_download_hosts: Option<Vec<String>>,
+    /// The API host (default `https://api2.nxcloud.com`).
+    #[serde(default = "default_api_url")]
+    pub(crate) api_url: String,
+    /// The `accessKey` (user identity, sent in every request).
+    pub(crate) access_key: String,
+    /// The `accessSecret` that signs requests (never sent).
+    pub(crate) access_secret: SecretRef,
+    /// The merchant's WhatsApp number with country code (`86158xxxx1795`).
+    pub(crate) business_phone: StringOrInt,
+    /// Check the `sign` of every webhook (NXCloud signs callbacks only when
+    /// the app has a receipt-signing algorithm configured). Default false.
+    #[serde(default)]
+    pub(crate) verify_webhook_signature: bool,
+}
+
+fn default_api_url() -> String {
+    "https://api2.nxcloud.com".to_owned()
+}
+
+#[derive(Debug)]
+pub(crate) struct Nxcloud {
+    account: AccountName,
+    retention: Duration,
+    hosts: HostPolicy,
+    api_url: url::Url,
+    access_key: String,
+    access_secret: Secret,
+    business_phone: String,
+    verify_webhooks: bool,
+    api: ApiClient,
+}
+
+/// What an NXCloud job stores (the media id is the job's `media_id`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Payload {
+    media_type: String,
+    mime_type: Option<String>,
+    sha256: Option<Sha256Digest>,
+    caption: Option<String>,
+    file_name: Option<String>,
+    from: Option<String>,
+}
+
+/// The digest of a signature (`algorithm` header; MD5 unless it says sha256).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignAlgorithm {
+    Md5,
+    Sha256,
+}
+
+/// NXCloud's request signature: lowercase hex digest of `k=v` pairs sorted
+/// by key (ASCII) and joined by `&`, then `&body=<raw body>` unless the body
+/// is empty, then `&accessSecret=<secret>`.
+pub(crate) fn sign(
+    headers: &[(&str, &str)],
+    body: &[u8],
+    secret: &str,
+    algorithm: SignAlgorithm,
+) -> String {
+    let mut sorted = headers.to_vec();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut text = sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+        .into_bytes();
+    if !body.is_empty() {
+        text.extend_from_slice(b"&body=");
+        text.extend_from_slice(body);
+    }
+    text.extend_from_slice(b"&accessSecret=");
+    text.extend_from_slice(secret.as_bytes());
+    match algorithm {
+        SignAlgorithm::Md5 => hex::encode(Md5::digest(&text)),
+        SignAlgorithm::Sha256 => hex::encode(sha2::Sha256::digest(&text)),
+    }
+}
+
+/// The headers NXCloud signs, in the order they are looked up.
+const SIGNED_HEADERS: [&str; 4] = ["accessKey", "action", "bizType", "ts"];
+
+/// Checks a webhook's `sign` against the signed headers it carries, the raw
+/// body and the secret, and that `accessKey` is this account's.
+pub(crate) fn verify_webhook_sign(
+    headers: &http::HeaderMap,
+    body: &[u8],
+    access_key: &str,
+    secret: &Secret,
+) -> Result<(), ProviderError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map_err(|_| {
+                    ProviderError::Unauthorized(format!("header `{name}` is not text"))
+                })
+            })
+            .transpose()
+    };
+    let missing = |name: &str| {
+        ProviderError::Unauthorized(format!(
+            "missing header `{name}` (verify_webhook_signature is on)"
+        ))
+    };
+    let presented = header("sign")?.ok_or_else(|| missing("sign"))?;
+    let key = header("accessKey")?.ok_or_else(|| missing("accessKey"))?;
+    header("ts")?.ok_or_else(|| missing("ts"))?;
+    let algorithm = match header("algorithm")? {
+        None => SignAlgorithm::Md5,
+        Some(a) if a.eq_ignore_ascii_case("md5") => SignAlgorithm::Md5,
+        Some(a) if a.eq_ignore_ascii_case("sha256") => SignAlgorithm::Sha256,
+        Some(_) => {
+            return Err(ProviderError::Unauthorized(
+                "unsupported signature `algorithm` (md5 or sha256)".into(),
+            ));
+        }
+    };
+    let mut signed = Vec::new();
+    for name in SIGNED_HEADERS {
+        if let Some(value) = header(name)? {
+            signed.push((name, value));
+        }
+    }
+    let expected = sign(&signed, body, secret.expose(), algorithm);
+    let key_ok = constant_time_eq(key.as_bytes(), access_key.as_bytes());
+    let sign_ok = constant_time_eq(
+        presented.to_ascii_lowercase().as_bytes(),
+        expected.as_bytes(),
+    );
+    if key_ok && sign_ok {
+        Ok(())
+    } else if !key_ok {
+        Err(ProviderError::Unauthorized(
+            "webhook `accessKey` is not this account's".into(),
+        ))
+    } else {
+        Err(ProviderError::Unauthorized(
+            "webhook `sign` does not match".into(),
+        ))
+    }
+}
+
+/// What a getMedia `code` means (providers.md section 6 (f)).
+pub(crate) fn classify_code(code: i64) -> ErrorClass {
+    match code {
+        // Authentication (fix sign, clock or keys), parameter error, phone
+        // not a WhatsApp number, number not bound to an app.
+        1000..=1009 | 9000 | 9002 | 9006 => ErrorClass::Permanent,
+        // -1 "request failed", 9001 system error, and codes nobody
+        // documented: worth another attempt before the deadline.
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// What a non-200 HTTP answer from the API means.
+pub(crate) fn classify_status(status: u16, retry_after: Option<Duration>) -> ErrorClass {
+    match status {
+        429 => retry_after.map_or(ErrorClass::Transient, ErrorClass::RetryAfter),
+        408 | 500..=599 => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// The `Expires` (unix seconds) of a signed OSS link, if it has one.
+pub(crate) fn link_expiry(url: &url::Url) -> Option<u64> {
+    url.query_pairs()
+        .find(|(k, _)| k == "Expires")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn digits(phone: &str) -> String {
+    phone.chars().filter(char::is_ascii_digit).collect()
+}
+
+fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl Nxcloud {
+    pub(crate) fn new(config: &NxcloudConfig, api: ApiClient) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let api_url = crate::baileys::parse_url("api_url", &config.api_url, &mut errors);
+        let access_secret = config
+            .access_secret
+            .resolve()
+            .map_err(|e| errors.push(format!("access_secret: {e}")))
+            .ok();
+        if config.access_key.trim().is_empty() {
+            errors.push("access_key: must not be empty".into());
+        }
+        let business_phone = digits(&config.business_phone.to_string());
+        if business_phone.is_empty() {
+            errors.push("business_phone: must hold the number's digits".into());
+        }
+        let (Some(api_url), Some(access_secret), true) =
+            (api_url, access_secret, errors.is_empty())
+        else {
+            return Err(errors);
+        };
+        let hosts = match &config.allowed_download_hosts {
+            Some(h) if !h.is_empty() => HostPolicy::new(h.iter().cloned()),
+            _ => HostPolicy::new(DEFAULT_HOSTS),
+        };
+        Ok(Self {
+            account: config.name.clone(),
+            retention: config.retention.unwrap_or(DEFAULT_RETENTION),
+            hosts,
+            api_url,
+            access_key: config.access_key.trim().to_owned(),
+            access_secret,
+            business_phone,
+            verify_webhooks: config.verify_webhook_signature,
+            api,
+        })
+    }
+
+    /// One `messages[]` element: a job, or `None` when it carries no media.
+    fn message_job(&self, m: &Value, at: &str) -> Result<Option<JobSpec>, ProviderError> {
+        let field = |key: &str| format!("{at}.{key}");
+        let kind = m
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ProviderError::missing(&field("type")))?;
+        if !MEDIA_TYPES.contains(&kind) {
+            return Ok(None);
+        }
+        let media = m
+            .get(kind)
+            .filter(|v| v.is_object())
+            .ok_or_else(|| ProviderError::missing(&field(kind)))?;
+        let media_id = media
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::missing(&field(&format!("{kind}.id"))))?;
+        let message_id = m
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::missing(&field("id")))?;
+        let message_at = crate::baileys::timestamp_ms(m.get("timestamp"), &field("timestamp"))?;
+        let sha256 = match media.get("sha256") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(v) => Some(
+                Sha256Digest::from_json(v)
+                    .map_err(|e| invalid(&field(&format!("{kind}.sha256")), e))?,
+            ),
+        };
+        let payload = Payload {
+            media_type: kind.to_owned(),
+            mime_type: opt_string(media, "mime_type"),
+            sha256,
+            caption: opt_string(media, "caption"),
+            file_name: opt_string(media, "filename"),
+            from: opt_string(m, "from"),
+        };
+        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        Ok(Some(JobSpec {
+            id: JobSpec::job_id(self.account.as_str(), media_id),
+            account: self.account.to_string(),
+            provider: ProviderKind::Nxcloud,
+            message_id: message_id.to_owned(),
+            media_id: Some(media_id.to_owned()),
+            message_at,
+            deadline: message_at.saturating_add(retention_ms),
+            payload: serde_json::to_value(payload)
+                .map_err(|e| ProviderError::BadJob(e.to_string()))?,
+        }))
+    }
+
+    /// The signed getMedia call; returns `data` of a `code: 0` answer.
+    async fn get_media(&self, media_id: &str) -> Result<Value, ProviderError> {
+        let mut url = self.api_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| ProviderError::BadJob("api_url cannot be a base URL".into()))?
+            .pop_if_empty()
+            .extend(["api", "wa", GET_MEDIA]);
+        let body = serde_json::to_vec(&json!({
+            "business_phone": self.business_phone,
+            "messaging_product": "whatsapp",
+            "Media-ID": media_id,
+        }))
+        .map_err(|e| ProviderError::BadJob(e.to_string()))?;
+        let ts = now().as_millis().to_string();
+        let headers = [
+            ("accessKey", self.access_key.as_str()),
+            ("action", GET_MEDIA),
+            ("bizType", BIZ_TYPE),
+            ("ts", ts.as_str()),
+        ];
+        let signature = sign(
+            &headers,
+            &body,
+            self.access_secret.expose(),
+            SignAlgorithm::Md5,
+        );
+        let mut request = self
+            .api
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("sign", signature);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = self.api.send(GET_MEDIA, request.body(body)).await?;
+        if response.status != 200 {
+            return Err(http_error(&response));
+        }
+        let answer = response.json(GET_MEDIA)?;
+        let code = answer.get("code").and_then(Value::as_i64).ok_or_else(|| {
+            ProviderError::Unreachable {
+                api: GET_MEDIA,
+                detail: "answer has no numeric `code`".into(),
+            }
+        })?;
+        if code != 0 {
+            let message = answer.get("message").and_then(Value::as_str).unwrap_or("");
+            return Err(ProviderError::Api {
+                api: GET_MEDIA,
+                status: response.status,
+                detail: format!("code {code}: {message}"),
+                class: classify_code(code),
+            });
+        }
+        answer
+            .get("data")
+            .filter(|d| d.is_object())
+            .cloned()
+            .ok_or_else(|| ProviderError::Unreachable {
+                api: GET_MEDIA,
+                detail: "code 0 but no `data`".into(),
+            })
+    }
+}
+
+fn http_error(response: &ApiResponse) -> ProviderError {
+    ProviderError::Api {
+        api: GET_MEDIA,
+        status: response.status,
+        detail: response.detail(),
+        class: classify_status(response.status, response.retry_after),
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Nxcloud {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Nxcloud
+    }
+
+    fn account(&self) -> &AccountName {
+        &self.account
+    }
+
+    fn webhook_auth_configured(&self) -> bool {
+        self.verify_webhooks
+    }
+
+    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+        if self.verify_webhooks {
+            verify_webhook_sign(
+                request.headers,
+                request.body,
+                &self.access_key,
+                &self.access_secret,
+            )
+        } else {
+            Ok(())
+        }
+    }
+
+    fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
+        let body: Value = serde_json::from_slice(request.body)
+            .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
+        if !body.is_object() {
+            return Err(ProviderError::BadPayload("expected a JSON object".into()));
+        }
+        if body.get("entry").is_some() {
+            return Err(ProviderError::BadPayload(
+                "`entry[]` is Meta's Cloud API envelope; NXCloud webhooks are expected with top-level `messages[]` and `business_phone`".into(),
+            ));
+        }
+        if let Some(phone) = body.get("business_phone") {
+            let phone = match phone {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if digits(&phone) != self.business_phone {
+                return Err(ProviderError::BadPayload(format!(
+                    "`business_phone` {phone} is not this account's business_phone"
+                )));
+            }
+        }
+        let list = |key: &str| match body.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a)),
+            Some(_) => Err(invalid(key, "not an array")),
+        };
+        let (messages, statuses) = (list("messages")?, list("statuses")?);
+        let mut parsed = ParsedWebhook::default();
+        if messages.is_none() && statuses.is_none() {
+            parsed.ignored = 1;
+            return Ok(parsed);
+        }
+        parsed.ignored += statuses.map_or(0, Vec::len);
+        for (i, m) in messages.into_iter().flatten().enumerate() {
+            match self.message_job(m, &format!("messages[{i}]"))? {
+                Some(job) => parsed.jobs.push(job),
+                None => parsed.ignored += 1,
+            }
+        }
+        Ok(parsed)
+    }
+
+    async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
+        let p: Payload = serde_json::from_value(job.payload.clone())
+            .map_err(|e| ProviderError::BadJob(e.to_string()))?;
+        let media_id = job
+            .media_id
+            .ok_or_else(|| ProviderError::BadJob("no media id".into()))?;
+        let data = self.get_media(media_id).await?;
+        let link = data
+            .get("url")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::Unreachable {
+                api: GET_MEDIA,
+                detail: "answer has no data.url".into(),
+            })?;
+        let url = url::Url::parse(link).map_err(|e| ProviderError::Unreachable {
+            api: GET_MEDIA,
+            detail: format!("data.url is not a URL: {e}"),
+        })?;
+        if let Some(expires) = link_expiry(&url)
+            && expires <= now().as_secs()
+        {
+            // A fresh link that is already dead: the clocks disagree, or
+            // NXCloud handed out a stale one. Ask again later.
+            return Err(ProviderError::Unreachable {
+                api: GET_MEDIA,
+                detail: format!("data.url expired at {expires} (unix s) before it could be used"),
+            });
+        }
+        Ok(Resolution::Fetch(ResolvedMedia {
+            source: MediaSource::download(DownloadRequest::get(url), self.hosts.clone()),
+            expected_sha256: p.sha256,
+            encryption: None,
+            details: MediaDetails {
+                mime_type: p.mime_type.or_else(|| opt_string(&data, "mime_type")),
+                file_name: p.file_name.or_else(|| opt_string(&data, "file_name")),
+                caption: p.caption,
+                chat_id: p.from.clone(),
+                sender: p.from,
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;
