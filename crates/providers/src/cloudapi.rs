@@ -130,15 +130,16 @@ impl CloudApi {
                 None
             }
         };
-        let mut secret = |key: &str, value: &SecretRef| {
-            value
-                .resolve()
-                .ok()
-                .filter(|s| !s.expose().is_empty())
-                .or_else(|| {
-                    errors.push(format!("{key}: must be set to a non-empty value"));
-                    None
-                })
+        let mut secret = |key: &str, value: &SecretRef| match value.resolve() {
+            Ok(s) if !s.expose().is_empty() => Some(s),
+            Ok(_) => {
+                errors.push(format!("{key}: must not be empty"));
+                None
+            }
+            Err(e) => {
+                errors.push(format!("{key}: {e}"));
+                None
+            }
         };
         let access_token = secret("access_token", &config.access_token);
         let app_secret = secret("app_secret", &config.app_secret);
@@ -235,7 +236,7 @@ impl CloudApi {
         let class = classify(response.status, code, response.retry_after);
         let detail = if token_refused(response.status, code) {
             format!(
-                "{message}; the access token was refused: fix the account's access_token (retrying every {} minutes)",
+                "{message}; the access token was refused: fix the account's access_token (retried after {} minutes at the earliest)",
                 CREDENTIALS_RETRY.as_secs() / 60
             )
         } else {

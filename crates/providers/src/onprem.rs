@@ -253,7 +253,7 @@ impl OnPrem {
                 api: API,
                 status: response.status,
                 detail: format!(
-                    "the On-Prem API refused the account's username and password; fix `username`/`password` (retrying every {} minutes)",
+                    "the On-Prem API refused the account's username and password; fix `username`/`password` (retried after {} minutes at the earliest)",
                     CREDENTIALS_RETRY.as_secs() / 60
                 ),
                 class: ErrorClass::RetryAfter(CREDENTIALS_RETRY),
