@@ -325,3 +325,61 @@ pub async fn s3_client(store: &StoreUnderTest) -> aws_sdk_s3::Client {
         .build();
     aws_sdk_s3::Client::from_conf(config)
 }
+
+/// The `[queue]` section for a PostgreSQL-backed daemon in the test
+/// database's private schema (append it to the accounts of [`config`]).
+pub fn postgres_queue(db: &retry_queue::conformance::pg::PgTestDatabase) -> String {
+    format!(
+        "\n[queue]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"\nmax_connections = 8\n",
+        db.url(),
+        db.schema
+    )
+}
+
+/// Every file under `dir` (recursively); empty if `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+impl Daemon {
+    /// `GET /api/v1/stats`, which must answer 200.
+    pub async fn stats(&self) -> Value {
+        let (status, stats) = self.admin_get("/api/v1/stats").await;
+        assert_eq!(status, 200, "stats: {stats}");
+        stats
+    }
+
+    /// Polls the stats until no job is pending, leased or waiting, and
+    /// returns them. Panics with the stats and the logs after `timeout`.
+    pub async fn wait_until_idle(&self, timeout: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let stats = self.stats().await;
+            let live: u64 = ["pending", "leased", "waiting"]
+                .iter()
+                .map(|s| stats["by_state"][*s].as_u64().unwrap_or(0))
+                .sum();
+            if live == 0 {
+                return stats;
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "jobs still live after {timeout:?}: {stats}\nlogs:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
