@@ -169,19 +169,16 @@ impl CloudApi {
         })
     }
 
-    /// `GET {graph_url}/{media-id}[?phone_number_id=…]`: a fresh URL.
-    async fn media_info(
-        &self,
-        media_id: &str,
-        phone_number_id: Option<&str>,
-    ) -> Result<MediaInfo, ProviderError> {
+    /// `GET {graph_url}/{media-id}`: a fresh URL.
+    ///
+    /// Graph's optional `phone_number_id` parameter is not sent: documented
+    /// for media uploaded from that number, it is not confirmed for inbound
+    /// media, and a refusal would be a 400, which is permanent.
+    async fn media_info(&self, media_id: &str) -> Result<MediaInfo, ProviderError> {
         const API: &str = "media info";
         let mut url = self.graph_url.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().push(media_id);
-        }
-        if let Some(id) = phone_number_id {
-            url.query_pairs_mut().append_pair("phone_number_id", id);
         }
         let request = self.api.get(url).bearer_auth(self.access_token.expose());
         let response = self.api.send(API, request).await?;
@@ -555,9 +552,7 @@ impl Provider for CloudApi {
             .map_err(|e| ProviderError::BadJob(format!("sha256: {e}")))?;
         // Always a fresh URL: the one from an earlier attempt (or from
         // before `link_dead`) has likely expired.
-        let info = self
-            .media_info(media_id, p.phone_number_id.as_deref())
-            .await?;
+        let info = self.media_info(media_id).await?;
         let expected_sha256 = expected_sha256(webhook_sha256, info.sha256, job.attempt)?;
         let request = DownloadRequest::get(info.url).with_header(
             http::header::AUTHORIZATION,

@@ -535,9 +535,9 @@ pub(crate) fn classify(
     match status {
         // Reached only after a fresh login was refused too.
         401 | 403 => ErrorClass::RetryAfter(CREDENTIALS_RETRY),
-        429 | 503 => retry_after.map_or(ErrorClass::Transient, ErrorClass::RetryAfter),
-        // Other codes (1014 internal error, 1015 too many requests, 5xx)
-        // are undocumented; the file is worth another try within its 14 days.
+        // 429, 5xx and the other codes (1014 internal error, 1015 too many
+        // requests, ...) are undocumented beyond their names: the file is
+        // worth another try within its 14 days.
         _ => retry_after.map_or(ErrorClass::Transient, ErrorClass::RetryAfter),
     }
 }
