@@ -92,6 +92,7 @@ macro_rules! conformance_suite {
             a_parked_job_times_out_back_to_ready,
             release_gives_the_job_back_and_undoes_the_attempt,
             list_filters_by_state_and_account_newest_first,
+            list_finds_a_message_s_jobs_by_message_id,
             retry_now_and_retry_all_requeue_at_once,
             stats_count_states_accounts_oldest_pending_and_at_risk,
             committed_jobs_and_leases_survive_reopen,
@@ -234,7 +235,7 @@ impl Fixture {
         let filter = JobFilter {
             state,
             account: account.map(str::to_owned),
-            limit: 0,
+            ..JobFilter::default()
         };
         let jobs = self.queue.list(&filter).await.expect("list");
         jobs.into_iter().map(|job| job.id).collect()
@@ -879,6 +880,72 @@ pub async fn list_filters_by_state_and_account_newest_first(factory: impl QueueF
     assert_eq!(count(0).await, 100);
     assert_eq!(count(5000).await, 1000);
     assert_eq!(count(7).await, 7);
+}
+
+/// `list` finds jobs by exact message id, alone or with the other filters,
+/// whatever the job id is keyed by (media id here, as for Cloud API).
+pub async fn list_finds_a_message_s_jobs_by_message_id(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    f.enqueue(vec![
+        job_of("acme", "1", T0 + DAY),
+        job_of("acme", "2", T0 + DAY),
+        job_of("globex", "1", T0 + DAY),
+    ])
+    .await;
+    let mut second_media = job_of("acme", "1b", T0 + DAY);
+    second_media.message_id = "wamid.1".to_owned();
+    f.enqueue(vec![second_media]).await;
+    let find = |account: Option<&str>, message_id: &str, state: Option<JobState>| {
+        let filter = JobFilter {
+            account: account.map(str::to_owned),
+            message_id: Some(message_id.to_owned()),
+            state,
+            ..JobFilter::default()
+        };
+        let queue = f.queue.clone();
+        async move {
+            let mut ids: Vec<String> = queue
+                .list(&filter)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|job| job.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(
+        find(Some("acme"), "wamid.1", None).await,
+        ["acme:1", "acme:1b"]
+    );
+    assert_eq!(
+        find(None, "wamid.1", None).await,
+        ["acme:1", "acme:1b", "globex:1"]
+    );
+    assert_eq!(
+        find(Some("globex"), "wamid.2", None).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        find(Some("acme"), "wamid.", None).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        find(Some("acme"), "WAMID.1", None).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        find(Some("acme"), "wamid.2", Some(JobState::Pending)).await,
+        ["acme:2"]
+    );
+    assert_eq!(
+        find(Some("acme"), "wamid.2", Some(JobState::Done)).await,
+        Vec::<String>::new()
+    );
+    let record = f.queue.get("acme:1b").await.expect("get").expect("exists");
+    assert_eq!(record.message_id, "wamid.1");
+    assert_eq!(record.media_id.as_deref(), Some("media-1b"));
 }
 
 /// Admin requeue: a dead, pending or waiting job becomes pending and ready

@@ -36,7 +36,7 @@
 //! For a dead job, `last_error` holds the dead-letter reason (the permanent
 //! error itself, or `expired: ...` naming the last error).
 //!
-//! # SQLite schema (version 1, kept in `PRAGMA user_version`)
+//! # SQLite schema (version 2, kept in `PRAGMA user_version`)
 //!
 //! Every time is Unix milliseconds (INTEGER); the payload is JSON text. The database runs with `journal_mode=WAL` and `synchronous=FULL`, so
 //! a returned enqueue has been fsynced.
@@ -74,6 +74,7 @@
 //! CREATE INDEX jobs_state       ON jobs (state, updated_at);   -- list by state, retry_all
 //! CREATE INDEX jobs_account     ON jobs (account, updated_at); -- list by account
 //! CREATE INDEX jobs_updated     ON jobs (updated_at);          -- unfiltered list
+//! CREATE INDEX jobs_message     ON jobs (message_id, account, updated_at); -- media lookup (v2)
 //!
 //! -- Jobs per (account, state), kept by triggers on jobs (insert, state
 //! -- change, delete), so stats() costs the number of accounts, not rows.

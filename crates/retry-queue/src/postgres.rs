@@ -51,8 +51,14 @@ use crate::{
 };
 
 /// The schema migrations, applied in order by [`PgQueue::connect`].
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "jobs", include_str!("../migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "jobs", include_str!("../migrations/0001_jobs.sql")),
+    (
+        2,
+        "jobs_message",
+        include_str!("../migrations/0002_jobs_message.sql"),
+    ),
+];
 
 /// Where applied migrations are recorded (in the queue's schema). Not sqlx's
 /// default `_sqlx_migrations`, so that an application sharing the schema and
@@ -673,12 +679,16 @@ impl JobQueue for PgQueue {
             n += 1;
             conditions.push(format!("account = ${n}"));
         }
+        if filter.message_id.is_some() {
+            n += 1;
+            conditions.push(format!("message_id = ${n}"));
+        }
         let where_clause = if conditions.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", conditions.join(" AND "))
         };
-        // Only the shape varies (four variants); every value is bound.
+        // Only the shape varies (eight variants); every value is bound.
         let sql = format!(
             "SELECT {COLUMNS} FROM jobs {where_clause} ORDER BY updated_at DESC LIMIT ${}",
             n + 1
@@ -689,6 +699,9 @@ impl JobQueue for PgQueue {
         }
         if let Some(account) = &filter.account {
             query = query.bind(account.as_str());
+        }
+        if let Some(message_id) = &filter.message_id {
+            query = query.bind(message_id.as_str());
         }
         let limit = i64::try_from(filter.effective_limit()).unwrap_or(1);
         let rows = query.bind(limit).fetch_all(&self.pool).await.map_err(db)?;

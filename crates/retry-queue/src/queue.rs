@@ -82,6 +82,10 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// Only jobs of this account.
     pub account: Option<String>,
+    /// Only jobs of this message (`JobRecord::message_id`, exact): how the
+    /// admin API finds where a message's file went, whether its job id is
+    /// keyed by message id or by media id.
+    pub message_id: Option<String>,
     /// At most this many; 0 means [`JobFilter::DEFAULT_LIMIT`], and anything
     /// above [`JobFilter::MAX_LIMIT`] is capped.
     pub limit: usize,

@@ -25,7 +25,11 @@ use crate::{
 };
 
 /// Schema version kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: jobs by message id (the admin API's media lookup), whether
+/// the job id is keyed by message id or by media id.
+const SCHEMA_V2: &str = "CREATE INDEX jobs_message ON jobs (message_id, account, updated_at);";
 
 /// The schema documented in the crate docs; keep both in step.
 const SCHEMA_V1: &str = "
@@ -647,6 +651,10 @@ impl Store {
             args.push(Value::Text(account.clone()));
             conditions.push(format!("account = ?{}", args.len()));
         }
+        if let Some(message_id) = &filter.message_id {
+            args.push(Value::Text(message_id.clone()));
+            conditions.push(format!("message_id = ?{}", args.len()));
+        }
         let limit = i64::try_from(filter.effective_limit()).unwrap_or(1);
         args.push(Value::Integer(limit));
         let where_clause = if conditions.is_empty() {
@@ -836,6 +844,11 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     match version {
         0 => {
             tx.execute_batch(SCHEMA_V1)?;
+            tx.execute_batch(SCHEMA_V2)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        1 => {
+            tx.execute_batch(SCHEMA_V2)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         SCHEMA_VERSION => {}
@@ -1046,6 +1059,13 @@ mod tests {
         );
         assert!(by_state.contains("INDEX jobs_state"), "{by_state}");
         assert!(!by_state.contains("TEMP B-TREE"), "{by_state}");
+        let by_message = plan(
+            &conn,
+            &format!(
+                "SELECT {COLUMNS} FROM jobs WHERE account = ?1 AND message_id = ?2 ORDER BY updated_at DESC LIMIT ?3"
+            ),
+        );
+        assert!(by_message.contains("INDEX jobs_message"), "{by_message}");
     }
 
     #[tokio::test]
@@ -1132,6 +1152,29 @@ mod tests {
             Err(QueueError::Corrupt(msg)) => assert!(msg.contains("99"), "{msg}"),
             other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_message_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let conn = open_database(&path).unwrap_or_else(|_| panic!("open"));
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'jobs_message'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 1);
     }
 
     #[test]

@@ -13,11 +13,14 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use archiver_core::StagedFile;
+use archiver_core::{Sha256Digest, StagedFile};
 use sha2::{Digest, Sha256};
 
-use crate::store::validate_key;
-use crate::{MAX_SMALL_OBJECT_BYTES, ObjectStore, PutOutcome, StoreError};
+use crate::store::{clamp_page, validate_key, validate_prefix};
+use crate::{
+    MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo, ObjectPages, ObjectStore, PutOutcome,
+    StoreError,
+};
 
 /// Name of the temp directory below the root; keys may not start with it.
 const TMP_DIR: &str = ".tmp";
@@ -127,7 +130,10 @@ impl FsStore {
         // its bytes durable before its new name is.
         let mut staged_file = File::open(&file.path)
             .map_err(|e| StoreError::io("open staged file", &file.path, e))?;
-        check_digest(file, hash_reader(&mut staged_file, &file.path, |_| Ok(()))?)?;
+        check_digest(
+            file,
+            hash_reader(&mut staged_file, &file.path, "read staged file", |_| Ok(()))?,
+        )?;
         staged_file
             .sync_all()
             .map_err(|e| StoreError::io("fsync staged file", &file.path, e))?;
@@ -165,7 +171,7 @@ impl FsStore {
         let mut src = File::open(&file.path)
             .map_err(|e| StoreError::io("open staged file", &file.path, e))?;
         let mut tmp = self.temp_file()?;
-        let measured = hash_reader(&mut src, &file.path, |chunk| {
+        let measured = hash_reader(&mut src, &file.path, "read staged file", |chunk| {
             tmp.write_all(chunk)
                 .map_err(|e| StoreError::io("write", tmp.path(), e))
         })?;
@@ -237,6 +243,25 @@ impl FsStore {
         Ok(Some(bytes))
     }
 
+    fn read_hashed_blocking(&self, path: &Path) -> Result<Option<ObjectDigest>, StoreError> {
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("open", path, e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| StoreError::io("stat", path, e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let (size, digest) = hash_reader(&mut file, path, "read", |_| Ok(()))?;
+        Ok(Some(ObjectDigest {
+            size,
+            sha256: Sha256Digest::from_bytes(digest),
+        }))
+    }
+
     fn ping_blocking(&self) -> Result<(), StoreError> {
         let mut probe = self.temp_file()?;
         probe
@@ -278,8 +303,176 @@ impl ObjectStore for FsStore {
         blocking(move || this.ping_blocking()).await
     }
 
+    fn list(&self, prefix: &str, page_size: usize) -> ObjectPages {
+        use futures_util::StreamExt as _;
+        if let Err(e) = validate_prefix(prefix) {
+            return futures_util::stream::once(async move { Err(e) }).boxed();
+        }
+        let page_size = clamp_page(page_size);
+        let walk = Walk::new(self.root.clone(), prefix.to_owned());
+        futures_util::stream::try_unfold(Some(walk), move |state| async move {
+            let Some(mut walk) = state else {
+                return Ok(None);
+            };
+            let (walk, page) = blocking(move || {
+                let page = walk.next_page(page_size)?;
+                Ok((walk, page))
+            })
+            .await?;
+            if page.is_empty() {
+                return Ok(None);
+            }
+            // A short page means the walk is over.
+            let next = (page.len() == page_size).then_some(walk);
+            Ok(Some((page, next)))
+        })
+        .boxed()
+    }
+
+    async fn read_hashed(&self, key: &str) -> Result<Option<ObjectDigest>, StoreError> {
+        let path = self.path_for(key)?;
+        let this = self.clone();
+        blocking(move || this.read_hashed_blocking(&path)).await
+    }
+
+    async fn size_of(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.path_for(key)?;
+        blocking(move || match fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("stat", &path, e)),
+        })
+        .await
+    }
+
+    /// A folder has no URLs to hand out.
+    async fn presign_get(&self, key: &str, _ttl: Duration) -> Result<Option<String>, StoreError> {
+        validate_key(key)?;
+        Ok(None)
+    }
+
     fn backend_name(&self) -> &'static str {
         "fs"
+    }
+}
+
+/// A resumable depth-first walk of the archive folder in bytewise key
+/// order, for [`ObjectStore::list`].
+///
+/// Holds, for each directory on the current path, its remaining entries,
+/// sorted, and only those that can hold a key starting with the prefix.
+/// A directory sorts as its name plus `/`, so that the walk yields keys in
+/// exactly the order S3 lists them (`a-b` before `a/c`).
+struct Walk {
+    root: PathBuf,
+    prefix: String,
+    /// `None` until the root has been read.
+    stack: Option<Vec<std::vec::IntoIter<WalkEntry>>>,
+}
+
+struct WalkEntry {
+    /// The key, with a trailing `/` for a directory.
+    key: String,
+    is_dir: bool,
+}
+
+impl Walk {
+    fn new(root: PathBuf, prefix: String) -> Self {
+        Self {
+            root,
+            prefix,
+            stack: None,
+        }
+    }
+
+    /// The next up to `max` objects; empty when the walk is over.
+    fn next_page(&mut self, max: usize) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut page = Vec::new();
+        if self.stack.is_none() {
+            let top = self.read_dir("")?;
+            self.stack = Some(vec![top]);
+        }
+        while page.len() < max {
+            let Some(frames) = self.stack.as_mut() else {
+                break;
+            };
+            let Some(frame) = frames.last_mut() else {
+                break;
+            };
+            let Some(entry) = frame.next() else {
+                frames.pop();
+                continue;
+            };
+            if entry.is_dir {
+                let entries = self.read_dir(&entry.key)?;
+                if let Some(frames) = self.stack.as_mut() {
+                    frames.push(entries);
+                }
+                continue;
+            }
+            let path = self.root.join(&entry.key);
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() => page.push(ObjectInfo {
+                    key: entry.key,
+                    size: m.len(),
+                }),
+                // Removed or replaced since the directory was read.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("stat", &path, e)),
+            }
+        }
+        Ok(page)
+    }
+
+    /// The entries of the directory at key prefix `dir` (`""` or ending
+    /// with `/`) that can hold matching keys, sorted by key.
+    fn read_dir(&self, dir: &str) -> Result<std::vec::IntoIter<WalkEntry>, StoreError> {
+        let path = self.root.join(dir);
+        let entries = match fs::read_dir(&path) {
+            Ok(entries) => entries,
+            // Removed since its parent was read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.is_empty() => {
+                return Ok(Vec::new().into_iter());
+            }
+            Err(e) => return Err(StoreError::io("list directory", &path, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("list directory", &path, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                tracing::warn!(path = %entry.path().display(), "skipping a file name that is not UTF-8");
+                continue;
+            };
+            if dir.is_empty() && name == TMP_DIR {
+                continue;
+            }
+            let file_type = entry
+                .file_type()
+                .map_err(|e| StoreError::io("stat", entry.path(), e))?;
+            let entry = if file_type.is_dir() {
+                WalkEntry {
+                    key: format!("{dir}{name}/"),
+                    is_dir: true,
+                }
+            } else if file_type.is_file() {
+                WalkEntry {
+                    key: format!("{dir}{name}"),
+                    is_dir: false,
+                }
+            } else {
+                // Symlinks and special files are not objects of this store.
+                continue;
+            };
+            let wanted = entry.key.starts_with(&self.prefix)
+                || (entry.is_dir && self.prefix.starts_with(&entry.key));
+            if wanted {
+                out.push(entry);
+            }
+        }
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        Ok(out.into_iter())
     }
 }
 
@@ -295,10 +488,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Reads `src` to the end, handing each chunk to `sink`; returns the byte
-/// count and sha256 of what was read.
+/// count and sha256 of what was read. `op` names the read in errors.
 fn hash_reader(
     src: &mut File,
     path: &Path,
+    op: &'static str,
     mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
 ) -> Result<(u64, [u8; 32]), StoreError> {
     let mut hasher = Sha256::new();
@@ -309,7 +503,7 @@ fn hash_reader(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::io("read staged file", path, e)),
+            Err(e) => return Err(StoreError::io(op, path, e)),
         };
         hasher.update(&buf[..n]);
         sink(&buf[..n])?;

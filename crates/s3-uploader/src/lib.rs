@@ -59,6 +59,17 @@
 //! the object is committed. Memory stays bounded by part size × parallel
 //! parts, never by file size.
 //!
+//! # Reading back (scrub, admin lookups)
+//!
+//! [`ObjectStore::list`] streams the keys under a prefix in bytewise key
+//! order, a page at a time (memory: one page); [`ObjectStore::read_hashed`]
+//! re-reads an object while hashing it (memory: one chunk), so a scrub can
+//! compare every blob with the sha256 its key names; [`ObjectStore::size_of`]
+//! checks a manifest's blob without reading it; [`ObjectStore::presign_get`]
+//! hands out a time-limited download URL where the backend has URLs (s3;
+//! `None` for fs). Every backend passes the same conformance suite for these
+//! too.
+//!
 //! # Errors
 //!
 //! [`StoreError`] is classified for the queue: network failures, timeouts,
@@ -82,4 +93,7 @@ pub use fs::FsStore;
 pub use layout::{Layout, extension_for_mime};
 pub use manifest::{Manifest, Verification};
 pub use s3::{S3Config, S3Store};
-pub use store::{MAX_SMALL_OBJECT_BYTES, ObjectStore, PutOutcome};
+pub use store::{
+    MAX_LIST_PAGE, MAX_PRESIGN_TTL, MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo, ObjectPages,
+    ObjectStore, PutOutcome,
+};

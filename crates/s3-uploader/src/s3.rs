@@ -39,8 +39,11 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
-use crate::store::validate_key;
-use crate::{MAX_SMALL_OBJECT_BYTES, ObjectStore, PutOutcome, StoreError};
+use crate::store::{clamp_page, validate_key, validate_prefix};
+use crate::{
+    MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo, ObjectPages, ObjectStore, PutOutcome,
+    StoreError,
+};
 
 const MIB: u64 = 1024 * 1024;
 /// S3's smallest part (except the last).
@@ -58,6 +61,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// CompleteMultipartUpload can take minutes on AWS for large objects.
 const COMPLETE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest wait for the next chunk of an object being read.
+const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Slowest upload rate tolerated before an attempt is abandoned as stalled.
 const MIN_UPLOAD_BYTES_PER_SEC: u64 = 64 * 1024;
 
@@ -278,6 +283,40 @@ impl S3Store {
             .await
             .map_err(|e| self.err("PresignGetObject", key, e))?;
         Ok(request.uri().to_owned())
+    }
+
+    /// One ListObjectsV2 page after `token`; the objects and the next token.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        page_size: usize,
+        token: Option<String>,
+    ) -> Result<(Vec<ObjectInfo>, Option<String>), StoreError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.cfg.bucket)
+            .prefix(prefix)
+            .max_keys(i32::try_from(page_size).unwrap_or(1000))
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| self.err("ListObjectsV2", prefix, e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_owned(),
+                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                })
+            })
+            .collect();
+        let next = match out.is_truncated() {
+            Some(true) => out.next_continuation_token().map(str::to_owned),
+            _ => None,
+        };
+        Ok((objects, next))
     }
 
     fn err<E>(&self, op: &'static str, key: &str, e: aws_sdk_s3::error::SdkError<E>) -> StoreError
@@ -820,6 +859,107 @@ impl ObjectStore for S3Store {
             }
             Err(e) => Err(self.err("HeadBucket", "", e)),
         }
+    }
+
+    fn list(&self, prefix: &str, page_size: usize) -> ObjectPages {
+        use futures_util::StreamExt as _;
+        if let Err(e) = validate_prefix(prefix) {
+            return futures_util::stream::once(async move { Err(e) }).boxed();
+        }
+        let page_size = clamp_page(page_size);
+        let (store, prefix) = (self.clone(), prefix.to_owned());
+        // State: `Some(token)` while there are pages to ask for (`None`
+        // token: the first page).
+        futures_util::stream::try_unfold(Some(None), move |state| {
+            let (store, prefix) = (store.clone(), prefix.clone());
+            async move {
+                let Some(mut token) = state else {
+                    return Ok(None);
+                };
+                loop {
+                    let (page, next) = store.list_page(&prefix, page_size, token).await?;
+                    if !page.is_empty() {
+                        return Ok(Some((page, next.map(Some))));
+                    }
+                    // An empty page that is not the last (S3 allows them).
+                    match next {
+                        Some(next) => token = Some(next),
+                        None => return Ok(None),
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+
+    async fn read_hashed(&self, key: &str) -> Result<Option<ObjectDigest>, StoreError> {
+        validate_key(key)?;
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .send()
+            .await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(self.err("GetObject", key, e)),
+        };
+        let mut body = out.body;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        loop {
+            let chunk = match tokio::time::timeout(READ_IDLE_TIMEOUT, body.try_next()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    return Err(StoreError::Unreachable {
+                        op: "GetObject",
+                        key: key.to_owned(),
+                        detail: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                    });
+                }
+                Err(_) => {
+                    return Err(StoreError::Unreachable {
+                        op: "GetObject",
+                        key: key.to_owned(),
+                        detail: format!(
+                            "no data for {}s while reading the body",
+                            READ_IDLE_TIMEOUT.as_secs()
+                        ),
+                    });
+                }
+            };
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+        }
+        Ok(Some(ObjectDigest {
+            size,
+            sha256: archiver_core::Sha256Digest::from_bytes(hasher.finalize().into()),
+        }))
+    }
+
+    async fn size_of(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        validate_key(key)?;
+        let result = self
+            .client
+            .head_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Some(
+                u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0),
+            )),
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Ok(None),
+            Err(e) => Err(self.err("HeadObject", key, e)),
+        }
+    }
+
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>, StoreError> {
+        S3Store::presign_get(self, key, ttl).await.map(Some)
     }
 
     fn backend_name(&self) -> &'static str {

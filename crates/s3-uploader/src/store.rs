@@ -1,4 +1,7 @@
-use archiver_core::StagedFile;
+use std::time::Duration;
+
+use archiver_core::{Sha256Digest, StagedFile};
+use futures_util::stream::BoxStream;
 
 use crate::StoreError;
 
@@ -9,6 +12,34 @@ pub const MAX_SMALL_OBJECT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Longest key either backend accepts, in bytes (the S3 limit).
 const MAX_KEY_BYTES: usize = 1024;
+
+/// The most objects one page of [`ObjectStore::list`] holds (S3's own
+/// maximum for ListObjectsV2).
+pub const MAX_LIST_PAGE: usize = 1000;
+
+/// The longest lifetime of a presigned URL (S3's limit: 7 days).
+pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// One object found by [`ObjectStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The full key, prefix included.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What [`ObjectStore::read_hashed`] measured while reading an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectDigest {
+    /// Bytes read.
+    pub size: u64,
+    /// sha256 of the bytes read.
+    pub sha256: Sha256Digest,
+}
+
+/// The pages of a listing, in key order; see [`ObjectStore::list`].
+pub type ObjectPages = BoxStream<'static, Result<Vec<ObjectInfo>, StoreError>>;
 
 /// Where archived files and manifests are written. One implementation per
 /// backend (`fs`, `s3`); every implementation passes the same conformance
@@ -44,6 +75,38 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// Cheap reachability check for `/readyz` (fs: the root is writable;
     /// s3: HeadBucket).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Lists the objects whose keys start with `prefix` (`""`: every
+    /// object), in ascending bytewise key order (as S3 lists them), as a
+    /// stream of pages of at most `page_size` objects (clamped to
+    /// 1..=[`MAX_LIST_PAGE`]; the last page may be shorter, an empty
+    /// listing yields no page).
+    ///
+    /// Memory is bounded by one page, never by the number of objects: the
+    /// s3 backend asks for the next page only when the stream is polled
+    /// again (ListObjectsV2 with a continuation token); the fs backend
+    /// walks the tree depth-first, holding the sorted entries of the
+    /// directories on the current path only (the layout fans blobs out over
+    /// 256 directories). The fs backend's own `.tmp/` is never listed.
+    /// Objects written during a listing may or may not appear in it.
+    fn list(&self, prefix: &str, page_size: usize) -> ObjectPages;
+
+    /// Reads the object at `key` from its first byte to its last, hashing
+    /// as it streams (memory: one chunk, whatever the object's size), and
+    /// returns what was read; `Ok(None)` if there is no object at `key`.
+    /// This is how a scrub re-verifies a blob against its key.
+    async fn read_hashed(&self, key: &str) -> Result<Option<ObjectDigest>, StoreError>;
+
+    /// The size of the object at `key`, without reading it (fs: metadata;
+    /// s3: HeadObject); `Ok(None)` if there is none.
+    async fn size_of(&self, key: &str) -> Result<Option<u64>, StoreError>;
+
+    /// A URL that GETs `key` without credentials until `ttl` has passed (at
+    /// most [`MAX_PRESIGN_TTL`]), for backends that have such URLs (s3);
+    /// `Ok(None)` for those that do not (fs). No request is made and the
+    /// object's existence is not checked. The URL is a bearer credential:
+    /// never log it.
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>, StoreError>;
 
     /// `"fs"` or `"s3"`, for logs and metrics.
     fn backend_name(&self) -> &'static str;
@@ -87,6 +150,32 @@ pub(crate) fn validate_key(key: &str) -> Result<(), StoreError> {
             reason,
         }),
     }
+}
+
+/// Checks a listing prefix: empty, or a key prefix that is not absolute
+/// and contains no NUL (it need not end at a `/`).
+pub(crate) fn validate_prefix(prefix: &str) -> Result<(), StoreError> {
+    let reason = if prefix.len() > MAX_KEY_BYTES {
+        Some("longer than 1024 bytes")
+    } else if prefix.contains('\0') {
+        Some("contains NUL")
+    } else if prefix.starts_with('/') {
+        Some("absolute")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(StoreError::InvalidKey {
+            key: prefix.to_owned(),
+            reason,
+        }),
+    }
+}
+
+/// `page_size` clamped to 1..=[`MAX_LIST_PAGE`].
+pub(crate) fn clamp_page(page_size: usize) -> usize {
+    page_size.clamp(1, MAX_LIST_PAGE)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The admin API: `/api/v1/jobs...` and `/api/v1/stats` (PRODUCT.md section 3).
+//! The admin API: `/api/v1/jobs...`, `/api/v1/media` and `/api/v1/stats`
+//! (PRODUCT.md section 3).
 //!
 //! Disabled (404) unless `server.admin_token` is set; then every request must
 //! carry `Authorization: Bearer <admin token>`.
@@ -57,6 +58,7 @@ impl Receiver {
                         .transpose()
                         .map_err(ApiError::BadRequest)?,
                     account: query.get("account").cloned(),
+                    message_id: None,
                     limit: query
                         .get("limit")
                         .map(|l| l.parse::<usize>())
@@ -104,6 +106,7 @@ impl Receiver {
                     }
                 }
             }
+            (&Method::GET, ["media"]) => self.media(&query).await,
             (&Method::GET, ["stats"]) => {
                 let stats = self
                     .queue
@@ -123,12 +126,87 @@ impl Receiver {
             (_, ["jobs", "retry"] | ["jobs", _, "retry"]) => {
                 Err(ApiError::MethodNotAllowed("POST"))
             }
-            (_, ["jobs"] | ["stats"] | ["jobs", _]) => Err(ApiError::MethodNotAllowed("GET")),
+            (_, ["jobs"] | ["stats"] | ["media"] | ["jobs", _]) => {
+                Err(ApiError::MethodNotAllowed("GET"))
+            }
             _ => Err(ApiError::NotFound(format!(
                 "no admin route /api/v1/{}",
                 path.join("/")
             ))),
         }
+    }
+}
+
+impl Receiver {
+    /// `GET /api/v1/media?account=&message_id=`: the message's jobs from the
+    /// queue (by message id, so media-id-keyed jobs are found too), then
+    /// each done job's manifest from the archive. 404 until one is archived.
+    async fn media(
+        &self,
+        query: &HashMap<String, String>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let required = |name: &str| {
+            query
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .ok_or_else(|| ApiError::BadRequest(format!("missing query parameter {name}")))
+        };
+        let account = required("account")?;
+        let message_id = required("message_id")?;
+        let Some(index) = &self.media_index else {
+            return Err(ApiError::NotFound(
+                "media lookup is not available in this daemon".into(),
+            ));
+        };
+        let filter = JobFilter {
+            account: Some(account.clone()),
+            message_id: Some(message_id.clone()),
+            limit: JobFilter::MAX_LIMIT,
+            ..JobFilter::default()
+        };
+        let jobs = self.queue.list(&filter).await.map_err(|e| {
+            tracing::error!(error = %e, "media lookup failed at the queue");
+            ApiError::Unavailable("queue unavailable; retry later".into())
+        })?;
+        if jobs.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "no job for message {message_id:?} of account {account:?}"
+            )));
+        }
+        let mut objects: Vec<crate::ArchivedMedia> = Vec::new();
+        let mut not_archived = Vec::new();
+        for job in &jobs {
+            if job.state != JobState::Done {
+                not_archived.push(format!("job {:?} is {}", job.id, job.state));
+                continue;
+            }
+            match index.archived(job).await {
+                Ok(Some(found)) => {
+                    // Jobs of one message share its manifest.
+                    if !objects.iter().any(|o| o.manifest_key == found.manifest_key) {
+                        objects.push(found);
+                    }
+                }
+                Ok(None) => not_archived.push(format!(
+                    "job {:?} is done but its manifest is not in the archive",
+                    job.id
+                )),
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, error = %e, "media lookup failed at the archive");
+                    return Err(ApiError::Unavailable(
+                        "archive store unavailable; retry later".into(),
+                    ));
+                }
+            }
+        }
+        if objects.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "message {message_id:?} of account {account:?} is not archived: {}",
+                not_archived.join("; ")
+            )));
+        }
+        Ok(json(StatusCode::OK, &json!({ "objects": objects })))
     }
 }
 

@@ -10,8 +10,9 @@
 //!
 //! It must not know how a provider's payload looks (adapters parse), how a
 //! job is worked (the pipeline), or where files are stored. Main types:
-//! [`Receiver`], [`ReceiverConfig`], and the [`Readiness`] probe the binary
-//! supplies.
+//! [`Receiver`], [`ReceiverConfig`], and what the binary supplies: the
+//! [`Readiness`] probe and the [`MediaIndex`] behind `GET /api/v1/media`
+//! (it reads manifests; the receiver only finds the jobs).
 
 mod admin;
 mod error;
@@ -29,6 +30,41 @@ pub use server::{Receiver, ReceiverConfig, RenderMetrics, bind};
 pub trait Readiness: Send + Sync + std::fmt::Debug + 'static {
     /// `Err` with a reason a human can act on.
     async fn check(&self) -> Result<(), String>;
+}
+
+/// Where a finished job's file is in the archive, for `GET /api/v1/media`.
+/// The binary implements it over the store (it reads the job's manifest);
+/// the receiver only finds the message's jobs in the queue.
+#[async_trait::async_trait]
+pub trait MediaIndex: Send + Sync + std::fmt::Debug + 'static {
+    /// The archived file of a `done` job, from its manifest; `Ok(None)` when
+    /// the archive has no manifest for it. `Err` is for the log (the client
+    /// gets 503): the archive could not be read.
+    async fn archived(&self, job: &retry_queue::JobRecord)
+    -> Result<Option<ArchivedMedia>, String>;
+}
+
+/// One archived file as `GET /api/v1/media` reports it (PRODUCT.md
+/// section 3).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ArchivedMedia {
+    /// Full key of the blob (prefix included).
+    pub blob_key: String,
+    /// Full key of the manifest.
+    pub manifest_key: String,
+    /// sha256 of the blob, lowercase hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The provider's mime type.
+    pub mime_type: Option<String>,
+    /// How the bytes were verified: `provider-sha256`, `whatsapp-enc+plain`
+    /// or `computed-only` (the manifest's `verification`).
+    pub verified: String,
+    /// A presigned GET URL of the blob (S3 only; absent otherwise). A
+    /// bearer credential until it expires: never logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Account name to adapter.

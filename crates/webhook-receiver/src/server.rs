@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Accounts, Readiness};
+use crate::{Accounts, MediaIndex, Readiness};
 
 /// `[server]` settings.
 #[derive(Debug, Clone)]
@@ -45,6 +45,8 @@ pub struct Receiver {
     pub(crate) config: ReceiverConfig,
     pub(crate) draining: AtomicBool,
     pub(crate) render_metrics: Option<MetricsHook>,
+    /// Backs `GET /api/v1/media`; without it the route answers 404.
+    pub(crate) media_index: Option<Arc<dyn MediaIndex>>,
 }
 
 /// Renders the Prometheus text exposition (the binary owns the recorder).
@@ -77,7 +79,15 @@ impl Receiver {
             config,
             draining: AtomicBool::new(false),
             render_metrics: None,
+            media_index: None,
         }
+    }
+
+    /// Serves `GET /api/v1/media` from this index (the binary's view of the
+    /// archive).
+    pub fn with_media_index(mut self, index: Arc<dyn MediaIndex>) -> Self {
+        self.media_index = Some(index);
+        self
     }
 
     /// Serves `GET /metrics` with this renderer; before rendering, the

@@ -3,8 +3,11 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use archiver_core::{Classify, ErrorClass, Sha256Digest, StagedFile};
-use s3_uploader::{Layout, ObjectStore, PutOutcome, StoreError};
+use futures_util::StreamExt as _;
+use s3_uploader::{Layout, ObjectDigest, ObjectInfo, ObjectStore, PutOutcome, StoreError};
 use sha2::{Digest, Sha256};
 
 /// The store under test.
@@ -15,6 +18,9 @@ pub(crate) trait Backend: Send + Sync {
     async fn read_object(&self, key: &str) -> Option<Vec<u8>>;
     /// Where staged files are written.
     fn spool(&self) -> &Path;
+    /// Replaces an object's bytes behind the store's back (bit rot, a
+    /// careless operator), bypassing the trait.
+    async fn overwrite_object(&self, key: &str, bytes: &[u8]);
 }
 
 pub(crate) const MIB: usize = 1024 * 1024;
@@ -191,4 +197,229 @@ pub(crate) async fn bad_keys_are_rejected(b: &dyn Backend) {
 pub(crate) async fn ping_succeeds(b: &dyn Backend) {
     b.store().ping().await.unwrap();
     assert!(["fs", "s3"].contains(&b.store().backend_name()));
+}
+
+/// Every page of a listing, each checked against `page_size`.
+async fn list_all(b: &dyn Backend, prefix: &str, page_size: usize) -> Vec<ObjectInfo> {
+    let mut pages = b.store().list(prefix, page_size);
+    let mut all = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap_or_else(|e| panic!("list {prefix:?}: {e}"));
+        assert!(!page.is_empty(), "empty page listing {prefix:?}");
+        let max = page_size.clamp(1, s3_uploader::MAX_LIST_PAGE);
+        assert!(page.len() <= max, "page of {} > {max}", page.len());
+        all.extend(page);
+    }
+    all
+}
+
+fn keys(objects: &[ObjectInfo]) -> Vec<&str> {
+    objects.iter().map(|o| o.key.as_str()).collect()
+}
+
+/// Listing streams pages of at most `page_size` objects in bytewise key
+/// order (a directory sorts as its name plus `/`, as S3 sorts keys), and
+/// only the keys under the prefix, which need not end at a `/`.
+pub(crate) async fn listing_pages_through_a_prefix_in_key_order(b: &dyn Backend) {
+    let mut blobs = Vec::new();
+    for i in 0..7u64 {
+        let bytes = pseudo_random(100 + i as usize * 10, 100 + i);
+        let file = stage(b.spool(), &bytes);
+        let key = layout().blob_key(&file.sha256, Some("image/jpeg"));
+        b.store().put_blob(&key, &file, None).await.unwrap();
+        blobs.push(ObjectInfo {
+            key,
+            size: bytes.len() as u64,
+        });
+    }
+    blobs.sort_by(|a, b| a.key.cmp(&b.key));
+    let day = 1_767_227_400_000;
+    let manifests: Vec<String> = ["m1", "m10", "m2"]
+        .iter()
+        .map(|m| layout().manifest_key("acc", day, m))
+        .collect();
+    for key in &manifests {
+        b.store().put_manifest(key, b"{}").await.unwrap();
+    }
+    // Outside the prefix, one of them sorting before it ('-' < '/').
+    b.store()
+        .put_manifest("archive-sibling.json", b"{}")
+        .await
+        .unwrap();
+    b.store()
+        .put_manifest("zzz/outside.json", b"{}")
+        .await
+        .unwrap();
+
+    let listed = list_all(b, "archive/blobs/", 3).await;
+    assert_eq!(listed, blobs, "blobs, in key order, with sizes");
+    let mut pages = b.store().list("archive/blobs/", 3);
+    let mut page_count = 0;
+    while let Some(page) = pages.next().await {
+        page.unwrap();
+        page_count += 1;
+    }
+    assert_eq!(page_count, 3, "7 objects in pages of 3");
+
+    let everything = list_all(b, "", 1000).await;
+    let mut expected: Vec<String> = blobs.iter().map(|o| o.key.clone()).collect();
+    expected.extend(manifests.iter().cloned());
+    expected.push("archive-sibling.json".into());
+    expected.push("zzz/outside.json".into());
+    expected.sort();
+    assert_eq!(keys(&everything), expected, "the whole store, in key order");
+    assert_eq!(
+        keys(&everything)[0],
+        "archive-sibling.json",
+        "keys sort bytewise, not folders first"
+    );
+
+    let m1 = layout().manifest_key("acc", day, "m1");
+    let partial = m1.trim_end_matches(".json");
+    assert_eq!(
+        keys(&list_all(b, partial, 10).await),
+        [m1.clone(), layout().manifest_key("acc", day, "m10")],
+        "a prefix that ends inside a name"
+    );
+    assert!(list_all(b, "archive/nothing/", 10).await.is_empty());
+    assert_eq!(
+        list_all(b, "archive/messages/", 0).await.len(),
+        3,
+        "a page size of 0 is taken as 1"
+    );
+
+    let mut bad = b.store().list("/abs", 10);
+    let err = bad.next().await.expect("an error item").unwrap_err();
+    assert!(matches!(err, StoreError::InvalidKey { .. }), "{err}");
+}
+
+/// `read_hashed` streams an object of any size and measures it; `size_of`
+/// answers without reading; both say `None` for a missing key.
+pub(crate) async fn read_hashed_and_size_of_measure_stored_objects(b: &dyn Backend) {
+    let bytes = pseudo_random(20 * MIB + 7, 77);
+    let file = stage(b.spool(), &bytes);
+    let key = layout().blob_key(&file.sha256, Some("video/mp4"));
+    b.store().put_blob(&key, &file, None).await.unwrap();
+    assert_eq!(
+        b.store().read_hashed(&key).await.unwrap(),
+        Some(ObjectDigest {
+            size: bytes.len() as u64,
+            sha256: sha256(&bytes),
+        })
+    );
+    assert_eq!(
+        b.store().size_of(&key).await.unwrap(),
+        Some(bytes.len() as u64)
+    );
+    drop(bytes);
+
+    let empty = stage(b.spool(), b"");
+    let key = layout().blob_key(&empty.sha256, None);
+    b.store().put_blob(&key, &empty, None).await.unwrap();
+    assert_eq!(
+        b.store().read_hashed(&key).await.unwrap(),
+        Some(ObjectDigest {
+            size: 0,
+            sha256: sha256(b""),
+        })
+    );
+
+    let manifest = layout().manifest_key("acc", 0, "m");
+    b.store()
+        .put_manifest(&manifest, b"{\"a\":1}")
+        .await
+        .unwrap();
+    assert_eq!(
+        b.store()
+            .read_hashed(&manifest)
+            .await
+            .unwrap()
+            .map(|d| d.sha256),
+        Some(sha256(b"{\"a\":1}"))
+    );
+
+    let missing = layout().blob_key(&sha256(b"never stored"), None);
+    assert_eq!(b.store().read_hashed(&missing).await.unwrap(), None);
+    assert_eq!(b.store().size_of(&missing).await.unwrap(), None);
+    for bad in ["", "../x", "/abs"] {
+        assert!(matches!(
+            b.store().read_hashed(bad).await,
+            Err(StoreError::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            b.store().size_of(bad).await,
+            Err(StoreError::InvalidKey { .. })
+        ));
+    }
+}
+
+/// Bytes changed behind the store's back are what `read_hashed` reports:
+/// a scrub sees the damage.
+pub(crate) async fn read_hashed_sees_bytes_changed_behind_the_store(b: &dyn Backend) {
+    let bytes = pseudo_random(64 * 1024, 5);
+    let file = stage(b.spool(), &bytes);
+    let key = layout().blob_key(&file.sha256, Some("application/pdf"));
+    b.store().put_blob(&key, &file, None).await.unwrap();
+    let mut rotten = bytes.clone();
+    rotten[1000] ^= 0x01;
+    b.overwrite_object(&key, &rotten).await;
+    let measured = b.store().read_hashed(&key).await.unwrap().unwrap();
+    assert_eq!(measured.size, bytes.len() as u64);
+    assert_eq!(measured.sha256, sha256(&rotten));
+    assert_ne!(measured.sha256, file.sha256);
+}
+
+/// `presign_get` gives a URL that downloads exactly the object without
+/// credentials on backends that have URLs (s3), and `None` on those that
+/// do not (fs).
+pub(crate) async fn presign_get_downloads_the_object_or_is_none(b: &dyn Backend) {
+    let file = stage(b.spool(), b"presigned bytes");
+    let key = layout().blob_key(&file.sha256, Some("text/plain"));
+    b.store()
+        .put_blob(&key, &file, Some("text/plain"))
+        .await
+        .unwrap();
+    let url = b
+        .store()
+        .presign_get(&key, Duration::from_secs(300))
+        .await
+        .unwrap();
+    match b.store().backend_name() {
+        "fs" => assert_eq!(url, None),
+        _ => {
+            let url = url.expect("s3 presigns");
+            assert!(url.contains("X-Amz-Signature="), "not presigned");
+            let (status, body) = http_get(&url).await;
+            assert_eq!(status, 200);
+            assert_eq!(body, b"presigned bytes");
+        }
+    }
+    assert!(matches!(
+        b.store().presign_get("../x", Duration::from_secs(60)).await,
+        Err(StoreError::InvalidKey { .. })
+    ));
+}
+
+/// A plain HTTP/1.1 GET without credentials: status and body.
+pub(crate) async fn http_get(url: &str) -> (u16, Vec<u8>) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+
+    let url: hyper::Uri = url.parse().unwrap();
+    let authority = url.authority().unwrap().clone();
+    let tcp = tokio::net::TcpStream::connect(authority.as_str())
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(url.path_and_query().unwrap().as_str())
+        .header(hyper::header::HOST, authority.as_str())
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, body.to_vec())
 }
