@@ -37,6 +37,9 @@ pub enum ProviderError {
     /// The stored job payload is not one this adapter wrote.
     #[error("job payload unreadable: {0}")]
     BadJob(String),
+    /// The adapter does not offer this operation (e.g. backfill).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl ProviderError {
@@ -53,7 +56,8 @@ impl Classify for ProviderError {
             ProviderError::Unauthorized(_)
             | ProviderError::BadPayload(_)
             | ProviderError::MediaUnavailable(_)
-            | ProviderError::BadJob(_) => ErrorClass::Permanent,
+            | ProviderError::BadJob(_)
+            | ProviderError::Unsupported(_) => ErrorClass::Permanent,
         }
     }
 }

@@ -10,6 +10,14 @@
 //! details the webhook lacked. Green API vouches for no hash, so the archive
 //! records `computed-only`. The API token sits in URL paths, so URLs of API
 //! calls never appear in errors or logs.
+//!
+//! Backfill: a reference is `{"chatId", "idMessage", "timestamp"?}` (Unix
+//! seconds), and may carry the other fields of a `getMessage` or journal
+//! item (`typeMessage`, `downloadUrl`, `mimeType`, `fileName`, `caption`,
+//! `senderId`); unknown fields are ignored, so journal exports
+//! (`lastIncomingMessages`, `getChatHistory`) can be fed as they are, one
+//! item per line. Without `timestamp`, `getMessage` supplies it (and the
+//! details); with it, no call is made and the worker asks later.
 
 use std::time::Duration;
 
@@ -177,6 +185,31 @@ impl GreenApi {
     }
 }
 
+impl GreenApi {
+    /// The job for message `id_message` sent at `timestamp` (Unix seconds):
+    /// keyed by message id, due within the account's retention.
+    fn job(
+        &self,
+        id_message: &str,
+        timestamp: i64,
+        payload: Payload,
+    ) -> Result<JobSpec, ProviderError> {
+        let message_at = timestamp.saturating_mul(1000);
+        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        Ok(JobSpec {
+            id: JobSpec::job_id(self.account.as_str(), id_message),
+            account: self.account.to_string(),
+            provider: ProviderKind::Greenapi,
+            message_id: id_message.to_owned(),
+            media_id: None,
+            message_at,
+            deadline: message_at.saturating_add(retention_ms),
+            payload: serde_json::to_value(payload)
+                .map_err(|e| ProviderError::BadJob(e.to_string()))?,
+        })
+    }
+}
+
 /// Classifies a Green API error answer (providers.md section 1 (f)).
 fn api_error(api: &'static str, response: &ApiResponse, attempt: u32) -> ProviderError {
     let detail = response.detail();
@@ -306,23 +339,93 @@ impl Provider for GreenApi {
             caption: opt_string(file, "caption"),
             sender: opt_string(sender, "sender"),
         };
-        let message_at = timestamp.saturating_mul(1000);
-        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-        let job = JobSpec {
-            id: JobSpec::job_id(self.account.as_str(), id_message),
-            account: self.account.to_string(),
-            provider: ProviderKind::Greenapi,
-            message_id: id_message.to_owned(),
-            media_id: None,
-            message_at,
-            deadline: message_at.saturating_add(retention_ms),
-            payload: serde_json::to_value(payload)
-                .map_err(|e| ProviderError::BadJob(e.to_string()))?,
-        };
+        let job = self.job(id_message, timestamp, payload)?;
         Ok(ParsedWebhook {
             jobs: vec![job],
             ..ParsedWebhook::default()
         })
+    }
+
+    async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
+        if !reference.is_object() {
+            return Err(ProviderError::BadPayload("expected a JSON object".into()));
+        }
+        let chat_id =
+            opt_string(reference, "chatId").ok_or_else(|| ProviderError::missing("chatId"))?;
+        let id_message = opt_string(reference, "idMessage")
+            .ok_or_else(|| ProviderError::missing("idMessage"))?;
+        let mut type_message = opt_string(reference, "typeMessage");
+        let mut payload = Payload {
+            chat_id,
+            type_message: String::new(),
+            download_url: opt_string(reference, "downloadUrl"),
+            mime_type: opt_string(reference, "mimeType"),
+            file_name: opt_string(reference, "fileName"),
+            caption: opt_string(reference, "caption"),
+            sender: opt_string(reference, "senderId"),
+        };
+        let timestamp = match reference.get("timestamp") {
+            Some(t) => Some(
+                t.as_i64()
+                    .filter(|t| *t > 0)
+                    .ok_or_else(|| ProviderError::missing("timestamp"))?,
+            ),
+            None => None,
+        };
+        let timestamp = match timestamp {
+            Some(t) => t,
+            None => {
+                // The message's date names its manifest and bounds its
+                // deadline: ask for it. `u32::MAX`: no patience for a
+                // message that is not found, the operator sees it now.
+                let message = self
+                    .call("getMessage", &payload.chat_id, &id_message, u32::MAX)
+                    .await?;
+                type_message = type_message.or_else(|| opt_string(&message, "typeMessage"));
+                payload.mime_type = payload
+                    .mime_type
+                    .or_else(|| opt_string(&message, "mimeType"));
+                payload.file_name = payload
+                    .file_name
+                    .or_else(|| opt_string(&message, "fileName"));
+                payload.caption = payload.caption.or_else(|| opt_string(&message, "caption"));
+                payload.download_url = payload
+                    .download_url
+                    .or_else(|| opt_string(&message, "downloadUrl"));
+                payload.sender = payload.sender.or_else(|| opt_string(&message, "senderId"));
+                message
+                    .get("timestamp")
+                    .and_then(Value::as_i64)
+                    .filter(|t| *t > 0)
+                    .ok_or_else(|| ProviderError::Unreachable {
+                        api: "getMessage",
+                        detail: "answer has no timestamp".into(),
+                    })?
+            }
+        };
+        if let Some(t) = &type_message {
+            if !FILE_MESSAGES.contains(&t.as_str()) {
+                return Err(ProviderError::BadPayload(format!(
+                    "typeMessage {t:?} carries no file"
+                )));
+            }
+            payload.type_message = t.clone();
+        }
+        let job = self.job(&id_message, timestamp, payload)?;
+        let now_ms = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX);
+        if job.deadline <= now_ms {
+            return Err(ProviderError::MediaUnavailable(format!(
+                "the message is older than the account's retention ({} days): Green API no longer keeps its file",
+                self.retention.as_secs() / 86_400
+            )));
+        }
+        Ok(job)
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {

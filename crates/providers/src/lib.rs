@@ -195,6 +195,21 @@ pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
         let _ = query;
         None
     }
+    /// Turns one reference of a backfill file (`media-archiver backfill`:
+    /// one JSON object per line, in the provider's own field names) into
+    /// the job its webhook would have made, for media whose webhook never
+    /// arrived or predates the daemon. The job id must be the webhook's, so
+    /// that a backfill and a webhook never archive one file twice and a
+    /// second backfill enqueues nothing new. May call the provider's API
+    /// (e.g. for a message's timestamp). The default answers
+    /// [`ProviderError::Unsupported`].
+    async fn backfill(&self, reference: &serde_json::Value) -> Result<JobSpec, ProviderError> {
+        let _ = reference;
+        Err(ProviderError::Unsupported(format!(
+            "backfill is not supported for {} accounts",
+            self.kind()
+        )))
+    }
 }
 
 /// Builds the adapter for one configured account. Secrets are resolved here;

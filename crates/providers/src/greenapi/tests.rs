@@ -231,3 +231,114 @@ async fn swe002_is_permanent_without_any_network_call() {
     assert_eq!(archiver_core::Classify::class(&err), ErrorClass::Permanent);
     assert!(err.to_string().contains("SWE002"));
 }
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_backfill_reference_with_a_timestamp_makes_the_webhook_s_job_without_a_call() {
+    let adapter = adapter(None);
+    let at = now_secs() - 3600;
+    let job = adapter
+        .backfill(&json!({
+            "chatId": "79001234568@c.us",
+            "idMessage": "BACKFILL1",
+            "timestamp": at,
+            "typeMessage": "imageMessage",
+            "statusMessage": "delivered",
+        }))
+        .await
+        .unwrap();
+    let mut hook = image_webhook();
+    hook["idMessage"] = json!("BACKFILL1");
+    hook["timestamp"] = json!(at);
+    let webhook_job = &parse(&adapter, &hook).unwrap().jobs[0];
+    assert_eq!(
+        job.id, webhook_job.id,
+        "same id: webhook and backfill dedupe"
+    );
+    assert_eq!(job.message_at, at * 1000);
+    assert_eq!(job.deadline, webhook_job.deadline);
+    assert_eq!(job.payload["chat_id"], "79001234568@c.us");
+    assert_eq!(job.payload["type_message"], "imageMessage");
+    assert_eq!(
+        job.payload["mime_type"],
+        Value::Null,
+        "the worker asks getMessage"
+    );
+}
+
+#[tokio::test]
+async fn bad_backfill_references_are_refused_with_the_field_named() {
+    let adapter = adapter(None);
+    let recent = now_secs() - 60;
+    let cases = [
+        (json!(["not", "an", "object"]), "JSON object"),
+        (json!({"idMessage": "X", "timestamp": recent}), "chatId"),
+        (
+            json!({"chatId": "1@c.us", "timestamp": recent}),
+            "idMessage",
+        ),
+        (
+            json!({"chatId": "1@c.us", "idMessage": "X", "timestamp": "yesterday"}),
+            "timestamp",
+        ),
+        (
+            json!({"chatId": "1@c.us", "idMessage": "X", "timestamp": recent, "typeMessage": "textMessage"}),
+            "carries no file",
+        ),
+        (
+            json!({"chatId": "1@c.us", "idMessage": "X", "timestamp": 1_600_000_000}),
+            "retention (14 days)",
+        ),
+    ];
+    for (reference, expected) in cases {
+        let err = adapter.backfill(&reference).await.unwrap_err();
+        assert!(err.to_string().contains(expected), "{reference}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_backfill_reference_without_a_timestamp_asks_get_message() {
+    use test_support::green_api::FakeGreenApi;
+    let fake = FakeGreenApi::start().await;
+    let url = fake.add_file(
+        "79001234568@c.us",
+        "ASKED1",
+        b"%PDF".to_vec(),
+        "application/pdf",
+        "a.pdf",
+    );
+    let config: GreenApiConfig = toml::from_str(&format!(
+        "name = \"green-main\"\napi_url = \"{}\"\nid_instance = \"{}\"\napi_token = \"{}\"\n",
+        fake.base_url(),
+        fake.id_instance(),
+        fake.api_token()
+    ))
+    .unwrap();
+    let api = ApiClient::new(Duration::from_secs(2), Duration::from_secs(2)).unwrap();
+    let adapter = GreenApi::new(&config, api).unwrap();
+    let job = adapter
+        .backfill(&json!({"chatId": "79001234568@c.us", "idMessage": "ASKED1"}))
+        .await
+        .unwrap();
+    assert_eq!(fake.get_message_calls(), 1);
+    assert_eq!(job.id, "green-main:ASKED1");
+    assert!(
+        (job.message_at / 1000 - now_secs()).abs() < 60,
+        "the message's own time"
+    );
+    assert_eq!(job.payload["mime_type"], "application/pdf");
+    assert_eq!(job.payload["type_message"], "documentMessage");
+    assert_eq!(job.payload["download_url"], url.as_str());
+
+    let err = adapter
+        .backfill(&json!({"chatId": "79001234568@c.us", "idMessage": "NOPE"}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Message not found"), "{err}");
+}
