@@ -1,0 +1,457 @@
+//! `archive-bench`: what the daemon costs and delivers, measured side by side
+//! with `rclone copy` in one run (issue 6). Not a test: it prints a table and
+//! writes `BENCHMARKS-archive.svg`.
+//!
+//! ```text
+//! cargo build --release -p media-archiver
+//! cargo run --release -p e2e --bin archive-bench            # full run
+//! cargo run --release -p e2e --bin archive-bench -- --quick # smaller files
+//! ```
+//!
+//! Method: one local HTTP file host (this process, serving files from
+//! memory, with an HTML index so that rclone's `http` backend can list it),
+//! one single-node Garage (the same bucket for both tools), and the release
+//! daemon with an S3 store and `workers.concurrency = 16`. Each workload is
+//! timed from the first webhook to the last job `done` (so queueing, sha256,
+//! the S3 checksums and the manifests are all inside the figure); rclone is
+//! timed around `rclone copy` with `--transfers 16` and the same 8 MiB parts.
+//! Peak RSS is the daemon's `VmHWM` after archiving one file of each size in
+//! a fresh process; CPU is the daemon's user+system time.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use e2e::{Daemon, StoreUnderTest, bytes as random_bytes, config};
+use serde_json::{Value, json};
+use test_support::garage::Garage;
+use test_support::http::{TestServer, response};
+
+const MIB: usize = 1024 * 1024;
+
+/// Files served by the bench's host, by path (`/{set}/{name}`).
+type Files = Arc<HashMap<String, Bytes>>;
+
+struct Workload {
+    name: &'static str,
+    set: &'static str,
+    count: usize,
+    size: usize,
+}
+
+struct Measured {
+    seconds: f64,
+    bytes: u64,
+}
+
+impl Measured {
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds
+    }
+}
+
+fn file_name(i: usize) -> String {
+    format!("f{i:05}.mp4")
+}
+
+async fn file_host(files: Files) -> TestServer {
+    TestServer::start(move |request| {
+        let files = files.clone();
+        async move {
+            let path = request.uri().path().to_owned();
+            if let Some(body) = files.get(&path) {
+                return response(200, "video/mp4", body.clone());
+            }
+            // rclone's http backend lists a directory from its HTML index.
+            let dir = path.trim_end_matches('/');
+            let mut names: Vec<&str> = files
+                .keys()
+                .filter_map(|k| k.strip_prefix(dir).and_then(|r| r.strip_prefix('/')))
+                .collect();
+            if names.is_empty() {
+                return response(404, "text/plain", "not found");
+            }
+            names.sort_unstable();
+            let mut html = String::from("<html><body>\n");
+            for name in names {
+                let _ = writeln!(html, "<a href=\"{name}\">{name}</a>");
+            }
+            html.push_str("</body></html>\n");
+            response(200, "text/html", html)
+        }
+    })
+    .await
+}
+
+fn green_account(host: &str) -> String {
+    format!(
+        "[[accounts]]\nname = \"bench\"\nprovider = \"greenapi\"\napi_url = \"{host}\"\nid_instance = \"1101000001\"\n\
+         api_token = \"bench-token\"\nwebhook_token = \"bench-hook\"\nallowed_download_hosts = [\"127.0.0.1\"]\n"
+    )
+}
+
+fn bench_config(store: &StoreUnderTest, host: &str) -> String {
+    config(store, &green_account(host))
+        .replace("concurrency = 4", "concurrency = 16")
+        .replace("max_body_bytes = 65536", "max_body_bytes = 4194304")
+        .replace("read_timeout = \"2s\"", "read_timeout = \"60s\"")
+        .replace("lease = \"30s\"", "lease = \"5m\"")
+}
+
+fn webhook(host: &str, set: &str, i: usize, size: usize) -> Value {
+    json!({
+        "typeWebhook": "incomingMessageReceived",
+        "instanceData": {"idInstance": 1101000001u64, "wid": "79876543210@c.us", "typeInstance": "whatsapp"},
+        "timestamp": chrono_now(),
+        "idMessage": format!("BENCH{}{i:027}", set.to_uppercase().chars().next().unwrap_or('X')),
+        "senderData": {"chatId": "79001234568@c.us", "chatName": "bench", "sender": "79001234568@c.us", "senderName": "bench"},
+        "messageData": {"typeMessage": "videoMessage", "fileMessageData": {
+            "downloadUrl": format!("{host}/{set}/{}", file_name(i)),
+            "caption": "", "fileName": file_name(i), "jpegThumbnail": "", "mimeType": "video/mp4",
+            "isForwarded": false, "forwardingScore": 0, "videoNote": false, "size": size
+        }}
+    })
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Posts every webhook (32 in flight) and waits until all jobs are done.
+async fn archive_with_daemon(daemon: &Daemon, host: &str, w: &Workload) -> Measured {
+    let started = Instant::now();
+    let hooks: Vec<Value> = (0..w.count)
+        .map(|i| webhook(host, w.set, i, w.size))
+        .collect();
+    let mut in_flight = tokio::task::JoinSet::new();
+    let client = reqwest::Client::new();
+    for hook in hooks {
+        if in_flight.len() >= 32 {
+            in_flight.join_next().await;
+        }
+        let client = client.clone();
+        let url = daemon.url("/webhooks/bench");
+        in_flight.spawn(async move {
+            let status = client
+                .post(url)
+                .bearer_auth("bench-hook")
+                .json(&hook)
+                .send()
+                .await
+                .map(|r| r.status());
+            assert_eq!(
+                status.ok().map(|s| s.as_u16()),
+                Some(200),
+                "webhook not accepted"
+            );
+        });
+    }
+    while in_flight.join_next().await.is_some() {}
+    loop {
+        let (_, stats) = daemon.admin_get("/api/v1/stats").await;
+        let done = stats["by_account"]["bench"]["done"].as_u64().unwrap_or(0);
+        let dead = stats["by_state"]["dead"].as_u64().unwrap_or(0);
+        assert_eq!(dead, 0, "a bench job died: {stats}");
+        if done as usize >= w.count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Measured {
+        seconds: started.elapsed().as_secs_f64(),
+        bytes: (w.count * w.size) as u64,
+    }
+}
+
+fn rclone_copy(garage: &Garage, host: &str, w: &Workload) -> Measured {
+    let started = Instant::now();
+    let status = std::process::Command::new("rclone")
+        .args([
+            "copy",
+            &format!("src:{}", w.set),
+            &format!("dst:{}/rclone/{}", garage.bucket, w.set),
+        ])
+        .args([
+            "--transfers",
+            "16",
+            "--checkers",
+            "16",
+            "--s3-chunk-size",
+            "8M",
+            "--s3-upload-cutoff",
+            "8M",
+        ])
+        .args([
+            "--s3-upload-concurrency",
+            "4",
+            "--config",
+            "/dev/null",
+            "-q",
+        ])
+        .env("RCLONE_CONFIG_SRC_TYPE", "http")
+        .env("RCLONE_CONFIG_SRC_URL", format!("{host}/"))
+        .env("RCLONE_CONFIG_DST_TYPE", "s3")
+        .env("RCLONE_CONFIG_DST_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_DST_ENDPOINT", &garage.endpoint)
+        .env("RCLONE_CONFIG_DST_REGION", &garage.region)
+        .env("RCLONE_CONFIG_DST_ACCESS_KEY_ID", &garage.access_key_id)
+        .env(
+            "RCLONE_CONFIG_DST_SECRET_ACCESS_KEY",
+            &garage.secret_access_key,
+        )
+        .env("RCLONE_CONFIG_DST_FORCE_PATH_STYLE", "true")
+        .status()
+        .expect("run rclone (apt-get install rclone)");
+    assert!(status.success(), "rclone failed: {status}");
+    Measured {
+        seconds: started.elapsed().as_secs_f64(),
+        bytes: (w.count * w.size) as u64,
+    }
+}
+
+/// (peak RSS in KiB, CPU seconds) of a process, from /proc.
+fn proc_usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    (hwm, ticks / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn svg_chart(rows: &[(String, f64, f64)], rss: &[(usize, u64)]) -> String {
+    let (w, h) = (760.0, 360.0);
+    let max = rows.iter().flat_map(|r| [r.1, r.2]).fold(1.0f64, f64::max) * 1.15;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"20\" y=\"22\" font-size=\"15\">Archive throughput, MB/s (higher is better): media-archiver vs rclone copy</text>\n"
+    );
+    let (x0, y0, plot_h, group_w) = (60.0, 300.0, 240.0, 160.0);
+    for (g, (name, ours, rclone)) in rows.iter().enumerate() {
+        let gx = x0 + g as f64 * (group_w + 40.0);
+        for (k, (value, colour, label)) in [
+            (*ours, "#2b6cb0", "media-archiver"),
+            (*rclone, "#a0aec0", "rclone"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let bh = value / max * plot_h;
+            let bx = gx + k as f64 * (group_w / 2.0);
+            let _ = writeln!(
+                svg,
+                "<rect x=\"{bx:.0}\" y=\"{:.0}\" width=\"{:.0}\" height=\"{bh:.0}\" fill=\"{colour}\"><title>{label}</title></rect>\n\
+                 <text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{value:.0}</text>",
+                y0 - bh,
+                group_w / 2.0 - 8.0,
+                bx + group_w / 4.0 - 4.0,
+                y0 - bh - 4.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{name}</text>",
+            gx + group_w / 2.0,
+            y0 + 18.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{:.0}\" y2=\"{y0}\" stroke=\"black\"/>",
+        w - 20.0
+    );
+    let legend_x = x0 + rows.len() as f64 * (group_w + 40.0);
+    let _ = writeln!(
+        svg,
+        "<rect x=\"{legend_x:.0}\" y=\"60\" width=\"12\" height=\"12\" fill=\"#2b6cb0\"/><text x=\"{:.0}\" y=\"71\">media-archiver</text>\n\
+         <rect x=\"{legend_x:.0}\" y=\"80\" width=\"12\" height=\"12\" fill=\"#a0aec0\"/><text x=\"{:.0}\" y=\"91\">rclone copy</text>",
+        legend_x + 18.0,
+        legend_x + 18.0
+    );
+    let mut y = 130.0;
+    let _ = writeln!(
+        svg,
+        "<text x=\"{legend_x:.0}\" y=\"{y}\">daemon peak RSS:</text>"
+    );
+    for (mib, kib) in rss {
+        y += 18.0;
+        let _ = writeln!(
+            svg,
+            "<text x=\"{legend_x:.0}\" y=\"{y}\">{mib} MiB file: {:.1} MiB</text>",
+            *kib as f64 / 1024.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (small, large, rss_sizes) = if quick {
+        (
+            Workload {
+                name: "200 files x 200 KiB",
+                set: "small",
+                count: 200,
+                size: 200 * 1024,
+            },
+            Workload {
+                name: "2 files x 64 MiB",
+                set: "large",
+                count: 2,
+                size: 64 * MIB,
+            },
+            vec![16usize, 64],
+        )
+    } else {
+        (
+            Workload {
+                name: "1000 files x 200 KiB",
+                set: "small",
+                count: 1000,
+                size: 200 * 1024,
+            },
+            Workload {
+                name: "4 files x 256 MiB",
+                set: "large",
+                count: 4,
+                size: 256 * MIB,
+            },
+            vec![64usize, 256, 1024],
+        )
+    };
+    let Some(garage) = Garage::start() else {
+        eprintln!(
+            "archive-bench needs garage on PATH (cargo install garage --version 2.5.0 --locked)"
+        );
+        std::process::exit(1);
+    };
+    let store = StoreUnderTest::garage(&garage);
+
+    let mut files = HashMap::new();
+    for w in [&small, &large] {
+        for i in 0..w.count {
+            files.insert(
+                format!("/{}/{}", w.set, file_name(i)),
+                Bytes::from(random_bytes(w.size, (i * 7 + w.size) as u64)),
+            );
+        }
+    }
+    for &mib in &rss_sizes {
+        files.insert(
+            format!("/rss{mib}/{}", file_name(0)),
+            Bytes::from(random_bytes(mib * MIB, mib as u64)),
+        );
+    }
+    let host = file_host(Arc::new(files)).await;
+    let host_url = host.base_url();
+
+    let mut rows = Vec::new();
+    let mut cpu_per_gib = 0.0;
+    for w in [&small, &large] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let daemon = Daemon::start(&bench_config(&store, &host_url), dir.path());
+        let (_, cpu_before) = proc_usage(daemon.pid());
+        let ours = archive_with_daemon(&daemon, &host_url, w).await;
+        let (_, cpu_after) = proc_usage(daemon.pid());
+        if std::ptr::eq(w, &large) {
+            cpu_per_gib = (cpu_after - cpu_before) / (ours.bytes as f64 / (1u64 << 30) as f64);
+        }
+        drop(daemon);
+        let theirs = rclone_copy(&garage, &host_url, w);
+        rows.push((w.name.to_owned(), ours, theirs));
+    }
+
+    let mut rss = Vec::new();
+    for &mib in &rss_sizes {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let daemon = Daemon::start(&bench_config(&store, &host_url), dir.path());
+        let w = Workload {
+            name: "rss",
+            set: Box::leak(format!("rss{mib}").into_boxed_str()),
+            count: 1,
+            size: mib * MIB,
+        };
+        archive_with_daemon(&daemon, &host_url, &w).await;
+        rss.push((mib, proc_usage(daemon.pid()).0));
+    }
+
+    println!();
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    println!();
+    println!("| workload | media-archiver | rclone copy | ratio |");
+    println!("|---|---|---|---|");
+    for (name, ours, theirs) in &rows {
+        println!(
+            "| {name} | {:.1} s, {:.0} MB/s | {:.1} s, {:.0} MB/s | {:.2}x |",
+            ours.seconds,
+            ours.mb_per_s(),
+            theirs.seconds,
+            theirs.mb_per_s(),
+            ours.mb_per_s() / theirs.mb_per_s()
+        );
+    }
+    println!();
+    println!("| file size | daemon peak RSS |");
+    println!("|---|---|");
+    for (mib, kib) in &rss {
+        println!("| {mib} MiB | {:.1} MiB |", *kib as f64 / 1024.0);
+    }
+    println!();
+    println!("daemon CPU: {cpu_per_gib:.2} CPU-seconds per GiB archived (large-file workload)");
+    let chart_rows: Vec<(String, f64, f64)> = rows
+        .iter()
+        .map(|(n, o, t)| (n.clone(), o.mb_per_s(), t.mb_per_s()))
+        .collect();
+    let path = "BENCHMARKS-archive.svg";
+    std::fs::write(path, svg_chart(&chart_rows, &rss)).expect("write chart");
+    println!("chart: {path}");
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
