@@ -393,11 +393,18 @@ impl JobQueue for PgQueue {
         let limit = i64::try_from(max.min(MAX_LEASE_BATCH)).unwrap_or(1);
 
         // Ready but past the deadline: the provider has forgotten the file,
-        // so dead-letter instead of handing it out.
+        // so dead-letter instead of handing it out. Ordered and bounded so
+        // the planner walks `jobs_ready` from its start even before the
+        // table has statistics (unbounded, it chose a sequential scan of the
+        // whole table after a bulk load: lease cost grew with the backlog);
+        // any rest is expired by the next calls, and the lease below never
+        // hands out a job past its deadline meanwhile.
         let expired = sqlx::query(
             "WITH expired AS (
                 SELECT id FROM jobs
                 WHERE due_at IS NOT NULL AND due_at <= $1 AND deadline < $1
+                ORDER BY deadline, next_attempt_at
+                LIMIT 1000
                 FOR UPDATE SKIP LOCKED)
              UPDATE jobs SET state = 'dead',
                 last_error = 'expired: the deadline passed before the job could run'
