@@ -47,14 +47,15 @@ fn retry_after_text(d: Option<Duration>) -> String {
 }
 
 impl FetchError {
-    /// True for 403, 404 and 410: the link expired or the file is gone, and
-    /// the provider should be asked for a fresh link (when it can give one)
-    /// rather than retrying the same URL.
+    /// True for 401, 403, 404 and 410: the link (or the bearer token sent
+    /// with it) expired, or the file is gone, and the provider should be
+    /// asked again (a fresh link, a new login) rather than the same request
+    /// retried. A second refusal after that is final.
     pub fn is_link_dead(&self) -> bool {
         matches!(
             self,
             FetchError::Status {
-                status: 403 | 404 | 410,
+                status: 401 | 403 | 404 | 410,
                 ..
             }
         )
@@ -145,7 +146,11 @@ mod tests {
                 && st(403, None).is_link_dead()
                 && st(410, None).is_link_dead()
         );
-        assert!(!st(500, None).is_link_dead() && !st(401, None).is_link_dead());
+        assert!(
+            st(401, None).is_link_dead(),
+            "an expired bearer token: log in again"
+        );
+        assert!(!st(500, None).is_link_dead() && !st(400, None).is_link_dead());
         assert_eq!(
             FetchError::TooLarge { limit: 1 }.class(),
             ErrorClass::Permanent

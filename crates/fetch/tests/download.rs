@@ -412,7 +412,7 @@ async fn statuses_classify() {
         .unwrap_err();
     assert_eq!(e.class(), ErrorClass::RetryAfter(Duration::ZERO));
 
-    for code in [404, 403, 410] {
+    for code in [401, 404, 403, 410] {
         let e = get(&format!("/status/{code}")).await.unwrap_err();
         assert!(e.is_link_dead(), "{code}");
         assert_eq!(e.class(), ErrorClass::Permanent);
