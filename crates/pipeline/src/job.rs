@@ -290,3 +290,35 @@ pub(crate) fn rfc3339(ms: archiver_core::UnixMillis) -> String {
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_whatsapp_check_is_retried_then_permanent_and_named() {
+        let mismatch = |attempt| JobError::Decrypt {
+            error: DecryptError::HmacMismatch,
+            attempt,
+        };
+        assert_eq!(mismatch(1).class(), ErrorClass::Transient);
+        assert_eq!(
+            mismatch(HASH_MISMATCH_PATIENCE - 1).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            mismatch(HASH_MISMATCH_PATIENCE).class(),
+            ErrorClass::Permanent
+        );
+        assert!(
+            mismatch(1).to_string().contains("HMAC mismatch"),
+            "{}",
+            mismatch(1)
+        );
+        let io = JobError::Decrypt {
+            error: DecryptError::Io("disk full".into()),
+            attempt: 9,
+        };
+        assert_eq!(io.class(), ErrorClass::Transient, "I/O is never a verdict");
+    }
+}
