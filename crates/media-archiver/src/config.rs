@@ -441,8 +441,11 @@ impl Config {
         if access_key_id.is_some() != secret_access_key.is_some() && problems.is_empty() {
             problems.push("access_key_id and secret_access_key go together (or neither, for the AWS credential chain)".into());
         }
-        if s3.presign_ttl > Duration::from_secs(7 * 86_400) {
+        if s3.presign_ttl > s3_uploader::MAX_PRESIGN_TTL {
             problems.push("presign_ttl: at most 7d (the S3 limit)".into());
+        }
+        if s3.presign_ttl.is_zero() {
+            problems.push("presign_ttl: must be above 0".into());
         }
         let config = s3_uploader::S3Config {
             bucket: s3.bucket.clone(),
@@ -464,6 +467,14 @@ impl Config {
             Ok(config)
         } else {
             Err(problems)
+        }
+    }
+
+    /// Lifetime of the presigned URLs of `GET /api/v1/media` (S3 only).
+    pub(crate) fn presign_ttl(&self) -> Duration {
+        match (&self.storage.backend[..], &self.storage.s3) {
+            ("s3", Some(s3)) => s3.presign_ttl,
+            _ => Duration::from_secs(3600),
         }
     }
 

@@ -50,7 +50,9 @@ pub(crate) fn init_logging(format: &str) {
 }
 
 /// One adapter per account; every account's problems are collected.
-fn build_providers(config: &Config) -> Result<HashMap<String, Arc<dyn Provider>>, ConfigErrors> {
+pub(crate) fn build_providers(
+    config: &Config,
+) -> Result<HashMap<String, Arc<dyn Provider>>, ConfigErrors> {
     let api = ApiClient::new(config.fetch.connect_timeout, config.fetch.read_timeout)
         .map_err(|e| ConfigErrors(vec![e]))?;
     let mut errors = Vec::new();
@@ -140,7 +142,7 @@ pub(crate) fn summary(config: &Config) -> Result<String, ConfigErrors> {
 /// connected and migrated. A PostgreSQL setting that only the server can
 /// reject is a config error (exit 78); an unreachable server is a runtime
 /// error (exit 1: a supervisor restarts the daemon).
-async fn open_queue(config: &Config) -> Result<Arc<dyn JobQueue>, ServeError> {
+pub(crate) async fn open_queue(config: &Config) -> Result<Arc<dyn JobQueue>, ServeError> {
     let policy = config.retry_policy();
     let clock = Arc::new(SystemClock);
     if config.queue.backend == "postgres" {
@@ -189,24 +191,32 @@ impl Readiness for QueueAndStore {
     }
 }
 
+/// The configured archive store (no request made yet; S3 settings that do
+/// not validate are a config error).
+pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn ObjectStore>, ServeError> {
+    Ok(
+        match (config.storage.backend.as_str(), &config.storage.s3) {
+            ("s3", Some(s3)) => {
+                let s3_config = config
+                    .s3_config(s3)
+                    .map_err(|p| ServeError::Config(ConfigErrors(p)))?;
+                Arc::new(
+                    S3Store::connect(s3_config)
+                        .await
+                        .context("cannot set up the S3 store")?,
+                )
+            }
+            _ => Arc::new(
+                FsStore::open(&config.storage.path).context("cannot open the archive folder")?,
+            ),
+        },
+    )
+}
+
 /// Runs the daemon until SIGTERM or Ctrl-C, then drains.
 pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
     let providers = build_providers(&config).map_err(ServeError::Config)?;
-    let store: Arc<dyn ObjectStore> = match (config.storage.backend.as_str(), &config.storage.s3) {
-        ("s3", Some(s3)) => {
-            let s3_config = config
-                .s3_config(s3)
-                .map_err(|p| ServeError::Config(ConfigErrors(p)))?;
-            Arc::new(
-                S3Store::connect(s3_config)
-                    .await
-                    .context("cannot set up the S3 store")?,
-            )
-        }
-        _ => {
-            Arc::new(FsStore::open(&config.storage.path).context("cannot open the archive folder")?)
-        }
-    };
+    let store = open_store(&config).await?;
     let queue = open_queue(&config).await?;
     let fetcher = media_fetch::Fetcher::new(config.fetch_config())
         .context("cannot prepare the download spool")?;
@@ -242,6 +252,11 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
         None => None,
     };
     let render_metrics = crate::telemetry::install_metrics().context("cannot set up metrics")?;
+    let media_index = Arc::new(crate::media_index::ArchiveIndex {
+        store: store.clone(),
+        layout: Layout::new(config.storage_prefix()),
+        presign_ttl: config.presign_ttl(),
+    });
     let receiver = Arc::new(
         Receiver::new(
             providers,
@@ -254,7 +269,8 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
                 header_read_timeout: config.server.header_read_timeout,
             },
         )
-        .with_metrics(render_metrics),
+        .with_metrics(render_metrics)
+        .with_media_index(media_index),
     );
 
     let stop_http = CancellationToken::new();

@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod daemon;
+mod media_index;
 mod telemetry;
 
 use std::path::PathBuf;
@@ -42,6 +43,34 @@ enum Command {
     /// List, inspect and requeue jobs through a running daemon's admin API
     /// (token from MEDIA_ARCHIVER_ADMIN_TOKEN).
     Jobs(cli::jobs::JobsArgs),
+    /// Find where a message's file was archived, through a running daemon's
+    /// admin API (token from MEDIA_ARCHIVER_ADMIN_TOKEN).
+    Media(cli::media::MediaArgs),
+    /// Scrub the archive named in the config: re-read every blob and check
+    /// its sha256 against its key, and every manifest against its blob;
+    /// exit 1 on any mismatch.
+    Verify {
+        /// Config file (TOML).
+        #[arg(long, env = "MEDIA_ARCHIVER_CONFIG")]
+        config: PathBuf,
+        /// Objects read at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallel: u16,
+    },
+    /// Enqueue media references without webhooks, from a JSON Lines file
+    /// (one reference per line, in the provider's field names), into the
+    /// queue named in the config. Idempotent.
+    Backfill {
+        /// Config file (TOML).
+        #[arg(long, env = "MEDIA_ARCHIVER_CONFIG")]
+        config: PathBuf,
+        /// The account the references belong to.
+        #[arg(long)]
+        account: String,
+        /// The references (`-`: standard input).
+        #[arg(long)]
+        input: String,
+    },
 }
 
 /// Exit code for a bad config (sysexits EX_CONFIG).
@@ -50,8 +79,12 @@ const EXIT_CONFIG: u8 = 78;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {
-        Command::Serve { config } | Command::CheckConfig { config } => config,
+        Command::Serve { config }
+        | Command::CheckConfig { config }
+        | Command::Verify { config, .. }
+        | Command::Backfill { config, .. } => config,
         Command::Jobs(args) => return cli::jobs::run(args),
+        Command::Media(args) => return cli::media::run(args),
     };
     let config = match Config::load(path) {
         Ok(config) => config,
@@ -62,7 +95,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         // Returned above, before any config is read.
-        Command::Jobs(_) => ExitCode::SUCCESS,
+        Command::Jobs(_) | Command::Media(_) => ExitCode::SUCCESS,
+        Command::Verify { parallel, .. } => cli::verify::main(&config, path, usize::from(parallel)),
+        Command::Backfill {
+            ref account,
+            ref input,
+            ..
+        } => cli::backfill::main(&config, path, account, input),
         Command::CheckConfig { .. } => match daemon::summary(&config) {
             Ok(summary) => {
                 print!("{summary}");

@@ -92,3 +92,46 @@ fn usage_errors_exit_2() {
     let output = media_archiver().arg("frobnicate").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn verify_and_backfill_exit_78_on_a_bad_config_and_2_on_usage() {
+    let (_dir, path) = write_config("[server]\nport = 1\n");
+    for args in [
+        vec!["verify", "--config"],
+        vec![
+            "backfill",
+            "--account",
+            "a",
+            "--input",
+            "refs.jsonl",
+            "--config",
+        ],
+    ] {
+        let output = media_archiver().args(&args).arg(&path).output().unwrap();
+        assert_eq!(output.status.code(), Some(78), "{args:?}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `port`"));
+    }
+    let missing_account = media_archiver()
+        .args(["backfill", "--input", "refs.jsonl", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(missing_account.status.code(), Some(2));
+    let (_dir, path) = write_config(
+        "[[accounts]]\nname = \"g\"\nprovider = \"greenapi\"\nid_instance = 1\napi_token = \"t\"\n",
+    );
+    let unknown = media_archiver()
+        .args([
+            "backfill",
+            "--account",
+            "other",
+            "--input",
+            "refs.jsonl",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("accounts: g"));
+}

@@ -72,13 +72,21 @@ enum JobsCommand {
 }
 
 /// Why a command failed: exit 1 (`Failed`) or 2 (`Usage`).
-enum Failure {
+pub(crate) enum Failure {
     Usage(String),
     Failed(String),
 }
 
 /// Runs a `jobs` subcommand and returns the process exit code.
 pub(crate) fn run(args: &JobsArgs) -> ExitCode {
+    run_command(execute(args))
+}
+
+/// Runs an admin-API command on a runtime of its own: prints its output
+/// and returns 0, or prints the failure and returns 1 or 2.
+pub(crate) fn run_command(
+    command: impl std::future::Future<Output = Result<String, Failure>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -89,7 +97,7 @@ pub(crate) fn run(args: &JobsArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(args)) {
+    match runtime.block_on(command) {
         Ok(output) => {
             print!("{output}");
             ExitCode::SUCCESS
@@ -106,19 +114,7 @@ pub(crate) fn run(args: &JobsArgs) -> ExitCode {
 }
 
 async fn execute(args: &JobsArgs) -> Result<String, Failure> {
-    let token = std::env::var(TOKEN_VAR)
-        .ok()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| Failure::Usage(format!("set {TOKEN_VAR} to the daemon's admin token")))?;
-    let base = args.url.trim_end_matches('/');
-    let api = Api {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| Failure::Failed(format!("cannot build the HTTP client: {e}")))?,
-        base: format!("{base}/api/v1"),
-        token,
-    };
+    let api = Api::connect(&args.url)?;
     let (answer, text) = match &args.command {
         JobsCommand::List {
             state,
@@ -173,7 +169,7 @@ async fn execute(args: &JobsArgs) -> Result<String, Failure> {
 }
 
 /// The admin API at one daemon.
-struct Api {
+pub(crate) struct Api {
     http: reqwest::Client,
     /// `{url}/api/v1`.
     base: String,
@@ -181,7 +177,27 @@ struct Api {
 }
 
 impl Api {
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, Failure> {
+    /// The admin API of the daemon at `url`, with the token from
+    /// `MEDIA_ARCHIVER_ADMIN_TOKEN` (a usage error when unset).
+    pub(crate) fn connect(url: &str) -> Result<Self, Failure> {
+        let token = std::env::var(TOKEN_VAR)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Failure::Usage(format!("set {TOKEN_VAR} to the daemon's admin token"))
+            })?;
+        let base = url.trim_end_matches('/');
+        Ok(Api {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| Failure::Failed(format!("cannot build the HTTP client: {e}")))?,
+            base: format!("{base}/api/v1"),
+            token,
+        })
+    }
+
+    pub(crate) async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, Failure> {
         let request = self.http.get(format!("{}{path}", self.base)).query(query);
         self.send(request).await
     }
@@ -239,7 +255,7 @@ fn encode(segment: &str) -> String {
     out
 }
 
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
