@@ -461,6 +461,17 @@ impl Provider for CloudApi {
         ProviderKind::Cloudapi
     }
 
+    /// A Meta-shaped reference (`crate::backfill::meta_message`), made into
+    /// a job by the webhook parser itself.
+    async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
+        let message = crate::backfill::meta_message(reference)?;
+        let phone_number_id = non_empty(reference, "phone_number_id");
+        let job = self
+            .message_job("reference", &message, phone_number_id)?
+            .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
+        crate::backfill::within_retention(job, self.retention, "the Cloud API")
+    }
+
     fn account(&self) -> &AccountName {
         &self.account
     }

@@ -412,20 +412,7 @@ impl Provider for GreenApi {
             payload.type_message = t.clone();
         }
         let job = self.job(&id_message, timestamp, payload)?;
-        let now_ms = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(i64::MAX);
-        if job.deadline <= now_ms {
-            return Err(ProviderError::MediaUnavailable(format!(
-                "the message is older than the account's retention ({} days): Green API no longer keeps its file",
-                self.retention.as_secs() / 86_400
-            )));
-        }
-        Ok(job)
+        crate::backfill::within_retention(job, self.retention, "Green API")
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {

@@ -21,6 +21,7 @@
 
 mod api_client;
 mod auth;
+mod backfill;
 mod baileys;
 mod cloudapi;
 mod codechat;

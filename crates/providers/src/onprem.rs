@@ -582,6 +582,16 @@ impl Provider for OnPrem {
         ProviderKind::Onprem
     }
 
+    /// A Meta-shaped reference (`crate::backfill::meta_message`), made into
+    /// a job by the webhook parser itself.
+    async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
+        let message = crate::backfill::meta_message(reference)?;
+        let job = self
+            .message_job(0, &message)?
+            .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
+        crate::backfill::within_retention(job, self.retention, "the On-Premises API")
+    }
+
     fn account(&self) -> &AccountName {
         &self.account
     }

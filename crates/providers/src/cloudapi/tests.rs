@@ -473,3 +473,27 @@ async fn a_wrong_access_token_never_appears_in_errors() {
     assert!(!err.to_string().contains("EAAGwrongtoken123"));
     assert!(!format!("{adapter:?}").contains("EAAGwrongtoken123"));
 }
+
+#[tokio::test]
+async fn a_backfill_reference_makes_the_webhook_s_job() {
+    let adapter = adapter();
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 60;
+    let mut hook = image_webhook();
+    hook["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] = json!(at.to_string());
+    let webhook_job = parse(&adapter, &hook).unwrap().jobs.remove(0);
+    let message = &hook["entry"][0]["changes"][0]["value"]["messages"][0];
+    let reference = json!({
+        "media_id": message["image"]["id"], "message_id": message["id"], "timestamp": at,
+        "type": "image", "mime_type": "image/jpeg", "sha256": B64, "caption": "hi",
+        "from": "16505551234", "phone_number_id": "106540352242922",
+    });
+    assert_eq!(adapter.backfill(&reference).await.unwrap(), webhook_job);
+
+    let old = json!({"media_id": "1", "message_id": "wamid.old", "timestamp": 1_600_000_000});
+    let err = adapter.backfill(&old).await.unwrap_err();
+    assert!(err.to_string().contains("retention"), "{err}");
+}

@@ -536,3 +536,27 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
 }
+
+#[tokio::test]
+async fn a_backfill_reference_makes_the_webhook_s_job() {
+    let adapter = adapter();
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 60;
+    let mut hook = image_webhook();
+    hook["messages"][0]["timestamp"] = json!(at.to_string());
+    let webhook_job = parse(&adapter, &hook).unwrap().jobs.remove(0);
+    let reference = json!({
+        "media_id": MEDIA_ID, "message_id": "ABGGFlA5FpafAgo6EhueMbj3WNNf", "timestamp": at,
+        "type": "image", "mime_type": "image/jpeg", "sha256": HEX,
+        "caption": "Check out my new phone!", "from": "16315551234",
+    });
+    assert_eq!(adapter.backfill(&reference).await.unwrap(), webhook_job);
+    let err = adapter
+        .backfill(&json!({"message_id": "x", "timestamp": at}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("media_id"), "{err}");
+}
