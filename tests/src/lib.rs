@@ -388,27 +388,6 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// The daemon's peak resident memory (`VmHWM` in `/proc/<pid>/status`),
-    /// in KiB: what a streaming pipeline must keep flat as files grow.
-    pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/<pid>/status (Linux)");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/<pid>/status")
-    }
-
-    /// Resets the peak (`echo 5 > /proc/<pid>/clear_refs`), so that the next
-    /// [`Daemon::peak_rss_kib`] measures only what happens from now on.
-    pub fn reset_peak_rss(&self) {
-        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
-            .expect("reset the peak RSS through /proc/<pid>/clear_refs");
-    }
-}
-
-impl Daemon {
     /// The daemon's process id (for reading its resource use from /proc).
     pub fn pid(&self) -> u32 {
         self.child.id()
