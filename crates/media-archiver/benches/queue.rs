@@ -1,0 +1,515 @@
+//! `queue` bench: what durability costs at the front door, and what leasing
+//! costs as the backlog grows. Not a test: it prints tables (see
+//! BENCHMARKS.md for the method and the figures of a run).
+//!
+//! ```text
+//! cargo bench -p media-archiver --bench queue              # full run
+//! cargo bench -p media-archiver --bench queue -- --quick   # smaller, for a smoke run
+//! ```
+//!
+//! 1. **Ingest**: the same load (64 keep-alive HTTP/1.1 connections, each
+//!    sending 1 KiB Green API file webhooks back to back, every one a new
+//!    message id) against (a) a no-op hyper handler that reads the body and
+//!    answers 200, (b) the real webhook receiver with the SQLite queue (WAL,
+//!    `synchronous=FULL`: each 200 is after the fsync of its group commit),
+//!    and (c) the same receiver with the PostgreSQL queue when the test
+//!    server is reachable. Only the receiver runs: no worker drains the
+//!    queue, so the figure is ingest alone. Bounded by a request count and
+//!    a duration, loopback only.
+//! 2. **Lease + ack**: with P jobs pending, a loop leases 16 jobs and
+//!    completes each (every call a durable commit), for a bounded number of
+//!    jobs; reported as jobs/s and the latency of one `lease` call, at
+//!    P = 1k and P = 1M.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use archiver_core::{JobSpec, ProviderKind, SystemClock};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use retry_queue::conformance::pg::PgTestDatabase;
+use retry_queue::{JobQueue, PgQueue, RetryPolicy, SqliteQueue};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use webhook_receiver::{Readiness, Receiver, ReceiverConfig};
+
+const WEBHOOK_TOKEN: &str = "bench-webhook-token";
+const CONNECTIONS: usize = 64;
+const LEASE_BATCH: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    /// Most requests per ingest run.
+    requests: usize,
+    /// Longest ingest run.
+    duration: Duration,
+    /// The large backlog of the lease+ack run.
+    big_backlog: usize,
+    /// Jobs leased and acked per lease+ack run.
+    lease_jobs: usize,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let settings = if quick {
+        Settings {
+            requests: 20_000,
+            duration: Duration::from_secs(5),
+            big_backlog: 100_000,
+            lease_jobs: 2_000,
+        }
+    } else {
+        Settings {
+            requests: 200_000,
+            duration: Duration::from_secs(10),
+            big_backlog: 1_000_000,
+            lease_jobs: 10_000,
+        }
+    };
+    println!("{}", machine());
+    println!(
+        "settings: {CONNECTIONS} connections, at most {} requests or {:?} per ingest run; \
+         lease batches of {LEASE_BATCH}, {} jobs per lease+ack run\n",
+        settings.requests, settings.duration, settings.lease_jobs
+    );
+    let postgres = PgTestDatabase::create();
+
+    // Server and load generator each get a runtime of their own (two
+    // worker threads each, on the same two cores).
+    let server_rt = runtime("server");
+    let client_rt = runtime("client");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fsync = fsync_latency(dir.path());
+    println!(
+        "fsync of a 4 KiB append here: p50 {:.2} ms, p99 {:.2} ms. A durable 200 waits for at least \
+         one, so {CONNECTIONS} connections (one request in flight each) cannot exceed about \
+         {:.0} req/s, whatever the batching.\n",
+        fsync.0.as_secs_f64() * 1e3,
+        fsync.1.as_secs_f64() * 1e3,
+        CONNECTIONS as f64 / fsync.0.as_secs_f64()
+    );
+    let mut ingest = Vec::new();
+    {
+        let addr = server_rt.block_on(noop_server());
+        ingest.push((
+            "no-op hyper handler",
+            client_rt.block_on(load(addr, settings, "noop")),
+        ));
+    }
+    {
+        let queue: Arc<dyn JobQueue> = Arc::new(
+            SqliteQueue::open(
+                &dir.path().join("ingest.db"),
+                RetryPolicy::default(),
+                Arc::new(SystemClock),
+            )
+            .expect("sqlite queue"),
+        );
+        let (addr, stop) = server_rt.block_on(receiver(queue));
+        ingest.push((
+            "receiver + SQLite queue",
+            client_rt.block_on(load(addr, settings, "sqlite")),
+        ));
+        stop.cancel();
+    }
+    if let Some(db) = &postgres {
+        let queue: Arc<dyn JobQueue> = Arc::new(
+            server_rt
+                .block_on(PgQueue::connect_with(
+                    retry_queue::PgOptions {
+                        max_connections: 16,
+                        ..db.options()
+                    },
+                    RetryPolicy::default(),
+                    Arc::new(SystemClock),
+                ))
+                .expect("postgres queue"),
+        );
+        let (addr, stop) = server_rt.block_on(receiver(queue));
+        ingest.push((
+            "receiver + PostgreSQL queue",
+            client_rt.block_on(load(addr, settings, "postgres")),
+        ));
+        stop.cancel();
+    }
+    print_ingest(&ingest);
+
+    let mut leasing = Vec::new();
+    for (backend, backlog) in [("SQLite", 1_000), ("SQLite", settings.big_backlog)] {
+        let path = dir.path().join(format!("lease-{backlog}.db"));
+        let queue: Arc<dyn JobQueue> = Arc::new(
+            SqliteQueue::open(&path, RetryPolicy::default(), Arc::new(SystemClock))
+                .expect("sqlite queue"),
+        );
+        leasing.push((
+            backend,
+            backlog,
+            server_rt.block_on(lease_ack(queue, backlog, settings)),
+        ));
+    }
+    if let Some(db) = &postgres {
+        for backlog in [1_000, settings.big_backlog] {
+            // A fresh schema per backlog, so the 1k run is not behind 1M.
+            let fresh = PgTestDatabase::create().unwrap_or_else(|| panic!("{db:?} went away"));
+            let queue: Arc<dyn JobQueue> = Arc::new(
+                server_rt
+                    .block_on(PgQueue::connect_with(
+                        fresh.options(),
+                        RetryPolicy::default(),
+                        Arc::new(SystemClock),
+                    ))
+                    .expect("postgres queue"),
+            );
+            leasing.push((
+                "PostgreSQL",
+                backlog,
+                server_rt.block_on(lease_ack(queue, backlog, settings)),
+            ));
+        }
+    } else {
+        println!("(PostgreSQL not reachable: its rows are left out)");
+    }
+    print_leasing(&leasing);
+}
+
+/// p50 and p99 of `fsync` after a 4 KiB append, on the disk of `dir`.
+fn fsync_latency(dir: &std::path::Path) -> (Duration, Duration) {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(dir.join("fsync-probe")).expect("probe file");
+    let mut times: Vec<Duration> = (0..200)
+        .map(|_| {
+            file.write_all(&[0u8; 4096]).expect("write");
+            let started = Instant::now();
+            file.sync_all().expect("fsync");
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    (times[100], times[197])
+}
+
+fn runtime(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// `nproc` and the CPU model, for the record.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("machine: {cores} cores, {model}")
+}
+
+// ---------------------------------------------------------------------------
+// Servers
+
+/// A hyper server that reads each body and answers 200 with a small JSON.
+async fn noop_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                        br#"{"accepted":1,"duplicates":0,"ignored":0}"#,
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[derive(Debug)]
+struct AlwaysReady;
+
+#[async_trait::async_trait]
+impl Readiness for AlwaysReady {
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The real webhook receiver with one Green API account over `queue`.
+async fn receiver(queue: Arc<dyn JobQueue>) -> (SocketAddr, CancellationToken) {
+    let account: providers::AccountConfig = toml::from_str(&format!(
+        "name = \"green\"\nprovider = \"greenapi\"\napi_url = \"https://api.green-api.com\"\n\
+         id_instance = 1101000001\napi_token = \"t\"\nwebhook_token = \"{WEBHOOK_TOKEN}\"\n"
+    ))
+    .expect("account config");
+    let api = providers::ApiClient::new(Duration::from_secs(5), Duration::from_secs(5))
+        .expect("api client");
+    let provider = providers::build(&account, &api).expect("provider");
+    let accounts = HashMap::from([("green".to_owned(), provider)]);
+    let receiver = Arc::new(Receiver::new(
+        accounts,
+        queue,
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(AlwaysReady),
+        ReceiverConfig::default(),
+    ));
+    let listener = webhook_receiver::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    tokio::spawn(receiver.serve(listener, stop.clone()));
+    (addr, stop)
+}
+
+// ---------------------------------------------------------------------------
+// Load generator
+
+/// A Green API incoming-image webhook of about 1 KiB with its own id.
+fn webhook(run: &str, n: usize) -> Bytes {
+    let id = format!("{run:X<8}{n:024}");
+    let mut body = format!(
+        r#"{{"typeWebhook":"incomingMessageReceived","instanceData":{{"idInstance":1101000001,"wid":"79876543210@c.us","typeInstance":"whatsapp"}},"timestamp":{ts},"idMessage":"{id}","senderData":{{"chatId":"79001234568@c.us","chatName":"Test contact","sender":"79001234568@c.us","senderName":"Test contact","senderContactName":"Test contact"}},"messageData":{{"typeMessage":"imageMessage","fileMessageData":{{"downloadUrl":"https://sw-media-out.storage.yandexcloud.net/1101000001/{id}.jpg","fileName":"photo.jpg","mimeType":"image/jpeg","jpegThumbnail":"","isAnimated":false,"isForwarded":false,"forwardingScore":0,"caption":"CAPTION"}}}}}}"#,
+        ts = 1_795_000_000 + n as u64 % 1000
+    );
+    let pad = 1024usize.saturating_sub(body.len() - "CAPTION".len());
+    body = body.replace("CAPTION", &"x".repeat(pad));
+    Bytes::from(body)
+}
+
+#[derive(Debug)]
+struct LoadResult {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    /// Latencies of successful requests, sorted.
+    latencies: Vec<Duration>,
+}
+
+impl LoadResult {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[i - 1]
+    }
+}
+
+/// `CONNECTIONS` keep-alive connections, each sending requests back to
+/// back until the shared request budget or the duration runs out.
+async fn load(addr: SocketAddr, settings: Settings, run: &str) -> LoadResult {
+    let bodies: Arc<Vec<Bytes>> =
+        Arc::new((0..settings.requests).map(|n| webhook(run, n)).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + settings.duration;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (bodies, next) = (bodies.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                let stream = TcpStream::connect(addr).await.expect("connect");
+                let _ = stream.set_nodelay(true);
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .expect("handshake");
+                tokio::spawn(conn);
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(body) = bodies.get(i) else { break };
+                    let request = Request::post("/webhooks/green")
+                        .header("host", addr.to_string())
+                        .header("authorization", format!("Bearer {WEBHOOK_TOKEN}"))
+                        .header("content-type", "application/json")
+                        .body(Full::new(body.clone()))
+                        .expect("request");
+                    let sent = Instant::now();
+                    match sender.send_request(request).await {
+                        Ok(response) => {
+                            let ok = response.status() == 200;
+                            let _ = response.into_body().collect().await;
+                            if ok {
+                                latencies.push(sent.elapsed());
+                            } else {
+                                errors += 1;
+                            }
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            break;
+                        }
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (mine, failed) = task.await.expect("load task");
+        latencies.extend(mine);
+        errors += failed;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    LoadResult {
+        requests: latencies.len(),
+        errors,
+        elapsed,
+        latencies,
+    }
+}
+
+fn print_ingest(results: &[(&str, LoadResult)]) {
+    let noop = results.first().map_or(1.0, |(_, r)| r.rate());
+    println!("Webhook ingest: 1 KiB Green API webhooks, {CONNECTIONS} connections, loopback");
+    println!(
+        "{:<30} {:>9} {:>8} {:>10} {:>9} {:>9} {:>7}",
+        "server", "requests", "errors", "req/s", "p50 ms", "p99 ms", "% no-op"
+    );
+    for (name, r) in results {
+        println!(
+            "{:<30} {:>9} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>6.0}%",
+            name,
+            r.requests,
+            r.errors,
+            r.rate(),
+            r.percentile(0.50).as_secs_f64() * 1e3,
+            r.percentile(0.99).as_secs_f64() * 1e3,
+            100.0 * r.rate() / noop
+        );
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------------------
+// Lease + ack
+
+#[derive(Debug)]
+struct LeaseResult {
+    fill: Duration,
+    jobs: usize,
+    elapsed: Duration,
+    /// Latency of each `lease` call, sorted.
+    lease_calls: Vec<Duration>,
+}
+
+fn spec(n: usize, now_ms: i64) -> JobSpec {
+    let key = format!("{n:012}");
+    JobSpec {
+        id: JobSpec::job_id("bench", &key),
+        account: "bench".to_owned(),
+        provider: ProviderKind::Greenapi,
+        message_id: key.clone(),
+        media_id: None,
+        message_at: now_ms,
+        // Spread deadlines, so EDF order is not insertion order.
+        deadline: now_ms + 86_400_000 + (n as i64 * 7919) % 3_600_000,
+        payload: serde_json::json!({ "chatId": "79001234568@c.us", "idMessage": key }),
+    }
+}
+
+/// Fills the queue with `backlog + jobs` pending jobs, then leases and
+/// acks `jobs` of them, so the backlog is at least `backlog` throughout.
+async fn lease_ack(queue: Arc<dyn JobQueue>, backlog: usize, settings: Settings) -> LeaseResult {
+    let now_ms = chrono_now_ms();
+    let total = backlog + settings.lease_jobs;
+    let started = Instant::now();
+    let mut n = 0;
+    while n < total {
+        let batch: Vec<JobSpec> = (n..(n + 10_000).min(total))
+            .map(|i| spec(i, now_ms))
+            .collect();
+        n += batch.len();
+        queue.enqueue(batch).await.expect("fill");
+    }
+    let fill = started.elapsed();
+
+    let lease_for = Duration::from_secs(300);
+    let mut lease_calls = Vec::new();
+    let mut jobs = 0;
+    let started = Instant::now();
+    while jobs < settings.lease_jobs {
+        let called = Instant::now();
+        let leases = queue
+            .lease(LEASE_BATCH.min(settings.lease_jobs - jobs), lease_for)
+            .await
+            .expect("lease");
+        lease_calls.push(called.elapsed());
+        assert!(!leases.is_empty(), "the backlog ran dry");
+        for lease in &leases {
+            queue.complete(lease).await.expect("complete");
+        }
+        jobs += leases.len();
+    }
+    let elapsed = started.elapsed();
+    lease_calls.sort();
+    LeaseResult {
+        fill,
+        jobs,
+        elapsed,
+        lease_calls,
+    }
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn print_leasing(results: &[(&str, usize, LeaseResult)]) {
+    println!("Lease + ack: lease {LEASE_BATCH}, complete each (every call a durable commit)");
+    println!(
+        "{:<12} {:>10} {:>9} {:>8} {:>10} {:>12} {:>12}",
+        "backend", "pending", "fill s", "jobs", "jobs/s", "lease p50 ms", "lease p99 ms"
+    );
+    for (backend, backlog, r) in results {
+        let pct = |p: f64| {
+            let i = ((r.lease_calls.len() as f64 * p).ceil() as usize)
+                .clamp(1, r.lease_calls.len().max(1));
+            r.lease_calls
+                .get(i - 1)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        };
+        println!(
+            "{:<12} {:>10} {:>9.1} {:>8} {:>10.0} {:>12.2} {:>12.2}",
+            backend,
+            backlog,
+            r.fill.as_secs_f64(),
+            r.jobs,
+            r.jobs as f64 / r.elapsed.as_secs_f64(),
+            pct(0.50),
+            pct(0.99)
+        );
+    }
+}
