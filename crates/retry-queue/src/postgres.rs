@@ -879,62 +879,34 @@ async fn batcher(
     }
 }
 
-/// Most payload bytes per INSERT statement of a group. sqlx 0.9.0 leaves
-/// Nagle's algorithm on (upstream issue #4335, fixed after 0.9.0), so a
-/// message that spans two TCP segments waits for the server's delayed ACK:
-/// 40 ms per commit. Keeping each statement within one loopback segment
-/// (64 KiB) avoids that for a database on the same host; remove this when
-/// sqlx sets TCP_NODELAY again.
-const MAX_STATEMENT_PAYLOAD: usize = 32 * 1024;
-
-/// Splits jobs (sorted by id) into runs whose payloads fit one statement.
-fn statement_chunks<'a>(jobs: &'a [&'a JobSpec]) -> Vec<&'a [&'a JobSpec]> {
-    let mut chunks = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, job) in jobs.iter().enumerate() {
-        let size = job.id.len() + job.message_id.len() + 256 + estimated_json_len(&job.payload);
-        if i > start && bytes + size > MAX_STATEMENT_PAYLOAD {
-            chunks.push(&jobs[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += size;
-    }
-    if start < jobs.len() {
-        chunks.push(&jobs[start..]);
-    }
-    chunks
-}
-
-fn estimated_json_len(value: &serde_json::Value) -> usize {
-    match value {
-        serde_json::Value::String(s) => s.len() + 2,
-        serde_json::Value::Array(items) => items.iter().map(estimated_json_len).sum::<usize>() + 2,
-        serde_json::Value::Object(map) => {
-            map.iter()
-                .map(|(k, v)| k.len() + 4 + estimated_json_len(v))
-                .sum::<usize>()
-                + 2
-        }
-        _ => 8,
-    }
-}
-
-/// One multi-row `INSERT ... ON CONFLICT DO NOTHING` of `jobs` (sorted by
-/// id); returns the ids it inserted.
-async fn insert_chunk(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    jobs: &[&JobSpec],
+/// Inserts or revives every job of a group in one transaction and says, per
+/// request and job, whether it was new.
+async fn insert_group(
+    pool: &PgPool,
+    group: &[EnqueueRequest],
     now: UnixMillis,
-) -> Result<Vec<String>, QueueError> {
-    let mut ids = Vec::with_capacity(jobs.len());
-    let mut accounts = Vec::with_capacity(jobs.len());
-    let mut providers = Vec::with_capacity(jobs.len());
-    let mut deadlines = Vec::with_capacity(jobs.len());
-    let mut message_ids = Vec::with_capacity(jobs.len());
-    let mut media_ids: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
-    let mut message_ats = Vec::with_capacity(jobs.len());
-    let mut payloads = Vec::with_capacity(jobs.len());
-    for job in jobs {
+) -> Result<Vec<Vec<Enqueued>>, QueueError> {
+    // The first occurrence of an id in the group is the one that may be
+    // new; later ones are duplicates of it.
+    let mut first: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (r, request) in group.iter().enumerate() {
+        for (j, job) in request.jobs.iter().enumerate() {
+            first.entry(job.id.as_str()).or_insert((r, j));
+        }
+    }
+    let mut unique: Vec<&JobSpec> = first.values().map(|&(r, j)| &group[r].jobs[j]).collect();
+    // One lock order for every inserter: no deadlock between replicas.
+    unique.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let mut ids = Vec::with_capacity(unique.len());
+    let mut accounts = Vec::with_capacity(unique.len());
+    let mut providers = Vec::with_capacity(unique.len());
+    let mut deadlines = Vec::with_capacity(unique.len());
+    let mut message_ids = Vec::with_capacity(unique.len());
+    let mut media_ids: Vec<Option<&str>> = Vec::with_capacity(unique.len());
+    let mut message_ats = Vec::with_capacity(unique.len());
+    let mut payloads = Vec::with_capacity(unique.len());
+    for job in &unique {
         ids.push(job.id.as_str());
         accounts.push(job.account.as_str());
         providers.push(job.provider.as_str());
@@ -944,7 +916,9 @@ async fn insert_chunk(
         message_ats.push(job.message_at);
         payloads.push(job.payload.to_string());
     }
-    sqlx::query_scalar(
+
+    let mut tx = pool.begin().await.map_err(db)?;
+    let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO jobs (id, account, provider, state, attempts, deadline, next_attempt_at,
             created_at, updated_at, message_id, media_id, message_at, payload)
          SELECT u.id, u.account, u.provider, 'pending', 0, u.deadline, $1, $1, $1,
@@ -965,36 +939,10 @@ async fn insert_chunk(
     .bind(&media_ids)
     .bind(&message_ats)
     .bind(&payloads)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await
-    .map_err(db)
-}
-
-/// Inserts or revives every job of a group in one transaction and says, per
-/// request and job, whether it was new.
-async fn insert_group(
-    pool: &PgPool,
-    group: &[EnqueueRequest],
-    now: UnixMillis,
-) -> Result<Vec<Vec<Enqueued>>, QueueError> {
-    // The first occurrence of an id in the group is the one that may be
-    // new; later ones are duplicates of it.
-    let mut first: HashMap<&str, (usize, usize)> = HashMap::new();
-    for (r, request) in group.iter().enumerate() {
-        for (j, job) in request.jobs.iter().enumerate() {
-            first.entry(job.id.as_str()).or_insert((r, j));
-        }
-    }
-    let mut unique: Vec<&JobSpec> = first.values().map(|&(r, j)| &group[r].jobs[j]).collect();
-    // One lock order for every inserter: no deadlock between replicas.
-    unique.sort_by(|a, b| a.id.cmp(&b.id));
-
-    let mut tx = pool.begin().await.map_err(db)?;
-    let mut inserted: HashSet<String> = HashSet::with_capacity(unique.len());
-    for chunk in statement_chunks(&unique) {
-        inserted.extend(insert_chunk(&mut tx, chunk, now).await?);
-    }
-    let ids: Vec<&str> = unique.iter().map(|job| job.id.as_str()).collect();
+    .map_err(db)?;
+    let inserted: HashSet<String> = inserted.into_iter().collect();
 
     let existing: Vec<&str> = ids
         .iter()
@@ -1070,39 +1018,6 @@ mod tests {
         assert!(err.contains("max_connections"), "{err}");
         assert!(err.contains("schema"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
-    }
-
-    #[test]
-    fn a_group_is_split_into_statements_of_at_most_32_kib_of_payload() {
-        let job = |i: usize, bytes: usize| JobSpec {
-            id: format!("acme:{i:04}"),
-            account: "acme".into(),
-            provider: archiver_core::ProviderKind::Greenapi,
-            message_id: format!("{i:04}"),
-            media_id: None,
-            message_at: 0,
-            deadline: 1,
-            payload: serde_json::json!({ "blob": "x".repeat(bytes) }),
-        };
-        let jobs: Vec<JobSpec> = (0..100).map(|i| job(i, 1000)).collect();
-        let refs: Vec<&JobSpec> = jobs.iter().collect();
-        let chunks = statement_chunks(&refs);
-        assert!(
-            chunks.len() >= 4,
-            "100 KiB of payload: {} chunks",
-            chunks.len()
-        );
-        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 100);
-        assert!(
-            chunks.iter().all(|c| c.len() <= 32),
-            "{:?}",
-            chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
-        );
-        // One job larger than the limit still goes, alone.
-        let big = [job(0, 100_000), job(1, 10)];
-        let refs: Vec<&JobSpec> = big.iter().collect();
-        assert_eq!(statement_chunks(&refs).len(), 2);
-        assert!(statement_chunks(&[]).is_empty());
     }
 
     #[test]
