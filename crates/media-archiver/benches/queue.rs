@@ -90,8 +90,8 @@ fn main() {
     let fsync = fsync_latency(dir.path());
     println!(
         "fsync of a 4 KiB append here: p50 {:.2} ms, p99 {:.2} ms. A durable 200 waits for at least \
-         one, so {CONNECTIONS} connections (one request in flight each) cannot exceed about \
-         {:.0} req/s, whatever the batching.\n",
+         one, so {CONNECTIONS} connections (one request in flight each) are bounded near \
+         {:.0} req/s at this latency, whatever the batching.\n",
         fsync.0.as_secs_f64() * 1e3,
         fsync.1.as_secs_f64() * 1e3,
         CONNECTIONS as f64 / fsync.0.as_secs_f64()
