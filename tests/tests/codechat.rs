@@ -261,7 +261,7 @@ async fn a_40_mib_encrypted_video_streams_in_flat_memory() {
     for (id, size) in [
         ("3EB0VIDEO40MIB00000", 40 * MIB),
         ("3EB0VIDEO40MIB00001", 40 * MIB),
-        ("3EB0VIDEO80MIB00001", 80 * MIB),
+        ("3EB0VIDEO120MIB0001", 120 * MIB),
     ] {
         let video = bytes(size, id.len() as u64 + size as u64);
         let stub = s
@@ -284,11 +284,12 @@ async fn a_40_mib_encrypted_video_streams_in_flat_memory() {
         assert_eq!(manifest["verification"], "whatsapp-enc+plain");
         peaks.push(peak);
     }
-    // Holding a file (or its plaintext) whole would add at least the 40 MiB
-    // the last file is larger by; streaming adds allocator noise only.
-    let (p40, p80) = (peaks[1], peaks[2]);
+    // Holding a file (or its plaintext) whole would add at least the 80 MiB
+    // the last file is larger by; streaming adds allocator noise only, which
+    // on a busy 2-core machine was seen up to about 20 MiB.
+    let (p40, p120) = (peaks[1], peaks[2]);
     assert!(
-        p80 < p40 + 20 * 1024,
-        "peak RSS grew with the file size: {p40} KiB at 40 MiB, {p80} KiB at 80 MiB"
+        p120 < p40 + 32 * 1024,
+        "peak RSS grew with the file size: {p40} KiB at 40 MiB, {p120} KiB at 120 MiB"
     );
 }
