@@ -73,6 +73,16 @@ async fn file_host(files: Files) -> TestServer {
             if names.is_empty() {
                 return response(404, "text/plain", "not found");
             }
+            // A directory without its trailing slash redirects, as web
+            // servers do: rclone probes the bare path, and a 200 there makes
+            // it copy the index page as if it were the one file.
+            if !path.ends_with('/') {
+                let mut moved = response(301, "text/plain", "");
+                if let Ok(location) = format!("{path}/").parse() {
+                    moved.headers_mut().insert("location", location);
+                }
+                return moved;
+            }
             names.sort_unstable();
             let mut html = String::from("<html><body>\n");
             for name in names {
