@@ -76,8 +76,10 @@
 //! CREATE INDEX jobs_updated     ON jobs (updated_at);          -- unfiltered list
 //! CREATE INDEX jobs_message     ON jobs (message_id, account, updated_at); -- media lookup (v2)
 //!
-//! -- Jobs per (account, state), kept by triggers on jobs (insert, state
-//! -- change, delete), so stats() costs the number of accounts, not rows.
+//! -- Jobs per (account, state), kept by triggers on jobs (state change,
+//! -- delete) and, for inserts, by the enqueue transaction (one upsert per
+//! -- account and group, schema v3), so stats() costs the number of
+//! -- accounts, not rows.
 //! CREATE TABLE job_counts (
 //!     account TEXT NOT NULL,
 //!     state   TEXT NOT NULL,
@@ -90,8 +92,8 @@
 //!
 //! The same `jobs` table in PostgreSQL types (`BIGINT` milliseconds,
 //! `BOOLEAN woken`, `due_at` a `STORED` generated column) with the same
-//! indexes; applied migrations are recorded in `retry_queue_migrations`
-//! (sqlx's migrator, under an advisory lock so that replicas starting
+//! indexes; applied migrations are recorded in `_sqlx_migrations` of the
+//! queue's schema (sqlx's migrator, under an advisory lock so that replicas starting
 //! together migrate once). No counter table: `stats()` counts with
 //! `GROUP BY` (a per-state counter row would serialise every replica's
 //! transitions on its lock), so it costs a scan of the table; it serves the

@@ -23,26 +23,33 @@
 //!   never `now()` in SQL, so tests drive leases and deadlines by hand and
 //!   replicas agree on nothing but the data.
 //!
-//! Why sqlx (0.9, `postgres` + `runtime-tokio` + `migrate`, no macros): it is
+//! Why sqlx (0.8.6, `postgres` + `runtime-tokio` + `migrate`, no macros): it is
 //! the most used maintained async PostgreSQL driver for Rust, has a pool and
 //! a migration runner (with an advisory lock, so replicas starting together
 //! migrate once) built in, and without its compile-time macros it needs no
 //! database at build time. tokio-postgres + deadpool would do the same job
 //! with a separately maintained pool and a hand-written migration runner.
+//! Not 0.9.0: it stopped setting `TCP_NODELAY`, and Nagle's algorithm then
+//! held each group insert for the server's delayed ACK (about 40 ms a
+//! commit, measured in BENCHMARKS.md). 0.8.6 also decides rusqlite's
+//! version (0.32): both link `libsqlite3-sys`, and cargo allows one.
 //!
 //! The connection URL may hold a password: it is kept in a [`Secret`] and
 //! never logged, printed by `Debug`, or put in an error message.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use archiver_core::{Clock, ErrorClass, JobSpec, JobState, Secret, UnixMillis};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::Row;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Row, SqlSafeStr};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::{
@@ -59,11 +66,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0002_jobs_message.sql"),
     ),
 ];
-
-/// Where applied migrations are recorded (in the queue's schema). Not sqlx's
-/// default `_sqlx_migrations`, so that an application sharing the schema and
-/// using sqlx keeps its own history.
-const MIGRATIONS_TABLE: &str = "retry_queue_migrations";
 
 /// Columns read into a [`JobRecord`] (plus the lease token), in this order.
 const COLUMNS: &str = "id, account, provider, state, attempts, deadline, next_attempt_at, \
@@ -283,10 +285,7 @@ async fn create_schema(connect: &PgConnectOptions, schema: &str) -> Result<(), Q
     if !exists {
         // The name was validated as a plain identifier.
         let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(create))
-            .execute(&mut conn)
-            .await
-        {
+        if let Err(e) = sqlx::query(&create).execute(&mut conn).await {
             // Another replica may have created it at the same moment.
             let raced = matches!(&e, sqlx::Error::Database(d)
                 if matches!(d.code().as_deref(), Some("23505" | "42P06")));
@@ -299,24 +298,42 @@ async fn create_schema(connect: &PgConnectOptions, schema: &str) -> Result<(), Q
     Ok(())
 }
 
+/// The embedded [`MIGRATIONS`] as a source for sqlx's migrator.
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+impl<'s> MigrationSource<'s> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 's>> {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    *version,
+                    (*name).into(),
+                    MigrationType::Simple,
+                    (*sql).into(),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(migrations)))
+    }
+}
+
+/// Applies the pending migrations under sqlx's advisory lock (replicas that
+/// start together migrate once). sqlx records them in `_sqlx_migrations`
+/// of the queue's schema.
 async fn migrate(pool: &PgPool) -> Result<(), QueueError> {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|(version, name, sql)| {
-            Migration::new(
-                *version,
-                (*name).into(),
-                MigrationType::Simple,
-                (*sql).into_sql_str(),
-                false,
-            )
-        })
-        .collect();
-    let mut migrator = Migrator::with_migrations(migrations);
-    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    let migrator = Migrator::new(EmbeddedMigrations)
+        .await
+        .map_err(|e| QueueError::Corrupt(format!("embedded migrations: {e}")))?;
     migrator.run(pool).await.map_err(|e| match e {
         sqlx::migrate::MigrateError::VersionMissing(v) => QueueError::Corrupt(format!(
-            "queue database has schema migration {v}, unknown to this build (a newer version wrote it)"
+            "queue schema has migration {v} applied, unknown to this build (a newer \
+             media-archiver wrote it, or another application's sqlx migrations share this \
+             schema: give the queue its own with queue.schema)"
         )),
         other => QueueError::Unavailable(format!("cannot migrate the queue schema: {other}")),
     })
@@ -662,13 +679,12 @@ impl JobQueue for PgQueue {
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, QueueError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM jobs WHERE id = $1"
-        )))
-        .bind(job_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
         row.as_ref()
             .map(read_job)
             .transpose()
@@ -700,7 +716,7 @@ impl JobQueue for PgQueue {
             "SELECT {COLUMNS} FROM jobs {where_clause} ORDER BY updated_at DESC LIMIT ${}",
             n + 1
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(&sql);
         if let Some(state) = filter.state {
             query = query.bind(state.as_str());
         }

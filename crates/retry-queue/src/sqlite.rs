@@ -25,11 +25,16 @@ use crate::{
 };
 
 /// Schema version kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Version 2: jobs by message id (the admin API's media lookup), whether
 /// the job id is keyed by message id or by media id.
 const SCHEMA_V2: &str = "CREATE INDEX jobs_message ON jobs (message_id, account, updated_at);";
+
+/// Version 3: inserts are counted once per group commit by
+/// [`insert_group`] (one upsert per account) instead of by a per-row
+/// trigger, which cost about a fifth of every durable enqueue.
+const SCHEMA_V3: &str = "DROP TRIGGER jobs_count_insert;";
 
 /// The schema documented in the crate docs; keep both in step.
 const SCHEMA_V1: &str = "
@@ -786,6 +791,8 @@ fn insert_group(
                 next_attempt_at = ?2, lease_expires_at = NULL, updated_at = ?2
              WHERE id = ?1 AND state = 'dead'",
         )?;
+        // New jobs per account, counted into job_counts once per group.
+        let mut inserted_per_account: BTreeMap<&str, i64> = BTreeMap::new();
         for request in group {
             let mut outcome = Vec::with_capacity(request.jobs.len());
             for job in &request.jobs {
@@ -801,6 +808,7 @@ fn insert_group(
                     job.payload.to_string(),
                 ])?;
                 if inserted > 0 {
+                    *inserted_per_account.entry(&job.account).or_default() += 1;
                     outcome.push(Enqueued::New);
                 } else {
                     if revive.execute(params![job.id, now])? > 0 {
@@ -815,6 +823,13 @@ fn insert_group(
                 }
             }
             outcomes.push(outcome);
+        }
+        let mut count = tx.prepare_cached(
+            "INSERT INTO job_counts (account, state, n) VALUES (?1, 'pending', ?2)
+             ON CONFLICT (account, state) DO UPDATE SET n = n + excluded.n",
+        )?;
+        for (account, n) in inserted_per_account {
+            count.execute(params![account, n])?;
         }
     }
     tx.commit()?;
@@ -842,13 +857,12 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     match version {
-        0 => {
-            tx.execute_batch(SCHEMA_V1)?;
-            tx.execute_batch(SCHEMA_V2)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        }
-        1 => {
-            tx.execute_batch(SCHEMA_V2)?;
+        0..SCHEMA_VERSION => {
+            let steps = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+            let from = usize::try_from(version).unwrap_or_default();
+            for step in &steps[from..] {
+                tx.execute_batch(step)?;
+            }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         SCHEMA_VERSION => {}
@@ -1069,7 +1083,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn trigger_kept_counts_match_the_rows() {
+    async fn kept_counts_match_the_rows() {
         let dir = tempfile::tempdir().unwrap();
         let queue = open(dir.path());
         let mut specs: Vec<JobSpec> = (0..12).map(|i| spec(&format!("acme:{i}"))).collect();
@@ -1155,7 +1169,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_database_gains_the_message_index() {
+    fn a_version_1_database_is_migrated_to_the_current_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
         let conn = Connection::open(&path).unwrap();
@@ -1166,7 +1180,18 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, SCHEMA_VERSION);
+        let insert_trigger: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'jobs_count_insert'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            insert_trigger, 0,
+            "v3 counts inserts per group, not per row"
+        );
         let indexes: i64 = conn
             .query_row(
                 "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'jobs_message'",

@@ -177,31 +177,12 @@ async fn archive_with_daemon(daemon: &Daemon, host: &str, w: &Workload) -> Measu
     }
 }
 
-fn rclone_copy(garage: &Garage, host: &str, w: &Workload) -> Measured {
-    let started = Instant::now();
-    let status = std::process::Command::new("rclone")
-        .args([
-            "copy",
-            &format!("src:{}", w.set),
-            &format!("dst:{}/rclone/{}", garage.bucket, w.set),
-        ])
-        .args([
-            "--transfers",
-            "16",
-            "--checkers",
-            "16",
-            "--s3-chunk-size",
-            "8M",
-            "--s3-upload-cutoff",
-            "8M",
-        ])
-        .args([
-            "--s3-upload-concurrency",
-            "4",
-            "--config",
-            "/dev/null",
-            "-q",
-        ])
+/// rclone with the bench's two remotes: `src:` (the file host, rclone's
+/// `http` backend) and `dst:` (Garage), configured from the environment.
+fn rclone(garage: &Garage, host: &str) -> std::process::Command {
+    let mut command = std::process::Command::new("rclone");
+    command
+        .args(["--config", "/dev/null", "-q"])
         .env("RCLONE_CONFIG_SRC_TYPE", "http")
         .env("RCLONE_CONFIG_SRC_URL", format!("{host}/"))
         .env("RCLONE_CONFIG_DST_TYPE", "s3")
@@ -216,14 +197,46 @@ fn rclone_copy(garage: &Garage, host: &str, w: &Workload) -> Measured {
         .env("RCLONE_CONFIG_DST_FORCE_PATH_STYLE", "true")
         // The endpoint is plain HTTP on loopback; a CA bundle from the
         // environment only makes rclone's S3 client refuse to start.
-        .env_remove("AWS_CA_BUNDLE")
+        .env_remove("AWS_CA_BUNDLE");
+    command
+}
+
+fn rclone_copy(garage: &Garage, host: &str, w: &Workload) -> Measured {
+    let started = Instant::now();
+    let status = rclone(garage, host)
+        .args([
+            "copy",
+            &format!("src:{}", w.set),
+            &format!("dst:{}/rclone/{}", garage.bucket, w.set),
+        ])
+        .args(["--transfers", "16", "--checkers", "16"])
+        .args(["--s3-chunk-size", "8M", "--s3-upload-cutoff", "8M"])
+        .args(["--s3-upload-concurrency", "4"])
         .status()
         .expect("run rclone (apt-get install rclone)");
     assert!(status.success(), "rclone failed: {status}");
+    let elapsed = started.elapsed().as_secs_f64();
+    let copied = rclone_object_count(garage, host, w);
+    assert_eq!(
+        copied, w.count,
+        "rclone reported success but copied {copied} of {} files: its figure would be meaningless",
+        w.count
+    );
     Measured {
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: elapsed,
         bytes: (w.count * w.size) as u64,
     }
+}
+
+/// Objects under the prefix rclone copied `w` to, counted by rclone itself.
+fn rclone_object_count(garage: &Garage, host: &str, w: &Workload) -> usize {
+    let out = rclone(garage, host)
+        .args(["lsf", "--files-only", "-R"])
+        .arg(format!("dst:{}/rclone/{}", garage.bucket, w.set))
+        .output()
+        .expect("run rclone lsf");
+    assert!(out.status.success(), "rclone lsf failed: {}", out.status);
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 /// (peak RSS in KiB, CPU seconds) of a process, from /proc.
