@@ -13,11 +13,19 @@
 //! checksums at all.
 //!
 //! Shape of an upload: HeadObject (same size already there: done); up to
-//! `part_size` bytes: one PutObject from one buffer; larger: multipart, the
-//! spool read one part at a time, at most `max_parallel_parts` parts in
-//! memory and in flight, CompleteMultipartUpload only after the whole-file
-//! hash matched, AbortMultipartUpload on any failure (and, spawned, if the
-//! upload future is dropped half-way).
+//! `part_size` bytes: the spool hashed and checked, then one PutObject;
+//! larger: multipart, each part hashed from the spool and then sent with its
+//! checksum, at most `max_parallel_parts` in flight, CompleteMultipartUpload
+//! only after the whole-file hash matched, AbortMultipartUpload on any
+//! failure (and, spawned, if the upload future is dropped half-way).
+//!
+//! Memory: bodies are streamed from the spool file by the SDK
+//! (`ByteStream::read_from`, 64 KiB at a time), never buffered whole, so an
+//! upload holds a few hundred KiB whatever `part_size` and the file size.
+//! Reading each part twice (once to hash it, once to send it) costs page
+//! cache hits, not disk reads. A streamed body is sent as `UNSIGNED-PAYLOAD`
+//! under SigV4, which also saves the SDK a sha256 pass over every byte; the
+//! `ChecksumSHA256` header still makes the store verify the content.
 
 use std::fs::File;
 use std::io::Read;
@@ -29,7 +37,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
     ServerSideEncryption, StorageClass,
@@ -105,7 +113,7 @@ pub struct S3Config {
     /// for files that would need more than 10,000 parts.
     pub part_size: u64,
     /// Parts of one file in flight at once (default 4). Memory per upload
-    /// is at most `part_size × max_parallel_parts`.
+    /// holds one 64 KiB read buffer per part in flight, whatever `part_size`.
     pub max_parallel_parts: usize,
 }
 
@@ -388,12 +396,13 @@ impl S3Store {
     pub(crate) async fn put_single(
         &self,
         key: &str,
-        body: Bytes,
+        body: Body<'_>,
         sha256: &[u8; 32],
         content_type: Option<&str>,
         is_blob: bool,
     ) -> Result<(), StoreError> {
-        let len = body.len() as u64;
+        let len = body.len();
+        let body = body.into_stream().await?;
         let mut req = self
             .client
             .put_object()
@@ -411,7 +420,7 @@ impl S3Store {
                     .map(ServerSideEncryption::from),
             )
             .set_ssekms_key_id(self.cfg.kms_key_id.clone())
-            .body(ByteStream::from(body));
+            .body(body);
         if is_blob {
             req = req.set_storage_class(self.cfg.storage_class.as_deref().map(StorageClass::from));
         }
@@ -499,27 +508,34 @@ impl S3Store {
         file: &StagedFile,
         part_size: u64,
     ) -> Result<(), StoreError> {
-        let path = file.path.clone();
+        let path = Arc::new(file.path.clone());
         let mut reader = SpoolReader::open(&path).await?;
         let mut in_flight: JoinSet<Result<CompletedPart, StoreError>> = JoinSet::new();
         let mut parts = Vec::new();
         let mut offset = 0u64;
         let mut part_number = 0i32;
         while offset < file.size {
-            // At most `max_parallel_parts` buffers exist: wait for a free
+            // At most `max_parallel_parts` parts are in flight: wait for a free
             // slot before reading the next part.
             while in_flight.len() >= self.cfg.max_parallel_parts {
                 parts.push(join_part(&mut in_flight).await?);
             }
             let len = part_size.min(file.size - offset);
-            let (r, part, digest) = reader.read_part(len, &path).await?;
+            let (r, digest) = reader.hash_part(len, &path).await?;
             reader = r;
             part_number += 1;
+            let part = (path.clone(), offset, len);
             offset += len;
             let (store, key, upload_id) = (self.clone(), key.to_owned(), upload_id.to_owned());
             in_flight.spawn(async move {
+                let (path, offset, len) = part;
+                let body = Body::File {
+                    path: &path,
+                    offset,
+                    len,
+                };
                 store
-                    .upload_part(&key, &upload_id, part_number, part, &digest)
+                    .upload_part(&key, &upload_id, part_number, body, &digest)
                     .await
             });
         }
@@ -559,10 +575,11 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         part_number: i32,
-        body: Bytes,
+        body: Body<'_>,
         sha256: &[u8; 32],
     ) -> Result<CompletedPart, StoreError> {
-        let len = body.len() as u64;
+        let len = body.len();
+        let body = body.into_stream().await?;
         let checksum = b64(sha256);
         let out = self
             .client
@@ -573,7 +590,7 @@ impl S3Store {
             .part_number(part_number)
             .content_length(len as i64)
             .checksum_sha256(&checksum)
-            .body(ByteStream::from(body))
+            .body(body)
             .customize()
             .config_override(Self::upload_timeout(len))
             .send()
@@ -603,14 +620,14 @@ impl S3Store {
         }
     }
 
-    async fn read_spool(&self, file: &StagedFile) -> Result<Bytes, StoreError> {
-        let len = file.size;
-        let (reader, bytes, _) = SpoolReader::open(&file.path)
+    /// Hashes the whole spool file and checks it against what the fetch
+    /// step recorded, before any of it is sent.
+    async fn verify_spool(&self, file: &StagedFile) -> Result<(), StoreError> {
+        let (reader, _) = SpoolReader::open(&file.path)
             .await?
-            .read_part(len, &file.path)
+            .hash_part(file.size, &file.path)
             .await?;
-        reader.finish(file).await?;
-        Ok(bytes)
+        reader.finish(file).await
     }
 }
 
@@ -636,11 +653,48 @@ impl Drop for AbortGuard {
     }
 }
 
-/// Reads the spool file part by part on the blocking pool, hashing the
-/// whole file as it goes.
+/// What an upload sends: a small buffer (manifests) or a byte range of the
+/// spool file, streamed by the SDK.
+pub(crate) enum Body<'a> {
+    Memory(Bytes),
+    File {
+        path: &'a std::path::Path,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Body<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Memory(bytes) => bytes.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
+    async fn into_stream(self) -> Result<ByteStream, StoreError> {
+        match self {
+            Body::Memory(bytes) => Ok(ByteStream::from(bytes)),
+            Body::File { path, offset, len } => ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| StoreError::io("open staged file", path, std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Bytes hashed per read of the spool file.
+const HASH_CHUNK: usize = 256 * 1024;
+
+/// Reads the spool file part by part on the blocking pool, hashing each part
+/// and the whole file as it goes, through one small buffer.
 struct SpoolReader {
     file: File,
     whole: Sha256,
+    buf: Vec<u8>,
 }
 
 impl SpoolReader {
@@ -652,25 +706,32 @@ impl SpoolReader {
         Ok(Self {
             file,
             whole: Sha256::new(),
+            buf: vec![0; HASH_CHUNK],
         })
     }
 
-    /// The next `len` bytes and their sha256.
-    async fn read_part(
+    /// The sha256 of the next `len` bytes (also fed to the whole-file hash).
+    async fn hash_part(
         self,
         len: u64,
         path: &std::path::Path,
-    ) -> Result<(Self, Bytes, [u8; 32]), StoreError> {
+    ) -> Result<(Self, [u8; 32]), StoreError> {
         let Self {
             mut file,
             mut whole,
+            mut buf,
         } = self;
         let result = blocking_io(move || {
-            let mut buf = vec![0u8; len as usize];
-            file.read_exact(&mut buf)?;
-            whole.update(&buf);
-            let digest: [u8; 32] = Sha256::digest(&buf).into();
-            Ok((Self { file, whole }, Bytes::from(buf), digest))
+            let mut part = Sha256::new();
+            let mut left = len;
+            while left > 0 {
+                let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+                file.read_exact(&mut buf[..n])?;
+                part.update(&buf[..n]);
+                whole.update(&buf[..n]);
+                left -= n as u64;
+            }
+            Ok((Self { file, whole, buf }, part.finalize().into()))
         })
         .await;
         result.map_err(|e| {
@@ -688,7 +749,9 @@ impl SpoolReader {
     /// Checks that the file ended where expected and hashed to what the
     /// fetch step recorded.
     async fn finish(self, file: &StagedFile) -> Result<(), StoreError> {
-        let Self { file: mut f, whole } = self;
+        let Self {
+            file: mut f, whole, ..
+        } = self;
         let extra = blocking_io(move || f.read(&mut [0u8; 1]))
             .await
             .map_err(|e| StoreError::io("read staged file", &file.path, e))?;
@@ -769,7 +832,12 @@ impl ObjectStore for S3Store {
         }
         let part_size = self.part_size_for(file.size);
         if file.size <= part_size {
-            let body = self.read_spool(file).await?;
+            self.verify_spool(file).await?;
+            let body = Body::File {
+                path: &file.path,
+                offset: 0,
+                len: file.size,
+            };
             self.put_single(key, body, file.sha256.as_bytes(), content_type, true)
                 .await?;
         } else {
@@ -784,7 +852,7 @@ impl ObjectStore for S3Store {
         let digest: [u8; 32] = Sha256::digest(json).into();
         self.put_single(
             key,
-            Bytes::copy_from_slice(json),
+            Body::Memory(Bytes::copy_from_slice(json)),
             &digest,
             Some("application/json"),
             false,
@@ -1073,7 +1141,13 @@ mod tests {
         let wrong: [u8; 32] = Sha256::digest(b"not the body").into();
 
         let err = store
-            .put_single("k1", Bytes::from_static(b"body"), &wrong, None, true)
+            .put_single(
+                "k1",
+                Body::Memory(Bytes::from_static(b"body")),
+                &wrong,
+                None,
+                true,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::ChecksumRejected { .. }), "{err}");
@@ -1091,7 +1165,13 @@ mod tests {
             .unwrap();
         let upload_id = created.upload_id().unwrap();
         let err = store
-            .upload_part("k2", upload_id, 1, Bytes::from(vec![7u8; 1024]), &wrong)
+            .upload_part(
+                "k2",
+                upload_id,
+                1,
+                Body::Memory(Bytes::from(vec![7u8; 1024])),
+                &wrong,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::ChecksumRejected { .. }), "{err}");
