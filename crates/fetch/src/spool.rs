@@ -52,17 +52,19 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// Flushes, fsyncs and keeps the file.
+    /// Flushes and keeps the file.
+    ///
+    /// Not fsynced: the spool is scratch space. A crash before the upload
+    /// leaves the job unacknowledged, so it downloads again; the fs store
+    /// fsyncs the bytes itself before renaming them into the archive. An
+    /// fsync here would force every download onto the disk (256 MiB of
+    /// writeback for a 256 MiB video) only for the S3 store to read it back
+    /// from the page cache and delete it.
     pub(crate) async fn finish(mut self) -> Result<StagedFile, FetchError> {
         self.file
             .flush()
             .await
             .map_err(|e| io_error("flushing the spool file", &e))?;
-        self.file
-            .get_mut()
-            .sync_all()
-            .await
-            .map_err(|e| io_error("syncing the spool file", &e))?;
         let sha256 = Sha256Digest::from_bytes(self.hasher.finalize().into());
         let size = self.size;
         let path = self

@@ -142,8 +142,8 @@ impl Plaintext {
 /// first failure; on any error no plaintext file is left behind. The input
 /// is read twice through a fixed buffer (MAC first, then decryption), so no
 /// byte is decrypted before the blob is authenticated, and memory does not
-/// depend on the file size. The plaintext file is fsynced before it is
-/// returned. Blocking: call it from a blocking thread in async code.
+/// depend on the file size. The plaintext file is a spool file like the
+/// download (not fsynced: the store makes what it keeps durable). Blocking: call it from a blocking thread in async code.
 pub fn decrypt_file(
     media: &EncryptedMedia,
     blob: &StagedFile,
@@ -253,11 +253,8 @@ pub(crate) fn decrypt_with_chunk(
             actual: size,
         });
     }
-    let file = out
-        .into_inner()
+    out.into_inner()
         .map_err(|e| io("flushing the plaintext file", e.error()))?;
-    file.sync_all()
-        .map_err(|e| io("syncing the plaintext file", &e))?;
     Ok(Plaintext { path, size, sha256 })
 }
 
