@@ -36,7 +36,7 @@
 //! For a dead job, `last_error` holds the dead-letter reason (the permanent
 //! error itself, or `expired: ...` naming the last error).
 //!
-//! # SQLite schema (version 2, kept in `PRAGMA user_version`)
+//! # SQLite schema (version 3, kept in `PRAGMA user_version`)
 //!
 //! Every time is Unix milliseconds (INTEGER); the payload is JSON text. The database runs with `journal_mode=WAL` and `synchronous=FULL`, so
 //! a returned enqueue has been fsynced.
