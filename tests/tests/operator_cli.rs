@@ -345,7 +345,8 @@ async fn media_find_on_s3_gives_the_keys_and_a_presigned_url_that_downloads_the_
     assert_eq!(object["sha256"], sha256_hex(&image));
     assert_eq!(object["size"], image.len());
     assert_eq!(object["mime_type"], "image/jpeg");
-    assert_eq!(object["verified"], "computed-only");
+    assert_eq!(object["verified"], false, "Green API vouches no hash");
+    assert_eq!(object["verification"], "computed-only");
     let manifest_key = object["manifest_key"].as_str().unwrap();
     assert!(
         manifest_key.starts_with("messages/green/") && manifest_key.ends_with("/FINDS3IMG1.json"),

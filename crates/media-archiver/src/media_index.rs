@@ -45,7 +45,8 @@ impl MediaIndex for ArchiveIndex {
             sha256: manifest.sha256.to_hex(),
             size: manifest.size,
             mime_type: manifest.mime_type,
-            verified: manifest.verification.as_str().to_owned(),
+            verified: manifest.verification.checked_against_provider(),
+            verification: manifest.verification.as_str().to_owned(),
             url,
         }))
     }

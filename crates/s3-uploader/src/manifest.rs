@@ -76,6 +76,12 @@ impl Verification {
             Verification::ComputedOnly => "computed-only",
         }
     }
+
+    /// Whether the bytes were compared with a hash the provider vouched for
+    /// (what the media API calls `verified`).
+    pub fn checked_against_provider(self) -> bool {
+        !matches!(self, Verification::ComputedOnly)
+    }
 }
 
 #[cfg(test)]

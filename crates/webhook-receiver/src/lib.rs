@@ -58,9 +58,12 @@ pub struct ArchivedMedia {
     pub size: u64,
     /// The provider's mime type.
     pub mime_type: Option<String>,
-    /// How the bytes were verified: `provider-sha256`, `whatsapp-enc+plain`
-    /// or `computed-only` (the manifest's `verification`).
-    pub verified: String,
+    /// Whether the bytes were checked against a hash the provider vouched
+    /// for (`false`: the sha256 was only computed while downloading).
+    pub verified: bool,
+    /// How: `provider-sha256`, `whatsapp-enc+plain` or `computed-only` (the
+    /// manifest's `verification`).
+    pub verification: String,
     /// A presigned GET URL of the blob (S3 only; absent otherwise). A
     /// bearer credential until it expires: never logged.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -73,13 +73,14 @@ async fn execute(args: &MediaArgs) -> Result<String, Failure> {
 
 /// One block of `field: value` lines per archived object.
 fn listing(objects: &[Value]) -> String {
-    const FIELDS: [&str; 7] = [
+    const FIELDS: [&str; 8] = [
         "blob_key",
         "manifest_key",
         "sha256",
         "size",
         "mime_type",
         "verified",
+        "verification",
         "url",
     ];
     let mut out = String::new();
@@ -107,9 +108,11 @@ mod tests {
     fn each_object_is_a_block_and_url_only_when_given() {
         let objects = [
             json!({"blob_key": "blobs/sha256/ab/ab.jpg", "manifest_key": "messages/g/2026/01/01/M.json",
-                   "sha256": "ab", "size": 3, "mime_type": "image/jpeg", "verified": "computed-only"}),
+                   "sha256": "ab", "size": 3, "mime_type": "image/jpeg", "verified": false,
+                   "verification": "computed-only"}),
             json!({"blob_key": "b", "manifest_key": "m", "sha256": "cd", "size": 1,
-                   "mime_type": null, "verified": "provider-sha256", "url": "https://s3/x?sig"}),
+                   "mime_type": null, "verified": true, "verification": "provider-sha256",
+                   "url": "https://s3/x?sig"}),
         ];
         let out = listing(&objects);
         assert!(
@@ -117,6 +120,10 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("mime_type:    -\n"), "{out}");
+        assert!(
+            out.contains("verified:     false\nverification: computed-only\n"),
+            "{out}"
+        );
         assert_eq!(out.matches("url:").count(), 1, "{out}");
         assert!(out.contains("\n\nblob_key:     b\n"), "{out}");
     }
