@@ -30,6 +30,7 @@ use sha2::Sha256;
 
 use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::constant_time_eq;
+use crate::meta::{self, non_empty};
 use crate::{
     JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
     ResolvedMedia, WebhookRequest,
@@ -253,49 +254,19 @@ impl CloudApi {
         m: &Value,
         phone_number_id: Option<&str>,
     ) -> Result<Option<JobSpec>, ProviderError> {
-        let field = |rest: &str| format!("{at}.{rest}");
-        let missing = |rest: &str| ProviderError::missing(&field(rest));
-        let kind = m
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| missing("type"))?;
-        if !MEDIA_TYPES.contains(&kind) {
+        let Some(msg) = meta::media_message(at, m, &MEDIA_TYPES)? else {
             return Ok(None);
-        }
-        let media = m
-            .get(kind)
-            .filter(|v| v.is_object())
-            .ok_or_else(|| missing(kind))?;
-        let message_id = non_empty(m, "id").ok_or_else(|| missing("id"))?;
-        let timestamp = m
-            .get("timestamp")
-            .and_then(unix_seconds)
-            .ok_or_else(|| missing("timestamp"))?;
-        let media_id = non_empty(media, "id").ok_or_else(|| missing(&format!("{kind}.id")))?;
-        let sha256 = match media.get("sha256") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_str()
-                    .and_then(|s| Sha256Digest::parse(s).ok())
-                    .ok_or_else(|| {
-                        ProviderError::BadPayload(format!(
-                            "field `{}` is not a sha256 in hex or base64",
-                            field(&format!("{kind}.sha256"))
-                        ))
-                    })?
-                    .to_hex(),
-            ),
         };
+        let (media_id, message_id, message_at) = (msg.media_id, msg.message_id, msg.message_at);
         let payload = Payload {
-            media_type: kind.to_owned(),
-            mime_type: non_empty(media, "mime_type").map(str::to_owned),
-            sha256,
-            caption: non_empty(media, "caption").map(str::to_owned),
-            file_name: non_empty(media, "filename").map(str::to_owned),
-            sender: non_empty(m, "from").map(str::to_owned),
+            media_type: msg.kind.to_owned(),
+            mime_type: msg.mime_type,
+            sha256: msg.sha256,
+            caption: msg.caption,
+            file_name: msg.file_name,
+            sender: msg.sender,
             phone_number_id: phone_number_id.map(str::to_owned),
         };
-        let message_at = timestamp.saturating_mul(1000);
         let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
         Ok(Some(JobSpec {
             id: JobSpec::job_id(self.account.as_str(), media_id),
@@ -428,20 +399,6 @@ pub(crate) fn subscription_challenge(
             "hub.challenge missing or not 1 to {MAX_CHALLENGE} printable characters"
         ))),
     }
-}
-
-fn non_empty<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-/// A Unix time in seconds, written as a string (as Meta does) or a number.
-fn unix_seconds(v: &Value) -> Option<i64> {
-    match v {
-        Value::String(s) => s.trim().parse().ok(),
-        Value::Number(n) => n.as_i64(),
-        _ => None,
-    }
-    .filter(|t| *t > 0)
 }
 
 /// A list at `key` of `v`: absent or null is `None`, not a list is 400.

@@ -29,6 +29,7 @@ mod config;
 mod error;
 mod evolution;
 mod greenapi;
+mod meta;
 mod nxcloud;
 mod onprem;
 

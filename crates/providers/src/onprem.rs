@@ -39,6 +39,7 @@ use serde_json::Value;
 
 use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::require_bearer_or_query_token;
+use crate::meta::{self, non_empty};
 use crate::{
     JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
     ResolvedMedia, Wake, WebhookRequest,
@@ -337,53 +338,22 @@ impl OnPrem {
     }
 
     fn message_job(&self, i: usize, m: &Value) -> Result<Option<JobSpec>, ProviderError> {
-        let field = |rest: &str| format!("messages[{i}].{rest}");
-        let missing = |rest: &str| ProviderError::missing(&field(rest));
-        let kind = m
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| missing("type"))?;
-        if !MEDIA_TYPES.contains(&kind) {
+        let Some(msg) = meta::media_message(&format!("messages[{i}]"), m, &MEDIA_TYPES)? else {
             return Ok(None);
-        }
-        let media = m
-            .get(kind)
-            .filter(|v| v.is_object())
-            .ok_or_else(|| missing(kind))?;
-        let message_id = non_empty(m, "id").ok_or_else(|| missing("id"))?;
-        let timestamp = m
-            .get("timestamp")
-            .and_then(unix_seconds)
-            .ok_or_else(|| missing("timestamp"))?;
-        let media_id = non_empty(media, "id").ok_or_else(|| missing(&format!("{kind}.id")))?;
-        let sha256 = match media.get("sha256") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_str()
-                    .and_then(|s| archiver_core::Sha256Digest::parse(s).ok())
-                    .ok_or_else(|| {
-                        ProviderError::BadPayload(format!(
-                            "field `{}` is not a sha256 in hex or base64",
-                            field(&format!("{kind}.sha256"))
-                        ))
-                    })?
-                    .to_hex(),
-            ),
         };
-        let sender = non_empty(m, "from").map(str::to_owned);
+        let (media_id, message_id, message_at) = (msg.media_id, msg.message_id, msg.message_at);
         let payload = Payload {
-            media_type: kind.to_owned(),
-            mime_type: non_empty(media, "mime_type").map(str::to_owned),
-            sha256,
-            caption: non_empty(media, "caption").map(str::to_owned),
-            file_name: non_empty(media, "filename").map(str::to_owned),
+            media_type: msg.kind.to_owned(),
+            mime_type: msg.mime_type,
+            sha256: msg.sha256,
+            caption: msg.caption,
+            file_name: msg.file_name,
             chat_id: non_empty(m, "group_id")
                 .map(str::to_owned)
-                .or_else(|| sender.clone()),
-            sender,
-            auto_downloaded: non_empty(media, "file").is_some(),
+                .or_else(|| msg.sender.clone()),
+            sender: msg.sender,
+            auto_downloaded: non_empty(msg.media, "file").is_some(),
         };
-        let message_at = timestamp.saturating_mul(1000);
         let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
         Ok(Some(JobSpec {
             id: JobSpec::job_id(self.account.as_str(), media_id),
@@ -560,20 +530,6 @@ fn store_failed(note: &str, attempt: u32) -> ProviderError {
         detail,
         class,
     }
-}
-
-fn non_empty<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-/// A Unix time in seconds, written as a string (On-Prem) or a number.
-fn unix_seconds(v: &Value) -> Option<i64> {
-    match v {
-        Value::String(s) => s.trim().parse().ok(),
-        Value::Number(n) => n.as_i64(),
-        _ => None,
-    }
-    .filter(|t| *t > 0)
 }
 
 #[async_trait::async_trait]

@@ -1,0 +1,104 @@
+//! The message shape Meta's two WhatsApp Business APIs share.
+//!
+//! On-Premises (`messages[]` at the top of the webhook) and Cloud API
+//! (`entry[].changes[].value.messages[]`) announce a media file the same
+//! way: `type` names a key holding `{id, mime_type, sha256, caption,
+//! filename}`, beside the message `id`, `from` and a Unix `timestamp` in
+//! seconds (a string on the wire, tolerated as a number). Only where the
+//! message sits and what the job needs from around it differ, so the
+//! adapters parse it here and build their own payloads.
+
+use archiver_core::Sha256Digest;
+use serde_json::Value;
+
+use crate::ProviderError;
+
+/// A media message as both APIs send it; `None` fields were absent or empty.
+pub(crate) struct MediaMessage<'a> {
+    /// `image`, `document`, ...: the message `type`, one of the adapter's.
+    pub kind: &'a str,
+    /// The object under `kind`.
+    pub media: &'a Value,
+    pub message_id: &'a str,
+    pub media_id: &'a str,
+    /// Unix milliseconds.
+    pub message_at: i64,
+    /// Lowercase hex, whichever encoding the provider used.
+    pub sha256: Option<String>,
+    pub mime_type: Option<String>,
+    pub caption: Option<String>,
+    pub file_name: Option<String>,
+    pub sender: Option<String>,
+}
+
+/// Parses the message `m` found at `at` (for error messages). `Ok(None)`
+/// for a message whose type is not one of `media_types` (text, location,
+/// ...); an error names the missing or malformed field.
+pub(crate) fn media_message<'a>(
+    at: &str,
+    m: &'a Value,
+    media_types: &[&str],
+) -> Result<Option<MediaMessage<'a>>, ProviderError> {
+    let field = |rest: &str| format!("{at}.{rest}");
+    let missing = |rest: &str| ProviderError::missing(&field(rest));
+    let kind = m
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing("type"))?;
+    if !media_types.contains(&kind) {
+        return Ok(None);
+    }
+    let media = m
+        .get(kind)
+        .filter(|v| v.is_object())
+        .ok_or_else(|| missing(kind))?;
+    let message_id = non_empty(m, "id").ok_or_else(|| missing("id"))?;
+    let timestamp = m
+        .get("timestamp")
+        .and_then(unix_seconds)
+        .ok_or_else(|| missing("timestamp"))?;
+    let media_id = non_empty(media, "id").ok_or_else(|| missing(&format!("{kind}.id")))?;
+    let sha256 = match media.get("sha256") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(|s| Sha256Digest::parse(s).ok())
+                .ok_or_else(|| {
+                    ProviderError::BadPayload(format!(
+                        "field `{}` is not a sha256 in hex or base64",
+                        field(&format!("{kind}.sha256"))
+                    ))
+                })?
+                .to_hex(),
+        ),
+    };
+    let owned = |v: &Value, key: &str| non_empty(v, key).map(str::to_owned);
+    Ok(Some(MediaMessage {
+        kind,
+        media,
+        message_id,
+        media_id,
+        message_at: timestamp.saturating_mul(1000),
+        sha256,
+        mime_type: owned(media, "mime_type"),
+        caption: owned(media, "caption"),
+        file_name: owned(media, "filename"),
+        sender: owned(m, "from"),
+    }))
+}
+
+/// The string at `key`, unless absent or empty.
+pub(crate) fn non_empty<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// A positive Unix time in seconds, written as a string (as Meta does) or a
+/// number.
+pub(crate) fn unix_seconds(v: &Value) -> Option<i64> {
+    match v {
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+    .filter(|t| *t > 0)
+}
