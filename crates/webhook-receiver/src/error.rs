@@ -98,3 +98,74 @@ pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response<Ful
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    async fn body_of(response: Response<Full<Bytes>>) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_error_is_json_with_its_status_and_a_message() {
+        let cases = [
+            (ApiError::BadRequest("field `x` is missing".into()), 400),
+            (ApiError::Unauthorized("wrong token".into()), 401),
+            (ApiError::Forbidden("verify token refused".into()), 403),
+            (ApiError::NotFound("no account `a`".into()), 404),
+            (ApiError::MethodNotAllowed("POST"), 405),
+            (ApiError::PayloadTooLarge(1024), 413),
+            (ApiError::Unavailable("queue unavailable".into()), 503),
+        ];
+        for (error, status) in cases {
+            let label = error.outcome_label();
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status, "{label}");
+            assert_eq!(
+                response.headers()[http::header::CONTENT_TYPE],
+                "application/json"
+            );
+            let body = body_of(response).await;
+            let message = body["error"].as_str().unwrap_or_default();
+            assert!(!message.is_empty(), "{label}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_405_names_the_allowed_method_and_a_413_the_limit() {
+        let response = ApiError::MethodNotAllowed("POST").into_response();
+        assert_eq!(response.headers()[http::header::ALLOW], "POST");
+        assert_eq!(
+            body_of(response).await["error"],
+            "method not allowed; use POST"
+        );
+
+        let body = body_of(ApiError::PayloadTooLarge(4096).into_response()).await;
+        assert_eq!(
+            body["error"],
+            "body larger than server.max_body_bytes (4096 bytes)"
+        );
+    }
+
+    #[test]
+    fn only_a_503_asks_the_provider_to_come_back() {
+        let unavailable = ApiError::Unavailable("queue unavailable".into()).into_response();
+        assert_eq!(unavailable.headers()[http::header::RETRY_AFTER], "5");
+        let bad = ApiError::BadRequest("x".into()).into_response();
+        assert!(bad.headers().get(http::header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn a_refused_credential_is_401_and_any_other_provider_error_400() {
+        let unauthorized: ApiError =
+            providers::ProviderError::Unauthorized("bad bearer".into()).into();
+        assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+        let bad: ApiError = providers::ProviderError::BadPayload("not JSON".into()).into();
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(bad.outcome_label(), "bad_request");
+    }
+}
