@@ -113,7 +113,7 @@ pub struct S3Config {
     /// for files that would need more than 10,000 parts.
     pub part_size: u64,
     /// Parts of one file in flight at once (default 4). Memory per upload
-    /// holds one 64 KiB read buffer per part in flight, whatever `part_size`.
+    /// is a 64 KiB read buffer per part in flight, whatever `part_size`.
     pub max_parallel_parts: usize,
 }
 
