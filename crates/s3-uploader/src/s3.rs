@@ -345,6 +345,25 @@ impl S3Store {
     /// also gives `None`: write-only credentials (PutObject without
     /// GetObject) are a sound policy for an archive, and re-uploading an
     /// identical content-addressed object is harmless.
+    /// GetObject; `None` when there is no such key.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, StoreError> {
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Some(out)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(self.err("GetObject", key, e)),
+        }
+    }
+
     async fn existing_size(&self, key: &str) -> Result<Option<i64>, StoreError> {
         let result = self
             .client
@@ -862,17 +881,8 @@ impl ObjectStore for S3Store {
 
     async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         validate_key(key)?;
-        let result = self
-            .client
-            .get_object()
-            .bucket(&self.cfg.bucket)
-            .key(key)
-            .send()
-            .await;
-        let out = match result {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(self.err("GetObject", key, e)),
+        let Some(out) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let too_large = || StoreError::TooLarge {
             key: key.to_owned(),
@@ -962,17 +972,8 @@ impl ObjectStore for S3Store {
 
     async fn read_hashed(&self, key: &str) -> Result<Option<ObjectDigest>, StoreError> {
         validate_key(key)?;
-        let result = self
-            .client
-            .get_object()
-            .bucket(&self.cfg.bucket)
-            .key(key)
-            .send()
-            .await;
-        let out = match result {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(self.err("GetObject", key, e)),
+        let Some(out) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let mut body = out.body;
         let mut hasher = Sha256::new();
