@@ -329,6 +329,53 @@ pub async fn s3_client(store: &StoreUnderTest) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
+/// An object read back from the store under test.
+#[derive(Debug)]
+pub struct S3Object {
+    /// User metadata (`x-amz-meta-*`).
+    pub metadata: std::collections::HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// Reads `key` from `bucket`; panics naming the key when it cannot.
+pub async fn s3_object(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> S3Object {
+    let object = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{key}: {e:?}"));
+    let metadata = object.metadata().cloned().unwrap_or_default();
+    let body = object.body.collect().await.unwrap().into_bytes().to_vec();
+    S3Object { metadata, body }
+}
+
+/// The manifest archived for `message_id` of `account` (storage layout:
+/// `messages/{account}/YYYY/MM/DD/{message_id}.json`); panics when none.
+pub async fn s3_manifest(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    account: &str,
+    message_id: &str,
+) -> Value {
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(format!("messages/{account}/"))
+        .send()
+        .await
+        .unwrap();
+    let key = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .find(|k| k.ends_with(&format!("/{message_id}.json")))
+        .unwrap_or_else(|| panic!("no manifest for {message_id}"))
+        .to_owned();
+    serde_json::from_slice(&s3_object(client, bucket, &key).await.body).unwrap()
+}
+
 /// The `[queue]` section for a PostgreSQL-backed daemon in the test
 /// database's private schema (append it to the accounts of [`config`]).
 pub fn postgres_queue(db: &retry_queue::conformance::pg::PgTestDatabase) -> String {

@@ -192,44 +192,10 @@ async fn with_s3_an_image_with_a_base64_sha256_and_a_document_with_a_hex_sha256_
     ] {
         let hash = sha256_hex(content);
         let key = format!("blobs/sha256/{}/{hash}{ext}", &hash[..2]);
-        let object = client
-            .get_object()
-            .bucket(&garage.bucket)
-            .key(&key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{key}: {e:?}"));
-        let body = object.body.collect().await.unwrap().into_bytes();
-        assert_eq!(sha256_hex(&body), hash, "{key} content differs");
-        let listed = client
-            .list_objects_v2()
-            .bucket(&garage.bucket)
-            .prefix(format!("messages/{ACCOUNT}/"))
-            .send()
-            .await
-            .unwrap();
-        let manifests: Vec<Value> = {
-            let mut out = Vec::new();
-            for key in listed.contents().iter().filter_map(|o| o.key()) {
-                let object = client
-                    .get_object()
-                    .bucket(&garage.bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .unwrap();
-                out.push(
-                    serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes())
-                        .unwrap(),
-                );
-            }
-            out
-        };
-        let manifest = manifests
-            .iter()
-            .find(|m| m["message_id"] == message_id)
-            .unwrap_or_else(|| panic!("no manifest for {message_id}: {manifests:?}"));
-        assert_manifest(manifest, message_id, media, &hash, ext);
+        let object = e2e::s3_object(&client, &garage.bucket, &key).await;
+        assert_eq!(sha256_hex(&object.body), hash, "{key} content differs");
+        let manifest = e2e::s3_manifest(&client, &garage.bucket, ACCOUNT, message_id).await;
+        assert_manifest(&manifest, message_id, media, &hash, ext);
         assert_eq!(manifest["sender"], test_support::meta::CLOUD_SENDER);
     }
     let logs = s.daemon.logs();

@@ -545,46 +545,13 @@ async fn with_s3_an_image_and_a_40_mib_video_are_archived_intact_in_garage() {
     ] {
         let hash = sha256_hex(content);
         let key = format!("blobs/sha256/{}/{hash}{ext}", &hash[..2]);
-        let object = client
-            .get_object()
-            .bucket(&garage.bucket)
-            .key(&key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{key}: {e:?}"));
+        let object = e2e::s3_object(&client, &garage.bucket, &key).await;
         assert_eq!(
-            object
-                .metadata()
-                .and_then(|m| m.get("sha256"))
-                .map(String::as_str),
+            object.metadata.get("sha256").map(String::as_str),
             Some(hash.as_str())
         );
-        let body = object.body.collect().await.unwrap().into_bytes();
-        assert_eq!(sha256_hex(&body), hash, "{key} content differs");
-
-        let listed = client
-            .list_objects_v2()
-            .bucket(&garage.bucket)
-            .prefix("messages/green/")
-            .send()
-            .await
-            .unwrap();
-        let manifest_key = listed
-            .contents()
-            .iter()
-            .filter_map(|o| o.key())
-            .find(|k| k.ends_with(&format!("/{id}.json")))
-            .unwrap_or_else(|| panic!("no manifest for {id}"))
-            .to_owned();
-        let manifest = client
-            .get_object()
-            .bucket(&garage.bucket)
-            .key(&manifest_key)
-            .send()
-            .await
-            .unwrap();
-        let manifest: Value =
-            serde_json::from_slice(&manifest.body.collect().await.unwrap().into_bytes()).unwrap();
+        assert_eq!(sha256_hex(&object.body), hash, "{key} content differs");
+        let manifest = e2e::s3_manifest(&client, &garage.bucket, "green", id).await;
         assert_eq!(manifest["sha256"], hash);
         assert_eq!(manifest["blob_key"], key);
         assert_eq!(manifest["verification"], "computed-only");

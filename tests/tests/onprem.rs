@@ -195,38 +195,9 @@ async fn with_s3_an_image_and_a_document_are_archived_through_the_store_and_its_
     ] {
         let hash = sha256_hex(content);
         let key = format!("blobs/sha256/{}/{hash}{ext}", &hash[..2]);
-        let object = client
-            .get_object()
-            .bucket(&garage.bucket)
-            .key(&key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{key}: {e:?}"));
-        let body = object.body.collect().await.unwrap().into_bytes();
-        assert_eq!(sha256_hex(&body), hash, "{key} content differs");
-        let listed = client
-            .list_objects_v2()
-            .bucket(&garage.bucket)
-            .prefix(format!("messages/{ACCOUNT}/"))
-            .send()
-            .await
-            .unwrap();
-        let manifest_key = listed
-            .contents()
-            .iter()
-            .filter_map(|o| o.key())
-            .find(|k| k.ends_with(&format!("/{message_id}.json")))
-            .unwrap_or_else(|| panic!("no manifest for {message_id}"))
-            .to_owned();
-        let manifest = client
-            .get_object()
-            .bucket(&garage.bucket)
-            .key(&manifest_key)
-            .send()
-            .await
-            .unwrap();
-        let manifest: Value =
-            serde_json::from_slice(&manifest.body.collect().await.unwrap().into_bytes()).unwrap();
+        let object = e2e::s3_object(&client, &garage.bucket, &key).await;
+        assert_eq!(sha256_hex(&object.body), hash, "{key} content differs");
+        let manifest = e2e::s3_manifest(&client, &garage.bucket, ACCOUNT, message_id).await;
         assert_manifest(&manifest, message_id, media, &hash, ext);
     }
 
