@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench -p media-archiver --bench queue              # full run
 //! cargo bench -p media-archiver --bench queue -- --quick   # smaller, for a smoke run
+//! cargo bench -p media-archiver --bench queue -- --ingest  # the ingest table only
 //! ```
 //!
 //! 1. **Ingest**: the same load (64 keep-alive HTTP/1.1 connections, each
@@ -58,6 +59,7 @@ struct Settings {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let ingest_only = std::env::args().any(|a| a == "--ingest");
     let settings = if quick {
         Settings {
             requests: 20_000,
@@ -141,6 +143,9 @@ fn main() {
         stop.cancel();
     }
     print_ingest(&ingest);
+    if ingest_only {
+        return;
+    }
 
     let mut leasing = Vec::new();
     for (backend, backlog) in [("SQLite", 1_000), ("SQLite", settings.big_backlog)] {
@@ -287,8 +292,12 @@ async fn receiver(queue: Arc<dyn JobQueue>) -> (SocketAddr, CancellationToken) {
 // Load generator
 
 /// A Green API incoming-image webhook of about 1 KiB with its own id.
+///
+/// Ids look like Green API's (`BAE5` and hex) and arrive in random order,
+/// as real message ids do: a counter would let every index on the id
+/// append to its last page, which flatters a B-tree several times over.
 fn webhook(run: &str, n: usize) -> Bytes {
-    let id = format!("{run:X<8}{n:024}");
+    let id = format!("BAE5{:016X}", splitmix64(fnv1a(run.as_bytes()) ^ n as u64));
     let mut body = format!(
         r#"{{"typeWebhook":"incomingMessageReceived","instanceData":{{"idInstance":1101000001,"wid":"79876543210@c.us","typeInstance":"whatsapp"}},"timestamp":{ts},"idMessage":"{id}","senderData":{{"chatId":"79001234568@c.us","chatName":"Test contact","sender":"79001234568@c.us","senderName":"Test contact","senderContactName":"Test contact"}},"messageData":{{"typeMessage":"imageMessage","fileMessageData":{{"downloadUrl":"https://sw-media-out.storage.yandexcloud.net/1101000001/{id}.jpg","fileName":"photo.jpg","mimeType":"image/jpeg","jpegThumbnail":"","isAnimated":false,"isForwarded":false,"forwardingScore":0,"caption":"CAPTION"}}}}}}"#,
         ts = 1_795_000_000 + n as u64 % 1000
@@ -298,6 +307,22 @@ fn webhook(run: &str, n: usize) -> Bytes {
     Bytes::from(body)
 }
 
+/// A well-mixed 64-bit permutation (SplitMix64's finaliser): distinct
+/// inputs give distinct, random-looking outputs.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a, to turn a run's name into a seed.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01B3)
+    })
+}
+
 #[derive(Debug)]
 struct LoadResult {
     requests: usize,
@@ -305,11 +330,18 @@ struct LoadResult {
     elapsed: Duration,
     /// Latencies of successful requests, sorted.
     latencies: Vec<Duration>,
+    /// CPU used during the run, by role.
+    cpu: CpuTime,
 }
 
 impl LoadResult {
     fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Microseconds of CPU per answered request.
+    fn cpu_per_request(&self, used: Duration) -> f64 {
+        used.as_secs_f64() * 1e6 / self.requests.max(1) as f64
     }
 
     fn percentile(&self, p: f64) -> Duration {
@@ -327,6 +359,7 @@ async fn load(addr: SocketAddr, settings: Settings, run: &str) -> LoadResult {
     let bodies: Arc<Vec<Bytes>> =
         Arc::new((0..settings.requests).map(|n| webhook(run, n)).collect());
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = CpuTime::now();
     let started = Instant::now();
     let deadline = started + settings.duration;
     let tasks: Vec<_> = (0..CONNECTIONS)
@@ -380,34 +413,105 @@ async fn load(addr: SocketAddr, settings: Settings, run: &str) -> LoadResult {
         errors += failed;
     }
     let elapsed = started.elapsed();
+    let cpu = CpuTime::now().since(&cpu_before);
     latencies.sort();
     LoadResult {
         requests: latencies.len(),
         errors,
         elapsed,
         latencies,
+        cpu,
     }
+}
+
+/// CPU time used so far, by role: the load generator (this process's
+/// `client` threads), the server (every other thread of this process: the
+/// `server` runtime and the queue's threads) and PostgreSQL's processes.
+/// Read from `schedstat` (nanoseconds on a CPU), Linux only; zero elsewhere.
+#[derive(Debug, Default, Clone, Copy)]
+struct CpuTime {
+    client: Duration,
+    server: Duration,
+    database: Duration,
+}
+
+impl CpuTime {
+    fn now() -> Self {
+        let mut cpu = Self::default();
+        for (comm, ran) in schedstats("/proc/self/task") {
+            if comm.starts_with("client") {
+                cpu.client += ran;
+            } else {
+                cpu.server += ran;
+            }
+        }
+        cpu.database = schedstats("/proc")
+            .into_iter()
+            .filter(|(comm, _)| comm == "postgres")
+            .map(|(_, ran)| ran)
+            .sum();
+        cpu
+    }
+
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            client: self.client.saturating_sub(earlier.client),
+            server: self.server.saturating_sub(earlier.server),
+            database: self.database.saturating_sub(earlier.database),
+        }
+    }
+}
+
+/// `(comm, time on a CPU)` of each numbered entry under `dir`.
+fn schedstats(dir: &str) -> Vec<(String, Duration)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| {
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
+            let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+            Some((comm.trim().to_owned(), Duration::from_nanos(ns)))
+        })
+        .collect()
 }
 
 fn print_ingest(results: &[(&str, LoadResult)]) {
     let noop = results.first().map_or(1.0, |(_, r)| r.rate());
     println!("Webhook ingest: 1 KiB Green API webhooks, {CONNECTIONS} connections, loopback");
     println!(
-        "{:<30} {:>9} {:>8} {:>10} {:>9} {:>9} {:>7}",
-        "server", "requests", "errors", "req/s", "p50 ms", "p99 ms", "% no-op"
+        "{:<30} {:>9} {:>8} {:>10} {:>9} {:>9} {:>7}  {:>24}",
+        "server",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "% no-op",
+        "CPU us/req server+db/load"
     );
     for (name, r) in results {
         println!(
-            "{:<30} {:>9} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>6.0}%",
+            "{:<30} {:>9} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>6.0}%  {:>15.1} {:>8.1}",
             name,
             r.requests,
             r.errors,
             r.rate(),
             r.percentile(0.50).as_secs_f64() * 1e3,
             r.percentile(0.99).as_secs_f64() * 1e3,
-            100.0 * r.rate() / noop
+            100.0 * r.rate() / noop,
+            r.cpu_per_request(r.cpu.server + r.cpu.database),
+            r.cpu_per_request(r.cpu.client),
         );
     }
+    println!(
+        "(CPU: time on a CPU per answered request, from schedstat; server+db is this \
+         process's server and queue threads plus PostgreSQL's processes, load is the \
+         load generator.)"
+    );
     println!();
 }
 

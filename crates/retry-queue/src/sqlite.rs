@@ -5,8 +5,13 @@
 //! time anyway, and nearly every queue operation writes. A single owner
 //! thread serialises them without `SQLITE_BUSY` retries, keeps prepared
 //! statements cached, and is the natural place for group commit: enqueues
-//! that arrived while the previous transaction was being fsynced are
-//! committed together, so a burst of webhooks costs one fsync, not one each.
+//! that arrived while the previous transaction was being written are
+//! committed together, so a burst of webhooks costs one transaction, not
+//! one each. Its answers go out through [`wal_sync`], a second thread
+//! that fsyncs the WAL once for every commit made since its last fsync, so
+//! the next group is inserted while the previous one is being synced.
+
+mod wal_sync;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
+use self::wal_sync::{Answer, Fault, SyncHook, WalSync};
 use crate::{
     Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, QueueError, QueueStats,
     RetryPolicy, backoff,
@@ -118,6 +124,8 @@ pub struct SqliteQueue {
     commands: Option<mpsc::Sender<Command>>,
     /// Joined on drop.
     worker: Option<JoinHandle<()>>,
+    /// Why the queue stopped, once a WAL fsync failed.
+    fault: Fault,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -136,6 +144,17 @@ impl SqliteQueue {
         policy: RetryPolicy,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, QueueError> {
+        Self::open_with_sync_hook(path, policy, clock, None)
+    }
+
+    /// [`Self::open`], with `hook` run before every fsync of the WAL (tests
+    /// hold a sync back, or fail it, with it).
+    fn open_with_sync_hook(
+        path: &Path,
+        policy: RetryPolicy,
+        clock: Arc<dyn Clock>,
+        hook: Option<SyncHook>,
+    ) -> Result<Self, QueueError> {
         policy.validate().map_err(QueueError::InvalidPolicy)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -148,7 +167,12 @@ impl SqliteQueue {
             }
             other => other,
         })?;
+        let cannot_start =
+            |e: std::io::Error| QueueError::Unavailable(format!("cannot start the queue thread: {e}"));
+        let fault = Fault::default();
         let store = Store {
+            sync: WalSync::start(path, CHANNEL_CAPACITY, hook, fault.clone())
+                .map_err(cannot_start)?,
             conn,
             clock,
             policy,
@@ -158,16 +182,25 @@ impl SqliteQueue {
         let worker = std::thread::Builder::new()
             .name("retry-queue-sqlite".to_owned())
             .spawn(move || run(store, receiver))
-            .map_err(|e| QueueError::Unavailable(format!("cannot start the queue thread: {e}")))?;
+            .map_err(cannot_start)?;
         Ok(Self {
             path: path.to_owned(),
             commands: Some(commands),
             worker: Some(worker),
+            fault,
         })
     }
 
     fn sender(&self) -> Result<&mpsc::Sender<Command>, QueueError> {
-        self.commands.as_ref().ok_or_else(stopped)
+        self.commands.as_ref().ok_or_else(|| self.stopped())
+    }
+
+    /// The error of a call the database thread will never answer.
+    fn stopped(&self) -> QueueError {
+        match self.fault.get() {
+            Some(fault) => QueueError::Unavailable(fault.clone()),
+            None => QueueError::Unavailable("the queue's database thread has stopped".to_owned()),
+        }
     }
 
     /// Runs `f` on the database thread and waits for its answer.
@@ -179,11 +212,17 @@ impl SqliteQueue {
         f: impl FnOnce(&mut Store) -> StoreResult<T> + Send + 'static,
     ) -> Result<T, QueueError> {
         let (reply, answer) = oneshot::channel();
-        let command = Command::Call(Box::new(move |store: &mut Store| {
-            let _ = reply.send(f(store).map_err(QueueError::from));
+        let command = Command::Call(Box::new(move |store: &mut Store| -> Answer {
+            let result = f(store).map_err(QueueError::from);
+            Box::new(move |synced: Result<(), &str>| {
+                let _ = reply.send(synced.map_err(not_durable).and(result));
+            })
         }));
-        self.sender()?.send(command).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.sender()?
+            .send(command)
+            .await
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
     }
 }
 
@@ -196,8 +235,9 @@ impl Drop for SqliteQueue {
     }
 }
 
-fn stopped() -> QueueError {
-    QueueError::Unavailable("the queue's database thread has stopped".to_owned())
+/// The answer to a command whose commit could not be made durable.
+fn not_durable(fault: &str) -> QueueError {
+    QueueError::Unavailable(fault.to_owned())
 }
 
 #[async_trait::async_trait]
@@ -210,8 +250,8 @@ impl JobQueue for SqliteQueue {
         self.sender()?
             .send(Command::Enqueue(EnqueueRequest { jobs, reply }))
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
     }
 
     async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Lease>, QueueError> {
@@ -301,15 +341,21 @@ struct EnqueueRequest {
 enum Command {
     /// Kept apart from `Call` so that waiting enqueues can share a commit.
     Enqueue(EnqueueRequest),
-    /// Anything else; the closure sends its own reply.
-    Call(Box<dyn FnOnce(&mut Store) + Send>),
+    /// Anything else; the closure returns how to send its reply.
+    Call(Box<dyn FnOnce(&mut Store) -> Answer + Send>),
 }
 
 /// The thread's loop: one command at a time, in arrival order, except that
-/// an enqueue takes every enqueue queued right behind it into its transaction.
+/// an enqueue takes every enqueue queued right behind it into its
+/// transaction. Each command's answer goes to the WAL sync stage, which
+/// sends it once the command's commit is durable.
 fn run(mut store: Store, mut commands: mpsc::Receiver<Command>) {
     let mut next = None;
     loop {
+        if store.sync.fault().is_some() {
+            // An fsync failed: stop; every waiting and later call hears why.
+            return;
+        }
         let command = match next.take() {
             Some(command) => command,
             None => match commands.blocking_recv() {
@@ -317,7 +363,8 @@ fn run(mut store: Store, mut commands: mpsc::Receiver<Command>) {
                 None => return, // every sender dropped: the queue was dropped
             },
         };
-        match command {
+        let changes_before = store.conn.total_changes();
+        let answer = match command {
             Command::Call(f) => f(&mut store),
             Command::Enqueue(first) => {
                 let mut group = vec![first];
@@ -332,9 +379,11 @@ fn run(mut store: Store, mut commands: mpsc::Receiver<Command>) {
                         Err(_) => break,
                     }
                 }
-                store.enqueue_group(group);
+                store.enqueue_group(group)
             }
-        }
+        };
+        let wrote = store.conn.total_changes() != changes_before;
+        store.sync.settle(wrote, answer);
     }
 }
 
@@ -367,6 +416,9 @@ impl Held {
 
 /// The connection and everything the operations need; lives on the thread.
 struct Store {
+    /// Declared before `conn`, so it is dropped first: its last fsync
+    /// happens before the connection closes.
+    sync: WalSync,
     conn: Connection,
     clock: Arc<dyn Clock>,
     policy: RetryPolicy,
@@ -380,7 +432,8 @@ impl Store {
         self.clock.now_ms()
     }
 
-    fn enqueue_group(&mut self, group: Vec<EnqueueRequest>) {
+    /// Commits a group; the answer tells each request its outcomes.
+    fn enqueue_group(&mut self, group: Vec<EnqueueRequest>) -> Answer {
         let now = self.now();
         match insert_group(&mut self.conn, &group, now) {
             Ok(outcomes) => {
@@ -390,19 +443,23 @@ impl Store {
                     commits = self.enqueue_commits,
                     "enqueue group committed"
                 );
-                for (request, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = request.reply.send(Ok(outcome));
-                }
+                Box::new(move |synced| {
+                    for (request, outcome) in group.into_iter().zip(outcomes) {
+                        let _ = request.reply.send(synced.map(|()| outcome).map_err(not_durable));
+                    }
+                })
             }
             Err(e) => {
                 // Nothing of the group was committed; every caller hears so.
                 let message = e.to_string();
                 tracing::warn!(error = %message, requests = group.len(), "enqueue failed");
-                for request in group {
-                    let _ = request
-                        .reply
-                        .send(Err(QueueError::Unavailable(message.clone())));
-                }
+                Box::new(move |_| {
+                    for request in group {
+                        let _ = request
+                            .reply
+                            .send(Err(QueueError::Unavailable(message.clone())));
+                    }
+                })
             }
         }
     }
@@ -852,14 +909,17 @@ fn open_database(path: &Path) -> StoreResult<Connection> {
         ))
         .into());
     }
-    // FULL: a commit in WAL mode fsyncs the WAL, so an acknowledged
-    // enqueue survives power loss, not only a process crash.
-    conn.pragma_update(None, "synchronous", "FULL")?;
     // Small, frequent checkpoints: SQLite runs a checkpoint inside the
     // commit that crosses this many WAL pages, so its size is a stall every
     // webhook of the next group waits out (see WAL_AUTOCHECKPOINT_PAGES).
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    // Migrations commit durably on their own (FULL fsyncs the WAL at commit)...
+    conn.pragma_update(None, "synchronous", "FULL")?;
     migrate(&mut conn)?;
+    // ...and from here on commits are not fsynced by SQLite: the WAL sync
+    // stage fsyncs the WAL before any caller hears of a commit, once for
+    // every commit made since its previous fsync (see `wal_sync`).
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(conn)
 }
 
@@ -1165,7 +1225,10 @@ mod tests {
         let sync: i64 = conn
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(sync, 2, "synchronous=FULL");
+        assert_eq!(
+            sync, 1,
+            "synchronous=NORMAL: the WAL sync stage fsyncs before answering"
+        );
         drop(conn);
         assert!(open_database(&path).is_ok(), "reopening is idempotent");
 
@@ -1276,6 +1339,121 @@ mod tests {
             assert_eq!(task.await.unwrap().unwrap(), vec![Enqueued::New]);
         }
         assert_eq!(commits().await, 1, "20 waiting enqueues, one transaction");
+    }
+
+    /// A sync hook that blocks every WAL fsync until the test releases it,
+    /// and says when a sync is waiting.
+    struct HeldSyncs {
+        waiting: tokio::sync::mpsc::UnboundedReceiver<()>,
+        release: std::sync::mpsc::Sender<()>,
+        syncs: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    fn held_syncs() -> (SyncHook, HeldSyncs) {
+        let (waiting_tx, waiting) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = syncs.clone();
+        let hook: SyncHook = Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = waiting_tx.send(());
+            let released = release_rx
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .recv_timeout(Duration::from_secs(30));
+            released.map_err(|_| std::io::Error::other("the test never released the sync"))
+        });
+        (
+            hook,
+            HeldSyncs {
+                waiting,
+                release,
+                syncs,
+            },
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_answered_before_the_wal_fsync_that_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hook, mut held) = held_syncs();
+        let queue = Arc::new(
+            SqliteQueue::open_with_sync_hook(
+                &dir.path().join("q.db"),
+                RetryPolicy::default(),
+                Arc::new(ManualClock::new(1_000)),
+                Some(hook),
+            )
+            .unwrap(),
+        );
+        // Nothing committed yet: a read is answered without an fsync.
+        assert!(queue.get("acme:1").await.unwrap().is_none());
+        assert_eq!(held.syncs.load(Ordering::SeqCst), 0);
+
+        let enqueue = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.enqueue(vec![spec("acme:1")]).await })
+        };
+        // The group is committed and its fsync is held back: no answer yet,
+        // and a read of the job waits behind it (it must not show a job a
+        // power cut could still take away).
+        tokio::time::timeout(Duration::from_secs(30), held.waiting.recv())
+            .await
+            .expect("the enqueue's commit was never synced")
+            .unwrap();
+        let read = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.get("acme:1").await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!enqueue.is_finished(), "answered before its fsync");
+        assert!(!read.is_finished(), "showed an unsynced commit");
+
+        held.release.send(()).unwrap();
+        assert_eq!(enqueue.await.unwrap().unwrap(), vec![Enqueued::New]);
+        let job = read.await.unwrap().unwrap().expect("the job, once durable");
+        assert_eq!(job.state, JobState::Pending);
+        assert_eq!(held.syncs.load(Ordering::SeqCst), 1, "one fsync answered both");
+
+        // Everything is durable again: reads need no fsync.
+        queue.stats(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(held.syncs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_wal_fsync_fails_its_answers_and_stops_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let hook: SyncHook = Arc::new(|| Err(std::io::Error::other("injected I/O error")));
+        let queue = SqliteQueue::open_with_sync_hook(
+            &path,
+            RetryPolicy::default(),
+            Arc::new(ManualClock::new(1_000)),
+            Some(hook),
+        )
+        .unwrap();
+        let unavailable = |result: Result<(), QueueError>| match result {
+            Err(QueueError::Unavailable(msg)) => {
+                assert!(msg.contains("injected I/O error"), "{msg}");
+                assert!(msg.contains("restart"), "{msg}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        };
+        // The webhook hears 503, so its provider redelivers.
+        unavailable(queue.enqueue(vec![spec("acme:1")]).await.map(|_| ()));
+        // Nothing is trusted after a failed fsync: every call fails alike.
+        unavailable(queue.ping().await);
+        unavailable(queue.enqueue(vec![spec("acme:2")]).await.map(|_| ()));
+        drop(queue);
+
+        // A restart reads back what the disk has, and serves again.
+        let queue = open(dir.path());
+        queue.ping().await.unwrap();
+        assert_eq!(
+            queue.enqueue(vec![spec("acme:3")]).await.unwrap(),
+            vec![Enqueued::New]
+        );
     }
 
     #[tokio::test]
