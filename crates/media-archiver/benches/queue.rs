@@ -469,7 +469,12 @@ fn schedstats(dir: &str) -> Vec<(String, Duration)> {
     };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| {
             let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
             let stat = std::fs::read_to_string(e.path().join("schedstat")).ok()?;

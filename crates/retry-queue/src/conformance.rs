@@ -883,7 +883,8 @@ pub async fn list_filters_by_state_and_account_newest_first(factory: impl QueueF
 }
 
 /// `list` finds jobs by exact message id, alone or with the other filters,
-/// whatever the job id is keyed by (media id here, as for Cloud API).
+/// whatever the job id is keyed by: media id (as for Cloud API) or message
+/// id (as for Green API).
 pub async fn list_finds_a_message_s_jobs_by_message_id(factory: impl QueueFactory) {
     let f = start(&factory).await;
     f.enqueue(vec![
@@ -895,6 +896,19 @@ pub async fn list_finds_a_message_s_jobs_by_message_id(factory: impl QueueFactor
     let mut second_media = job_of("acme", "1b", T0 + DAY);
     second_media.message_id = "wamid.1".to_owned();
     f.enqueue(vec![second_media]).await;
+    let keyed_by_message = |account: &str, message_id: &str| JobSpec {
+        id: JobSpec::job_id(account, message_id),
+        message_id: message_id.to_owned(),
+        media_id: None,
+        provider: ProviderKind::Greenapi,
+        ..job_of(account, message_id, T0 + DAY)
+    };
+    f.enqueue(vec![
+        keyed_by_message("acme", "BAE5F4886F6F2D05"),
+        keyed_by_message("globex", "BAE5F4886F6F2D05"),
+        keyed_by_message("acme", "BAE5000000000001"),
+    ])
+    .await;
     let find = |account: Option<&str>, message_id: &str, state: Option<JobState>| {
         let filter = JobFilter {
             account: account.map(str::to_owned),
@@ -943,6 +957,15 @@ pub async fn list_finds_a_message_s_jobs_by_message_id(factory: impl QueueFactor
         find(Some("acme"), "wamid.2", Some(JobState::Done)).await,
         Vec::<String>::new()
     );
+    assert_eq!(
+        find(None, "BAE5F4886F6F2D05", None).await,
+        ["acme:BAE5F4886F6F2D05", "globex:BAE5F4886F6F2D05"]
+    );
+    assert_eq!(
+        find(Some("globex"), "BAE5F4886F6F2D05", Some(JobState::Pending)).await,
+        ["globex:BAE5F4886F6F2D05"]
+    );
+    assert_eq!(find(Some("acme"), "BAE5", None).await, Vec::<String>::new());
     let record = f.queue.get("acme:1b").await.expect("get").expect("exists");
     assert_eq!(record.message_id, "wamid.1");
     assert_eq!(record.media_id.as_deref(), Some("media-1b"));
