@@ -11,8 +11,8 @@
 //! 1. **Ingest**: the same load (64 keep-alive HTTP/1.1 connections, each
 //!    sending 1 KiB Green API file webhooks back to back, every one a new
 //!    message id) against (a) a no-op hyper handler that reads the body and
-//!    answers 200, (b) the real webhook receiver with the SQLite queue (WAL,
-//!    `synchronous=FULL`: each 200 is after the fsync of its group commit),
+//!    answers 200, (b) the real webhook receiver with the SQLite queue (WAL;
+//!    each 200 is after the fsync that covers its group commit),
 //!    and (c) the same receiver with the PostgreSQL queue when the test
 //!    server is reachable. Only the receiver runs: no worker drains the
 //!    queue, so the figure is ingest alone. Bounded by a request count and

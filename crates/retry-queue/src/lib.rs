@@ -36,10 +36,12 @@
 //! For a dead job, `last_error` holds the dead-letter reason (the permanent
 //! error itself, or `expired: ...` naming the last error).
 //!
-//! # SQLite schema (version 3, kept in `PRAGMA user_version`)
+//! # SQLite schema (version 4, kept in `PRAGMA user_version`)
 //!
-//! Every time is Unix milliseconds (INTEGER); the payload is JSON text. The database runs with `journal_mode=WAL` and `synchronous=FULL`, so
-//! a returned enqueue has been fsynced.
+//! Every time is Unix milliseconds (INTEGER); the payload is JSON text. The
+//! database runs with `journal_mode=WAL` and `synchronous=NORMAL`, and no
+//! call returns before a separate thread has fsynced the WAL past its commit
+//! (see "Runtime shape" below), so a returned enqueue has been fsynced.
 //!
 //! ```sql
 //! CREATE TABLE jobs (
@@ -74,7 +76,12 @@
 //! CREATE INDEX jobs_state       ON jobs (state, updated_at);   -- list by state, retry_all
 //! CREATE INDEX jobs_account     ON jobs (account, updated_at); -- list by account
 //! CREATE INDEX jobs_updated     ON jobs (updated_at);          -- unfiltered list
-//! CREATE INDEX jobs_message     ON jobs (message_id, account, updated_at); -- media lookup (v2)
+//! -- Media lookup by message id (v2), holding only the jobs not keyed by
+//! -- their message id (v4); list() finds the others by primary key as
+//! -- "{account}:{message_id}", since message ids are random and every
+//! -- entry here cost each enqueue a WAL page.
+//! CREATE INDEX jobs_message     ON jobs (message_id, account, updated_at)
+//!     WHERE id <> account || ':' || message_id;
 //!
 //! -- Jobs per (account, state), kept by triggers on jobs (state change,
 //! -- delete) and, for inserts, by the enqueue transaction (one upsert per
@@ -105,8 +112,11 @@
 //!
 //! One dedicated OS thread owns the connection; async callers send it commands
 //! over a bounded channel and await a oneshot reply. Enqueues waiting in the
-//! channel are committed together in one transaction (group commit), so
-//! concurrent webhooks share one fsync.
+//! channel are committed together in one transaction (group commit). The
+//! replies go out through a second thread that fsyncs the WAL once for all
+//! commits made since its previous fsync, so the next group is inserted
+//! while the previous one is synced, and concurrent webhooks, leases and
+//! acks share fsyncs.
 
 mod backoff;
 #[cfg(feature = "conformance")]
