@@ -11,6 +11,7 @@
 //! that fsyncs the WAL once for every commit made since its last fsync, so
 //! the next group is inserted while the previous one is being synced.
 
+mod checkpointer;
 mod wal_sync;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
+use self::checkpointer::Checkpointer;
 use self::wal_sync::{Answer, Fault, SyncHook, WalSync};
 use crate::{
     Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, QueueError, QueueStats,
@@ -109,11 +111,12 @@ END;
 const COLUMNS: &str = "id, account, provider, state, attempts, deadline, next_attempt_at, \
      last_error, created_at, updated_at, message_id, media_id, message_at, payload, lease_token";
 
-/// WAL pages (4 KiB) after which a commit checkpoints; SQLite's default is
-/// 1000. Measured with the queue bench (1 KiB webhooks, 64 connections):
-/// ingest p99 12.5-14.4 ms at 1000 pages, 7.5-7.9 ms at 300, 6.1-7.0 ms at
-/// 100, for 3-7% less throughput at the smaller sizes (BENCHMARKS.md).
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 256;
+/// WAL pages (4 KiB) after which the database thread checkpoints inside a
+/// commit. Checkpoints normally run on the [`checkpointer`]'s thread, a
+/// few milliseconds apart, so the WAL rarely gets here; this bounds it
+/// (4 MiB) should that thread fall behind. An inline checkpoint is a stall
+/// every command behind its commit waits out, so it is kept this small.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 1024;
 
 /// Commands waiting for the thread; senders wait when it is full.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -183,6 +186,8 @@ impl SqliteQueue {
         let store = Store {
             sync: WalSync::start(path, CHANNEL_CAPACITY, hook, fault.clone())
                 .map_err(cannot_start)?,
+            checkpointer: Checkpointer::start(path)
+                .map_err(|e| QueueError::Unavailable(format!("{}: {e}", path.display())))?,
             conn,
             clock,
             policy,
@@ -408,6 +413,9 @@ fn run(mut store: Store, mut commands: mpsc::Receiver<Command>) {
         };
         let wrote = store.conn.total_changes() != changes_before;
         store.sync.settle(wrote, answer);
+        if wrote {
+            store.checkpointer.poke();
+        }
     }
 }
 
@@ -443,6 +451,8 @@ struct Store {
     /// Declared before `conn`, so it is dropped first: its last fsync
     /// happens before the connection closes.
     sync: WalSync,
+    /// Also dropped before `conn`.
+    checkpointer: Checkpointer,
     conn: Connection,
     clock: Arc<dyn Clock>,
     policy: RetryPolicy,
@@ -958,9 +968,8 @@ fn open_database(path: &Path) -> StoreResult<Connection> {
         ))
         .into());
     }
-    // Small, frequent checkpoints: SQLite runs a checkpoint inside the
-    // commit that crosses this many WAL pages, so its size is a stall every
-    // webhook of the next group waits out (see WAL_AUTOCHECKPOINT_PAGES).
+    // The bound on the WAL (see WAL_AUTOCHECKPOINT_PAGES); checkpoints
+    // normally run on the checkpointer's thread.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     // Migrations commit durably on their own (FULL fsyncs the WAL at commit)...
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -1523,6 +1532,42 @@ mod tests {
         assert_eq!(
             queue.enqueue(vec![spec("acme:3")]).await.unwrap(),
             vec![Enqueued::New]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_pages_are_checkpointed_by_their_own_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(dir.path());
+        queue.ping().await.unwrap();
+        let db_file = dir.path().join("q.db");
+        let empty = std::fs::metadata(&db_file).unwrap().len();
+        // Far below the writer's own checkpoint size (WAL_AUTOCHECKPOINT_PAGES).
+        for group in 0..20 {
+            let jobs = (0..10)
+                .map(|i| spec(&format!("acme:{group}-{i}")))
+                .collect();
+            queue.enqueue(jobs).await.unwrap();
+        }
+        let wal = std::fs::metadata(dir.path().join("q.db-wal"))
+            .unwrap()
+            .len();
+        assert!(
+            wal < 4096 * WAL_AUTOCHECKPOINT_PAGES.unsigned_abs() / 2,
+            "{wal}"
+        );
+        // The jobs reach the database file without any further commit.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&db_file).unwrap().len() <= empty {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing was checkpointed into the database file"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            queue.stats(Duration::ZERO).await.unwrap().by_state["pending"],
+            200
         );
     }
 
