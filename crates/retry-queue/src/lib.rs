@@ -116,7 +116,9 @@
 //! replies go out through a second thread that fsyncs the WAL once for all
 //! commits made since its previous fsync, so the next group is inserted
 //! while the previous one is synced, and concurrent webhooks, leases and
-//! acks share fsyncs.
+//! acks share fsyncs. A third thread checkpoints the WAL back into the
+//! database file on a connection of its own, so that copying does not
+//! stall the writer either.
 
 mod backoff;
 #[cfg(feature = "conformance")]

@@ -9,7 +9,8 @@
 //! committed together, so a burst of webhooks costs one transaction, not
 //! one each. Its answers go out through [`wal_sync`], a second thread
 //! that fsyncs the WAL once for every commit made since its last fsync, so
-//! the next group is inserted while the previous one is being synced.
+//! the next group is inserted while the previous one is being synced; a
+//! third, the [`checkpointer`], copies the WAL back into the database.
 
 mod checkpointer;
 mod wal_sync;
@@ -186,8 +187,7 @@ impl SqliteQueue {
         let store = Store {
             sync: WalSync::start(path, CHANNEL_CAPACITY, hook, fault.clone())
                 .map_err(cannot_start)?,
-            checkpointer: Checkpointer::start(path)
-                .map_err(|e| QueueError::Unavailable(format!("{}: {e}", path.display())))?,
+            checkpointer: Checkpointer::start(path)?,
             conn,
             clock,
             policy,

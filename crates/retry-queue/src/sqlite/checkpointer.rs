@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use crate::QueueError;
+
 /// Least time between two checkpoints: each ends with an fsync of the
 /// database file, which competes with the WAL's fsyncs for the disk.
 const MIN_INTERVAL: Duration = Duration::from_millis(2);
@@ -28,14 +30,22 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub(super) fn start(db_path: &Path) -> rusqlite::Result<Self> {
-        let conn = Connection::open(db_path)?;
-        conn.busy_timeout(Duration::from_millis(100))?;
+    /// Opens the checkpointer's connection to the database at `db_path`
+    /// (already in WAL mode) and starts its thread.
+    pub(super) fn start(db_path: &Path) -> Result<Self, QueueError> {
+        let conn = Connection::open(db_path).map_err(|e| {
+            QueueError::Unavailable(format!(
+                "cannot open {} for checkpoints: {e}",
+                db_path.display()
+            ))
+        })?;
         let (pokes, poked) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("retry-queue-sqlite-checkpoint".to_owned())
             .spawn(move || run(&conn, &poked))
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            .map_err(|e| {
+                QueueError::Unavailable(format!("cannot start the checkpoint thread: {e}"))
+            })?;
         Ok(Self {
             pokes: Some(pokes),
             thread: Some(thread),

@@ -29,7 +29,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
@@ -187,10 +186,10 @@ impl Stage {
             hook()?;
         }
         let on_disk = std::fs::metadata(&self.wal_path)?;
-        let current = self.wal.as_ref().is_some_and(|wal| {
-            wal.metadata()
-                .is_ok_and(|open| open.dev() == on_disk.dev() && open.ino() == on_disk.ino())
-        });
+        let current = self
+            .wal
+            .as_ref()
+            .is_some_and(|wal| wal.metadata().is_ok_and(|open| same_file(&open, &on_disk)));
         if !current {
             self.wal = Some(File::open(&self.wal_path)?);
         }
@@ -199,4 +198,17 @@ impl Stage {
             None => Err(io::Error::other("the WAL file is not open")),
         }
     }
+}
+
+/// Whether two metadata describe the same file (device and inode).
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// Without inode numbers, reopen the WAL for every fsync.
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    false
 }
