@@ -295,7 +295,8 @@ async fn receiver(queue: Arc<dyn JobQueue>) -> (SocketAddr, CancellationToken) {
 ///
 /// Ids look like Green API's (`BAE5` and hex) and arrive in random order,
 /// as real message ids do: a counter would let every index on the id
-/// append to its last page, which flatters a B-tree several times over.
+/// append to its last page, which flatters a B-tree (the SQLite queue's
+/// ingest fell from 17.7k to 11k req/s when these ids became random).
 fn webhook(run: &str, n: usize) -> Bytes {
     let id = format!("BAE5{:016X}", splitmix64(fnv1a(run.as_bytes()) ^ n as u64));
     let mut body = format!(
