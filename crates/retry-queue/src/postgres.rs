@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "jobs_message",
         include_str!("../migrations/0002_jobs_message.sql"),
     ),
+    (
+        3,
+        "jobs_message_partial",
+        include_str!("../migrations/0003_jobs_message_partial.sql"),
+    ),
 ];
 
 /// Columns read into a [`JobRecord`] (plus the lease token), in this order.
@@ -694,6 +699,31 @@ impl JobQueue for PgQueue {
     async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, QueueError> {
         let mut conditions = Vec::new();
         let mut n = 0;
+        // By message id, the candidates are the jobs in the (partial)
+        // message index plus, for each account, the job whose id is
+        // `{account}:{message id}`, found by primary key; the accounts are
+        // read by skipping through `jobs_account` (one probe per account).
+        let (with, from) = if filter.message_id.is_some() {
+            n += 1;
+            (
+                "WITH RECURSIVE accounts(a) AS (
+                     SELECT min(account) FROM jobs
+                     UNION ALL
+                     SELECT (SELECT min(account) FROM jobs WHERE account > a)
+                         FROM accounts WHERE a IS NOT NULL)",
+                format!(
+                    "(SELECT id AS job FROM jobs
+                          WHERE message_id = ${n} AND id <> account || ':' || message_id
+                      UNION ALL
+                      SELECT id FROM jobs
+                          WHERE id IN (SELECT a || ':' || ${n} FROM accounts WHERE a IS NOT NULL)
+                            AND message_id = ${n}
+                     ) AS found JOIN jobs ON jobs.id = found.job"
+                ),
+            )
+        } else {
+            ("", "jobs".to_owned())
+        };
         if filter.state.is_some() {
             n += 1;
             conditions.push(format!("state = ${n}"));
@@ -702,10 +732,6 @@ impl JobQueue for PgQueue {
             n += 1;
             conditions.push(format!("account = ${n}"));
         }
-        if filter.message_id.is_some() {
-            n += 1;
-            conditions.push(format!("message_id = ${n}"));
-        }
         let where_clause = if conditions.is_empty() {
             String::new()
         } else {
@@ -713,18 +739,18 @@ impl JobQueue for PgQueue {
         };
         // Only the shape varies (eight variants); every value is bound.
         let sql = format!(
-            "SELECT {COLUMNS} FROM jobs {where_clause} ORDER BY updated_at DESC LIMIT ${}",
+            "{with} SELECT {COLUMNS} FROM {from} {where_clause} ORDER BY updated_at DESC LIMIT ${}",
             n + 1
         );
         let mut query = sqlx::query(&sql);
+        if let Some(message_id) = &filter.message_id {
+            query = query.bind(message_id.as_str());
+        }
         if let Some(state) = filter.state {
             query = query.bind(state.as_str());
         }
         if let Some(account) = &filter.account {
             query = query.bind(account.as_str());
-        }
-        if let Some(message_id) = &filter.message_id {
-            query = query.bind(message_id.as_str());
         }
         let limit = i64::try_from(filter.effective_limit()).unwrap_or(1);
         let rows = query.bind(limit).fetch_all(&self.pool).await.map_err(db)?;
