@@ -63,7 +63,8 @@ impl Fetcher {
     /// here rather than by the client). `progress` grows by the size of each
     /// chunk so that the caller can renew its lease while bytes move. The
     /// file is scratch space, not fsynced (the store makes what it keeps
-    /// durable); on any error (or if the future is dropped) it is removed. Compression is never requested or undone.
+    /// durable); on any error (or if the future is dropped) it is removed.
+    /// Compression is never requested or undone.
     pub async fn download(
         &self,
         req: &DownloadRequest,

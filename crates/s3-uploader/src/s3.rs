@@ -341,10 +341,6 @@ impl S3Store {
         self.cfg.part_size.max(needed)
     }
 
-    /// HeadObject: `Some(size)` if an object exists, `None` if not. A 403
-    /// also gives `None`: write-only credentials (PutObject without
-    /// GetObject) are a sound policy for an archive, and re-uploading an
-    /// identical content-addressed object is harmless.
     /// GetObject; `None` when there is no such key.
     async fn get_object(
         &self,
@@ -364,6 +360,10 @@ impl S3Store {
         }
     }
 
+    /// HeadObject: `Some(size)` if an object exists, `None` if not. A 403
+    /// also gives `None`: write-only credentials (PutObject without
+    /// GetObject) are a sound policy for an archive, and re-uploading an
+    /// identical content-addressed object is harmless.
     async fn existing_size(&self, key: &str) -> Result<Option<i64>, StoreError> {
         let result = self
             .client
