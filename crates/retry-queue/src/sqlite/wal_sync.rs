@@ -145,7 +145,10 @@ impl Drop for WalSync {
 /// The stage's thread: its WAL handle and what it reports back.
 struct Stage {
     wal_path: PathBuf,
-    /// Opened at the first fsync (SQLite creates the WAL at its first write).
+    /// Opened at the first fsync (SQLite creates the WAL at its first
+    /// write) and kept: SQLite removes or replaces the WAL only when the
+    /// last connection closes or leaves WAL mode, neither of which can
+    /// happen while the database thread's connection is open.
     wal: Option<File>,
     hook: Option<SyncHook>,
     answered: Arc<AtomicU64>,
@@ -180,35 +183,15 @@ impl Stage {
         }
     }
 
-    /// `fdatasync` of the WAL file, reopened if it was replaced.
+    /// `fdatasync` of the WAL file.
     fn sync(&mut self) -> io::Result<()> {
         if let Some(hook) = &self.hook {
             hook()?;
         }
-        let on_disk = std::fs::metadata(&self.wal_path)?;
-        let current = self
-            .wal
-            .as_ref()
-            .is_some_and(|wal| wal.metadata().is_ok_and(|open| same_file(&open, &on_disk)));
-        if !current {
-            self.wal = Some(File::open(&self.wal_path)?);
-        }
-        match &self.wal {
-            Some(wal) => wal.sync_data(),
-            None => Err(io::Error::other("the WAL file is not open")),
-        }
+        let wal = match &mut self.wal {
+            Some(wal) => wal,
+            wal @ None => wal.insert(File::open(&self.wal_path)?),
+        };
+        wal.sync_data()
     }
-}
-
-/// Whether two metadata describe the same file (device and inode).
-#[cfg(unix)]
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    a.dev() == b.dev() && a.ino() == b.ino()
-}
-
-/// Without inode numbers, reopen the WAL for every fsync.
-#[cfg(not(unix))]
-fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
-    false
 }
