@@ -11,32 +11,38 @@
 //! 1. **Ingest**: the same load (64 keep-alive HTTP/1.1 connections, each
 //!    sending 1 KiB Green API file webhooks back to back, every one a new
 //!    message id) against (a) a no-op hyper handler that reads the body and
-//!    answers 200, (b) the real webhook receiver with the SQLite queue (WAL;
-//!    each 200 is after the fsync that covers its group commit),
-//!    and (c) the same receiver with the PostgreSQL queue when the test
-//!    server is reachable. Only the receiver runs: no worker drains the
-//!    queue, so the figure is ingest alone. Bounded by a request count and
-//!    a duration, loopback only.
+//!    answers 200, (b) the real webhook receiver over a queue that keeps
+//!    nothing (what routing, authentication and parsing cost before any
+//!    durability), (c) the receiver with the SQLite queue (WAL; each 200 is
+//!    after the fsync that covers its group commit), and (d) the same
+//!    receiver with the PostgreSQL queue when the test server is
+//!    reachable. Only the receiver runs: no worker drains the queue, so the
+//!    figure is ingest alone. Bounded by a request count and a duration,
+//!    loopback only. CPU per request is split by thread name, and the
+//!    bytes the process wrote per request are printed beside it.
 //! 2. **Lease + ack**: with P jobs pending, a loop leases 16 jobs and
 //!    completes each (every call a durable commit), for a bounded number of
 //!    jobs; reported as jobs/s and the latency of one `lease` call, at
 //!    P = 1k and P = 1M.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use archiver_core::{JobSpec, ProviderKind, SystemClock};
+use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, SystemClock, UnixMillis};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use retry_queue::conformance::pg::PgTestDatabase;
-use retry_queue::{JobQueue, PgQueue, RetryPolicy, SqliteQueue};
+use retry_queue::{
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, PgQueue, QueueError, QueueStats,
+    RetryPolicy, SqliteQueue,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use webhook_receiver::{Readiness, Receiver, ReceiverConfig};
@@ -105,6 +111,14 @@ fn main() {
             "no-op hyper handler",
             client_rt.block_on(load(addr, settings, "noop")),
         ));
+    }
+    {
+        let (addr, stop) = server_rt.block_on(receiver(Arc::new(StoresNothing)));
+        ingest.push((
+            "receiver, nothing stored",
+            client_rt.block_on(load(addr, settings, "discard")),
+        ));
+        stop.cancel();
     }
     {
         let queue: Arc<dyn JobQueue> = Arc::new(
@@ -261,6 +275,64 @@ impl Readiness for AlwaysReady {
     }
 }
 
+/// A queue that accepts every job and keeps none: the receiver over it
+/// costs what parsing, authentication and routing cost, so the rows over
+/// real queues can be read as that plus durability.
+#[derive(Debug)]
+struct StoresNothing;
+
+#[async_trait::async_trait]
+impl JobQueue for StoresNothing {
+    async fn enqueue(&self, jobs: Vec<JobSpec>) -> Result<Vec<Enqueued>, QueueError> {
+        Ok(vec![Enqueued::New; jobs.len()])
+    }
+    async fn lease(&self, _: usize, _: Duration) -> Result<Vec<Lease>, QueueError> {
+        Ok(Vec::new())
+    }
+    async fn renew(&self, lease: &Lease, _: Duration) -> Result<UnixMillis, QueueError> {
+        Err(lost(lease))
+    }
+    async fn complete(&self, lease: &Lease) -> Result<(), QueueError> {
+        Err(lost(lease))
+    }
+    async fn fail(&self, lease: &Lease, _: ErrorClass, _: &str) -> Result<Disposition, QueueError> {
+        Err(lost(lease))
+    }
+    async fn park(&self, lease: &Lease, _: UnixMillis) -> Result<(), QueueError> {
+        Err(lost(lease))
+    }
+    async fn wake(&self, _: &str, _: Option<&str>) -> Result<bool, QueueError> {
+        Ok(false)
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        Err(lost(lease))
+    }
+    async fn get(&self, _: &str) -> Result<Option<JobRecord>, QueueError> {
+        Ok(None)
+    }
+    async fn list(&self, _: &JobFilter) -> Result<Vec<JobRecord>, QueueError> {
+        Ok(Vec::new())
+    }
+    async fn retry_now(&self, _: &str) -> Result<bool, QueueError> {
+        Ok(false)
+    }
+    async fn retry_all(&self, _: JobState) -> Result<u64, QueueError> {
+        Ok(0)
+    }
+    async fn stats(&self, _: Duration) -> Result<QueueStats, QueueError> {
+        Ok(QueueStats::default())
+    }
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
+
+fn lost(lease: &Lease) -> QueueError {
+    QueueError::LeaseLost {
+        job_id: lease.job.id.clone(),
+    }
+}
+
 /// The real webhook receiver with one Green API account over `queue`.
 async fn receiver(queue: Arc<dyn JobQueue>) -> (SocketAddr, CancellationToken) {
     let account: providers::AccountConfig = toml::from_str(&format!(
@@ -333,6 +405,9 @@ struct LoadResult {
     latencies: Vec<Duration>,
     /// CPU used during the run, by role.
     cpu: CpuTime,
+    /// Bytes written by this process during the run (both sides' sockets
+    /// included).
+    written: u64,
 }
 
 impl LoadResult {
@@ -361,6 +436,7 @@ async fn load(addr: SocketAddr, settings: Settings, run: &str) -> LoadResult {
         Arc::new((0..settings.requests).map(|n| webhook(run, n)).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = CpuTime::now();
+    let written_before = written_bytes();
     let started = Instant::now();
     let deadline = started + settings.duration;
     let tasks: Vec<_> = (0..CONNECTIONS)
@@ -415,6 +491,7 @@ async fn load(addr: SocketAddr, settings: Settings, run: &str) -> LoadResult {
     }
     let elapsed = started.elapsed();
     let cpu = CpuTime::now().since(&cpu_before);
+    let written = written_bytes().saturating_sub(written_before);
     latencies.sort();
     LoadResult {
         requests: latencies.len(),
@@ -422,18 +499,34 @@ async fn load(addr: SocketAddr, settings: Settings, run: &str) -> LoadResult {
         elapsed,
         latencies,
         cpu,
+        written,
     }
+}
+
+/// Bytes this process has handed to `write`-like calls so far (`wchar` of
+/// `/proc/self/io`: WAL frames, checkpoint copies, sockets), Linux only.
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar: "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// CPU time used so far, by role: the load generator (this process's
 /// `client` threads), the server (every other thread of this process: the
-/// `server` runtime and the queue's threads) and PostgreSQL's processes.
+/// `server` runtime and the queue's threads) and PostgreSQL's processes;
+/// `by_thread` splits the server and database time by thread name.
 /// Read from `schedstat` (nanoseconds on a CPU), Linux only; zero elsewhere.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct CpuTime {
     client: Duration,
     server: Duration,
     database: Duration,
+    by_thread: BTreeMap<String, Duration>,
 }
 
 impl CpuTime {
@@ -444,13 +537,15 @@ impl CpuTime {
                 cpu.client += ran;
             } else {
                 cpu.server += ran;
+                *cpu.by_thread.entry(comm).or_default() += ran;
             }
         }
-        cpu.database = schedstats("/proc")
-            .into_iter()
-            .filter(|(comm, _)| comm == "postgres")
-            .map(|(_, ran)| ran)
-            .sum();
+        for (comm, ran) in schedstats("/proc") {
+            if comm == "postgres" {
+                cpu.database += ran;
+                *cpu.by_thread.entry(comm).or_default() += ran;
+            }
+        }
         cpu
     }
 
@@ -459,6 +554,15 @@ impl CpuTime {
             client: self.client.saturating_sub(earlier.client),
             server: self.server.saturating_sub(earlier.server),
             database: self.database.saturating_sub(earlier.database),
+            by_thread: self
+                .by_thread
+                .iter()
+                .map(|(comm, ran)| {
+                    let before = earlier.by_thread.get(comm).copied().unwrap_or_default();
+                    (comm.clone(), ran.saturating_sub(before))
+                })
+                .filter(|(_, ran)| !ran.is_zero())
+                .collect(),
         }
     }
 }
@@ -518,6 +622,26 @@ fn print_ingest(results: &[(&str, LoadResult)]) {
          process's server and queue threads plus PostgreSQL's processes, load is the \
          load generator.)"
     );
+    println!();
+    println!(
+        "Server+db CPU by thread name (server: the receiver's runtime), us per answered \
+         request; bytes written by this process per request (sockets included)"
+    );
+    for (name, r) in results {
+        let threads: Vec<String> = r
+            .cpu
+            .by_thread
+            .iter()
+            .map(|(comm, ran)| (comm, r.cpu_per_request(*ran)))
+            .filter(|(_, us)| *us >= 0.05)
+            .map(|(comm, us)| format!("{comm} {us:.1}"))
+            .collect();
+        println!(
+            "{name:<30} {}; written {:.1} KiB/req",
+            threads.join(", "),
+            r.written as f64 / 1024.0 / r.requests.max(1) as f64
+        );
+    }
     println!();
 }
 

@@ -194,8 +194,11 @@ impl SqliteQueue {
             enqueue_commits: 0,
         };
         let (commands, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        // Thread names fit Linux's 15 bytes, so `top -H`, `perf` and the
+        // queue bench can tell this thread, `sqlite-wal-sync` and
+        // `sqlite-checkpt` apart.
         let worker = std::thread::Builder::new()
-            .name("retry-queue-sqlite".to_owned())
+            .name("sqlite-queue".to_owned())
             .spawn(move || run(store, receiver))
             .map_err(cannot_start)?;
         Ok(Self {

@@ -41,7 +41,7 @@ impl Checkpointer {
         })?;
         let (pokes, poked) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
-            .name("retry-queue-sqlite-checkpoint".to_owned())
+            .name("sqlite-checkpt".to_owned())
             .spawn(move || run(&conn, &poked))
             .map_err(|e| {
                 QueueError::Unavailable(format!("cannot start the checkpoint thread: {e}"))

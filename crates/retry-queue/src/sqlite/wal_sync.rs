@@ -87,7 +87,7 @@ impl WalSync {
             fault: fault.clone(),
         };
         let thread = std::thread::Builder::new()
-            .name("retry-queue-sqlite-sync".to_owned())
+            .name("sqlite-wal-sync".to_owned())
             .spawn(move || stage.run(&waiting))?;
         Ok(Self {
             settling: Some(settling),
