@@ -108,6 +108,28 @@ pub struct Daemon {
     http: reqwest::Client,
 }
 
+/// Runs `media-archiver args...` in `workdir` (where a daemon's
+/// `config.toml` and `data/` are), with the admin token in the environment
+/// and no inherited URL or config path.
+pub fn cli(workdir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .current_dir(workdir)
+        .env("MEDIA_ARCHIVER_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env_remove("MEDIA_ARCHIVER_URL")
+        .env_remove("MEDIA_ARCHIVER_CONFIG")
+        .output()
+        .expect("run media-archiver")
+}
+
+/// A command's standard output and error, as text.
+pub fn output_text(output: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// The `media-archiver` binary built for this workspace.
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -293,3 +293,53 @@ async fn a_40_mib_encrypted_video_streams_in_flat_memory() {
         "peak RSS grew with the file size: {p40} KiB at 40 MiB, {p120} KiB at 120 MiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_backfilled_without_its_webhook_is_archived_and_the_late_webhook_is_a_duplicate() {
+    let Some(s) = setup("", |c| c).await else {
+        return;
+    };
+    let image = bytes(120_000, 7);
+    let stub = s
+        .cdn
+        .add_media("imageMessage", image.clone(), "image/jpeg", None);
+    let key_id = "3EB0BACKFILL0000001";
+    // The message record as CodeChat keeps it: the webhook's `data`.
+    let hook = s.codechat.upsert_webhook(key_id, CHAT, &stub, now());
+    std::fs::write(
+        s.daemon.workdir.join("refs.jsonl"),
+        format!("{}\n", hook["data"]),
+    )
+    .unwrap();
+    let run = e2e::cli(
+        &s.daemon.workdir,
+        &[
+            "backfill",
+            "--config",
+            "config.toml",
+            "--account",
+            "cc",
+            "--input",
+            "refs.jsonl",
+        ],
+    );
+    let (stdout, stderr) = e2e::output_text(&run);
+    assert_eq!(run.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("new:        1"), "{stdout}");
+
+    s.done(key_id).await;
+    let manifest = s
+        .archive
+        .assert_archived("cc", key_id, &image, ".jpg")
+        .await;
+    assert_eq!(manifest["verification"], "whatsapp-enc+plain");
+    assert_eq!(manifest["chat_id"], CHAT);
+    let (status, answer) = s.daemon.webhook("cc", &hook, WEBHOOK_TOKEN).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"accepted": 0, "duplicates": 1, "ignored": 0}),
+        "the webhook that arrives after all is the backfilled job"
+    );
+    assert_eq!(s.cdn.hits(&stub), 1, "fetched once");
+}

@@ -3,11 +3,10 @@
 //! / `GET /api/v1/media`, each against the real daemon, the fake Green API
 //! and the real archive (a folder, or Garage over S3).
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use e2e::{ADMIN_TOKEN, Daemon, StoreUnderTest, bytes, config, sha256_hex};
+use e2e::{Daemon, StoreUnderTest, bytes, cli, config, output_text as text, sha256_hex};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
 use test_support::green_api::FakeGreenApi;
@@ -39,26 +38,6 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// Runs `media-archiver args...` in `workdir` (where the daemon's config
-/// and `data/` are).
-fn cli(workdir: &Path, args: &[&str]) -> Output {
-    Command::new(e2e::binary())
-        .args(args)
-        .current_dir(workdir)
-        .env("MEDIA_ARCHIVER_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env_remove("MEDIA_ARCHIVER_URL")
-        .env_remove("MEDIA_ARCHIVER_CONFIG")
-        .output()
-        .expect("run media-archiver")
-}
-
-fn text(output: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 /// Registers a file with the fake and posts its webhook; returns the bytes.

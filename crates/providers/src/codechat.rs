@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use archiver_core::config_value::opt_duration;
-use archiver_core::{AccountName, ProviderKind, Secret, SecretRef};
+use archiver_core::{AccountName, JobSpec, ProviderKind, Secret, SecretRef};
 use media_fetch::{DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -177,6 +177,65 @@ impl Codechat {
         request.body = Some(body.to_string().into());
         Ok(request)
     }
+
+    /// One message record (a webhook's `data`, or a backfill reference at
+    /// `at`): a job, or `None` when it carries no media. `owner_jid`, from
+    /// the webhook's `instance`, is the sender of the account's own
+    /// messages.
+    fn message_job(
+        &self,
+        data: &Value,
+        at: &str,
+        owner_jid: Option<&str>,
+    ) -> Result<Option<JobSpec>, ProviderError> {
+        let field = |key: &str| format!("{at}.{key}");
+        let message_type = data
+            .get("messageType")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ProviderError::missing(&field("messageType")))?;
+        if !baileys::MEDIA_MESSAGES.contains(&message_type) {
+            return Ok(None);
+        }
+        let key_id = data
+            .get("keyId")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::missing(&field("keyId")))?;
+        let message_at =
+            baileys::timestamp_ms(data.get("messageTimestamp"), &field("messageTimestamp"))?;
+        let content = data
+            .get("content")
+            .ok_or_else(|| ProviderError::missing(&field("content")))?;
+        let (message_type, content, content_at) =
+            match baileys::unwrap_document_with_caption(message_type, content) {
+                (name, inner) if name != message_type => {
+                    (name, inner, field("content.message.documentMessage"))
+                }
+                (name, c) => (name, c, field("content")),
+            };
+        let stub = Stub::parse(message_type, content, &content_at, true)?;
+        let chat_id = opt_string(data, "keyRemoteJid");
+        let from_me = data.get("keyFromMe").and_then(Value::as_bool) == Some(true);
+        let sender = if from_me {
+            owner_jid.map(str::to_owned)
+        } else {
+            opt_string(data, "keyParticipant").or_else(|| chat_id.clone())
+        };
+        let payload = Payload {
+            stub,
+            chat_id,
+            sender,
+        };
+        baileys::job(
+            self.account.as_str(),
+            ProviderKind::Codechat,
+            key_id,
+            message_at,
+            self.retention,
+            &payload,
+        )
+        .map(Some)
+    }
 }
 
 #[async_trait::async_trait]
@@ -221,57 +280,30 @@ impl Provider for Codechat {
             .get("data")
             .filter(|d| d.is_object())
             .ok_or_else(|| ProviderError::missing("data"))?;
-        let message_type = data
-            .get("messageType")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ProviderError::missing("data.messageType"))?;
-        if !baileys::MEDIA_MESSAGES.contains(&message_type) {
-            return Ok(ignored);
-        }
-        let key_id = data
-            .get("keyId")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ProviderError::missing("data.keyId"))?;
-        let message_at =
-            baileys::timestamp_ms(data.get("messageTimestamp"), "data.messageTimestamp")?;
-        let content = data
-            .get("content")
-            .ok_or_else(|| ProviderError::missing("data.content"))?;
-        let (message_type, content, at) =
-            match baileys::unwrap_document_with_caption(message_type, content) {
-                (name, inner) if name != message_type => {
-                    (name, inner, "data.content.message.documentMessage")
-                }
-                (name, c) => (name, c, "data.content"),
-            };
-        let stub = Stub::parse(message_type, content, at, true)?;
-        let chat_id = opt_string(data, "keyRemoteJid");
-        let from_me = data.get("keyFromMe").and_then(Value::as_bool) == Some(true);
-        let sender = if from_me {
-            body.pointer("/instance/ownerJid")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        } else {
-            opt_string(data, "keyParticipant").or_else(|| chat_id.clone())
-        };
-        let payload = Payload {
-            stub,
-            chat_id,
-            sender,
-        };
-        let job = baileys::job(
-            self.account.as_str(),
-            ProviderKind::Codechat,
-            key_id,
-            message_at,
-            self.retention,
-            &payload,
-        )?;
-        Ok(ParsedWebhook {
-            jobs: vec![job],
-            ..ParsedWebhook::default()
+        let owner_jid = body.pointer("/instance/ownerJid").and_then(Value::as_str);
+        Ok(match self.message_job(data, "data", owner_jid)? {
+            Some(job) => ParsedWebhook {
+                jobs: vec![job],
+                ..ParsedWebhook::default()
+            },
+            None => ignored,
         })
+    }
+
+    /// A message record in the shape of a `messages.upsert` webhook's
+    /// `data` (`keyId`, `keyRemoteJid`, `messageType`, `content`,
+    /// `messageTimestamp`, ...), made into a job by the webhook parser
+    /// itself. The sender of a message sent from the account's own phone
+    /// is not in the record (the webhook names it in `instance`), so the
+    /// manifest leaves it out.
+    async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
+        if !reference.is_object() {
+            return Err(ProviderError::BadPayload("expected a JSON object".into()));
+        }
+        let job = self
+            .message_job(reference, "reference", None)?
+            .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
+        crate::backfill::within_retention(job, self.retention, "CodeChat")
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {

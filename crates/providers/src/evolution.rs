@@ -410,6 +410,21 @@ impl Provider for Evolution {
         Ok(parsed)
     }
 
+    /// A message record in the shape of a `messages.upsert` webhook's
+    /// `data` (`key`, `message`, `messageType`, `messageTimestamp`, ...),
+    /// made into a job by the webhook parser itself. The sender of a
+    /// message sent from the account's own phone is not in the record (the
+    /// webhook names it in `sender`), so the manifest leaves it out.
+    async fn backfill(&self, reference: &Value) -> Result<archiver_core::JobSpec, ProviderError> {
+        if !reference.is_object() {
+            return Err(ProviderError::BadPayload("expected a JSON object".into()));
+        }
+        let job = self
+            .message_job(&Value::Null, reference, "reference")?
+            .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
+        crate::backfill::within_retention(job, self.retention, "Evolution API")
+    }
+
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
         let p: Payload = serde_json::from_value(job.payload.clone())
             .map_err(|e| ProviderError::BadJob(e.to_string()))?;

@@ -485,6 +485,17 @@ impl Provider for Nxcloud {
         Ok(parsed)
     }
 
+    /// A Meta-shaped reference (`crate::backfill::meta_message`: NXCloud's
+    /// `messages[]` items are Meta's), made into a job by the webhook
+    /// parser itself.
+    async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
+        let message = crate::backfill::meta_message(reference)?;
+        let job = self
+            .message_job(&message, "reference")?
+            .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
+        crate::backfill::within_retention(job, self.retention, "NXCloud")
+    }
+
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
         let p: Payload = serde_json::from_value(job.payload.clone())
             .map_err(|e| ProviderError::BadJob(e.to_string()))?;

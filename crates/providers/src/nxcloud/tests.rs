@@ -277,3 +277,41 @@ fn config_errors_are_all_reported_and_unknown_keys_refused() {
     );
     assert!(unknown.unwrap_err().to_string().contains("app_id"));
 }
+
+/// A minute ago, in Unix seconds: inside every retention.
+fn a_minute_ago() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    i64::try_from(now).unwrap() - 60
+}
+
+#[tokio::test]
+async fn a_backfill_reference_makes_the_webhook_s_job() {
+    let adapter = adapter(false);
+    let at = a_minute_ago();
+    let mut hook = image_webhook();
+    hook["messages"][0]["timestamp"] = json!(at.to_string());
+    let webhook_job = parse(&adapter, &hook).unwrap().jobs.remove(0);
+    let message = &hook["messages"][0];
+    let reference = json!({
+        "media_id": message["image"]["id"], "message_id": message["id"], "timestamp": at,
+        "type": "image", "mime_type": "image/jpeg", "caption": "look",
+        "from": "6281234567890",
+    });
+    assert_eq!(
+        adapter.backfill(&reference).await.unwrap(),
+        webhook_job,
+        "same id and payload: a webhook and a backfill of one message dedupe"
+    );
+
+    let old = json!({"media_id": "m-1", "message_id": "wamid.old", "timestamp": 1_600_000_000});
+    let err = adapter.backfill(&old).await.unwrap_err();
+    assert!(err.to_string().contains("retention"), "{err}");
+    let err = adapter
+        .backfill(&json!({"message_id": "wamid.x", "timestamp": at}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("media_id"), "{err}");
+}
