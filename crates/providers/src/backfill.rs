@@ -86,6 +86,17 @@ pub(crate) fn within_retention(
     Ok(job)
 }
 
+/// A minute ago in Unix seconds: a reference time inside every
+/// provider's retention, for the adapters' backfill tests.
+#[cfg(test)]
+pub(crate) fn a_minute_ago() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    i64::try_from(now).expect("seconds fit i64") - 60
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,20 +296,11 @@ fn config_errors_are_all_reported_and_unknown_keys_refused() {
     assert_eq!(ok.cdn_url, "https://mmg.whatsapp.net");
 }
 
-/// A minute ago, in Unix seconds: inside every retention.
-fn a_minute_ago() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    i64::try_from(now).unwrap() - 60
-}
-
 #[tokio::test]
 async fn a_backfill_record_makes_the_webhook_s_job() {
     let adapter = adapter("");
     let mut hook = image_webhook();
-    hook["data"]["messageTimestamp"] = json!(a_minute_ago());
+    hook["data"]["messageTimestamp"] = json!(crate::backfill::a_minute_ago());
     let webhook_job = parse(&adapter, &hook).unwrap().jobs.remove(0);
     let record = hook["data"].clone();
     assert_eq!(
@@ -323,13 +314,13 @@ async fn a_backfill_record_makes_the_webhook_s_job() {
 async fn backfill_refuses_texts_bad_records_and_expired_media() {
     let adapter = adapter("");
     let mut text = image_webhook()["data"].clone();
-    text["messageTimestamp"] = json!(a_minute_ago());
+    text["messageTimestamp"] = json!(crate::backfill::a_minute_ago());
     text["messageType"] = json!("conversation");
     let err = adapter.backfill(&text).await.unwrap_err();
     assert!(err.to_string().contains("not a media message"), "{err}");
 
     let mut keyless = image_webhook()["data"].clone();
-    keyless["messageTimestamp"] = json!(a_minute_ago());
+    keyless["messageTimestamp"] = json!(crate::backfill::a_minute_ago());
     keyless["content"]["mediaKey"] = Value::Null;
     let err = adapter.backfill(&keyless).await.unwrap_err();
     assert!(

@@ -278,19 +278,10 @@ fn config_errors_are_all_reported_and_unknown_keys_refused() {
     assert!(unknown.unwrap_err().to_string().contains("app_id"));
 }
 
-/// A minute ago, in Unix seconds: inside every retention.
-fn a_minute_ago() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    i64::try_from(now).unwrap() - 60
-}
-
 #[tokio::test]
 async fn a_backfill_reference_makes_the_webhook_s_job() {
     let adapter = adapter(false);
-    let at = a_minute_ago();
+    let at = crate::backfill::a_minute_ago();
     let mut hook = image_webhook();
     hook["messages"][0]["timestamp"] = json!(at.to_string());
     let webhook_job = parse(&adapter, &hook).unwrap().jobs.remove(0);
