@@ -122,6 +122,35 @@ pub fn cli(workdir: &Path, args: &[&str]) -> std::process::Output {
         .expect("run media-archiver")
 }
 
+/// `media-archiver backfill --account account` of `references` (one JSON
+/// line each, written to `workdir/backfill.jsonl`) against the daemon's
+/// config in `workdir`; returns its standard output, and panics with both
+/// streams if it did not exit 0.
+pub fn backfill(workdir: &Path, account: &str, references: &[Value]) -> String {
+    let lines: Vec<String> = references.iter().map(Value::to_string).collect();
+    std::fs::write(workdir.join("backfill.jsonl"), lines.join("\n") + "\n")
+        .expect("write backfill.jsonl");
+    let run = cli(
+        workdir,
+        &[
+            "backfill",
+            "--config",
+            "config.toml",
+            "--account",
+            account,
+            "--input",
+            "backfill.jsonl",
+        ],
+    );
+    let (stdout, stderr) = output_text(&run);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "backfill failed\n{stdout}{stderr}"
+    );
+    stdout
+}
+
 /// A command's standard output and error, as text.
 pub fn output_text(output: &std::process::Output) -> (String, String) {
     (

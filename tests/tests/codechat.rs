@@ -306,25 +306,7 @@ async fn a_record_backfilled_without_its_webhook_is_archived_and_the_late_webhoo
     let key_id = "3EB0BACKFILL0000001";
     // The message record as CodeChat keeps it: the webhook's `data`.
     let hook = s.codechat.upsert_webhook(key_id, CHAT, &stub, now());
-    std::fs::write(
-        s.daemon.workdir.join("refs.jsonl"),
-        format!("{}\n", hook["data"]),
-    )
-    .unwrap();
-    let run = e2e::cli(
-        &s.daemon.workdir,
-        &[
-            "backfill",
-            "--config",
-            "config.toml",
-            "--account",
-            "cc",
-            "--input",
-            "refs.jsonl",
-        ],
-    );
-    let (stdout, stderr) = e2e::output_text(&run);
-    assert_eq!(run.status.code(), Some(0), "{stdout}{stderr}");
+    let stdout = e2e::backfill(&s.daemon.workdir, "cc", &[hook["data"].clone()]);
     assert!(stdout.contains("new:        1"), "{stdout}");
 
     s.done(key_id).await;

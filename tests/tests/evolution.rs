@@ -209,3 +209,36 @@ async fn webhooks_without_a_valid_jwt_are_refused() {
     assert_eq!(status, 200);
     assert!(!s.daemon.logs().contains(JWT_KEY));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_backfilled_without_its_webhook_is_archived_and_the_late_webhook_is_a_duplicate() {
+    let Some(s) = setup().await else {
+        return;
+    };
+    let video = bytes(90_000, 17);
+    let stub = s
+        .cdn
+        .add_media("videoMessage", video.clone(), "video/mp4", None);
+    let key_id = "3EB0EVOBACKFILL01";
+    // The message record as Evolution keeps it: the webhook's `data`.
+    let hook = s.evolution.upsert_webhook(key_id, CHAT, &stub, now(), None);
+    let stdout = e2e::backfill(&s.daemon.workdir, "evo", &[hook["data"].clone()]);
+    assert!(stdout.contains("new:        1"), "{stdout}");
+
+    s.daemon
+        .wait_for_job(&format!("evo:{key_id}"), "done", WAIT)
+        .await;
+    let manifest = s
+        .archive
+        .assert_archived("evo", key_id, &video, ".mp4")
+        .await;
+    assert_eq!(manifest["verification"], "whatsapp-enc+plain");
+    let (status, answer) = s.post(&hook, &FakeEvolution::webhook_jwt(JWT_KEY, 0)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"accepted": 0, "duplicates": 1, "ignored": 0}),
+        "the webhook that arrives after all is the backfilled job"
+    );
+    assert_eq!(s.cdn.hits(&stub), 1, "fetched once");
+}

@@ -185,3 +185,42 @@ async fn a_wrong_access_secret_is_refused_by_nxcloud_and_the_job_is_dead() {
     assert_eq!(s.nx.bad_signatures(), 1);
     assert!(!reason.contains("not-the-secret"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reference_backfilled_without_its_webhook_is_archived_and_the_late_webhook_is_a_duplicate()
+ {
+    let Some(s) = setup(None).await else {
+        return;
+    };
+    let image = bytes(60_000, 23);
+    let media_id = s.nx.add_media(image.clone(), "image/jpeg", "photo.jpg");
+    let message_id = "wamid.NXBACKFILL01";
+    let at = now();
+    let stdout = e2e::backfill(
+        &s.daemon.workdir,
+        "nx",
+        &[
+            json!({"media_id": media_id, "message_id": message_id, "timestamp": at,
+                 "type": "image", "mime_type": "image/jpeg", "from": FROM}),
+        ],
+    );
+    assert!(stdout.contains("new:        1"), "{stdout}");
+
+    s.daemon
+        .wait_for_job(&format!("nx:{media_id}"), "done", WAIT)
+        .await;
+    let manifest = s
+        .archive
+        .assert_archived("nx", message_id, &image, ".jpg")
+        .await;
+    assert_eq!(manifest["provider"], "nxcloud");
+    let hook =
+        s.nx.message_webhook("image", &media_id, message_id, FROM, at);
+    let (status, answer) = s.post_signed(&hook).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"accepted": 0, "duplicates": 1, "ignored": 0}),
+        "the webhook that arrives after all is the backfilled job"
+    );
+}
