@@ -356,7 +356,7 @@ async fn receiver(queue: Arc<dyn JobQueue>) -> (SocketAddr, CancellationToken) {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
-    tokio::spawn(receiver.serve(listener, stop.clone()));
+    tokio::spawn(receiver.serve(listener, stop.clone(), Duration::from_secs(10)));
     (addr, stop)
 }
 

@@ -8,7 +8,6 @@
 //! problem, before any port is bound.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use serde::de::DeserializeOwned;
 /// The whole file.
 #[derive(Debug, Default)]
 pub(crate) struct Config {
-    pub(crate) server: Server,
+    pub(crate) server: webhook_receiver::ServerConfig,
     pub(crate) queue: Queue,
     pub(crate) storage: Storage,
     pub(crate) workers: Workers,
@@ -29,32 +28,6 @@ pub(crate) struct Config {
     pub(crate) fetch: Fetch,
     pub(crate) log: Log,
     pub(crate) accounts: Vec<AccountConfig>,
-}
-
-/// `[server]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct Server {
-    /// Address the HTTP server binds.
-    pub(crate) listen: String,
-    /// Largest webhook body accepted (413 above).
-    pub(crate) max_body_bytes: usize,
-    /// Enables the admin API.
-    pub(crate) admin_token: Option<SecretRef>,
-    /// How long a client may take to send request headers.
-    #[serde(deserialize_with = "duration")]
-    pub(crate) header_read_timeout: Duration,
-}
-
-impl Default for Server {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".into(),
-            max_body_bytes: 4 * 1024 * 1024,
-            admin_token: None,
-            header_read_timeout: Duration::from_secs(10),
-        }
-    }
 }
 
 /// `[queue]`.
@@ -309,19 +282,8 @@ impl Config {
 
     /// Checks values that parsed but make no sense together.
     fn check(&self, errors: &mut Vec<String>) {
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            errors.push(format!(
-                "server.listen: {:?} is not an address such as \"127.0.0.1:8080\"",
-                self.server.listen
-            ));
-        }
-        if self.server.max_body_bytes == 0 {
-            errors.push("server.max_body_bytes: must be above 0".into());
-        }
-        if let Some(token) = &self.server.admin_token
-            && let Err(e) = token.resolve()
-        {
-            errors.push(format!("server.admin_token: {e}"));
+        if let Err(problems) = self.server.validate() {
+            errors.extend(problems);
         }
         match self.queue.backend.as_str() {
             "sqlite" => {}

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,8 @@ use providers::{ApiClient, Provider};
 use retry_queue::{JobQueue, PgQueue, QueueError, SqliteQueue};
 use s3_uploader::{FsStore, Layout, ObjectStore, S3Store};
 use tokio_util::sync::CancellationToken;
-use webhook_receiver::{Readiness, Receiver, ReceiverConfig};
+use tokio_util::task::TaskTracker;
+use webhook_receiver::{Readiness, Receiver};
 
 use crate::config::{Config, ConfigErrors};
 
@@ -220,7 +220,11 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
     let queue = open_queue(&config).await?;
     let fetcher = media_fetch::Fetcher::new(config.fetch_config())
         .context("cannot prepare the download spool")?;
-    let listen: SocketAddr = config.server.listen.parse().context("server.listen")?;
+    let receiver_config = config
+        .server
+        .validate()
+        .map_err(|p| ServeError::Config(ConfigErrors(p)))?;
+    let listen = receiver_config.listen;
     let listener = webhook_receiver::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -245,12 +249,6 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
             idle_poll: config.workers.idle_poll,
         },
     ));
-    let admin_token = match &config.server.admin_token {
-        Some(r) => Some(r.resolve().map_err(|e| {
-            ServeError::Config(ConfigErrors(vec![format!("server.admin_token: {e}")]))
-        })?),
-        None => None,
-    };
     let render_metrics = crate::telemetry::install_metrics().context("cannot set up metrics")?;
     let media_index = Arc::new(crate::media_index::ArchiveIndex {
         store: store.clone(),
@@ -263,20 +261,24 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
             queue.clone(),
             worker.new_work_signal(),
             Arc::new(QueueAndStore { queue, store }),
-            ReceiverConfig {
-                max_body_bytes: config.server.max_body_bytes,
-                admin_token,
-                header_read_timeout: config.server.header_read_timeout,
-            },
+            receiver_config,
         )
         .with_metrics(render_metrics)
         .with_media_index(media_index),
     );
 
-    let stop_http = CancellationToken::new();
-    let stop_workers = CancellationToken::new();
-    let http = tokio::spawn(receiver.clone().serve(listener, stop_http.clone()));
-    let workers = tokio::spawn(worker.run(stop_workers.clone()));
+    // One root token: cancelling it stops the listener and the workers;
+    // each drains within `workers.shutdown_grace`.
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let grace = config.workers.shutdown_grace;
+    let http = tasks.spawn(
+        receiver
+            .clone()
+            .serve(listener, shutdown.child_token(), grace),
+    );
+    let workers = tasks.spawn(worker.run(shutdown.child_token()));
+    tasks.close();
     tracing::info!(addr = %local_addr, "listening");
     crate::telemetry::notify_ready();
 
@@ -284,10 +286,13 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
     tracing::info!("shutdown requested: no new webhooks, draining jobs");
     crate::telemetry::notify_stopping();
     receiver.start_draining();
-    stop_http.cancel();
-    stop_workers.cancel();
-    let _ = http.await;
-    let _ = workers.await;
+    shutdown.cancel();
+    for (task, handle) in [("http server", http), ("workers", workers)] {
+        if let Err(e) = handle.await {
+            tracing::error!(task, error = %e, "task ended abnormally during shutdown");
+        }
+    }
+    tasks.wait().await;
     tracing::info!("stopped");
     Ok(())
 }

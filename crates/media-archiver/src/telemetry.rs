@@ -38,6 +38,10 @@ fn describe() {
         "media_archiver_webhooks_total",
         "Webhooks received on known accounts, by outcome"
     );
+    describe_counter!(
+        "media_archiver_body_budget_exhausted_total",
+        "Webhooks answered 503 because server.max_inflight_body_bytes was in use"
+    );
     describe_gauge!("media_archiver_jobs", "Jobs in the queue, by state");
     describe_gauge!(
         "media_archiver_jobs_at_risk",

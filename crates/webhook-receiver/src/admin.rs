@@ -14,13 +14,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use retry_queue::{JobFilter, JobRecord};
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
 use crate::Receiver;
 use crate::error::{ApiError, json};
 
 /// Jobs whose deadline is this close count as at risk.
-const AT_RISK_WITHIN: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const AT_RISK_WITHIN: Duration = Duration::from_secs(24 * 3600);
 
 impl Receiver {
     pub(crate) async fn admin(
@@ -33,12 +32,7 @@ impl Receiver {
                 "admin API disabled: set server.admin_token to enable it".into(),
             ));
         };
-        let presented = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        let authorized = presented.is_some_and(|p| bool::from(p.ct_eq(token.expose().as_bytes())));
-        if !authorized {
+        if !crate::routes::bearer_matches(request.headers(), token) {
             return Err(ApiError::Unauthorized(
                 "admin API needs Authorization: Bearer <admin token>".into(),
             ));

@@ -16,8 +16,17 @@ pub(crate) enum ApiError {
     Forbidden(String),
     NotFound(String),
     MethodNotAllowed(&'static str),
+    /// A body over `server.max_body_bytes` (the limit).
     PayloadTooLarge(usize),
-    /// The queue could not commit: the provider should redeliver.
+    /// A webhook announcing more media than `server.max_jobs_per_webhook`.
+    TooManyJobs {
+        announced: usize,
+        limit: usize,
+    },
+    /// The body did not arrive within `server.body_read_timeout`.
+    BodyTimeout(std::time::Duration),
+    /// The queue could not commit, or the front door is at a limit: the
+    /// provider should redeliver.
     Unavailable(String),
 }
 
@@ -29,7 +38,10 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge(_) | ApiError::TooManyJobs { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -44,6 +56,13 @@ impl ApiError {
             ApiError::PayloadTooLarge(limit) => {
                 format!("body larger than server.max_body_bytes ({limit} bytes)")
             }
+            ApiError::TooManyJobs { announced, limit } => format!(
+                "webhook announces {announced} media files; server.max_jobs_per_webhook is {limit}"
+            ),
+            ApiError::BodyTimeout(limit) => format!(
+                "request body not received within server.body_read_timeout ({})",
+                humantime::format_duration(*limit)
+            ),
             ApiError::Unavailable(m) => m.clone(),
         }
     }
@@ -56,7 +75,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::PayloadTooLarge(_) | ApiError::TooManyJobs { .. } => "too_large",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::Unavailable(_) => "unavailable",
         }
     }
@@ -75,7 +95,26 @@ impl ApiError {
                 http::HeaderValue::from_static("5"),
             );
         }
+        if self.closes_connection() {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         response
+    }
+
+    /// Answers given before a body was read whole (refused credentials,
+    /// oversized or stalled bodies, a spent body budget) close the
+    /// connection: what is left of the body is never read.
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Unauthorized(_)
+                | ApiError::PayloadTooLarge(_)
+                | ApiError::BodyTimeout(_)
+                | ApiError::Unavailable(_)
+        )
     }
 }
 
@@ -119,6 +158,17 @@ mod tests {
             (ApiError::NotFound("no account `a`".into()), 404),
             (ApiError::MethodNotAllowed("POST"), 405),
             (ApiError::PayloadTooLarge(1024), 413),
+            (
+                ApiError::TooManyJobs {
+                    announced: 300,
+                    limit: 256,
+                },
+                413,
+            ),
+            (
+                ApiError::BodyTimeout(std::time::Duration::from_secs(15)),
+                408,
+            ),
             (ApiError::Unavailable("queue unavailable".into()), 503),
         ];
         for (error, status) in cases {
@@ -149,6 +199,43 @@ mod tests {
             body["error"],
             "body larger than server.max_body_bytes (4096 bytes)"
         );
+    }
+
+    #[tokio::test]
+    async fn limits_are_named_in_their_answers() {
+        let body = body_of(
+            ApiError::TooManyJobs {
+                announced: 300,
+                limit: 256,
+            }
+            .into_response(),
+        )
+        .await;
+        assert_eq!(
+            body["error"],
+            "webhook announces 300 media files; server.max_jobs_per_webhook is 256"
+        );
+        let body =
+            body_of(ApiError::BodyTimeout(std::time::Duration::from_secs(15)).into_response())
+                .await;
+        assert_eq!(
+            body["error"],
+            "request body not received within server.body_read_timeout (15s)"
+        );
+    }
+
+    #[test]
+    fn an_answer_before_the_body_was_read_closes_the_connection() {
+        for early in [
+            ApiError::Unauthorized("wrong token".into()),
+            ApiError::PayloadTooLarge(10),
+            ApiError::BodyTimeout(std::time::Duration::from_secs(1)),
+        ] {
+            let response = early.into_response();
+            assert_eq!(response.headers()[http::header::CONNECTION], "close");
+        }
+        let parsed = ApiError::BadRequest("field `x`".into()).into_response();
+        assert!(parsed.headers().get(http::header::CONNECTION).is_none());
     }
 
     #[test]

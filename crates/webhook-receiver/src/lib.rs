@@ -10,11 +10,13 @@
 //!
 //! It must not know how a provider's payload looks (adapters parse), how a
 //! job is worked (the pipeline), or where files are stored. Main types:
-//! [`Receiver`], [`ReceiverConfig`], and what the binary supplies: the
+//! [`Receiver`], [`ServerConfig`] (`[server]`, validated into a
+//! [`ReceiverConfig`]), and what the binary supplies: the
 //! [`Readiness`] probe and the [`MediaIndex`] behind `GET /api/v1/media`
 //! (it reads manifests; the receiver only finds the jobs).
 
 mod admin;
+mod config;
 mod error;
 mod routes;
 mod server;
@@ -22,7 +24,8 @@ mod server;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use server::{Receiver, ReceiverConfig, RenderMetrics, bind};
+pub use config::{ReceiverConfig, ServerConfig};
+pub use server::{Receiver, RenderMetrics, bind};
 
 /// Answers whether the daemon can do its work right now (queue and store
 /// reachable); backs `/readyz`.

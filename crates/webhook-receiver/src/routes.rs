@@ -1,6 +1,7 @@
 //! Request routing and the webhook handler.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -9,8 +10,11 @@ use hyper::body::Incoming;
 use providers::WebhookRequest;
 use retry_queue::Enqueued;
 use serde_json::json;
+use subtle::ConstantTimeEq as _;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::Receiver;
+use crate::admin::AT_RISK_WITHIN;
 use crate::error::{ApiError, json};
 
 impl Receiver {
@@ -27,7 +31,7 @@ impl Receiver {
             (_, ["healthz"]) => Err(ApiError::MethodNotAllowed("GET")),
             (&Method::GET, ["readyz"]) => self.readyz().await,
             (_, ["readyz"]) => Err(ApiError::MethodNotAllowed("GET")),
-            (&Method::GET, ["metrics"]) => self.metrics().await,
+            (&Method::GET, ["metrics"]) => self.metrics(&request).await,
             (_, ["metrics"]) => Err(ApiError::MethodNotAllowed("GET")),
             (&Method::POST, ["webhooks", account]) => {
                 let result = self.webhook(account, request).await;
@@ -52,25 +56,21 @@ impl Receiver {
         response
     }
 
-    async fn metrics(&self) -> Result<Response<Full<Bytes>>, ApiError> {
+    async fn metrics(
+        &self,
+        request: &Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
         let Some(render) = &self.render_metrics else {
             return Err(ApiError::NotFound("metrics are not enabled".into()));
         };
-        // Queue gauges are read at scrape time, so they are never stale.
-        match self
-            .queue
-            .stats(std::time::Duration::from_secs(24 * 3600))
-            .await
+        if let Some(token) = &self.config.metrics_token
+            && !bearer_matches(request.headers(), token)
         {
-            Ok(stats) => {
-                for (state, count) in &stats.by_state {
-                    metrics::gauge!("media_archiver_jobs", "state" => state.clone())
-                        .set(*count as f64);
-                }
-                metrics::gauge!("media_archiver_jobs_at_risk").set(stats.at_risk as f64);
-            }
-            Err(e) => tracing::warn!(error = %e, "metrics: queue stats unavailable"),
+            return Err(ApiError::Unauthorized(
+                "metrics need Authorization: Bearer <metrics token>".into(),
+            ));
         }
+        self.queue_gauges.refresh(self.queue.as_ref()).await;
         let mut response = Response::new(Full::new(Bytes::from((render.0)())));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -100,11 +100,13 @@ impl Receiver {
             .get(account)
             .ok_or_else(|| unknown_account(account))?;
         let (parts, body) = request.into_parts();
-        let body = read_body(body, &parts.headers, self.config.max_body_bytes).await?;
+        // The body (and with it this request's share of the body budget) is
+        // held until the jobs are committed.
+        let body = self.read_body(body, &parts.headers).await?;
         let webhook = WebhookRequest {
             headers: &parts.headers,
             query: parts.uri.query(),
-            body: &body,
+            body: &body.bytes,
         };
         if let Err(e) = provider.authenticate(&webhook) {
             tracing::warn!(account, error = %e, "webhook rejected: bad credentials");
@@ -114,6 +116,17 @@ impl Receiver {
             tracing::warn!(account, error = %e, "webhook rejected: unrecognised payload");
             ApiError::from(e)
         })?;
+        let announced = parsed.jobs.len() + parsed.wakes.len();
+        let limit = self.config.server.max_jobs_per_webhook;
+        if announced > limit {
+            tracing::warn!(
+                account,
+                announced,
+                limit,
+                "webhook rejected: too many media files"
+            );
+            return Err(ApiError::TooManyJobs { announced, limit });
+        }
         let (mut accepted, mut duplicates, mut ignored) = (0usize, 0usize, parsed.ignored);
         if !parsed.jobs.is_empty() {
             let outcomes = self.queue.enqueue(parsed.jobs).await.map_err(|e| {
@@ -208,41 +221,152 @@ pub(crate) fn unknown_account(account: &str) -> ApiError {
 /// How much of an oversized body is read and thrown away before answering
 /// 413, so that an ordinary client (which sends its whole body before it
 /// reads the answer) sees the 413 instead of a connection reset. Beyond this
-/// the connection is simply closed.
+/// the connection is simply closed. Discarded bytes hold no memory.
 const OVERSIZE_DRAIN_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Reads a body of at most `limit` bytes; a declared or actual larger body is
-/// 413. Memory use is bounded by `limit`: the excess is discarded as it arrives.
-pub(crate) async fn read_body(
-    mut body: Incoming,
-    headers: &http::HeaderMap,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut collected = bytes::BytesMut::new();
-    let mut too_large = declared.is_some_and(|n| n > limit as u64);
-    let mut discarded = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if !too_large && collected.len() + data.len() <= limit {
-            collected.extend_from_slice(&data);
-            continue;
+/// How long a request waits for room in a spent body budget before it is
+/// answered 503 (the provider redelivers later).
+const BODY_BUDGET_WAIT: Duration = Duration::from_secs(1);
+
+/// A request body read whole, with the share of
+/// `server.max_inflight_body_bytes` it holds until dropped.
+pub(crate) struct HeldBody {
+    pub(crate) bytes: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl Receiver {
+    /// Reads a body of at most `server.max_body_bytes` within
+    /// `server.body_read_timeout`, taking a share of the body budget for
+    /// each chunk as it arrives (so a client holds only what it has really
+    /// sent). A body that declares a larger length is 413 before it is
+    /// read; one that turns out larger, 413 once it does.
+    pub(crate) async fn read_body(
+        &self,
+        mut body: Incoming,
+        headers: &http::HeaderMap,
+    ) -> Result<HeldBody, ApiError> {
+        let server = &self.config.server;
+        let limit = server.max_body_bytes;
+        let deadline = tokio::time::Instant::now() + server.body_read_timeout;
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut collected = bytes::BytesMut::new();
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        let mut too_large = declared.is_some_and(|n| n > limit as u64);
+        let mut discarded = 0u64;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                // An oversized body is answered 413 whether or not its
+                // client finished sending what is drained of it.
+                Err(_) if too_large => break,
+                Err(_) => return Err(ApiError::BodyTimeout(server.body_read_timeout)),
+                Ok(None) => break,
+                Ok(Some(frame)) => frame.map_err(|e| {
+                    ApiError::BadRequest(format!("could not read the request body: {e}"))
+                })?,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if !too_large && collected.len() + data.len() <= limit {
+                let share = self.body_budget_share(data.len(), deadline).await?;
+                match &mut held {
+                    Some(permit) => permit.merge(share),
+                    None => held = Some(share),
+                }
+                collected.extend_from_slice(&data);
+                continue;
+            }
+            too_large = true;
+            discarded += data.len() as u64;
+            if discarded > OVERSIZE_DRAIN_BYTES {
+                break;
+            }
         }
-        too_large = true;
-        discarded += data.len() as u64;
-        if discarded > OVERSIZE_DRAIN_BYTES {
-            break;
+        if too_large {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        Ok(HeldBody {
+            bytes: collected.freeze(),
+            _budget: held,
+        })
+    }
+
+    /// Takes `bytes` permits of the body budget, waiting at most
+    /// [`BODY_BUDGET_WAIT`] (and never past the body's deadline).
+    async fn body_budget_share(
+        &self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        // A chunk is at most hyper's read buffer, far below u32::MAX; the
+        // limit checked before keeps it below max_body_bytes anyway.
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        if let Ok(permit) = self.body_budget.clone().try_acquire_many_owned(permits) {
+            return Ok(permit);
+        }
+        let wait_until = deadline.min(tokio::time::Instant::now() + BODY_BUDGET_WAIT);
+        match tokio::time::timeout_at(
+            wait_until,
+            self.body_budget.clone().acquire_many_owned(permits),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                metrics::counter!("media_archiver_body_budget_exhausted_total").increment(1);
+                tracing::warn!(
+                    "server.max_inflight_body_bytes is spent; answering 503 so the provider redelivers"
+                );
+                Err(ApiError::Unavailable(
+                    "server busy (server.max_inflight_body_bytes in use); retry later".into(),
+                ))
+            }
         }
     }
-    if too_large {
-        return Err(ApiError::PayloadTooLarge(limit));
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time.
+pub(crate) fn bearer_matches(headers: &http::HeaderMap, token: &archiver_core::Secret) -> bool {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|presented| bool::from(presented.ct_eq(token.expose().as_bytes())))
+}
+
+/// How old the queue gauges of `/metrics` may be.
+const QUEUE_GAUGES_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// The queue gauges (`jobs{state}`, `jobs_at_risk`) with the time they were
+/// read. Counting jobs by state is a scan of the queue's table (a `GROUP
+/// BY` on PostgreSQL): scrapes share one reading for a few seconds, and
+/// concurrent scrapes wait for the one query in flight instead of each
+/// running their own.
+#[derive(Debug, Default)]
+pub(crate) struct QueueGauges {
+    read_at: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl QueueGauges {
+    /// Reads the queue's counts into the gauges unless they are fresh.
+    pub(crate) async fn refresh(&self, queue: &dyn retry_queue::JobQueue) {
+        let mut read_at = self.read_at.lock().await;
+        if read_at.is_some_and(|at| at.elapsed() < QUEUE_GAUGES_MAX_AGE) {
+            return;
+        }
+        match queue.stats(AT_RISK_WITHIN).await {
+            Ok(stats) => {
+                for (state, count) in &stats.by_state {
+                    metrics::gauge!("media_archiver_jobs", "state" => state.clone())
+                        .set(*count as f64);
+                }
+                metrics::gauge!("media_archiver_jobs_at_risk").set(stats.at_risk as f64);
+                *read_at = Some(tokio::time::Instant::now());
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: queue stats unavailable"),
+        }
     }
-    Ok(collected.freeze())
 }

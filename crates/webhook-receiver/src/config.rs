@@ -1,0 +1,240 @@
+//! `[server]`: the front door's settings, deserialized here because this
+//! crate is the one that consumes them (the binary only composes sections).
+//!
+//! Every limit bounds what a client, hostile or not, can make the daemon
+//! hold. With the defaults the front door's memory stays under roughly
+//! `max_connections x READ_BUFFER_BYTES` (64 MiB: the largest request head a
+//! connection may buffer) `+ max_inflight_body_bytes` (64 MiB of bodies,
+//! all requests together) `+` the parsed form of the bodies being parsed,
+//! whatever clients send and however slowly: a 512 MiB pod keeps its
+//! headroom for the workers. Time limits free connection permits: a
+//! connection waits for its next request at most `idle_timeout`, a head
+//! arrives within `header_read_timeout` of its first byte, and a whole body
+//! within `body_read_timeout`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use archiver_core::config_value::duration;
+use archiver_core::{Secret, SecretRef};
+use serde::Deserialize;
+
+/// The most a connection buffers while it reads a request head (hyper's
+/// read buffer): a larger head is answered 431.
+pub(crate) const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// `[server]`, as written in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds, e.g. `"127.0.0.1:8080"`.
+    pub listen: String,
+    /// Largest webhook body accepted; a larger one is answered 413 (before
+    /// it is read when it declares its length).
+    pub max_body_bytes: usize,
+    /// Enables the admin API (`/api/v1/...`); without it those routes are 404.
+    pub admin_token: Option<SecretRef>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <metrics token>`
+    /// (for a daemon whose port is reachable from the internet).
+    pub metrics_token: Option<SecretRef>,
+    /// Once the first byte of a request head has arrived, the rest of the
+    /// head must arrive within this (slow-header clients are cut off).
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// The whole body must arrive within this, counted from the end of the
+    /// head; a body still incomplete is answered 408 and the connection
+    /// closed. A provider sends a webhook in milliseconds: only a stalled or
+    /// hostile client meets this limit.
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// A connection that waits longer than this for its next request
+    /// (keep-alive idle, or a client that never starts one) is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Open connections at most. A permit is taken before `accept`, so a
+    /// flood of connections waits in the kernel's backlog instead of
+    /// holding memory here.
+    pub max_connections: usize,
+    /// Webhook body bytes held at once, all requests together. Bytes are
+    /// counted as they arrive; when the budget is spent a request waits
+    /// briefly for room, then is answered 503 with `Retry-After` (the
+    /// provider redelivers; nothing is lost). At least `max_body_bytes`.
+    pub max_inflight_body_bytes: usize,
+    /// Media files one webhook may announce; more is answered 413 naming
+    /// this key (no provider batches more than a few dozen).
+    pub max_jobs_per_webhook: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            admin_token: None,
+            metrics_token: None,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_inflight_body_bytes: 64 * 1024 * 1024,
+            max_jobs_per_webhook: 256,
+        }
+    }
+}
+
+/// The `[server]` section validated: its address parsed and its secrets
+/// resolved. What [`Receiver`](crate::Receiver) runs on.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// The section as written; its limits and timeouts are used as they are.
+    pub server: ServerConfig,
+    /// `server.listen`, parsed.
+    pub listen: SocketAddr,
+    /// `server.admin_token`, resolved.
+    pub admin_token: Option<Secret>,
+    /// `server.metrics_token`, resolved.
+    pub metrics_token: Option<Secret>,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ServerConfig::default()
+            .validate()
+            .expect("the default [server] section is valid")
+    }
+}
+
+impl ServerConfig {
+    /// Checks every value and resolves the secrets. Every problem is
+    /// returned, each starting with its key path (`server.…`).
+    pub fn validate(&self) -> Result<ReceiverConfig, Vec<String>> {
+        let mut problems = Vec::new();
+        let listen = self.listen.parse::<SocketAddr>().map_err(|_| {
+            problems.push(format!(
+                "server.listen: {:?} is not an address such as \"127.0.0.1:8080\"",
+                self.listen
+            ));
+        });
+        let mut secret = |key: &str, value: &Option<SecretRef>| match value {
+            None => None,
+            Some(r) => r
+                .resolve()
+                .map_err(|e| problems.push(format!("server.{key}: {e}")))
+                .ok(),
+        };
+        let admin_token = secret("admin_token", &self.admin_token);
+        let metrics_token = secret("metrics_token", &self.metrics_token);
+        if self.max_body_bytes == 0 {
+            problems.push("server.max_body_bytes: must be above 0".into());
+        }
+        if self.max_inflight_body_bytes < self.max_body_bytes {
+            problems.push(format!(
+                "server.max_inflight_body_bytes: {} is below server.max_body_bytes ({}); a largest body would never fit",
+                self.max_inflight_body_bytes, self.max_body_bytes
+            ));
+        }
+        // tokio's semaphore counts at most usize::MAX >> 3 permits.
+        if self.max_inflight_body_bytes > usize::MAX >> 3 {
+            problems.push("server.max_inflight_body_bytes: too large".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            problems.push("server.max_connections: must be between 1 and 1000000".into());
+        }
+        if self.max_jobs_per_webhook == 0 {
+            problems.push("server.max_jobs_per_webhook: must be above 0".into());
+        }
+        for (key, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("server.{key}: must be above 0"));
+            }
+        }
+        match listen {
+            Ok(listen) if problems.is_empty() => Ok(ReceiverConfig {
+                server: self.clone(),
+                listen,
+                admin_token,
+                metrics_token,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServerConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_empty_section_gets_defaults_that_hold_on_a_small_pod() {
+        let config = parse("").unwrap().validate().unwrap();
+        let server = &config.server;
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(server.max_connections, 1024);
+        assert_eq!(server.max_inflight_body_bytes, 64 << 20);
+        assert_eq!(server.max_jobs_per_webhook, 256);
+        assert_eq!(server.body_read_timeout, Duration::from_secs(15));
+        assert_eq!(server.idle_timeout, Duration::from_secs(60));
+        // Head buffers of every connection plus the body budget: well under 512 MiB.
+        let worst_case =
+            server.max_connections * READ_BUFFER_BYTES + server.max_inflight_body_bytes;
+        assert!(worst_case <= 160 << 20, "{worst_case}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = parse("max_conections = 5").unwrap_err();
+        assert!(err.contains("max_conections"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key_path() {
+        let config = parse(
+            r#"
+            listen = "localhost"
+            max_body_bytes = 1000
+            max_inflight_body_bytes = 999
+            max_connections = 0
+            max_jobs_per_webhook = 0
+            body_read_timeout = "0s"
+            metrics_token = { env = "MEDIA_ARCHIVER_TEST_UNSET_VARIABLE" }
+            "#,
+        )
+        .unwrap();
+        let problems = config.validate().unwrap_err();
+        for key in [
+            "server.listen",
+            "server.max_inflight_body_bytes",
+            "server.max_connections",
+            "server.max_jobs_per_webhook",
+            "server.body_read_timeout",
+            "server.metrics_token",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(key)),
+                "{key} missing from {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn secrets_are_resolved_and_never_shown() {
+        let config = parse(r#"admin_token = "s3cret-admin""#)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(
+            config.admin_token.as_ref().unwrap().expose(),
+            "s3cret-admin"
+        );
+        assert!(!format!("{config:?}").contains("s3cret-admin"));
+    }
+}
