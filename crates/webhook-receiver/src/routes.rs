@@ -351,11 +351,12 @@ pub(crate) struct QueueGauges {
 }
 
 impl QueueGauges {
-    /// Reads the queue's counts into the gauges unless they are fresh.
-    pub(crate) async fn refresh(&self, queue: &dyn retry_queue::JobQueue) {
+    /// Reads the queue's counts into the gauges unless they are fresh;
+    /// answers whether the queue was asked.
+    pub(crate) async fn refresh(&self, queue: &dyn retry_queue::JobQueue) -> bool {
         let mut read_at = self.read_at.lock().await;
         if read_at.is_some_and(|at| at.elapsed() < QUEUE_GAUGES_MAX_AGE) {
-            return;
+            return false;
         }
         match queue.stats(AT_RISK_WITHIN).await {
             Ok(stats) => {
@@ -368,5 +369,34 @@ impl QueueGauges {
             }
             Err(e) => tracing::warn!(error = %e, "metrics: queue stats unavailable"),
         }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use retry_queue::{RetryPolicy, SqliteQueue};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn scrapes_share_one_queue_reading_for_a_few_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(
+            &dir.path().join("queue.db"),
+            RetryPolicy::default(),
+            Arc::new(archiver_core::SystemClock),
+        )
+        .unwrap();
+        let gauges = QueueGauges::default();
+        tokio::time::pause();
+        assert!(gauges.refresh(&queue).await, "the first scrape reads the queue");
+        for _ in 0..10 {
+            assert!(!gauges.refresh(&queue).await, "a scrape within 5s reads the cache");
+        }
+        tokio::time::advance(QUEUE_GAUGES_MAX_AGE).await;
+        assert!(gauges.refresh(&queue).await, "a stale reading is read again");
     }
 }
