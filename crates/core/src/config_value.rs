@@ -69,8 +69,7 @@ impl SecretRef {
                 std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))?
             }
             SecretRef::File { file } => {
-                let mut v = std::fs::read_to_string(file)
-                    .map_err(|e| format!("cannot read secret file {file}: {e}"))?;
+                let mut v = read_secret_file(file)?;
                 if v.ends_with('\n') {
                     v.pop();
                     if v.ends_with('\r') {
@@ -85,6 +84,28 @@ impl SecretRef {
         }
         Ok(Secret::new(value))
     }
+}
+
+/// The largest secret file read: far above any token or key, and small
+/// enough that `{ file = "/dev/zero" }` (or a log file named by mistake) is
+/// an error instead of a process that reads forever.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+fn read_secret_file(file: &str) -> Result<String, String> {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| format!("cannot read secret file {file}: {e}");
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .map_err(cannot)?
+        .take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "secret file {file} is larger than {MAX_SECRET_FILE_BYTES} bytes"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("secret file {file} is not UTF-8 text"))
 }
 
 #[cfg(test)]
@@ -131,5 +152,14 @@ mod tests {
                 .contains("MEDIA_ARCHIVER_SURELY_UNSET_VAR")
         );
         assert!(!format!("{:?}", secret(r#"{"s":"abc"}"#)).contains("abc"));
+    }
+
+    #[test]
+    fn an_endless_secret_file_is_refused_not_read_forever() {
+        let endless = SecretRef::File {
+            file: "/dev/zero".into(),
+        };
+        let error = endless.resolve().unwrap_err();
+        assert!(error.contains("larger than 65536 bytes"), "{error}");
     }
 }

@@ -166,3 +166,43 @@ fn postgres_url_may_come_from_the_environment() {
         "{errors:?}"
     );
 }
+
+/// The shipped example, whose every line a property test below mutates.
+fn example_config() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    std::fs::read_to_string(root.join("example.toml")).unwrap()
+}
+
+/// What a parse answered, comparable across runs.
+fn outcome(text: &str) -> Result<(), Vec<String>> {
+    Config::parse(text).map(|_| ()).map_err(|e| e.0)
+}
+
+proptest::proptest! {
+    /// Any text, however broken, is answered with problems (each naming
+    /// where) or a config; never a panic, and the same answer twice.
+    #[test]
+    fn arbitrary_text_is_answered_without_a_panic(text in "\\PC{0,400}") {
+        let first = outcome(&text);
+        proptest::prop_assert_eq!(&first, &outcome(&text));
+        if let Err(problems) = first {
+            proptest::prop_assert!(!problems.is_empty());
+            proptest::prop_assert!(problems.iter().all(|p| !p.trim().is_empty()));
+        }
+    }
+
+    /// The example with one line replaced by arbitrary text (or removed):
+    /// the loader reports problems, never panics, and answers alike twice.
+    #[test]
+    fn a_mutated_example_is_answered_without_a_panic(
+        line in proptest::arbitrary::any::<proptest::sample::Index>(),
+        replacement in "[\\PC&&[^\\n]]{0,60}",
+    ) {
+        let example = example_config();
+        let mut lines: Vec<&str> = example.lines().collect();
+        let at = line.index(lines.len());
+        lines[at] = &replacement;
+        let text = lines.join("\n");
+        proptest::prop_assert_eq!(outcome(&text), outcome(&text));
+    }
+}
