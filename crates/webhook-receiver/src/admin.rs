@@ -22,11 +22,8 @@ use crate::error::{ApiError, json};
 pub(crate) const AT_RISK_WITHIN: Duration = Duration::from_secs(24 * 3600);
 
 impl Receiver {
-    pub(crate) async fn admin(
-        &self,
-        path: &[&str],
-        request: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, ApiError> {
+    /// Authorizes an admin request and hands it to its route's function.
+    pub(crate) async fn admin(&self, path: &[&str], request: Request<Incoming>) -> Reply {
         let Some(token) = &self.config.admin_token else {
             return Err(ApiError::NotFound(
                 "admin API disabled: set server.admin_token to enable it".into(),
@@ -38,85 +35,13 @@ impl Receiver {
             ));
         }
         let query = parse_query(request.uri().query());
-        let method = request.method().clone();
-        let unavailable = |e: retry_queue::QueueError| {
-            tracing::error!(error = %e, "admin request failed at the queue");
-            ApiError::Unavailable("queue unavailable; retry later".into())
-        };
-        match (&method, path) {
-            (&Method::GET, ["jobs"]) => {
-                let filter = JobFilter {
-                    state: query
-                        .get("state")
-                        .map(|s| s.parse::<JobState>())
-                        .transpose()
-                        .map_err(ApiError::BadRequest)?,
-                    account: query.get("account").cloned(),
-                    message_id: None,
-                    limit: query
-                        .get("limit")
-                        .map(|l| l.parse::<usize>())
-                        .transpose()
-                        .map_err(|_| ApiError::BadRequest("limit must be a whole number".into()))?
-                        .unwrap_or(0),
-                };
-                let jobs = self.queue.list(&filter).await.map_err(unavailable)?;
-                let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
-                Ok(json(StatusCode::OK, &json!({ "jobs": jobs })))
-            }
-            (&Method::POST, ["jobs", "retry"]) => {
-                let state = query
-                    .get("state")
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(
-                            "missing query parameter state (e.g. state=dead)".into(),
-                        )
-                    })?
-                    .parse::<JobState>()
-                    .map_err(ApiError::BadRequest)?;
-                let requeued = self.queue.retry_all(state).await.map_err(unavailable)?;
-                self.new_work.notify_one();
-                Ok(json(StatusCode::OK, &json!({ "requeued": requeued })))
-            }
-            (&Method::GET, ["jobs", id]) => {
-                let id = decode(id);
-                match self.queue.get(&id).await.map_err(unavailable)? {
-                    Some(job) => Ok(json(StatusCode::OK, &job_json(&job))),
-                    None => Err(ApiError::NotFound(format!("no job {id:?}"))),
-                }
-            }
-            (&Method::POST, ["jobs", id, "retry"]) => {
-                let id = decode(id);
-                if self.queue.retry_now(&id).await.map_err(unavailable)? {
-                    self.new_work.notify_one();
-                    Ok(json(StatusCode::OK, &json!({ "requeued": 1 })))
-                } else {
-                    match self.queue.get(&id).await.map_err(unavailable)? {
-                        Some(job) => Err(ApiError::BadRequest(format!(
-                            "job {id:?} is {}; only pending, waiting or dead jobs can be retried",
-                            job.state
-                        ))),
-                        None => Err(ApiError::NotFound(format!("no job {id:?}"))),
-                    }
-                }
-            }
+        match (request.method(), path) {
+            (&Method::GET, ["jobs"]) => self.list_jobs(&query).await,
+            (&Method::POST, ["jobs", "retry"]) => self.retry_jobs(&query).await,
+            (&Method::GET, ["jobs", id]) => self.show_job(&decode(id)).await,
+            (&Method::POST, ["jobs", id, "retry"]) => self.retry_job(&decode(id)).await,
             (&Method::GET, ["media"]) => self.media(&query).await,
-            (&Method::GET, ["stats"]) => {
-                let stats = self
-                    .queue
-                    .stats(AT_RISK_WITHIN)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(json(
-                    StatusCode::OK,
-                    &json!({
-                        "by_state": stats.by_state,
-                        "by_account": stats.by_account,
-                        "oldest_pending": stats.oldest_pending.map(rfc3339),
-                        "at_risk": stats.at_risk,
-                    }),
-                ))
-            }
+            (&Method::GET, ["stats"]) => self.stats().await,
             (_, ["jobs", "retry"] | ["jobs", _, "retry"]) => {
                 Err(ApiError::MethodNotAllowed("POST"))
             }
@@ -129,16 +54,106 @@ impl Receiver {
             ))),
         }
     }
+
+    /// `GET /api/v1/jobs?state=&account=&limit=`.
+    async fn list_jobs(&self, query: &Query) -> Reply {
+        let filter = JobFilter {
+            state: query
+                .get("state")
+                .map(|s| s.parse::<JobState>())
+                .transpose()
+                .map_err(ApiError::BadRequest)?,
+            account: query.get("account").cloned(),
+            message_id: None,
+            limit: query
+                .get("limit")
+                .map(|l| l.parse::<usize>())
+                .transpose()
+                .map_err(|_| ApiError::BadRequest("limit must be a whole number".into()))?
+                .unwrap_or(0),
+        };
+        let jobs = self.queue.list(&filter).await.map_err(queue_unavailable)?;
+        let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
+        Ok(json(StatusCode::OK, &json!({ "jobs": jobs })))
+    }
+
+    /// `POST /api/v1/jobs/retry?state=dead`: requeues every job in a state.
+    async fn retry_jobs(&self, query: &Query) -> Reply {
+        let state = query
+            .get("state")
+            .ok_or_else(|| {
+                ApiError::BadRequest("missing query parameter state (e.g. state=dead)".into())
+            })?
+            .parse::<JobState>()
+            .map_err(ApiError::BadRequest)?;
+        let requeued = self
+            .queue
+            .retry_all(state)
+            .await
+            .map_err(queue_unavailable)?;
+        self.new_work.notify_one();
+        Ok(json(StatusCode::OK, &json!({ "requeued": requeued })))
+    }
+
+    /// `GET /api/v1/jobs/{id}`.
+    async fn show_job(&self, id: &str) -> Reply {
+        match self.queue.get(id).await.map_err(queue_unavailable)? {
+            Some(job) => Ok(json(StatusCode::OK, &job_json(&job))),
+            None => Err(ApiError::NotFound(format!("no job {id:?}"))),
+        }
+    }
+
+    /// `POST /api/v1/jobs/{id}/retry`: requeues one job now.
+    async fn retry_job(&self, id: &str) -> Reply {
+        if self.queue.retry_now(id).await.map_err(queue_unavailable)? {
+            self.new_work.notify_one();
+            return Ok(json(StatusCode::OK, &json!({ "requeued": 1 })));
+        }
+        match self.queue.get(id).await.map_err(queue_unavailable)? {
+            Some(job) => Err(ApiError::BadRequest(format!(
+                "job {id:?} is {}; only pending, waiting or dead jobs can be retried",
+                job.state
+            ))),
+            None => Err(ApiError::NotFound(format!("no job {id:?}"))),
+        }
+    }
+
+    /// `GET /api/v1/stats`.
+    async fn stats(&self) -> Reply {
+        let stats = self
+            .queue
+            .stats(AT_RISK_WITHIN)
+            .await
+            .map_err(queue_unavailable)?;
+        Ok(json(
+            StatusCode::OK,
+            &json!({
+                "by_state": stats.by_state,
+                "by_account": stats.by_account,
+                "oldest_pending": stats.oldest_pending.map(rfc3339),
+                "at_risk": stats.at_risk,
+            }),
+        ))
+    }
+}
+
+/// What an admin route answers.
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+/// The query parameters of an admin request.
+type Query = HashMap<String, String>;
+
+/// A queue failure, logged here and shown to the client as a 503.
+fn queue_unavailable(e: retry_queue::QueueError) -> ApiError {
+    tracing::error!(error = %e, "admin request failed at the queue");
+    ApiError::Unavailable("queue unavailable; retry later".into())
 }
 
 impl Receiver {
     /// `GET /api/v1/media?account=&message_id=`: the message's jobs from the
     /// queue (by message id, so media-id-keyed jobs are found too), then
     /// each done job's manifest from the archive. 404 until one is archived.
-    async fn media(
-        &self,
-        query: &HashMap<String, String>,
-    ) -> Result<Response<Full<Bytes>>, ApiError> {
+    async fn media(&self, query: &Query) -> Reply {
         let required = |name: &str| {
             query
                 .get(name)
@@ -159,10 +174,7 @@ impl Receiver {
             limit: JobFilter::MAX_LIMIT,
             ..JobFilter::default()
         };
-        let jobs = self.queue.list(&filter).await.map_err(|e| {
-            tracing::error!(error = %e, "media lookup failed at the queue");
-            ApiError::Unavailable("queue unavailable; retry later".into())
-        })?;
+        let jobs = self.queue.list(&filter).await.map_err(queue_unavailable)?;
         if jobs.is_empty() {
             return Err(ApiError::NotFound(format!(
                 "no job for message {message_id:?} of account {account:?}"
@@ -235,7 +247,7 @@ fn decode(segment: &str) -> String {
         .into_owned()
 }
 
-fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+fn parse_query(query: Option<&str>) -> Query {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .into_owned()
         .collect()
