@@ -415,7 +415,9 @@ async fn a_download_dropped_mid_body_leaves_no_spool_file() {
 fn startup_sweeps_spool_files_of_dead_processes_but_not_of_live_ones() {
     let env = Env::new(|_| {});
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let live = rt.block_on(env.fetcher.spool_bytes(b"a live replica's file")).unwrap();
+    let live = rt
+        .block_on(env.fetcher.spool_bytes(b"a live replica's file"))
+        .unwrap();
     // What a process killed with -9 leaves: its directory, unlocked now
     // that the kernel dropped its lock, with a half-written file in it.
     let dead_dir = env.spool_dir().join("proc-killed");
@@ -440,7 +442,10 @@ fn startup_sweeps_spool_files_of_dead_processes_but_not_of_live_ones() {
     .unwrap();
 
     assert!(!dead_dir.exists(), "a dead process's directory is swept");
-    assert!(!legacy.exists(), "a day-old file of an older version is swept");
+    assert!(
+        !legacy.exists(),
+        "a day-old file of an older version is swept"
+    );
     assert_eq!(
         env.spool_files(),
         vec![live.path.clone()],

@@ -34,7 +34,11 @@ impl MediaIndex for ArchiveIndex {
         let this_job = job
             .media_id
             .as_ref()
-            .and_then(|id| found.iter().position(|(_, m)| m.media_id.as_ref() == Some(id)))
+            .and_then(|id| {
+                found
+                    .iter()
+                    .position(|(_, m)| m.media_id.as_ref() == Some(id))
+            })
             .unwrap_or(0);
         let (manifest_key, manifest) = found.swap_remove(this_job);
         let url = self
@@ -69,7 +73,12 @@ impl ArchiveIndex {
         }
         let mut out = Vec::new();
         for key in keys {
-            let Some(bytes) = self.store.get_small(&key).await.map_err(|e| e.to_string())? else {
+            let Some(bytes) = self
+                .store
+                .get_small(&key)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
                 continue;
             };
             let manifest: Manifest = serde_json::from_slice(&bytes)

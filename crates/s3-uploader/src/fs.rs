@@ -707,7 +707,10 @@ mod tests {
             root.path().join("messages/acc/2026/01"),
             dir.clone(),
         ] {
-            assert!(synced.contains(&parent), "{parent:?} not fsynced: {synced:?}");
+            assert!(
+                synced.contains(&parent),
+                "{parent:?} not fsynced: {synced:?}"
+            );
         }
     }
 

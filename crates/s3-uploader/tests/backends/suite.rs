@@ -229,7 +229,11 @@ pub(crate) async fn a_manifest_for_other_bytes_goes_beside_never_over(b: &dyn Ba
         let bytes = b.read_object(&key).await.expect("manifest written");
         serde_json::from_slice::<Manifest>(&bytes).unwrap()
     };
-    assert_eq!(read(primary.clone()).await.sha256, first.sha256, "first kept");
+    assert_eq!(
+        read(primary.clone()).await.sha256,
+        first.sha256,
+        "first kept"
+    );
     assert_eq!(read(other.clone()).await.sha256, second.sha256);
     // And again: still beside, still the same name.
     assert_eq!(put(manifest_of(&second, "media-2")).await, other);
