@@ -19,6 +19,9 @@ pub struct FetchConfig {
     /// private network.
     pub allow_private_networks: bool,
     /// Where downloads are written while they stream in; created if missing.
+    /// Each process works in its own locked `proc-*` subdirectory and, at
+    /// startup, removes those of processes that are gone, so replicas may
+    /// share it. Best on a local filesystem (the locks are `flock`s).
     pub spool_dir: PathBuf,
 }
 

@@ -11,7 +11,7 @@ use url::{Host, Url};
 
 use crate::error::parse_retry_after;
 use crate::guard::{BlockedAddress, GuardedResolver, forbidden_reason};
-use crate::spool::SpoolWriter;
+use crate::spool::{Spool, SpoolWriter};
 use crate::{DownloadRequest, FetchConfig, FetchError, HostPolicy, redact_url};
 
 /// Redirects followed before giving up with [`FetchError::TooManyRedirects`].
@@ -26,17 +26,18 @@ pub(crate) const MAX_REDIRECTS: usize = 5;
 pub struct Fetcher {
     client: reqwest::Client,
     cfg: Arc<FetchConfig>,
+    /// This process's locked directory in `spool_dir`, shared by clones.
+    spool: Arc<Spool>,
 }
 
 impl Fetcher {
-    /// Builds the HTTP client and creates `spool_dir` if it is missing.
+    /// Builds the HTTP client, creates `spool_dir` if it is missing, removes
+    /// the spool files of processes that are gone (a `kill -9` leaves
+    /// some), and takes this process's own locked spool directory in it.
+    /// Other live processes' files are left alone, so replicas may share
+    /// one `spool_dir`.
     pub fn new(cfg: FetchConfig) -> Result<Self, FetchError> {
-        std::fs::create_dir_all(&cfg.spool_dir).map_err(|e| {
-            FetchError::Io(format!(
-                "creating spool dir {}: {e}",
-                cfg.spool_dir.display()
-            ))
-        })?;
+        let spool = Arc::new(Spool::open(&cfg.spool_dir)?);
         let client = reqwest::Client::builder()
             .redirect(Policy::none())
             .no_proxy()
@@ -51,6 +52,7 @@ impl Fetcher {
         Ok(Self {
             client,
             cfg: Arc::new(cfg),
+            spool,
         })
     }
 
@@ -91,7 +93,7 @@ impl Fetcher {
                 limit: self.cfg.max_file_bytes,
             });
         }
-        let mut spool = SpoolWriter::create(&self.cfg.spool_dir)?;
+        let mut spool = SpoolWriter::create(self.spool.dir())?;
         spool.write(bytes).await?;
         spool.finish().await
     }
@@ -109,7 +111,7 @@ impl Fetcher {
             return Err(FetchError::TooLarge { limit });
         }
 
-        let mut spool = SpoolWriter::create(&self.cfg.spool_dir)?;
+        let mut spool = SpoolWriter::create(self.spool.dir())?;
         loop {
             let next = tokio::time::timeout(self.cfg.read_timeout, response.chunk()).await;
             let chunk = match next {

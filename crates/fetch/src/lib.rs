@@ -15,6 +15,11 @@
 //! to the spool file afterwards: the holder of the `StagedFile` owns and
 //! removes it). URLs shown in errors and logs go through [`redact_url`].
 //!
+//! No leftovers: a spool file is removed on every error and when a download
+//! is dropped half-way; each process writes in its own locked subdirectory
+//! of `spool_dir`, and [`Fetcher::new`] sweeps the subdirectories of dead
+//! processes (never a live replica's; see `spool.rs` for why a lock).
+//!
 //! Main types: [`Fetcher`], [`FetchConfig`], [`DownloadRequest`],
 //! [`HostPolicy`], [`FetchError`].
 

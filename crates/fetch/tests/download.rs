@@ -107,6 +107,16 @@ async fn route(req: Request<Incoming>) -> Response<Body> {
                 false,
             ),
         ),
+        // Half the body, then silence: a download caught mid-way.
+        ["half-then-stall", n] => sized(
+            2 * num(n),
+            http::slow_body(
+                pattern_chunk(0, num(n)),
+                Duration::from_secs(30),
+                pattern_chunk(num(n), num(n)),
+                false,
+            ),
+        ),
         ["slow-headers"] => {
             tokio::time::sleep(Duration::from_secs(30)).await;
             http::text(200, "late")
@@ -181,11 +191,13 @@ impl Env {
         Self { fetcher, spool }
     }
 
+    fn spool_dir(&self) -> std::path::PathBuf {
+        self.spool.path().join("spool")
+    }
+
+    /// Every file below `spool_dir`, in any process's subdirectory.
     fn spool_files(&self) -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(self.spool.path().join("spool"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect()
+        files_under(&self.spool_dir())
     }
 
     async fn get(
@@ -197,6 +209,19 @@ impl Env {
             .download(&DownloadRequest::get(url), hosts, &AtomicU64::new(0))
             .await
     }
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 fn loopback() -> HostPolicy {
@@ -362,6 +387,71 @@ async fn stall_after_headers_times_out() {
     assert_eq!(err.class(), ErrorClass::Transient);
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(env.spool_files().is_empty());
+}
+
+#[tokio::test]
+async fn a_download_dropped_mid_body_leaves_no_spool_file() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let progress = AtomicU64::new(0);
+    let request = DownloadRequest::get(server.url("/half-then-stall/100000"));
+    let hosts = loopback();
+    let download = env.fetcher.download(&request, &hosts, &progress);
+    tokio::pin!(download);
+    // Poll the download until half the body is in the spool file, then drop
+    // it, as a cancelled job (shutdown, lost lease) does.
+    while progress.load(Ordering::Relaxed) < 100_000 {
+        tokio::select! {
+            result = &mut download => panic!("download ended early: {result:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    assert_eq!(env.spool_files().len(), 1, "the half-written spool file");
+    drop(download);
+    assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
+}
+
+#[test]
+fn startup_sweeps_spool_files_of_dead_processes_but_not_of_live_ones() {
+    let env = Env::new(|_| {});
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let live = rt
+        .block_on(env.fetcher.spool_bytes(b"a live replica's file"))
+        .unwrap();
+    // What a process killed with -9 leaves: its directory, unlocked now
+    // that the kernel dropped its lock, with a half-written file in it.
+    let dead_dir = env.spool_dir().join("proc-killed");
+    std::fs::create_dir(&dead_dir).unwrap();
+    std::fs::write(dead_dir.join("dl-1.spool"), b"partial").unwrap();
+    // A file from a version that wrote straight into spool_dir.
+    let legacy = env.spool_dir().join("dl-legacy.spool");
+    std::fs::write(&legacy, b"old").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&legacy)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600))
+        .unwrap();
+
+    // Another replica (or this daemon after a restart) starts on the same
+    // spool_dir.
+    let _restarted = Fetcher::new(FetchConfig {
+        spool_dir: env.spool_dir(),
+        ..FetchConfig::default()
+    })
+    .unwrap();
+
+    assert!(!dead_dir.exists(), "a dead process's directory is swept");
+    assert!(
+        !legacy.exists(),
+        "a day-old file of an older version is swept"
+    );
+    assert_eq!(
+        env.spool_files(),
+        vec![live.path.clone()],
+        "the live fetcher's file stays"
+    );
+    assert_eq!(read(&live.path), b"a live replica's file");
 }
 
 #[tokio::test]

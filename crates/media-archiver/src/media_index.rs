@@ -1,6 +1,12 @@
 //! The binary's answer to the receiver's [`MediaIndex`]: a done job's
 //! manifest, read from the archive, plus a presigned URL where the store
 //! has URLs.
+//!
+//! A message may have more than one manifest: the first at
+//! `{message_id}.json`, and one per other file under `{message_id}.d/`
+//! (`s3_uploader::put_message_manifest`). A job's is the one naming its
+//! media id (jobs of one message differ by media id), else the first; the
+//! receiver lists each job's, so `GET /api/v1/media` shows them all.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,19 +27,20 @@ pub(crate) struct ArchiveIndex {
 #[async_trait::async_trait]
 impl MediaIndex for ArchiveIndex {
     async fn archived(&self, job: &JobRecord) -> Result<Option<ArchivedMedia>, String> {
-        let manifest_key = self
-            .layout
-            .manifest_key(&job.account, job.message_at, &job.message_id);
-        let Some(bytes) = self
-            .store
-            .get_small(&manifest_key)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
+        let mut found = self.manifests_of(job).await?;
+        if found.is_empty() {
             return Ok(None);
-        };
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("manifest {manifest_key} is unreadable: {e}"))?;
+        }
+        let this_job = job
+            .media_id
+            .as_ref()
+            .and_then(|id| {
+                found
+                    .iter()
+                    .position(|(_, m)| m.media_id.as_ref() == Some(id))
+            })
+            .unwrap_or(0);
+        let (manifest_key, manifest) = found.swap_remove(this_job);
         let url = self
             .store
             .presign_get(&manifest.blob_key, self.presign_ttl)
@@ -49,5 +56,116 @@ impl MediaIndex for ArchiveIndex {
             verification: manifest.verification.as_str().to_owned(),
             url,
         }))
+    }
+}
+
+impl ArchiveIndex {
+    /// The message's manifests with their keys: the first one, then those
+    /// written beside it for other bytes, in key order.
+    async fn manifests_of(&self, job: &JobRecord) -> Result<Vec<(String, Manifest)>, String> {
+        use futures_util::TryStreamExt as _;
+        let (account, at, id) = (&job.account, job.message_at, &job.message_id);
+        let mut keys = vec![self.layout.manifest_key(account, at, id)];
+        let others = self.layout.other_manifests_prefix(account, at, id);
+        let mut pages = self.store.list(&others, s3_uploader::MAX_LIST_PAGE);
+        while let Some(page) = pages.try_next().await.map_err(|e| e.to_string())? {
+            keys.extend(page.into_iter().map(|o| o.key));
+        }
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(bytes) = self
+                .store
+                .get_small(&key)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                continue;
+            };
+            let manifest: Manifest = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("manifest {key} is unreadable: {e}"))?;
+            out.push((key, manifest));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archiver_core::{JobState, ProviderKind};
+    use s3_uploader::{FsStore, Verification, put_message_manifest};
+
+    const AT: i64 = 1_767_227_400_000;
+
+    fn job(media_id: &str) -> JobRecord {
+        JobRecord {
+            id: format!("evo:{media_id}"),
+            account: "evo".into(),
+            provider: ProviderKind::Evolution,
+            state: JobState::Done,
+            attempts: 1,
+            deadline: i64::MAX,
+            next_attempt_at: 0,
+            last_error: None,
+            created_at: 0,
+            updated_at: 0,
+            message_id: "m1".into(),
+            media_id: Some(media_id.into()),
+            message_at: AT,
+            payload: serde_json::Value::Null,
+        }
+    }
+
+    /// A manifest of `media_id` for a file whose sha256 is `[byte; 32]`.
+    fn manifest(layout: &Layout, media_id: &str, byte: u8) -> Manifest {
+        let sha256 = archiver_core::Sha256Digest::from_bytes([byte; 32]);
+        Manifest {
+            provider: "evolution".into(),
+            account: "evo".into(),
+            chat_id: None,
+            message_id: "m1".into(),
+            media_id: Some(media_id.into()),
+            sender: None,
+            message_timestamp: "2026-01-01T00:30:00Z".into(),
+            mime_type: None,
+            file_name: None,
+            caption: None,
+            size: 1,
+            sha256,
+            blob_key: layout.blob_key(&sha256, None),
+            provider_sha256: None,
+            verification: Verification::ComputedOnly,
+            archived_at: "2026-01-01T00:31:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_job_of_a_message_finds_its_own_manifest_when_the_bytes_differ() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::default();
+        let index = ArchiveIndex {
+            store: Arc::new(FsStore::open(root.path()).unwrap()),
+            layout: layout.clone(),
+            presign_ttl: Duration::from_secs(60),
+        };
+        let (first, second) = (
+            manifest(&layout, "media-1", 1),
+            manifest(&layout, "media-2", 2),
+        );
+        for m in [&first, &second] {
+            put_message_manifest(index.store.as_ref(), &layout, m, AT)
+                .await
+                .unwrap();
+        }
+
+        let one = index.archived(&job("media-1")).await.unwrap().unwrap();
+        let two = index.archived(&job("media-2")).await.unwrap().unwrap();
+        assert_eq!(one.sha256, first.sha256.to_hex());
+        assert_eq!(one.manifest_key, layout.manifest_key("evo", AT, "m1"));
+        assert_eq!(two.sha256, second.sha256.to_hex());
+        assert_eq!(
+            two.manifest_key,
+            layout.other_manifest_key("evo", AT, "m1", &second.sha256)
+        );
     }
 }

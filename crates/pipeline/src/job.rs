@@ -7,7 +7,9 @@ use archiver_core::{Classify, ErrorClass, Sha256Digest};
 use media_fetch::{FetchError, Fetcher};
 use providers::{JobRef, MediaSource, Provider, ProviderError, Resolution, ResolvedMedia};
 use retry_queue::JobRecord;
-use s3_uploader::{Layout, Manifest, ObjectStore, PutOutcome, StoreError, Verification};
+use s3_uploader::{
+    Layout, Manifest, ObjectStore, PutOutcome, StoreError, Verification, put_message_manifest,
+};
 use whatsapp_media::{DecryptError, EncryptedMedia};
 
 /// How many attempts a hash mismatch is retried before the job is dead: a
@@ -151,6 +153,9 @@ impl Stages<'_> {
                 return Ok(Attempted::Parked { timeout, reason });
             }
         };
+        // From here on every spool file is owned by a `SpoolFile`, which
+        // removes it however this attempt ends: success, error, or this
+        // future being dropped (shutdown grace over, lease lost).
         let staged = match self.obtain(&resolved.source, progress).await {
             Err(e) if e.is_link_dead() => {
                 tracing::info!(job_id = %job.id, error = %e, "download link is dead; asking the provider for a fresh one");
@@ -164,23 +169,20 @@ impl Stages<'_> {
             }
             other => other?,
         };
+        let staged = SpoolFile(staged);
         let staged = match &resolved.encryption {
             Some(media) => {
-                let plain = decrypt(media, &staged, job.attempts).await;
-                remove_spool_file(&staged).await;
-                plain?
+                let plain = decrypt(media, &staged.0, job.attempts).await;
+                drop(staged); // the encrypted file is not needed any more
+                SpoolFile(plain?)
             }
             None => staged,
         };
         telemetry::stage(Stage::Download, started.elapsed());
         let uploading = std::time::Instant::now();
-        let result = self.verify_and_store(job, &resolved, &staged).await;
-        if result.is_ok() {
-            telemetry::stage(Stage::Upload, uploading.elapsed());
-        }
-        // The store may have moved the file into the archive (fs backend).
-        remove_spool_file(&staged).await;
-        result.map(Attempted::Archived)
+        let processed = self.verify_and_store(job, &resolved, &staged.0).await?;
+        telemetry::stage(Stage::Upload, uploading.elapsed());
+        Ok(Attempted::Archived(processed))
     }
 
     /// Puts the bytes into a spool file, hashed.
@@ -221,9 +223,6 @@ impl Stages<'_> {
         let mime = details.mime_type.as_deref();
         let blob_key = self.layout.blob_key(&staged.sha256, mime);
         let outcome = self.store.put_blob(&blob_key, staged, mime).await?;
-        let manifest_key = self
-            .layout
-            .manifest_key(&job.account, job.message_at, &job.message_id);
         let manifest = Manifest {
             provider: job.provider.to_string(),
             account: job.account.clone(),
@@ -242,9 +241,9 @@ impl Stages<'_> {
             verification,
             archived_at: rfc3339(chrono::Utc::now().timestamp_millis()),
         };
-        let json =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| JobError::Manifest(e.to_string()))?;
-        self.store.put_manifest(&manifest_key, &json).await?;
+        // Beside, never over, a manifest of this message for other bytes.
+        let manifest_key =
+            put_message_manifest(self.store, self.layout, &manifest, job.message_at).await?;
         Ok(Processed {
             blob_key,
             manifest_key,
@@ -276,11 +275,20 @@ async fn decrypt(
     plain.keep().map_err(fail)
 }
 
-async fn remove_spool_file(staged: &archiver_core::StagedFile) {
-    if let Err(e) = tokio::fs::remove_file(&staged.path).await
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %staged.path.display(), error = %e, "could not remove spool file");
+/// Owns a spool file for the rest of an attempt and removes it when
+/// dropped: on success, on error, and when the attempt's future is dropped
+/// mid-way. (The fs store may already have moved it into the archive.)
+#[derive(Debug)]
+struct SpoolFile(archiver_core::StagedFile);
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        // A plain unlink: quick enough for async code, and Drop cannot await.
+        if let Err(e) = std::fs::remove_file(&self.0.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.0.path.display(), error = %e, "could not remove spool file");
+        }
     }
 }
 
@@ -294,6 +302,216 @@ pub(crate) fn rfc3339(ms: archiver_core::UnixMillis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use archiver_core::{AccountName, ProviderKind, StagedFile};
+    use media_fetch::FetchConfig;
+    use providers::{MediaDetails, ParsedWebhook, WebhookRequest};
+    use s3_uploader::{ObjectDigest, ObjectPages};
+    use tokio::sync::Notify;
+
+    /// A provider whose every message is `BYTES`, inline.
+    #[derive(Debug)]
+    struct InlineProvider(AccountName);
+
+    const BYTES: &[u8] = b"the media file";
+
+    #[async_trait::async_trait]
+    impl Provider for InlineProvider {
+        fn kind(&self) -> ProviderKind {
+            ProviderKind::Evolution
+        }
+        fn account(&self) -> &AccountName {
+            &self.0
+        }
+        fn webhook_auth_configured(&self) -> bool {
+            true
+        }
+        fn authenticate(&self, _: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+            unimplemented!("not a webhook test")
+        }
+        fn parse_webhook(&self, _: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
+            unimplemented!("not a webhook test")
+        }
+        async fn resolve(&self, _: JobRef<'_>) -> Result<Resolution, ProviderError> {
+            Ok(Resolution::Fetch(ResolvedMedia {
+                source: MediaSource::Inline(bytes::Bytes::from_static(BYTES)),
+                expected_sha256: None,
+                details: MediaDetails::default(),
+                encryption: None,
+            }))
+        }
+    }
+
+    /// What [`ScriptedStore::put_blob`] does with the spool file: nothing
+    /// (and succeeds, as the S3 store does), fail, or never return.
+    #[derive(Debug, Clone, Copy)]
+    enum PutBlob {
+        Succeed,
+        Fail,
+        Hang,
+    }
+
+    #[derive(Debug)]
+    struct ScriptedStore {
+        put_blob: PutBlob,
+        /// Notified once `put_blob` holds the spool file.
+        uploading: Arc<Notify>,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for ScriptedStore {
+        async fn put_blob(
+            &self,
+            key: &str,
+            file: &StagedFile,
+            _: Option<&str>,
+        ) -> Result<PutOutcome, StoreError> {
+            assert!(file.path.exists(), "the store is handed a spool file");
+            self.uploading.notify_one();
+            match self.put_blob {
+                PutBlob::Succeed => Ok(PutOutcome::Stored),
+                PutBlob::Fail => Err(StoreError::Config(format!("cannot store {key}"))),
+                PutBlob::Hang => std::future::pending().await,
+            }
+        }
+        async fn put_manifest(&self, _: &str, _: &[u8]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn get_small(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn list(&self, _: &str, _: usize) -> ObjectPages {
+            unimplemented!("not a listing test")
+        }
+        async fn read_hashed(&self, _: &str) -> Result<Option<ObjectDigest>, StoreError> {
+            unimplemented!("not a scrub test")
+        }
+        async fn size_of(&self, _: &str) -> Result<Option<u64>, StoreError> {
+            unimplemented!("not a scrub test")
+        }
+        async fn presign_get(&self, _: &str, _: Duration) -> Result<Option<String>, StoreError> {
+            Ok(None)
+        }
+        fn backend_name(&self) -> &'static str {
+            "scripted"
+        }
+    }
+
+    struct Env {
+        spool: tempfile::TempDir,
+        fetcher: Fetcher,
+        store: ScriptedStore,
+        layout: Layout,
+        provider: InlineProvider,
+        job: JobRecord,
+    }
+
+    impl Env {
+        fn new(put_blob: PutBlob) -> Self {
+            let spool = tempfile::tempdir().unwrap();
+            let fetcher = Fetcher::new(FetchConfig {
+                spool_dir: spool.path().to_owned(),
+                ..FetchConfig::default()
+            })
+            .unwrap();
+            let account = AccountName::new("evo").unwrap();
+            let job = JobRecord {
+                id: "evo:m1".into(),
+                account: account.as_str().to_owned(),
+                provider: ProviderKind::Evolution,
+                state: archiver_core::JobState::Leased,
+                attempts: 1,
+                deadline: i64::MAX,
+                next_attempt_at: 0,
+                last_error: None,
+                created_at: 0,
+                updated_at: 0,
+                message_id: "m1".into(),
+                media_id: None,
+                message_at: 0,
+                payload: serde_json::Value::Null,
+            };
+            Self {
+                spool,
+                fetcher,
+                store: ScriptedStore {
+                    put_blob,
+                    uploading: Arc::new(Notify::new()),
+                },
+                layout: Layout::default(),
+                provider: InlineProvider(account),
+                job,
+            }
+        }
+
+        async fn attempt(&self) -> Result<Attempted, JobError> {
+            let stages = Stages {
+                fetcher: &self.fetcher,
+                store: &self.store,
+                layout: &self.layout,
+            };
+            stages
+                .attempt(&self.provider, &self.job, &AtomicU64::new(0))
+                .await
+        }
+
+        fn spool_files(&self) -> Vec<PathBuf> {
+            files_under(self.spool.path())
+        }
+    }
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_spool_file_is_removed_after_a_successful_attempt() {
+        let env = Env::new(PutBlob::Succeed);
+        let done = env.attempt().await.unwrap();
+        assert!(matches!(done, Attempted::Archived(_)), "{done:?}");
+        assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
+    }
+
+    #[tokio::test]
+    async fn the_spool_file_is_removed_after_a_failed_attempt() {
+        let env = Env::new(PutBlob::Fail);
+        let err = env.attempt().await.unwrap_err();
+        assert!(matches!(err, JobError::Store(_)), "{err}");
+        assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
+    }
+
+    #[tokio::test]
+    async fn the_spool_file_is_removed_when_the_attempt_is_dropped_mid_upload() {
+        let env = Env::new(PutBlob::Hang);
+        let uploading = env.store.uploading.clone();
+        {
+            let attempt = env.attempt();
+            tokio::pin!(attempt);
+            tokio::select! {
+                result = &mut attempt => panic!("the upload never ends: {result:?}"),
+                _ = uploading.notified() => {}
+            }
+            assert_eq!(env.spool_files().len(), 1, "the file being uploaded");
+            // Dropped here, as the worker drops a job at the end of the
+            // shutdown grace or when its lease is lost.
+        }
+        assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
+    }
 
     #[test]
     fn a_failed_whatsapp_check_is_retried_then_permanent_and_named() {

@@ -11,6 +11,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 /// | variant | class | why |
 /// |---|---|---|
 /// | `Io`, `Unreachable`, `Server` | transient | local disk or network trouble, 5xx: may pass |
+/// | `Io` naming the request itself (file name too long, invalid argument) | permanent | the same path fails the same way on every attempt; waiting cannot shorten a name |
+/// | `Io` permission denied | transient | like `Denied`: an operator fixes the folder's owner or mode (or the unit's `ReadWritePaths`) and the jobs resume by themselves; dead-lettering every job meanwhile would hide media that can still be saved |
 /// | `Throttled` | retry-after when the store said how long, else transient | |
 /// | `Denied`, `NoSuchBucket` | transient | the *store* is misconfigured, not the job: every job would fail alike, dead-lettering them all would hide media an operator can save by fixing credentials or the bucket; `/readyz` (ping) reports it meanwhile, and the queue's deadline still ends the retries |
 /// | `ChecksumRejected`, `SpoolMismatch` | permanent | the bytes in the spool do not hash to what the fetch step recorded (or the store recomputed another hash): sending the same file again gives the same answer |
@@ -171,8 +173,8 @@ fn retry_hint(after: Option<Duration>) -> String {
 impl Classify for StoreError {
     fn class(&self) -> ErrorClass {
         match self {
-            StoreError::Io { .. }
-            | StoreError::Unreachable { .. }
+            StoreError::Io { source, .. } => io_class(source),
+            StoreError::Unreachable { .. }
             | StoreError::Server { .. }
             | StoreError::Denied { .. }
             | StoreError::NoSuchBucket { .. } => ErrorClass::Transient,
@@ -187,6 +189,17 @@ impl Classify for StoreError {
             | StoreError::ChecksumRejected { .. }
             | StoreError::Rejected { .. } => ErrorClass::Permanent,
         }
+    }
+}
+
+/// A local I/O error is transient (a full disk, an I/O error, a directory
+/// an operator can fix) unless it says the request itself is wrong.
+fn io_class(e: &std::io::Error) -> ErrorClass {
+    use std::io::ErrorKind;
+    match e.kind() {
+        // ENAMETOOLONG: a key segment longer than the filesystem allows.
+        ErrorKind::InvalidFilename | ErrorKind::InvalidInput => ErrorClass::Permanent,
+        _ => ErrorClass::Transient,
     }
 }
 
@@ -421,6 +434,9 @@ mod tests {
             (400, "BadDigest", None, ErrorClass::Permanent),
             (400, "InvalidDigest", None, ErrorClass::Permanent),
             (400, "InvalidArgument", None, ErrorClass::Permanent),
+            (400, "KeyTooLongError", None, ErrorClass::Permanent),
+            (400, "InvalidObjectName", None, ErrorClass::Permanent),
+            (400, "InvalidRequest", None, ErrorClass::Permanent),
             (400, "EntityTooLarge", None, ErrorClass::Permanent),
             (501, "NotImplemented", None, ErrorClass::Permanent),
         ];
@@ -455,6 +471,30 @@ mod tests {
             .class(),
             ErrorClass::Permanent
         );
+    }
+
+    #[test]
+    fn local_io_errors_that_cannot_heal_by_waiting_are_permanent() {
+        // errno values as the kernel reports them (Linux numbering).
+        let cases: &[(i32, &str, ErrorClass)] = &[
+            (36, "ENAMETOOLONG", ErrorClass::Permanent),
+            (22, "EINVAL", ErrorClass::Permanent),
+            (13, "EACCES", ErrorClass::Transient),
+            (1, "EPERM", ErrorClass::Transient),
+            (28, "ENOSPC", ErrorClass::Transient),
+            (122, "EDQUOT", ErrorClass::Transient),
+            (30, "EROFS", ErrorClass::Transient),
+            (5, "EIO", ErrorClass::Transient),
+            (2, "ENOENT", ErrorClass::Transient),
+        ];
+        for (errno, name, class) in cases {
+            let err = StoreError::io(
+                "rename temp file to",
+                "/archive/x",
+                std::io::Error::from_raw_os_error(*errno),
+            );
+            assert_eq!(err.class(), *class, "{name}: {err}");
+        }
     }
 
     #[test]

@@ -3,8 +3,18 @@
 //! Keys map to paths below the root (`/` separates directories). Every write
 //! is atomic and durable: the bytes go to a temp file in `{root}/.tmp`, which
 //! is fsynced, renamed over the destination, and the destination directory
-//! is fsynced (as is each directory this store creates, in its parent). A
-//! reader therefore sees either no object or the whole object. `.tmp` is on
+//! is fsynced (as is each directory on the way, in its parent). A reader
+//! therefore sees either no object or the whole object.
+//!
+//! What this store counts on but did not write itself is fsynced too before
+//! it counts on it: a blob that is already there (dedup) is fsynced, with
+//! its directory, before `put_blob` reports it present, since the manifest
+//! that will name it is written next; and every directory on a key's path
+//! is fsynced in its parent whether this call created it or found it (a
+//! concurrent writer, or one that crashed, may have created it without
+//! making it durable yet). An fsync of data that is already on disk is
+//! cheap; a manifest naming a blob that a power cut took away is not.
+//! `.tmp` is on
 //! the same filesystem as the archive, so the rename is atomic; temp files a
 //! crash left behind are removed by [`FsStore::open`] once a day old.
 
@@ -91,8 +101,16 @@ impl FsStore {
     }
 
     fn put_blob_blocking(&self, dest: &Path, file: &StagedFile) -> Result<PutOutcome, StoreError> {
+        let dir = parent_of(dest);
         match fs::metadata(dest) {
-            Ok(m) if m.is_file() && m.len() == file.size => return Ok(PutOutcome::AlreadyPresent),
+            Ok(m) if m.is_file() && m.len() == file.size => {
+                // Maybe written by a process that crashed before its fsync:
+                // durable before the caller writes a manifest naming it.
+                self.create_dirs(dir)?;
+                fsync_file(dest)?;
+                fsync_dir(dir)?;
+                return Ok(PutOutcome::AlreadyPresent);
+            }
             Ok(m) if m.is_dir() => {
                 return Err(io_other("store", dest, "a directory is in the way"));
             }
@@ -117,7 +135,6 @@ impl FsStore {
                 ),
             });
         }
-        let dir = parent_of(dest);
         self.create_dirs(dir)?;
         if !self.same_filesystem(&staged) {
             self.copy_in(dest, file)?;
@@ -137,6 +154,7 @@ impl FsStore {
         staged_file
             .sync_all()
             .map_err(|e| StoreError::io("fsync staged file", &file.path, e))?;
+        record_sync(&file.path);
         drop(staged_file);
         match fs::rename(&file.path, dest) {
             Ok(()) => {
@@ -192,6 +210,7 @@ impl FsStore {
         tmp.as_file()
             .sync_all()
             .map_err(|e| StoreError::io("fsync", tmp.path(), e))?;
+        record_sync(tmp.path());
         tmp.persist(dest)
             .map_err(|e| StoreError::io("rename temp file to", dest, e.error))?;
         fsync_dir(parent_of(dest))
@@ -204,21 +223,20 @@ impl FsStore {
             .map_err(|e| StoreError::io("create temp file in", &self.tmp, e))
     }
 
-    /// Creates `dir` and its missing ancestors below the root, fsyncing each
-    /// parent whose entries changed so that the new path survives a crash.
+    /// Creates `dir` and its missing ancestors below the root, and fsyncs
+    /// each parent on the way, whether this call created the child or found
+    /// it (see the module docs), so that the path survives a crash.
     fn create_dirs(&self, dir: &Path) -> Result<(), StoreError> {
-        if dir.is_dir() {
-            return Ok(());
-        }
         let rel = dir.strip_prefix(&self.root).unwrap_or(dir);
         let mut current = self.root.clone();
         for part in rel.components() {
             let next = current.join(part);
             match fs::create_dir(&next) {
-                Ok(()) => fsync_dir(&current)?,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && next.is_dir() => {}
                 Err(e) => return Err(StoreError::io("create directory", &next, e)),
             }
+            fsync_dir(&current)?;
             current = next;
         }
         Ok(())
@@ -544,7 +562,29 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io("fsync directory", dir, e))?;
     #[cfg(not(unix))]
     let _ = dir;
+    record_sync(dir);
     Ok(())
+}
+
+/// Makes the bytes of a file this store did not write itself durable.
+fn fsync_file(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::io("fsync", path, e))?;
+    record_sync(path);
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Every path fsynced on this thread, for the durability tests.
+    static SYNCED: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Notes a completed fsync (tests only; nothing in release builds).
+fn record_sync(_path: &Path) {
+    #[cfg(test)]
+    SYNCED.with(|s| s.borrow_mut().push(_path.to_owned()));
 }
 
 #[cfg(test)]
@@ -614,6 +654,64 @@ mod tests {
         FsStore::open(root.path()).unwrap();
         assert!(!old.exists());
         assert!(fresh.exists());
+    }
+
+    /// The paths fsynced on this thread by `f`.
+    fn fsyncs_during(f: impl FnOnce()) -> Vec<PathBuf> {
+        SYNCED.with(|s| s.borrow_mut().clear());
+        f();
+        SYNCED.with(|s| s.borrow_mut().split_off(0))
+    }
+
+    #[test]
+    fn a_blob_already_present_is_fsynced_before_it_is_reported_present() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = tempfile::tempdir().unwrap();
+        let store = FsStore::open(root.path()).unwrap();
+        let bytes = b"written by an attempt that crashed before its fsync";
+        let dest = root.path().join("blobs/sha256/ab/abcd");
+        // Put there behind this store's back, as a crashed process leaves it.
+        fs::create_dir_all(parent_of(&dest)).unwrap();
+        fs::write(&dest, bytes).unwrap();
+
+        let file = staged(spool.path(), "s", bytes);
+        let synced = fsyncs_during(|| {
+            let outcome = store.put_blob_blocking(&dest, &file).unwrap();
+            assert_eq!(outcome, PutOutcome::AlreadyPresent);
+        });
+        assert!(synced.contains(&dest), "blob not fsynced: {synced:?}");
+        assert!(
+            synced.contains(&parent_of(&dest).to_path_buf()),
+            "its directory entry not fsynced: {synced:?}"
+        );
+    }
+
+    #[test]
+    fn directories_found_on_the_way_are_fsynced_in_their_parents() {
+        let root = tempfile::tempdir().unwrap();
+        let store = FsStore::open(root.path()).unwrap();
+        // Another writer created the directories and may not have fsynced
+        // their parents yet.
+        let dir = root.path().join("messages/acc/2026/01/02");
+        fs::create_dir_all(&dir).unwrap();
+        let synced = fsyncs_during(|| {
+            store
+                .put_small_blocking(&dir.join("m.json"), b"{}")
+                .unwrap()
+        });
+        for parent in [
+            root.path().to_path_buf(),
+            root.path().join("messages"),
+            root.path().join("messages/acc"),
+            root.path().join("messages/acc/2026"),
+            root.path().join("messages/acc/2026/01"),
+            dir.clone(),
+        ] {
+            assert!(
+                synced.contains(&parent),
+                "{parent:?} not fsynced: {synced:?}"
+            );
+        }
     }
 
     #[tokio::test]

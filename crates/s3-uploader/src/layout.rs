@@ -48,15 +48,55 @@ impl Layout {
     /// `[A-Za-z0-9._=-]`, so a `/` or `+` in a message id cannot escape the
     /// folder. A timestamp outside chrono's range files under 1970/01/01.
     pub fn manifest_key(&self, account: &str, message_at: UnixMillis, message_id: &str) -> String {
+        format!(
+            "{}{}.json",
+            self.day_folder(account, message_at),
+            utf8_percent_encode(message_id, KEY_SEGMENT),
+        )
+    }
+
+    /// `{prefix}messages/{account}/{yyyy}/{mm}/{dd}/{message_id}.d/{sha256}.json`:
+    /// where a manifest goes when the message already has one at
+    /// [`Layout::manifest_key`] for other bytes (see the crate docs).
+    pub fn other_manifest_key(
+        &self,
+        account: &str,
+        message_at: UnixMillis,
+        message_id: &str,
+        sha256: &Sha256Digest,
+    ) -> String {
+        format!(
+            "{}{}.json",
+            self.other_manifests_prefix(account, message_at, message_id),
+            sha256.to_hex()
+        )
+    }
+
+    /// `{prefix}messages/{account}/{yyyy}/{mm}/{dd}/{message_id}.d/`: the
+    /// folder of [`Layout::other_manifest_key`], to list.
+    pub fn other_manifests_prefix(
+        &self,
+        account: &str,
+        message_at: UnixMillis,
+        message_id: &str,
+    ) -> String {
+        format!(
+            "{}{}.d/",
+            self.day_folder(account, message_at),
+            utf8_percent_encode(message_id, KEY_SEGMENT),
+        )
+    }
+
+    /// `{prefix}messages/{account}/{yyyy}/{mm}/{dd}/`, dated in UTC.
+    fn day_folder(&self, account: &str, message_at: UnixMillis) -> String {
         let date = DateTime::<Utc>::from_timestamp_millis(message_at).unwrap_or_default();
         format!(
-            "{}messages/{}/{:04}/{:02}/{:02}/{}.json",
+            "{}messages/{}/{:04}/{:02}/{:02}/",
             self.prefix,
             utf8_percent_encode(account, KEY_SEGMENT),
             date.year(),
             date.month(),
             date.day(),
-            utf8_percent_encode(message_id, KEY_SEGMENT),
         )
     }
 }
@@ -208,6 +248,26 @@ mod tests {
         assert_eq!(
             Layout::default().manifest_key("a", i64::MAX, "m"),
             "messages/a/1970/01/01/m.json"
+        );
+    }
+
+    #[test]
+    fn a_manifest_for_other_bytes_is_named_by_message_id_and_sha256() {
+        let l = Layout::new("p");
+        let at = 1_767_227_400_000;
+        assert_eq!(
+            l.other_manifest_key("a", at, "wamid.X/Y", &digest()),
+            format!("p/messages/a/2026/01/01/wamid.X%2FY.d/{HEX}.json")
+        );
+        assert!(
+            l.other_manifest_key("a", at, "m", &digest())
+                .starts_with(&l.other_manifests_prefix("a", at, "m"))
+        );
+        // A folder named `.d` cannot be any message's manifest (`.json`),
+        // not even that of a message whose id ends in `.d`.
+        assert_eq!(
+            l.manifest_key("a", at, "m.d"),
+            "p/messages/a/2026/01/01/m.d.json"
         );
     }
 

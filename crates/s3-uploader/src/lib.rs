@@ -24,6 +24,16 @@
 //!   percent-encoded byte by byte outside `[A-Za-z0-9._=-]` (uppercase hex,
 //!   `%2F` for `/`, `%2B` for `+`), so that no id can escape its folder or
 //!   collide with another; valid account names are unchanged by this.
+//! - Another manifest of the same message, for other bytes (a second job of
+//!   the message, or a later attempt, obtained a file with another sha256):
+//!   `{prefix}messages/{account}/{yyyy}/{mm}/{dd}/{message_id}.d/{sha256}.json`,
+//!   `sha256` lowercase hex. A manifest is never replaced by one for other
+//!   bytes ([`put_message_manifest`]): the first stays where it was, each
+//!   other one is written beside it, named by what it describes, so the
+//!   name is the same on every retry. A folder rather than a longer file
+//!   name: `{message_id}.json` may already fill a file-name segment (255
+//!   bytes), and `.d` cannot end any manifest's name. Readers looking for
+//!   a message's files read `{message_id}.json` and list `{message_id}.d/`.
 //! - `{prefix}` is the configured prefix with a `/` appended when it is not
 //!   empty and does not already end with one.
 //!
@@ -78,8 +88,10 @@
 //! store is broken, not the job, so jobs resume on their own once an operator
 //! fixes it and `/readyz` reports it meanwhile) are retryable. A checksum the
 //! store rejected or a spool file that no longer matches its recorded hash,
-//! an invalid key, and other 4xx rejections are permanent: sending the same
-//! request again cannot succeed. Error messages never contain credentials.
+//! an invalid key (a segment longer than 255 bytes included, on both
+//! backends), a local file name the filesystem refuses (`ENAMETOOLONG`),
+//! and other 4xx rejections (`KeyTooLongError`, `InvalidArgument`, ...) are
+//! permanent: sending the same request again cannot succeed. Error messages never contain credentials.
 
 mod error;
 mod fs;
@@ -91,7 +103,7 @@ mod store;
 pub use error::StoreError;
 pub use fs::FsStore;
 pub use layout::{Layout, extension_for_mime};
-pub use manifest::{Manifest, Verification};
+pub use manifest::{Manifest, Verification, put_message_manifest};
 pub use s3::{S3Config, S3Store};
 pub use store::{
     MAX_LIST_PAGE, MAX_PRESIGN_TTL, MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo, ObjectPages,

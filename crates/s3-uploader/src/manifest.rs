@@ -1,5 +1,7 @@
-use archiver_core::Sha256Digest;
+use archiver_core::{Sha256Digest, UnixMillis};
 use serde::{Deserialize, Serialize};
+
+use crate::{Layout, ObjectStore, StoreError};
 
 /// The JSON document written beside each archived message, at
 /// [`Layout::manifest_key`](crate::Layout::manifest_key), after its blob.
@@ -49,6 +51,44 @@ impl Manifest {
         // Serializing plain strings, numbers and digests cannot fail.
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
+}
+
+/// Writes `manifest` for its message (dated `message_at`) and returns the
+/// key it was written under; never replaces a manifest of other bytes.
+///
+/// - No manifest at [`Layout::manifest_key`] yet: written there.
+/// - One there for the same sha256 (a retry, a redelivery): written there
+///   again, as before this rule existed (idempotent).
+/// - One there for other bytes (or one that cannot be read as a manifest):
+///   left alone; this one goes beside it, to
+///   [`Layout::other_manifest_key`] (same sha256 there: idempotent too).
+///
+/// Two first attempts for one message racing each other can both find no
+/// manifest; the later write then replaces the earlier (the stores have no
+/// portable create-if-absent). The queue runs one attempt per job at a
+/// time, so this needs two jobs of one message in flight together.
+pub async fn put_message_manifest(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    manifest: &Manifest,
+    message_at: UnixMillis,
+) -> Result<String, StoreError> {
+    /// Just the field that decides, from a manifest of any version.
+    #[derive(Deserialize)]
+    struct Existing {
+        sha256: Sha256Digest,
+    }
+    let (account, message_id) = (&manifest.account, &manifest.message_id);
+    let primary = layout.manifest_key(account, message_at, message_id);
+    let key = match store.get_small(&primary).await? {
+        None => primary,
+        Some(bytes) => match serde_json::from_slice::<Existing>(&bytes) {
+            Ok(existing) if existing.sha256 == manifest.sha256 => primary,
+            _ => layout.other_manifest_key(account, message_at, message_id, &manifest.sha256),
+        },
+    };
+    store.put_manifest(&key, &manifest.to_json()).await?;
+    Ok(key)
 }
 
 /// How the archived bytes were verified.

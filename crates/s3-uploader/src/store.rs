@@ -13,6 +13,12 @@ pub const MAX_SMALL_OBJECT_BYTES: u64 = 16 * 1024 * 1024;
 /// Longest key either backend accepts, in bytes (the S3 limit).
 const MAX_KEY_BYTES: usize = 1024;
 
+/// Longest `/`-separated segment of a key, in bytes: a file name on the
+/// common local filesystems (ext4, XFS, btrfs: `NAME_MAX`). S3 has no such
+/// limit, but a key must mean the same on both backends, and an archive
+/// must be copyable between them.
+const MAX_SEGMENT_BYTES: usize = 255;
+
 /// The most objects one page of [`ObjectStore::list`] holds (S3's own
 /// maximum for ListObjectsV2).
 pub const MAX_LIST_PAGE: usize = 1000;
@@ -65,7 +71,9 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<PutOutcome, StoreError>;
 
     /// Writes a small JSON document (a manifest) atomically, replacing any
-    /// previous one.
+    /// previous one at `key`. To write a message's manifest, use
+    /// [`put_message_manifest`](crate::put_message_manifest), which never
+    /// replaces a manifest of other bytes.
     async fn put_manifest(&self, key: &str, json: &[u8]) -> Result<(), StoreError>;
 
     /// Reads a small object (a manifest) whole; `Ok(None)` if it does not
@@ -123,8 +131,8 @@ pub enum PutOutcome {
 }
 
 /// Checks a key the same way for every backend: non-empty, at most 1024
-/// bytes, relative, `/`-separated segments that are neither empty, `.` nor
-/// `..`, no NUL. Keys from [`Layout`](crate::Layout) always pass; the check
+/// bytes, relative, `/`-separated segments of at most 255 bytes that are
+/// neither empty, `.` nor `..`, no NUL. Keys from [`Layout`](crate::Layout) always pass; the check
 /// keeps a bad key from escaping the fs root or meaning different things on
 /// the two backends.
 pub(crate) fn validate_key(key: &str) -> Result<(), StoreError> {
@@ -140,6 +148,8 @@ pub(crate) fn validate_key(key: &str) -> Result<(), StoreError> {
         Some("has an empty path segment")
     } else if key.split('/').any(|s| s == "." || s == "..") {
         Some("has a `.` or `..` segment")
+    } else if key.split('/').any(|s| s.len() > MAX_SEGMENT_BYTES) {
+        Some("has a segment longer than 255 bytes")
     } else {
         None
     };
@@ -194,6 +204,7 @@ mod tests {
             "a/",
             "a\0b",
             &"k".repeat(1025),
+            &format!("messages/a/{}.json", "m".repeat(251)),
         ] {
             assert!(validate_key(bad).is_err(), "{bad:?} accepted");
         }
@@ -201,6 +212,7 @@ mod tests {
             "a",
             "blobs/sha256/ab/abc.jpg",
             "p/messages/x/2026/01/02/a..b.json",
+            &format!("messages/a/{}.json", "m".repeat(250)),
         ] {
             validate_key(good).unwrap();
         }

@@ -53,6 +53,8 @@ crate::conformance_tests!(
     spool_shorter_than_recorded_is_refused,
     manifest_is_overwritten,
     bad_keys_are_rejected,
+    a_manifest_for_other_bytes_goes_beside_never_over,
+    a_key_segment_too_long_for_a_file_name_is_permanent,
     ping_succeeds,
     listing_pages_through_a_prefix_in_key_order,
     read_hashed_and_size_of_measure_stored_objects,

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use archiver_core::{Classify, ErrorClass, Sha256Digest, StagedFile};
 use futures_util::StreamExt as _;
-use s3_uploader::{Layout, ObjectDigest, ObjectInfo, ObjectStore, PutOutcome, StoreError};
+use s3_uploader::{
+    Layout, Manifest, ObjectDigest, ObjectInfo, ObjectStore, PutOutcome, StoreError, Verification,
+    put_message_manifest,
+};
 use sha2::{Digest, Sha256};
 
 /// The store under test.
@@ -170,6 +173,97 @@ pub(crate) async fn manifest_is_overwritten(b: &dyn Backend) {
         b.store().get_small(&key).await.unwrap().as_deref(),
         Some(&br#"{"v":2,"longer":true}"#[..])
     );
+}
+
+fn manifest_of(file: &StagedFile, media_id: &str) -> Manifest {
+    Manifest {
+        provider: "evolution".into(),
+        account: "evo".into(),
+        chat_id: None,
+        message_id: "wamid.A+B/C==".into(),
+        media_id: Some(media_id.into()),
+        sender: None,
+        message_timestamp: "2026-01-01T00:30:00Z".into(),
+        mime_type: None,
+        file_name: None,
+        caption: None,
+        size: file.size,
+        sha256: file.sha256,
+        blob_key: layout().blob_key(&file.sha256, None),
+        provider_sha256: None,
+        verification: Verification::ComputedOnly,
+        archived_at: "2026-01-01T00:31:00Z".into(),
+    }
+}
+
+pub(crate) async fn a_manifest_for_other_bytes_goes_beside_never_over(b: &dyn Backend) {
+    let at = 1_767_227_400_000;
+    let (first, second) = (stage(b.spool(), b"first"), stage(b.spool(), b"second"));
+    let l = layout();
+    let put = |m: Manifest| async move {
+        put_message_manifest(b.store(), &layout(), &m, at)
+            .await
+            .unwrap()
+    };
+    let primary = put(manifest_of(&first, "media-1")).await;
+    assert_eq!(primary, l.manifest_key("evo", at, "wamid.A+B/C=="));
+
+    // The same bytes again (a retry, a redelivery): the same key.
+    assert_eq!(put(manifest_of(&first, "media-1")).await, primary);
+
+    // Other bytes for the same message: beside, under a name derived from
+    // the message id and the new sha256.
+    let other = put(manifest_of(&second, "media-2")).await;
+    assert_eq!(
+        other,
+        l.other_manifest_key("evo", at, "wamid.A+B/C==", &second.sha256)
+    );
+    assert_eq!(
+        other,
+        format!(
+            "archive/messages/evo/2026/01/01/wamid.A%2BB%2FC==.d/{}.json",
+            second.sha256.to_hex()
+        )
+    );
+    let read = |key: String| async move {
+        let bytes = b.read_object(&key).await.expect("manifest written");
+        serde_json::from_slice::<Manifest>(&bytes).unwrap()
+    };
+    assert_eq!(
+        read(primary.clone()).await.sha256,
+        first.sha256,
+        "first kept"
+    );
+    assert_eq!(read(other.clone()).await.sha256, second.sha256);
+    // And again: still beside, still the same name.
+    assert_eq!(put(manifest_of(&second, "media-2")).await, other);
+    assert_eq!(read(primary).await.sha256, first.sha256);
+
+    // Both are found by listing the message's keys.
+    let listed: Vec<String> = b
+        .store()
+        .list(&l.other_manifests_prefix("evo", at, "wamid.A+B/C=="), 100)
+        .map(|page| page.unwrap())
+        .concat()
+        .await
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(listed, vec![other]);
+}
+
+pub(crate) async fn a_key_segment_too_long_for_a_file_name_is_permanent(b: &dyn Backend) {
+    // Percent-encoding makes 90 `/` into 270 bytes: more than a file name
+    // can hold on ext4, XFS or btrfs.
+    let message_id = "/".repeat(90);
+    let key = layout().manifest_key("evo", 0, &message_id);
+    let err = b.store().put_manifest(&key, b"{}").await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
+    assert!(matches!(err, StoreError::InvalidKey { .. }), "{err}");
+    let file = stage(b.spool(), b"x");
+    let key = format!("{}/blob", "k".repeat(256));
+    let err = b.store().put_blob(&key, &file, None).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
 }
 
 pub(crate) async fn bad_keys_are_rejected(b: &dyn Backend) {
