@@ -396,8 +396,9 @@ async fn a_download_dropped_mid_body_leaves_no_spool_file() {
     let progress = AtomicU64::new(0);
     let request = DownloadRequest::get(server.url("/half-then-stall/100000"));
     let hosts = loopback();
-    let download = env.fetcher.download(&request, &hosts, &progress);
-    tokio::pin!(download);
+    // Boxed, so that dropping it drops the future itself (a pinned
+    // reference would leave it alive until the end of the scope).
+    let mut download = Box::pin(env.fetcher.download(&request, &hosts, &progress));
     // Poll the download until half the body is in the spool file, then drop
     // it, as a cancelled job (shutdown, lost lease) does.
     while progress.load(Ordering::Relaxed) < 100_000 {
