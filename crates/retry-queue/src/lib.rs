@@ -16,8 +16,8 @@
 //! - [`SqliteQueue`]: the embedded backend, one file, one process.
 //! - [`PgQueue`] (with [`PgOptions`]): the shared backend, one PostgreSQL
 //!   database that several daemon replicas lease from at once.
-//! - [`JobRecord`], [`Lease`], [`Enqueued`], [`Disposition`], [`JobFilter`],
-//!   [`QueueStats`]: what the trait takes and returns.
+//! - [`JobRecord`], [`Lease`], [`Leased`], [`Enqueued`], [`Disposition`],
+//!   [`JobFilter`], [`QueueStats`]: what the trait takes and returns.
 //! - [`RetryPolicy`]: backoff bounds; [`QueueError`]: the one error enum.
 //!
 //! # Life cycle (PRODUCT.md section 6)
@@ -28,10 +28,12 @@
 //! returns to the ready set. A job is *ready* when it is pending and due, leased
 //! with an expired lease (its worker crashed), or waiting past its timeout. A
 //! ready job whose deadline has passed is dead-lettered by the next
-//! [`JobQueue::lease`] instead of being handed out. A lease carries a fencing
-//! `token`: every call made with a lease fails with [`QueueError::LeaseLost`]
-//! once the job was leased again or finished, so a slow worker can never
-//! overwrite the outcome of the worker that replaced it.
+//! [`JobQueue::lease`] instead of being handed out, and that call reports it
+//! ([`Leased::expired`]) so the worker counts it as it counts every other
+//! dead job. A lease carries a fencing `token`: every call made with a lease
+//! fails with [`QueueError::LeaseLost`] once the job was leased again or
+//! finished, so a slow worker can never overwrite the outcome of the worker
+//! that replaced it.
 //!
 //! For a dead job, `last_error` holds the dead-letter reason (the permanent
 //! error itself, or `expired: ...` naming the last error).
@@ -120,6 +122,7 @@
 //! database file on a connection of its own, so that copying does not
 //! stall the writer either.
 
+mod backend;
 mod backoff;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -127,11 +130,14 @@ mod error;
 mod policy;
 mod postgres;
 mod queue;
+mod retry;
 mod sqlite;
 
 pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis};
 pub use error::QueueError;
 pub use policy::RetryPolicy;
 pub use postgres::{PgOptions, PgQueue};
-pub use queue::{Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, QueueStats};
+pub use queue::{
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueStats,
+};
 pub use sqlite::SqliteQueue;

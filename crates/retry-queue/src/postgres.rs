@@ -37,7 +37,7 @@
 //! The connection URL may hold a password: it is kept in a [`Secret`] and
 //! never logged, printed by `Debug`, or put in an error message.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -52,9 +52,14 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::backend::{
+    CHANNEL_CAPACITY, COLUMNS, EXPIRED_IN_QUEUE, MAX_GROUP, MAX_LEASE_BATCH, issued_token,
+    log_lapsed_lease, log_revived, millis,
+};
+use crate::retry::{self, Stored};
 use crate::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, QueueError, QueueStats,
-    RetryPolicy, backoff,
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueError, QueueStats,
+    RetryPolicy,
 };
 
 /// The schema migrations, applied in order by [`PgQueue::connect`].
@@ -72,18 +77,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// Columns read into a [`JobRecord`] (plus the lease token), in this order.
-const COLUMNS: &str = "id, account, provider, state, attempts, deadline, next_attempt_at, \
-     last_error, created_at, updated_at, message_id, media_id, message_at, payload, lease_token";
-
-/// Enqueue requests waiting for a batching task; senders wait when full.
-const CHANNEL_CAPACITY: usize = 1024;
-/// Most enqueue requests committed in one transaction.
-const MAX_GROUP: usize = 256;
 /// Batching tasks: while one commits, the next gathers the following group.
 const BATCHERS: usize = 2;
-/// Most jobs handed out by one `lease` call.
-const MAX_LEASE_BATCH: usize = 1000;
 
 /// How to reach the database.
 #[derive(Clone)]
@@ -356,11 +351,6 @@ fn db(e: sqlx::Error) -> QueueError {
     }
 }
 
-/// Whole milliseconds, rounded up (a wait is never shortened), saturating.
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
-}
-
 /// A row of `COLUMNS`, as a job and its lease token.
 fn read_job(row: &PgRow) -> Result<(JobRecord, i64), QueueError> {
     let corrupt = |what: &str, e: String| QueueError::Corrupt(format!("{what}: {e}"));
@@ -406,54 +396,44 @@ impl JobQueue for PgQueue {
         answer.await.map_err(|_| stopped())?
     }
 
-    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Lease>, QueueError> {
+    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Leased, QueueError> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(Leased::default());
         }
         let now = self.now();
         let expires_at = now.saturating_add(millis(lease_for));
         let limit = i64::try_from(max.min(MAX_LEASE_BATCH)).unwrap_or(1);
 
         // Ready but past the deadline: the provider has forgotten the file,
-        // so dead-letter instead of handing it out. Ordered and bounded so
+        // so dead-letter it instead of handing it out, and report it to the
+        // caller. Ordered and bounded so
         // the planner walks `jobs_ready` from its start even before the
         // table has statistics (unbounded, it chose a sequential scan of the
         // whole table after a bulk load: lease cost grew with the backlog);
         // any rest is expired by the next calls, and the lease below never
         // hands out a job past its deadline meanwhile.
-        let expired = sqlx::query(
+        let sql = format!(
             "WITH expired AS (
-                SELECT id FROM jobs
+                SELECT id AS expired_id FROM jobs
                 WHERE due_at IS NOT NULL AND due_at <= $1 AND deadline < $1
                 ORDER BY deadline, next_attempt_at
                 LIMIT 1000
                 FOR UPDATE SKIP LOCKED)
              UPDATE jobs SET state = 'dead',
-                last_error = 'expired: the deadline passed before the job could run'
-                             || COALESCE('; last error: ' || jobs.last_error, ''),
+                last_error = $2 || COALESCE('; last error: ' || jobs.last_error, ''),
                 lease_expires_at = NULL, updated_at = $1
-             FROM expired WHERE jobs.id = expired.id
-             RETURNING jobs.id, jobs.account, jobs.attempts, jobs.deadline",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        for row in expired {
-            let job_id: String = row.try_get(0).map_err(db)?;
-            let account: String = row.try_get(1).map_err(db)?;
-            let attempts: i32 = row.try_get(2).map_err(db)?;
-            let deadline: i64 = row.try_get(3).map_err(db)?;
-            tracing::warn!(
-                job_id,
-                account,
-                attempts,
-                deadline,
-                outcome = "dead",
-                reason = "expired",
-                "job dead: its deadline passed before it could run"
-            );
-        }
+             FROM expired WHERE jobs.id = expired.expired_id
+             RETURNING {COLUMNS}"
+        );
+        let expired = sqlx::query(&sql)
+            .bind(now)
+            .bind(EXPIRED_IN_QUEUE)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|row| read_job(row).map(|(job, _)| job))
+            .collect::<Result<Vec<_>, _>>()?;
 
         // `deadline >= $1` keeps this statement right on its own even if a
         // job's deadline passed between the two statements.
@@ -483,17 +463,11 @@ impl JobQueue for PgQueue {
             let was: String = row.try_get("was").map_err(db)?;
             let (job, lease_token) = read_job(row)?;
             if was == "leased" {
-                tracing::info!(
-                    job_id = job.id,
-                    account = job.account,
-                    attempts = job.attempts,
-                    "lease expired without an outcome (worker gone?); job leased again"
-                );
+                log_lapsed_lease(&job);
             }
             leases.push(Lease {
                 job,
-                // Tokens start at 0 and only grow.
-                token: u64::try_from(lease_token).unwrap_or_default(),
+                token: issued_token(lease_token),
                 expires_at,
             });
         }
@@ -505,7 +479,7 @@ impl JobQueue for PgQueue {
                 &b.job.id,
             ))
         });
-        Ok(leases)
+        Ok(Leased { leases, expired })
     }
 
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<UnixMillis, QueueError> {
@@ -565,36 +539,18 @@ impl JobQueue for PgQueue {
         let deadline: i64 = found.try_get(0).map_err(db)?;
         let stored_interval: Option<i64> = found.try_get(1).map_err(db)?;
 
-        let (disposition, interval) = match class {
-            ErrorClass::Permanent => (
-                Disposition::Dead {
-                    reason: error.to_owned(),
-                },
-                stored_interval,
-            ),
-            ErrorClass::Transient | ErrorClass::RetryAfter(_) => {
-                let stored =
-                    stored_interval.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs()));
-                let step = backoff::next_step(&self.policy, stored);
-                let delay = match class {
-                    ErrorClass::RetryAfter(at_least) => step.delay.max(at_least),
-                    _ => step.delay,
-                };
-                let at = now.saturating_add(millis(delay));
-                let disposition = if at > deadline {
-                    Disposition::Dead {
-                        reason: format!(
-                            "expired: next attempt would fall after the deadline; last error: {error}"
-                        ),
-                    }
-                } else {
-                    Disposition::RetryAt(at)
-                };
-                (disposition, Some(millis(step.next_interval)))
-            }
-        };
-
-        match &disposition {
+        let decision = retry::decide(
+            &self.policy,
+            class,
+            error,
+            now,
+            Stored {
+                deadline,
+                backoff_interval_ms: stored_interval,
+            },
+        );
+        let interval = decision.backoff_interval_ms;
+        match &decision.disposition {
             Disposition::RetryAt(at) => {
                 sqlx::query(
                     "UPDATE jobs SET state = 'pending', next_attempt_at = $2,
@@ -627,7 +583,7 @@ impl JobQueue for PgQueue {
             }
         }
         tx.commit().await.map_err(db)?;
-        Ok(disposition)
+        Ok(decision.disposition)
     }
 
     async fn park(&self, lease: &Lease, until: UnixMillis) -> Result<(), QueueError> {
@@ -796,16 +752,7 @@ impl JobQueue for PgQueue {
     async fn stats(&self, at_risk_within: Duration) -> Result<QueueStats, QueueError> {
         let now = self.now();
         let horizon = now.saturating_add(millis(at_risk_within));
-        let zeroes = || -> BTreeMap<String, u64> {
-            JobState::ALL
-                .iter()
-                .map(|state| (state.as_str().to_owned(), 0))
-                .collect()
-        };
-        let mut stats = QueueStats {
-            by_state: zeroes(),
-            ..QueueStats::default()
-        };
+        let mut stats = QueueStats::empty();
         // One consistent snapshot for all three answers.
         let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -823,14 +770,7 @@ impl JobQueue for PgQueue {
         for row in counts {
             let account: String = row.try_get(0).map_err(db)?;
             let state: String = row.try_get(1).map_err(db)?;
-            let n = row.try_get::<i64, _>(2).map_err(db)?.max(0).unsigned_abs();
-            *stats.by_state.entry(state.clone()).or_default() += n;
-            *stats
-                .by_account
-                .entry(account)
-                .or_insert_with(zeroes)
-                .entry(state)
-                .or_default() += n;
+            stats.add(account, state, row.try_get(2).map_err(db)?);
         }
         // `due_at IS NOT NULL` is exactly "pending, leased or waiting".
         let row = sqlx::query(
@@ -1007,12 +947,7 @@ async fn insert_group(
         for row in revived {
             let job_id: String = row.try_get(0).map_err(db)?;
             let account: String = row.try_get(1).map_err(db)?;
-            tracing::info!(
-                job_id,
-                account,
-                outcome = "revived",
-                "dead job enqueued again; back to pending"
-            );
+            log_revived(&job_id, &account);
         }
     }
     tx.commit().await.map_err(db)?;

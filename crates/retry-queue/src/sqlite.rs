@@ -28,9 +28,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::checkpointer::Checkpointer;
 use self::wal_sync::{Answer, Fault, SyncHook, WalSync};
+use crate::backend::{
+    CHANNEL_CAPACITY, COLUMNS, EXPIRED_IN_QUEUE, MAX_GROUP, MAX_LEASE_BATCH, issued_token,
+    log_lapsed_lease, log_revived, millis,
+};
+use crate::retry::{self, Stored};
 use crate::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, QueueError, QueueStats,
-    RetryPolicy, backoff,
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueError, QueueStats,
+    RetryPolicy,
 };
 
 /// Schema version kept in `PRAGMA user_version`.
@@ -108,23 +113,12 @@ CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
 END;
 ";
 
-/// Columns read into a [`JobRecord`] (plus the lease token), in this order.
-const COLUMNS: &str = "id, account, provider, state, attempts, deadline, next_attempt_at, \
-     last_error, created_at, updated_at, message_id, media_id, message_at, payload, lease_token";
-
 /// WAL pages (4 KiB) after which the database thread checkpoints inside a
 /// commit. Checkpoints normally run on the [`checkpointer`]'s thread, a
 /// few milliseconds apart, so the WAL rarely gets here; this bounds it
 /// (4 MiB) should that thread fall behind. An inline checkpoint is a stall
 /// every command behind its commit waits out, so it is kept this small.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 1024;
-
-/// Commands waiting for the thread; senders wait when it is full.
-const CHANNEL_CAPACITY: usize = 1024;
-/// Most enqueue requests committed in one transaction.
-const MAX_GROUP: usize = 256;
-/// Most jobs handed out by one `lease` call.
-const MAX_LEASE_BATCH: usize = 1000;
 
 /// The SQLite [`JobQueue`]: embedded, one process, one file (plus its WAL).
 ///
@@ -272,9 +266,9 @@ impl JobQueue for SqliteQueue {
         answer.await.map_err(|_| self.stopped())?
     }
 
-    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Lease>, QueueError> {
+    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Leased, QueueError> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(Leased::default());
         }
         self.call(move |store| store.lease(max, lease_for)).await
     }
@@ -503,45 +497,26 @@ impl Store {
         }
     }
 
-    fn lease(&mut self, max: usize, lease_for: Duration) -> StoreResult<Vec<Lease>> {
+    fn lease(&mut self, max: usize, lease_for: Duration) -> StoreResult<Leased> {
         let now = self.now();
         let expires_at = now.saturating_add(millis(lease_for));
         let limit = i64::try_from(max.min(MAX_LEASE_BATCH)).unwrap_or(1);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            // Ready but past the deadline: the provider has forgotten the
-            // file, so dead-letter instead of handing it out.
-            let mut expire = tx.prepare_cached(
+        // Ready but past the deadline: the provider has forgotten the file,
+        // so dead-letter instead of handing it out, and report it.
+        let expired = tx
+            .prepare_cached(&format!(
                 "UPDATE jobs SET state = 'dead',
-                    last_error = 'expired: the deadline passed before the job could run'
-                                 || COALESCE('; last error: ' || last_error, ''),
+                    last_error = ?2 || COALESCE('; last error: ' || last_error, ''),
                     lease_expires_at = NULL, updated_at = ?1
                  WHERE due_at IS NOT NULL AND due_at <= ?1 AND deadline < ?1
-                 RETURNING id, account, attempts, deadline",
-            )?;
-            let expired = expire.query_map(params![now], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, i64>(3)?,
-                ))
-            })?;
-            for expired in expired {
-                let (job_id, account, attempts, deadline) = expired?;
-                tracing::warn!(
-                    job_id,
-                    account,
-                    attempts,
-                    deadline,
-                    outcome = "dead",
-                    reason = "expired",
-                    "job dead: its deadline passed before it could run"
-                );
-            }
-        }
+                 RETURNING {COLUMNS}"
+            ))?
+            .query_map(params![now, EXPIRED_IN_QUEUE], read_job)?
+            .map(|row| row.map(|stored| stored.job))
+            .collect::<Result<Vec<_>, _>>()?;
         let ready = {
             let mut select = tx.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM jobs
@@ -566,26 +541,20 @@ impl Store {
             {
                 take.execute(params![job.id, expires_at, now])?;
                 if job.state == JobState::Leased {
-                    tracing::info!(
-                        job_id = job.id,
-                        account = job.account,
-                        attempts = job.attempts,
-                        "lease expired without an outcome (worker gone?); job leased again"
-                    );
+                    log_lapsed_lease(&job);
                 }
                 job.state = JobState::Leased;
                 job.attempts = job.attempts.saturating_add(1);
                 job.updated_at = now;
                 leases.push(Lease {
                     job,
-                    // Tokens start at 0 and only grow, so this never fails.
-                    token: u64::try_from(lease_token + 1).unwrap_or_default(),
+                    token: issued_token(lease_token + 1),
                     expires_at,
                 });
             }
         }
         tx.commit()?;
-        Ok(leases)
+        Ok(Leased { leases, expired })
     }
 
     /// Runs a one-statement update that only matches while `held` still
@@ -668,36 +637,18 @@ impl Store {
             return Err(held.lost());
         };
 
-        let (disposition, interval) = match class {
-            ErrorClass::Permanent => (
-                Disposition::Dead {
-                    reason: error.to_owned(),
-                },
-                stored_interval,
-            ),
-            ErrorClass::Transient | ErrorClass::RetryAfter(_) => {
-                let stored =
-                    stored_interval.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs()));
-                let step = backoff::next_step(&self.policy, stored);
-                let delay = match class {
-                    ErrorClass::RetryAfter(at_least) => step.delay.max(at_least),
-                    _ => step.delay,
-                };
-                let at = now.saturating_add(millis(delay));
-                let disposition = if at > deadline {
-                    Disposition::Dead {
-                        reason: format!(
-                            "expired: next attempt would fall after the deadline; last error: {error}"
-                        ),
-                    }
-                } else {
-                    Disposition::RetryAt(at)
-                };
-                (disposition, Some(millis(step.next_interval)))
-            }
-        };
-
-        match &disposition {
+        let decision = retry::decide(
+            &self.policy,
+            class,
+            error,
+            now,
+            Stored {
+                deadline,
+                backoff_interval_ms: stored_interval,
+            },
+        );
+        let interval = decision.backoff_interval_ms;
+        match &decision.disposition {
             Disposition::RetryAt(at) => {
                 tx.prepare_cached(
                     "UPDATE jobs SET state = 'pending', next_attempt_at = ?2,
@@ -717,7 +668,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(disposition)
+        Ok(decision.disposition)
     }
 
     fn wake(&mut self, job_id: &str, note: Option<&str>) -> StoreResult<bool> {
@@ -791,17 +742,8 @@ impl Store {
 
     fn stats(&mut self, at_risk_within: Duration) -> StoreResult<QueueStats> {
         let now = self.now();
-        let zeroes = || -> BTreeMap<String, u64> {
-            JobState::ALL
-                .iter()
-                .map(|state| (state.as_str().to_owned(), 0))
-                .collect()
-        };
         let tx = self.conn.transaction()?; // one consistent snapshot
-        let mut stats = QueueStats {
-            by_state: zeroes(),
-            ..QueueStats::default()
-        };
+        let mut stats = QueueStats::empty();
         {
             // Maintained by triggers: cost follows accounts, not history.
             let mut counts =
@@ -815,14 +757,7 @@ impl Store {
             })?;
             for row in rows {
                 let (account, state, n) = row?;
-                let n = n.max(0).unsigned_abs();
-                *stats.by_state.entry(state.clone()).or_default() += n;
-                *stats
-                    .by_account
-                    .entry(account)
-                    .or_insert_with(zeroes)
-                    .entry(state)
-                    .or_default() += n;
+                stats.add(account, state, n);
             }
         }
         stats.oldest_pending = tx
@@ -937,12 +872,7 @@ fn insert_group(
                     outcome.push(Enqueued::New);
                 } else {
                     if revive.execute(params![job.id, now])? > 0 {
-                        tracing::info!(
-                            job_id = job.id,
-                            account = job.account,
-                            outcome = "revived",
-                            "dead job enqueued again; back to pending"
-                        );
+                        log_revived(&job.id, &job.account);
                     }
                     outcome.push(Enqueued::Duplicate);
                 }
@@ -1050,11 +980,6 @@ fn read_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredJob> {
         },
         lease_token: row.get(14)?,
     })
-}
-
-/// Whole milliseconds, rounded up (a wait is never shortened), saturating.
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
 }
 
 // ---------------------------------------------------------------------------
@@ -1239,7 +1164,7 @@ mod tests {
         }
         specs.push(spec("acme:0")); // duplicate: no count
         queue.enqueue(specs).await.unwrap();
-        let leases = queue.lease(10, Duration::from_secs(60)).await.unwrap();
+        let leases = queue.lease(10, Duration::from_secs(60)).await.unwrap().leases;
         queue.complete(&leases[0]).await.unwrap();
         queue
             .fail(&leases[1], ErrorClass::Permanent, "gone")
