@@ -40,8 +40,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use retry_queue::conformance::pg::PgTestDatabase;
 use retry_queue::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, PgQueue, QueueError, QueueStats,
-    RetryPolicy, SqliteQueue,
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, PgQueue, QueueError,
+    QueueStats, RetryPolicy, SqliteQueue,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;

@@ -382,7 +382,14 @@ pub async fn lease_hands_out_earliest_deadline_first(factory: impl QueueFactory)
         ["acme:z", "acme:tie-early", "acme:tie-a-late"]
     );
     assert_eq!(f.lease_ids(10).await, Vec::<String>::new());
-    assert!(f.queue.lease(0, LEASE).await.expect("lease").leases.is_empty());
+    assert!(
+        f.queue
+            .lease(0, LEASE)
+            .await
+            .expect("lease")
+            .leases
+            .is_empty()
+    );
 }
 
 /// A leased job is handed to nobody else while its lease runs, even to
@@ -443,7 +450,13 @@ pub async fn an_expired_lease_goes_to_another_worker_and_the_first_loses_it(
     let f = start(&factory).await;
     f.enqueue(vec![job("a")]).await;
     let lease_for = Duration::from_secs(60);
-    let first = f.queue.lease(1, lease_for).await.expect("lease").leases.remove(0);
+    let first = f
+        .queue
+        .lease(1, lease_for)
+        .await
+        .expect("lease")
+        .leases
+        .remove(0);
     f.advance_ms(30 * SEC);
     f.assert_nothing_ready().await;
     f.advance_ms(31 * SEC);
@@ -477,7 +490,13 @@ pub async fn an_expired_lease_goes_to_another_worker_and_the_first_loses_it(
 
     // Lapsed but not taken over: the slow worker may still finish.
     f.enqueue(vec![job("b")]).await;
-    let slow = f.queue.lease(1, lease_for).await.expect("lease").leases.remove(0);
+    let slow = f
+        .queue
+        .lease(1, lease_for)
+        .await
+        .expect("lease")
+        .leases
+        .remove(0);
     f.advance_ms(10 * MIN);
     f.queue
         .complete(&slow)
@@ -492,7 +511,13 @@ pub async fn renew_extends_the_lease(factory: impl QueueFactory) {
     let f = start(&factory).await;
     f.enqueue(vec![job("a")]).await;
     let lease_for = Duration::from_secs(60);
-    let lease = f.queue.lease(1, lease_for).await.expect("lease").leases.remove(0);
+    let lease = f
+        .queue
+        .lease(1, lease_for)
+        .await
+        .expect("lease")
+        .leases
+        .remove(0);
     assert_eq!(lease.expires_at, T0 + 60 * SEC);
     f.advance_ms(50 * SEC);
     let expiry = f.queue.renew(&lease, lease_for).await.expect("renew");

@@ -137,7 +137,5 @@ pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis}
 pub use error::QueueError;
 pub use policy::RetryPolicy;
 pub use postgres::{PgOptions, PgQueue};
-pub use queue::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueStats,
-};
+pub use queue::{Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueStats};
 pub use sqlite::SqliteQueue;
