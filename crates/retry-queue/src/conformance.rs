@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use archiver_core::{Classify, Clock, ErrorClass, ManualClock, ProviderKind, UnixMillis};
 
+#[cfg(feature = "postgres")]
 pub mod pg;
 
 use crate::{
@@ -198,6 +199,15 @@ impl Fixture {
 
     async fn lease_ids(&self, max: usize) -> Vec<String> {
         ids(&self.lease(max).await)
+    }
+
+    /// Leases up to `max` jobs, keyed by job id.
+    async fn lease_by_id(&self, max: usize) -> BTreeMap<String, Lease> {
+        self.lease(max)
+            .await
+            .into_iter()
+            .map(|lease| (lease.job.id.clone(), lease))
+            .collect()
     }
 
     /// Leases exactly one job and checks it is `id`.
@@ -672,12 +682,7 @@ pub async fn a_ready_job_past_its_deadline_is_dead_expired(factory: impl QueueFa
         job_of("acme", "healthy", T0 + DAY),
     ])
     .await;
-    let leases: BTreeMap<String, Lease> = f
-        .lease(5)
-        .await
-        .into_iter()
-        .map(|lease| (lease.job.id.clone(), lease))
-        .collect();
+    let leases = f.lease_by_id(5).await;
     assert_eq!(leases.len(), 5);
     for id in ["acme:pending", "acme:on-time", "acme:healthy"] {
         f.queue.release(&leases[id]).await.expect("release");
@@ -733,12 +738,7 @@ pub async fn a_job_whose_deadline_passed_in_the_queue_is_reported_by_the_lease_t
         job_of("acme", "healthy", T0 + DAY),
     ])
     .await;
-    let leases: BTreeMap<String, Lease> = f
-        .lease(5)
-        .await
-        .into_iter()
-        .map(|lease| (lease.job.id.clone(), lease))
-        .collect();
+    let leases = f.lease_by_id(5).await;
     for id in ["acme:late", "globex:late", "acme:healthy"] {
         f.queue.release(&leases[id]).await.expect("release");
     }
@@ -1083,12 +1083,7 @@ pub async fn retry_now_and_retry_all_requeue_at_once(factory: impl QueueFactory)
         job("leased"),
     ])
     .await;
-    let leases: BTreeMap<String, Lease> = f
-        .lease(5)
-        .await
-        .into_iter()
-        .map(|lease| (lease.job.id.clone(), lease))
-        .collect();
+    let leases = f.lease_by_id(5).await;
     f.fail(&leases["acme:dead"], ErrorClass::Permanent, "gone")
         .await;
     // Its stored interval is now 20 s.
@@ -1118,12 +1113,7 @@ pub async fn retry_now_and_retry_all_requeue_at_once(factory: impl QueueFactory)
     assert_eq!(f.get("acme:done").await.state, JobState::Done);
     assert_eq!(f.get("acme:leased").await.state, JobState::Leased);
 
-    let again: BTreeMap<String, Lease> = f
-        .lease(10)
-        .await
-        .into_iter()
-        .map(|lease| (lease.job.id.clone(), lease))
-        .collect();
+    let again = f.lease_by_id(10).await;
     let ready: Vec<&str> = again.keys().map(String::as_str).collect();
     assert_eq!(ready, ["acme:backing-off", "acme:dead", "acme:parked"]);
     // The backoff was reset: 10 s again, not 20 s.

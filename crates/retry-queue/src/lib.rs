@@ -13,6 +13,9 @@
 //! Main types:
 //! - [`JobQueue`]: the backend trait (SQLite and PostgreSQL, same
 //!   semantics, one conformance suite behind the `conformance` feature).
+//!   Each backend is a cargo feature (`sqlite`, `postgres`, both default):
+//!   a crate that only takes or hands out jobs (the webhook receiver)
+//!   depends on this crate without them and compiles no database driver.
 //! - [`SqliteQueue`]: the embedded backend, one file, one process.
 //! - [`PgQueue`] (with [`PgOptions`]): the shared backend, one PostgreSQL
 //!   database that several daemon replicas lease from at once.
@@ -122,20 +125,29 @@
 //! database file on a connection of its own, so that copying does not
 //! stall the writer either.
 
+// What only the backends need is compiled with one of them: a crate that
+// depends on the trait alone (`default-features = false`) builds no driver.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod backend;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod backoff;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
 mod policy;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod queue;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod retry;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis};
 pub use error::QueueError;
 pub use policy::RetryPolicy;
+#[cfg(feature = "postgres")]
 pub use postgres::{PgOptions, PgQueue};
 pub use queue::{Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueStats};
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;

@@ -191,19 +191,11 @@ pub(super) async fn fail(
     let Some(found) = found else {
         return Err(lost(lease));
     };
-    let deadline: i64 = found.try_get(0).map_err(db)?;
-    let stored_interval: Option<i64> = found.try_get(1).map_err(db)?;
-
-    let decision = retry::decide(
-        &queue.policy,
-        class,
-        error,
-        now,
-        Stored {
-            deadline,
-            backoff_interval_ms: stored_interval,
-        },
-    );
+    let stored = Stored {
+        deadline: found.try_get(0).map_err(db)?,
+        backoff_interval_ms: found.try_get(1).map_err(db)?,
+    };
+    let decision = retry::decide(&queue.policy, class, error, now, stored);
     let interval = decision.backoff_interval_ms;
     match &decision.disposition {
         Disposition::RetryAt(at) => {

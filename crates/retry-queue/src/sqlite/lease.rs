@@ -181,23 +181,17 @@ impl Store {
                  WHERE id = ?1 AND state = 'leased' AND lease_token = ?2",
             )?
             .query_row(params![held.job_id, token], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+                Ok(Stored {
+                    deadline: row.get(0)?,
+                    backoff_interval_ms: row.get(1)?,
+                })
             })
             .optional()?;
-        let Some((deadline, stored_interval)) = found else {
+        let Some(stored) = found else {
             return Err(held.lost());
         };
 
-        let decision = retry::decide(
-            &self.policy,
-            class,
-            error,
-            now,
-            Stored {
-                deadline,
-                backoff_interval_ms: stored_interval,
-            },
-        );
+        let decision = retry::decide(&self.policy, class, error, now, stored);
         let interval = decision.backoff_interval_ms;
         match &decision.disposition {
             Disposition::RetryAt(at) => {
