@@ -40,8 +40,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use retry_queue::conformance::pg::PgTestDatabase;
 use retry_queue::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, PgQueue, QueueError, QueueStats,
-    RetryPolicy, SqliteQueue,
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, PgQueue, QueueError,
+    QueueStats, RetryPolicy, SqliteQueue,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -286,8 +286,8 @@ impl JobQueue for StoresNothing {
     async fn enqueue(&self, jobs: Vec<JobSpec>) -> Result<Vec<Enqueued>, QueueError> {
         Ok(vec![Enqueued::New; jobs.len()])
     }
-    async fn lease(&self, _: usize, _: Duration) -> Result<Vec<Lease>, QueueError> {
-        Ok(Vec::new())
+    async fn lease(&self, _: usize, _: Duration) -> Result<Leased, QueueError> {
+        Ok(Leased::default())
     }
     async fn renew(&self, lease: &Lease, _: Duration) -> Result<UnixMillis, QueueError> {
         Err(lost(lease))
@@ -697,7 +697,8 @@ async fn lease_ack(queue: Arc<dyn JobQueue>, backlog: usize, settings: Settings)
         let leases = queue
             .lease(LEASE_BATCH.min(settings.lease_jobs - jobs), lease_for)
             .await
-            .expect("lease");
+            .expect("lease")
+            .leases;
         lease_calls.push(called.elapsed());
         assert!(!leases.is_empty(), "the backlog ran dry");
         for lease in &leases {

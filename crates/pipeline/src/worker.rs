@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use archiver_core::Classify;
 use media_fetch::Fetcher;
 use providers::Provider;
-use retry_queue::{Disposition, JobQueue, Lease};
+use retry_queue::{Disposition, JobQueue, JobRecord, Lease};
 use s3_uploader::{Layout, ObjectStore};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::job::{Attempted, JobError, Stages};
 use crate::telemetry::{self, Outcome};
+
+/// The `dead_total{reason}` label of a job whose deadline passed: its next
+/// retry would have fallen after it, or it passed while the job waited.
+const EXPIRED: &str = "expired";
 
 /// `[workers]` settings.
 #[derive(Debug, Clone)]
@@ -97,7 +101,10 @@ impl Worker {
                 }
             }
             let leases = match self.queue.lease(free, self.config.lease).await {
-                Ok(leases) => leases,
+                Ok(leased) => {
+                    report_expired(&leased.expired);
+                    leased.leases
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot lease jobs; retrying shortly");
                     tokio::select! {
@@ -230,7 +237,7 @@ impl Worker {
             }
             Ok(Disposition::Dead { reason }) => {
                 let label = if class.is_retryable() {
-                    "expired"
+                    EXPIRED
                 } else {
                     error.label()
                 };
@@ -268,5 +275,105 @@ impl Worker {
         if let Err(e) = self.queue.release(lease).await {
             tracing::warn!(job_id = %lease.job.id, error = %e, "could not release lease; it will expire");
         }
+    }
+}
+
+/// Reports the jobs a lease call dead-lettered because their deadline passed
+/// while they waited in the queue. No attempt was running, so no other step
+/// of the worker sees them end; without this they would be dead but never
+/// counted in `dead_total`.
+fn report_expired(expired: &[JobRecord]) {
+    for job in expired {
+        telemetry::transition(
+            job,
+            Outcome::Dead { reason: EXPIRED },
+            0,
+            Duration::ZERO,
+            job.last_error.as_deref(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use archiver_core::ManualClock;
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
+    use retry_queue::conformance::{T0, job_of};
+    use retry_queue::{RetryPolicy, SqliteQueue};
+
+    use super::*;
+
+    /// A metrics recorder that keeps every counter by name and labels.
+    #[derive(Debug, Default)]
+    struct Counters(Mutex<BTreeMap<String, Arc<AtomicU64>>>);
+
+    impl Counters {
+        /// `name{k=v,...}` as registered (labels in emission order).
+        fn get(&self, key: &str) -> u64 {
+            let counters = self.0.lock().unwrap();
+            counters.get(key).map_or(0, |n| n.load(Ordering::Relaxed))
+        }
+    }
+
+    impl metrics::Recorder for Counters {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            let mut counters = self.0.lock().unwrap();
+            Counter::from_arc(counters.entry(name).or_default().clone())
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// The alert on `dead_total` must see jobs that die in the queue too:
+    /// each job a lease reports as expired is counted once as dead with
+    /// reason `expired`, under its account.
+    #[tokio::test]
+    async fn jobs_the_lease_expired_are_counted_dead_expired_per_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let queue = SqliteQueue::open(
+            &dir.path().join("q.db"),
+            RetryPolicy::default(),
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
+        queue
+            .enqueue(vec![
+                job_of("acme", "late-1", T0 + 1_000),
+                job_of("acme", "late-2", T0 + 1_000),
+                job_of("globex", "late", T0 + 1_000),
+                job_of("acme", "healthy", T0 + 86_400_000),
+            ])
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(2));
+        let leased = queue.lease(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(leased.leases.len(), 1);
+
+        let counters = Counters::default();
+        metrics::with_local_recorder(&counters, || report_expired(&leased.expired));
+        assert_eq!(
+            counters.get("media_archiver_dead_total{account=acme,reason=expired}"),
+            2
+        );
+        assert_eq!(
+            counters.get("media_archiver_dead_total{account=globex,reason=expired}"),
+            1
+        );
     }
 }

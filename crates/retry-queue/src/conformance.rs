@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use archiver_core::{Classify, Clock, ErrorClass, ManualClock, ProviderKind, UnixMillis};
 
+#[cfg(feature = "postgres")]
 pub mod pg;
 
 use crate::{
@@ -86,6 +87,7 @@ macro_rules! conformance_suite {
             retry_after_is_honoured,
             retries_never_fall_after_the_deadline,
             a_ready_job_past_its_deadline_is_dead_expired,
+            a_job_whose_deadline_passed_in_the_queue_is_reported_by_the_lease_that_expires_it,
             a_permanent_error_dead_letters_at_once,
             a_parked_job_waits_for_its_wake,
             a_wake_before_the_park_is_not_lost,
@@ -192,11 +194,20 @@ impl Fixture {
     }
 
     async fn lease(&self, max: usize) -> Vec<Lease> {
-        self.queue.lease(max, LEASE).await.expect("lease")
+        self.queue.lease(max, LEASE).await.expect("lease").leases
     }
 
     async fn lease_ids(&self, max: usize) -> Vec<String> {
         ids(&self.lease(max).await)
+    }
+
+    /// Leases up to `max` jobs, keyed by job id.
+    async fn lease_by_id(&self, max: usize) -> BTreeMap<String, Lease> {
+        self.lease(max)
+            .await
+            .into_iter()
+            .map(|lease| (lease.job.id.clone(), lease))
+            .collect()
     }
 
     /// Leases exactly one job and checks it is `id`.
@@ -381,7 +392,14 @@ pub async fn lease_hands_out_earliest_deadline_first(factory: impl QueueFactory)
         ["acme:z", "acme:tie-early", "acme:tie-a-late"]
     );
     assert_eq!(f.lease_ids(10).await, Vec::<String>::new());
-    assert!(f.queue.lease(0, LEASE).await.expect("lease").is_empty());
+    assert!(
+        f.queue
+            .lease(0, LEASE)
+            .await
+            .expect("lease")
+            .leases
+            .is_empty()
+    );
 }
 
 /// A leased job is handed to nobody else while its lease runs, even to
@@ -414,7 +432,7 @@ pub async fn a_leased_job_is_hidden_from_other_leases(factory: impl QueueFactory
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let leases = queue.lease(3, LEASE).await.expect("lease");
+                    let leases = queue.lease(3, LEASE).await.expect("lease").leases;
                     if leases.is_empty() {
                         return mine;
                     }
@@ -442,11 +460,17 @@ pub async fn an_expired_lease_goes_to_another_worker_and_the_first_loses_it(
     let f = start(&factory).await;
     f.enqueue(vec![job("a")]).await;
     let lease_for = Duration::from_secs(60);
-    let first = f.queue.lease(1, lease_for).await.expect("lease").remove(0);
+    let first = f
+        .queue
+        .lease(1, lease_for)
+        .await
+        .expect("lease")
+        .leases
+        .remove(0);
     f.advance_ms(30 * SEC);
     f.assert_nothing_ready().await;
     f.advance_ms(31 * SEC);
-    let second = f.queue.lease(1, lease_for).await.expect("lease");
+    let second = f.queue.lease(1, lease_for).await.expect("lease").leases;
     assert_eq!(ids(&second), ["acme:a"]);
     let second = &second[0];
     assert_eq!(second.job.attempts, 2);
@@ -476,7 +500,13 @@ pub async fn an_expired_lease_goes_to_another_worker_and_the_first_loses_it(
 
     // Lapsed but not taken over: the slow worker may still finish.
     f.enqueue(vec![job("b")]).await;
-    let slow = f.queue.lease(1, lease_for).await.expect("lease").remove(0);
+    let slow = f
+        .queue
+        .lease(1, lease_for)
+        .await
+        .expect("lease")
+        .leases
+        .remove(0);
     f.advance_ms(10 * MIN);
     f.queue
         .complete(&slow)
@@ -491,7 +521,13 @@ pub async fn renew_extends_the_lease(factory: impl QueueFactory) {
     let f = start(&factory).await;
     f.enqueue(vec![job("a")]).await;
     let lease_for = Duration::from_secs(60);
-    let lease = f.queue.lease(1, lease_for).await.expect("lease").remove(0);
+    let lease = f
+        .queue
+        .lease(1, lease_for)
+        .await
+        .expect("lease")
+        .leases
+        .remove(0);
     assert_eq!(lease.expires_at, T0 + 60 * SEC);
     f.advance_ms(50 * SEC);
     let expiry = f.queue.renew(&lease, lease_for).await.expect("renew");
@@ -646,12 +682,7 @@ pub async fn a_ready_job_past_its_deadline_is_dead_expired(factory: impl QueueFa
         job_of("acme", "healthy", T0 + DAY),
     ])
     .await;
-    let leases: BTreeMap<String, Lease> = f
-        .lease(5)
-        .await
-        .into_iter()
-        .map(|lease| (lease.job.id.clone(), lease))
-        .collect();
+    let leases = f.lease_by_id(5).await;
     assert_eq!(leases.len(), 5);
     for id in ["acme:pending", "acme:on-time", "acme:healthy"] {
         f.queue.release(&leases[id]).await.expect("release");
@@ -687,6 +718,74 @@ pub async fn a_ready_job_past_its_deadline_is_dead_expired(factory: impl QueueFa
     assert_lease_lost(
         f.queue.complete(&leases["acme:leased"]).await,
         "acme:leased",
+    );
+}
+
+/// No worker holds a job that dies of its deadline inside the queue, so the
+/// lease call that dead-letters it reports it (the worker counts dead jobs
+/// from what it is told): each such job once, as stored after the change
+/// (state `dead`, the reason, its account and attempts), whatever state it
+/// waited in; a later lease does not report it again.
+pub async fn a_job_whose_deadline_passed_in_the_queue_is_reported_by_the_lease_that_expires_it(
+    factory: impl QueueFactory,
+) {
+    let f = start(&factory).await;
+    f.enqueue(vec![
+        job_of("acme", "late", T0 + 10 * SEC),
+        job_of("acme", "failed", T0 + 40 * SEC),
+        job_of("acme", "crashed", T0 + 20 * SEC),
+        job_of("globex", "late", T0 + 10 * SEC),
+        job_of("acme", "healthy", T0 + DAY),
+    ])
+    .await;
+    let leases = f.lease_by_id(5).await;
+    for id in ["acme:late", "globex:late", "acme:healthy"] {
+        f.queue.release(&leases[id]).await.expect("release");
+    }
+    f.fail_transient(&leases["acme:failed"]).await;
+    // `acme:crashed` keeps its lease, as if its worker crashed.
+
+    f.advance_ms(LEASE.as_millis() as i64 + SEC);
+    let leased = f.queue.lease(10, LEASE).await.expect("lease");
+    assert_eq!(ids(&leased.leases), ["acme:healthy"]);
+    let mut expired = leased.expired;
+    expired.sort_by(|a, b| a.id.cmp(&b.id));
+    let reported: Vec<(&str, &str, u32)> = expired
+        .iter()
+        .map(|job| (job.id.as_str(), job.account.as_str(), job.attempts))
+        .collect();
+    assert_eq!(
+        reported,
+        [
+            ("acme:crashed", "acme", 1),
+            ("acme:failed", "acme", 1),
+            ("acme:late", "acme", 0),
+            ("globex:late", "globex", 0),
+        ]
+    );
+    for job in &expired {
+        assert_eq!(job.state, JobState::Dead, "{}", job.id);
+        assert_eq!(json(job), json(&f.get(&job.id).await), "as stored");
+    }
+    let reason = |id: &str| {
+        let job = expired.iter().find(|job| job.id == id).expect("reported");
+        job.last_error.clone().unwrap_or_default()
+    };
+    assert_eq!(
+        reason("acme:late"),
+        "expired: the deadline passed before the job could run"
+    );
+    assert_eq!(
+        reason("acme:failed"),
+        "expired: the deadline passed before the job could run; last error: boom"
+    );
+
+    let again = f.queue.lease(10, LEASE).await.expect("lease");
+    assert!(again.leases.is_empty());
+    assert!(
+        again.expired.is_empty(),
+        "reported twice: {:?}",
+        again.expired
     );
 }
 
@@ -984,12 +1083,7 @@ pub async fn retry_now_and_retry_all_requeue_at_once(factory: impl QueueFactory)
         job("leased"),
     ])
     .await;
-    let leases: BTreeMap<String, Lease> = f
-        .lease(5)
-        .await
-        .into_iter()
-        .map(|lease| (lease.job.id.clone(), lease))
-        .collect();
+    let leases = f.lease_by_id(5).await;
     f.fail(&leases["acme:dead"], ErrorClass::Permanent, "gone")
         .await;
     // Its stored interval is now 20 s.
@@ -1019,12 +1113,7 @@ pub async fn retry_now_and_retry_all_requeue_at_once(factory: impl QueueFactory)
     assert_eq!(f.get("acme:done").await.state, JobState::Done);
     assert_eq!(f.get("acme:leased").await.state, JobState::Leased);
 
-    let again: BTreeMap<String, Lease> = f
-        .lease(10)
-        .await
-        .into_iter()
-        .map(|lease| (lease.job.id.clone(), lease))
-        .collect();
+    let again = f.lease_by_id(10).await;
     let ready: Vec<&str> = again.keys().map(String::as_str).collect();
     assert_eq!(ready, ["acme:backing-off", "acme:dead", "acme:parked"]);
     // The backoff was reset: 10 s again, not 20 s.

@@ -13,11 +13,14 @@
 //! Main types:
 //! - [`JobQueue`]: the backend trait (SQLite and PostgreSQL, same
 //!   semantics, one conformance suite behind the `conformance` feature).
+//!   Each backend is a cargo feature (`sqlite`, `postgres`, both default):
+//!   a crate that only takes or hands out jobs (the webhook receiver)
+//!   depends on this crate without them and compiles no database driver.
 //! - [`SqliteQueue`]: the embedded backend, one file, one process.
 //! - [`PgQueue`] (with [`PgOptions`]): the shared backend, one PostgreSQL
 //!   database that several daemon replicas lease from at once.
-//! - [`JobRecord`], [`Lease`], [`Enqueued`], [`Disposition`], [`JobFilter`],
-//!   [`QueueStats`]: what the trait takes and returns.
+//! - [`JobRecord`], [`Lease`], [`Leased`], [`Enqueued`], [`Disposition`],
+//!   [`JobFilter`], [`QueueStats`]: what the trait takes and returns.
 //! - [`RetryPolicy`]: backoff bounds; [`QueueError`]: the one error enum.
 //!
 //! # Life cycle (PRODUCT.md section 6)
@@ -28,10 +31,12 @@
 //! returns to the ready set. A job is *ready* when it is pending and due, leased
 //! with an expired lease (its worker crashed), or waiting past its timeout. A
 //! ready job whose deadline has passed is dead-lettered by the next
-//! [`JobQueue::lease`] instead of being handed out. A lease carries a fencing
-//! `token`: every call made with a lease fails with [`QueueError::LeaseLost`]
-//! once the job was leased again or finished, so a slow worker can never
-//! overwrite the outcome of the worker that replaced it.
+//! [`JobQueue::lease`] instead of being handed out, and that call reports it
+//! ([`Leased::expired`]) so the worker counts it as it counts every other
+//! dead job. A lease carries a fencing `token`: every call made with a lease
+//! fails with [`QueueError::LeaseLost`] once the job was leased again or
+//! finished, so a slow worker can never overwrite the outcome of the worker
+//! that replaced it.
 //!
 //! For a dead job, `last_error` holds the dead-letter reason (the permanent
 //! error itself, or `expired: ...` naming the last error).
@@ -120,18 +125,29 @@
 //! database file on a connection of its own, so that copying does not
 //! stall the writer either.
 
+// What only the backends need is compiled with one of them: a crate that
+// depends on the trait alone (`default-features = false`) builds no driver.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod backend;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod backoff;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
 mod policy;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod queue;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod retry;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis};
 pub use error::QueueError;
 pub use policy::RetryPolicy;
+#[cfg(feature = "postgres")]
 pub use postgres::{PgOptions, PgQueue};
-pub use queue::{Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, QueueStats};
+pub use queue::{Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueStats};
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;

@@ -53,6 +53,19 @@ pub struct Lease {
     pub expires_at: UnixMillis,
 }
 
+/// What one [`JobQueue::lease`] call did: the jobs it handed out, and the
+/// jobs it dead-lettered instead because their deadline had passed.
+#[derive(Debug, Clone, Default)]
+pub struct Leased {
+    /// The jobs handed out, earliest deadline first.
+    pub leases: Vec<Lease>,
+    /// Ready jobs found past their deadline and moved to `dead` by this call,
+    /// as stored afterwards (`last_error` is the reason, `expired: ...`).
+    /// No worker holds them, so the queue reports them here, once, for the
+    /// caller to log and count like any other dead job.
+    pub expired: Vec<JobRecord>,
+}
+
 /// What [`JobQueue::enqueue`] did with one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -142,10 +155,11 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug + 'static {
     /// Ready means: pending with `next_attempt_at <= now`, leased with an
     /// expired lease (crashed worker), or waiting past its timeout. Any such
     /// job whose deadline is before now becomes dead with a reason starting
-    /// `expired:` and is not returned. Leasing increments `attempts`, sets
-    /// state `leased`, issues a fresh token and sets
-    /// `expires_at = now + lease_for`.
-    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Lease>, QueueError>;
+    /// `expired:` and is not handed out, but reported in
+    /// [`Leased::expired`] by the call that dead-lettered it (and by no
+    /// other). Leasing increments `attempts`, sets state `leased`, issues a
+    /// fresh token and sets `expires_at = now + lease_for`.
+    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Leased, QueueError>;
 
     /// Extends a lease to `now + lease_for` and returns the new expiry;
     /// [`QueueError::LeaseLost`] if the job no longer holds this token

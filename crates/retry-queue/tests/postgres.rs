@@ -59,7 +59,11 @@ async fn two_replicas_lease_disjoint_jobs() {
         tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let leases = queue.lease(7, Duration::from_secs(60)).await.unwrap();
+                let leases = queue
+                    .lease(7, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                    .leases;
                 if leases.is_empty() {
                     return mine;
                 }
