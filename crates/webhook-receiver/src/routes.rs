@@ -100,13 +100,17 @@ impl Receiver {
             .get(account)
             .ok_or_else(|| unknown_account(account))?;
         let (parts, body) = request.into_parts();
+        if let Err(e) = provider.authenticate_head(&parts.headers, parts.uri.query()) {
+            tracing::warn!(account, error = %e, "webhook rejected: bad credentials");
+            return Err(e.into());
+        }
         let body = read_body(body, &parts.headers, self.config.max_body_bytes).await?;
         let webhook = WebhookRequest {
             headers: &parts.headers,
             query: parts.uri.query(),
             body: &body,
         };
-        if let Err(e) = provider.authenticate(&webhook) {
+        if let Err(e) = provider.authenticate_body(&webhook) {
             tracing::warn!(account, error = %e, "webhook rejected: bad credentials");
             return Err(e.into());
         }
