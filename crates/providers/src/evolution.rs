@@ -159,13 +159,6 @@ impl Evolution {
             .webhook_token
             .as_ref()
             .and_then(|r| secret("webhook_token", r));
-        let credentials = [&jwt, &token];
-        if credentials
-            .iter()
-            .any(|s| s.as_ref().is_some_and(|s| s.expose().is_empty()))
-        {
-            errors.push("webhook_jwt_secret / webhook_token: must not be empty".into());
-        }
         if config.webhook_jwt_secret.is_none()
             && config.webhook_token.is_none()
             && !config.allow_unauthenticated_webhooks

@@ -329,3 +329,16 @@ pub(crate) fn checked_id<'a>(id: &'a str, field: &str) -> Result<&'a str, Provid
     bounds::check_id(field, id)?;
     Ok(id)
 }
+
+/// Both authentication steps in the receiver's order, for the adapters'
+/// tests.
+#[cfg(test)]
+pub(crate) trait AuthenticateBoth: Provider {
+    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+        self.authenticate_head(request.headers, request.query)?;
+        self.authenticate_body(request)
+    }
+}
+
+#[cfg(test)]
+impl<T: Provider + ?Sized> AuthenticateBoth for T {}

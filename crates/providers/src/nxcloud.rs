@@ -296,10 +296,6 @@ impl Nxcloud {
         // not webhooks are verified.
         let access_secret = match &config.access_secret {
             Some(r) => match r.resolve() {
-                Ok(s) if s.expose().is_empty() => {
-                    errors.push("access_secret: must not be empty".into());
-                    None
-                }
                 Ok(s) => Some(s),
                 Err(e) => {
                     errors.push(format!("access_secret: {e}"));
