@@ -1,9 +1,11 @@
 //! Per-provider account configuration (`[[accounts]]` in the config file).
 //!
 //! One struct per provider, each with `deny_unknown_fields`, selected by the
-//! `provider` key. The three keys every account has (`name`, `retention`,
-//! `allowed_download_hosts`) are repeated in each struct because serde cannot
-//! combine a shared flattened struct with unknown-key rejection.
+//! `provider` key. The four keys every account has (`name`, `retention`,
+//! `allowed_download_hosts`, `allow_unauthenticated_webhooks`) are repeated
+//! in each struct because serde cannot combine a shared flattened struct
+//! with unknown-key rejection; the rules behind them live here once
+//! (`webhook_credential`, `download_hosts`).
 
 use archiver_core::{Secret, SecretRef};
 use media_fetch::HostPolicy;
