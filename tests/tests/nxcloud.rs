@@ -36,7 +36,6 @@ api_url = "{}"
 access_key = "{}"
 access_secret = "{}"
 business_phone = "+{BUSINESS_PHONE}"
-verify_webhook_signature = true
 allowed_download_hosts = ["127.0.0.1"]
 "#,
         nx.base_url(),

@@ -171,7 +171,8 @@ pub struct JobSpec {
     pub media_id: Option<String>,
     /// The message's own timestamp.
     pub message_at: UnixMillis,
-    /// When the provider forgets the file: `message_at` + retention.
+    /// When the provider forgets the file: the earlier of `message_at` and
+    /// the webhook's arrival, plus retention ([`crate::bounds::deadline`]).
     pub deadline: UnixMillis,
     /// The adapter's reference to the media.
     pub payload: serde_json::Value,

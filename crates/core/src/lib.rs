@@ -15,7 +15,10 @@
 //!   they arrive in (hex, base64, base64url, index-keyed objects, Node Buffers).
 //! - [`Clock`], [`SystemClock`], [`ManualClock`]: time, controllable in tests.
 //! - [`Secret`]: a credential that never prints.
+//! - [`bounds`]: the limits every id and timestamp taken from a webhook must
+//!   respect, and the deadline rule, so that every adapter applies the same.
 
+pub mod bounds;
 mod clock;
 pub mod config_value;
 pub mod decode;
@@ -25,6 +28,7 @@ mod job;
 mod secret;
 mod staged;
 
+pub use bounds::OutOfBounds;
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use config_value::SecretRef;
 pub use digest::Sha256Digest;

@@ -4,9 +4,14 @@
 /// Patterns are case-insensitive. `*.whatsapp.net` matches every subdomain
 /// of `whatsapp.net` at any depth but not `whatsapp.net` itself (list it too
 /// if wanted); any other pattern matches exactly. IP literals may be listed
-/// as plain addresses (`127.0.0.1`, `::1` or `[::1]`). An empty policy allows
-/// every host; the daemon always passes the account's list or the provider
-/// defaults.
+/// as plain addresses (`127.0.0.1`, `::1` or `[::1]`).
+///
+/// The policy fails closed: an empty policy allows no host, and a pattern
+/// that names no host (`""`, `"."`, `"*."`) matches nothing. (It used to be
+/// dropped, and a list of only such entries read as "no list, allow every
+/// host", so `allowed_download_hosts = [""]` switched the guard off.)
+/// Config validation refuses such patterns up front with
+/// [`HostPolicy::check_pattern`].
 #[derive(Debug, Clone, Default)]
 pub struct HostPolicy {
     patterns: Vec<Pattern>,
@@ -20,29 +25,44 @@ enum Pattern {
 }
 
 impl HostPolicy {
-    /// Builds a policy from host patterns.
+    /// Builds a policy from host patterns. Patterns that name no host are
+    /// left out, and never widen the policy.
     pub fn new(patterns: impl IntoIterator<Item = impl Into<String>>) -> Self {
         let patterns = patterns
             .into_iter()
             .filter_map(|p| {
-                let p = normalize(&p.into());
-                if p.is_empty() {
-                    None
-                } else if let Some(rest) = p.strip_prefix("*.") {
-                    Some(Pattern::Subdomains(format!(".{rest}")))
-                } else {
-                    Some(Pattern::Exact(p))
-                }
+                let p = p.into();
+                Self::check_pattern(&p).ok()?;
+                let p = normalize(&p);
+                Some(match p.strip_prefix("*.") {
+                    Some(rest) => Pattern::Subdomains(format!(".{rest}")),
+                    None => Pattern::Exact(p),
+                })
             })
             .collect();
         Self { patterns }
     }
 
+    /// Whether `pattern` names a host: a domain name or IP literal, or
+    /// `*.` followed by one. The error says what is wrong, for a config
+    /// error that names the key.
+    pub fn check_pattern(pattern: &str) -> Result<(), &'static str> {
+        let p = normalize(pattern);
+        let host = p.strip_prefix("*.").unwrap_or(&p);
+        if host.is_empty() || host.bytes().all(|b| b == b'.') {
+            Err("names no host (write a host such as `media.example.com` or `*.example.com`)")
+        } else if host.contains('*') {
+            Err("may use `*` only as a leading `*.`")
+        } else if host.starts_with('.') || host.contains("..") || host.contains(char::is_whitespace)
+        {
+            Err("is not a host name")
+        } else {
+            Ok(())
+        }
+    }
+
     /// Whether `host` (a domain name or an IP literal) may be downloaded from.
     pub fn allows(&self, host: &str) -> bool {
-        if self.patterns.is_empty() {
-            return true;
-        }
         let host = normalize(host);
         if host.is_empty() {
             return false;
@@ -86,9 +106,40 @@ mod tests {
     }
 
     #[test]
-    fn empty_policy_allows_everything() {
+    fn an_empty_policy_allows_nothing() {
         let p = HostPolicy::new(Vec::<String>::new());
-        assert!(p.allows("anything.example"));
+        assert!(!p.allows("anything.example"));
+    }
+
+    #[test]
+    fn patterns_that_name_no_host_never_widen_the_policy() {
+        for junk in [
+            "",
+            " ",
+            ".",
+            "..",
+            "*.",
+            "*..",
+            "*",
+            "*.*",
+            ".example.com",
+            "a..b",
+        ] {
+            assert!(HostPolicy::check_pattern(junk).is_err(), "{junk:?}");
+            let p = HostPolicy::new([junk]);
+            for host in ["anything.example", "127.0.0.1", "example.com"] {
+                assert!(!p.allows(host), "{junk:?} allowed {host}");
+            }
+        }
+        for good in [
+            "*.whatsapp.net",
+            "lookaside.fbsbx.com",
+            "127.0.0.1",
+            "[::1]",
+            "Host.Example.",
+        ] {
+            assert_eq!(HostPolicy::check_pattern(good), Ok(()), "{good:?}");
+        }
     }
 
     #[test]

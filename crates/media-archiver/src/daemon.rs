@@ -57,7 +57,7 @@ pub(crate) fn build_providers(
         .map_err(|e| ConfigErrors(vec![e]))?;
     let mut errors = Vec::new();
     let mut accounts = HashMap::new();
-    for account in &config.accounts {
+    for (i, account) in config.accounts.iter().enumerate() {
         match providers::build(account, &api) {
             Ok(provider) => {
                 accounts.insert(account.name().to_string(), provider);
@@ -66,7 +66,7 @@ pub(crate) fn build_providers(
                 errors.extend(
                     problems
                         .into_iter()
-                        .map(|p| format!("accounts ({}): {p}", account.name())),
+                        .map(|p| format!("accounts[{i}] ({}): {p}", account.name())),
                 );
             }
         }
@@ -232,7 +232,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
 
     for provider in providers.values() {
         if !provider.webhook_auth_configured() {
-            tracing::warn!(account = %provider.account(), provider = %provider.kind(), "webhooks for this account are not authenticated; set webhook_token");
+            tracing::warn!(account = %provider.account(), provider = %provider.kind(), "webhooks for this account are NOT authenticated (allow_unauthenticated_webhooks = true): anyone who knows its URL can submit jobs");
         }
     }
 

@@ -41,7 +41,8 @@ fn check_config_accepts_the_dev_config_and_summarises_it() {
 #[test]
 fn check_config_names_unauthenticated_accounts() {
     let (_dir, path) = write_config(
-        "[[accounts]]\nname = \"open\"\nprovider = \"greenapi\"\nid_instance = 1\napi_token = \"t\"\n",
+        "[[accounts]]\nname = \"open\"\nprovider = \"greenapi\"\nid_instance = 1\napi_token = \"t\"\n\
+         allow_unauthenticated_webhooks = true\n",
     );
     let output = media_archiver()
         .args(["check-config", "--config"])
@@ -52,6 +53,26 @@ fn check_config_names_unauthenticated_accounts() {
     assert!(
         String::from_utf8_lossy(&output.stdout)
             .contains("open: greenapi (UNAUTHENTICATED webhooks)")
+    );
+}
+
+#[test]
+fn an_account_without_webhook_credentials_is_a_config_error_naming_the_key() {
+    let (_dir, path) = write_config(
+        "[[accounts]]\nname = \"green-main\"\nprovider = \"greenapi\"\nid_instance = 1\napi_token = \"t\"\n",
+    );
+    let output = media_archiver()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "accounts[0] (green-main): webhook_token: required (or set allow_unauthenticated_webhooks = true)"
+        ),
+        "{stderr}"
     );
 }
 
@@ -76,7 +97,7 @@ fn a_bad_config_exits_78_listing_every_problem() {
 fn a_secret_that_cannot_be_read_is_a_config_error_naming_the_variable_not_a_value() {
     let (_dir, path) = write_config(
         "[[accounts]]\nname = \"g\"\nprovider = \"greenapi\"\nid_instance = 1\n\
-         api_token = { env = \"MEDIA_ARCHIVER_TEST_NO_SUCH_VAR\" }\n",
+         api_token = { env = \"MEDIA_ARCHIVER_TEST_NO_SUCH_VAR\" }\nwebhook_token = \"w\"\n",
     );
     let output = media_archiver()
         .args(["check-config", "--config"])
@@ -118,7 +139,8 @@ fn verify_and_backfill_exit_78_on_a_bad_config_and_2_on_usage() {
         .unwrap();
     assert_eq!(missing_account.status.code(), Some(2));
     let (_dir, path) = write_config(
-        "[[accounts]]\nname = \"g\"\nprovider = \"greenapi\"\nid_instance = 1\napi_token = \"t\"\n",
+        "[[accounts]]\nname = \"g\"\nprovider = \"greenapi\"\nid_instance = 1\napi_token = \"t\"\n\
+         webhook_token = \"w\"\n",
     );
     let unknown = media_archiver()
         .args([

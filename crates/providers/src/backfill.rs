@@ -31,13 +31,7 @@ pub(crate) fn meta_message(reference: &Value) -> Result<Value, ProviderError> {
     };
     let media_id = text("media_id").ok_or_else(|| ProviderError::missing("media_id"))?;
     let message_id = text("message_id").ok_or_else(|| ProviderError::missing("message_id"))?;
-    let timestamp = match reference.get("timestamp") {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
-    }
-    .filter(|t| *t > 0)
-    .ok_or_else(|| ProviderError::missing("timestamp"))?;
+    let timestamp = crate::message_time(reference.get("timestamp"), "timestamp")? / 1000;
     let kind = text("type").unwrap_or("document");
     if !META_MEDIA_TYPES.contains(&kind) {
         return Err(ProviderError::BadPayload(format!(
@@ -71,12 +65,9 @@ pub(crate) fn meta_message(reference: &Value) -> Result<Value, ProviderError> {
 pub(crate) fn within_retention(
     job: JobSpec,
     retention: Duration,
+    now_ms: archiver_core::UnixMillis,
     provider: &str,
 ) -> Result<JobSpec, ProviderError> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
     if job.deadline <= now_ms {
         return Err(ProviderError::MediaUnavailable(format!(
             "the message is older than the account's retention ({} days): {provider} no longer keeps its file",
@@ -114,14 +105,25 @@ mod tests {
                    "image": {"id": "1234", "mime_type": "image/jpeg"}, "from": "4915"})
         );
         let m =
-            meta_message(&json!({"media_id": "1", "message_id": "w", "timestamp": "7"})).unwrap();
+            meta_message(&json!({"media_id": "1", "message_id": "w", "timestamp": "1767225600"}))
+                .unwrap();
         assert_eq!(m["type"], "document");
         for (bad, field) in [
-            (json!({"message_id": "w", "timestamp": 7}), "media_id"),
-            (json!({"media_id": "1", "timestamp": 7}), "message_id"),
+            (
+                json!({"message_id": "w", "timestamp": 1767225600}),
+                "media_id",
+            ),
+            (
+                json!({"media_id": "1", "timestamp": 1767225600}),
+                "message_id",
+            ),
             (json!({"media_id": "1", "message_id": "w"}), "timestamp"),
             (
-                json!({"media_id": "1", "message_id": "w", "timestamp": 7, "type": "text"}),
+                json!({"media_id": "1", "message_id": "w", "timestamp": 7}),
+                "timestamp",
+            ),
+            (
+                json!({"media_id": "1", "message_id": "w", "timestamp": 1767225600, "type": "text"}),
                 "type",
             ),
             (json!("x"), "object"),

@@ -9,10 +9,8 @@
 //! `archiver_core::decode`. The parsed stub is stored in the job payload in
 //! one canonical form (base64 key, hex hashes) and read back at resolve time.
 
-use std::time::Duration;
-
 use archiver_core::decode;
-use archiver_core::{JobSpec, ProviderKind, Secret, Sha256Digest};
+use archiver_core::{Secret, Sha256Digest};
 use media_fetch::{DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -304,49 +302,16 @@ pub(crate) fn is_upsert(event: &str) -> bool {
         .eq_ignore_ascii_case("messages.upsert")
 }
 
-/// Seconds since the epoch in any integer encoding, as milliseconds.
-pub(crate) fn timestamp_ms(v: Option<&Value>, field: &str) -> Result<i64, ProviderError> {
-    let v = v
-        .filter(|v| !v.is_null())
-        .ok_or_else(|| ProviderError::missing(field))?;
-    let secs = decode::u64_field(v).map_err(|e| invalid(field, e))?;
-    i64::try_from(secs)
-        .ok()
-        .filter(|s| *s > 0)
-        .map(|s| s.saturating_mul(1000))
-        .ok_or_else(|| invalid(field, "not a positive number of seconds"))
-}
-
-/// A job for one Baileys media message.
-pub(crate) fn job(
-    account: &str,
-    provider: ProviderKind,
-    message_id: &str,
-    message_at: i64,
-    retention: Duration,
-    payload: &impl Serialize,
-) -> Result<JobSpec, ProviderError> {
-    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    Ok(JobSpec {
-        id: JobSpec::job_id(account, message_id),
-        account: account.to_owned(),
-        provider,
-        message_id: message_id.to_owned(),
-        media_id: None,
-        message_at,
-        deadline: message_at.saturating_add(retention_ms),
-        payload: serde_json::to_value(payload).map_err(|e| ProviderError::BadJob(e.to_string()))?,
-    })
-}
-
 /// The download hosts of an account: its own list, or the CDN defaults,
 /// plus the host of its configured `cdn_url` (the operator's own choice).
-pub(crate) fn cdn_hosts(allowed: Option<&Vec<String>>, cdn_url: &url::Url) -> HostPolicy {
-    let mut hosts: Vec<String> = match allowed {
-        Some(h) if !h.is_empty() => h.clone(),
-        _ => DEFAULT_CDN_HOSTS.iter().map(|h| (*h).to_owned()).collect(),
-    };
-    if let Some(host) = cdn_url.host_str() {
+/// A list entry that names no host is a config error in `errors`.
+pub(crate) fn cdn_hosts(
+    allowed: Option<&Vec<String>>,
+    cdn_url: Option<&url::Url>,
+    errors: &mut Vec<String>,
+) -> HostPolicy {
+    let mut hosts = crate::config::download_hosts(allowed, DEFAULT_CDN_HOSTS, errors);
+    if let Some(host) = cdn_url.and_then(url::Url::host_str) {
         hosts.push(host.to_owned());
     }
     HostPolicy::new(hosts)
@@ -526,14 +491,17 @@ mod tests {
             json!("1700000000"),
             json!({"low": 1_700_000_000, "high": 0}),
         ] {
-            assert_eq!(timestamp_ms(Some(&v), "t").unwrap(), 1_700_000_000_000);
+            assert_eq!(
+                crate::message_time(Some(&v), "t").unwrap(),
+                1_700_000_000_000
+            );
         }
         assert!(
-            timestamp_ms(None, "data.messageTimestamp")
+            crate::message_time(None, "data.messageTimestamp")
                 .unwrap_err()
                 .to_string()
                 .contains("data.messageTimestamp")
         );
-        assert!(timestamp_ms(Some(&json!(0)), "t").is_err());
+        assert!(crate::message_time(Some(&json!(0)), "t").is_err());
     }
 }

@@ -4,9 +4,10 @@
 //! `GET ?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`
 //! ([`Provider::verify_subscription`]: the challenge is echoed when the
 //! token is the account's `verify_token`). Every notification carries
-//! `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app_secret, raw body)>`,
-//! verified over the exact bytes received, in constant time, before anything
-//! is parsed. Each media message in `entry[].changes[].value.messages[]`
+//! `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app_secret, raw body)>`:
+//! a request without the header is refused from its head, before its body
+//! is read; the signature is then verified over the exact bytes received,
+//! in constant time, before anything is parsed. Each media message in `entry[].changes[].value.messages[]`
 //! becomes one job keyed by its media id; statuses, texts and other fields
 //! are ignored.
 //!
@@ -16,11 +17,13 @@
 //! The webhook's `sha256` (base64 in real payloads, hex in the docs) and the
 //! media info's `sha256` (hex) must agree, and the bytes must match them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use archiver_core::config_value::opt_duration;
 use archiver_core::{
-    AccountName, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, Sha256Digest,
+    AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, Sha256Digest,
+    SystemClock,
 };
 use hmac::{Hmac, Mac};
 use media_fetch::{DownloadRequest, HostPolicy};
@@ -30,14 +33,18 @@ use sha2::Sha256;
 
 use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::constant_time_eq;
+use crate::config::{download_hosts, webhook_credential};
 use crate::meta::{self, non_empty};
 use crate::{
     JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, WebhookRequest,
+    ResolvedMedia, WebhookRequest, new_job,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
-const DEFAULT_HOSTS: [&str; 3] = ["lookaside.fbsbx.com", "*.fbsbx.com", "*.whatsapp.net"];
+/// Where Graph's media `url` points (providers.md section 5): only
+/// `lookaside.fbsbx.com` is documented; an operator who meets another host
+/// lists it in `allowed_download_hosts`.
+const DEFAULT_HOSTS: [&str; 1] = ["lookaside.fbsbx.com"];
 const MEDIA_TYPES: [&str; 5] = ["image", "document", "audio", "video", "sticker"];
 const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 /// A rejected access token is an operator's fix, not a reason to give up on
@@ -63,8 +70,7 @@ pub struct CloudApiConfig {
     /// (default 7d: "Media IDs in webhooks expire after 7 days").
     #[serde(default, deserialize_with = "opt_duration")]
     pub(crate) retention: Option<Duration>,
-    /// Hosts media URLs may point at (default `lookaside.fbsbx.com`,
-    /// `*.fbsbx.com`, `*.whatsapp.net`).
+    /// Hosts media URLs may point at (default `lookaside.fbsbx.com`).
     #[serde(default)]
     pub(crate) allowed_download_hosts: Option<Vec<String>>,
     /// Graph API base including the version (default
@@ -74,7 +80,13 @@ pub struct CloudApiConfig {
     /// A system-user access token with `whatsapp_business_messaging`.
     pub(crate) access_token: SecretRef,
     /// The app secret: webhooks are signed with it (`X-Hub-Signature-256`).
-    pub(crate) app_secret: SecretRef,
+    /// Required unless `allow_unauthenticated_webhooks = true`.
+    #[serde(default)]
+    pub(crate) app_secret: Option<SecretRef>,
+    /// Accept unsigned webhooks when `app_secret` is absent. Off by
+    /// default; `check-config` and the startup log warn when on.
+    #[serde(default)]
+    pub(crate) allow_unauthenticated_webhooks: bool,
     /// The verify token entered beside the callback URL in the app dashboard.
     pub(crate) verify_token: SecretRef,
 }
@@ -90,9 +102,12 @@ pub(crate) struct CloudApi {
     hosts: HostPolicy,
     graph_url: url::Url,
     access_token: Secret,
-    app_secret: Secret,
+    /// `None` only with `allow_unauthenticated_webhooks = true`.
+    app_secret: Option<Secret>,
     verify_token: Secret,
     api: ApiClient,
+    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
+    clock: Arc<dyn Clock>,
 }
 
 /// What a Cloud API job stores (never the short-lived media URL).
@@ -143,20 +158,22 @@ impl CloudApi {
             }
         };
         let access_token = secret("access_token", &config.access_token);
-        let app_secret = secret("app_secret", &config.app_secret);
         let verify_token = secret("verify_token", &config.verify_token);
-        let (Some(graph_url), Some(access_token), Some(app_secret), Some(verify_token), true) = (
-            graph_url,
-            access_token,
-            app_secret,
-            verify_token,
-            errors.is_empty(),
-        ) else {
+        let app_secret = webhook_credential(
+            "app_secret",
+            config.app_secret.as_ref(),
+            config.allow_unauthenticated_webhooks,
+            &mut errors,
+        );
+        let hosts = HostPolicy::new(download_hosts(
+            config.allowed_download_hosts.as_ref(),
+            DEFAULT_HOSTS,
+            &mut errors,
+        ));
+        let (Some(graph_url), Some(access_token), Some(verify_token), true) =
+            (graph_url, access_token, verify_token, errors.is_empty())
+        else {
             return Err(errors);
-        };
-        let hosts = match &config.allowed_download_hosts {
-            Some(h) if !h.is_empty() => HostPolicy::new(h.iter().cloned()),
-            _ => HostPolicy::new(DEFAULT_HOSTS),
         };
         Ok(Self {
             account: config.name.clone(),
@@ -167,7 +184,13 @@ impl CloudApi {
             app_secret,
             verify_token,
             api,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same adapter on another clock.
+    pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 
     /// `GET {graph_url}/{media-id}`: a fresh URL.
@@ -267,18 +290,17 @@ impl CloudApi {
             sender: msg.sender,
             phone_number_id: phone_number_id.map(str::to_owned),
         };
-        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-        Ok(Some(JobSpec {
-            id: JobSpec::job_id(self.account.as_str(), media_id),
-            account: self.account.to_string(),
-            provider: ProviderKind::Cloudapi,
-            message_id: message_id.to_owned(),
-            media_id: Some(media_id.to_owned()),
+        new_job(
+            &self.account,
+            ProviderKind::Cloudapi,
+            message_id,
+            Some(media_id),
             message_at,
-            deadline: message_at.saturating_add(retention_ms),
-            payload: serde_json::to_value(payload)
-                .map_err(|e| ProviderError::BadJob(e.to_string()))?,
-        }))
+            self.clock.now_ms(),
+            self.retention,
+            &payload,
+        )
+        .map(Some)
     }
 }
 
@@ -422,11 +444,13 @@ impl Provider for CloudApi {
     /// a job by the webhook parser itself.
     async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
         let message = crate::backfill::meta_message(reference)?;
-        let phone_number_id = non_empty(reference, "phone_number_id");
+        let phone_number_id = non_empty(reference, "phone_number_id")
+            .map(|id| crate::checked_id(id, "phone_number_id"))
+            .transpose()?;
         let job = self
             .message_job("reference", &message, phone_number_id)?
             .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
-        crate::backfill::within_retention(job, self.retention, "the Cloud API")
+        crate::backfill::within_retention(job, self.retention, self.clock.now_ms(), "the Cloud API")
     }
 
     fn account(&self) -> &AccountName {
@@ -434,15 +458,33 @@ impl Provider for CloudApi {
     }
 
     fn webhook_auth_configured(&self) -> bool {
-        true
+        self.app_secret.is_some()
     }
 
-    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
-        verify_signature(
-            self.app_secret.expose().as_bytes(),
-            request.body,
-            request.headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()),
-        )
+    /// Refuses a webhook without `X-Hub-Signature-256` before its body is
+    /// read; the signature itself needs the body.
+    fn authenticate_head(
+        &self,
+        headers: &http::HeaderMap,
+        _query: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        if self.app_secret.is_some() && !headers.contains_key(SIGNATURE_HEADER) {
+            return Err(ProviderError::Unauthorized(
+                "missing X-Hub-Signature-256 header".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn authenticate_body(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+        match &self.app_secret {
+            Some(secret) => verify_signature(
+                secret.expose().as_bytes(),
+                request.body,
+                request.headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()),
+            ),
+            None => Ok(()),
+        }
     }
 
     fn verify_subscription(&self, query: Option<&str>) -> Option<Result<String, ProviderError>> {
@@ -488,6 +530,9 @@ impl Provider for CloudApi {
                     .pointer("/metadata/phone_number_id")
                     .and_then(Value::as_str)
                     .filter(|s| !s.is_empty());
+                if let Some(id) = phone_number_id {
+                    crate::checked_id(id, &format!("{at}metadata.phone_number_id"))?;
+                }
                 let messages = list(value, "messages", &at)?;
                 let statuses = list(value, "statuses", &at)?;
                 for (i, m) in messages.into_iter().flatten().enumerate() {

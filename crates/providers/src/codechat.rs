@@ -8,7 +8,9 @@
 //! webhook body is not public; this follows v1's shape (`{event, instance,
 //! data:{keyId, keyRemoteJid, messageType, content, messageTimestamp}}`),
 //! which v2's client types repeat. CodeChat signs nothing, so webhooks carry
-//! the account's `webhook_token` as `Authorization: Bearer …` or `?token=…`.
+//! the account's `webhook_token` as `Authorization: Bearer …` or `?token=…`
+//! (required unless `allow_unauthenticated_webhooks = true`), checked from
+//! the request head before the body is read.
 //!
 //! Bytes, `mode = "direct"` (default): the encrypted blob from `cdn_url +
 //! directPath`, decrypted and verified here (`whatsapp-enc+plain`), so the
@@ -19,20 +21,21 @@
 //! with the JWT, which streams the decrypted file; it is checked against
 //! `fileSha256` (`provider-sha256`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use archiver_core::config_value::opt_duration;
-use archiver_core::{AccountName, JobSpec, ProviderKind, Secret, SecretRef};
+use archiver_core::{AccountName, Clock, JobSpec, ProviderKind, Secret, SecretRef, SystemClock};
 use media_fetch::{DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::require_bearer_or_query_token;
 use crate::baileys::{self, Mode, Stub, opt_string};
-use crate::config::StringOrInt;
+use crate::config::{StringOrInt, webhook_credential};
 use crate::{
     JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution, ResolvedMedia,
-    WebhookRequest,
+    WebhookRequest, checked_id, message_time, new_job,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -61,8 +64,13 @@ pub struct CodechatConfig {
     /// The instance's JWT, sent as `Authorization: Bearer`.
     pub(crate) api_token: SecretRef,
     /// Webhooks must carry it as `Authorization: Bearer …` or `?token=…`.
+    /// Required unless `allow_unauthenticated_webhooks = true`.
     #[serde(default)]
     pub(crate) webhook_token: Option<SecretRef>,
+    /// Accept webhooks without credentials when `webhook_token` is absent.
+    /// Off by default; `check-config` and the startup log warn when on.
+    #[serde(default)]
+    pub(crate) allow_unauthenticated_webhooks: bool,
     /// The WhatsApp CDN (default `https://mmg.whatsapp.net`).
     #[serde(default = "default_cdn_url")]
     pub(crate) cdn_url: String,
@@ -87,6 +95,8 @@ pub(crate) struct Codechat {
     api_token: Secret,
     webhook_token: Option<Secret>,
     mode: Mode,
+    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
+    clock: Arc<dyn Clock>,
 }
 
 /// What a CodeChat job stores.
@@ -107,26 +117,28 @@ impl Codechat {
             .resolve()
             .map_err(|e| errors.push(format!("api_token: {e}")))
             .ok();
-        let webhook_token = match &config.webhook_token {
-            Some(t) => t
-                .resolve()
-                .map_err(|e| errors.push(format!("webhook_token: {e}")))
-                .ok(),
-            None => None,
-        };
+        let webhook_token = webhook_credential(
+            "webhook_token",
+            config.webhook_token.as_ref(),
+            config.allow_unauthenticated_webhooks,
+            &mut errors,
+        );
         let instance_id = config.instance_id.to_string();
         if instance_id.is_empty() || instance_id.contains(['/', '?', '#']) {
             errors.push(format!("instance_id {instance_id:?} is not a path segment"));
         }
-        let (Some(api_url), Some(cdn), Some(api_token), true) =
-            (api_url, cdn, api_token, errors.is_empty())
-        else {
+        let cdn_hosts = baileys::cdn_hosts(
+            config.allowed_download_hosts.as_ref(),
+            cdn.as_ref(),
+            &mut errors,
+        );
+        let (Some(api_url), Some(api_token), true) = (api_url, api_token, errors.is_empty()) else {
             return Err(errors);
         };
         Ok(Self {
             account: config.name.clone(),
             retention: config.retention.unwrap_or(DEFAULT_RETENTION),
-            cdn_hosts: baileys::cdn_hosts(config.allowed_download_hosts.as_ref(), &cdn),
+            cdn_hosts,
             api_hosts: HostPolicy::new(api_url.host_str()),
             api_url,
             cdn_url: config.cdn_url.clone(),
@@ -134,7 +146,13 @@ impl Codechat {
             api_token,
             webhook_token,
             mode: config.mode,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same adapter on another clock.
+    pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 
     /// `POST {api_url}/api/v2/instance/{id}/media/directly-download?timeout=…`
@@ -201,8 +219,8 @@ impl Codechat {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ProviderError::missing(&field("keyId")))?;
-        let message_at =
-            baileys::timestamp_ms(data.get("messageTimestamp"), &field("messageTimestamp"))?;
+        checked_id(key_id, &field("keyId"))?;
+        let message_at = message_time(data.get("messageTimestamp"), &field("messageTimestamp"))?;
         let content = data
             .get("content")
             .ok_or_else(|| ProviderError::missing(&field("content")))?;
@@ -215,6 +233,9 @@ impl Codechat {
             };
         let stub = Stub::parse(message_type, content, &content_at, true)?;
         let chat_id = opt_string(data, "keyRemoteJid");
+        if let Some(chat_id) = &chat_id {
+            checked_id(chat_id, &field("keyRemoteJid"))?;
+        }
         let from_me = data.get("keyFromMe").and_then(Value::as_bool) == Some(true);
         let sender = if from_me {
             owner_jid.map(str::to_owned)
@@ -226,11 +247,13 @@ impl Codechat {
             chat_id,
             sender,
         };
-        baileys::job(
-            self.account.as_str(),
+        new_job(
+            &self.account,
             ProviderKind::Codechat,
             key_id,
+            None,
             message_at,
+            self.clock.now_ms(),
             self.retention,
             &payload,
         )
@@ -252,9 +275,13 @@ impl Provider for Codechat {
         self.webhook_token.is_some()
     }
 
-    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+    fn authenticate_head(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(), ProviderError> {
         match &self.webhook_token {
-            Some(token) => require_bearer_or_query_token(request.headers, request.query, token),
+            Some(token) => require_bearer_or_query_token(headers, query, token),
             None => Ok(()),
         }
     }
@@ -303,7 +330,7 @@ impl Provider for Codechat {
         let job = self
             .message_job(reference, "reference", None)?
             .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
-        crate::backfill::within_retention(job, self.retention, "CodeChat")
+        crate::backfill::within_retention(job, self.retention, self.clock.now_ms(), "CodeChat")
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {

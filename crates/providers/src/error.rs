@@ -48,6 +48,12 @@ impl ProviderError {
     }
 }
 
+impl From<archiver_core::OutOfBounds> for ProviderError {
+    fn from(e: archiver_core::OutOfBounds) -> Self {
+        ProviderError::BadPayload(e.to_string())
+    }
+}
+
 impl Classify for ProviderError {
     fn class(&self) -> ErrorClass {
         match self {

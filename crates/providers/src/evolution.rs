@@ -13,7 +13,9 @@
 //! Authentication: with `webhook_jwt_secret` set, the HS256 JWT Evolution
 //! sends as `Authorization: Bearer` when the instance's webhook headers carry
 //! `jwt_key` (signature and `exp` checked); otherwise `webhook_token`
-//! (`Authorization: Bearer …` or `?token=…`).
+//! (`Authorization: Bearer …` or `?token=…`). One of the two is required
+//! unless `allow_unauthenticated_webhooks = true`. Both travel in the
+//! request head, so they are checked before the body is read.
 //!
 //! Bytes, in order of preference:
 //! 1. `data.message.base64` (Evolution's `webhook_base64`): the file itself,
@@ -27,10 +29,11 @@
 //!    That answer holds the whole file in JSON, so it is read into memory,
 //!    up to [`MAX_BASE64_ANSWER`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use archiver_core::config_value::opt_duration;
-use archiver_core::{AccountName, ErrorClass, ProviderKind, Secret, SecretRef};
+use archiver_core::{AccountName, Clock, ErrorClass, ProviderKind, Secret, SecretRef, SystemClock};
 use bytes::Bytes;
 use media_fetch::HostPolicy;
 use serde::{Deserialize, Serialize};
@@ -41,7 +44,7 @@ use crate::auth::{constant_time_eq, require_bearer_or_query_token};
 use crate::baileys::{self, Mode, Stub, invalid, opt_string};
 use crate::{
     ApiClient, JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, WebhookRequest,
+    ResolvedMedia, WebhookRequest, checked_id, message_time, new_job,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -77,6 +80,11 @@ pub struct EvolutionConfig {
     /// instance webhook header) or `?token=…`.
     #[serde(default)]
     pub(crate) webhook_token: Option<SecretRef>,
+    /// Accept webhooks without credentials when neither
+    /// `webhook_jwt_secret` nor `webhook_token` is set. Off by default;
+    /// `check-config` and the startup log warn when on.
+    #[serde(default)]
+    pub(crate) allow_unauthenticated_webhooks: bool,
     /// The WhatsApp CDN (default `https://mmg.whatsapp.net`).
     #[serde(default = "default_cdn_url")]
     pub(crate) cdn_url: String,
@@ -101,6 +109,8 @@ pub(crate) struct Evolution {
     webhook: WebhookAuth,
     mode: Mode,
     api: ApiClient,
+    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug)]
@@ -149,15 +159,27 @@ impl Evolution {
             .webhook_token
             .as_ref()
             .and_then(|r| secret("webhook_token", r));
+        if config.webhook_jwt_secret.is_none()
+            && config.webhook_token.is_none()
+            && !config.allow_unauthenticated_webhooks
+        {
+            errors.push(
+                "webhook_jwt_secret: required (or webhook_token, or set allow_unauthenticated_webhooks = true)"
+                    .into(),
+            );
+        }
         if config.instance.is_empty() || config.instance.contains(['/', '?', '#']) {
             errors.push(format!(
                 "instance {:?} is not a path segment",
                 config.instance
             ));
         }
-        let (Some(api_url), Some(cdn), Some(api_key), true) =
-            (api_url, cdn, api_key, errors.is_empty())
-        else {
+        let cdn_hosts = baileys::cdn_hosts(
+            config.allowed_download_hosts.as_ref(),
+            cdn.as_ref(),
+            &mut errors,
+        );
+        let (Some(api_url), Some(api_key), true) = (api_url, api_key, errors.is_empty()) else {
             return Err(errors);
         };
         let webhook = match (jwt, token) {
@@ -168,7 +190,7 @@ impl Evolution {
         Ok(Self {
             account: config.name.clone(),
             retention: config.retention.unwrap_or(DEFAULT_RETENTION),
-            cdn_hosts: baileys::cdn_hosts(config.allowed_download_hosts.as_ref(), &cdn),
+            cdn_hosts,
             api_url,
             cdn_url: config.cdn_url.clone(),
             instance: config.instance.clone(),
@@ -176,7 +198,13 @@ impl Evolution {
             webhook,
             mode: config.mode,
             api,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same adapter on another clock.
+    pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 
     /// One media message of the webhook (`data`, or an element of it).
@@ -205,8 +233,8 @@ impl Evolution {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ProviderError::missing(&field("key.id")))?;
-        let message_at =
-            baileys::timestamp_ms(data.get("messageTimestamp"), &field("messageTimestamp"))?;
+        checked_id(id, &field("key.id"))?;
+        let message_at = message_time(data.get("messageTimestamp"), &field("messageTimestamp"))?;
         let inline_base64 = match message.get("base64") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if baileys::decode_file_base64(s).is_some() => Some(s.clone()),
@@ -219,6 +247,9 @@ impl Evolution {
             inline_base64.is_none(),
         )?;
         let chat_id = opt_string(key, "remoteJid");
+        if let Some(chat_id) = &chat_id {
+            checked_id(chat_id, &field("key.remoteJid"))?;
+        }
         let from_me = key.get("fromMe").and_then(Value::as_bool) == Some(true);
         let sender = if from_me {
             opt_string(body, "sender")
@@ -233,11 +264,13 @@ impl Evolution {
             chat_id,
             sender,
         };
-        baileys::job(
-            self.account.as_str(),
+        new_job(
+            &self.account,
             ProviderKind::Evolution,
             id,
+            None,
             message_at,
+            self.clock.now_ms(),
             self.retention,
             &payload,
         )
@@ -355,12 +388,14 @@ impl Provider for Evolution {
         !matches!(self.webhook, WebhookAuth::None)
     }
 
-    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+    fn authenticate_head(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(), ProviderError> {
         match &self.webhook {
-            WebhookAuth::Jwt(secret) => self.verify_jwt(secret, request.headers),
-            WebhookAuth::Token(token) => {
-                require_bearer_or_query_token(request.headers, request.query, token)
-            }
+            WebhookAuth::Jwt(secret) => self.verify_jwt(secret, headers),
+            WebhookAuth::Token(token) => require_bearer_or_query_token(headers, query, token),
             WebhookAuth::None => Ok(()),
         }
     }
@@ -422,7 +457,7 @@ impl Provider for Evolution {
         let job = self
             .message_job(&Value::Null, reference, "reference")?
             .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
-        crate::backfill::within_retention(job, self.retention, "Evolution API")
+        crate::backfill::within_retention(job, self.retention, self.clock.now_ms(), "Evolution API")
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {

@@ -3,7 +3,9 @@
 //! Webhooks: `incomingMessageReceived`, `outgoingMessageReceived` and
 //! `outgoingAPIMessageReceived` with a file `typeMessage` become one job
 //! each, keyed by `idMessage`; everything else is ignored. Authentication is
-//! `Authorization: Bearer <webhookUrlToken>` when `webhook_token` is set.
+//! `Authorization: Bearer <webhookUrlToken>`, checked from the request head
+//! before the body is read; `webhook_token` is required unless the account
+//! sets `allow_unauthenticated_webhooks = true`.
 //!
 //! Bytes: GET `downloadUrl`. When it is missing, or answered 403/404/410 in
 //! this attempt, `downloadFile` gives a fresh link; `getMessage` fills in
@@ -19,24 +21,35 @@
 //! item per line. Without `timestamp`, `getMessage` supplies it (and the
 //! details); with it, no call is made and the worker asks later.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use archiver_core::config_value::opt_duration;
-use archiver_core::{AccountName, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef};
+use archiver_core::{
+    AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, SystemClock,
+    UnixMillis,
+};
 use media_fetch::{DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::require_bearer;
-use crate::config::StringOrInt;
+use crate::config::{StringOrInt, download_hosts, webhook_credential};
 use crate::{
     JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, WebhookRequest,
+    ResolvedMedia, WebhookRequest, checked_id, message_time, new_job,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
-const DEFAULT_HOSTS: [&str; 3] = ["*.yandexcloud.net", "*.green-api.com", "*.greenapi.com"];
+/// Where `downloadUrl` points (providers.md section 1): Yandex Object
+/// Storage (`sw-media*.storage.yandexcloud.net`; only its storage
+/// subdomains, not every Yandex Cloud service's) and Green API's own hosts.
+const DEFAULT_HOSTS: [&str; 3] = [
+    "*.storage.yandexcloud.net",
+    "*.green-api.com",
+    "*.greenapi.com",
+];
 const FILE_WEBHOOKS: [&str; 3] = [
     "incomingMessageReceived",
     "outgoingMessageReceived",
@@ -77,9 +90,14 @@ pub struct GreenApiConfig {
     pub(crate) id_instance: StringOrInt,
     /// The instance token (`apiTokenInstance`).
     pub(crate) api_token: SecretRef,
-    /// The `webhookUrlToken`; webhooks must then carry `Authorization: Bearer <token>`.
+    /// The `webhookUrlToken`; webhooks must carry `Authorization: Bearer
+    /// <token>`. Required unless `allow_unauthenticated_webhooks = true`.
     #[serde(default)]
     pub(crate) webhook_token: Option<SecretRef>,
+    /// Accept webhooks without credentials when `webhook_token` is absent.
+    /// Off by default; `check-config` and the startup log warn when on.
+    #[serde(default)]
+    pub(crate) allow_unauthenticated_webhooks: bool,
 }
 
 fn default_api_url() -> String {
@@ -96,6 +114,8 @@ pub(crate) struct GreenApi {
     api_token: Secret,
     webhook_token: Option<Secret>,
     api: ApiClient,
+    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
+    clock: Arc<dyn Clock>,
 }
 
 /// What a Green API job stores: enough to download again or ask for a fresh link.
@@ -121,13 +141,17 @@ impl GreenApi {
             .resolve()
             .map_err(|e| errors.push(format!("api_token: {e}")))
             .ok();
-        let webhook_token = match &config.webhook_token {
-            Some(t) => t
-                .resolve()
-                .map_err(|e| errors.push(format!("webhook_token: {e}")))
-                .ok(),
-            None => None,
-        };
+        let webhook_token = webhook_credential(
+            "webhook_token",
+            config.webhook_token.as_ref(),
+            config.allow_unauthenticated_webhooks,
+            &mut errors,
+        );
+        let hosts = download_hosts(
+            config.allowed_download_hosts.as_ref(),
+            DEFAULT_HOSTS,
+            &mut errors,
+        );
         let id_instance = config.id_instance.to_string();
         if id_instance.is_empty() || !id_instance.bytes().all(|b| b.is_ascii_alphanumeric()) {
             errors.push(format!(
@@ -137,20 +161,22 @@ impl GreenApi {
         let (Some(api_url), Some(api_token), true) = (api_url, api_token, errors.is_empty()) else {
             return Err(errors);
         };
-        let hosts = match &config.allowed_download_hosts {
-            Some(h) if !h.is_empty() => HostPolicy::new(h.iter().cloned()),
-            _ => HostPolicy::new(DEFAULT_HOSTS),
-        };
         Ok(Self {
             account: config.name.clone(),
             retention: config.retention.unwrap_or(DEFAULT_RETENTION),
-            hosts,
+            hosts: HostPolicy::new(hosts),
             api_url,
             id_instance,
             api_token,
             webhook_token,
             api,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same adapter on another clock.
+    pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 
     /// `{api_url}/waInstance{id}/{method}/{token}`.
@@ -186,27 +212,24 @@ impl GreenApi {
 }
 
 impl GreenApi {
-    /// The job for message `id_message` sent at `timestamp` (Unix seconds):
-    /// keyed by message id, due within the account's retention.
+    /// The job for message `id_message` sent at `message_at`: keyed by
+    /// message id, due within the account's retention.
     fn job(
         &self,
         id_message: &str,
-        timestamp: i64,
+        message_at: UnixMillis,
         payload: Payload,
     ) -> Result<JobSpec, ProviderError> {
-        let message_at = timestamp.saturating_mul(1000);
-        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-        Ok(JobSpec {
-            id: JobSpec::job_id(self.account.as_str(), id_message),
-            account: self.account.to_string(),
-            provider: ProviderKind::Greenapi,
-            message_id: id_message.to_owned(),
-            media_id: None,
+        new_job(
+            &self.account,
+            ProviderKind::Greenapi,
+            id_message,
+            None,
             message_at,
-            deadline: message_at.saturating_add(retention_ms),
-            payload: serde_json::to_value(payload)
-                .map_err(|e| ProviderError::BadJob(e.to_string()))?,
-        })
+            self.clock.now_ms(),
+            self.retention,
+            &payload,
+        )
     }
 }
 
@@ -273,9 +296,13 @@ impl Provider for GreenApi {
         self.webhook_token.is_some()
     }
 
-    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+    fn authenticate_head(
+        &self,
+        headers: &http::HeaderMap,
+        _query: Option<&str>,
+    ) -> Result<(), ProviderError> {
         match &self.webhook_token {
-            Some(token) => require_bearer(request.headers, token),
+            Some(token) => require_bearer(headers, token),
             None => Ok(()),
         }
     }
@@ -316,16 +343,14 @@ impl Provider for GreenApi {
         let id_message = str_at(&body, &["idMessage"])
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ProviderError::missing("idMessage"))?;
-        let timestamp = body
-            .get("timestamp")
-            .and_then(Value::as_i64)
-            .filter(|t| *t > 0)
-            .ok_or_else(|| ProviderError::missing("timestamp"))?;
+        checked_id(id_message, "idMessage")?;
+        let message_at = message_time(body.get("timestamp"), "timestamp")?;
         let sender = body
             .get("senderData")
             .ok_or_else(|| ProviderError::missing("senderData"))?;
         let chat_id = opt_string(sender, "chatId")
             .ok_or_else(|| ProviderError::missing("senderData.chatId"))?;
+        checked_id(&chat_id, "senderData.chatId")?;
         let file = body
             .pointer("/messageData/fileMessageData")
             .filter(|f| f.is_object())
@@ -339,7 +364,7 @@ impl Provider for GreenApi {
             caption: opt_string(file, "caption"),
             sender: opt_string(sender, "sender"),
         };
-        let job = self.job(id_message, timestamp, payload)?;
+        let job = self.job(id_message, message_at, payload)?;
         Ok(ParsedWebhook {
             jobs: vec![job],
             ..ParsedWebhook::default()
@@ -352,8 +377,10 @@ impl Provider for GreenApi {
         }
         let chat_id =
             opt_string(reference, "chatId").ok_or_else(|| ProviderError::missing("chatId"))?;
+        checked_id(&chat_id, "chatId")?;
         let id_message = opt_string(reference, "idMessage")
             .ok_or_else(|| ProviderError::missing("idMessage"))?;
+        checked_id(&id_message, "idMessage")?;
         let mut type_message = opt_string(reference, "typeMessage");
         let mut payload = Payload {
             chat_id,
@@ -365,14 +392,10 @@ impl Provider for GreenApi {
             sender: opt_string(reference, "senderId"),
         };
         let timestamp = match reference.get("timestamp") {
-            Some(t) => Some(
-                t.as_i64()
-                    .filter(|t| *t > 0)
-                    .ok_or_else(|| ProviderError::missing("timestamp"))?,
-            ),
+            Some(t) => Some(message_time(Some(t), "timestamp")?),
             None => None,
         };
-        let timestamp = match timestamp {
+        let message_at = match timestamp {
             Some(t) => t,
             None => {
                 // The message's date names its manifest and bounds its
@@ -393,14 +416,12 @@ impl Provider for GreenApi {
                     .download_url
                     .or_else(|| opt_string(&message, "downloadUrl"));
                 payload.sender = payload.sender.or_else(|| opt_string(&message, "senderId"));
-                message
-                    .get("timestamp")
-                    .and_then(Value::as_i64)
-                    .filter(|t| *t > 0)
-                    .ok_or_else(|| ProviderError::Unreachable {
+                message_time(message.get("timestamp"), "timestamp").map_err(|e| {
+                    ProviderError::Unreachable {
                         api: "getMessage",
-                        detail: "answer has no timestamp".into(),
-                    })?
+                        detail: format!("answer's timestamp is unusable: {e}"),
+                    }
+                })?
             }
         };
         if let Some(t) = &type_message {
@@ -411,8 +432,8 @@ impl Provider for GreenApi {
             }
             payload.type_message = t.clone();
         }
-        let job = self.job(&id_message, timestamp, payload)?;
-        crate::backfill::within_retention(job, self.retention, "Green API")
+        let job = self.job(&id_message, message_at, payload)?;
+        crate::backfill::within_retention(job, self.retention, self.clock.now_ms(), "Green API")
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {

@@ -1,8 +1,15 @@
 //! Provider adapters: everything that differs between WhatsApp gateways.
 //!
 //! An adapter answers three questions for one account, and nothing else:
-//! 1. *Is this webhook really from my provider?* ([`Provider::authenticate`],
-//!    constant-time token or signature checks over the raw request).
+//! 1. *Is this webhook really from my provider?* In two steps, so that a
+//!    request without credentials never gets its body read:
+//!    [`Provider::authenticate_head`] checks what travels in the headers and
+//!    query (tokens, JWTs, the presence of a signature and its freshness),
+//!    then [`Provider::authenticate_body`] checks signatures computed over
+//!    the raw body. Comparisons are constant-time. Every account
+//!    authenticates unless its config says `allow_unauthenticated_webhooks
+//!    = true`; a missing credential is a config error, never a silent
+//!    "accept everything".
 //! 2. *Which media files does it announce?* ([`Provider::parse_webhook`]: a
 //!    pure function from bytes to [`JobSpec`]s, with a 400-worthy error that
 //!    names the offending field).
@@ -35,7 +42,9 @@ mod onprem;
 
 use std::sync::Arc;
 
-use archiver_core::{AccountName, JobSpec, ProviderKind, Sha256Digest};
+use archiver_core::{
+    AccountName, Clock, JobSpec, ProviderKind, Sha256Digest, SystemClock, UnixMillis, bounds,
+};
 use media_fetch::{DownloadRequest, HostPolicy};
 
 pub use api_client::ApiClient;
@@ -179,11 +188,21 @@ pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
     fn kind(&self) -> ProviderKind;
     /// The account this adapter serves.
     fn account(&self) -> &AccountName;
-    /// Whether webhooks are authenticated at all (the daemon warns at startup
-    /// when a provider that supports credentials has none configured).
+    /// Whether webhooks are authenticated at all: false only for an account
+    /// that set `allow_unauthenticated_webhooks = true` and left its
+    /// credentials out (`check-config` and the startup log warn loudly).
     fn webhook_auth_configured(&self) -> bool;
-    /// Checks the webhook's credentials. Runs before any parsing.
-    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError>;
+    /// Checks the credentials that travel in the request head (headers or query: bearer tokens, JWTs, NXCloud's accessKey/ts/sign headers' presence and ts window, `?token=`). Runs before the body is read: an error is answered 401 at once and the body is never read.
+    fn authenticate_head(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(), ProviderError>;
+    /// Checks credentials computed over the raw body (HMAC signatures: Cloud API's X-Hub-Signature-256, NXCloud's sign). Runs after `authenticate_head` succeeded and the body was read.
+    fn authenticate_body(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+        let _ = request;
+        Ok(())
+    }
     /// Turns an authenticated webhook into jobs. Pure: no I/O.
     fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError>;
     /// Finds where the bytes are now (or parks the job until they are).
@@ -214,15 +233,112 @@ pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// Builds the adapter for one configured account. Secrets are resolved here;
-/// every problem found is returned, not just the first.
+/// Builds the adapter for one configured account, on the wall clock.
+/// Secrets are resolved here; every problem found is returned, not just
+/// the first, each starting with its key (`webhook_token: required …`).
 pub fn build(config: &AccountConfig, api: &ApiClient) -> Result<Arc<dyn Provider>, Vec<String>> {
-    match config {
-        AccountConfig::Greenapi(c) => Ok(Arc::new(greenapi::GreenApi::new(c, api.clone())?)),
-        AccountConfig::Codechat(c) => Ok(Arc::new(codechat::Codechat::new(c)?)),
-        AccountConfig::Evolution(c) => Ok(Arc::new(evolution::Evolution::new(c, api.clone())?)),
-        AccountConfig::Nxcloud(c) => Ok(Arc::new(nxcloud::Nxcloud::new(c, api.clone())?)),
-        AccountConfig::Onprem(c) => Ok(Arc::new(onprem::OnPrem::new(c, api.clone())?)),
-        AccountConfig::Cloudapi(c) => Ok(Arc::new(cloudapi::CloudApi::new(c, api.clone())?)),
+    build_with_clock(config, api, Arc::new(SystemClock))
+}
+
+/// [`build`] with the clock that dates webhook arrivals (job deadlines) and
+/// bounds NXCloud's signature `ts`.
+pub fn build_with_clock(
+    config: &AccountConfig,
+    api: &ApiClient,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Provider>, Vec<String>> {
+    Ok(match config {
+        AccountConfig::Greenapi(c) => {
+            Arc::new(greenapi::GreenApi::new(c, api.clone())?.with_clock(clock))
+        }
+        AccountConfig::Codechat(c) => Arc::new(codechat::Codechat::new(c)?.with_clock(clock)),
+        AccountConfig::Evolution(c) => {
+            Arc::new(evolution::Evolution::new(c, api.clone())?.with_clock(clock))
+        }
+        AccountConfig::Nxcloud(c) => {
+            Arc::new(nxcloud::Nxcloud::new(c, api.clone())?.with_clock(clock))
+        }
+        AccountConfig::Onprem(c) => {
+            Arc::new(onprem::OnPrem::new(c, api.clone())?.with_clock(clock))
+        }
+        AccountConfig::Cloudapi(c) => {
+            Arc::new(cloudapi::CloudApi::new(c, api.clone())?.with_clock(clock))
+        }
+    })
+}
+
+/// The job for one media file: keyed by its media id when the provider has
+/// one, else by its message id (PRODUCT.md section 2), due the account's
+/// `retention` after the earlier of the message's time and the webhook's
+/// arrival (`received_at`). The ids were checked by the caller, which knows
+/// their field names ([`archiver_core::bounds::check_id`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn new_job(
+    account: &AccountName,
+    provider: ProviderKind,
+    message_id: &str,
+    media_id: Option<&str>,
+    message_at: UnixMillis,
+    received_at: UnixMillis,
+    retention: std::time::Duration,
+    payload: &impl serde::Serialize,
+) -> Result<JobSpec, ProviderError> {
+    let deadline = bounds::deadline(message_at, received_at, retention).ok_or_else(|| {
+        ProviderError::BadJob(format!(
+            "deadline out of range: retention {retention:?} after {message_at} ms"
+        ))
+    })?;
+    Ok(JobSpec {
+        id: JobSpec::job_id(account.as_str(), media_id.unwrap_or(message_id)),
+        account: account.to_string(),
+        provider,
+        message_id: message_id.to_owned(),
+        media_id: media_id.map(str::to_owned),
+        message_at,
+        deadline,
+        payload: serde_json::to_value(payload).map_err(|e| ProviderError::BadJob(e.to_string()))?,
+    })
+}
+
+/// A message's time in Unix seconds, as Unix milliseconds: a JSON number, a
+/// decimal string (Meta) or protobuf.js's `{low, high}` (Baileys), which
+/// must be an integer between 2009 and the year 9999
+/// ([`archiver_core::bounds::message_time`]). Anything else is a 400 naming
+/// `field`.
+pub(crate) fn message_time(
+    value: Option<&serde_json::Value>,
+    field: &str,
+) -> Result<UnixMillis, ProviderError> {
+    let value = value
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| ProviderError::missing(field))?;
+    let secs = archiver_core::decode::u64_field(value)
+        .ok()
+        .and_then(|s| i64::try_from(s).ok())
+        .ok_or_else(|| {
+            ProviderError::BadPayload(format!(
+                "field `{field}` is not an integer number of Unix seconds"
+            ))
+        })?;
+    Ok(bounds::message_time(field, secs)?)
+}
+
+/// An id from the webhook at `field`, checked against the bounds every
+/// store can hold ([`archiver_core::bounds::check_id`]).
+pub(crate) fn checked_id<'a>(id: &'a str, field: &str) -> Result<&'a str, ProviderError> {
+    bounds::check_id(field, id)?;
+    Ok(id)
+}
+
+/// Both authentication steps in the receiver's order, for the adapters'
+/// tests.
+#[cfg(test)]
+pub(crate) trait AuthenticateBoth: Provider {
+    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+        self.authenticate_head(request.headers, request.query)?;
+        self.authenticate_body(request)
     }
 }
+
+#[cfg(test)]
+impl<T: Provider + ?Sized> AuthenticateBoth for T {}

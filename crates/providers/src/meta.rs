@@ -4,7 +4,8 @@
 //! (`entry[].changes[].value.messages[]`) announce a media file the same
 //! way: `type` names a key holding `{id, mime_type, sha256, caption,
 //! filename}`, beside the message `id`, `from` and a Unix `timestamp` in
-//! seconds (a string on the wire, tolerated as a number). Only where the
+//! seconds (a string on the wire, tolerated as a number; between 2009 and
+//! the year 9999, see `archiver_core::bounds`). Only where the
 //! message sits and what the job needs from around it differ, so the
 //! adapters parse it here and build their own payloads.
 
@@ -53,11 +54,10 @@ pub(crate) fn media_message<'a>(
         .filter(|v| v.is_object())
         .ok_or_else(|| missing(kind))?;
     let message_id = non_empty(m, "id").ok_or_else(|| missing("id"))?;
-    let timestamp = m
-        .get("timestamp")
-        .and_then(unix_seconds)
-        .ok_or_else(|| missing("timestamp"))?;
+    crate::checked_id(message_id, &field("id"))?;
+    let message_at = crate::message_time(m.get("timestamp"), &field("timestamp"))?;
     let media_id = non_empty(media, "id").ok_or_else(|| missing(&format!("{kind}.id")))?;
+    crate::checked_id(media_id, &field(&format!("{kind}.id")))?;
     let sha256 = match media.get("sha256") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
@@ -73,12 +73,16 @@ pub(crate) fn media_message<'a>(
         ),
     };
     let owned = |v: &Value, key: &str| non_empty(v, key).map(str::to_owned);
+    // The sender is the chat of a one-to-one message: an id like the others.
+    if let Some(from) = non_empty(m, "from") {
+        crate::checked_id(from, &field("from"))?;
+    }
     Ok(Some(MediaMessage {
         kind,
         media,
         message_id,
         media_id,
-        message_at: timestamp.saturating_mul(1000),
+        message_at,
         sha256,
         mime_type: owned(media, "mime_type"),
         caption: owned(media, "caption"),
@@ -90,15 +94,4 @@ pub(crate) fn media_message<'a>(
 /// The string at `key`, unless absent or empty.
 pub(crate) fn non_empty<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-/// A positive Unix time in seconds, written as a string (as Meta does) or a
-/// number.
-pub(crate) fn unix_seconds(v: &Value) -> Option<i64> {
-    match v {
-        Value::String(s) => s.trim().parse().ok(),
-        Value::Number(n) => n.as_i64(),
-        _ => None,
-    }
-    .filter(|t| *t > 0)
 }

@@ -14,24 +14,29 @@
 //! Signature: every API request carries `accessKey`, `ts` (ms), `bizType`
 //! (`2`), `action` and `sign` = lowercase hex MD5 of the sorted `k=v` headers
 //! joined by `&`, then `&body=` and the raw body (left out when empty), then
-//! `&accessSecret=` and the secret ([`sign`]). With
-//! `verify_webhook_signature = true`, webhooks must carry the same headers,
-//! signed the same way over the headers they carry (`algorithm: sha256` is
-//! honoured); which headers NXCloud's callbacks carry is unconfirmed, so the
-//! check is off by default. Webhook `ts` is not held to a window: a
-//! redelivery may repeat an old signature, and a replay can only produce a
-//! duplicate, which the queue absorbs.
+//! `&accessSecret=` and the secret ([`sign`]). Webhooks must carry the same
+//! headers, signed the same way over the headers they carry (`algorithm:
+//! sha256` is honoured), unless the account sets
+//! `allow_unauthenticated_webhooks = true` (which headers NXCloud's
+//! callbacks carry is unconfirmed; an operator whose app signs nothing
+//! says so on purpose, and `check-config` warns). The check is in two
+//! steps: from the request head, `sign`, `accessKey` (this account's) and
+//! `ts` must be present and `ts` (ms) within [`REPLAY_WINDOW`] of the
+//! clock, so that a request without credentials, or a replay of an old
+//! one, never gets its body read; then the `sign` over the body.
 //!
 //! Bytes: `POST {api_url}/api/wa/getMedia` -> `data.url` (an OSS link signed
 //! until its `Expires`) -> GET at once. When the link has died (403/404/410)
 //! getMedia is asked again. NXCloud vouches for no hash, but a `sha256` in
 //! the webhook, if one ever appears, is checked.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use archiver_core::config_value::opt_duration;
 use archiver_core::{
-    AccountName, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, Sha256Digest,
+    AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, Sha256Digest,
+    SystemClock,
 };
 use md5::Md5;
 use media_fetch::{DownloadRequest, HostPolicy};
@@ -42,7 +47,7 @@ use sha2::Digest as _;
 use crate::api_client::ApiResponse;
 use crate::auth::constant_time_eq;
 use crate::baileys::{invalid, opt_string};
-use crate::config::StringOrInt;
+use crate::config::{StringOrInt, download_hosts};
 use crate::{
     ApiClient, JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError,
     Resolution, ResolvedMedia, WebhookRequest,
@@ -54,6 +59,9 @@ const MEDIA_TYPES: [&str; 6] = ["image", "video", "audio", "voice", "document", 
 const GET_MEDIA: &str = "getMedia";
 /// `bizType` of WhatsApp requests.
 const BIZ_TYPE: &str = "2";
+/// How far a webhook's `ts` may be from the clock (PRODUCT.md section 4):
+/// a captured webhook replayed later is refused.
+pub(crate) const REPLAY_WINDOW: Duration = Duration::from_secs(5 * 60);
 
 /// `[[accounts]]` keys for `provider = "nxcloud"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,16 +78,20 @@ pub struct NxcloudConfig {
     /// The API host (default `https://api2.nxcloud.com`).
     #[serde(default = "default_api_url")]
     pub(crate) api_url: String,
-    /// The `accessKey` (user identity, sent in every request).
-    pub(crate) access_key: String,
-    /// The `accessSecret` that signs requests (never sent).
-    pub(crate) access_secret: SecretRef,
+    /// The `accessKey` (user identity, sent in every request). Required.
+    #[serde(default)]
+    pub(crate) access_key: Option<String>,
+    /// The `accessSecret` that signs requests and webhooks (never sent).
+    /// Required.
+    #[serde(default)]
+    pub(crate) access_secret: Option<SecretRef>,
     /// The merchant's WhatsApp number with country code (`86158xxxx1795`).
     pub(crate) business_phone: StringOrInt,
-    /// Check the `sign` of every webhook (NXCloud signs callbacks only when
-    /// the app has a receipt-signing algorithm configured). Default false.
+    /// Accept webhooks without `sign` (NXCloud signs callbacks only when
+    /// the app has a receipt-signing algorithm configured). Off by default;
+    /// `check-config` and the startup log warn when on.
     #[serde(default)]
-    pub(crate) verify_webhook_signature: bool,
+    pub(crate) allow_unauthenticated_webhooks: bool,
 }
 
 fn default_api_url() -> String {
@@ -97,6 +109,8 @@ pub(crate) struct Nxcloud {
     business_phone: String,
     verify_webhooks: bool,
     api: ApiClient,
+    /// Dates each webhook's arrival (job deadlines) and bounds its `ts`.
+    clock: Arc<dyn Clock>,
 }
 
 /// What an NXCloud job stores (the media id is the job's `media_id`).
@@ -149,60 +163,86 @@ pub(crate) fn sign(
 /// The headers NXCloud signs, in the order they are looked up.
 const SIGNED_HEADERS: [&str; 4] = ["accessKey", "action", "bizType", "ts"];
 
-/// Checks a webhook's `sign` against the signed headers it carries, the raw
-/// body and the secret, and that `accessKey` is this account's.
-pub(crate) fn verify_webhook_sign(
+/// Header `name` as text, if present.
+fn header<'h>(headers: &'h http::HeaderMap, name: &str) -> Result<Option<&'h str>, ProviderError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ProviderError::Unauthorized(format!("header `{name}` is not text")))
+        })
+        .transpose()
+}
+
+/// The `algorithm` header's digest (MD5 when absent).
+fn sign_algorithm(headers: &http::HeaderMap) -> Result<SignAlgorithm, ProviderError> {
+    match header(headers, "algorithm")? {
+        None => Ok(SignAlgorithm::Md5),
+        Some(a) if a.eq_ignore_ascii_case("md5") => Ok(SignAlgorithm::Md5),
+        Some(a) if a.eq_ignore_ascii_case("sha256") => Ok(SignAlgorithm::Sha256),
+        Some(_) => Err(ProviderError::Unauthorized(
+            "unsupported signature `algorithm` (md5 or sha256)".into(),
+        )),
+    }
+}
+
+/// What can be checked of a webhook's signature from its head alone: `sign`,
+/// `accessKey` and `ts` present, `accessKey` this account's, `ts` (Unix ms)
+/// within [`REPLAY_WINDOW`] of `now_ms`, a known `algorithm`.
+pub(crate) fn check_sign_head(
     headers: &http::HeaderMap,
-    body: &[u8],
     access_key: &str,
-    secret: &Secret,
+    now_ms: i64,
 ) -> Result<(), ProviderError> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .map(|v| {
-                v.to_str().map_err(|_| {
-                    ProviderError::Unauthorized(format!("header `{name}` is not text"))
-                })
-            })
-            .transpose()
-    };
     let missing = |name: &str| {
         ProviderError::Unauthorized(format!(
-            "missing header `{name}` (verify_webhook_signature is on)"
+            "missing header `{name}` (NXCloud webhooks are signed: accessKey, ts, sign)"
         ))
     };
-    let presented = header("sign")?.ok_or_else(|| missing("sign"))?;
-    let key = header("accessKey")?.ok_or_else(|| missing("accessKey"))?;
-    header("ts")?.ok_or_else(|| missing("ts"))?;
-    let algorithm = match header("algorithm")? {
-        None => SignAlgorithm::Md5,
-        Some(a) if a.eq_ignore_ascii_case("md5") => SignAlgorithm::Md5,
-        Some(a) if a.eq_ignore_ascii_case("sha256") => SignAlgorithm::Sha256,
-        Some(_) => {
-            return Err(ProviderError::Unauthorized(
-                "unsupported signature `algorithm` (md5 or sha256)".into(),
-            ));
-        }
-    };
+    header(headers, "sign")?.ok_or_else(|| missing("sign"))?;
+    let key = header(headers, "accessKey")?.ok_or_else(|| missing("accessKey"))?;
+    let ts = header(headers, "ts")?.ok_or_else(|| missing("ts"))?;
+    sign_algorithm(headers)?;
+    if !constant_time_eq(key.as_bytes(), access_key.as_bytes()) {
+        return Err(ProviderError::Unauthorized(
+            "webhook `accessKey` is not this account's".into(),
+        ));
+    }
+    let ts: i64 = ts
+        .trim()
+        .parse()
+        .map_err(|_| ProviderError::Unauthorized("header `ts` is not Unix milliseconds".into()))?;
+    let window = i64::try_from(REPLAY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+    if ts.abs_diff(now_ms) > window.unsigned_abs() {
+        return Err(ProviderError::Unauthorized(format!(
+            "header `ts` is more than {} minutes from this server's clock (a replay, or a clock to fix with NTP)",
+            REPLAY_WINDOW.as_secs() / 60
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a webhook's `sign` against the signed headers it carries, the raw
+/// body and the secret ([`check_sign_head`] ran first).
+pub(crate) fn verify_sign_body(
+    headers: &http::HeaderMap,
+    body: &[u8],
+    secret: &Secret,
+) -> Result<(), ProviderError> {
+    let presented = header(headers, "sign")?
+        .ok_or_else(|| ProviderError::Unauthorized("missing header `sign`".into()))?;
     let mut signed = Vec::new();
     for name in SIGNED_HEADERS {
-        if let Some(value) = header(name)? {
+        if let Some(value) = header(headers, name)? {
             signed.push((name, value));
         }
     }
-    let expected = sign(&signed, body, secret.expose(), algorithm);
-    let key_ok = constant_time_eq(key.as_bytes(), access_key.as_bytes());
-    let sign_ok = constant_time_eq(
+    let expected = sign(&signed, body, secret.expose(), sign_algorithm(headers)?);
+    if constant_time_eq(
         presented.to_ascii_lowercase().as_bytes(),
         expected.as_bytes(),
-    );
-    if key_ok && sign_ok {
+    ) {
         Ok(())
-    } else if !key_ok {
-        Err(ProviderError::Unauthorized(
-            "webhook `accessKey` is not this account's".into(),
-        ))
     } else {
         Err(ProviderError::Unauthorized(
             "webhook `sign` does not match".into(),
@@ -252,38 +292,60 @@ impl Nxcloud {
     pub(crate) fn new(config: &NxcloudConfig, api: ApiClient) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
         let api_url = crate::baileys::parse_url("api_url", &config.api_url, &mut errors);
-        let access_secret = config
-            .access_secret
-            .resolve()
-            .map_err(|e| errors.push(format!("access_secret: {e}")))
-            .ok();
-        if config.access_key.trim().is_empty() {
-            errors.push("access_key: must not be empty".into());
+        // Both sign every getMedia call, so they are required whether or
+        // not webhooks are verified.
+        let access_secret = match &config.access_secret {
+            Some(r) => match r.resolve() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    errors.push(format!("access_secret: {e}"));
+                    None
+                }
+            },
+            None => {
+                errors
+                    .push("access_secret: required (it signs getMedia calls and webhooks)".into());
+                None
+            }
+        };
+        let access_key = config.access_key.as_deref().map(str::trim);
+        match access_key {
+            None => errors
+                .push("access_key: required (it identifies getMedia calls and webhooks)".into()),
+            Some("") => errors.push("access_key: must not be empty".into()),
+            Some(_) => {}
         }
+        let hosts = download_hosts(
+            config.allowed_download_hosts.as_ref(),
+            DEFAULT_HOSTS,
+            &mut errors,
+        );
         let business_phone = digits(&config.business_phone.to_string());
         if business_phone.is_empty() {
             errors.push("business_phone: must hold the number's digits".into());
         }
-        let (Some(api_url), Some(access_secret), true) =
-            (api_url, access_secret, errors.is_empty())
+        let (Some(api_url), Some(access_key), Some(access_secret), true) =
+            (api_url, access_key, access_secret, errors.is_empty())
         else {
             return Err(errors);
-        };
-        let hosts = match &config.allowed_download_hosts {
-            Some(h) if !h.is_empty() => HostPolicy::new(h.iter().cloned()),
-            _ => HostPolicy::new(DEFAULT_HOSTS),
         };
         Ok(Self {
             account: config.name.clone(),
             retention: config.retention.unwrap_or(DEFAULT_RETENTION),
-            hosts,
+            hosts: HostPolicy::new(hosts),
             api_url,
-            access_key: config.access_key.trim().to_owned(),
+            access_key: access_key.to_owned(),
             access_secret,
             business_phone,
-            verify_webhooks: config.verify_webhook_signature,
+            verify_webhooks: !config.allow_unauthenticated_webhooks,
             api,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same adapter on another clock.
+    pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 
     /// One `messages[]` element: a job, or `None` when it carries no media.
@@ -305,12 +367,17 @@ impl Nxcloud {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ProviderError::missing(&field(&format!("{kind}.id"))))?;
+        crate::checked_id(media_id, &field(&format!("{kind}.id")))?;
         let message_id = m
             .get("id")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ProviderError::missing(&field("id")))?;
-        let message_at = crate::baileys::timestamp_ms(m.get("timestamp"), &field("timestamp"))?;
+        crate::checked_id(message_id, &field("id"))?;
+        let message_at = crate::message_time(m.get("timestamp"), &field("timestamp"))?;
+        if let Some(from) = opt_string(m, "from") {
+            crate::checked_id(&from, &field("from"))?;
+        }
         let sha256 = match media.get("sha256") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
@@ -327,18 +394,17 @@ impl Nxcloud {
             file_name: opt_string(media, "filename"),
             from: opt_string(m, "from"),
         };
-        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-        Ok(Some(JobSpec {
-            id: JobSpec::job_id(self.account.as_str(), media_id),
-            account: self.account.to_string(),
-            provider: ProviderKind::Nxcloud,
-            message_id: message_id.to_owned(),
-            media_id: Some(media_id.to_owned()),
+        crate::new_job(
+            &self.account,
+            ProviderKind::Nxcloud,
+            message_id,
+            Some(media_id),
             message_at,
-            deadline: message_at.saturating_add(retention_ms),
-            payload: serde_json::to_value(payload)
-                .map_err(|e| ProviderError::BadJob(e.to_string()))?,
-        }))
+            self.clock.now_ms(),
+            self.retention,
+            &payload,
+        )
+        .map(Some)
     }
 
     /// The signed getMedia call; returns `data` of a `code: 0` answer.
@@ -429,14 +495,21 @@ impl Provider for Nxcloud {
         self.verify_webhooks
     }
 
-    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+    fn authenticate_head(
+        &self,
+        headers: &http::HeaderMap,
+        _query: Option<&str>,
+    ) -> Result<(), ProviderError> {
         if self.verify_webhooks {
-            verify_webhook_sign(
-                request.headers,
-                request.body,
-                &self.access_key,
-                &self.access_secret,
-            )
+            check_sign_head(headers, &self.access_key, self.clock.now_ms())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn authenticate_body(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+        if self.verify_webhooks {
+            verify_sign_body(request.headers, request.body, &self.access_secret)
         } else {
             Ok(())
         }
@@ -493,7 +566,7 @@ impl Provider for Nxcloud {
         let job = self
             .message_job(&message, "reference")?
             .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
-        crate::backfill::within_retention(job, self.retention, "NXCloud")
+        crate::backfill::within_retention(job, self.retention, self.clock.now_ms(), "NXCloud")
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {

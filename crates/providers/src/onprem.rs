@@ -8,7 +8,9 @@
 //! of the media they name. Texts, statuses and other notifications are
 //! ignored. The API signs nothing, so webhooks carry the account's
 //! `webhook_token` as `Authorization: Bearer …` or `?token=…` (On-Prem's
-//! `webhooks.url` setting can only hold a URL).
+//! `webhooks.url` setting can only hold a URL), checked from the request
+//! head before the body is read; required unless the account sets
+//! `allow_unauthenticated_webhooks = true`.
 //!
 //! Bytes live on the Coreapp. When the webhook carried `file` (auto-download
 //! on) they are already there: `GET /v1/media/{id}`. Otherwise the worker
@@ -29,20 +31,24 @@
 //! the API answers 401. The sha256 of the webhook (hex in every example;
 //! base64 accepted) is what the bytes are checked against.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use archiver_core::config_value::opt_duration;
-use archiver_core::{AccountName, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef};
+use archiver_core::{
+    AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, SystemClock,
+};
 use media_fetch::{DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::require_bearer_or_query_token;
+use crate::config::{download_hosts, webhook_credential};
 use crate::meta::{self, non_empty};
 use crate::{
     JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, Wake, WebhookRequest,
+    ResolvedMedia, Wake, WebhookRequest, new_job,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -89,9 +95,14 @@ pub struct OnPremConfig {
     /// That user's password (after the first-login password change).
     pub(crate) password: SecretRef,
     /// Webhooks must carry `Authorization: Bearer <token>` or `?token=<token>`
-    /// (put the latter into On-Prem's `webhooks.url`).
+    /// (put the latter into On-Prem's `webhooks.url`). Required unless
+    /// `allow_unauthenticated_webhooks = true`.
     #[serde(default)]
     pub(crate) webhook_token: Option<SecretRef>,
+    /// Accept webhooks without credentials when `webhook_token` is absent.
+    /// Off by default; `check-config` and the startup log warn when on.
+    #[serde(default)]
+    pub(crate) allow_unauthenticated_webhooks: bool,
     /// How long a job waits for the store callback before the store is asked
     /// again (default 10m).
     #[serde(default, deserialize_with = "opt_duration")]
@@ -113,6 +124,8 @@ pub(crate) struct OnPrem {
     /// login so that concurrent jobs wait for one login instead of each
     /// starting its own.
     token: tokio::sync::Mutex<Option<Token>>,
+    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug)]
@@ -158,27 +171,28 @@ impl OnPrem {
             .resolve()
             .map_err(|e| errors.push(format!("password: {e}")))
             .ok();
-        let webhook_token = match &config.webhook_token {
-            Some(t) => t
-                .resolve()
-                .map_err(|e| errors.push(format!("webhook_token: {e}")))
-                .ok(),
-            None => None,
-        };
+        let webhook_token = webhook_credential(
+            "webhook_token",
+            config.webhook_token.as_ref(),
+            config.allow_unauthenticated_webhooks,
+            &mut errors,
+        );
+        // Default: the host of `api_url`, which serves the media itself.
+        let hosts = download_hosts(
+            config.allowed_download_hosts.as_ref(),
+            api_url.as_ref().and_then(url::Url::host_str),
+            &mut errors,
+        );
         if config.store_callback_timeout == Some(Duration::ZERO) {
             errors.push("store_callback_timeout: must be longer than 0s".to_owned());
         }
         let (Some(api_url), Some(password), true) = (api_url, password, errors.is_empty()) else {
             return Err(errors);
         };
-        let hosts = match &config.allowed_download_hosts {
-            Some(h) if !h.is_empty() => HostPolicy::new(h.iter().cloned()),
-            _ => HostPolicy::new(api_url.host_str()),
-        };
         Ok(Self {
             account: config.name.clone(),
             retention: config.retention.unwrap_or(DEFAULT_RETENTION),
-            hosts,
+            hosts: HostPolicy::new(hosts),
             api_url,
             username: config.username.clone(),
             password,
@@ -188,7 +202,13 @@ impl OnPrem {
                 .unwrap_or(DEFAULT_STORE_CALLBACK_TIMEOUT),
             api,
             token: tokio::sync::Mutex::new(None),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same adapter on another clock.
+    pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 
     /// `{api_url}/v1/{segments...}`, each segment percent-encoded.
@@ -342,6 +362,9 @@ impl OnPrem {
             return Ok(None);
         };
         let (media_id, message_id, message_at) = (msg.media_id, msg.message_id, msg.message_at);
+        if let Some(group_id) = non_empty(m, "group_id") {
+            crate::checked_id(group_id, &format!("messages[{i}].group_id"))?;
+        }
         let payload = Payload {
             media_type: msg.kind.to_owned(),
             mime_type: msg.mime_type,
@@ -354,18 +377,17 @@ impl OnPrem {
             sender: msg.sender,
             auto_downloaded: non_empty(msg.media, "file").is_some(),
         };
-        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-        Ok(Some(JobSpec {
-            id: JobSpec::job_id(self.account.as_str(), media_id),
-            account: self.account.to_string(),
-            provider: ProviderKind::Onprem,
-            message_id: message_id.to_owned(),
-            media_id: Some(media_id.to_owned()),
+        new_job(
+            &self.account,
+            ProviderKind::Onprem,
+            message_id,
+            Some(media_id),
             message_at,
-            deadline: message_at.saturating_add(retention_ms),
-            payload: serde_json::to_value(payload)
-                .map_err(|e| ProviderError::BadJob(e.to_string()))?,
-        }))
+            self.clock.now_ms(),
+            self.retention,
+            &payload,
+        )
+        .map(Some)
     }
 
     /// One `media_items[]` entry of a store callback: the wake it asks for,
@@ -387,6 +409,7 @@ impl OnPrem {
             .and_then(|m| non_empty(m, "id"))
             .or_else(|| non_empty(item, "id"))
             .ok_or_else(|| ProviderError::missing(&field(&format!("{kind}.id"))))?;
+        crate::checked_id(media_id, &field(&format!("{kind}.id")))?;
         let errors = item
             .get("errors")
             .and_then(Value::as_array)
@@ -545,7 +568,12 @@ impl Provider for OnPrem {
         let job = self
             .message_job(0, &message)?
             .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
-        crate::backfill::within_retention(job, self.retention, "the On-Premises API")
+        crate::backfill::within_retention(
+            job,
+            self.retention,
+            self.clock.now_ms(),
+            "the On-Premises API",
+        )
     }
 
     fn account(&self) -> &AccountName {
@@ -556,9 +584,13 @@ impl Provider for OnPrem {
         self.webhook_token.is_some()
     }
 
-    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+    fn authenticate_head(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(), ProviderError> {
         match &self.webhook_token {
-            Some(token) => require_bearer_or_query_token(request.headers, request.query, token),
+            Some(token) => require_bearer_or_query_token(headers, query, token),
             None => Ok(()),
         }
     }

@@ -100,6 +100,12 @@ impl Receiver {
             .get(account)
             .ok_or_else(|| unknown_account(account))?;
         let (parts, body) = request.into_parts();
+        // Credentials in the head first: a wrong one is 401 and the body
+        // is never read.
+        if let Err(e) = provider.authenticate_head(&parts.headers, parts.uri.query()) {
+            tracing::warn!(account, error = %e, "webhook rejected: bad credentials");
+            return Err(e.into());
+        }
         // The body (and with it this request's share of the body budget) is
         // held until the jobs are committed.
         let body = self.read_body(body, &parts.headers).await?;
@@ -108,7 +114,7 @@ impl Receiver {
             query: parts.uri.query(),
             body: &body.bytes,
         };
-        if let Err(e) = provider.authenticate(&webhook) {
+        if let Err(e) = provider.authenticate_body(&webhook) {
             tracing::warn!(account, error = %e, "webhook rejected: bad credentials");
             return Err(e.into());
         }

@@ -6,6 +6,7 @@ name = "green-main"
 provider = "greenapi"
 id_instance = 1101000001
 api_token = "t"
+webhook_token = "w"
 "#;
 
 #[test]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::AuthenticateBoth as _;
 use archiver_core::Classify;
 use serde_json::json;
 use test_support::meta::{FakeCloudApi, GraphFault, HashEncoding};
@@ -143,6 +144,41 @@ fn the_signature_is_hmac_sha256_of_the_exact_body() {
         );
     }
     assert!(adapter.webhook_auth_configured());
+}
+
+#[test]
+fn a_webhook_without_a_signature_is_refused_from_its_head() {
+    let adapter = adapter();
+    let err = adapter
+        .authenticate_head(&http::HeaderMap::new(), None)
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Unauthorized(_)), "{err}");
+    assert!(err.to_string().contains("X-Hub-Signature-256"), "{err}");
+    // The head cannot tell a right signature from a wrong one: the body can.
+    let wrong = test_support::meta::sign("another secret", b"{}");
+    assert!(
+        adapter
+            .authenticate_head(&signed(Some(&wrong)), None)
+            .is_ok()
+    );
+}
+
+#[test]
+fn app_secret_is_required_unless_unsigned_webhooks_are_allowed_on_purpose() {
+    let base = "name = \"meta\"\naccess_token = \"a\"\nverify_token = \"c\"\n";
+    let config: CloudApiConfig = toml::from_str(base).unwrap();
+    assert_eq!(
+        CloudApi::new(&config, api()).unwrap_err(),
+        ["app_secret: required (or set allow_unauthenticated_webhooks = true)"]
+    );
+    let config: CloudApiConfig =
+        toml::from_str(&format!("{base}allow_unauthenticated_webhooks = true\n")).unwrap();
+    let open = CloudApi::new(&config, api()).unwrap();
+    assert!(!open.webhook_auth_configured());
+    assert!(
+        open.authenticate_head(&http::HeaderMap::new(), None)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -369,14 +405,16 @@ fn config_needs_every_secret_and_rejects_unknown_keys() {
     let a = CloudApi::new(&defaults, api()).unwrap();
     assert_eq!(a.graph_url.as_str(), "https://graph.facebook.com/v21.0");
     assert_eq!(a.retention, DEFAULT_RETENTION);
+    // Only the host providers.md documents for Graph's media `url`.
+    assert!(a.hosts.allows("lookaside.fbsbx.com"));
     for host in [
-        "lookaside.fbsbx.com",
         "scontent.xx.fbsbx.com",
         "mmg.whatsapp.net",
+        "127.0.0.1",
+        "fbsbx.com.evil.net",
     ] {
-        assert!(a.hosts.allows(host), "{host}");
+        assert!(!a.hosts.allows(host), "{host}");
     }
-    assert!(!a.hosts.allows("127.0.0.1") && !a.hosts.allows("fbsbx.com.evil.net"));
     assert!(!format!("{a:?}").contains("verify_token = \"c\""));
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::AuthenticateBoth as _;
 
 const KEY_B64: &str = "EtkHwPvSijrLUj6c18dK3vtU+ONrCzMSYbOJYY0FqTw=";
 const SHA_B64: &str = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
@@ -280,7 +281,13 @@ fn config_errors_are_all_reported_and_unknown_keys_refused() {
     )
     .unwrap();
     let errors = Codechat::new(&config).unwrap_err();
-    for key in ["api_url", "cdn_url", "instance_id", "api_token"] {
+    for key in [
+        "api_url",
+        "cdn_url",
+        "instance_id",
+        "api_token",
+        "webhook_token: required",
+    ] {
         assert!(
             errors.iter().any(|e| e.starts_with(key)),
             "{key}: {errors:?}"

@@ -1,11 +1,19 @@
 use super::*;
+use crate::AuthenticateBoth as _;
 
 const KEY_B64: &str = "EtkHwPvSijrLUj6c18dK3vtU+ONrCzMSYbOJYY0FqTw=";
 const SHA_B64: &str = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
 const ENC_B64: &str = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
 const JWT_SECRET: &str = "jwt-key-of-the-instance";
 
+/// An adapter with `extra` config; without webhook credentials in `extra`,
+/// one whose account allows unauthenticated webhooks.
 fn adapter(extra: &str) -> Evolution {
+    let open = if extra.contains("webhook_") {
+        ""
+    } else {
+        "allow_unauthenticated_webhooks = true"
+    };
     let config: EvolutionConfig = toml::from_str(&format!(
         r#"
         name = "evo"
@@ -13,6 +21,7 @@ fn adapter(extra: &str) -> Evolution {
         instance = "main"
         api_key = "evo-api-key"
         {extra}
+        {open}
         "#
     ))
     .unwrap();
@@ -313,6 +322,21 @@ fn without_a_jwt_secret_the_webhook_token_is_checked() {
     assert!(check(&bearer("nope"), None).is_err());
     let open = self::adapter("");
     assert!(!open.webhook_auth_configured());
+}
+
+#[test]
+fn a_jwt_secret_or_a_token_is_required_unless_allowed_on_purpose() {
+    let config: EvolutionConfig = toml::from_str(
+        "name = \"evo\"\napi_url = \"http://x\"\ninstance = \"main\"\napi_key = \"k\"\n",
+    )
+    .unwrap();
+    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        Evolution::new(&config, api).unwrap_err(),
+        [
+            "webhook_jwt_secret: required (or webhook_token, or set allow_unauthenticated_webhooks = true)"
+        ]
+    );
 }
 
 #[test]

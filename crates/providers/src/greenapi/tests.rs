@@ -1,4 +1,6 @@
 use super::*;
+use crate::AccountConfig;
+use crate::AuthenticateBoth as _;
 
 fn adapter(webhook_token: Option<&str>) -> GreenApi {
     let config: GreenApiConfig = toml::from_str(&format!(
@@ -10,7 +12,7 @@ fn adapter(webhook_token: Option<&str>) -> GreenApi {
         "#,
         webhook_token
             .map(|t| format!("webhook_token = \"{t}\""))
-            .unwrap_or_default()
+            .unwrap_or_else(|| "allow_unauthenticated_webhooks = true".into())
     ))
     .unwrap();
     let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
@@ -157,6 +159,171 @@ fn webhook_token_is_checked_when_configured() {
     assert!(with_token.authenticate(&req(&good)).is_ok());
     assert!(adapter(None).authenticate(&req(&none)).is_ok());
     assert!(with_token.webhook_auth_configured());
+    assert!(!adapter(None).webhook_auth_configured());
+}
+
+fn config(extra: &str) -> AccountConfig {
+    toml::from_str(&format!(
+        "provider = \"greenapi\"\nname = \"green-main\"\nid_instance = 1101000001\napi_token = \"t\"\n{extra}"
+    ))
+    .unwrap()
+}
+
+fn build(extra: &str) -> Result<std::sync::Arc<dyn Provider>, Vec<String>> {
+    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+    crate::build(&config(extra), &api)
+}
+
+#[test]
+fn webhook_token_is_required_unless_unauthenticated_webhooks_are_allowed_on_purpose() {
+    let errors = build("").unwrap_err();
+    assert_eq!(
+        errors,
+        ["webhook_token: required (or set allow_unauthenticated_webhooks = true)"]
+    );
+    let open = build("allow_unauthenticated_webhooks = true").unwrap();
+    assert!(!open.webhook_auth_configured(), "check-config warns");
+    let closed = build("webhook_token = \"hook-secret\"").unwrap();
+    assert!(closed.webhook_auth_configured());
+    // An empty token would accept `Authorization: Bearer ` from anyone.
+    let errors = build("webhook_token = \"\"").unwrap_err();
+    assert_eq!(errors, ["webhook_token: secret is empty"]);
+}
+
+#[test]
+fn credentials_are_checked_from_the_request_head_before_any_body() {
+    let adapter = adapter(Some("hook-secret"));
+    let err = adapter
+        .authenticate_head(&http::HeaderMap::new(), None)
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Unauthorized(_)), "{err}");
+    let mut good = http::HeaderMap::new();
+    good.insert(
+        http::header::AUTHORIZATION,
+        "Bearer hook-secret".parse().unwrap(),
+    );
+    assert!(adapter.authenticate_head(&good, None).is_ok());
+}
+
+#[test]
+fn every_config_problem_is_reported_at_once() {
+    let config: AccountConfig = toml::from_str(
+        "provider = \"greenapi\"\nname = \"green-main\"\nid_instance = \"11/01\"\napi_token = \"t\"\nallowed_download_hosts = [\"*.storage.yandexcloud.net\", \"\"]\n",
+    )
+    .unwrap();
+    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+    let errors = crate::build(&config, &api).unwrap_err();
+    for key in [
+        "webhook_token:",
+        "allowed_download_hosts[1]:",
+        "id_instance",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(key)),
+            "{key}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn an_allowed_download_host_that_names_no_host_is_a_config_error_naming_it() {
+    for junk in ["", ".", "*."] {
+        let errors = build(&format!(
+            "webhook_token = \"t\"\nallowed_download_hosts = [\"{junk}\"]"
+        ))
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!("allowed_download_hosts[0]: {junk:?} ")),
+            "{errors:?}"
+        );
+    }
+}
+
+#[test]
+fn default_download_hosts_are_green_api_s_storage_not_all_of_yandex_cloud() {
+    let adapter = adapter(None);
+    assert!(adapter.hosts.allows("sw-media.storage.yandexcloud.net"));
+    assert!(
+        adapter
+            .hosts
+            .allows("sw-media-1101.storage.yandexcloud.net")
+    );
+    assert!(adapter.hosts.allows("4100.api.green-api.com"));
+    assert!(!adapter.hosts.allows("attacker.website.yandexcloud.net"));
+    assert!(!adapter.hosts.allows("functions.yandexcloud.net"));
+}
+
+/// Midday 2023-11-14 (UTC), on a clock that stays there.
+const NOW_MS: i64 = 1_700_000_000_000;
+
+fn on_clock(adapter: GreenApi) -> GreenApi {
+    adapter.with_clock(std::sync::Arc::new(archiver_core::ManualClock::new(NOW_MS)))
+}
+
+#[test]
+fn a_job_is_due_retention_after_the_earlier_of_message_time_and_arrival() {
+    let adapter = on_clock(adapter(None));
+    let retention = 14 * 86_400_000;
+    // Sent an hour before it arrived: counted from the message.
+    let mut body = image_webhook();
+    body["timestamp"] = json!(NOW_MS / 1000 - 3_600);
+    let job = parse(&adapter, &body).unwrap().jobs.remove(0);
+    assert_eq!(job.deadline, NOW_MS - 3_600_000 + retention);
+    // Dated ten years ahead: counted from arrival, not ten years on.
+    body["timestamp"] = json!(NOW_MS / 1000 + 3_650 * 86_400);
+    let job = parse(&adapter, &body).unwrap().jobs.remove(0);
+    assert_eq!(job.message_at, NOW_MS + 3_650 * 86_400_000);
+    assert_eq!(job.deadline, NOW_MS + retention);
+}
+
+#[test]
+fn absurd_timestamps_are_refused_naming_the_field() {
+    let adapter = on_clock(adapter(None));
+    for bad in [
+        json!(i64::MAX),
+        json!(9_223_372_036_854_775u64),
+        json!(1_700_000_000_000u64),
+        json!(1_230_767_999),
+        json!(0),
+        json!(-5),
+        json!(1_700_000_000.5),
+        json!("soon"),
+        json!({}),
+    ] {
+        let mut body = image_webhook();
+        body["timestamp"] = bad.clone();
+        let err = parse(&adapter, &body).unwrap_err();
+        assert!(matches!(err, ProviderError::BadPayload(_)), "{bad}: {err}");
+        assert!(err.to_string().contains("`timestamp`"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn ids_no_store_can_hold_are_refused_naming_the_field() {
+    let adapter = adapter(None);
+    for (pointer, bad) in [
+        ("/idMessage", "A".repeat(251)),
+        ("/idMessage", "../../etc".to_owned() + &"%".repeat(90)),
+        ("/idMessage", "A B".to_owned()),
+        ("/idMessage", "..".to_owned()),
+        ("/senderData/chatId", "7@c.us\n".to_owned()),
+        ("/senderData/chatId", "@".repeat(84)),
+    ] {
+        let mut body = image_webhook();
+        *body.pointer_mut(pointer).unwrap() = json!(bad);
+        let err = parse(&adapter, &body).unwrap_err();
+        assert!(
+            matches!(err, ProviderError::BadPayload(_)),
+            "{bad:?}: {err}"
+        );
+        let field = pointer.trim_start_matches('/').replace('/', ".");
+        assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
+    }
+    // The longest id a store can hold passes.
+    let mut body = image_webhook();
+    body["idMessage"] = json!("A".repeat(250));
+    assert_eq!(parse(&adapter, &body).unwrap().jobs.len(), 1);
 }
 
 #[test]
@@ -314,7 +481,7 @@ async fn a_backfill_reference_without_a_timestamp_asks_get_message() {
         "a.pdf",
     );
     let config: GreenApiConfig = toml::from_str(&format!(
-        "name = \"green-main\"\napi_url = \"{}\"\nid_instance = \"{}\"\napi_token = \"{}\"\n",
+        "name = \"green-main\"\napi_url = \"{}\"\nid_instance = \"{}\"\napi_token = \"{}\"\nwebhook_token = \"t\"\n",
         fake.base_url(),
         fake.id_instance(),
         fake.api_token()

@@ -1,7 +1,15 @@
 use super::*;
+use crate::AuthenticateBoth as _;
+use std::sync::Arc;
 
 const SECRET: &str = "test-secret";
 
+/// The clock of every adapter here: 123 ms after the `ts` the signed
+/// headers carry.
+const NOW_MS: i64 = 1_700_000_000_246;
+
+/// An adapter that verifies webhooks (the default), or one whose account
+/// set `allow_unauthenticated_webhooks = true`.
 fn adapter(verify: bool) -> Nxcloud {
     let config: NxcloudConfig = toml::from_str(&format!(
         r#"
@@ -9,12 +17,19 @@ fn adapter(verify: bool) -> Nxcloud {
         access_key = "fme2na3kdi3ki"
         access_secret = "{SECRET}"
         business_phone = "+86 158 0000 1795"
-        verify_webhook_signature = {verify}
-        "#
+        {}
+        "#,
+        if verify {
+            ""
+        } else {
+            "allow_unauthenticated_webhooks = true"
+        }
     ))
     .unwrap();
     let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-    Nxcloud::new(&config, api).unwrap()
+    Nxcloud::new(&config, api)
+        .unwrap()
+        .with_clock(Arc::new(archiver_core::ManualClock::new(NOW_MS)))
 }
 
 fn image_webhook() -> Value {
@@ -131,10 +146,72 @@ fn webhook_signatures_are_checked_when_configured() {
     // An algorithm we do not know.
     let h = signed_headers(&body, SECRET, Some("sha1"));
     assert!(check(&on, &h, &body).is_err());
-    // Off by default: anything passes, and the daemon warns at startup.
+    // Off only on purpose: anything passes, and the daemon warns at startup.
     let off = adapter(false);
     assert!(!off.webhook_auth_configured());
     assert!(check(&off, &http::HeaderMap::new(), &body).is_ok());
+}
+
+#[test]
+fn a_webhook_without_accesskey_ts_and_sign_is_refused_from_its_head_by_default() {
+    let on = adapter(true);
+    assert!(
+        on.webhook_auth_configured(),
+        "verified unless the config says otherwise"
+    );
+    let err = on
+        .authenticate_head(&http::HeaderMap::new(), None)
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Unauthorized(_)), "{err}");
+    // Another account's key is refused before the body is read, too.
+    let body = serde_json::to_vec(&image_webhook()).unwrap();
+    let mut h = signed_headers(&body, SECRET, None);
+    h.insert("accessKey", "someone-else".parse().unwrap());
+    assert!(on.authenticate_head(&h, None).is_err());
+    // A correct head passes; the sign itself is checked with the body.
+    let h = signed_headers(&body, SECRET, None);
+    assert!(on.authenticate_head(&h, None).is_ok());
+    assert!(
+        on.authenticate_body(&WebhookRequest {
+            headers: &h,
+            query: None,
+            body: b"{\"tampered\":true}",
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn a_ts_more_than_five_minutes_from_the_clock_is_refused_as_a_replay() {
+    let body = serde_json::to_vec(&image_webhook()).unwrap();
+    let headers = signed_headers(&body, SECRET, None);
+    let signed_at = 1_700_000_000_123;
+    let clock = archiver_core::ManualClock::new(signed_at);
+    let on = adapter(true).with_clock(Arc::new(clock.clone()));
+    for (now, ok) in [
+        (signed_at, true),
+        (signed_at + 5 * 60_000, true),
+        (signed_at - 5 * 60_000, true),
+        (signed_at + 5 * 60_000 + 1, false),
+        (signed_at - 5 * 60_000 - 1, false),
+        (signed_at + 86_400_000, false),
+    ] {
+        clock.set(now);
+        let result = check(&on, &headers, &body);
+        assert_eq!(result.is_ok(), ok, "clock {now}: {result:?}");
+        if let Err(err) = result {
+            assert!(err.to_string().contains("`ts`"), "{err}");
+        }
+    }
+    let mut h = headers.clone();
+    h.insert("ts", "yesterday".parse().unwrap());
+    clock.set(signed_at);
+    assert!(
+        check(&on, &h, &body)
+            .unwrap_err()
+            .to_string()
+            .contains("`ts`")
+    );
 }
 
 #[test]
@@ -267,6 +344,24 @@ fn config_errors_are_all_reported_and_unknown_keys_refused() {
     let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
     let errors = Nxcloud::new(&config, api).unwrap_err();
     for key in ["api_url", "access_key", "access_secret", "business_phone"] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(key)),
+            "{key}: {errors:?}"
+        );
+    }
+    // Left out, both are named, with everything else wrong at once.
+    let config: NxcloudConfig = toml::from_str(
+        "name = \"nx\"\nbusiness_phone = \"+\"\nallowed_download_hosts = [\"*.\"]\n",
+    )
+    .unwrap();
+    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+    let errors = Nxcloud::new(&config, api).unwrap_err();
+    for key in [
+        "access_key: required",
+        "access_secret: required",
+        "business_phone",
+        "allowed_download_hosts[0]",
+    ] {
         assert!(
             errors.iter().any(|e| e.starts_with(key)),
             "{key}: {errors:?}"

@@ -1,4 +1,5 @@
 use super::*;
+use crate::AuthenticateBoth as _;
 use archiver_core::{Classify, Sha256Digest};
 use serde_json::json;
 use test_support::meta::{FakeOnPrem, HashEncoding};
@@ -296,7 +297,13 @@ fn config_is_validated_all_at_once() {
     .unwrap();
     let errors = OnPrem::new(&bad, api()).unwrap_err();
     let all = errors.join("\n");
-    for key in ["api_url", "username", "password", "store_callback_timeout"] {
+    for key in [
+        "api_url",
+        "username",
+        "password",
+        "store_callback_timeout",
+        "webhook_token",
+    ] {
         assert!(all.contains(key), "{key} missing from {all}");
     }
     let unknown = toml::from_str::<OnPremConfig>(
