@@ -165,8 +165,8 @@ fn broken_links(page: &Path, markdown: &str) -> Vec<String> {
         }
         if let Some(anchor) = anchor {
             let text = std::fs::read_to_string(&resolved).unwrap_or_default();
-            if !resolved.extension().is_some_and(|e| e == "md") || !anchors(&text).contains(anchor)
-            {
+            let is_markdown = resolved.extension().is_some_and(|e| e == "md");
+            if !(is_markdown && anchors(&text).contains(anchor)) {
                 problems.push(format!(
                     "{}: link {target:?}: no heading with anchor #{anchor} in {}",
                     page.display(),
@@ -185,7 +185,11 @@ fn every_relative_link_and_anchor_resolves() {
         let text = std::fs::read_to_string(&page).unwrap();
         problems.extend(broken_links(&page, &text));
     }
-    assert!(problems.is_empty(), "broken links:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "broken links:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -225,7 +229,9 @@ fn read_json(relative: &str) -> Value {
 fn openapi_document_parses_and_names_every_route() {
     let doc = read_json("docs/openapi.json");
     assert!(
-        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")),
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
         "openapi 3.1"
     );
     let paths = doc["paths"].as_object().expect("paths");
@@ -240,7 +246,10 @@ fn openapi_document_parses_and_names_every_route() {
         "/api/v1/media",
         "/api/v1/stats",
     ] {
-        assert!(paths.contains_key(route), "{route} missing from openapi.json");
+        assert!(
+            paths.contains_key(route),
+            "{route} missing from openapi.json"
+        );
     }
     // Every local $ref points at something that exists.
     fn refs(v: &Value, out: &mut Vec<String>) {
