@@ -222,8 +222,9 @@ pub struct GarageCluster {
     /// Its secret.
     pub secret_access_key: String,
     bin: PathBuf,
-    /// One `n<i>/` per node (config, metadata, data, log); kept across restarts.
-    dir: tempfile::TempDir,
+    /// One `n<i>/` per node (config, metadata, data, log); kept across
+    /// restarts, deleted on drop.
+    _dir: tempfile::TempDir,
     nodes: Vec<ClusterNode>,
 }
 
@@ -297,7 +298,7 @@ api_bind_addr = "{admin_addr}"
             access_key_id: format!("GK{}", random_hex(12)),
             secret_access_key: random_hex(32),
             bin,
-            dir,
+            _dir: dir,
             nodes,
         };
         for i in 0..CLUSTER_NODES {

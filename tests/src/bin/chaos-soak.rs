@@ -598,9 +598,9 @@ async fn post_and_record(ctx: Arc<Ctx>, i: usize, why: Why) {
                 Err(e) => e,
             };
             *ledger.refused.entry(kind).or_default() += 1;
-            let m = &ledger.messages[i];
-            if !m.acked && m.posts <= MAX_REDELIVERIES {
-                let due = Instant::now() + Duration::from_secs(1 + u64::from(m.posts));
+            let (acked, posts) = (ledger.messages[i].acked, ledger.messages[i].posts);
+            if !acked && posts <= MAX_REDELIVERIES {
+                let due = Instant::now() + Duration::from_secs(1 + u64::from(posts));
                 ledger.redeliver.push_back((i, due));
             }
         }
@@ -650,8 +650,12 @@ async fn api_fault_loop(ctx: Arc<Ctx>, mut rng: Rng, deadline: Instant) {
         tokio::time::sleep(rng.secs(1.0, 4.0)).await;
         let (provider, name) = match rng.below(11) {
             0 => {
-                f.green.inject_api_faults(vec![FileFault::Status(500)]);
-                (Provider::Green, "downloadFile 5xx")
+                // Not 500: Green API's 500 "Internal error when downloading
+                // file" means WhatsApp lost the file, permanent by design
+                // after two attempts (providers.md section 1).
+                f.green
+                    .inject_api_faults(vec![FileFault::Status(rng.pick(&[502u16, 503]))]);
+                (Provider::Green, "downloadFile 502/503")
             }
             1 => {
                 f.green
@@ -836,6 +840,8 @@ struct Life {
     events: Vec<(f64, String)>,
     /// SIGTERMs answered by something other than a clean exit 0 in time.
     unclean_stops: Vec<String>,
+    /// Daemons found exited without being told to.
+    crashes: Vec<String>,
     kills: u32,
     sigterms: u32,
     outages: u32,
@@ -952,8 +958,8 @@ async fn chaos_loop(
                 life.save_logs(daemon);
             }
             ctx.pid.store(0, Ordering::SeqCst);
-            life.unclean_stops
-                .push(format!("daemon exited on its own ({status})"));
+            life.crashes
+                .push(format!("at {:.0}s: {status}", ctx.t()));
             let up = life.start(ctx);
             life.event(
                 ctx,
@@ -1185,6 +1191,7 @@ async fn main() {
         generation: 0,
         events: Vec::new(),
         unclean_stops: Vec::new(),
+        crashes: Vec::new(),
         kills: 0,
         sigterms: 0,
         outages: 0,
@@ -1510,8 +1517,17 @@ async fn main() {
     );
     let _ = writeln!(
         out,
-        "| clean SIGTERM exits | {} of {}{} |",
-        life.sigterms as usize - life.unclean_stops.len(),
+        "| daemon exits nobody asked for | {} |",
+        if life.crashes.is_empty() {
+            "none".to_owned()
+        } else {
+            life.crashes.join("; ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "| clean SIGTERM exits (exit 0 in time) | {} of {}{} |",
+        (life.sigterms as usize).saturating_sub(life.unclean_stops.len()),
         life.sigterms,
         if life.unclean_stops.is_empty() {
             String::new()
