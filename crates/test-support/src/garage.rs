@@ -230,6 +230,8 @@ pub struct GarageCluster {
 
 #[derive(Debug)]
 struct ClusterNode {
+    /// `<node id>@<rpc addr>`, as `garage node connect` takes it.
+    id: String,
     config: PathBuf,
     log: PathBuf,
     s3_addr: SocketAddr,
@@ -280,6 +282,7 @@ api_bind_addr = "{admin_addr}"
             let config_path = node_dir.join("garage.toml");
             fs::write(&config_path, config).expect("write garage.toml");
             nodes.push(ClusterNode {
+                id: String::new(),
                 config: config_path,
                 log: node_dir.join("garage.log"),
                 s3_addr,
@@ -315,6 +318,9 @@ api_bind_addr = "{admin_addr}"
                 id.trim().to_owned()
             })
             .collect();
+        for (node, id) in cluster.nodes.iter_mut().zip(&ids) {
+            node.id = id.clone();
+        }
         for id in &ids[1..] {
             cluster.garage(0, &["node", "connect", id]);
         }
@@ -361,10 +367,28 @@ api_bind_addr = "{admin_addr}"
 
     /// Starts the given nodes again at once (a single node alone cannot be
     /// ready: readiness needs a quorum) and waits until each is ready.
+    ///
+    /// Nodes started together do not always find each other again from
+    /// their stored peer lists (seen after a whole-cluster outage: each
+    /// stayed "Not connected" for over a minute), so each started node is
+    /// told to connect to every other running node, as an operator would.
     pub fn start_nodes(&mut self, nodes: &[usize]) {
         for &i in nodes {
             self.stop_node(i);
             self.spawn(i);
+        }
+        for &i in nodes {
+            self.wait_until(i, "its admin API to answer", |n| {
+                http_status(n.admin_addr, "/health").is_some()
+            });
+        }
+        for &i in nodes {
+            for j in 0..CLUSTER_NODES {
+                if j != i && self.is_running(j) {
+                    let peer = self.nodes[j].id.clone();
+                    self.garage(i, &["node", "connect", &peer]);
+                }
+            }
         }
         for &i in nodes {
             self.wait_ready(i);

@@ -1664,6 +1664,10 @@ async fn main() {
     print!("{out}");
 
     let failed = !lost.is_empty() || !spool_left.is_empty();
+    // `exit` runs no destructors: stop the store's processes first.
+    drop(l);
+    drop(life);
+    drop(store);
     if failed {
         let kept = dir.keep();
         eprintln!(
