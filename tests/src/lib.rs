@@ -656,7 +656,11 @@ pub async fn s3_keys(
 }
 
 /// An object's bytes, or why it could not be read.
-pub async fn s3_get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+pub async fn s3_get(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Vec<u8>, String> {
     let object = client
         .get_object()
         .bucket(bucket)

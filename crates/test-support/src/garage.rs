@@ -336,7 +336,10 @@ api_bind_addr = "{admin_addr}"
             cluster.secret_access_key.clone(),
         );
         cluster.garage(0, &["bucket", "create", &bucket]);
-        cluster.garage(0, &["key", "import", "--yes", "-n", "test", &key_id, &secret]);
+        cluster.garage(
+            0,
+            &["key", "import", "--yes", "-n", "test", &key_id, &secret],
+        );
         cluster.garage(
             0,
             &[

@@ -488,12 +488,9 @@ fn serve_file(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Body> {
             r.headers_mut().insert(RETRY_AFTER, retry_after_secs.into());
             r
         }
-        Some(NxFault::Stall(delay)) => ok(http::slow_body(
-            Bytes::new(),
-            delay,
-            bytes.clone(),
-            false,
-        )),
+        Some(NxFault::Stall(delay)) => {
+            ok(http::slow_body(Bytes::new(), delay, bytes.clone(), false))
+        }
         Some(NxFault::Truncate(n)) => ok(http::slow_body(
             bytes.slice(..n.min(bytes.len())),
             Duration::ZERO,

@@ -392,11 +392,20 @@ mod tests {
         .unwrap();
         let gauges = QueueGauges::default();
         tokio::time::pause();
-        assert!(gauges.refresh(&queue).await, "the first scrape reads the queue");
+        assert!(
+            gauges.refresh(&queue).await,
+            "the first scrape reads the queue"
+        );
         for _ in 0..10 {
-            assert!(!gauges.refresh(&queue).await, "a scrape within 5s reads the cache");
+            assert!(
+                !gauges.refresh(&queue).await,
+                "a scrape within 5s reads the cache"
+            );
         }
         tokio::time::advance(QUEUE_GAUGES_MAX_AGE).await;
-        assert!(gauges.refresh(&queue).await, "a stale reading is read again");
+        assert!(
+            gauges.refresh(&queue).await,
+            "a stale reading is read again"
+        );
     }
 }

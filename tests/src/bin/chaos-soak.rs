@@ -500,9 +500,8 @@ fn new_message(ctx: &Ctx, rng: &mut Rng, n: u64) -> Message {
         Provider::Nx => {
             let media = f.nx.add_media(content, kind.mime, kind.file_name);
             let message_id = format!("wamid.NXSOAK{n:012X}{:08X}", rng.next_u64() >> 32);
-            let hook = f
-                .nx
-                .message_webhook(kind.meta, &media, &message_id, NX_FROM, now);
+            let hook =
+                f.nx.message_webhook(kind.meta, &media, &message_id, NX_FROM, now);
             (media, message_id, hook)
         }
     };
@@ -658,16 +657,14 @@ async fn api_fault_loop(ctx: Arc<Ctx>, mut rng: Rng, deadline: Instant) {
                 (Provider::Green, "downloadFile 502/503")
             }
             1 => {
-                f.green
-                    .inject_api_faults(vec![FileFault::TooManyRequests {
-                        retry_after_secs: 2,
-                    }]);
+                f.green.inject_api_faults(vec![FileFault::TooManyRequests {
+                    retry_after_secs: 2,
+                }]);
                 (Provider::Green, "downloadFile 429 + Retry-After")
             }
             2 => {
-                f.cloud.inject_graph_faults(vec![GraphFault::Status(
-                    rng.pick(&[500u16, 503]),
-                )]);
+                f.cloud
+                    .inject_graph_faults(vec![GraphFault::Status(rng.pick(&[500u16, 503]))]);
                 (Provider::Cloud, "media info 5xx")
             }
             3 => {
@@ -869,7 +866,8 @@ impl Life {
     /// moment by the one before).
     fn start(&mut self, ctx: &Ctx) -> bool {
         for attempt in 1..=5 {
-            let started = tokio::task::block_in_place(|| Daemon::try_start(&self.config, &self.workdir));
+            let started =
+                tokio::task::block_in_place(|| Daemon::try_start(&self.config, &self.workdir));
             match started {
                 Ok(daemon) => {
                     self.generation += 1;
@@ -910,8 +908,9 @@ impl Life {
                 .unclean_stops
                 .push(format!("{label}: exit {s} after {took:.1}s")),
             None => {
-                self.unclean_stops
-                    .push(format!("{label}: still running {STOP_WAIT:?} after SIGTERM; killed"));
+                self.unclean_stops.push(format!(
+                    "{label}: still running {STOP_WAIT:?} after SIGTERM; killed"
+                ));
                 daemon.kill();
             }
         }
@@ -958,8 +957,7 @@ async fn chaos_loop(
                 life.save_logs(daemon);
             }
             ctx.pid.store(0, Ordering::SeqCst);
-            life.crashes
-                .push(format!("at {:.0}s: {status}", ctx.t()));
+            life.crashes.push(format!("at {:.0}s: {status}", ctx.t()));
             let up = life.start(ctx);
             life.event(
                 ctx,
@@ -1067,10 +1065,7 @@ async fn check_archived(
     };
     match e2e::s3_get(client, bucket, blob_key).await {
         Ok(blob) if sha256_hex(&blob) == sha256 => Archived::Yes,
-        Ok(blob) => Archived::No(format!(
-            "blob {blob_key} hashes to {}",
-            sha256_hex(&blob)
-        )),
+        Ok(blob) => Archived::No(format!("blob {blob_key} hashes to {}", sha256_hex(&blob))),
         Err(e) => Archived::No(format!("blob unreadable: {e}")),
     }
 }
@@ -1092,7 +1087,8 @@ fn args() -> Args {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let value = |it: &mut dyn Iterator<Item = String>| {
-            it.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")))
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
         };
         match arg.as_str() {
             "--minutes" => {
@@ -1137,10 +1133,7 @@ async fn main() {
     let args = args();
     let run = Duration::from_secs_f64(args.minutes * 60.0);
     let mut rng = Rng(args.seed);
-    eprintln!(
-        "chaos-soak: {} minute(s), seed {}",
-        args.minutes, args.seed
-    );
+    eprintln!("chaos-soak: {} minute(s), seed {}", args.minutes, args.seed);
 
     let store = if args.single_node {
         Garage::start().map(Store::Single)
@@ -1197,10 +1190,16 @@ async fn main() {
         outages: 0,
     };
     if !life.start(&ctx) {
-        eprintln!("chaos-soak: the daemon does not start; workdir kept: {}", dir.keep().display());
+        eprintln!(
+            "chaos-soak: the daemon does not start; workdir kept: {}",
+            dir.keep().display()
+        );
         std::process::exit(1);
     }
-    life.event(&ctx, format!("daemon up on {} ({})", ctx.base_url, store.describe()));
+    life.event(
+        &ctx,
+        format!("daemon up on {} ({})", ctx.base_url, store.describe()),
+    );
 
     let deadline = Instant::now() + run;
     let node_loss_at = Instant::now() + run.mul_f64(rng.range(0.3, 0.6));
@@ -1227,7 +1226,15 @@ async fn main() {
             }
         })
     };
-    chaos_loop(&ctx, &mut life, &mut store, rng.fork(), deadline, node_loss_at).await;
+    chaos_loop(
+        &ctx,
+        &mut life,
+        &mut store,
+        rng.fork(),
+        deadline,
+        node_loss_at,
+    )
+    .await;
     let _ = sender.await;
     let _ = faults.await;
     let _ = progress.await;
@@ -1326,20 +1333,28 @@ async fn main() {
         faults: Vec<&'static str>,
         size: usize,
     }
-    let checks: Vec<(Provider, String, String, String, bool, Vec<&'static str>, usize)> = ctx
+    /// What one message's check needs, copied out of the ledger.
+    struct Check {
+        provider: Provider,
+        job_id: String,
+        message_id: String,
+        sha256: String,
+        acked: bool,
+        faults: Vec<&'static str>,
+        size: usize,
+    }
+    let checks: Vec<Check> = ctx
         .ledger()
         .messages
         .iter()
-        .map(|m| {
-            (
-                m.provider,
-                m.job_id.clone(),
-                m.message_id.clone(),
-                m.sha256.clone(),
-                m.acked,
-                m.faults.clone(),
-                m.size,
-            )
+        .map(|m| Check {
+            provider: m.provider,
+            job_id: m.job_id.clone(),
+            message_id: m.message_id.clone(),
+            sha256: m.sha256.clone(),
+            acked: m.acked,
+            faults: m.faults.clone(),
+            size: m.size,
         })
         .collect();
     let mut rows = Vec::with_capacity(checks.len());
@@ -1347,25 +1362,25 @@ async fn main() {
     let mut pending = checks.into_iter();
     loop {
         while set.len() < 16
-            && let Some((provider, job_id, message_id, sha, acked, faults, size)) = pending.next()
+            && let Some(c) = pending.next()
         {
             let keys = manifests
-                .get(&(provider.account().to_owned(), message_id))
+                .get(&(c.provider.account().to_owned(), c.message_id))
                 .cloned()
                 .unwrap_or_default();
             let (client, bucket) = (client.clone(), bucket.clone());
-            let job = jobs.get(&job_id).cloned().unwrap_or(Value::Null);
+            let job = jobs.get(&c.job_id).cloned().unwrap_or(Value::Null);
             set.spawn(async move {
-                let archived = check_archived(&client, &bucket, &keys, &sha).await;
+                let archived = check_archived(&client, &bucket, &keys, &c.sha256).await;
                 Row {
-                    provider,
-                    job_id,
-                    acked,
+                    provider: c.provider,
+                    job_id: c.job_id,
+                    acked: c.acked,
                     archived,
                     state: job["state"].as_str().unwrap_or("no job").to_owned(),
                     last_error: job["last_error"].as_str().unwrap_or("").to_owned(),
-                    faults,
-                    size,
+                    faults: c.faults,
+                    size: c.size,
                 }
             });
         }
@@ -1481,7 +1496,8 @@ async fn main() {
         if dead_total == 0 {
             String::new()
         } else {
-            " (none is legitimate: every injected fault is transient by design; reasons below)".into()
+            " (none is legitimate: every injected fault is transient by design; reasons below)"
+                .into()
         }
     );
     let _ = writeln!(
@@ -1537,7 +1553,10 @@ async fn main() {
     );
 
     let _ = writeln!(out);
-    let _ = writeln!(out, "| provider | files | acked jobs | archived | dead | lost |");
+    let _ = writeln!(
+        out,
+        "| provider | files | acked jobs | archived | dead | lost |"
+    );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     for p in Provider::ALL {
         let mine: Vec<&Row> = rows.iter().filter(|r| r.provider == p).collect();
