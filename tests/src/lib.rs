@@ -46,6 +46,17 @@ impl StoreUnderTest {
             secret_access_key: g.secret_access_key.clone(),
         }
     }
+
+    /// The S3 variant for a three-node cluster started by
+    /// `test_support::garage`, through node 0's endpoint.
+    pub fn garage_cluster(c: &test_support::garage::GarageCluster) -> Self {
+        StoreUnderTest::S3 {
+            endpoint: c.endpoint.clone(),
+            bucket: c.bucket.clone(),
+            access_key_id: c.access_key_id.clone(),
+            secret_access_key: c.secret_access_key.clone(),
+        }
+    }
 }
 
 /// A config for tests: fast retries, private networks allowed (the fakes
@@ -183,9 +194,17 @@ impl Daemon {
     /// Writes `config` to `workdir/config.toml` and starts the daemon there;
     /// returns once it logged the address it listens on.
     pub fn start(config: &str, workdir: &Path) -> Daemon {
-        std::fs::create_dir_all(workdir).unwrap();
+        Self::try_start(config, workdir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Daemon::start`], but a daemon that exits or does not say where it
+    /// listens within 20 s is an `Err` with its logs (it is killed), not a
+    /// panic: for a caller that restarts daemons and reports failures.
+    pub fn try_start(config: &str, workdir: &Path) -> Result<Daemon, String> {
+        std::fs::create_dir_all(workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
         let config_path = workdir.join("config.toml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(&config_path, config)
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
         let mut child = Command::new(binary())
             .arg("serve")
             .arg("--config")
@@ -195,7 +214,7 @@ impl Daemon {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn media-archiver");
+            .map_err(|e| format!("spawn media-archiver: {e}"))?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         for stream in [
@@ -216,23 +235,25 @@ impl Daemon {
                 }
             });
         }
+        drop(addr_tx);
         let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
+                let _ = child.wait();
+                return Err(format!(
                     "daemon did not start; logs:\n{}",
                     logs.lock().unwrap().join("\n")
-                );
+                ));
             }
         };
-        Daemon {
+        Ok(Daemon {
             child,
             base_url: format!("http://{addr}"),
             workdir: workdir.to_owned(),
             logs,
             http: reqwest::Client::new(),
-        }
+        })
     }
 
     /// Everything the daemon printed so far.
@@ -511,4 +532,146 @@ impl Daemon {
         std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
             .expect("reset the peak RSS through /proc/<pid>/clear_refs");
     }
+}
+
+impl Daemon {
+    /// Sends SIGTERM and waits at most `timeout` for the exit status; `None`
+    /// if the daemon was still running then (it is left running: the
+    /// caller decides whether to [`Daemon::kill`] it).
+    pub fn terminate_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if started.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The exit status if the process has exited (on its own, or after
+    /// [`Daemon::kill`]); `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The daemon's memory and open files now, from `/proc/<pid>` (Linux);
+    /// `None` once the process is gone.
+    pub fn proc_sample(&self) -> Option<ProcSample> {
+        proc_sample(self.child.id())
+    }
+
+    /// Polls the stats until no job is pending, leased or waiting and
+    /// returns them; `Err` with the last stats (or the error) after
+    /// `timeout`. [`Daemon::wait_until_idle`] without the panic.
+    pub async fn idle_within(&self, timeout: Duration) -> Result<Value, Value> {
+        let started = Instant::now();
+        loop {
+            let (status, stats) = self.admin_get("/api/v1/stats").await;
+            let live: u64 = ["pending", "leased", "waiting"]
+                .iter()
+                .map(|s| stats["by_state"][*s].as_u64().unwrap_or(0))
+                .sum();
+            if status == 200 && live == 0 {
+                return Ok(stats);
+            }
+            if started.elapsed() > timeout {
+                return Err(stats);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// A process's resident memory and open file descriptors at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcSample {
+    /// `VmRSS`, KiB.
+    pub rss_kib: u64,
+    /// `VmHWM` (peak RSS of the process so far), KiB.
+    pub peak_rss_kib: u64,
+    /// Entries in `/proc/<pid>/fd`.
+    pub open_fds: u64,
+}
+
+/// [`ProcSample`] of process `pid`; `None` if it is gone (or not Linux).
+pub fn proc_sample(pid: u32) -> Option<ProcSample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some(ProcSample {
+        rss_kib: kib("VmRSS:")?,
+        peak_rss_kib: kib("VmHWM:")?,
+        open_fds,
+    })
+}
+
+/// A 127.0.0.1 port that was free a moment ago (for a daemon that must come
+/// back on the same address after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Every key under `prefix` in `bucket` with its size, all pages.
+pub async fn s3_keys(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, i64)>, String> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| format!("list {prefix}: {e:?}"))?;
+        out.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| Some((o.key()?.to_owned(), o.size().unwrap_or(0)))),
+        );
+        match page.next_continuation_token() {
+            Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// An object's bytes, or why it could not be read.
+pub async fn s3_get(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Vec<u8>, String> {
+    let object = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("{key}: {e:?}"))?;
+    let body = object
+        .body
+        .collect()
+        .await
+        .map_err(|e| format!("{key}: {e}"))?;
+    Ok(body.into_bytes().to_vec())
 }

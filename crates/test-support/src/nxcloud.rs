@@ -17,8 +17,12 @@
 //!   403 with an OSS XML error otherwise.
 //!
 //! The signature is computed here independently of the daemon's adapter.
+//!
+//! Faults ([`NxFault`]), one per request, in order: on `getMedia` after its
+//! signature was checked ([`FakeNxcloud::inject_api_faults`]), or on the
+//! next file downloads, whatever the object ([`FakeNxcloud::inject_file_faults`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +31,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
@@ -37,6 +41,23 @@ use crate::http::{self, Body, TestServer};
 
 /// The merchant number the fake serves.
 pub const BUSINESS_PHONE: &str = "8615800001795";
+
+/// A fault for one request, consumed in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NxFault {
+    /// Answer this HTTP status (a JSON body on `getMedia`, an OSS XML
+    /// error on the file host).
+    Status(u16),
+    /// 429 with `Retry-After: retry_after_secs`.
+    TooManyRequests { retry_after_secs: u64 },
+    /// `getMedia`: answer normally after this delay. File host: send the
+    /// headers (full `Content-Length`), then no byte for this long, then
+    /// the file.
+    Stall(Duration),
+    /// 200 with the full `Content-Length`, only `n` bytes of the answer
+    /// (the JSON, or the file), then a broken connection.
+    Truncate(usize),
+}
 
 /// The fake; stops when dropped.
 #[derive(Debug)]
@@ -59,6 +80,8 @@ struct State {
     get_media_calls: usize,
     bad_signatures: usize,
     file_hits: usize,
+    api_faults: VecDeque<NxFault>,
+    file_faults: VecDeque<NxFault>,
 }
 
 #[derive(Debug)]
@@ -83,6 +106,8 @@ impl FakeNxcloud {
             get_media_calls: 0,
             bad_signatures: 0,
             file_hits: 0,
+            api_faults: VecDeque::new(),
+            file_faults: VecDeque::new(),
         }));
         let handler_state = Arc::clone(&state);
         let server = TestServer::start(move |req| handle(Arc::clone(&handler_state), req)).await;
@@ -195,6 +220,16 @@ impl FakeNxcloud {
             .collect();
         headers.push(("sign".to_owned(), sign));
         headers
+    }
+
+    /// Faults for the next signed `getMedia` calls, one per call, in order.
+    pub fn inject_api_faults(&self, faults: Vec<NxFault>) {
+        lock(&self.state).api_faults.extend(faults);
+    }
+
+    /// Faults for the next file downloads (any object), one per request.
+    pub fn inject_file_faults(&self, faults: Vec<NxFault>) {
+        lock(&self.state).file_faults.extend(faults);
     }
 
     /// getMedia requests received (refused ones included).
@@ -319,6 +354,27 @@ async fn get_media(state: &Mutex<State>, req: Request<Incoming>) -> Response<Bod
     if presented != sign(&pairs, &body, &secret) {
         return refused("sign mismatch");
     }
+    let fault = lock(state).api_faults.pop_front();
+    let mut truncate = None;
+    match fault {
+        None => {}
+        Some(NxFault::Status(status)) => {
+            return http::json(
+                status,
+                &json!({"code": status, "message": "Injected failure", "data": null}),
+            );
+        }
+        Some(NxFault::TooManyRequests { retry_after_secs }) => {
+            let mut r = http::json(
+                429,
+                &json!({"code": 429, "message": "Too Many Requests", "data": null}),
+            );
+            r.headers_mut().insert(RETRY_AFTER, retry_after_secs.into());
+            return r;
+        }
+        Some(NxFault::Stall(delay)) => tokio::time::sleep(delay).await,
+        Some(NxFault::Truncate(n)) => truncate = Some(n),
+    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return answer(9000, "Parameter exception", Value::Null);
     };
@@ -352,11 +408,29 @@ async fn get_media(state: &Mutex<State>, req: Request<Incoming>) -> Response<Bod
         st.base_url,
         percent_encode(&signature)
     );
-    answer(
-        0,
-        "Request successful",
-        json!({"mime_type": mime_type, "file_name": file_name, "url": url}),
-    )
+    let data = json!({"mime_type": mime_type, "file_name": file_name, "url": url});
+    match truncate {
+        None => answer(0, "Request successful", data),
+        Some(n) => {
+            let body = Bytes::from(
+                serde_json::to_vec(
+                    &json!({"code": 0, "message": "Request successful", "data": data}),
+                )
+                .expect("serialize JSON"),
+            );
+            Response::builder()
+                .status(200)
+                .header(CONTENT_TYPE, "application/json")
+                .header(CONTENT_LENGTH, body.len())
+                .body(http::slow_body(
+                    body.slice(..n.min(body.len())),
+                    Duration::ZERO,
+                    Bytes::new(),
+                    true,
+                ))
+                .expect("valid response")
+        }
+    }
 }
 
 fn serve_file(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Body> {
@@ -387,12 +461,43 @@ fn serve_file(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Body> {
     let Some(media) = st.media.get(&id) else {
         return oss_error("NoSuchKey", "The specified key does not exist.");
     };
-    Response::builder()
-        .status(200)
-        .header(CONTENT_TYPE, media.mime_type.as_str())
-        .header(CONTENT_LENGTH, media.bytes.len())
-        .body(http::full(media.bytes.clone()))
-        .expect("valid response")
+    let (bytes, mime_type) = (media.bytes.clone(), media.mime_type.clone());
+    let fault = st.file_faults.pop_front();
+    drop(st);
+    let ok = |body: Body| {
+        Response::builder()
+            .status(200)
+            .header(CONTENT_TYPE, mime_type.as_str())
+            .header(CONTENT_LENGTH, bytes.len())
+            .body(body)
+            .expect("valid response")
+    };
+    match fault {
+        None => ok(http::full(bytes.clone())),
+        Some(NxFault::Status(status)) => http::response(
+            status,
+            "application/xml",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InjectedFault</Code><Message>Injected failure.</Message></Error>",
+        ),
+        Some(NxFault::TooManyRequests { retry_after_secs }) => {
+            let mut r = http::response(
+                429,
+                "application/xml",
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+            );
+            r.headers_mut().insert(RETRY_AFTER, retry_after_secs.into());
+            r
+        }
+        Some(NxFault::Stall(delay)) => {
+            ok(http::slow_body(Bytes::new(), delay, bytes.clone(), false))
+        }
+        Some(NxFault::Truncate(n)) => ok(http::slow_body(
+            bytes.slice(..n.min(bytes.len())),
+            Duration::ZERO,
+            Bytes::new(),
+            true,
+        )),
+    }
 }
 
 fn oss_signature(secret: &[u8; 32], object: &str, expires: u64) -> String {
