@@ -329,7 +329,11 @@ mod tests {
         fn webhook_auth_configured(&self) -> bool {
             true
         }
-        fn authenticate(&self, _: &WebhookRequest<'_>) -> Result<(), ProviderError> {
+        fn authenticate_head(
+            &self,
+            _: &http::HeaderMap,
+            _: Option<&str>,
+        ) -> Result<(), ProviderError> {
             unimplemented!("not a webhook test")
         }
         fn parse_webhook(&self, _: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {

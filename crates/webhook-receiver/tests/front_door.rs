@@ -188,6 +188,24 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 const PROMPTLY: Duration = Duration::from_secs(3);
 
 #[tokio::test]
+async fn a_wrong_token_is_refused_before_the_body_is_read() {
+    let door = FrontDoor::start("").await;
+    let mut stream = door.connect().await;
+    // A 1 MiB body is announced; all but its last byte is never sent.
+    stream
+        .write_all(&head("wrong-token", 1 << 20))
+        .await
+        .unwrap();
+    stream.write_all(b"{\"messages\":").await.unwrap();
+    let (status, head, body) = response(&mut stream, PROMPTLY)
+        .await
+        .expect("a 401 without waiting for the body");
+    assert_eq!(status, 401, "{body}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(closed_within(&mut stream, PROMPTLY).await);
+}
+
+#[tokio::test]
 async fn a_body_that_stalls_is_answered_408_and_its_connection_closed() {
     let door = FrontDoor::start(r#"body_read_timeout = "300ms""#).await;
     let mut stream = door.connect().await;
