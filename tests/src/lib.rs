@@ -458,21 +458,7 @@ pub fn postgres_queue(db: &retry_queue::conformance::pg::PgTestDatabase) -> Stri
     )
 }
 
-/// Every file under `dir` (recursively); empty if `dir` does not exist.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(files_under(&path));
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
+pub use test_support::files_under;
 
 impl Daemon {
     /// `GET /api/v1/stats`, which must answer 200.

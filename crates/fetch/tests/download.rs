@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use test_support::files_under;
 
 use archiver_core::{Classify, ErrorClass, Secret};
 use bytes::Bytes;
@@ -209,19 +210,6 @@ impl Env {
             .download(&DownloadRequest::get(url), hosts, &AtomicU64::new(0))
             .await
     }
-}
-
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 fn loopback() -> HostPolicy {

@@ -302,7 +302,7 @@ pub(crate) fn rfc3339(ms: archiver_core::UnixMillis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -466,21 +466,8 @@ mod tests {
         }
 
         fn spool_files(&self) -> Vec<PathBuf> {
-            files_under(self.spool.path())
+            test_support::files_under(self.spool.path())
         }
-    }
-
-    fn files_under(dir: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                out.extend(files_under(&path));
-            } else {
-                out.push(path);
-            }
-        }
-        out
     }
 
     #[tokio::test]
