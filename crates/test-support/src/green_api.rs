@@ -469,20 +469,7 @@ async fn download_file(
     let answer = json!({ "downloadUrl": url });
     match truncate {
         None => http::json(200, &answer),
-        Some(n) => {
-            let body = Bytes::from(serde_json::to_vec(&answer).expect("serialize JSON"));
-            Response::builder()
-                .status(200)
-                .header(CONTENT_TYPE, "application/json")
-                .header(CONTENT_LENGTH, body.len())
-                .body(http::slow_body(
-                    body.slice(..n.min(body.len())),
-                    Duration::ZERO,
-                    Bytes::new(),
-                    true,
-                ))
-                .expect("valid response")
-        }
+        Some(n) => http::truncated_json(&answer, n),
     }
 }
 

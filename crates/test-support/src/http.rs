@@ -164,6 +164,23 @@ pub fn json(status: u16, value: &serde_json::Value) -> Response<Body> {
     )
 }
 
+/// A 200 JSON answer that declares its whole length but sends only its
+/// first `n` bytes, then breaks the connection: a truncated transfer.
+pub fn truncated_json(value: &serde_json::Value, n: usize) -> Response<Body> {
+    let body = Bytes::from(serde_json::to_vec(value).expect("serialize JSON"));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::CONTENT_LENGTH, body.len())
+        .body(slow_body(
+            body.slice(..n.min(body.len())),
+            Duration::ZERO,
+            Bytes::new(),
+            true,
+        ))
+        .expect("valid response")
+}
+
 /// A plain-text response.
 pub fn text(status: u16, body: impl Into<String>) -> Response<Body> {
     response(status, "text/plain; charset=utf-8", body.into())

@@ -411,25 +411,10 @@ async fn get_media(state: &Mutex<State>, req: Request<Incoming>) -> Response<Bod
     let data = json!({"mime_type": mime_type, "file_name": file_name, "url": url});
     match truncate {
         None => answer(0, "Request successful", data),
-        Some(n) => {
-            let body = Bytes::from(
-                serde_json::to_vec(
-                    &json!({"code": 0, "message": "Request successful", "data": data}),
-                )
-                .expect("serialize JSON"),
-            );
-            Response::builder()
-                .status(200)
-                .header(CONTENT_TYPE, "application/json")
-                .header(CONTENT_LENGTH, body.len())
-                .body(http::slow_body(
-                    body.slice(..n.min(body.len())),
-                    Duration::ZERO,
-                    Bytes::new(),
-                    true,
-                ))
-                .expect("valid response")
-        }
+        Some(n) => http::truncated_json(
+            &json!({"code": 0, "message": "Request successful", "data": data}),
+            n,
+        ),
     }
 }
 
