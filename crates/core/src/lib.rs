@@ -32,7 +32,7 @@ pub use bounds::OutOfBounds;
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use config_value::SecretRef;
 pub use digest::Sha256Digest;
-pub use error_class::{Classify, ErrorClass};
+pub use error_class::{Classify, ErrorClass, parse_retry_after};
 pub use job::{AccountName, InvalidAccountName, JobSpec, JobState, ProviderKind};
 pub use secret::Secret;
 pub use staged::StagedFile;

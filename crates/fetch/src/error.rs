@@ -1,4 +1,4 @@
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use archiver_core::{Classify, ErrorClass};
 
@@ -36,6 +36,11 @@ pub enum FetchError {
     /// The URL (or a redirect's `Location`, or a request header) cannot be used.
     #[error("bad URL: {0}")]
     BadUrl(String),
+    /// The answer is not the file in the form the request announced (a
+    /// JSON answer without its base64 field, say): the gateway had a bad
+    /// moment, or cannot produce the file; retried until the deadline.
+    #[error("unexpected answer: {0}")]
+    BadAnswer(String),
     /// More redirects than the fetcher follows.
     #[error("too many redirects (more than {})", crate::fetcher::MAX_REDIRECTS)]
     TooManyRedirects,
@@ -76,7 +81,8 @@ impl Classify for FetchError {
             FetchError::Timeout(_)
             | FetchError::Connect(_)
             | FetchError::Truncated { .. }
-            | FetchError::Io(_) => ErrorClass::Transient,
+            | FetchError::Io(_)
+            | FetchError::BadAnswer(_) => ErrorClass::Transient,
             FetchError::Blocked { .. }
             | FetchError::TooLarge { .. }
             | FetchError::BadUrl(_)
@@ -85,40 +91,9 @@ impl Classify for FetchError {
     }
 }
 
-/// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3). A date
-/// in the past means "now".
-pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after(" 120 ", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-1", now), None);
-    }
 
     #[test]
     fn classification() {

@@ -3,16 +3,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use archiver_core::StagedFile;
+use archiver_core::{StagedFile, parse_retry_after};
 use http::header::{ACCEPT_ENCODING, LOCATION, RETRY_AFTER};
 use http::{HeaderValue, Method, StatusCode};
 use reqwest::redirect::Policy;
 use url::{Host, Url};
 
-use crate::error::parse_retry_after;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::base64_json::{self, ChannelReader};
 use crate::guard::{BlockedAddress, GuardedResolver, forbidden_reason};
 use crate::spool::{Spool, SpoolWriter};
-use crate::{DownloadRequest, FetchConfig, FetchError, HostPolicy, redact_url};
+use crate::{Answer, DownloadRequest, FetchConfig, FetchError, HostPolicy, redact_url};
 
 /// Redirects followed before giving up with [`FetchError::TooManyRedirects`].
 pub(crate) const MAX_REDIRECTS: usize = 5;
@@ -25,6 +28,9 @@ pub(crate) const MAX_REDIRECTS: usize = 5;
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
+    /// For the hosts of [`HostPolicy::gateway_api`] only: the same client
+    /// without the private-address check.
+    gateway_client: reqwest::Client,
     cfg: Arc<FetchConfig>,
     /// This process's locked directory in `spool_dir`, shared by clones.
     spool: Arc<Spool>,
@@ -38,19 +44,9 @@ impl Fetcher {
     /// one `spool_dir`.
     pub fn new(cfg: FetchConfig) -> Result<Self, FetchError> {
         let spool = Arc::new(Spool::open(&cfg.spool_dir)?);
-        let client = reqwest::Client::builder()
-            .redirect(Policy::none())
-            .no_proxy()
-            .connect_timeout(cfg.connect_timeout)
-            .dns_resolver(Arc::new(GuardedResolver {
-                allow_private_networks: cfg.allow_private_networks,
-            }))
-            .user_agent(concat!("media-archiver/", env!("CARGO_PKG_VERSION")))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| FetchError::Io(format!("building the HTTP client: {}", chain(&e))))?;
         Ok(Self {
-            client,
+            client: http_client(&cfg, cfg.allow_private_networks)?,
+            gateway_client: http_client(&cfg, true)?,
             cfg: Arc::new(cfg),
             spool,
         })
@@ -104,37 +100,60 @@ impl Fetcher {
         hosts: &HostPolicy,
         progress: &AtomicU64,
     ) -> Result<StagedFile, FetchError> {
-        let (url, mut response) = self.send_following_redirects(req, hosts).await?;
+        let (url, response) = self.send_following_redirects(req, hosts).await?;
         let limit = self.cfg.max_file_bytes;
+        let mut spool = SpoolWriter::create(self.spool.dir())?;
+        match req.answer {
+            Answer::File => {
+                let mut sink = BodySink::Spool(&mut spool);
+                self.receive(&url, response, limit, progress, &mut sink)
+                    .await?;
+            }
+            Answer::Base64JsonField(field) => {
+                self.receive_base64_json(&url, response, field, progress, &mut spool)
+                    .await?;
+            }
+        }
+        spool.finish().await
+    }
+
+    /// Streams a response body into `sink`, at most `limit` bytes, with
+    /// `read_timeout` between chunks, checked against `Content-Length`.
+    async fn receive(
+        &self,
+        url: &Url,
+        mut response: reqwest::Response,
+        limit: u64,
+        progress: &AtomicU64,
+        sink: &mut BodySink<'_>,
+    ) -> Result<(), FetchError> {
         let expected = response.content_length();
         if expected.is_some_and(|len| len > limit) {
             return Err(FetchError::TooLarge { limit });
         }
-
-        let mut spool = SpoolWriter::create(self.spool.dir())?;
+        let mut received: u64 = 0;
         loop {
             let next = tokio::time::timeout(self.cfg.read_timeout, response.chunk()).await;
             let chunk = match next {
                 Err(_) => {
                     return Err(FetchError::Timeout(format!(
-                        "no data for {:?} from {} after {} bytes",
+                        "no data for {:?} from {} after {received} bytes",
                         self.cfg.read_timeout,
-                        redact_url(&url),
-                        spool.size()
+                        redact_url(url),
                     )));
                 }
                 Ok(Err(e)) => {
                     return Err(match expected {
-                        Some(expected) if spool.size() < expected => FetchError::Truncated {
+                        Some(expected) if received < expected => FetchError::Truncated {
                             expected,
-                            got: spool.size(),
+                            got: received,
                         },
                         _ if e.is_timeout() => {
-                            FetchError::Timeout(format!("{}: {}", redact_url(&url), chain(&e)))
+                            FetchError::Timeout(format!("{}: {}", redact_url(url), chain(&e)))
                         }
                         _ => FetchError::Io(format!(
                             "reading the body from {}: {}",
-                            redact_url(&url),
+                            redact_url(url),
                             chain(&e)
                         )),
                     });
@@ -142,21 +161,60 @@ impl Fetcher {
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(chunk))) => chunk,
             };
-            if spool.size() + chunk.len() as u64 > limit {
+            let len = chunk.len() as u64;
+            if received + len > limit {
                 return Err(FetchError::TooLarge { limit });
             }
-            spool.write(&chunk).await?;
-            progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            sink.accept(chunk).await?;
+            received += len;
+            progress.fetch_add(len, Ordering::Relaxed);
         }
-        if let Some(expected) = expected
-            && spool.size() != expected
-        {
-            return Err(FetchError::Truncated {
+        match expected {
+            Some(expected) if received != expected => Err(FetchError::Truncated {
                 expected,
-                got: spool.size(),
-            });
+                got: received,
+            }),
+            _ => Ok(()),
         }
-        spool.finish().await
+    }
+
+    /// [`Answer::Base64JsonField`]: the body goes through a bounded channel
+    /// to the decoder on a blocking thread (see `base64_json.rs`), whose
+    /// decoded chunks come back through another into the spool, under
+    /// `max_file_bytes`. Memory: a few chunks in each channel.
+    async fn receive_base64_json(
+        &self,
+        url: &Url,
+        response: reqwest::Response,
+        field: &'static str,
+        progress: &AtomicU64,
+        spool: &mut SpoolWriter,
+    ) -> Result<(), FetchError> {
+        let (body_tx, body_rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (file_tx, file_rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
+        let decoder = tokio::task::spawn_blocking(move || {
+            base64_json::decode_field(ChannelReader::new(body_rx), field, |chunk| {
+                file_tx
+                    .blocking_send(chunk.to_vec())
+                    .map_err(|_| std::io::Error::other("the download stopped"))
+            })
+        });
+        let limit = self.cfg.max_file_bytes;
+        let body = async move {
+            let mut sink = BodySink::Channel(body_tx);
+            let answer_limit = base64_json::answer_limit(limit);
+            self.receive(url, response, answer_limit, progress, &mut sink)
+                .await
+        };
+        let file = write_decoded(file_rx, spool, limit);
+        // The download's own errors come first; the decoder, which reads
+        // the body to its end whatever it finds, answers after.
+        let transfer = tokio::try_join!(body, file);
+        let decoded = decoder
+            .await
+            .unwrap_or_else(|e| Err(FetchError::Io(format!("the base64 decoder failed: {e}"))));
+        transfer?;
+        decoded
     }
 
     /// Sends the request, following redirects by hand so that every hop goes
@@ -175,9 +233,8 @@ impl Fetcher {
         let mut send_headers = true;
 
         for hop in 0..=MAX_REDIRECTS {
-            self.check_url(&url, hosts)?;
-            let mut builder = self
-                .client
+            let client = self.check_url(&url, hosts)?;
+            let mut builder = client
                 .request(method.clone(), url.clone())
                 .header(ACCEPT_ENCODING, "identity");
             if send_headers {
@@ -258,8 +315,10 @@ impl Fetcher {
     }
 
     /// The SSRF guard's static half, for one hop: scheme, host allowlist,
-    /// and (for IP-literal hosts, which skip DNS) the address check.
-    fn check_url(&self, url: &Url, hosts: &HostPolicy) -> Result<(), FetchError> {
+    /// and (for IP-literal hosts, which skip DNS) the address check. Returns
+    /// the client for the hop: the guarded one, or for the gateway's own API
+    /// host ([`HostPolicy::gateway_api`]) the one without the address check.
+    fn check_url(&self, url: &Url, hosts: &HostPolicy) -> Result<&reqwest::Client, FetchError> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(FetchError::BadUrl(format!(
                 "unsupported scheme in {}",
@@ -283,6 +342,9 @@ impl Fetcher {
                 reason: "host is not in the account's allowed download hosts".to_owned(),
             });
         }
+        if hosts.trusts_addresses_of(&host) {
+            return Ok(&self.gateway_client);
+        }
         if !self.cfg.allow_private_networks
             && let Some(reason) = ip.and_then(forbidden_reason)
         {
@@ -291,8 +353,69 @@ impl Fetcher {
                 reason: format!("{reason} address"),
             });
         }
-        Ok(())
+        Ok(&self.client)
     }
+}
+
+/// Chunks in flight in each channel of a base64-in-JSON download.
+const CHANNEL_CHUNKS: usize = 4;
+
+/// Where [`Fetcher::receive`] puts the body.
+enum BodySink<'a> {
+    /// Straight into the spool file: the body is the file.
+    Spool(&'a mut SpoolWriter),
+    /// To the base64-in-JSON decoder.
+    Channel(mpsc::Sender<Bytes>),
+}
+
+impl BodySink<'_> {
+    async fn accept(&mut self, chunk: Bytes) -> Result<(), FetchError> {
+        match self {
+            BodySink::Spool(spool) => spool.write(&chunk).await,
+            // The decoder reads to the end of the body, so a closed channel
+            // means it failed; its own error is what the caller reports.
+            BodySink::Channel(decoder) => decoder
+                .send(chunk)
+                .await
+                .map_err(|_| FetchError::Io("the base64 decoder stopped".into())),
+        }
+    }
+}
+
+/// Writes the decoder's chunks into the spool, refusing a decoded file
+/// above `limit`.
+async fn write_decoded(
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+    spool: &mut SpoolWriter,
+    limit: u64,
+) -> Result<(), FetchError> {
+    while let Some(chunk) = chunks.recv().await {
+        if spool.size() + chunk.len() as u64 > limit {
+            return Err(FetchError::TooLarge { limit });
+        }
+        spool.write(&chunk).await?;
+    }
+    Ok(())
+}
+
+/// The download client: no redirects (followed by hand, each hop checked),
+/// no proxy (the guard must see the address connected to), and the guarding
+/// resolver.
+fn http_client(
+    cfg: &FetchConfig,
+    allow_private_networks: bool,
+) -> Result<reqwest::Client, FetchError> {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .no_proxy()
+        .connect_timeout(cfg.connect_timeout)
+        .dns_resolver(Arc::new(GuardedResolver {
+            allow_private_networks,
+        }))
+        .user_agent(concat!("media-archiver/", env!("CARGO_PKG_VERSION")))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| FetchError::Io(format!("building the HTTP client: {}", chain(&e))))
 }
 
 /// 301, 302, 303, 307 and 308 are followed (300 too, when it names a

@@ -23,6 +23,7 @@
 //! Main types: [`Fetcher`], [`FetchConfig`], [`DownloadRequest`],
 //! [`HostPolicy`], [`FetchError`].
 
+mod base64_json;
 mod config;
 mod error;
 mod fetcher;
@@ -37,4 +38,4 @@ pub use error::FetchError;
 pub use fetcher::Fetcher;
 pub use policy::HostPolicy;
 pub use redact::redact_url;
-pub use request::DownloadRequest;
+pub use request::{Answer, DownloadRequest};

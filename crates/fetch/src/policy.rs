@@ -15,6 +15,8 @@
 #[derive(Debug, Clone, Default)]
 pub struct HostPolicy {
     patterns: Vec<Pattern>,
+    /// Set by [`HostPolicy::gateway_api`]: the one host is the operator's.
+    operator_named: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +42,31 @@ impl HostPolicy {
                 })
             })
             .collect();
-        Self { patterns }
+        Self {
+            patterns,
+            operator_named: false,
+        }
+    }
+
+    /// Exactly the host of `api_url`, the self-hosted gateway's API that the
+    /// operator wrote into the account's config, for a file that API serves
+    /// itself. The address half of the guard (no private, loopback or
+    /// link-local addresses) is there against URLs that arrive in webhooks;
+    /// this host was chosen by the operator, not by a webhook, and usually
+    /// sits on the operator's own network, where the gateway's other API
+    /// calls already reach it. So its addresses are not checked; every other
+    /// host, a redirect's included, stays refused.
+    pub fn gateway_api(api_url: &url::Url) -> Self {
+        Self {
+            operator_named: true,
+            ..Self::new(api_url.host_str())
+        }
+    }
+
+    /// Whether `host`'s addresses skip the private-network check (see
+    /// [`HostPolicy::gateway_api`]).
+    pub(crate) fn trusts_addresses_of(&self, host: &str) -> bool {
+        self.operator_named && self.allows(host)
     }
 
     /// Whether `pattern` names a host: a domain name or IP literal, or
@@ -103,6 +129,18 @@ mod tests {
         assert!(!p.allows("x.lookaside.fbsbx.com"));
         assert!(!p.allows("fbsbx.com"));
         assert!(!p.allows(""));
+    }
+
+    #[test]
+    fn a_gateway_api_policy_allows_its_host_only_and_trusts_only_it() {
+        let api = url::Url::parse("http://evolution.internal:8080/base/").unwrap();
+        let p = HostPolicy::gateway_api(&api);
+        assert!(p.allows("evolution.internal"));
+        assert!(p.trusts_addresses_of("evolution.internal"));
+        assert!(!p.allows("mmg.whatsapp.net"));
+        assert!(!p.trusts_addresses_of("mmg.whatsapp.net"));
+        let listed = HostPolicy::new(["evolution.internal"]);
+        assert!(!listed.trusts_addresses_of("evolution.internal"));
     }
 
     #[test]

@@ -7,7 +7,8 @@ use url::Url;
 
 use crate::redact_url;
 
-/// One HTTP request whose response body is the file.
+/// One HTTP request whose response body is the file, or carries it (see
+/// [`Answer`]).
 ///
 /// Header values are [`Secret`]s because they are often credentials (bearer
 /// tokens, API keys); `Debug` shows header names only and the URL redacted.
@@ -23,6 +24,21 @@ pub struct DownloadRequest {
     pub headers: Vec<(HeaderName, Secret)>,
     /// Request body, for `POST` downloads.
     pub body: Option<Bytes>,
+    /// How the response body holds the file.
+    pub answer: Answer,
+}
+
+/// How a response body holds the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Answer {
+    /// The body is the file.
+    #[default]
+    File,
+    /// The body is a JSON object whose top-level string member of this name
+    /// is the file in base64 (standard or URL-safe, padded or not, perhaps
+    /// a `data:` URL). It is decoded while it streams, never held whole;
+    /// `max_file_bytes` applies to the decoded file.
+    Base64JsonField(&'static str),
 }
 
 impl DownloadRequest {
@@ -33,6 +49,7 @@ impl DownloadRequest {
             method: Method::GET,
             headers: Vec::new(),
             body: None,
+            answer: Answer::File,
         }
     }
 
@@ -52,6 +69,7 @@ impl fmt::Debug for DownloadRequest {
             .field("method", &self.method)
             .field("headers", &headers)
             .field("body_len", &self.body.as_ref().map(Bytes::len))
+            .field("answer", &self.answer)
             .finish()
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, LOCATION, RETRY_AFTER};
 use hyper::{Request, Response};
-use media_fetch::{DownloadRequest, FetchConfig, FetchError, Fetcher, HostPolicy};
+use media_fetch::{Answer, DownloadRequest, FetchConfig, FetchError, Fetcher, HostPolicy};
 use sha2::{Digest, Sha256};
 use test_support::http::{self, Body, TestServer};
 use url::Url;
@@ -170,8 +170,44 @@ async fn route(req: Request<Incoming>) -> Response<Body> {
                 ),
             )
         }
+        // `n` pattern bytes as base64 in a JSON answer, as Evolution's
+        // getBase64FromMediaMessage sends a file.
+        ["base64-json", n] => {
+            let json = base64_json_answer(num(n));
+            sized(
+                json.len(),
+                http::stream(futures_util::stream::iter(
+                    json.chunks(64 * 1024)
+                        .map(|c| Ok(Bytes::copy_from_slice(c)))
+                        .collect::<Vec<_>>(),
+                )),
+            )
+        }
+        ["base64-json-truncated", n] => {
+            let json = base64_json_answer(num(n));
+            let sent = Bytes::copy_from_slice(&json[..json.len() / 2]);
+            sized(
+                json.len(),
+                http::slow_body(sent, Duration::ZERO, Bytes::new(), true),
+            )
+        }
+        ["json-without-base64"] => http::text(200, r#"{"message":"Message not found"}"#),
         _ => http::text(404, "not found"),
     }
+}
+
+fn base64_json_answer(len: usize) -> Vec<u8> {
+    use base64::Engine as _;
+    let file: Vec<u8> = (0..len).map(pattern).collect();
+    let text = base64::engine::general_purpose::STANDARD.encode(file);
+    format!(r#"{{"mediaType":"videoMessage","base64":"{text}","mimetype":"video/mp4"}}"#)
+        .into_bytes()
+}
+
+fn base64_json(url: Url) -> DownloadRequest {
+    let mut request = DownloadRequest::get(url);
+    request.answer = Answer::Base64JsonField("base64");
+    request
 }
 
 struct Env {
@@ -710,4 +746,115 @@ async fn secrets_never_appear_in_debug_or_errors() {
         ))),
         "{messages:#?}"
     );
+}
+
+#[tokio::test]
+async fn a_base64_json_answer_becomes_the_decoded_file_in_the_spool() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let len = 8 * MIB + 5;
+    let progress = AtomicU64::new(0);
+    let staged = env
+        .fetcher
+        .download(
+            &base64_json(server.url(&format!("/base64-json/{len}"))),
+            &loopback(),
+            &progress,
+        )
+        .await
+        .unwrap();
+    let file: Vec<u8> = (0..len).map(pattern).collect();
+    assert_eq!(staged.size, len as u64);
+    assert_eq!(
+        staged.sha256.to_hex(),
+        format!("{:x}", Sha256::digest(&file))
+    );
+    assert_eq!(read(&staged.path), file);
+    // Progress counts the answer's bytes as they arrive.
+    assert_eq!(
+        progress.load(Ordering::Relaxed),
+        base64_json_answer(len).len() as u64
+    );
+}
+
+#[tokio::test]
+async fn a_base64_json_file_over_the_cap_is_too_large_and_leaves_nothing() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.max_file_bytes = MIB as u64);
+    let err = env
+        .fetcher
+        .download(
+            &base64_json(server.url(&format!("/base64-json/{}", MIB + 1))),
+            &loopback(),
+            &AtomicU64::new(0),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::TooLarge { .. }), "{err:?}");
+    // A file of exactly the cap fits, though its answer is a third larger.
+    env.fetcher
+        .download(
+            &base64_json(server.url(&format!("/base64-json/{MIB}"))),
+            &loopback(),
+            &AtomicU64::new(0),
+        )
+        .await
+        .unwrap();
+    assert_eq!(env.spool_files().len(), 1);
+}
+
+#[tokio::test]
+async fn an_answer_without_the_base64_field_is_a_bad_answer_worth_retrying() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let err = env
+        .fetcher
+        .download(
+            &base64_json(server.url("/json-without-base64")),
+            &loopback(),
+            &AtomicU64::new(0),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FetchError::BadAnswer(d) if d.contains("no `base64`")),
+        "{err:?}"
+    );
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert!(env.spool_files().is_empty());
+}
+
+#[tokio::test]
+async fn a_truncated_base64_json_answer_is_reported_as_truncated() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let err = env
+        .fetcher
+        .download(
+            &base64_json(server.url("/base64-json-truncated/300000")),
+            &loopback(),
+            &AtomicU64::new(0),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Truncated { .. }), "{err:?}");
+    assert!(env.spool_files().is_empty());
+}
+
+#[tokio::test]
+async fn the_gateway_s_own_api_host_is_reached_on_a_private_address_and_nothing_else_is() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.allow_private_networks = false);
+    let gateway = HostPolicy::gateway_api(&server.url("/"));
+    let staged = env.get(server.url("/abc"), &gateway).await.unwrap();
+    assert_eq!(read(&staged.path), b"abc");
+    // A redirect away from it is refused like any other host.
+    let away = format!("http://localhost:{}/abc", server.port())
+        .replace(':', "%3A")
+        .replace('/', "%2F");
+    let err = env
+        .get(server.url(&format!("/redirect?to={away}")), &gateway)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Blocked { .. }), "{err:?}");
 }

@@ -235,7 +235,7 @@ impl CloudApi {
     }
 
     /// A Graph error answer, classified, with the token never in the text.
-    fn api_error(&self, api: &'static str, response: &ApiResponse) -> ProviderError {
+    pub(crate) fn api_error(&self, api: &'static str, response: &ApiResponse) -> ProviderError {
         let error = response
             .json(api)
             .ok()

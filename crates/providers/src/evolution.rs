@@ -26,31 +26,28 @@
 //!    `POST {api_url}/chat/getBase64FromMediaMessage/{instance}` (`apikey`
 //!    header) with the whole message, so Evolution can ask the sender's
 //!    phone to upload it again; its `base64` is checked against `fileSha256`.
-//!    That answer holds the whole file in JSON, so it is read into memory,
-//!    up to [`MAX_BASE64_ANSWER`].
+//!    That answer holds the whole file in JSON; the fetcher decodes it while
+//!    it streams into the spool ([`media_fetch::Answer::Base64JsonField`]),
+//!    so memory does not grow with the file.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use archiver_core::config_value::opt_duration;
-use archiver_core::{AccountName, Clock, ErrorClass, ProviderKind, Secret, SecretRef, SystemClock};
+use archiver_core::{AccountName, Clock, ProviderKind, Secret, SecretRef, SystemClock};
 use bytes::Bytes;
-use media_fetch::HostPolicy;
+use media_fetch::{Answer, DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::api_client::ApiResponse;
 use crate::auth::{constant_time_eq, require_bearer_or_query_token};
 use crate::baileys::{self, Mode, Stub, invalid, opt_string};
 use crate::{
-    ApiClient, JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, WebhookRequest, checked_id, message_time, new_job,
+    JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution, ResolvedMedia,
+    WebhookRequest, checked_id, message_time, new_job,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
-/// The most of a getBase64FromMediaMessage answer that is read: a 100 MB
-/// file (WhatsApp's media limit) as base64 inside JSON.
-pub(crate) const MAX_BASE64_ANSWER: usize = 140 * 1024 * 1024;
 const GET_BASE64: &str = "getBase64FromMediaMessage";
 
 /// `[[accounts]]` keys for `provider = "evolution"`.
@@ -108,7 +105,6 @@ pub(crate) struct Evolution {
     api_key: Secret,
     webhook: WebhookAuth,
     mode: Mode,
-    api: ApiClient,
     /// Dates each webhook's arrival, which bounds its jobs' deadlines.
     clock: Arc<dyn Clock>,
 }
@@ -141,7 +137,7 @@ struct Claims {
 }
 
 impl Evolution {
-    pub(crate) fn new(config: &EvolutionConfig, api: ApiClient) -> Result<Self, Vec<String>> {
+    pub(crate) fn new(config: &EvolutionConfig) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
         let api_url = baileys::parse_url("api_url", &config.api_url, &mut errors);
         let cdn = baileys::parse_url("cdn_url", &config.cdn_url, &mut errors);
@@ -197,7 +193,6 @@ impl Evolution {
             api_key,
             webhook,
             mode: config.mode,
-            api,
             clock: Arc::new(SystemClock),
         })
     }
@@ -278,8 +273,11 @@ impl Evolution {
     }
 
     /// `POST /chat/getBase64FromMediaMessage/{instance}`: the decrypted file
-    /// as base64 inside JSON.
-    async fn get_base64(&self, p: &Payload) -> Result<Bytes, ProviderError> {
+    /// as base64 inside a JSON answer, which the fetcher decodes while it
+    /// streams into the spool. Only the host of `api_url` is allowed, and it
+    /// is the operator's own: reachable on a private network like the rest
+    /// of Evolution's API ([`HostPolicy::gateway_api`]).
+    fn get_base64(&self, p: &Payload) -> Result<MediaSource, ProviderError> {
         let mut url = self.api_url.clone();
         url.path_segments_mut()
             .map_err(|_| ProviderError::BadJob("api_url cannot be a base URL".into()))?
@@ -289,33 +287,19 @@ impl Evolution {
             "message": { "key": p.key, "message": p.message },
             "convertToMp4": false,
         });
-        let request = self
-            .api
-            .post(url)
-            .header("apikey", self.api_key.expose())
-            .json(&body);
-        let response = self
-            .api
-            .send_limited(GET_BASE64, request, MAX_BASE64_ANSWER)
-            .await?;
-        if response.status != 200 && response.status != 201 {
-            return Err(api_error(&response));
-        }
-        let answer = response.json(GET_BASE64)?;
-        let text = answer
-            .get("base64")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ProviderError::Unreachable {
-                api: GET_BASE64,
-                detail: "answer has no base64".into(),
-            })?;
-        baileys::decode_file_base64(text)
-            .map(Bytes::from)
-            .ok_or_else(|| ProviderError::Unreachable {
-                api: GET_BASE64,
-                detail: "answer's base64 does not decode".into(),
-            })
+        let mut request = DownloadRequest::get(url)
+            .with_header(
+                http::HeaderName::from_static("apikey"),
+                self.api_key.clone(),
+            )
+            .with_header(http::header::CONTENT_TYPE, Secret::new("application/json"));
+        request.method = http::Method::POST;
+        request.body = Some(body.to_string().into());
+        request.answer = Answer::Base64JsonField("base64");
+        Ok(MediaSource::download(
+            request,
+            HostPolicy::gateway_api(&self.api_url),
+        ))
     }
 
     fn verify_jwt(&self, secret: &Secret, headers: &http::HeaderMap) -> Result<(), ProviderError> {
@@ -352,26 +336,6 @@ pub(crate) fn verify_hs256(token: &str, secret: &Secret) -> Result<(), ProviderE
             };
             ProviderError::Unauthorized(why.into())
         })
-}
-
-/// Classifies a getBase64FromMediaMessage error answer: Evolution answers
-/// 400 for "Message not found" and "not of the media type" (retrying cannot
-/// help), 401/403/404 for a bad key or instance.
-pub(crate) fn classify(status: u16, retry_after: Option<Duration>) -> ErrorClass {
-    match status {
-        429 => retry_after.map_or(ErrorClass::Transient, ErrorClass::RetryAfter),
-        408 | 500..=599 => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
-    }
-}
-
-fn api_error(response: &ApiResponse) -> ProviderError {
-    ProviderError::Api {
-        api: GET_BASE64,
-        status: response.status,
-        detail: response.detail(),
-        class: classify(response.status, response.retry_after),
-    }
 }
 
 #[async_trait::async_trait]
@@ -487,9 +451,8 @@ impl Provider for Evolution {
                 "CDN blob gone; asking Evolution for the file"
             );
         }
-        let bytes = self.get_base64(&p).await?;
         Ok(Resolution::Fetch(ResolvedMedia {
-            source: MediaSource::Inline(bytes),
+            source: self.get_base64(&p)?,
             expected_sha256: Some(p.stub.file_sha256),
             encryption: None,
             details,

@@ -234,7 +234,7 @@ impl GreenApi {
 }
 
 /// Classifies a Green API error answer (providers.md section 1 (f)).
-fn api_error(api: &'static str, response: &ApiResponse, attempt: u32) -> ProviderError {
+pub(crate) fn api_error(api: &'static str, response: &ApiResponse, attempt: u32) -> ProviderError {
     let detail = response.detail();
     let class = classify(response.status, &detail, response.retry_after, attempt);
     ProviderError::Api {

@@ -36,6 +36,8 @@ mod config;
 mod error;
 mod evolution;
 mod greenapi;
+#[cfg(test)]
+mod hostile_answers;
 mod meta;
 mod nxcloud;
 mod onprem;
@@ -252,9 +254,7 @@ pub fn build_with_clock(
             Arc::new(greenapi::GreenApi::new(c, api.clone())?.with_clock(clock))
         }
         AccountConfig::Codechat(c) => Arc::new(codechat::Codechat::new(c)?.with_clock(clock)),
-        AccountConfig::Evolution(c) => {
-            Arc::new(evolution::Evolution::new(c, api.clone())?.with_clock(clock))
-        }
+        AccountConfig::Evolution(c) => Arc::new(evolution::Evolution::new(c)?.with_clock(clock)),
         AccountConfig::Nxcloud(c) => {
             Arc::new(nxcloud::Nxcloud::new(c, api.clone())?.with_clock(clock))
         }

@@ -472,7 +472,7 @@ impl Nxcloud {
     }
 }
 
-fn http_error(response: &ApiResponse) -> ProviderError {
+pub(crate) fn http_error(response: &ApiResponse) -> ProviderError {
     ProviderError::Api {
         api: GET_MEDIA,
         status: response.status,

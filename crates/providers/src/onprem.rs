@@ -479,7 +479,7 @@ fn describe_errors(errors: &[Value]) -> String {
 }
 
 /// Classifies an On-Prem API error answer (providers.md section 4 (f)).
-fn api_error(api: &'static str, response: &ApiResponse, attempt: u32) -> ProviderError {
+pub(crate) fn api_error(api: &'static str, response: &ApiResponse, attempt: u32) -> ProviderError {
     let body = response.json(api).ok();
     let codes = body.as_ref().map(error_codes).unwrap_or_default();
     let detail = match body

@@ -241,10 +241,9 @@ impl StoreError {
             };
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(parse_retry_after);
+        let retry_after = response.headers().get("retry-after").and_then(|value| {
+            archiver_core::parse_retry_after(value, std::time::SystemTime::now())
+        });
         let code = err.code().unwrap_or_default().to_owned();
         let message = err.message().unwrap_or_default().to_owned();
         classify_response(op, bucket, key, status, code, message, retry_after)
@@ -373,17 +372,6 @@ fn classify_response(
     }
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let text = value.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(text).ok()?;
-    let secs = (at.timestamp() - chrono::Utc::now().timestamp()).max(0);
-    Some(Duration::from_secs(secs.unsigned_abs()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,16 +483,6 @@ mod tests {
             );
             assert_eq!(err.class(), *class, "{name}: {err}");
         }
-    }
-
-    #[test]
-    fn retry_after_parses_seconds_and_dates() {
-        assert_eq!(parse_retry_after(" 12"), Some(Duration::from_secs(12)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]

@@ -25,8 +25,7 @@ fn adapter(extra: &str) -> Evolution {
         "#
     ))
     .unwrap();
-    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-    Evolution::new(&config, api).unwrap()
+    Evolution::new(&config).unwrap()
 }
 
 /// Bytes as Evolution sends them: a `Uint8Array` through `JSON.stringify`.
@@ -330,28 +329,11 @@ fn a_jwt_secret_or_a_token_is_required_unless_allowed_on_purpose() {
         "name = \"evo\"\napi_url = \"http://x\"\ninstance = \"main\"\napi_key = \"k\"\n",
     )
     .unwrap();
-    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
     assert_eq!(
-        Evolution::new(&config, api).unwrap_err(),
+        Evolution::new(&config).unwrap_err(),
         [
             "webhook_jwt_secret: required (or webhook_token, or set allow_unauthenticated_webhooks = true)"
         ]
-    );
-}
-
-#[test]
-fn get_base64_errors_are_classified() {
-    assert_eq!(
-        classify(400, None),
-        ErrorClass::Permanent,
-        "Message not found"
-    );
-    assert_eq!(classify(401, None), ErrorClass::Permanent);
-    assert_eq!(classify(404, None), ErrorClass::Permanent);
-    assert_eq!(classify(500, None), ErrorClass::Transient);
-    assert_eq!(
-        classify(429, Some(Duration::from_secs(4))),
-        ErrorClass::RetryAfter(Duration::from_secs(4))
     );
 }
 
@@ -367,8 +349,7 @@ fn config_errors_are_all_reported() {
         "#,
     )
     .unwrap();
-    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-    let errors = Evolution::new(&config, api).unwrap_err();
+    let errors = Evolution::new(&config).unwrap_err();
     for key in ["api_url", "instance", "api_key", "webhook_jwt_secret"] {
         assert!(
             errors.iter().any(|e| e.starts_with(key)),
