@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use archiver_core::SystemClock;
+use archiver_core::{Clock, SystemClock};
 use providers::{ApiClient, Provider};
 use retry_queue::{JobQueue, PgQueue, QueueError, SqliteQueue};
 use s3_uploader::{FsStore, Layout, ObjectStore, S3Store};
@@ -49,6 +49,11 @@ pub(crate) fn init_logging(format: &str) {
     }
 }
 
+/// The process's one clock: the queue, every adapter and the worker read
+/// "now" from this one value, so a job's times (webhook arrival, deadline,
+/// retries, park timeout, `archived_at`) are all on the same clock.
+static CLOCK: LazyLock<Arc<dyn Clock>> = LazyLock::new(|| Arc::new(SystemClock));
+
 /// One adapter per account; every account's problems are collected.
 pub(crate) fn build_providers(
     config: &Config,
@@ -58,7 +63,7 @@ pub(crate) fn build_providers(
     let mut errors = Vec::new();
     let mut accounts = HashMap::new();
     for (i, account) in config.accounts.iter().enumerate() {
-        match providers::build(account, &api) {
+        match providers::build_with_clock(account, &api, CLOCK.clone()) {
             Ok(provider) => {
                 accounts.insert(account.name().to_string(), provider);
             }
@@ -144,7 +149,7 @@ pub(crate) fn summary(config: &Config) -> Result<String, ConfigErrors> {
 /// error (exit 1: a supervisor restarts the daemon).
 pub(crate) async fn open_queue(config: &Config) -> Result<Arc<dyn JobQueue>, ServeError> {
     let policy = config.retry_policy();
-    let clock = Arc::new(SystemClock);
+    let clock = CLOCK.clone();
     if config.queue.backend == "postgres" {
         let options = config
             .pg_options()
@@ -237,11 +242,14 @@ pub(crate) async fn serve(config: Config) -> Result<(), ServeError> {
     }
 
     let worker = Arc::new(pipeline::Worker::new(
-        queue.clone(),
-        providers.clone(),
-        fetcher,
-        store.clone(),
-        Layout::new(config.storage_prefix()),
+        pipeline::Stages {
+            queue: queue.clone(),
+            providers: providers.clone(),
+            fetcher,
+            store: store.clone(),
+            layout: Layout::new(config.storage_prefix()),
+            clock: CLOCK.clone(),
+        },
         pipeline::WorkerConfig {
             concurrency: config.workers.concurrency,
             lease: config.workers.lease,

@@ -3,7 +3,7 @@
 use std::sync::atomic::AtomicU64;
 
 use crate::telemetry::{self, Stage};
-use archiver_core::{Classify, ErrorClass, Sha256Digest};
+use archiver_core::{Classify, Clock, ErrorClass, Sha256Digest, UnixMillis};
 use media_fetch::{FetchError, Fetcher};
 use providers::{JobRef, MediaSource, Provider, ProviderError, Resolution, ResolvedMedia};
 use retry_queue::JobRecord;
@@ -107,6 +107,8 @@ pub struct Processed {
     pub outcome: PutOutcome,
     /// How the bytes were verified.
     pub verification: Verification,
+    /// When the manifest says it was archived (from the injected clock).
+    pub archived_at: UnixMillis,
 }
 
 /// How an attempt that did not fail ended.
@@ -124,21 +126,22 @@ pub(crate) enum Attempted {
 }
 
 /// Everything an attempt needs, borrowed from the worker.
-pub(crate) struct Stages<'a> {
+pub(crate) struct Attempt<'a> {
     pub(crate) fetcher: &'a Fetcher,
     pub(crate) store: &'a dyn ObjectStore,
     pub(crate) layout: &'a Layout,
+    pub(crate) clock: &'a dyn Clock,
 }
 
-impl Stages<'_> {
+impl Attempt<'_> {
     /// Runs one attempt. `progress` counts downloaded bytes.
-    pub(crate) async fn attempt(
+    pub(crate) async fn run(
         &self,
         provider: &dyn Provider,
         job: &JobRecord,
         progress: &AtomicU64,
     ) -> Result<Attempted, JobError> {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let reference = |link_dead| JobRef {
             message_id: &job.message_id,
             media_id: job.media_id.as_deref(),
@@ -179,7 +182,7 @@ impl Stages<'_> {
             None => staged,
         };
         telemetry::stage(Stage::Download, started.elapsed());
-        let uploading = std::time::Instant::now();
+        let uploading = tokio::time::Instant::now();
         let processed = self.verify_and_store(job, &resolved, &staged.0).await?;
         telemetry::stage(Stage::Upload, uploading.elapsed());
         Ok(Attempted::Archived(processed))
@@ -223,6 +226,7 @@ impl Stages<'_> {
         let mime = details.mime_type.as_deref();
         let blob_key = self.layout.blob_key(&staged.sha256, mime);
         let outcome = self.store.put_blob(&blob_key, staged, mime).await?;
+        let archived_at = self.clock.now_ms();
         let manifest = Manifest {
             provider: job.provider.to_string(),
             account: job.account.clone(),
@@ -239,7 +243,7 @@ impl Stages<'_> {
             blob_key: blob_key.clone(),
             provider_sha256: resolved.expected_sha256,
             verification,
-            archived_at: rfc3339(chrono::Utc::now().timestamp_millis()),
+            archived_at: rfc3339(archived_at),
         };
         // Beside, never over, a manifest of this message for other bytes.
         let manifest_key =
@@ -250,6 +254,7 @@ impl Stages<'_> {
             size: staged.size,
             outcome,
             verification,
+            archived_at,
         })
     }
 }
@@ -455,13 +460,14 @@ mod tests {
         }
 
         async fn attempt(&self) -> Result<Attempted, JobError> {
-            let stages = Stages {
+            let attempt = Attempt {
                 fetcher: &self.fetcher,
                 store: &self.store,
                 layout: &self.layout,
+                clock: &archiver_core::SystemClock,
             };
-            stages
-                .attempt(&self.provider, &self.job, &AtomicU64::new(0))
+            attempt
+                .run(&self.provider, &self.job, &AtomicU64::new(0))
                 .await
         }
 

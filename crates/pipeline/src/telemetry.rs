@@ -8,17 +8,26 @@
 //!
 //! Metrics go through the `metrics` facade: the binary installs the
 //! Prometheus recorder; without one (unit tests) they cost nothing.
+//!
+//! Durations (`elapsed`, stage timings) are measured by the caller on the
+//! monotonic Tokio clock; the one point in time reported, when a job was
+//! archived, comes from the injected wall clock, like the job's
+//! `created_at` it is compared with.
 
 use std::time::Duration;
 
-use archiver_core::ErrorClass;
+use archiver_core::{ErrorClass, UnixMillis};
 use retry_queue::JobRecord;
 
 /// What happened to a job at the end of an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Verified and archived.
-    Archived,
+    Archived {
+        /// When (the manifest's `archived_at`): `job_latency_seconds` is
+        /// the time from the webhook (`created_at`) to this.
+        at: UnixMillis,
+    },
     /// Failed with this class; another attempt is scheduled.
     Retry(ErrorClass),
     /// Failed for good; `reason` is a short label (`expired`, `permanent`).
@@ -34,9 +43,9 @@ pub enum Outcome {
 
 impl Outcome {
     /// The label used in logs.
-    pub fn as_str(&self) -> &'static str {
+    fn as_str(&self) -> &'static str {
         match self {
-            Outcome::Archived => "archived",
+            Outcome::Archived { .. } => "archived",
             Outcome::Retry(_) => "retry",
             Outcome::Dead { .. } => "dead",
             Outcome::Released => "released",
@@ -47,7 +56,7 @@ impl Outcome {
 
 /// A timed stage of an attempt.
 #[derive(Debug, Clone, Copy)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// Resolving and downloading into the spool.
     Download,
     /// Writing blob and manifest to the store.
@@ -55,7 +64,7 @@ pub enum Stage {
 }
 
 /// Records how long a stage took.
-pub fn stage(stage: Stage, elapsed: Duration) {
+pub(crate) fn stage(stage: Stage, elapsed: Duration) {
     let name = match stage {
         Stage::Download => "media_archiver_download_seconds",
         Stage::Upload => "media_archiver_upload_seconds",
@@ -64,7 +73,7 @@ pub fn stage(stage: Stage, elapsed: Duration) {
 }
 
 /// Reports one transition: one log event, and the matching counters.
-pub fn transition(
+pub(crate) fn transition(
     job: &JobRecord,
     outcome: Outcome,
     bytes: u64,
@@ -74,14 +83,12 @@ pub fn transition(
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     let account = job.account.clone();
     match &outcome {
-        Outcome::Archived => {
+        Outcome::Archived { at } => {
             metrics::counter!("media_archiver_archived_total", "account" => account.clone())
                 .increment(1);
             metrics::counter!("media_archiver_archived_bytes_total", "account" => account)
                 .increment(bytes);
-            let since_webhook = chrono::Utc::now()
-                .timestamp_millis()
-                .saturating_sub(job.created_at);
+            let since_webhook = at.saturating_sub(job.created_at);
             metrics::histogram!("media_archiver_job_latency_seconds")
                 .record(since_webhook.max(0) as f64 / 1000.0);
         }
@@ -97,28 +104,27 @@ pub fn transition(
         Outcome::Released | Outcome::Parked => {}
     }
     let label = outcome.as_str();
+    // One field list for both levels: a tracing level must be a constant.
+    macro_rules! log {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                job_id = %job.id,
+                account = %job.account,
+                provider = %job.provider,
+                attempt = job.attempts,
+                outcome = label,
+                bytes,
+                elapsed_ms,
+                detail,
+                "job {label}"
+            )
+        };
+    }
     match outcome {
-        Outcome::Archived | Outcome::Released | Outcome::Parked => tracing::info!(
-            job_id = %job.id,
-            account = %job.account,
-            provider = %job.provider,
-            attempt = job.attempts,
-            outcome = label,
-            bytes,
-            elapsed_ms,
-            detail,
-            "job {label}"
-        ),
-        Outcome::Retry(_) | Outcome::Dead { .. } => tracing::warn!(
-            job_id = %job.id,
-            account = %job.account,
-            provider = %job.provider,
-            attempt = job.attempts,
-            outcome = label,
-            bytes,
-            elapsed_ms,
-            detail,
-            "job {label}"
-        ),
+        Outcome::Archived { .. } | Outcome::Released | Outcome::Parked => {
+            log!(tracing::Level::INFO)
+        }
+        Outcome::Retry(_) | Outcome::Dead { .. } => log!(tracing::Level::WARN),
     }
 }

@@ -1,18 +1,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use archiver_core::Classify;
+use archiver_core::{Classify, Clock};
 use media_fetch::Fetcher;
 use providers::Provider;
 use retry_queue::{Disposition, JobQueue, JobRecord, Lease};
 use s3_uploader::{Layout, ObjectStore};
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::job::{Attempted, JobError, Stages};
+use crate::job::{Attempt, Attempted, JobError};
 use crate::telemetry::{self, Outcome};
 
 /// The `dead_total{reason}` label of a job whose deadline passed: its next
@@ -46,34 +47,39 @@ impl Default for WorkerConfig {
     }
 }
 
+/// What a worker runs jobs through: the queue it leases from, the stages of
+/// an attempt, and the process's one clock (the binary gives the queue and
+/// the adapters the same one).
+#[derive(Debug)]
+pub struct Stages {
+    /// Where jobs are leased from and their outcomes recorded.
+    pub queue: Arc<dyn JobQueue>,
+    /// One adapter per configured account, by account name.
+    pub providers: HashMap<String, Arc<dyn Provider>>,
+    /// Downloads into the spool.
+    pub fetcher: Fetcher,
+    /// The archive.
+    pub store: Arc<dyn ObjectStore>,
+    /// Where blobs and manifests go in the archive.
+    pub layout: Layout,
+    /// Every wall-clock time the worker writes or compares with a stored
+    /// time (park timeouts, `archived_at`, webhook-to-archive latency).
+    pub clock: Arc<dyn Clock>,
+}
+
 /// Runs jobs from the queue until shut down.
 #[derive(Debug)]
 pub struct Worker {
-    queue: Arc<dyn JobQueue>,
-    providers: HashMap<String, Arc<dyn Provider>>,
-    fetcher: Fetcher,
-    store: Arc<dyn ObjectStore>,
-    layout: Layout,
+    stages: Stages,
     config: WorkerConfig,
     new_work: Arc<Notify>,
 }
 
 impl Worker {
-    /// A worker over these stages. `providers` maps account names to adapters.
-    pub fn new(
-        queue: Arc<dyn JobQueue>,
-        providers: HashMap<String, Arc<dyn Provider>>,
-        fetcher: Fetcher,
-        store: Arc<dyn ObjectStore>,
-        layout: Layout,
-        config: WorkerConfig,
-    ) -> Self {
+    /// A worker over these stages.
+    pub fn new(stages: Stages, config: WorkerConfig) -> Self {
         Self {
-            queue,
-            providers,
-            fetcher,
-            store,
-            layout,
+            stages,
             config,
             new_work: Arc::new(Notify::new()),
         }
@@ -100,7 +106,7 @@ impl Worker {
                     permit = permits.clone().acquire_owned() => { drop(permit); continue; }
                 }
             }
-            let leases = match self.queue.lease(free, self.config.lease).await {
+            let leases = match self.stages.queue.lease(free, self.config.lease).await {
                 Ok(leased) => {
                     report_expired(&leased.expired);
                     leased.leases
@@ -175,10 +181,12 @@ impl Worker {
                 // The lease was lost (another worker has the job now).
                 tracing::warn!(job_id = %job.id, "lease lost; abandoning this attempt");
             }
-            Some(Ok(Attempted::Archived(done))) => match self.queue.complete(&lease).await {
+            Some(Ok(Attempted::Archived(done))) => match self.stages.queue.complete(&lease).await {
                 Ok(()) => telemetry::transition(
                     job,
-                    Outcome::Archived,
+                    Outcome::Archived {
+                        at: done.archived_at,
+                    },
                     done.size,
                     started.elapsed(),
                     Some(&done.blob_key),
@@ -189,10 +197,8 @@ impl Worker {
             },
             Some(Ok(Attempted::Parked { timeout, reason })) => {
                 let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-                let until = chrono::Utc::now()
-                    .timestamp_millis()
-                    .saturating_add(timeout_ms);
-                match self.queue.park(&lease, until).await {
+                let until = self.stages.clock.now_ms().saturating_add(timeout_ms);
+                match self.stages.queue.park(&lease, until).await {
                     Ok(()) => telemetry::transition(
                         job,
                         Outcome::Parked,
@@ -215,22 +221,24 @@ impl Worker {
     async fn attempt(&self, lease: &Lease, progress: &AtomicU64) -> Result<Attempted, JobError> {
         let job = &lease.job;
         let provider = self
+            .stages
             .providers
             .get(&job.account)
             .ok_or_else(|| JobError::UnknownAccount(job.account.clone()))?;
-        let stages = Stages {
-            fetcher: &self.fetcher,
-            store: self.store.as_ref(),
-            layout: &self.layout,
+        let attempt = Attempt {
+            fetcher: &self.stages.fetcher,
+            store: self.stages.store.as_ref(),
+            layout: &self.stages.layout,
+            clock: self.stages.clock.as_ref(),
         };
-        stages.attempt(provider.as_ref(), job, progress).await
+        attempt.run(provider.as_ref(), job, progress).await
     }
 
     async fn record_failure(&self, lease: &Lease, error: &JobError, bytes: u64, elapsed: Duration) {
         let job = &lease.job;
         let message = error.to_string();
         let class = error.class();
-        match self.queue.fail(lease, class, &message).await {
+        match self.stages.queue.fail(lease, class, &message).await {
             Ok(Disposition::RetryAt(at)) => {
                 let detail = format!("{message}; next attempt at {}", crate::job::rfc3339(at));
                 telemetry::transition(job, Outcome::Retry(class), bytes, elapsed, Some(&detail));
@@ -261,7 +269,7 @@ impl Worker {
         let every = self.config.lease / 3;
         loop {
             tokio::time::sleep(every).await;
-            match self.queue.renew(lease, self.config.lease).await {
+            match self.stages.queue.renew(lease, self.config.lease).await {
                 Ok(_) => {}
                 Err(retry_queue::QueueError::LeaseLost { .. }) => return,
                 Err(e) => {
@@ -272,7 +280,7 @@ impl Worker {
     }
 
     async fn release(&self, lease: &Lease) {
-        if let Err(e) = self.queue.release(lease).await {
+        if let Err(e) = self.stages.queue.release(lease).await {
             tracing::warn!(job_id = %lease.job.id, error = %e, "could not release lease; it will expire");
         }
     }
