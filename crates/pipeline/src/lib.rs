@@ -18,9 +18,11 @@
 //! it with the job id, account, provider, attempt, outcome, bytes and elapsed
 //! time.
 
+mod config;
 mod job;
 pub mod telemetry;
 mod worker;
 
+pub use config::WorkerConfig;
 pub use job::{JobError, Processed};
-pub use worker::{Worker, WorkerConfig};
+pub use worker::Worker;
