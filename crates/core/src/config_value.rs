@@ -86,6 +86,21 @@ impl SecretRef {
     }
 }
 
+/// Resolves an optional secret while a config section is checked: the
+/// secret, or `None` when it is unset or cannot be read, in which case
+/// `problems` gets `{key}: {why}` (naming the variable or file, never a
+/// value), so that one check reports every unreadable secret at once.
+pub fn resolve_secret(
+    key: &str,
+    value: Option<&SecretRef>,
+    problems: &mut Vec<String>,
+) -> Option<Secret> {
+    value?
+        .resolve()
+        .map_err(|e| problems.push(format!("{key}: {e}")))
+        .ok()
+}
+
 /// The largest secret file read: far above any token or key, and small
 /// enough that `{ file = "/dev/zero" }` (or a log file named by mistake) is
 /// an error instead of a process that reads forever.
@@ -152,6 +167,23 @@ mod tests {
                 .contains("MEDIA_ARCHIVER_SURELY_UNSET_VAR")
         );
         assert!(!format!("{:?}", secret(r#"{"s":"abc"}"#)).contains("abc"));
+    }
+
+    #[test]
+    fn resolving_for_a_config_check_records_the_key_of_each_problem() {
+        let mut problems = Vec::new();
+        let unset = SecretRef::Env {
+            env: "MEDIA_ARCHIVER_SURELY_UNSET_VAR".into(),
+        };
+        let set = SecretRef::Literal("abc".into());
+        assert!(resolve_secret("a.token", None, &mut problems).is_none());
+        assert!(resolve_secret("a.key", Some(&unset), &mut problems).is_none());
+        let found = resolve_secret("a.other", Some(&set), &mut problems).unwrap();
+        assert_eq!(found.expose(), "abc");
+        assert_eq!(
+            problems,
+            ["a.key: environment variable MEDIA_ARCHIVER_SURELY_UNSET_VAR is not set"]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::Settings;
 
 /// Archives WhatsApp media announced by gateway webhooks, verified, to S3 or a folder.
 #[derive(Debug, Parser)]
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         Command::Jobs(args) => return cli::jobs::run(args),
         Command::Media(args) => return cli::media::run(args),
     };
-    let config = match Config::load(path) {
+    let config = match Settings::load(path) {
         Ok(config) => config,
         Err(errors) => {
             eprint!("{}: {errors}", path.display());
@@ -96,22 +96,16 @@ fn main() -> ExitCode {
     match cli.command {
         // Returned above, before any config is read.
         Command::Jobs(_) | Command::Media(_) => ExitCode::SUCCESS,
-        Command::Verify { parallel, .. } => cli::verify::main(&config, path, usize::from(parallel)),
+        Command::Verify { parallel, .. } => cli::verify::main(&config, usize::from(parallel)),
         Command::Backfill {
             ref account,
             ref input,
             ..
         } => cli::backfill::main(&config, path, account, input),
-        Command::CheckConfig { .. } => match daemon::summary(&config) {
-            Ok(summary) => {
-                print!("{summary}");
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                eprint!("{}: {errors}", path.display());
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Command::CheckConfig { .. } => {
+            print!("{}", cli::check_config::summary(&config));
+            ExitCode::SUCCESS
+        }
         Command::Serve { .. } => {
             daemon::init_logging(&config.log.format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -30,9 +30,11 @@
 //! the wall clock is stepped, and Tokio's clock is the one tests pause and
 //! advance (`tokio::time::pause`).
 
+mod config;
 mod job;
 mod telemetry;
 mod worker;
 
+pub use config::WorkerConfig;
 pub use job::{JobError, Processed};
-pub use worker::{Stages, Worker, WorkerConfig};
+pub use worker::{Stages, Worker};

@@ -13,39 +13,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::WorkerConfig;
 use crate::job::{Attempt, Attempted, JobError};
 use crate::telemetry::{self, Outcome};
 
 /// The `dead_total{reason}` label of a job whose deadline passed: its next
 /// retry would have fallen after it, or it passed while the job waited.
 const EXPIRED: &str = "expired";
-
-/// `[workers]` settings.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// Jobs in flight at once; also bounds memory (each holds at most a few
-    /// upload parts) and connections to providers and the store.
-    pub concurrency: usize,
-    /// How long a lease lasts without renewal; a crashed worker's jobs run
-    /// again after this.
-    pub lease: Duration,
-    /// How long in-flight jobs may run on after shutdown begins.
-    pub shutdown_grace: Duration,
-    /// How often an idle worker looks for due jobs (retries, expired leases)
-    /// when no new webhook woke it.
-    pub idle_poll: Duration,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        Self {
-            concurrency: 16,
-            lease: Duration::from_secs(300),
-            shutdown_grace: Duration::from_secs(25),
-            idle_poll: Duration::from_secs(1),
-        }
-    }
-}
 
 /// What a worker runs jobs through: the queue it leases from, the stages of
 /// an attempt, and the process's one clock (the binary gives the queue and

@@ -21,7 +21,10 @@
 //!   database that several daemon replicas lease from at once.
 //! - [`JobRecord`], [`Lease`], [`Leased`], [`Enqueued`], [`Disposition`],
 //!   [`JobFilter`], [`QueueStats`]: what the trait takes and returns.
-//! - [`RetryPolicy`]: backoff bounds; [`QueueError`]: the one error enum.
+//! - [`RetryPolicy`]: backoff bounds (`[retry]`); [`QueueError`]: the one
+//!   error enum.
+//! - [`QueueConfig`]: the `[queue]` section (which backend, its settings),
+//!   checked by [`QueueConfig::validate`] into [`QueueSettings`].
 //!
 //! # Life cycle (PRODUCT.md section 6)
 //!
@@ -131,6 +134,9 @@
 mod backend;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod backoff;
+// `[queue]` names both backends, so reading it needs both compiled in.
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
@@ -144,10 +150,12 @@ mod retry;
 mod sqlite;
 
 pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis};
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+pub use config::{QueueConfig, QueueSettings};
 pub use error::QueueError;
 pub use policy::RetryPolicy;
 #[cfg(feature = "postgres")]
-pub use postgres::{PgOptions, PgQueue};
+pub use postgres::{PgConfig, PgOptions, PgQueue};
 pub use queue::{Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueStats};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;

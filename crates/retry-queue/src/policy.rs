@@ -1,17 +1,27 @@
+//! `[retry]`: the backoff bounds, deserialized here because the queue is
+//! what applies them (the binary only composes the sections).
+
 use std::time::Duration;
 
-/// Bounds of the exponential backoff between attempts of one job.
+use archiver_core::config_value::duration;
+use serde::Deserialize;
+
+/// Bounds of the exponential backoff between attempts of one job; the
+/// `[retry]` section of the config file.
 ///
 /// The wait after the n-th consecutive failure is about
 /// `initial * multiplier^(n-1)`, never more than `max`, randomised by ±25%
 /// so that jobs failing together do not retry together. The current interval
 /// is stored with each job, so backoff survives restarts and one job's
 /// failures never slow another job down.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Wait after the first failure. Must be more than zero.
+    #[serde(deserialize_with = "duration")]
     pub initial: Duration,
     /// Ceiling of any single wait (before the deadline check). At least `initial`.
+    #[serde(deserialize_with = "duration")]
     pub max: Duration,
     /// Growth of the wait per failure. At least 1.0 (1.0 = constant backoff).
     pub multiplier: f64,
@@ -97,5 +107,17 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_section_takes_durations_with_units_and_defaults_the_rest() {
+        let p: RetryPolicy = serde_json::from_str(r#"{"initial": "10s", "max": "2h"}"#).unwrap();
+        assert_eq!(p.initial, Duration::from_secs(10));
+        assert_eq!(p.max, Duration::from_secs(7200));
+        assert_eq!(p.multiplier, RetryPolicy::default().multiplier);
+        let typo = serde_json::from_str::<RetryPolicy>(r#"{"multiplyer": 3.0}"#).unwrap_err();
+        assert!(typo.to_string().contains("unknown field `multiplyer`"), "{typo}");
+        let unitless = serde_json::from_str::<RetryPolicy>(r#"{"initial": "5"}"#).unwrap_err();
+        assert!(unitless.to_string().contains("invalid duration"), "{unitless}");
     }
 }

@@ -2,9 +2,11 @@
 //! (or any S3-compatible store) or in a local folder, behind one trait.
 //!
 //! This crate owns the [`ObjectStore`] trait and its two backends
-//! ([`S3Store`], [`FsStore`]), the storage layout ([`Layout`]), the manifest
-//! document ([`Manifest`]) and the store's error type ([`StoreError`], which
-//! classifies itself for the queue through [`archiver_core::Classify`]). It
+//! ([`S3Store`], [`FsStore`]), the `[storage]` config section that picks one
+//! ([`StorageConfig`], checked into [`StorageSettings`]), the storage layout
+//! ([`Layout`]), the manifest document ([`Manifest`]) and the store's error
+//! type ([`StoreError`], which classifies itself for the queue through
+//! [`archiver_core::Classify`]). It
 //! must not know about providers, webhooks, the queue or the worker loop: it
 //! is handed a finished [`StagedFile`](archiver_core::StagedFile) and a key,
 //! and either stores exactly those bytes or fails.
@@ -93,6 +95,7 @@
 //! and other 4xx rejections (`KeyTooLongError`, `InvalidArgument`, ...) are
 //! permanent: sending the same request again cannot succeed. Error messages never contain credentials.
 
+mod config;
 mod error;
 mod fs;
 mod layout;
@@ -100,11 +103,12 @@ mod manifest;
 mod s3;
 mod store;
 
+pub use config::{StorageConfig, StorageSettings};
 pub use error::StoreError;
 pub use fs::FsStore;
 pub use layout::{Layout, extension_for_mime};
 pub use manifest::{Manifest, Verification, put_message_manifest};
-pub use s3::{S3Config, S3Store};
+pub use s3::{S3Config, S3Settings, S3Store};
 pub use store::{
     MAX_LIST_PAGE, MAX_PRESIGN_TTL, MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo, ObjectPages,
     ObjectStore, PutOutcome,

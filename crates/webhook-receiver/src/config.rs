@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use archiver_core::config_value::duration;
+use archiver_core::config_value::{duration, resolve_secret};
 use archiver_core::{Secret, SecretRef};
 use serde::Deserialize;
 
@@ -115,15 +115,16 @@ impl ServerConfig {
                 self.listen
             ));
         });
-        let mut secret = |key: &str, value: &Option<SecretRef>| match value {
-            None => None,
-            Some(r) => r
-                .resolve()
-                .map_err(|e| problems.push(format!("server.{key}: {e}")))
-                .ok(),
-        };
-        let admin_token = secret("admin_token", &self.admin_token);
-        let metrics_token = secret("metrics_token", &self.metrics_token);
+        let admin_token = resolve_secret(
+            "server.admin_token",
+            self.admin_token.as_ref(),
+            &mut problems,
+        );
+        let metrics_token = resolve_secret(
+            "server.metrics_token",
+            self.metrics_token.as_ref(),
+            &mut problems,
+        );
         if self.max_body_bytes == 0 {
             problems.push("server.max_body_bytes: must be above 0".into());
         }

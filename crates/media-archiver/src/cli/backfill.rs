@@ -22,7 +22,7 @@ use providers::{Provider, ProviderError};
 use retry_queue::{Enqueued, JobQueue};
 use tokio::io::AsyncBufReadExt as _;
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::Settings;
 use crate::daemon::{self, ServeError};
 
 /// Jobs committed per enqueue (one transaction each).
@@ -87,16 +87,15 @@ pub(crate) enum Stop {
 /// `account` into the queue of `config` and prints the summary; the process
 /// exit code (0 all enqueued or already there, 1 rejected lines or a
 /// failure, 2 unknown account, 78 config).
-pub(crate) fn main(config: &Config, path: &Path, account: &str, input: &str) -> ExitCode {
-    if !config.accounts.iter().any(|a| a.name().as_str() == account) {
-        let names: Vec<&str> = config.accounts.iter().map(|a| a.name().as_str()).collect();
+pub(crate) fn main(config: &Settings, path: &Path, account: &str, input: &str) -> ExitCode {
+    let Some(provider) = config.providers.get(account).cloned() else {
         eprintln!(
             "error: {} has no account {account:?} (accounts: {})",
             path.display(),
-            names.join(", ")
+            config.account_names().join(", ")
         );
         return ExitCode::from(2);
-    }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -108,20 +107,12 @@ pub(crate) fn main(config: &Config, path: &Path, account: &str, input: &str) -> 
         }
     };
     runtime.block_on(async {
-        let config_error = |errors: ConfigErrors| {
-            eprint!("{}: {errors}", path.display());
-            ExitCode::from(crate::EXIT_CONFIG)
-        };
-        let providers = match daemon::build_providers(config) {
-            Ok(providers) => providers,
-            Err(errors) => return config_error(errors),
-        };
-        let Some(provider) = providers.get(account).cloned() else {
-            return ExitCode::FAILURE;
-        };
         let queue = match daemon::open_queue(config).await {
             Ok(queue) => queue,
-            Err(ServeError::Config(errors)) => return config_error(errors),
+            Err(ServeError::Config(errors)) => {
+                eprint!("{}: {errors}", path.display());
+                return ExitCode::from(crate::EXIT_CONFIG);
+            }
             Err(ServeError::Runtime(e)) => {
                 eprintln!("error: {e:#}");
                 return ExitCode::FAILURE;

@@ -13,16 +13,15 @@
 //! (the first [`MAX_LISTED`]); the exit code is 1 if there was any.
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use s3_uploader::{Layout, Manifest, ObjectInfo, ObjectStore};
+use s3_uploader::{Layout, Manifest, ObjectInfo, ObjectStore, StorageSettings};
 
-use crate::config::Config;
-use crate::daemon::{self, ServeError};
+use crate::config::Settings;
+use crate::daemon;
 
 /// Objects per listing page.
 const PAGE: usize = 1000;
@@ -82,9 +81,8 @@ impl Report {
 }
 
 /// `media-archiver verify`: scrubs the archive of `config` and prints the
-/// summary; the process exit code (0 clean, 1 mismatch or failure, 78
-/// config).
-pub(crate) fn main(config: &Config, path: &Path, parallel: usize) -> ExitCode {
+/// summary; the process exit code (0 clean, 1 mismatch or failure).
+pub(crate) fn main(config: &Settings, parallel: usize) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,16 +96,12 @@ pub(crate) fn main(config: &Config, path: &Path, parallel: usize) -> ExitCode {
     runtime.block_on(async {
         let store = match daemon::open_store(config).await {
             Ok(store) => store,
-            Err(ServeError::Config(errors)) => {
-                eprint!("{}: {errors}", path.display());
-                return ExitCode::from(crate::EXIT_CONFIG);
-            }
-            Err(ServeError::Runtime(e)) => {
+            Err(e) => {
                 eprintln!("error: {e:#}");
                 return ExitCode::FAILURE;
             }
         };
-        let layout = Layout::new(config.storage_prefix());
+        let layout = config.storage.layout();
         match scrub(store, &layout, parallel).await {
             Ok(report) => {
                 print!("{}", report.summary(&describe(config)));
@@ -126,10 +120,13 @@ pub(crate) fn main(config: &Config, path: &Path, parallel: usize) -> ExitCode {
 }
 
 /// The archive, for the summary (never credentials).
-fn describe(config: &Config) -> String {
-    match (config.storage.backend.as_str(), &config.storage.s3) {
-        ("s3", Some(s3)) => format!("s3 bucket {} (prefix {:?})", s3.bucket, s3.prefix),
-        _ => format!("fs {}", config.storage.path.display()),
+fn describe(config: &Settings) -> String {
+    match &config.storage {
+        StorageSettings::S3(s3) => {
+            let s3 = s3.config();
+            format!("s3 bucket {} (prefix {:?})", s3.bucket, s3.prefix)
+        }
+        StorageSettings::Fs { path } => format!("fs {}", path.display()),
     }
 }
 

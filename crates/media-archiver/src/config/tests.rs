@@ -1,3 +1,6 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
 use super::*;
 
 const MINIMAL: &str = r#"
@@ -11,23 +14,30 @@ webhook_token = "w"
 
 #[test]
 fn a_minimal_file_takes_every_documented_default() {
-    let config = Config::parse(MINIMAL).unwrap();
-    assert_eq!(config.server.listen, "127.0.0.1:8080");
-    assert_eq!(config.server.max_body_bytes, 4_194_304);
-    assert_eq!(config.queue.backend, "sqlite");
-    assert_eq!(config.queue.path, PathBuf::from("data/queue.db"));
-    assert_eq!(config.storage.backend, "fs");
-    assert_eq!(config.storage.path, PathBuf::from("data/archive"));
+    let config = Settings::parse(MINIMAL).unwrap();
+    assert_eq!(config.receiver.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.receiver.server.max_body_bytes, 4_194_304);
+    assert!(
+        matches!(&config.queue, QueueSettings::Sqlite { path } if path == &PathBuf::from("data/queue.db")),
+        "{:?}",
+        config.queue
+    );
+    assert!(
+        matches!(&config.storage, StorageSettings::Fs { path } if path == &PathBuf::from("data/archive")),
+        "{:?}",
+        config.storage
+    );
     assert_eq!(config.workers.concurrency, 16);
     assert_eq!(config.workers.lease, Duration::from_secs(300));
     assert_eq!(config.workers.shutdown_grace, Duration::from_secs(25));
     assert_eq!(config.retry.initial, Duration::from_secs(5));
     assert_eq!(config.retry.max, Duration::from_secs(3600));
     assert_eq!(config.fetch.read_timeout, Duration::from_secs(60));
+    assert_eq!(config.fetch.api_timeout, Duration::from_secs(60));
     assert_eq!(config.fetch.max_file_bytes, 2_147_483_648);
     assert!(!config.fetch.allow_private_networks);
     assert_eq!(config.log.format, "json");
-    assert_eq!(config.accounts.len(), 1);
+    assert_eq!(config.account_names(), ["green-main"]);
 }
 
 #[test]
@@ -54,7 +64,7 @@ fn every_problem_is_reported_at_once_with_its_key_path() {
         name = "c"
         provider = "whatsapp"
     "#;
-    let errors = Config::parse(text).unwrap_err().0;
+    let errors = Settings::parse(text).unwrap_err().0;
     let all = errors.join("\n");
     for expected in [
         "colour: unknown key",
@@ -70,19 +80,50 @@ fn every_problem_is_reported_at_once_with_its_key_path() {
 
 #[test]
 fn duplicate_account_names_and_bad_backends_are_rejected() {
-    let text =
-        format!("{MINIMAL}{MINIMAL}\n[storage]\nbackend = \"ftp\"\n[log]\nformat = \"xml\"\n");
-    let all = Config::parse(&text).unwrap_err().0.join("\n");
+    let text = format!(
+        "{MINIMAL}{MINIMAL}\n[queue]\nbackend = \"mysql\"\n[storage]\nbackend = \"ftp\"\n\
+         [log]\nformat = \"xml\"\n"
+    );
+    let all = Settings::parse(&text).unwrap_err().0.join("\n");
     assert!(all.contains("used twice"), "{all}");
-    assert!(all.contains("storage.backend"), "{all}");
+    assert!(
+        all.contains("[queue]: unknown variant `mysql`, expected `sqlite` or `postgres`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("[storage]: unknown variant `ftp`, expected `fs` or `s3`"),
+        "{all}"
+    );
     assert!(all.contains("log.format"), "{all}");
+}
+
+#[test]
+fn a_backend_keeps_the_flat_shape_and_ignores_the_other_backends_keys() {
+    // As the shipped examples suggest: switch `backend`, keep the rest.
+    let text = format!(
+        "[queue]\nbackend = \"postgres\"\npath = \"data/queue.db\"\nurl = \"postgres://db/q\"\n\
+         [storage]\nbackend = \"s3\"\npath = \"data/archive\"\n[storage.s3]\nbucket = \"media\"\n\
+         prefix = \"prod/\"\npresign_ttl = \"10m\"\n{MINIMAL}"
+    );
+    let config = Settings::parse(&text).unwrap();
+    assert!(
+        matches!(&config.queue, QueueSettings::Postgres(options) if options.url.expose() == "postgres://db/q"),
+        "{:?}",
+        config.queue
+    );
+    let StorageSettings::S3(s3) = &config.storage else {
+        panic!("{:?}", config.storage)
+    };
+    assert_eq!(s3.config().bucket, "media");
+    assert_eq!(config.storage.layout(), s3_uploader::Layout::new("prod/"));
+    assert_eq!(config.storage.presign_ttl(), Duration::from_secs(600));
 }
 
 #[test]
 fn s3_needs_a_bucket_section_and_matching_keys() {
     let text = format!("{MINIMAL}\n[storage]\nbackend = \"s3\"\n");
     assert!(
-        Config::parse(&text)
+        Settings::parse(&text)
             .unwrap_err()
             .0
             .join("\n")
@@ -91,12 +132,10 @@ fn s3_needs_a_bucket_section_and_matching_keys() {
     let text = format!(
         "{MINIMAL}\n[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"media\"\naccess_key_id = \"GK1\"\n"
     );
+    let all = Settings::parse(&text).unwrap_err().0.join("\n");
     assert!(
-        Config::parse(&text)
-            .unwrap_err()
-            .0
-            .join("\n")
-            .contains("go together")
+        all.contains("storage.s3: access_key_id, secret_access_key: give both"),
+        "{all}"
     );
 }
 
@@ -106,7 +145,7 @@ fn shipped_config_files_are_valid() {
     for file in ["dev.toml", "example.toml"] {
         // example.toml reads its secrets from the environment.
         let text = std::fs::read_to_string(root.join(file)).unwrap();
-        let result = Config::parse(&text);
+        let result = Settings::parse(&text);
         if file == "dev.toml" {
             result.unwrap();
         } else if let Err(errors) = result {
@@ -122,11 +161,13 @@ fn shipped_config_files_are_valid() {
 
 #[test]
 fn postgres_needs_a_url_and_checks_it_without_printing_it() {
-    let errors = Config::parse(&format!("[queue]\nbackend = \"postgres\"\n{MINIMAL}"))
+    let errors = Settings::parse(&format!("[queue]\nbackend = \"postgres\"\n{MINIMAL}"))
         .unwrap_err()
         .0;
     assert!(
-        errors.iter().any(|e| e.starts_with("queue.url: required")),
+        errors
+            .iter()
+            .any(|e| e == "[queue]: url: required when backend = \"postgres\""),
         "{errors:?}"
     );
 
@@ -134,7 +175,7 @@ fn postgres_needs_a_url_and_checks_it_without_printing_it() {
         "[queue]\nbackend = \"postgres\"\nurl = \"mysql://app:hunter2@db/q\"\n\
          max_connections = 1\nschema = \"Not Valid\"\n{MINIMAL}"
     );
-    let all = Config::parse(&text).unwrap_err().0.join("\n");
+    let all = Settings::parse(&text).unwrap_err().0.join("\n");
     assert!(
         all.contains("queue: url must start with postgres://"),
         "{all}"
@@ -147,11 +188,13 @@ fn postgres_needs_a_url_and_checks_it_without_printing_it() {
         "[queue]\nbackend = \"postgres\"\nurl = \"postgres://app:hunter2@db:5432/q\"\n\
          max_connections = 4\nschema = \"media_archiver\"\n{MINIMAL}"
     );
-    let config = Config::parse(&text).unwrap();
-    let options = config.pg_options().unwrap();
+    let config = Settings::parse(&text).unwrap();
+    let QueueSettings::Postgres(options) = &config.queue else {
+        panic!("{:?}", config.queue)
+    };
     assert_eq!(options.max_connections, 4);
     assert_eq!(options.schema.as_deref(), Some("media_archiver"));
-    assert!(!format!("{config:?}{options:?}").contains("hunter2"));
+    assert!(!format!("{config:?}").contains("hunter2"));
 }
 
 #[test]
@@ -159,12 +202,114 @@ fn postgres_url_may_come_from_the_environment() {
     let text = format!(
         "[queue]\nbackend = \"postgres\"\nurl = {{ env = \"MEDIA_ARCHIVER_TEST_UNSET_DB_URL\" }}\n{MINIMAL}"
     );
-    let errors = Config::parse(&text).unwrap_err().0;
+    let errors = Settings::parse(&text).unwrap_err().0;
     assert!(
         errors
             .iter()
             .any(|e| e.starts_with("queue.url:") && e.contains("MEDIA_ARCHIVER_TEST_UNSET_DB_URL")),
         "{errors:?}"
+    );
+}
+
+#[test]
+fn every_secret_is_resolved_by_the_one_check_and_reported_together() {
+    let text = r#"
+        [server]
+        admin_token = { env = "MEDIA_ARCHIVER_TEST_UNSET_ADMIN" }
+        [queue]
+        backend = "postgres"
+        url = { env = "MEDIA_ARCHIVER_TEST_UNSET_DB_URL" }
+        [storage]
+        backend = "s3"
+        [storage.s3]
+        bucket = "media"
+        access_key_id = { env = "MEDIA_ARCHIVER_TEST_UNSET_KEY_ID" }
+        secret_access_key = { file = "/nonexistent/media-archiver-test-secret" }
+        [[accounts]]
+        name = "green-main"
+        provider = "greenapi"
+        id_instance = 1
+        api_token = { env = "MEDIA_ARCHIVER_TEST_UNSET_TOKEN" }
+        webhook_token = "w"
+    "#;
+    let errors = Settings::parse(text).unwrap_err().0;
+    for (key, source) in [
+        ("server.admin_token", "MEDIA_ARCHIVER_TEST_UNSET_ADMIN"),
+        ("queue.url", "MEDIA_ARCHIVER_TEST_UNSET_DB_URL"),
+        ("storage.s3: access_key_id", "MEDIA_ARCHIVER_TEST_UNSET_KEY_ID"),
+        (
+            "storage.s3: secret_access_key",
+            "/nonexistent/media-archiver-test-secret",
+        ),
+        (
+            "accounts[0] (green-main): api_token",
+            "MEDIA_ARCHIVER_TEST_UNSET_TOKEN",
+        ),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(key) && e.contains(source)),
+            "{key} missing from {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), 5, "{errors:#?}");
+}
+
+#[test]
+fn an_account_that_fails_to_read_keeps_its_index_in_later_problems() {
+    let text = "[[accounts]]\nname = \"a\"\nprovider = \"whatsapp\"\n\
+         [[accounts]]\nname = \"b\"\nprovider = \"greenapi\"\nid_instance = 1\napi_token = \"t\"\n";
+    let errors = Settings::parse(text).unwrap_err().0;
+    assert!(
+        errors.iter().any(|e| e.starts_with("accounts[1] (b): webhook_token: required")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn the_api_timeout_is_its_own_key_and_must_be_above_zero() {
+    let text = format!("[fetch]\nread_timeout = \"5m\"\napi_timeout = \"20s\"\n{MINIMAL}");
+    let config = Settings::parse(&text).unwrap();
+    assert_eq!(config.fetch.read_timeout, Duration::from_secs(300));
+    assert_eq!(config.fetch.api_timeout, Duration::from_secs(20));
+    let errors = Settings::parse(&format!("[fetch]\napi_timeout = \"0s\"\n{MINIMAL}"))
+        .unwrap_err()
+        .0;
+    assert_eq!(errors, ["fetch.api_timeout: must be above 0"]);
+}
+
+/// The providers' API client is built with `fetch.api_timeout`, not
+/// `fetch.read_timeout`: a gateway that accepts the connection and never
+/// answers fails the call once the former has passed.
+#[tokio::test]
+async fn provider_api_calls_give_up_after_the_api_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        "[fetch]\nread_timeout = \"1h\"\napi_timeout = \"300ms\"\n\
+         [[accounts]]\nname = \"green-main\"\nprovider = \"greenapi\"\napi_url = \"http://{}\"\n\
+         id_instance = 1\napi_token = \"t\"\nwebhook_token = \"w\"\n",
+        silent.local_addr().unwrap()
+    );
+    let config = Settings::parse(&text).unwrap();
+    let payload = serde_json::json!({"chat_id": "491511@c.us", "type_message": "imageMessage"});
+    let started = std::time::Instant::now();
+    let error = config.providers["green-main"]
+        .resolve(providers::JobRef {
+            message_id: "BAE5F4C0D1A2B3C4",
+            media_id: None,
+            payload: &payload,
+            attempt: 1,
+            last_error: None,
+            link_dead: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("timed out"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
     );
 }
 
@@ -176,7 +321,7 @@ fn example_config() -> String {
 
 /// What a parse answered, comparable across runs.
 fn outcome(text: &str) -> Result<(), Vec<String>> {
-    Config::parse(text).map(|_| ()).map_err(|e| e.0)
+    Settings::parse(text).map(|_| ()).map_err(|e| e.0)
 }
 
 proptest::proptest! {

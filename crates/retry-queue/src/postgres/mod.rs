@@ -37,8 +37,8 @@
 //! The connection URL may hold a password: it is kept in a [`Secret`] and
 //! never logged, printed by `Debug`, or put in an error message.
 //!
-//! The module is cut by concern: [`options`] (what to connect to, checked
-//! before connecting), [`schema`] (migrations), [`enqueue`] (group commit),
+//! The module is cut by concern: [`options`] (what to connect to, as written
+//! in the config and then resolved and checked before connecting), [`schema`] (migrations), [`enqueue`] (group commit),
 //! [`lease`] (a job's life under a lease), [`admin`] (reads and admin
 //! requeues), [`row`] (decoding rows, mapping driver errors).
 
@@ -59,7 +59,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use self::enqueue::{EnqueueRequest, batcher};
-pub use self::options::PgOptions;
+pub use self::options::{PgConfig, PgOptions};
 use self::schema::{create_schema, migrate};
 use crate::backend::CHANNEL_CAPACITY;
 use crate::{

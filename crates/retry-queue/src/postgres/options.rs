@@ -1,9 +1,45 @@
-//! How to reach the database: [`PgOptions`], checked without connecting.
+//! How to reach the database: [`PgConfig`] as the config file writes it,
+//! and [`PgOptions`], its URL resolved, checked without connecting.
 
 use std::str::FromStr;
 
-use archiver_core::Secret;
+use archiver_core::{Secret, SecretRef};
 use sqlx::postgres::PgConnectOptions;
+
+/// `[queue]` with `backend = "postgres"`, as written: the URL is still a
+/// reference to a secret. [`PgConfig::validate`] resolves it into the
+/// [`PgOptions`] that [`PgQueue::connect_with`](crate::PgQueue::connect_with)
+/// takes.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// `queue.url`: where the URL comes from (it may hold a password).
+    pub url: SecretRef,
+    /// `queue.max_connections`: pool size of each process.
+    pub max_connections: u32,
+    /// `queue.schema`: the queue's tables' schema, created when missing;
+    /// `None` uses the server's `search_path`.
+    pub schema: Option<String>,
+}
+
+impl PgConfig {
+    /// Resolves the URL and checks what can be checked without connecting.
+    /// Problems start with their key path and never quote the URL.
+    pub fn validate(&self) -> Result<PgOptions, Vec<String>> {
+        let url = self
+            .url
+            .resolve()
+            .map_err(|e| vec![format!("queue.url: {e}")])?;
+        let options = PgOptions {
+            url,
+            max_connections: self.max_connections,
+            schema: self.schema.clone(),
+        };
+        options
+            .validate()
+            .map_err(|problems| vec![format!("queue: {problems}")])?;
+        Ok(options)
+    }
+}
 
 /// How to reach the database.
 #[derive(Clone)]

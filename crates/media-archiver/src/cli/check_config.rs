@@ -1,0 +1,70 @@
+//! `media-archiver check-config`: what a config would run, once it is known
+//! to be valid (every problem, secrets included, was reported while it was
+//! loaded). Nothing secret is printed: no token, no PostgreSQL URL.
+
+use std::fmt::Write as _;
+
+use retry_queue::QueueSettings;
+use s3_uploader::StorageSettings;
+
+use crate::config::Settings;
+
+/// The summary: listen address, admin API, backends, accounts and which of
+/// them take unauthenticated webhooks, and the SSRF guard when it is off.
+pub(crate) fn summary(config: &Settings) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "config ok");
+    let _ = writeln!(out, "listen: {}", config.receiver.listen);
+    let _ = writeln!(
+        out,
+        "admin API: {}",
+        if config.receiver.admin_token.is_some() {
+            "enabled"
+        } else {
+            "disabled (no server.admin_token)"
+        }
+    );
+    let queue = match &config.queue {
+        QueueSettings::Sqlite { path } => format!("sqlite ({})", path.display()),
+        // Never the URL: it may hold a password.
+        QueueSettings::Postgres(options) => format!(
+            "postgres (schema {})",
+            options.schema.as_deref().unwrap_or("from search_path")
+        ),
+    };
+    let _ = writeln!(out, "queue: {queue}");
+    let storage = match &config.storage {
+        StorageSettings::S3(s3) => {
+            let s3 = s3.config();
+            format!(
+                "s3 (bucket {}, endpoint {}, prefix {:?})",
+                s3.bucket,
+                s3.endpoint.as_deref().unwrap_or("AWS default"),
+                s3.prefix
+            )
+        }
+        StorageSettings::Fs { path } => format!("fs ({})", path.display()),
+    };
+    let _ = writeln!(out, "storage: {storage}");
+    let _ = writeln!(out, "accounts:");
+    for name in config.account_names() {
+        let provider = &config.providers[name];
+        let auth = if provider.webhook_auth_configured() {
+            "authenticated"
+        } else {
+            "UNAUTHENTICATED webhooks"
+        };
+        let _ = writeln!(
+            out,
+            "  {name}: {} ({auth}) -> POST /webhooks/{name}",
+            provider.kind()
+        );
+    }
+    if config.fetch.allow_private_networks {
+        let _ = writeln!(
+            out,
+            "warning: fetch.allow_private_networks = true (SSRF guard off for addresses)"
+        );
+    }
+    out
+}
