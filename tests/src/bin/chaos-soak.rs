@@ -200,7 +200,6 @@ api_url = "{nx_url}"
 access_key = "{nx_key}"
 access_secret = "{nx_secret}"
 business_phone = "+{BUSINESS_PHONE}"
-verify_webhook_signature = true
 allowed_download_hosts = ["127.0.0.1"]
 "#,
         green_url = f.green.base_url(),
