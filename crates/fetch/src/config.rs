@@ -121,6 +121,10 @@ mod tests {
                 "{key} missing from {problems:#?}"
             );
         }
-        assert!(parse(r#"{"read_timout": "5s"}"#).unwrap_err().contains("read_timout"));
+        assert!(
+            parse(r#"{"read_timout": "5s"}"#)
+                .unwrap_err()
+                .contains("read_timout")
+        );
     }
 }

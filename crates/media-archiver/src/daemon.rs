@@ -168,10 +168,11 @@ pub(crate) async fn serve(config: Settings) -> Result<(), ServeError> {
     );
     let workers = tasks.spawn(worker.run(shutdown.child_token()));
     tasks.close();
+    let stop = shutdown_signal();
     tracing::info!(addr = %local_addr, "listening");
     crate::telemetry::notify_ready();
 
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutdown requested: no new webhooks, draining jobs");
     crate::telemetry::notify_stopping();
     receiver.start_draining();
@@ -186,25 +187,35 @@ pub(crate) async fn serve(config: Settings) -> Result<(), ServeError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers for SIGTERM and SIGINT at once and returns the wait for
+/// either. Called before the daemon says it is ready: a signal sent right
+/// after "listening" (a supervisor's quick stop) then drains the daemon
+/// instead of killing it by the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the daemon");
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let streams = signal(SignalKind::terminate()).and_then(|term| {
+            let int = signal(SignalKind::interrupt())?;
+            Ok((term, int))
+        });
+        async move {
+            match streams {
+                Ok((mut term, mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the daemon");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

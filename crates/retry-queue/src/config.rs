@@ -141,8 +141,7 @@ mod tests {
         };
         assert_eq!(pg.max_connections, PgOptions::DEFAULT_MAX_CONNECTIONS);
         assert_eq!(pg.schema, None);
-        let QueueSettings::Postgres(options) = QueueConfig::Postgres(pg).validate().unwrap()
-        else {
+        let QueueSettings::Postgres(options) = QueueConfig::Postgres(pg).validate().unwrap() else {
             panic!("not postgres")
         };
         assert_eq!(options.url.expose(), "postgres://db/q");
@@ -162,10 +161,9 @@ mod tests {
 
     #[test]
     fn the_other_backends_keys_are_accepted_and_unused() {
-        let config = parse(
-            r#"{"backend": "postgres", "path": "data/queue.db", "url": "postgres://db/q"}"#,
-        )
-        .unwrap();
+        let config =
+            parse(r#"{"backend": "postgres", "path": "data/queue.db", "url": "postgres://db/q"}"#)
+                .unwrap();
         assert!(matches!(config, QueueConfig::Postgres(_)), "{config:?}");
         let config = parse(r#"{"url": "postgres://db/q", "path": "q.db"}"#).unwrap();
         assert!(
@@ -189,7 +187,10 @@ mod tests {
         let config =
             parse(r#"{"backend": "postgres", "url": "mysql://root:hunter2@db/q"}"#).unwrap();
         let problems = config.validate().unwrap_err().join("\n");
-        assert!(problems.contains("queue: url must start with postgres://"), "{problems}");
+        assert!(
+            problems.contains("queue: url must start with postgres://"),
+            "{problems}"
+        );
         assert!(!problems.contains("hunter2"), "{problems}");
         assert!(!format!("{config:?}").contains("hunter2"));
     }

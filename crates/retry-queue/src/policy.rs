@@ -116,8 +116,14 @@ mod tests {
         assert_eq!(p.max, Duration::from_secs(7200));
         assert_eq!(p.multiplier, RetryPolicy::default().multiplier);
         let typo = serde_json::from_str::<RetryPolicy>(r#"{"multiplyer": 3.0}"#).unwrap_err();
-        assert!(typo.to_string().contains("unknown field `multiplyer`"), "{typo}");
+        assert!(
+            typo.to_string().contains("unknown field `multiplyer`"),
+            "{typo}"
+        );
         let unitless = serde_json::from_str::<RetryPolicy>(r#"{"initial": "5"}"#).unwrap_err();
-        assert!(unitless.to_string().contains("invalid duration"), "{unitless}");
+        assert!(
+            unitless.to_string().contains("invalid duration"),
+            "{unitless}"
+        );
     }
 }

@@ -170,7 +170,10 @@ mod tests {
             "{unknown}"
         );
         let bare = parse(r#"{"backend": "s3"}"#).unwrap_err();
-        assert!(bare.contains("s3: required when backend = \"s3\""), "{bare}");
+        assert!(
+            bare.contains("s3: required when backend = \"s3\""),
+            "{bare}"
+        );
     }
 
     #[test]
@@ -183,6 +186,9 @@ mod tests {
     fn s3_problems_carry_the_section_path() {
         let config = parse(r#"{"backend": "s3", "s3": {"bucket": "x"}}"#).unwrap();
         let problems = config.validate().unwrap_err();
-        assert!(problems[0].starts_with("storage.s3: bucket:"), "{problems:?}");
+        assert!(
+            problems[0].starts_with("storage.s3: bucket:"),
+            "{problems:?}"
+        );
     }
 }

@@ -236,7 +236,10 @@ fn every_secret_is_resolved_by_the_one_check_and_reported_together() {
     for (key, source) in [
         ("server.admin_token", "MEDIA_ARCHIVER_TEST_UNSET_ADMIN"),
         ("queue.url", "MEDIA_ARCHIVER_TEST_UNSET_DB_URL"),
-        ("storage.s3: access_key_id", "MEDIA_ARCHIVER_TEST_UNSET_KEY_ID"),
+        (
+            "storage.s3: access_key_id",
+            "MEDIA_ARCHIVER_TEST_UNSET_KEY_ID",
+        ),
         (
             "storage.s3: secret_access_key",
             "/nonexistent/media-archiver-test-secret",
@@ -262,7 +265,9 @@ fn an_account_that_fails_to_read_keeps_its_index_in_later_problems() {
          [[accounts]]\nname = \"b\"\nprovider = \"greenapi\"\nid_instance = 1\napi_token = \"t\"\n";
     let errors = Settings::parse(text).unwrap_err().0;
     assert!(
-        errors.iter().any(|e| e.starts_with("accounts[1] (b): webhook_token: required")),
+        errors
+            .iter()
+            .any(|e| e.starts_with("accounts[1] (b): webhook_token: required")),
         "{errors:#?}"
     );
 }

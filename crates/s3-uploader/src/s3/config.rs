@@ -121,11 +121,8 @@ impl S3Config {
     /// (`bucket: …`) and never quoting a secret.
     pub fn validate(&self) -> Result<S3Settings, Vec<String>> {
         let mut problems = Vec::new();
-        let access_key_id = resolve_secret(
-            "access_key_id",
-            self.access_key_id.as_ref(),
-            &mut problems,
-        );
+        let access_key_id =
+            resolve_secret("access_key_id", self.access_key_id.as_ref(), &mut problems);
         let secret_access_key = resolve_secret(
             "secret_access_key",
             self.secret_access_key.as_ref(),
@@ -292,7 +289,11 @@ mod tests {
             kms_key_id: Some("k".into()),
             ..named("media")
         };
-        assert_eq!(kms.validate().unwrap_err().len(), 1, "kms_key_id without aws:kms");
+        assert_eq!(
+            kms.validate().unwrap_err().len(),
+            1,
+            "kms_key_id without aws:kms"
+        );
         let lock = S3Config {
             object_lock_days: Some(30),
             ..named("media")

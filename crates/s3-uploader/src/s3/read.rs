@@ -81,14 +81,18 @@ impl S3Store {
 
     /// [`ObjectStore::read_hashed`](crate::ObjectStore::read_hashed): the
     /// object streamed through sha256, one chunk in memory at a time.
-    pub(super) async fn read_and_hash(&self, key: &str) -> Result<Option<ObjectDigest>, StoreError> {
+    pub(super) async fn read_and_hash(
+        &self,
+        key: &str,
+    ) -> Result<Option<ObjectDigest>, StoreError> {
         let Some(out) = self.get_object(key).await? else {
             return Ok(None);
         };
         let mut body = out.body;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        while let Some(chunk) = next_chunk(&mut body, key, Patience::Idle(READ_IDLE_TIMEOUT)).await?
+        while let Some(chunk) =
+            next_chunk(&mut body, key, Patience::Idle(READ_IDLE_TIMEOUT)).await?
         {
             hasher.update(&chunk);
             size += chunk.len() as u64;
@@ -103,7 +107,9 @@ impl S3Store {
     /// size, `None` when there is no such key.
     pub(super) async fn head_size(&self, key: &str) -> Result<Option<u64>, StoreError> {
         match self.head(key).await {
-            Ok(head) => Ok(head.map(|out| u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0))),
+            Ok(head) => {
+                Ok(head.map(|out| u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0)))
+            }
             Err(e) => Err(self.err("HeadObject", key, e)),
         }
     }
