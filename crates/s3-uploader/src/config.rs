@@ -20,6 +20,9 @@ use serde::Deserialize;
 use crate::{Layout, S3Config, S3Settings};
 
 /// `[storage]`, as written.
+// One value per process, read once at startup: boxing the S3 variant would
+// buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "StorageSection")]
 pub enum StorageConfig {
@@ -42,6 +45,8 @@ impl Default for StorageConfig {
 
 /// The `[storage]` section checked, its secrets resolved: which store to
 /// open.
+// One value per process (see `StorageConfig`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StorageSettings {
     /// Open [`FsStore`](crate::FsStore) on this folder.
