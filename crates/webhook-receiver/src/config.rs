@@ -55,11 +55,22 @@ pub struct ServerConfig {
     /// flood of connections waits in the kernel's backlog instead of
     /// holding memory here.
     pub max_connections: usize,
+    /// Open connections one client (an IP address; an IPv6 /64) may hold,
+    /// at most `max_connections`; a connection beyond it is closed as soon
+    /// as it is accepted. By default a quarter of `max_connections`, so one
+    /// host's flood leaves the rest to everyone else. Behind a proxy that
+    /// hides client addresses, set it to `max_connections`.
+    pub max_connections_per_client: Option<usize>,
     /// Webhook body bytes held at once, all requests together. Bytes are
     /// counted as they arrive; when the budget is spent a request waits
     /// briefly for room, then is answered 503 with `Retry-After` (the
     /// provider redelivers; nothing is lost). At least `max_body_bytes`.
     pub max_inflight_body_bytes: usize,
+    /// Body bytes one client may hold at once, between `max_body_bytes` and
+    /// `max_inflight_body_bytes`; beyond it that client's requests wait
+    /// briefly, then get 503 with `Retry-After`. By default a quarter of
+    /// `max_inflight_body_bytes` (at least `max_body_bytes`).
+    pub max_inflight_body_bytes_per_client: Option<usize>,
     /// Media files one webhook may announce; more is answered 413 naming
     /// this key (no provider batches more than a few dozen).
     pub max_jobs_per_webhook: usize,
@@ -76,7 +87,9 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            max_connections_per_client: None,
             max_inflight_body_bytes: 64 * 1024 * 1024,
+            max_inflight_body_bytes_per_client: None,
             max_jobs_per_webhook: 256,
         }
     }
@@ -94,6 +107,10 @@ pub struct ReceiverConfig {
     pub admin_token: Option<Secret>,
     /// `server.metrics_token`, resolved.
     pub metrics_token: Option<Secret>,
+    /// `server.max_connections_per_client`, or its default.
+    pub connections_per_client: usize,
+    /// `server.max_inflight_body_bytes_per_client`, or its default.
+    pub body_bytes_per_client: usize,
 }
 
 impl Default for ReceiverConfig {
@@ -141,6 +158,29 @@ impl ServerConfig {
         if !(1..=1_000_000).contains(&self.max_connections) {
             problems.push("server.max_connections: must be between 1 and 1000000".into());
         }
+        let connections_per_client = self
+            .max_connections_per_client
+            .unwrap_or((self.max_connections / 4).max(1));
+        if (1..=1_000_000).contains(&self.max_connections)
+            && !(1..=self.max_connections).contains(&connections_per_client)
+        {
+            problems.push(format!(
+                "server.max_connections_per_client: {connections_per_client} is not between 1 and server.max_connections ({})",
+                self.max_connections
+            ));
+        }
+        let body_bytes_per_client = self
+            .max_inflight_body_bytes_per_client
+            .unwrap_or((self.max_inflight_body_bytes / 4).max(self.max_body_bytes));
+        if self.max_body_bytes <= self.max_inflight_body_bytes
+            && !(self.max_body_bytes..=self.max_inflight_body_bytes)
+                .contains(&body_bytes_per_client)
+        {
+            problems.push(format!(
+                "server.max_inflight_body_bytes_per_client: {body_bytes_per_client} is not between server.max_body_bytes ({}) and server.max_inflight_body_bytes ({})",
+                self.max_body_bytes, self.max_inflight_body_bytes
+            ));
+        }
         if self.max_jobs_per_webhook == 0 {
             problems.push("server.max_jobs_per_webhook: must be above 0".into());
         }
@@ -159,6 +199,8 @@ impl ServerConfig {
                 listen,
                 admin_token,
                 metrics_token,
+                connections_per_client,
+                body_bytes_per_client,
             }),
             _ => Err(problems),
         }
@@ -179,7 +221,9 @@ mod tests {
         let server = &config.server;
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(server.max_connections, 1024);
+        assert_eq!(config.connections_per_client, 256);
         assert_eq!(server.max_inflight_body_bytes, 64 << 20);
+        assert_eq!(config.body_bytes_per_client, 16 << 20);
         assert_eq!(server.max_jobs_per_webhook, 256);
         assert_eq!(server.body_read_timeout, Duration::from_secs(15));
         assert_eq!(server.idle_timeout, Duration::from_secs(60));
@@ -224,6 +268,41 @@ mod tests {
             );
         }
         assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn a_client_share_must_fit_between_one_request_and_the_whole() {
+        let problems = parse(
+            r#"
+            max_connections = 10
+            max_connections_per_client = 11
+            max_body_bytes = 1000
+            max_inflight_body_bytes = 4000
+            max_inflight_body_bytes_per_client = 999
+            "#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems[0].starts_with("server.max_connections_per_client: 11 is not between 1 and server.max_connections (10)"), "{problems:#?}");
+        assert!(problems[1].starts_with("server.max_inflight_body_bytes_per_client: 999"), "{problems:#?}");
+    }
+
+    #[test]
+    fn a_client_share_defaults_to_a_quarter_and_at_least_one_request() {
+        let config = parse(
+            r#"
+            max_connections = 2
+            max_body_bytes = 1000
+            max_inflight_body_bytes = 1500
+            "#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(config.connections_per_client, 1);
+        assert_eq!(config.body_bytes_per_client, 1000);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! (it reads manifests; the receiver only finds the jobs).
 
 mod admin;
+mod clients;
 mod config;
 mod error;
 mod routes;

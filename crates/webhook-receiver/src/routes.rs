@@ -1,6 +1,6 @@
 //! Request routing and the webhook handler.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,9 +11,10 @@ use providers::WebhookRequest;
 use retry_queue::Enqueued;
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Receiver;
+use crate::clients::Client;
 use crate::admin::AT_RISK_WITHIN;
 use crate::error::{ApiError, json};
 
@@ -22,7 +23,7 @@ impl Receiver {
     pub(crate) async fn route(
         &self,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        client: &Client,
     ) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -34,7 +35,7 @@ impl Receiver {
             (&Method::GET, ["metrics"]) => self.metrics(&request).await,
             (_, ["metrics"]) => Err(ApiError::MethodNotAllowed("GET")),
             (&Method::POST, ["webhooks", account]) => {
-                let result = self.webhook(account, request).await;
+                let result = self.webhook(account, request, client).await;
                 if self.accounts.contains_key(*account) {
                     count_webhook(account, &result);
                 }
@@ -52,7 +53,7 @@ impl Receiver {
             _ => Err(ApiError::NotFound(format!("no route {path}"))),
         };
         let response = result.unwrap_or_else(ApiError::into_response);
-        tracing::debug!(%peer, path, status = response.status().as_u16(), "request");
+        tracing::debug!(peer = %client.peer, path, status = response.status().as_u16(), "request");
         response
     }
 
@@ -94,6 +95,7 @@ impl Receiver {
         &self,
         account: &str,
         request: Request<Incoming>,
+        client: &Client,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         let provider = self
             .accounts
@@ -108,7 +110,9 @@ impl Receiver {
         }
         // The body (and with it this request's share of the body budget) is
         // held until the jobs are committed.
-        let body = self.read_body(body, &parts.headers).await?;
+        let body = self
+            .read_body(body, &parts.headers, &client.body_budget)
+            .await?;
         let webhook = WebhookRequest {
             headers: &parts.headers,
             query: parts.uri.query(),
@@ -235,22 +239,38 @@ const OVERSIZE_DRAIN_BYTES: u64 = 16 * 1024 * 1024;
 const BODY_BUDGET_WAIT: Duration = Duration::from_secs(1);
 
 /// A request body read whole, with the share of
-/// `server.max_inflight_body_bytes` it holds until dropped.
+/// `server.max_inflight_body_bytes` (and of its client's
+/// `max_inflight_body_bytes_per_client`) it holds until dropped.
 pub(crate) struct HeldBody {
     pub(crate) bytes: Bytes,
-    _budget: Option<OwnedSemaphorePermit>,
+    _budget: Option<BudgetShare>,
+}
+
+/// Permits of both body budgets: the client's and the process's.
+struct BudgetShare {
+    client: OwnedSemaphorePermit,
+    process: OwnedSemaphorePermit,
+}
+
+impl BudgetShare {
+    fn merge(&mut self, other: BudgetShare) {
+        self.client.merge(other.client);
+        self.process.merge(other.process);
+    }
 }
 
 impl Receiver {
     /// Reads a body of at most `server.max_body_bytes` within
-    /// `server.body_read_timeout`, taking a share of the body budget for
-    /// each chunk as it arrives (so a client holds only what it has really
-    /// sent). A body that declares a larger length is 413 before it is
-    /// read; one that turns out larger, 413 once it does.
+    /// `server.body_read_timeout`, taking a share of the client's and the
+    /// process's body budgets for each chunk as it arrives (so a client
+    /// holds only what it has really sent). A body that declares a larger
+    /// length is 413 before it is read; one that turns out larger, 413 once
+    /// it does.
     pub(crate) async fn read_body(
         &self,
         mut body: Incoming,
         headers: &http::HeaderMap,
+        client_budget: &Arc<Semaphore>,
     ) -> Result<HeldBody, ApiError> {
         let server = &self.config.server;
         let limit = server.max_body_bytes;
@@ -259,9 +279,15 @@ impl Receiver {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let mut collected = bytes::BytesMut::new();
-        let mut held: Option<OwnedSemaphorePermit> = None;
         let mut too_large = declared.is_some_and(|n| n > limit as u64);
+        // The declared length is reserved at once, so the buffer never
+        // doubles past it. Pages become memory only as bytes arrive, and the
+        // budgets are taken as they do.
+        let mut collected = match declared {
+            Some(length) if !too_large => bytes::BytesMut::with_capacity(length as usize),
+            _ => bytes::BytesMut::new(),
+        };
+        let mut held: Option<BudgetShare> = None;
         let mut discarded = 0u64;
         loop {
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -278,7 +304,9 @@ impl Receiver {
                 continue;
             };
             if !too_large && collected.len() + data.len() <= limit {
-                let share = self.body_budget_share(data.len(), deadline).await?;
+                let share = self
+                    .body_budget_share(client_budget, data.len(), deadline)
+                    .await?;
                 match &mut held {
                     Some(permit) => permit.merge(share),
                     None => held = Some(share),
@@ -301,38 +329,49 @@ impl Receiver {
         })
     }
 
-    /// Takes `bytes` permits of the body budget, waiting at most
-    /// [`BODY_BUDGET_WAIT`] (and never past the body's deadline).
+    /// Takes `bytes` permits of the client's body budget, then of the
+    /// process's, waiting at most [`BODY_BUDGET_WAIT`] for both together
+    /// (and never past the body's deadline).
     async fn body_budget_share(
         &self,
+        client_budget: &Arc<Semaphore>,
         bytes: usize,
         deadline: tokio::time::Instant,
-    ) -> Result<OwnedSemaphorePermit, ApiError> {
-        // A chunk is at most hyper's read buffer, far below u32::MAX; the
-        // limit checked before keeps it below max_body_bytes anyway.
-        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
-        if let Ok(permit) = self.body_budget.clone().try_acquire_many_owned(permits) {
-            return Ok(permit);
-        }
+    ) -> Result<BudgetShare, ApiError> {
         let wait_until = deadline.min(tokio::time::Instant::now() + BODY_BUDGET_WAIT);
-        match tokio::time::timeout_at(
-            wait_until,
-            self.body_budget.clone().acquire_many_owned(permits),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => {
-                metrics::counter!("media_archiver_body_budget_exhausted_total").increment(1);
-                tracing::warn!(
-                    "server.max_inflight_body_bytes is spent; answering 503 so the provider redelivers"
-                );
-                Err(ApiError::Unavailable(
-                    "server busy (server.max_inflight_body_bytes in use); retry later".into(),
-                ))
-            }
-        }
+        let client = take_budget(client_budget, bytes, wait_until)
+            .await
+            .ok_or_else(|| budget_spent("server.max_inflight_body_bytes_per_client", "client"))?;
+        let process = take_budget(&self.body_budget, bytes, wait_until)
+            .await
+            .ok_or_else(|| budget_spent("server.max_inflight_body_bytes", "process"))?;
+        Ok(BudgetShare { client, process })
     }
+}
+
+/// `bytes` permits of `budget`, or `None` if they are not free by `until`.
+async fn take_budget(
+    budget: &Arc<Semaphore>,
+    bytes: usize,
+    until: tokio::time::Instant,
+) -> Option<OwnedSemaphorePermit> {
+    // A chunk is at most hyper's read buffer, far below u32::MAX; the limit
+    // checked before keeps it below max_body_bytes anyway.
+    let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+    if let Ok(permit) = budget.clone().try_acquire_many_owned(permits) {
+        return Some(permit);
+    }
+    tokio::time::timeout_at(until, budget.clone().acquire_many_owned(permits))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// The 503 for a spent body budget, counted by which one it was.
+fn budget_spent(key: &'static str, scope: &'static str) -> ApiError {
+    metrics::counter!("media_archiver_body_budget_exhausted_total", "scope" => scope).increment(1);
+    tracing::warn!("{key} is spent; answering 503 so the provider redelivers");
+    ApiError::Unavailable(format!("server busy ({key} in use); retry later"))
 }
 
 /// `Authorization: Bearer <token>`, compared in constant time.
@@ -381,8 +420,6 @@ impl QueueGauges {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use retry_queue::{RetryPolicy, SqliteQueue};
 
     use super::*;

@@ -2,11 +2,15 @@
 //!
 //! Modelled on mini-redis's `limit_connections`: a permit is taken *before*
 //! `accept`, so that beyond `server.max_connections` new connections wait in
-//! the kernel's backlog and cost this process nothing. Each connection then
-//! has three clocks: hyper's header timer, started whenever the connection
-//! waits for a request, serves as `idle_timeout`; [`HeadClock`] counts
-//! `header_read_timeout` from the first byte of a head; the handler counts
-//! `body_read_timeout` (see `routes::read_body`).
+//! the kernel's backlog and cost this process nothing. Once accepted, a
+//! connection counts against its client's share (`crate::clients`); one
+//! beyond it is closed at once. Each connection then has three clocks:
+//! hyper's header timer, started whenever the connection waits for a
+//! request, serves as `idle_timeout` between requests; [`HeadClock`] counts
+//! `header_read_timeout` from the first byte of a head, and for the first
+//! request from the moment of connecting (a client that connects and sends
+//! nothing is cut off as soon as one that trickles its head); the handler
+//! counts `body_read_timeout` (see `routes::read_body`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::Clients;
 use crate::config::READ_BUFFER_BYTES;
 use crate::routes::QueueGauges;
 use crate::{Accounts, MediaIndex, Readiness, ReceiverConfig};
@@ -116,6 +121,10 @@ impl Receiver {
     ) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let connections = Arc::new(Semaphore::new(self.config.server.max_connections));
+        let clients = Clients::new(
+            self.config.connections_per_client,
+            self.config.body_bytes_per_client,
+        );
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -135,15 +144,22 @@ impl Receiver {
                     }
                 },
             };
-            let clock = Arc::new(HeadClock::default());
+            let Some(client) = clients.admit(peer) else {
+                metrics::counter!("media_archiver_connections_refused_total").increment(1);
+                tracing::debug!(%peer, "server.max_connections_per_client reached; connection closed");
+                continue;
+            };
+            let client = Arc::new(client);
+            let clock = Arc::new(HeadClock::connected());
             let receiver = self.clone();
             let service_clock = clock.clone();
             let service = service_fn(move |request| {
                 let receiver = receiver.clone();
                 let clock = service_clock.clone();
+                let client = client.clone();
                 async move {
                     let _in_request = clock.request_started();
-                    Ok::<_, std::convert::Infallible>(receiver.route(request, peer).await)
+                    Ok::<_, std::convert::Infallible>(receiver.route(request, &client).await)
                 }
             });
             let io = TokioIo::new(WatchedStream {
@@ -195,8 +211,9 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// When the request head now arriving on one connection started, so that
 /// `header_read_timeout` counts from its first byte (a keep-alive
 /// connection may wait much longer, up to `idle_timeout`, before a client
-/// starts its next request).
-#[derive(Debug, Default)]
+/// starts its next request). A new connection's first head counts as
+/// started when the connection is accepted.
+#[derive(Debug)]
 struct HeadClock {
     /// Set while the handler runs: bytes read then belong to a body.
     in_request: AtomicBool,
@@ -218,6 +235,17 @@ impl Drop for InRequest<'_> {
 }
 
 impl HeadClock {
+    /// The clock of a connection just accepted: its first head is due
+    /// within `header_read_timeout` from now.
+    fn connected() -> Self {
+        Self {
+            in_request: AtomicBool::new(false),
+            heads: AtomicU64::new(1),
+            arriving: AtomicU64::new(1),
+            started: Notify::new(),
+        }
+    }
+
     /// Bytes arrived: if no request is being handled and no head is
     /// arriving, they start a head.
     fn bytes_read(&self) {
@@ -239,9 +267,9 @@ impl HeadClock {
     /// Completes when a head has been arriving for longer than `limit`.
     async fn head_overdue(&self, limit: Duration) {
         loop {
-            self.started.notified().await;
             let head = self.arriving.load(Ordering::SeqCst);
             if head == 0 {
+                self.started.notified().await;
                 continue;
             }
             tokio::time::sleep(limit).await;

@@ -97,6 +97,16 @@ impl FrontDoor {
         TcpStream::connect(self.addr).await.unwrap()
     }
 
+    /// A connection from another client: loopback answers every
+    /// 127.0.0.0/8 address, so `127.0.0.2` is a second host here.
+    async fn connect_from(&self, client: &str) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(client.parse().unwrap(), 0))
+            .unwrap();
+        socket.connect(self.addr).await.unwrap()
+    }
+
     async fn jobs(&self) -> usize {
         self.queue.list(&JobFilter::default()).await.unwrap().len()
     }
@@ -277,8 +287,23 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_cut_off_at_header_read_timeout() {
+    let door = FrontDoor::start(
+        r#"
+        header_read_timeout = "300ms"
+        idle_timeout = "30s"
+        "#,
+    )
+    .await;
+    let mut stream = door.connect().await;
+    // The first head is due header_read_timeout after connecting, not after
+    // the keep-alive idle_timeout.
+    assert!(closed_within(&mut stream, PROMPTLY).await);
+}
+
+#[tokio::test]
 async fn connections_beyond_max_connections_wait_until_one_closes() {
-    let door = FrontDoor::start("max_connections = 2").await;
+    let door = FrontDoor::start("max_connections = 2\nmax_connections_per_client = 2").await;
     let first = door.connect().await;
     let second = door.connect().await;
     // Let the server accept both before the third arrives.
@@ -311,8 +336,8 @@ async fn when_the_body_budget_is_spent_a_webhook_gets_503_with_retry_after_and_l
         body.len() + body.len() / 2
     ))
     .await;
-    // A client holds most of the budget with a body it never finishes.
-    let mut hog = door.connect().await;
+    // Another client holds most of the budget with a body it never finishes.
+    let mut hog = door.connect_from("127.0.0.2").await;
     hog.write_all(&head(TOKEN, body.len())).await.unwrap();
     hog.write_all(&body[..body.len() - 1]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -323,7 +348,7 @@ async fn when_the_body_budget_is_spent_a_webhook_gets_503_with_retry_after_and_l
     assert_eq!(status, 503, "{message}");
     assert!(head.contains("retry-after: 5"), "{head}");
     assert!(
-        message.contains("server.max_inflight_body_bytes"),
+        message.contains("(server.max_inflight_body_bytes in use)"),
         "{message}"
     );
     assert_eq!(door.jobs().await, 0);
@@ -363,6 +388,62 @@ async fn legitimate_webhooks_get_200_during_a_flood_of_bogus_stalled_ones() {
         let (status, _, message) = response(&mut stream, PROMPTLY)
             .await
             .unwrap_or_else(|| panic!("webhook {i} unanswered during the flood"));
+        assert_eq!(status, 200, "webhook {i}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection() {
+    let door = FrontDoor::start("max_connections = 8\nmax_connections_per_client = 2").await;
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        hogs.push(door.connect_from("127.0.0.2").await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Its third connection is closed as soon as it is accepted...
+    let mut third = door.connect_from("127.0.0.2").await;
+    assert!(closed_within(&mut third, PROMPTLY).await);
+    // ...while another client is served.
+    let mut stream = door.connect().await;
+    stream.write_all(&request(&webhook(1))).await.unwrap();
+    let (status, _, message) = response(&mut stream, PROMPTLY).await.expect("an answer");
+    assert_eq!(status, 200, "{message}");
+}
+
+#[tokio::test]
+async fn stalled_bodies_from_one_client_spend_only_its_share_of_the_body_budget() {
+    // Four times a body's room in all; a client may hold one body's worth.
+    let body = webhook(1);
+    let door = FrontDoor::start(&format!(
+        "max_body_bytes = {}\nmax_inflight_body_bytes = {}\nbody_read_timeout = \"30s\"",
+        body.len(),
+        4 * body.len()
+    ))
+    .await;
+    // A client that knows the token (or a signed route, whose check needs
+    // the body) starts bodies it never finishes.
+    let mut hogs = Vec::new();
+    for _ in 0..6 {
+        let mut hog = door.connect_from("127.0.0.2").await;
+        hog.write_all(&head(TOKEN, body.len())).await.unwrap();
+        hog.write_all(&body[..body.len() - 1]).await.unwrap();
+        hogs.push(hog);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its own next webhook finds its share spent...
+    let mut own = door.connect_from("127.0.0.2").await;
+    own.write_all(&request(&body)).await.unwrap();
+    let (status, _, message) = response(&mut own, PROMPTLY).await.expect("an answer");
+    assert_eq!(status, 503, "{message}");
+    assert!(
+        message.contains("server.max_inflight_body_bytes_per_client"),
+        "{message}"
+    );
+    // ...while the provider's webhooks are all answered 200.
+    for i in 0..3 {
+        let mut stream = door.connect().await;
+        stream.write_all(&request(&body)).await.unwrap();
+        let (status, _, message) = response(&mut stream, PROMPTLY).await.expect("an answer");
         assert_eq!(status, 200, "webhook {i}: {message}");
     }
 }
