@@ -286,7 +286,10 @@ mod tests {
         .unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:#?}");
         assert!(problems[0].starts_with("server.max_connections_per_client: 11 is not between 1 and server.max_connections (10)"), "{problems:#?}");
-        assert!(problems[1].starts_with("server.max_inflight_body_bytes_per_client: 999"), "{problems:#?}");
+        assert!(
+            problems[1].starts_with("server.max_inflight_body_bytes_per_client: 999"),
+            "{problems:#?}"
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Receiver;
-use crate::clients::Client;
 use crate::admin::AT_RISK_WITHIN;
+use crate::clients::Client;
 use crate::error::{ApiError, json};
 
 impl Receiver {
