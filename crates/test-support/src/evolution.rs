@@ -12,8 +12,7 @@
 //! still serves the blob (Evolution can ask for a re-upload). Byte fields in
 //! the request are read in every encoding Evolution itself accepts.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -23,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::http::{self, Body, TestServer};
 use crate::whatsapp_cdn::{CdnRegistry, FakeWhatsappCdn, MediaStub};
+use crate::{lock, now_secs};
 
 /// The fake instance's name.
 pub const INSTANCE: &str = "archive-test";
@@ -135,7 +135,7 @@ impl FakeEvolution {
     /// webhook headers carry `jwt_key`: HS256 of `{iat, exp: iat+600,
     /// app:"evolution", action:"webhook"}`. `age_secs` backdates `iat`.
     pub fn webhook_jwt(jwt_key: &str, age_secs: i64) -> String {
-        let iat = now() - age_secs;
+        let iat = now_secs() - age_secs;
         let claims = json!({"iat": iat, "exp": iat + 600, "app": "evolution", "action": "webhook"});
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -149,16 +149,6 @@ impl FakeEvolution {
     pub fn shutdown(self) {
         self.server.shutdown();
     }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn evolution_error(status: u16, message: &str) -> Response<Body> {

@@ -26,12 +26,13 @@
 //! in its metadata dir.
 
 use std::fs::{self, File};
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::ids::random_hex;
 
 /// How long a start may take before the test fails (the machine may be busy
 /// compiling; Garage itself is ready in about 0.1 s).
@@ -72,37 +73,23 @@ impl Garage {
             .prefix("garage-test-")
             .tempdir()
             .expect("create a temp dir for garage");
-        let s3_addr = free_addr();
-        let admin_addr = free_addr();
-        let rpc_addr = free_addr();
-        let config = format!(
-            r#"metadata_dir = "{meta}"
-data_dir = "{data}"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "{rpc_addr}"
-rpc_public_addr = "{rpc_addr}"
-rpc_secret = "{rpc_secret}"
-
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "{s3_addr}"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "{admin_addr}"
-"#,
-            meta = dir.path().join("meta").display(),
-            data = dir.path().join("data").display(),
-            rpc_secret = random_hex(32),
+        let (rpc_addr, s3_addr, admin_addr) = (free_addr(), free_addr(), free_addr());
+        let config = node_config(
+            dir.path(),
+            1,
+            rpc_addr,
+            &random_hex(64),
+            s3_addr,
+            admin_addr,
         );
         fs::write(dir.path().join("garage.toml"), config).expect("write garage.toml");
+        let (access_key_id, secret_access_key) = new_key();
         let mut garage = Garage {
             endpoint: format!("http://{s3_addr}"),
             region: "us-east-1".into(),
             bucket: "media-archiver-test".into(),
-            access_key_id: format!("GK{}", random_hex(12)),
-            secret_access_key: random_hex(32),
+            access_key_id,
+            secret_access_key,
             bin,
             dir,
             s3_addr,
@@ -253,31 +240,19 @@ impl GarageCluster {
             .prefix("garage-cluster-")
             .tempdir()
             .expect("create a temp dir for the garage cluster");
-        let rpc_secret = random_hex(32);
+        let rpc_secret = random_hex(64);
         let mut nodes = Vec::with_capacity(CLUSTER_NODES);
         for i in 0..CLUSTER_NODES {
             let node_dir = dir.path().join(format!("n{i}"));
             fs::create_dir_all(&node_dir).expect("create a garage node dir");
             let (rpc_addr, s3_addr, admin_addr) = (free_addr(), free_addr(), free_addr());
-            let config = format!(
-                r#"metadata_dir = "{meta}"
-data_dir = "{data}"
-db_engine = "sqlite"
-replication_factor = {CLUSTER_NODES}
-rpc_bind_addr = "{rpc_addr}"
-rpc_public_addr = "{rpc_addr}"
-rpc_secret = "{rpc_secret}"
-
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "{s3_addr}"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "{admin_addr}"
-"#,
-                meta = node_dir.join("meta").display(),
-                data = node_dir.join("data").display(),
+            let config = node_config(
+                &node_dir,
+                CLUSTER_NODES,
+                rpc_addr,
+                &rpc_secret,
+                s3_addr,
+                admin_addr,
             );
             let config_path = node_dir.join("garage.toml");
             fs::write(&config_path, config).expect("write garage.toml");
@@ -290,6 +265,7 @@ api_bind_addr = "{admin_addr}"
                 child: None,
             });
         }
+        let (access_key_id, secret_access_key) = new_key();
         let mut cluster = GarageCluster {
             endpoint: format!("http://{}", nodes[0].s3_addr),
             endpoints: nodes
@@ -298,8 +274,8 @@ api_bind_addr = "{admin_addr}"
                 .collect(),
             region: "us-east-1".into(),
             bucket: "media-archiver-test".into(),
-            access_key_id: format!("GK{}", random_hex(12)),
-            secret_access_key: random_hex(32),
+            access_key_id,
+            secret_access_key,
             bin,
             _dir: dir,
             nodes,
@@ -575,21 +551,42 @@ fn free_addr() -> SocketAddr {
         .expect("bind 127.0.0.1:0")
 }
 
-/// `n` random bytes as hex (test credentials; not cryptographic).
-fn random_hex(n: usize) -> String {
-    let mut out = String::with_capacity(n * 2 + 16);
-    while out.len() < n * 2 {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default(),
-        );
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out.truncate(n * 2);
-    out
+/// A node's `garage.toml`: metadata and data under `dir`, SQLite metadata,
+/// the given replication factor, addresses and RPC secret.
+fn node_config(
+    dir: &Path,
+    replication_factor: usize,
+    rpc_addr: SocketAddr,
+    rpc_secret: &str,
+    s3_addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> String {
+    format!(
+        r#"metadata_dir = "{meta}"
+data_dir = "{data}"
+db_engine = "sqlite"
+replication_factor = {replication_factor}
+rpc_bind_addr = "{rpc_addr}"
+rpc_public_addr = "{rpc_addr}"
+rpc_secret = "{rpc_secret}"
+
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "{s3_addr}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "{admin_addr}"
+"#,
+        meta = dir.join("meta").display(),
+        data = dir.join("data").display(),
+    )
+}
+
+/// A fresh (access key id, secret key) in Garage's shapes: `GK` and 24 hex
+/// digits, 64 hex digits (test credentials; not cryptographic).
+fn new_key() -> (String, String) {
+    (format!("GK{}", random_hex(24)), random_hex(64))
 }
 
 /// The status code of a plain `GET path` (HTTP/1.1), or `None` if nothing
@@ -614,12 +611,11 @@ mod tests {
 
     #[test]
     fn credentials_have_garage_shapes() {
-        let a = random_hex(12);
-        let b = random_hex(32);
-        assert_eq!(a.len(), 24);
-        assert_eq!(b.len(), 64);
-        assert!(b.bytes().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(random_hex(32), b);
+        let (id, secret) = new_key();
+        assert!(id.starts_with("GK") && id.len() == 26, "{id}");
+        assert_eq!(secret.len(), 64);
+        assert!(secret.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(new_key().1, secret);
     }
 
     #[test]

@@ -3,15 +3,12 @@
 //! real Garage. Webhooks are signed and verified too. Skips without `garage`
 //! unless MEDIA_ARCHIVER_REQUIRE_S3=1.
 
-mod s3_archive;
-
 use std::time::Duration;
 
-use e2e::{Daemon, StoreUnderTest, bytes, config};
-use s3_archive::{Archive, now};
+use e2e::{Archive, Daemon, StoreUnderTest, accounts, bytes, config, now};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
-use test_support::nxcloud::{BUSINESS_PHONE, FakeNxcloud};
+use test_support::nxcloud::FakeNxcloud;
 
 const FROM: &str = "6281234567890";
 const WAIT: Duration = Duration::from_secs(30);
@@ -21,37 +18,23 @@ struct Setup {
     daemon: Daemon,
     archive: Archive,
     _garage: Garage,
-    _dir: tempfile::TempDir,
 }
 
+/// Everything running, the daemon signing NXCloud requests with
+/// `access_secret` (the fake's when `None`), or `None` when Garage is not
+/// installed (and not required).
 async fn setup(access_secret: Option<&str>) -> Option<Setup> {
     let garage = Garage::start()?;
     let nx = FakeNxcloud::start().await;
-    let account = format!(
-        r#"
-[[accounts]]
-name = "nx"
-provider = "nxcloud"
-api_url = "{}"
-access_key = "{}"
-access_secret = "{}"
-business_phone = "+{BUSINESS_PHONE}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        nx.base_url(),
-        nx.access_key(),
-        access_secret.unwrap_or(nx.access_secret()),
-    );
+    let account = accounts::nxcloud(&nx, access_secret.unwrap_or(nx.access_secret()));
     let store = StoreUnderTest::garage(&garage);
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&store, &account), dir.path());
-    let archive = Archive::new(&garage).await;
+    let daemon = Daemon::start_in_temp_dir(&config(&store, &account));
+    let archive = Archive::of(&store, &daemon.workdir);
     Some(Setup {
         nx,
         daemon,
         archive,
         _garage: garage,
-        _dir: dir,
     })
 }
 
@@ -122,6 +105,7 @@ async fn signed_webhook_signed_get_media_and_the_oss_link_archive_the_file() {
     );
     assert_eq!(s.nx.file_hits(), 2);
     let manifest = s.archive.manifest("nx", "wamid.NXDOCUMENT01").await;
+    let manifest = manifest.expect("the document's manifest");
     assert_eq!(manifest["file_name"], "terms.pdf");
     assert!(!s.daemon.logs().contains(s.nx.access_secret()));
 }
@@ -195,7 +179,7 @@ async fn a_reference_backfilled_without_its_webhook_is_archived_and_the_late_web
     let media_id = s.nx.add_media(image.clone(), "image/jpeg", "photo.jpg");
     let message_id = "wamid.NXBACKFILL01";
     let at = now();
-    let stdout = e2e::backfill(
+    let stdout = e2e::cli::backfill(
         &s.daemon.workdir,
         "nx",
         &[

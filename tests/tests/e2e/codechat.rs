@@ -2,18 +2,15 @@
 //! encrypted blobs, the fake CodeChat (directly-download, JWT checked), and
 //! a real Garage. Skips without `garage` unless MEDIA_ARCHIVER_REQUIRE_S3=1.
 
-mod s3_archive;
-
 use std::time::Duration;
 
-use e2e::{Daemon, StoreUnderTest, bytes, config};
-use s3_archive::{Archive, now};
+use e2e::accounts::CODECHAT_WEBHOOK_TOKEN as WEBHOOK_TOKEN;
+use e2e::{Archive, Daemon, StoreUnderTest, accounts, bytes, config, now};
 use serde_json::json;
 use test_support::codechat::FakeCodeChat;
 use test_support::garage::Garage;
 use test_support::whatsapp_cdn::{CdnFault, FakeWhatsappCdn, MediaStub};
 
-const WEBHOOK_TOKEN: &str = "e2e-codechat-hook";
 const CHAT: &str = "5511988887777@s.whatsapp.net";
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -23,7 +20,6 @@ struct Setup {
     daemon: Daemon,
     archive: Archive,
     _garage: Garage,
-    _dir: tempfile::TempDir,
 }
 
 /// Everything running, or `None` when Garage is not installed (and not
@@ -33,34 +29,16 @@ async fn setup(extra: &str, tune: impl Fn(String) -> String) -> Option<Setup> {
     let garage = Garage::start()?;
     let cdn = FakeWhatsappCdn::start().await;
     let codechat = FakeCodeChat::start(&cdn).await;
-    let account = format!(
-        r#"
-[[accounts]]
-name = "cc"
-provider = "codechat"
-api_url = "{}"
-instance_id = 7
-api_token = "{}"
-webhook_token = "{WEBHOOK_TOKEN}"
-cdn_url = "{}"
-allowed_download_hosts = ["127.0.0.1"]
-{extra}
-"#,
-        codechat.base_url(),
-        codechat.api_token(),
-        cdn.base_url(),
-    );
+    let account = format!("{}{extra}\n", accounts::codechat(&codechat, &cdn));
     let store = StoreUnderTest::garage(&garage);
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&tune(config(&store, &account)), dir.path());
-    let archive = Archive::new(&garage).await;
+    let daemon = Daemon::start_in_temp_dir(&tune(config(&store, &account)));
+    let archive = Archive::of(&store, &daemon.workdir);
     Some(Setup {
         cdn,
         codechat,
         daemon,
         archive,
         _garage: garage,
-        _dir: dir,
     })
 }
 
@@ -115,6 +93,7 @@ async fn direct_image_and_document_are_decrypted_verified_and_archived() {
         assert_eq!(manifest["mime_type"], mime);
     }
     let manifest = s.archive.manifest("cc", "3EB0DOCUMENT0000001").await;
+    let manifest = manifest.expect("the document's manifest");
     assert_eq!(manifest["file_name"], "report.pdf");
     assert_eq!(s.cdn.hits(&image_stub), 1);
     assert_eq!(s.cdn.hits(&doc_stub), 1);
@@ -306,7 +285,7 @@ async fn a_record_backfilled_without_its_webhook_is_archived_and_the_late_webhoo
     let key_id = "3EB0BACKFILL0000001";
     // The message record as CodeChat keeps it: the webhook's `data`.
     let hook = s.codechat.upsert_webhook(key_id, CHAT, &stub, now());
-    let stdout = e2e::backfill(&s.daemon.workdir, "cc", &[hook["data"].clone()]);
+    let stdout = e2e::cli::backfill(&s.daemon.workdir, "cc", &[hook["data"].clone()]);
     assert!(stdout.contains("new:        1"), "{stdout}");
 
     s.done(key_id).await;

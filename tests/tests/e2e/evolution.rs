@@ -3,18 +3,15 @@
 //! Garage. Webhooks carry Evolution's HS256 JWT and index-keyed byte fields.
 //! Skips without `garage` unless MEDIA_ARCHIVER_REQUIRE_S3=1.
 
-mod s3_archive;
-
 use std::time::Duration;
 
-use e2e::{Daemon, StoreUnderTest, bytes, config};
-use s3_archive::{Archive, now};
+use e2e::accounts::EVOLUTION_JWT_SECRET as JWT_KEY;
+use e2e::{Archive, Daemon, StoreUnderTest, accounts, bytes, config, now};
 use serde_json::{Value, json};
 use test_support::evolution::FakeEvolution;
 use test_support::garage::Garage;
 use test_support::whatsapp_cdn::{CdnFault, FakeWhatsappCdn, MediaStub};
 
-const JWT_KEY: &str = "e2e-evolution-jwt-key";
 const CHAT: &str = "5511977776666@s.whatsapp.net";
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -24,41 +21,21 @@ struct Setup {
     daemon: Daemon,
     archive: Archive,
     _garage: Garage,
-    _dir: tempfile::TempDir,
 }
 
 async fn setup() -> Option<Setup> {
     let garage = Garage::start()?;
     let cdn = FakeWhatsappCdn::start().await;
     let evolution = FakeEvolution::start(&cdn).await;
-    let account = format!(
-        r#"
-[[accounts]]
-name = "evo"
-provider = "evolution"
-api_url = "{}"
-instance = "{}"
-api_key = "{}"
-webhook_jwt_secret = "{JWT_KEY}"
-cdn_url = "{}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        evolution.base_url(),
-        evolution.instance(),
-        evolution.api_key(),
-        cdn.base_url(),
-    );
     let store = StoreUnderTest::garage(&garage);
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&store, &account), dir.path());
-    let archive = Archive::new(&garage).await;
+    let daemon = Daemon::start_in_temp_dir(&config(&store, &accounts::evolution(&evolution, &cdn)));
+    let archive = Archive::of(&store, &daemon.workdir);
     Some(Setup {
         cdn,
         evolution,
         daemon,
         archive,
         _garage: garage,
-        _dir: dir,
     })
 }
 
@@ -222,7 +199,7 @@ async fn a_record_backfilled_without_its_webhook_is_archived_and_the_late_webhoo
     let key_id = "3EB0EVOBACKFILL01";
     // The message record as Evolution keeps it: the webhook's `data`.
     let hook = s.evolution.upsert_webhook(key_id, CHAT, &stub, now(), None);
-    let stdout = e2e::backfill(&s.daemon.workdir, "evo", &[hook["data"].clone()]);
+    let stdout = e2e::cli::backfill(&s.daemon.workdir, "evo", &[hook["data"].clone()]);
     assert!(stdout.contains("new:        1"), "{stdout}");
 
     s.daemon

@@ -219,7 +219,9 @@ fn no_file_points_outside_the_repository_at_shared() {
     );
 }
 
-fn read_json(relative: &str) -> Value {
+/// The JSON file at `relative` to the workspace root; panics naming it when
+/// it is missing or not JSON.
+pub(crate) fn read_json(relative: &str) -> Value {
     let path = root().join(relative);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{relative}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{relative} is not JSON: {e}"))
