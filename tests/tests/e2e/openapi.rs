@@ -5,8 +5,11 @@
 //! too. Every answer's status must be one the document lists for that
 //! route and method, and its body must validate against the schema the
 //! document gives for that status, `$ref`s resolved into its `components`.
-//! A field renamed, added or retyped in the code or in the document fails
-//! here until the two agree again.
+//! The check is closed: the document tells clients that answers may gain
+//! fields, but it must describe every field the daemon sends today, so an
+//! object schema with `properties` admits no other property here. A field
+//! renamed, added or retyped in the code or in the document fails here
+//! until the two agree again.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -92,9 +95,9 @@ fn operation_key(method: &Method) -> String {
 
 /// The JSON Schema the document gives for the body of `method route`
 /// answering `status`, as a standalone 2020-12 schema (the document's
-/// `components` alongside, so that its `$ref`s resolve); `Ok(None)` when
-/// the answer has no JSON body; `Err` when the document does not list
-/// that answer.
+/// `components` alongside, so that its `$ref`s resolve) and [`closed`];
+/// `Ok(None)` when the answer has no JSON body; `Err` when the document
+/// does not list that answer.
 fn response_schema(
     doc: &Value,
     method: &Method,
@@ -114,12 +117,29 @@ fn response_schema(
     Ok(response["content"]["application/json"]["schema"]
         .as_object()
         .map(|schema| {
-            json!({
+            let mut schema = json!({
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "components": doc["components"],
                 "allOf": [schema],
-            })
+            });
+            closed(&mut schema);
+            schema
         }))
+}
+
+/// Every object schema in `schema` that lists `properties` and says
+/// nothing of others admits no others.
+fn closed(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            map.values_mut().for_each(closed);
+        }
+        Value::Array(items) => items.iter_mut().for_each(closed),
+        _ => {}
+    }
 }
 
 /// Where the answers and the document disagree (empty when they agree).
@@ -378,7 +398,8 @@ async fn every_admin_answer_matches_the_openapi_document() {
 
     // And a document that drifted from the code would fail the check: a
     // renamed required field, a status the code gives but the document
-    // does not list, a property the code does not send.
+    // does not list, a property the code does not send, a property the
+    // code sends but the document does not describe.
     let mut renamed = doc.clone();
     let required = renamed["components"]["schemas"]["Job"]["required"]
         .as_array_mut()
@@ -406,6 +427,15 @@ async fn every_admin_answer_matches_the_openapi_document() {
     assert!(
         !disagreements(&added, &answers).is_empty(),
         "field not sent"
+    );
+    let mut undescribed = doc.clone();
+    undescribed["components"]["schemas"]["Job"]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("media_id");
+    assert!(
+        !disagreements(&undescribed, &answers).is_empty(),
+        "field not described"
     );
 }
 
