@@ -32,78 +32,61 @@ pub fn green_api(fake: &FakeGreenApi) -> String {
 /// Account `green` on a Green API at `api_url` (a bench's own file host,
 /// or an address where nothing answers).
 pub fn green_api_at(api_url: &str, id_instance: &str, api_token: &str) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "green"
-provider = "greenapi"
-api_url = "{api_url}"
-id_instance = "{id_instance}"
-api_token = "{api_token}"
-webhook_token = "{GREEN_WEBHOOK_TOKEN}"
-allowed_download_hosts = ["127.0.0.1"]
-"#
-    )
+    table(
+        "green",
+        "greenapi",
+        &[
+            ("api_url", api_url),
+            ("id_instance", id_instance),
+            ("api_token", api_token),
+            ("webhook_token", GREEN_WEBHOOK_TOKEN),
+        ],
+    ) + LOCAL_DOWNLOADS
 }
 
 /// Account `cc` on the fake CodeChat, downloading from the fake CDN.
 pub fn codechat(fake: &FakeCodeChat, cdn: &FakeWhatsappCdn) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "cc"
-provider = "codechat"
-api_url = "{}"
-instance_id = 7
-api_token = "{}"
-webhook_token = "{CODECHAT_WEBHOOK_TOKEN}"
-cdn_url = "{}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        fake.base_url(),
-        fake.api_token(),
-        cdn.base_url(),
-    )
+    table(
+        "cc",
+        "codechat",
+        &[
+            ("api_url", &fake.base_url()),
+            ("instance_id", "7"),
+            ("api_token", fake.api_token()),
+            ("webhook_token", CODECHAT_WEBHOOK_TOKEN),
+            ("cdn_url", &cdn.base_url()),
+        ],
+    ) + LOCAL_DOWNLOADS
 }
 
 /// Account `evo` on the fake Evolution API, downloading from the fake CDN.
 pub fn evolution(fake: &FakeEvolution, cdn: &FakeWhatsappCdn) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "evo"
-provider = "evolution"
-api_url = "{}"
-instance = "{}"
-api_key = "{}"
-webhook_jwt_secret = "{EVOLUTION_JWT_SECRET}"
-cdn_url = "{}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        fake.base_url(),
-        fake.instance(),
-        fake.api_key(),
-        cdn.base_url(),
-    )
+    table(
+        "evo",
+        "evolution",
+        &[
+            ("api_url", &fake.base_url()),
+            ("instance", fake.instance()),
+            ("api_key", fake.api_key()),
+            ("webhook_jwt_secret", EVOLUTION_JWT_SECRET),
+            ("cdn_url", &cdn.base_url()),
+        ],
+    ) + LOCAL_DOWNLOADS
 }
 
 /// Account `onprem` on the fake On-Premises client, waiting at most
 /// `store_callback_timeout` (e.g. `"10m"`) for a store callback.
 pub fn onprem(fake: &FakeOnPrem, store_callback_timeout: &str) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "onprem"
-provider = "onprem"
-api_url = "{}"
-username = "{}"
-password = "{}"
-webhook_token = "{ONPREM_WEBHOOK_TOKEN}"
-store_callback_timeout = "{store_callback_timeout}"
-"#,
-        fake.base_url(),
-        fake.username(),
-        fake.password(),
+    table(
+        "onprem",
+        "onprem",
+        &[
+            ("api_url", &fake.base_url()),
+            ("username", fake.username()),
+            ("password", fake.password()),
+            ("webhook_token", ONPREM_WEBHOOK_TOKEN),
+            ("store_callback_timeout", store_callback_timeout),
+        ],
     )
 }
 
@@ -121,35 +104,41 @@ pub fn cloud_api(fake: &FakeCloudApi) -> String {
 
 /// Account `cloud` on a Graph API at `graph_url`.
 pub fn cloud_api_at(graph_url: &str, access_token: &str, app_secret: &str) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "cloud"
-provider = "cloudapi"
-graph_url = "{graph_url}"
-access_token = "{access_token}"
-app_secret = "{app_secret}"
-verify_token = "{CLOUD_VERIFY_TOKEN}"
-allowed_download_hosts = ["127.0.0.1"]
-"#
-    )
+    table(
+        "cloud",
+        "cloudapi",
+        &[
+            ("graph_url", graph_url),
+            ("access_token", access_token),
+            ("app_secret", app_secret),
+            ("verify_token", CLOUD_VERIFY_TOKEN),
+        ],
+    ) + LOCAL_DOWNLOADS
 }
 
 /// Account `nx` on the fake NXCloud, signing its API calls with
 /// `access_secret` (the fake's, or a wrong one).
 pub fn nxcloud(fake: &FakeNxcloud, access_secret: &str) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "nx"
-provider = "nxcloud"
-api_url = "{}"
-access_key = "{}"
-access_secret = "{access_secret}"
-business_phone = "+{BUSINESS_PHONE}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        fake.base_url(),
-        fake.access_key(),
-    )
+    table(
+        "nx",
+        "nxcloud",
+        &[
+            ("api_url", &fake.base_url()),
+            ("access_key", fake.access_key()),
+            ("access_secret", access_secret),
+            ("business_phone", &format!("+{BUSINESS_PHONE}")),
+        ],
+    ) + LOCAL_DOWNLOADS
+}
+
+/// Downloads from the fakes, which listen on 127.0.0.1.
+const LOCAL_DOWNLOADS: &str = "allowed_download_hosts = [\"127.0.0.1\"]\n";
+
+/// An `[[accounts]]` table: its name, its provider, and string keys.
+fn table(name: &str, provider: &str, keys: &[(&str, &str)]) -> String {
+    let mut out = format!("\n[[accounts]]\nname = \"{name}\"\nprovider = \"{provider}\"\n");
+    for (key, value) in keys {
+        out.push_str(&format!("{key} = \"{value}\"\n"));
+    }
+    out
 }

@@ -23,15 +23,10 @@ pub fn run(workdir: &Path, args: &[&str]) -> Output {
         .expect("run media-archiver")
 }
 
-/// `media-archiver backfill --account account` of `references` (one JSON
-/// line each, written to `workdir/backfill.jsonl`) against the daemon's
-/// config in `workdir`; returns its standard output, and panics with both
-/// streams if it did not exit 0.
-pub fn backfill(workdir: &Path, account: &str, references: &[Value]) -> String {
-    let lines: Vec<String> = references.iter().map(Value::to_string).collect();
-    std::fs::write(workdir.join("backfill.jsonl"), lines.join("\n") + "\n")
-        .expect("write backfill.jsonl");
-    let run = run(
+/// `media-archiver backfill --account account --input input` against the
+/// daemon's config in `workdir` (`input` relative to it).
+pub fn backfill_file(workdir: &Path, account: &str, input: &str) -> Output {
+    run(
         workdir,
         &[
             "backfill",
@@ -40,9 +35,19 @@ pub fn backfill(workdir: &Path, account: &str, references: &[Value]) -> String {
             "--account",
             account,
             "--input",
-            "backfill.jsonl",
+            input,
         ],
-    );
+    )
+}
+
+/// [`backfill_file`] of `references` (one JSON line each, written to
+/// `workdir/backfill.jsonl`); returns its standard output, and panics with
+/// both streams if it did not exit 0.
+pub fn backfill(workdir: &Path, account: &str, references: &[Value]) -> String {
+    let lines: Vec<String> = references.iter().map(Value::to_string).collect();
+    std::fs::write(workdir.join("backfill.jsonl"), lines.join("\n") + "\n")
+        .expect("write backfill.jsonl");
+    let run = backfill_file(workdir, account, "backfill.jsonl");
     let (stdout, stderr) = output_text(&run);
     assert_eq!(
         run.status.code(),

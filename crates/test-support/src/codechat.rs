@@ -222,15 +222,8 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
     let key = content["mediaKey"]
         .as_str()
         .and_then(|k| archiver_core::decode::bytes_from_str(k).ok());
-    let path = content["directPath"]
-        .as_str()
-        .or_else(|| content["url"].as_str());
     let cdn = lock(&state).cdn.clone();
-    let found = match (path, key) {
-        (Some(path), Some(key)) => cdn.plaintext(path, &key),
-        _ => None,
-    };
-    let Some((plaintext, stub)) = found else {
+    let Some((plaintext, stub)) = cdn.plaintext_of(content, key) else {
         return nest_error(404, "Not Found", "media not found");
     };
     lock(&state).downloads += 1;

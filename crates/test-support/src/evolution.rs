@@ -210,15 +210,8 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
     let key = media
         .get("mediaKey")
         .and_then(|k| archiver_core::decode::bytes(k).ok());
-    let path = media["directPath"]
-        .as_str()
-        .or_else(|| media["url"].as_str());
     let cdn = lock(&state).cdn.clone();
-    let found = match (path, key) {
-        (Some(path), Some(key)) => cdn.plaintext(path, &key),
-        _ => None,
-    };
-    let Some((plaintext, stub)) = found else {
+    let Some((plaintext, stub)) = cdn.plaintext_of(media, key) else {
         return evolution_error(400, "Message not found");
     };
     lock(&state).answered += 1;

@@ -69,10 +69,7 @@ impl Garage {
     /// that is present but fails to start always panics.
     pub fn start() -> Option<Garage> {
         let bin = binary_or_skip()?;
-        let dir = tempfile::Builder::new()
-            .prefix("garage-test-")
-            .tempdir()
-            .expect("create a temp dir for garage");
+        let dir = temp_dir("garage-test-");
         let (rpc_addr, s3_addr, admin_addr) = (free_addr(), free_addr(), free_addr());
         let config = node_config(
             dir.path(),
@@ -236,10 +233,7 @@ impl GarageCluster {
     /// the command's output and the nodes' logs.
     pub fn start() -> Option<GarageCluster> {
         let bin = binary_or_skip()?;
-        let dir = tempfile::Builder::new()
-            .prefix("garage-cluster-")
-            .tempdir()
-            .expect("create a temp dir for the garage cluster");
+        let dir = temp_dir("garage-cluster-");
         let rpc_secret = random_hex(64);
         let mut nodes = Vec::with_capacity(CLUSTER_NODES);
         for i in 0..CLUSTER_NODES {
@@ -549,6 +543,14 @@ fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
+}
+
+/// A temp dir for Garage's config, metadata, data and logs.
+fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create a temp dir for garage")
 }
 
 /// A node's `garage.toml`: metadata and data under `dir`, SQLite metadata,

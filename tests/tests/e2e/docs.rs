@@ -291,7 +291,9 @@ fn manifest_schema() -> jsonschema::Validator {
         .unwrap_or_else(|e| panic!("schema does not compile: {e}"))
 }
 
-fn errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+/// Why `instance` does not validate, one line per error with where it is
+/// (empty when it validates).
+pub(crate) fn errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
     validator
         .iter_errors(instance)
         .map(|e| format!("{} at {}", e, e.instance_path()))

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use test_support::garage::Garage;
 use test_support::green_api::FakeGreenApi;
 
-use crate::docs::read_json;
+use crate::docs::{errors, read_json};
 
 const CHAT: &str = "79001234568@c.us";
 const GOOD: &str = "APIGOOD000000000000000000000001";
@@ -158,15 +158,9 @@ fn disagreements(doc: &Value, answers: &Answers) -> Vec<String> {
             .should_validate_formats(true)
             .build(&schema)
             .unwrap_or_else(|e| panic!("{} {} {}: bad schema: {e}", a.method, a.route, a.status));
-        for error in validator.iter_errors(&a.body) {
-            problems.push(format!(
-                "{} {} {}: {error} at {} in {}",
-                a.method,
-                a.route,
-                a.status,
-                error.instance_path(),
-                a.body
-            ));
+        for error in errors(&validator, &a.body) {
+            let (method, route, status, body) = (&a.method, &a.route, a.status, &a.body);
+            problems.push(format!("{method} {route} {status}: {error} in {body}"));
         }
     }
     problems

@@ -3,7 +3,8 @@
 //! / `GET /api/v1/media`, each against the real daemon, the fake Green API
 //! and the real archive (a folder, or Garage over S3).
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use e2e::accounts::GREEN_WEBHOOK_TOKEN as WEBHOOK_TOKEN;
@@ -21,6 +22,30 @@ async fn setup(store: &StoreUnderTest) -> (FakeGreenApi, Daemon) {
     let fake = FakeGreenApi::start().await;
     let daemon = Daemon::start_in_temp_dir(&config(store, &accounts::green_api(&fake)));
     (fake, daemon)
+}
+
+/// `media-archiver verify` of the daemon's archive in `workdir`.
+fn verify(workdir: &Path) -> Output {
+    cli::run(workdir, &["verify", "--config", "config.toml"])
+}
+
+/// `media-archiver media find` of a Green API message through the daemon's
+/// admin API; `--json` when `json`.
+fn media_find(daemon: &Daemon, message_id: &str, json: bool) -> Output {
+    let mut args = vec![
+        "media",
+        "find",
+        "--account",
+        "green",
+        "--message-id",
+        message_id,
+        "--url",
+        &daemon.base_url,
+    ];
+    if json {
+        args.push("--json");
+    }
+    cli::run(&daemon.workdir, &args)
 }
 
 /// Registers a file with the fake and posts its webhook; returns the bytes.
@@ -63,7 +88,7 @@ async fn verify_passes_on_a_healthy_fs_archive_and_names_a_corrupted_blob() {
             .await;
     }
 
-    let healthy = cli::run(dir, &["verify", "--config", "config.toml"]);
+    let healthy = verify(dir);
     let (stdout, stderr) = text(&healthy);
     assert_eq!(healthy.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("blobs checked:     2"), "{stdout}");
@@ -82,7 +107,7 @@ async fn verify_passes_on_a_healthy_fs_archive_and_names_a_corrupted_blob() {
     rotten[12_345] ^= 0x40;
     archive.put(&key, rotten.clone()).await;
 
-    let damaged = cli::run(dir, &["verify", "--config", "config.toml"]);
+    let damaged = verify(dir);
     let (stdout, stderr) = text(&damaged);
     assert_eq!(damaged.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("mismatches:        1"), "{stdout}");
@@ -103,7 +128,7 @@ async fn verify_passes_on_a_healthy_fs_archive_and_names_a_corrupted_blob() {
 
     // A manifest whose blob is gone is named too.
     archive.remove(&blob_key(&pdf, ".pdf")).await;
-    let missing = cli::run(dir, &["verify", "--config", "config.toml"]);
+    let missing = verify(dir);
     let (stdout, _) = text(&missing);
     assert_eq!(missing.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("VERIFYPDF1.json: its blob"), "{stdout}");
@@ -121,7 +146,7 @@ async fn verify_on_s3_names_an_object_overwritten_with_other_bytes() {
     let image = announce(&fake, &daemon, "S3VERIFY1", "image/png", 50_000).await;
     daemon.wait_for_job("green:S3VERIFY1", "done", WAIT).await;
 
-    let healthy = cli::run(dir, &["verify", "--config", "config.toml"]);
+    let healthy = verify(dir);
     let (stdout, stderr) = text(&healthy);
     assert_eq!(healthy.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("blobs checked:     1"), "{stdout}");
@@ -131,7 +156,7 @@ async fn verify_on_s3_names_an_object_overwritten_with_other_bytes() {
     let key = blob_key(&image, ".png");
     Archive::of(&store, dir).put(&key, bytes(50_000, 999)).await;
 
-    let damaged = cli::run(dir, &["verify", "--config", "config.toml"]);
+    let damaged = verify(dir);
     let (stdout, stderr) = text(&damaged);
     assert_eq!(damaged.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains(&format!("blob {key}: ")), "{stdout}");
@@ -175,18 +200,7 @@ async fn backfill_of_green_api_references_archives_the_files_and_a_second_run_fi
     std::fs::write(dir.join("refs.jsonl"), &with_bad_lines).unwrap();
     std::fs::write(dir.join("good.jsonl"), good.join("\n")).unwrap();
 
-    let first = cli::run(
-        dir,
-        &[
-            "backfill",
-            "--config",
-            "config.toml",
-            "--account",
-            "green",
-            "--input",
-            "refs.jsonl",
-        ],
-    );
+    let first = cli::backfill_file(dir, "green", "refs.jsonl");
     let (stdout, stderr) = text(&first);
     assert_eq!(
         first.status.code(),
@@ -222,18 +236,7 @@ async fn backfill_of_green_api_references_archives_the_files_and_a_second_run_fi
     }
     assert!(fake.get_message_calls() >= 1);
 
-    let again = cli::run(
-        dir,
-        &[
-            "backfill",
-            "--config",
-            "config.toml",
-            "--account",
-            "green",
-            "--input",
-            "good.jsonl",
-        ],
-    );
+    let again = cli::backfill_file(dir, "green", "good.jsonl");
     let (stdout, stderr) = text(&again);
     assert_eq!(again.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("references: 3"), "{stdout}");
@@ -241,18 +244,7 @@ async fn backfill_of_green_api_references_archives_the_files_and_a_second_run_fi
     assert!(stdout.contains("duplicates: 3"), "{stdout}");
     assert!(stdout.contains("rejected:   0"), "{stdout}");
 
-    let unknown = cli::run(
-        dir,
-        &[
-            "backfill",
-            "--config",
-            "config.toml",
-            "--account",
-            "nobody",
-            "--input",
-            "good.jsonl",
-        ],
-    );
+    let unknown = cli::backfill_file(dir, "nobody", "good.jsonl");
     assert_eq!(unknown.status.code(), Some(2), "{:?}", text(&unknown));
     assert!(text(&unknown).1.contains("no account \"nobody\""));
 }
@@ -264,24 +256,10 @@ async fn media_find_on_s3_gives_the_keys_and_a_presigned_url_that_downloads_the_
     };
     let store = StoreUnderTest::garage(&garage);
     let (fake, daemon) = setup(&store).await;
-    let dir = &daemon.workdir;
     let image = announce(&fake, &daemon, "FINDS3IMG1", "image/jpeg", 30_000).await;
     daemon.wait_for_job("green:FINDS3IMG1", "done", WAIT).await;
 
-    let found = cli::run(
-        dir,
-        &[
-            "media",
-            "find",
-            "--account",
-            "green",
-            "--message-id",
-            "FINDS3IMG1",
-            "--url",
-            &daemon.base_url,
-            "--json",
-        ],
-    );
+    let found = media_find(&daemon, "FINDS3IMG1", true);
     let (stdout, stderr) = text(&found);
     assert_eq!(found.status.code(), Some(0), "{stdout}{stderr}");
     let answer: Value = serde_json::from_str(&stdout).unwrap();
@@ -312,19 +290,7 @@ async fn media_find_on_s3_gives_the_keys_and_a_presigned_url_that_downloads_the_
         "presigned URLs are never logged"
     );
 
-    let listing = cli::run(
-        dir,
-        &[
-            "media",
-            "find",
-            "--account",
-            "green",
-            "--message-id",
-            "FINDS3IMG1",
-            "--url",
-            &daemon.base_url,
-        ],
-    );
+    let listing = media_find(&daemon, "FINDS3IMG1", false);
     let (stdout, _) = text(&listing);
     assert_eq!(listing.status.code(), Some(0));
     assert!(
@@ -337,7 +303,6 @@ async fn media_find_on_s3_gives_the_keys_and_a_presigned_url_that_downloads_the_
 #[tokio::test(flavor = "multi_thread")]
 async fn media_api_on_fs_answers_keys_without_url_and_clear_errors() {
     let (fake, daemon) = setup(&StoreUnderTest::Fs).await;
-    let dir = &daemon.workdir;
     let pdf = announce(&fake, &daemon, "FINDFS1", "application/pdf", 2_000).await;
     daemon.wait_for_job("green:FINDFS1", "done", WAIT).await;
 
@@ -370,19 +335,7 @@ async fn media_api_on_fs_answers_keys_without_url_and_clear_errors() {
             .unwrap();
     assert_eq!(unauthenticated.status(), 401);
 
-    let not_found = cli::run(
-        dir,
-        &[
-            "media",
-            "find",
-            "--account",
-            "green",
-            "--message-id",
-            "NOSUCH",
-            "--url",
-            &daemon.base_url,
-        ],
-    );
+    let not_found = media_find(&daemon, "NOSUCH", false);
     let (stdout, stderr) = text(&not_found);
     assert_eq!(not_found.status.code(), Some(1), "{stdout}{stderr}");
     assert!(

@@ -192,26 +192,12 @@ impl FakeCloudApi {
             .get(media_id)
             .unwrap_or_else(|| panic!("message_webhook: unknown media {media_id}"));
         let message = m.message(CLOUD_SENDER, media_id, message_id, timestamp, hash);
-        cloud_envelope(json!({
-            "messaging_product": "whatsapp",
-            "metadata": {
-                "display_phone_number": DISPLAY_PHONE_NUMBER,
-                "phone_number_id": PHONE_NUMBER_ID,
-            },
-            "contacts": contacts(CLOUD_SENDER),
-            "messages": [message],
-        }))
+        cloud_envelope(json!({ "messages": [message] }))
     }
 
     /// A webhook with a text message and a delivery status (nothing to archive).
     pub fn text_and_status_webhook(&self, timestamp: i64) -> Value {
         cloud_envelope(json!({
-            "messaging_product": "whatsapp",
-            "metadata": {
-                "display_phone_number": DISPLAY_PHONE_NUMBER,
-                "phone_number_id": PHONE_NUMBER_ID,
-            },
-            "contacts": contacts(CLOUD_SENDER),
             "messages": [{
                 "from": CLOUD_SENDER,
                 "id": format!("wamid.TEXT{}", random_hex(16)),
@@ -247,7 +233,21 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-fn cloud_envelope(value: Value) -> Value {
+/// A webhook from the fake business number: `events` (`messages`,
+/// `statuses`) in the `value` of one change, with its `metadata` and
+/// `contacts`.
+fn cloud_envelope(events: Value) -> Value {
+    let mut value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": {
+            "display_phone_number": DISPLAY_PHONE_NUMBER,
+            "phone_number_id": PHONE_NUMBER_ID,
+        },
+        "contacts": contacts(CLOUD_SENDER),
+    });
+    if let (Some(value), Value::Object(events)) = (value.as_object_mut(), events) {
+        value.extend(events);
+    }
     json!({
         "object": "whatsapp_business_account",
         "entry": [{
