@@ -130,22 +130,12 @@ impl Garage {
     }
 
     fn spawn(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open garage.log");
-        let child = Command::new(&self.bin)
-            .arg("-c")
-            .arg(self.dir.path().join("garage.toml"))
-            .args(["server", "--single-node", "--default-bucket"])
+        let config = self.dir.path().join("garage.toml");
+        let child = server(&self.bin, &config, &self.log_path())
+            .args(["--single-node", "--default-bucket"])
             .env("GARAGE_DEFAULT_ACCESS_KEY", &self.access_key_id)
             .env("GARAGE_DEFAULT_SECRET_KEY", &self.secret_access_key)
             .env("GARAGE_DEFAULT_BUCKET", &self.bucket)
-            .env("RUST_LOG", "warn,garage=info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("could not run {}: {e}", self.bin.display()));
         self.child = Some(child);
@@ -432,19 +422,7 @@ impl GarageCluster {
 
     fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("open garage.log");
-        let child = Command::new(&self.bin)
-            .arg("-c")
-            .arg(&node.config)
-            .arg("server")
-            .env("RUST_LOG", "warn,garage=info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
+        let child = server(&self.bin, &node.config, &node.log)
             .spawn()
             .unwrap_or_else(|e| panic!("could not run {}: {e}", self.bin.display()));
         node.child = Some(child);
@@ -543,6 +521,26 @@ fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
+}
+
+/// `garage -c config server`, its output appended to `log`: add the
+/// node's arguments and environment, then spawn it.
+fn server(bin: &Path, config: &Path, log: &Path) -> Command {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open garage.log");
+    let mut command = Command::new(bin);
+    command
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .env("RUST_LOG", "warn,garage=info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log);
+    command
 }
 
 /// A temp dir for Garage's config, metadata, data and logs.

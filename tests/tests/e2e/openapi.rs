@@ -247,14 +247,6 @@ async fn every_admin_answer_matches_the_openapi_document() {
     daemon.wait_for_job(&bad, "dead", WAIT).await;
 
     // Every admin route, each of its answers but 503.
-    let (jobs, job, retry_one, retry_all, media, stats) = (
-        "/api/v1/jobs",
-        "/api/v1/jobs/{id}",
-        "/api/v1/jobs/{id}/retry",
-        "/api/v1/jobs/retry",
-        "/api/v1/media",
-        "/api/v1/stats",
-    );
     let a = &mut answers;
     let d = &daemon;
     for (path, expected) in [
@@ -267,23 +259,25 @@ async fn every_admin_answer_matches_the_openapi_document() {
         ("/api/v1/jobs?limit=ten".to_owned(), 400),
     ] {
         assert_eq!(
-            a.admin(d, Method::GET, jobs, &path).await.0,
+            a.admin(d, Method::GET, "/api/v1/jobs", &path).await.0,
             expected,
             "{path}"
         );
     }
     for (id, expected) in [(&good, 200), (&bad, 200), (&"green:NOPE".to_owned(), 404)] {
-        let path = admin_path(job, id);
+        let path = admin_path("/api/v1/jobs/{id}", id);
         assert_eq!(
-            a.admin(d, Method::GET, job, &path).await.0,
+            a.admin(d, Method::GET, "/api/v1/jobs/{id}", &path).await.0,
             expected,
             "{path}"
         );
     }
     for (id, expected) in [(&bad, 200), (&good, 400), (&"green:NOPE".to_owned(), 404)] {
-        let path = admin_path(retry_one, id);
+        let path = admin_path("/api/v1/jobs/{id}/retry", id);
         assert_eq!(
-            a.admin(d, Method::POST, retry_one, &path).await.0,
+            a.admin(d, Method::POST, "/api/v1/jobs/{id}/retry", &path)
+                .await
+                .0,
             expected,
             "{path}"
         );
@@ -295,7 +289,7 @@ async fn every_admin_answer_matches_the_openapi_document() {
         ("/api/v1/jobs/retry?state=sleeping", 400),
     ] {
         assert_eq!(
-            a.admin(d, Method::POST, retry_all, path).await.0,
+            a.admin(d, Method::POST, "/api/v1/jobs/retry", path).await.0,
             expected,
             "{path}"
         );
@@ -312,12 +306,14 @@ async fn every_admin_answer_matches_the_openapi_document() {
         ),
     ] {
         assert_eq!(
-            a.admin(d, Method::GET, media, &path).await.0,
+            a.admin(d, Method::GET, "/api/v1/media", &path).await.0,
             expected,
             "{path}"
         );
     }
-    let (status, body) = a.admin(d, Method::GET, stats, "/api/v1/stats").await;
+    let (status, body) = a
+        .admin(d, Method::GET, "/api/v1/stats", "/api/v1/stats")
+        .await;
     assert_eq!(status, 200, "{body}");
 
     // Without the token, or with a wrong one: 401 on every route.
