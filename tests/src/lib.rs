@@ -15,6 +15,8 @@
 //!   from S3, the same calls for both;
 //! - [`process`]: a process's memory, open files and CPU time from `/proc`
 //!   (the benches' samples);
+//! - `stage` ([`Stage`]): a provider's fake, a daemon for it and its
+//!   archive, started in one call;
 //! - [`now`], [`bytes`], [`sha256_hex`]: the clock and the test data.
 //!
 //! The binary is the one cargo built for this workspace
@@ -27,10 +29,12 @@ pub mod cli;
 mod config;
 mod daemon;
 pub mod process;
+mod stage;
 
 pub use archive::{Archive, blob_key};
 pub use config::{ADMIN_TOKEN, StoreUnderTest, config, postgres_queue};
 pub use daemon::{Daemon, binary, free_port};
+pub use stage::Stage;
 pub use test_support::files_under;
 
 use sha2::Digest as _;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use e2e::accounts::CLOUD_VERIFY_TOKEN as VERIFY_TOKEN;
-use e2e::{Archive, Daemon, StoreUnderTest, accounts, bytes, config, now, sha256_hex};
+use e2e::{Stage, StoreUnderTest, accounts, bytes, now, sha256_hex};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
 use test_support::meta::{FakeCloudApi, GraphFault, HashEncoding};
@@ -12,21 +12,12 @@ use test_support::meta::{FakeCloudApi, GraphFault, HashEncoding};
 const ACCOUNT: &str = "cloud";
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Setup {
-    fake: FakeCloudApi,
-    daemon: Daemon,
-    archive: Archive,
-}
+type Setup = Stage<FakeCloudApi>;
 
 async fn setup(store: StoreUnderTest) -> Setup {
     let fake = FakeCloudApi::start().await;
-    let daemon = Daemon::start_in_temp_dir(&config(&store, &accounts::cloud_api(&fake)));
-    let archive = Archive::of(&store, &daemon.workdir);
-    Setup {
-        fake,
-        daemon,
-        archive,
-    }
+    let accounts = accounts::cloud_api(&fake);
+    Stage::start(fake, &store, &accounts)
 }
 
 /// POSTs `body` signed as Meta signs it.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use e2e::accounts::GREEN_WEBHOOK_TOKEN;
-use e2e::{Archive, Daemon, StoreUnderTest, accounts, blob_key, bytes, config, now, sha256_hex};
+use e2e::{Stage, StoreUnderTest, accounts, blob_key, bytes, now, sha256_hex};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
 use test_support::green_api::{FakeGreenApi, FileFault};
@@ -12,42 +12,29 @@ use test_support::green_api::{FakeGreenApi, FileFault};
 const CHAT: &str = "79001234568@c.us";
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Setup {
-    fake: FakeGreenApi,
-    daemon: Daemon,
-    archive: Archive,
-}
+type Setup = Stage<FakeGreenApi>;
 
 async fn setup(store: StoreUnderTest) -> Setup {
     let fake = FakeGreenApi::start().await;
-    let daemon = Daemon::start_in_temp_dir(&config(&store, &accounts::green_api(&fake)));
-    let archive = Archive::of(&store, &daemon.workdir);
-    Setup {
-        fake,
-        daemon,
-        archive,
-    }
+    let accounts = accounts::green_api(&fake);
+    Stage::start(fake, &store, &accounts)
 }
 
-impl Setup {
-    /// The `incomingMessageReceived` webhook of file `id` at `url`, sent now.
-    fn incoming(&self, type_message: &str, id: &str, url: &str) -> Value {
-        self.fake.file_webhook(
-            "incomingMessageReceived",
-            type_message,
-            CHAT,
-            id,
-            url,
-            now(),
-        )
-    }
+/// The `incomingMessageReceived` webhook of file `id` at `url`, sent now.
+fn incoming(s: &Setup, type_message: &str, id: &str, url: &str) -> Value {
+    s.fake.file_webhook(
+        "incomingMessageReceived",
+        type_message,
+        CHAT,
+        id,
+        url,
+        now(),
+    )
+}
 
-    /// Posts `hook` with the account's webhook token.
-    async fn post(&self, hook: &Value) -> (u16, Value) {
-        self.daemon
-            .webhook("green", hook, GREEN_WEBHOOK_TOKEN)
-            .await
-    }
+/// Posts `hook` with the account's webhook token.
+async fn post(s: &Setup, hook: &Value) -> (u16, Value) {
+    s.daemon.webhook("green", hook, GREEN_WEBHOOK_TOKEN).await
 }
 
 /// Registers a file with the fake, posts its webhook, and returns the bytes
@@ -66,7 +53,7 @@ async fn announce(
     let hook = s
         .fake
         .file_webhook(type_webhook, type_message, CHAT, id, &url, now());
-    let (status, answer) = s.post(&hook).await;
+    let (status, answer) = post(s, &hook).await;
     assert_eq!(status, 200, "{answer}");
     (content, answer)
 }
@@ -157,9 +144,9 @@ async fn a_redelivered_webhook_is_a_duplicate_and_stores_one_blob() {
     let url = s
         .fake
         .add_file(CHAT, id, content.clone(), "image/png", "p.png");
-    let hook = s.incoming("imageMessage", id, &url);
-    let (_, first) = s.post(&hook).await;
-    let (_, second) = s.post(&hook).await;
+    let hook = incoming(&s, "imageMessage", id, &url);
+    let (_, first) = post(&s, &hook).await;
+    let (_, second) = post(&s, &hook).await;
     assert_eq!(first["accepted"], 1);
     assert_eq!(
         second,
@@ -168,7 +155,7 @@ async fn a_redelivered_webhook_is_a_duplicate_and_stores_one_blob() {
     s.daemon
         .wait_for_job(&format!("green:{id}"), "done", WAIT)
         .await;
-    let (_, third) = s.post(&hook).await;
+    let (_, third) = post(&s, &hook).await;
     assert_eq!(third["duplicates"], 1, "a done job is not archived again");
     assert_eq!(s.archive.keys("blobs/").await.len(), 1);
     assert_eq!(s.fake.file_hits(&url), 1, "the file was downloaded once");
@@ -183,8 +170,8 @@ async fn an_expired_link_is_replaced_through_download_file() {
         .fake
         .add_file(CHAT, id, content.clone(), "image/jpeg", "e.jpg");
     s.fake.inject_file_faults(&url, vec![FileFault::Gone]);
-    let hook = s.incoming("imageMessage", id, &url);
-    assert_eq!(s.post(&hook).await.0, 200);
+    let hook = incoming(&s, "imageMessage", id, &url);
+    assert_eq!(post(&s, &hook).await.0, 200);
     let job = s
         .daemon
         .wait_for_job(&format!("green:{id}"), "done", WAIT)
@@ -205,12 +192,12 @@ async fn a_webhook_without_download_url_uses_download_file() {
     let url = s
         .fake
         .add_file(CHAT, id, content.clone(), "application/pdf", "n.pdf");
-    let mut hook = s.incoming("documentMessage", id, &url);
+    let mut hook = incoming(&s, "documentMessage", id, &url);
     hook["messageData"]["fileMessageData"]
         .as_object_mut()
         .unwrap()
         .remove("downloadUrl");
-    assert_eq!(s.post(&hook).await.0, 200);
+    assert_eq!(post(&s, &hook).await.0, 200);
     s.daemon
         .wait_for_job(&format!("green:{id}"), "done", WAIT)
         .await;
@@ -225,9 +212,9 @@ async fn swe002_is_dead_at_once_with_a_reason() {
     let url = s
         .fake
         .add_file(CHAT, id, vec![1, 2, 3], "video/mp4", "big.mp4");
-    let mut hook = s.incoming("videoMessage", id, &url);
+    let mut hook = incoming(&s, "videoMessage", id, &url);
     hook["messageData"]["fileMessageData"]["downloadUrl"] = json!("{{SWE002}}");
-    assert_eq!(s.post(&hook).await.0, 200);
+    assert_eq!(post(&s, &hook).await.0, 200);
     let job = s
         .daemon
         .wait_for_job(&format!("green:{id}"), "dead", WAIT)
@@ -260,8 +247,8 @@ async fn provider_faults_are_retried_until_the_file_is_archived() {
             FileFault::Status(500),
         ],
     );
-    let hook = s.incoming("imageMessage", id, &url);
-    assert_eq!(s.post(&hook).await.0, 200);
+    let hook = incoming(&s, "imageMessage", id, &url);
+    assert_eq!(post(&s, &hook).await.0, 200);
     let job = s
         .daemon
         .wait_for_job(&format!("green:{id}"), "done", Duration::from_secs(60))
@@ -378,8 +365,8 @@ async fn the_api_token_never_reaches_the_logs() {
         .add_file(CHAT, id, bytes(1000, 9), "image/jpeg", "t.jpg");
     s.fake.inject_file_faults(&url, vec![FileFault::Gone]);
     s.fake.inject_api_faults(vec![FileFault::Status(500)]);
-    let hook = s.incoming("imageMessage", id, &url);
-    assert_eq!(s.post(&hook).await.0, 200);
+    let hook = incoming(&s, "imageMessage", id, &url);
+    assert_eq!(post(&s, &hook).await.0, 200);
     s.daemon
         .wait_for_job(&format!("green:{id}"), "done", WAIT)
         .await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use e2e::accounts::ONPREM_WEBHOOK_TOKEN as WEBHOOK_TOKEN;
-use e2e::{Archive, Daemon, StoreUnderTest, accounts, bytes, config, now, sha256_hex};
+use e2e::{Stage, StoreUnderTest, accounts, bytes, now, sha256_hex};
 use serde_json::json;
 use test_support::garage::Garage;
 use test_support::meta::{FakeOnPrem, HashEncoding, StoreCallback};
@@ -13,27 +13,17 @@ use test_support::meta::{FakeOnPrem, HashEncoding, StoreCallback};
 const ACCOUNT: &str = "onprem";
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Setup {
-    fake: FakeOnPrem,
-    daemon: Daemon,
-    archive: Archive,
-}
+type Setup = Stage<FakeOnPrem>;
 
 /// The fake, the daemon, and the fake told where to post (the Coreapp's
 /// `webhooks.url`, with the token in the query as the README says).
 async fn setup(store: StoreUnderTest, store_callback_timeout: &str) -> Setup {
     let fake = FakeOnPrem::start().await;
-    let daemon = Daemon::start_in_temp_dir(&config(
-        &store,
-        &accounts::onprem(&fake, store_callback_timeout),
-    ));
-    fake.set_webhook_url(&accounts::onprem_webhook_url(&daemon.base_url));
-    let archive = Archive::of(&store, &daemon.workdir);
-    Setup {
-        fake,
-        daemon,
-        archive,
-    }
+    let accounts = accounts::onprem(&fake, store_callback_timeout);
+    let s = Stage::start(fake, &store, &accounts);
+    s.fake
+        .set_webhook_url(&accounts::onprem_webhook_url(&s.daemon.base_url));
+    s
 }
 
 /// Registers a file with the fake, lets the fake post its webhook, and
