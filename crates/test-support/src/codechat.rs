@@ -11,16 +11,16 @@
 //! plaintext, whether or not the CDN still serves the blob: the real gateway
 //! can ask the sender's phone to upload it again.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response};
 use serde_json::{Value, json};
 
 use crate::http::{self, Body, TestServer};
 use crate::whatsapp_cdn::{CdnRegistry, FakeWhatsappCdn, MediaStub};
+use crate::{lock, now_secs};
 
 /// The fake instance's id.
 pub const INSTANCE_ID: &str = "7";
@@ -147,18 +147,9 @@ impl FakeCodeChat {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn jwt(secret: &str, instance_id: &str, ttl_secs: i64) -> String {
-    let claims = json!({"instanceId": instance_id, "iat": now(), "exp": now() + ttl_secs});
+    let claims =
+        json!({"instanceId": instance_id, "iat": now_secs(), "exp": now_secs() + ttl_secs});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -196,12 +187,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
         .uri()
         .query()
         .is_some_and(|q| q.split('&').any(|p| p.starts_with("timeout=")));
-    let token = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let token = http::bearer(&req).map(str::to_owned);
     let secret = lock(&state).jwt_secret.clone();
     if !token.is_some_and(|t| token_ok(&t, &secret, &instance)) {
         lock(&state).rejected += 1;
@@ -236,15 +222,8 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
     let key = content["mediaKey"]
         .as_str()
         .and_then(|k| archiver_core::decode::bytes_from_str(k).ok());
-    let path = content["directPath"]
-        .as_str()
-        .or_else(|| content["url"].as_str());
     let cdn = lock(&state).cdn.clone();
-    let found = match (path, key) {
-        (Some(path), Some(key)) => cdn.plaintext(path, &key),
-        _ => None,
-    };
-    let Some((plaintext, stub)) = found else {
+    let Some((plaintext, stub)) = cdn.plaintext_of(content, key) else {
         return nest_error(404, "Not Found", "media not found");
     };
     lock(&state).downloads += 1;

@@ -12,8 +12,7 @@
 //! still serves the blob (Evolution can ask for a re-upload). Byte fields in
 //! the request are read in every encoding Evolution itself accepts.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -23,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::http::{self, Body, TestServer};
 use crate::whatsapp_cdn::{CdnRegistry, FakeWhatsappCdn, MediaStub};
+use crate::{lock, now_secs};
 
 /// The fake instance's name.
 pub const INSTANCE: &str = "archive-test";
@@ -135,7 +135,7 @@ impl FakeEvolution {
     /// webhook headers carry `jwt_key`: HS256 of `{iat, exp: iat+600,
     /// app:"evolution", action:"webhook"}`. `age_secs` backdates `iat`.
     pub fn webhook_jwt(jwt_key: &str, age_secs: i64) -> String {
-        let iat = now() - age_secs;
+        let iat = now_secs() - age_secs;
         let claims = json!({"iat": iat, "exp": iat + 600, "app": "evolution", "action": "webhook"});
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -149,16 +149,6 @@ impl FakeEvolution {
     pub fn shutdown(self) {
         self.server.shutdown();
     }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn evolution_error(status: u16, message: &str) -> Response<Body> {
@@ -220,15 +210,8 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
     let key = media
         .get("mediaKey")
         .and_then(|k| archiver_core::decode::bytes(k).ok());
-    let path = media["directPath"]
-        .as_str()
-        .or_else(|| media["url"].as_str());
     let cdn = lock(&state).cdn.clone();
-    let found = match (path, key) {
-        (Some(path), Some(key)) => cdn.plaintext(path, &key),
-        _ => None,
-    };
-    let Some((plaintext, stub)) = found else {
+    let Some((plaintext, stub)) = cdn.plaintext_of(media, key) else {
         return evolution_error(400, "Message not found");
     };
     lock(&state).answered += 1;

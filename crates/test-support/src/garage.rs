@@ -26,12 +26,13 @@
 //! in its metadata dir.
 
 use std::fs::{self, File};
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::ids::random_hex;
 
 /// How long a start may take before the test fails (the machine may be busy
 /// compiling; Garage itself is ready in about 0.1 s).
@@ -68,41 +69,24 @@ impl Garage {
     /// that is present but fails to start always panics.
     pub fn start() -> Option<Garage> {
         let bin = binary_or_skip()?;
-        let dir = tempfile::Builder::new()
-            .prefix("garage-test-")
-            .tempdir()
-            .expect("create a temp dir for garage");
-        let s3_addr = free_addr();
-        let admin_addr = free_addr();
-        let rpc_addr = free_addr();
-        let config = format!(
-            r#"metadata_dir = "{meta}"
-data_dir = "{data}"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "{rpc_addr}"
-rpc_public_addr = "{rpc_addr}"
-rpc_secret = "{rpc_secret}"
-
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "{s3_addr}"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "{admin_addr}"
-"#,
-            meta = dir.path().join("meta").display(),
-            data = dir.path().join("data").display(),
-            rpc_secret = random_hex(32),
+        let dir = temp_dir("garage-test-");
+        let (rpc_addr, s3_addr, admin_addr) = (free_addr(), free_addr(), free_addr());
+        let config = node_config(
+            dir.path(),
+            1,
+            rpc_addr,
+            &random_hex(64),
+            s3_addr,
+            admin_addr,
         );
         fs::write(dir.path().join("garage.toml"), config).expect("write garage.toml");
+        let (access_key_id, secret_access_key) = new_key();
         let mut garage = Garage {
             endpoint: format!("http://{s3_addr}"),
             region: "us-east-1".into(),
             bucket: "media-archiver-test".into(),
-            access_key_id: format!("GK{}", random_hex(12)),
-            secret_access_key: random_hex(32),
+            access_key_id,
+            secret_access_key,
             bin,
             dir,
             s3_addr,
@@ -146,22 +130,12 @@ api_bind_addr = "{admin_addr}"
     }
 
     fn spawn(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open garage.log");
-        let child = Command::new(&self.bin)
-            .arg("-c")
-            .arg(self.dir.path().join("garage.toml"))
-            .args(["server", "--single-node", "--default-bucket"])
+        let config = self.dir.path().join("garage.toml");
+        let child = server(&self.bin, &config, &self.log_path())
+            .args(["--single-node", "--default-bucket"])
             .env("GARAGE_DEFAULT_ACCESS_KEY", &self.access_key_id)
             .env("GARAGE_DEFAULT_SECRET_KEY", &self.secret_access_key)
             .env("GARAGE_DEFAULT_BUCKET", &self.bucket)
-            .env("RUST_LOG", "warn,garage=info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("could not run {}: {e}", self.bin.display()));
         self.child = Some(child);
@@ -249,35 +223,20 @@ impl GarageCluster {
     /// the command's output and the nodes' logs.
     pub fn start() -> Option<GarageCluster> {
         let bin = binary_or_skip()?;
-        let dir = tempfile::Builder::new()
-            .prefix("garage-cluster-")
-            .tempdir()
-            .expect("create a temp dir for the garage cluster");
-        let rpc_secret = random_hex(32);
+        let dir = temp_dir("garage-cluster-");
+        let rpc_secret = random_hex(64);
         let mut nodes = Vec::with_capacity(CLUSTER_NODES);
         for i in 0..CLUSTER_NODES {
             let node_dir = dir.path().join(format!("n{i}"));
             fs::create_dir_all(&node_dir).expect("create a garage node dir");
             let (rpc_addr, s3_addr, admin_addr) = (free_addr(), free_addr(), free_addr());
-            let config = format!(
-                r#"metadata_dir = "{meta}"
-data_dir = "{data}"
-db_engine = "sqlite"
-replication_factor = {CLUSTER_NODES}
-rpc_bind_addr = "{rpc_addr}"
-rpc_public_addr = "{rpc_addr}"
-rpc_secret = "{rpc_secret}"
-
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "{s3_addr}"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "{admin_addr}"
-"#,
-                meta = node_dir.join("meta").display(),
-                data = node_dir.join("data").display(),
+            let config = node_config(
+                &node_dir,
+                CLUSTER_NODES,
+                rpc_addr,
+                &rpc_secret,
+                s3_addr,
+                admin_addr,
             );
             let config_path = node_dir.join("garage.toml");
             fs::write(&config_path, config).expect("write garage.toml");
@@ -290,6 +249,7 @@ api_bind_addr = "{admin_addr}"
                 child: None,
             });
         }
+        let (access_key_id, secret_access_key) = new_key();
         let mut cluster = GarageCluster {
             endpoint: format!("http://{}", nodes[0].s3_addr),
             endpoints: nodes
@@ -298,8 +258,8 @@ api_bind_addr = "{admin_addr}"
                 .collect(),
             region: "us-east-1".into(),
             bucket: "media-archiver-test".into(),
-            access_key_id: format!("GK{}", random_hex(12)),
-            secret_access_key: random_hex(32),
+            access_key_id,
+            secret_access_key,
             bin,
             _dir: dir,
             nodes,
@@ -462,19 +422,7 @@ api_bind_addr = "{admin_addr}"
 
     fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("open garage.log");
-        let child = Command::new(&self.bin)
-            .arg("-c")
-            .arg(&node.config)
-            .arg("server")
-            .env("RUST_LOG", "warn,garage=info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
+        let child = server(&self.bin, &node.config, &node.log)
             .spawn()
             .unwrap_or_else(|e| panic!("could not run {}: {e}", self.bin.display()));
         node.child = Some(child);
@@ -575,21 +523,70 @@ fn free_addr() -> SocketAddr {
         .expect("bind 127.0.0.1:0")
 }
 
-/// `n` random bytes as hex (test credentials; not cryptographic).
-fn random_hex(n: usize) -> String {
-    let mut out = String::with_capacity(n * 2 + 16);
-    while out.len() < n * 2 {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default(),
-        );
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out.truncate(n * 2);
-    out
+/// `garage -c config server`, its output appended to `log`: add the
+/// node's arguments and environment, then spawn it.
+fn server(bin: &Path, config: &Path, log: &Path) -> Command {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open garage.log");
+    let mut command = Command::new(bin);
+    command
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .env("RUST_LOG", "warn,garage=info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log);
+    command
+}
+
+/// A temp dir for Garage's config, metadata, data and logs.
+fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create a temp dir for garage")
+}
+
+/// A node's `garage.toml`: metadata and data under `dir`, SQLite metadata,
+/// the given replication factor, addresses and RPC secret.
+fn node_config(
+    dir: &Path,
+    replication_factor: usize,
+    rpc_addr: SocketAddr,
+    rpc_secret: &str,
+    s3_addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> String {
+    format!(
+        r#"metadata_dir = "{meta}"
+data_dir = "{data}"
+db_engine = "sqlite"
+replication_factor = {replication_factor}
+rpc_bind_addr = "{rpc_addr}"
+rpc_public_addr = "{rpc_addr}"
+rpc_secret = "{rpc_secret}"
+
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "{s3_addr}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "{admin_addr}"
+"#,
+        meta = dir.join("meta").display(),
+        data = dir.join("data").display(),
+    )
+}
+
+/// A fresh (access key id, secret key) in Garage's shapes: `GK` and 24 hex
+/// digits, 64 hex digits (test credentials; not cryptographic).
+fn new_key() -> (String, String) {
+    (format!("GK{}", random_hex(24)), random_hex(64))
 }
 
 /// The status code of a plain `GET path` (HTTP/1.1), or `None` if nothing
@@ -614,12 +611,11 @@ mod tests {
 
     #[test]
     fn credentials_have_garage_shapes() {
-        let a = random_hex(12);
-        let b = random_hex(32);
-        assert_eq!(a.len(), 24);
-        assert_eq!(b.len(), 64);
-        assert!(b.bytes().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(random_hex(32), b);
+        let (id, secret) = new_key();
+        assert!(id.starts_with("GK") && id.len() == 26, "{id}");
+        assert_eq!(secret.len(), 64);
+        assert!(secret.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(new_key().1, secret);
     }
 
     #[test]

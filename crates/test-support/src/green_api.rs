@@ -19,8 +19,8 @@
 //! (UNCONFIRMED); clients should look for the text, not the shape.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -29,6 +29,8 @@ use hyper::{Method, Request, Response};
 use serde_json::{Value, json};
 
 use crate::http::{self, Body, TestServer};
+use crate::ids::{random_hex, uuid_v4};
+use crate::{lock, now_secs};
 
 /// The fake instance's id (the console shows it as `idInstance`).
 pub const ID_INSTANCE: &str = "1101000001";
@@ -316,12 +318,6 @@ impl State {
         );
         url
     }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body> {
@@ -665,34 +661,4 @@ fn ext_for(mime_type: &str, file_name: &str) -> String {
             _ => String::new(),
         },
     }
-}
-
-fn uuid_v4() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-fn random_hex(len: usize) -> String {
-    let mut out = String::with_capacity(len + 32);
-    while out.len() < len {
-        out.push_str(&format!("{:032x}", rand::random::<u128>()));
-    }
-    out.truncate(len);
-    out
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -5,6 +5,7 @@ pub mod evolution;
 pub mod garage;
 pub mod green_api;
 pub mod http;
+mod ids;
 pub mod meta;
 pub mod nxcloud;
 pub mod whatsapp_cdn;
@@ -24,4 +25,19 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Locks a fake's state, whether or not a handler panicked while holding it
+/// (a fake must keep answering for the test to report the real failure).
+pub(crate) fn lock<T>(state: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Unix seconds now (0 before 1970).
+pub(crate) fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -23,7 +23,7 @@
 //! next file downloads, whatever the object ([`FakeNxcloud::inject_file_faults`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -38,6 +38,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::http::{self, Body, TestServer};
+use crate::ids::uuid_v4;
+use crate::lock;
 
 /// The merchant number the fake serves.
 pub const BUSINESS_PHONE: &str = "8615800001795";
@@ -251,10 +253,6 @@ impl FakeNxcloud {
     pub fn shutdown(self) {
         self.server.shutdown();
     }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn now_ms() -> u128 {
@@ -510,19 +508,4 @@ fn url_decode_pairs(query: &str) -> HashMap<String, String> {
     url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect()
-}
-
-fn uuid_v4() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }

@@ -183,7 +183,7 @@ struct Blob {
 
 impl CdnRegistry {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Blob>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.0)
     }
 
     /// What a gateway that decrypts server-side would answer for a stub:
@@ -199,6 +199,20 @@ impl CdnRegistry {
         let blob = media.get(path)?;
         (blob.stub.media_key.as_slice() == media_key)
             .then(|| (blob.plaintext.clone(), blob.stub.clone()))
+    }
+
+    /// [`CdnRegistry::plaintext`] of a media object as a gateway receives
+    /// it in a download request (its `directPath`, else its `url`), with
+    /// the key the gateway decoded from it.
+    pub(crate) fn plaintext_of(
+        &self,
+        media: &serde_json::Value,
+        media_key: Option<Vec<u8>>,
+    ) -> Option<(Bytes, MediaStub)> {
+        let path = media["directPath"]
+            .as_str()
+            .or_else(|| media["url"].as_str())?;
+        self.plaintext(path, &media_key?)
     }
 }
 

@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e::{Daemon, StoreUnderTest, bytes as random_bytes, config};
+use e2e::accounts::{self, GREEN_WEBHOOK_TOKEN};
+use e2e::process::cpu_seconds;
+use e2e::{Daemon, StoreUnderTest, bytes as random_bytes, config, now};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
 use test_support::http::{TestServer, response};
@@ -95,26 +97,22 @@ async fn file_host(files: Files) -> TestServer {
     .await
 }
 
-fn green_account(host: &str) -> String {
-    format!(
-        "[[accounts]]\nname = \"bench\"\nprovider = \"greenapi\"\napi_url = \"{host}\"\nid_instance = \"1101000001\"\n\
-         api_token = \"bench-token\"\nwebhook_token = \"bench-hook\"\nallowed_download_hosts = [\"127.0.0.1\"]\n"
-    )
-}
-
 fn bench_config(store: &StoreUnderTest, host: &str) -> String {
-    config(store, &green_account(host))
-        .replace("concurrency = 4", "concurrency = 16")
-        .replace("max_body_bytes = 65536", "max_body_bytes = 4194304")
-        .replace("read_timeout = \"2s\"", "read_timeout = \"60s\"")
-        .replace("lease = \"30s\"", "lease = \"5m\"")
+    config(
+        store,
+        &accounts::green_api_at(host, "1101000001", "bench-token"),
+    )
+    .replace("concurrency = 4", "concurrency = 16")
+    .replace("max_body_bytes = 65536", "max_body_bytes = 4194304")
+    .replace("read_timeout = \"2s\"", "read_timeout = \"60s\"")
+    .replace("lease = \"30s\"", "lease = \"5m\"")
 }
 
 fn webhook(host: &str, set: &str, i: usize, size: usize) -> Value {
     json!({
         "typeWebhook": "incomingMessageReceived",
         "instanceData": {"idInstance": 1101000001u64, "wid": "79876543210@c.us", "typeInstance": "whatsapp"},
-        "timestamp": chrono_now(),
+        "timestamp": now(),
         "idMessage": format!("BENCH{}{i:027}", set.to_uppercase().chars().next().unwrap_or('X')),
         "senderData": {"chatId": "79001234568@c.us", "chatName": "bench", "sender": "79001234568@c.us", "senderName": "bench"},
         "messageData": {"typeMessage": "videoMessage", "fileMessageData": {
@@ -123,12 +121,6 @@ fn webhook(host: &str, set: &str, i: usize, size: usize) -> Value {
             "isForwarded": false, "forwardingScore": 0, "videoNote": false, "size": size
         }}
     })
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Posts every webhook (32 in flight) and waits until all jobs are done.
@@ -144,11 +136,11 @@ async fn archive_with_daemon(daemon: &Daemon, host: &str, w: &Workload) -> Measu
             in_flight.join_next().await;
         }
         let client = client.clone();
-        let url = daemon.url("/webhooks/bench");
+        let url = daemon.url("/webhooks/green");
         in_flight.spawn(async move {
             let status = client
                 .post(url)
-                .bearer_auth("bench-hook")
+                .bearer_auth(GREEN_WEBHOOK_TOKEN)
                 .json(&hook)
                 .send()
                 .await
@@ -163,7 +155,7 @@ async fn archive_with_daemon(daemon: &Daemon, host: &str, w: &Workload) -> Measu
     while in_flight.join_next().await.is_some() {}
     loop {
         let (_, stats) = daemon.admin_get("/api/v1/stats").await;
-        let done = stats["by_account"]["bench"]["done"].as_u64().unwrap_or(0);
+        let done = stats["by_account"]["green"]["done"].as_u64().unwrap_or(0);
         let dead = stats["by_state"]["dead"].as_u64().unwrap_or(0);
         assert_eq!(dead, 0, "a bench job died: {stats}");
         if done as usize >= w.count {
@@ -237,43 +229,6 @@ fn rclone_object_count(garage: &Garage, host: &str, w: &Workload) -> usize {
         .expect("run rclone lsf");
     assert!(out.status.success(), "rclone lsf failed: {}", out.status);
     String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
-/// (peak RSS in KiB, CPU seconds) of a process, from /proc.
-fn proc_usage(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    (hwm, ticks / clock_ticks())
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn svg_chart(rows: &[(String, f64, f64)], rss: &[(usize, u64)]) -> String {
@@ -410,9 +365,9 @@ async fn main() {
     for w in [&small, &large] {
         let dir = tempfile::tempdir().expect("temp dir");
         let daemon = Daemon::start(&bench_config(&store, &host_url), dir.path());
-        let (_, cpu_before) = proc_usage(daemon.pid());
+        let cpu_before = cpu_seconds(daemon.pid()).unwrap_or(0.0);
         let ours = archive_with_daemon(&daemon, &host_url, w).await;
-        let (_, cpu_after) = proc_usage(daemon.pid());
+        let cpu_after = cpu_seconds(daemon.pid()).unwrap_or(0.0);
         if std::ptr::eq(w, &large) {
             cpu_per_gib = (cpu_after - cpu_before) / (ours.bytes as f64 / (1u64 << 30) as f64);
         }
@@ -432,7 +387,7 @@ async fn main() {
             size: mib * MIB,
         };
         archive_with_daemon(&daemon, &host_url, &w).await;
-        rss.push((mib, proc_usage(daemon.pid()).0));
+        rss.push((mib, daemon.peak_rss_kib()));
     }
 
     println!();

@@ -44,14 +44,19 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use e2e::{Daemon, StoreUnderTest, bytes as random_bytes, config, files_under, sha256_hex};
+use e2e::accounts::{
+    self, CODECHAT_WEBHOOK_TOKEN, EVOLUTION_JWT_SECRET, GREEN_WEBHOOK_TOKEN, ONPREM_WEBHOOK_TOKEN,
+};
+use e2e::{
+    Archive, Daemon, StoreUnderTest, bytes as random_bytes, config, files_under, now, sha256_hex,
+};
 use serde_json::Value;
 use test_support::codechat::FakeCodeChat;
 use test_support::evolution::FakeEvolution;
 use test_support::garage::{CLUSTER_NODES, Garage, GarageCluster};
 use test_support::green_api::{FakeGreenApi, FileFault};
 use test_support::meta::{FakeCloudApi, FakeOnPrem, GraphFault, HashEncoding, StoreCallback};
-use test_support::nxcloud::{BUSINESS_PHONE, FakeNxcloud, NxFault};
+use test_support::nxcloud::{FakeNxcloud, NxFault};
 use test_support::whatsapp_cdn::{CdnFault, FakeWhatsappCdn};
 
 /// New webhooks (and redeliveries) posted per second, on average.
@@ -73,13 +78,6 @@ const STOP_WAIT: Duration = Duration::from_secs(30);
 const MAX_IN_FLIGHT: usize = 32;
 /// Redeliveries of a webhook that was never answered 200.
 const MAX_REDELIVERIES: u32 = 8;
-
-/// Webhook credentials the daemon checks (given to every account).
-const GREEN_WEBHOOK_TOKEN: &str = "soak-green-webhook-token";
-const CODECHAT_WEBHOOK_TOKEN: &str = "soak-codechat-webhook-token";
-const EVOLUTION_JWT_SECRET: &str = "soak-evolution-jwt-secret";
-const ONPREM_WEBHOOK_TOKEN: &str = "soak-onprem-webhook-token";
-const CLOUD_VERIFY_TOKEN: &str = "soak-cloud-verify-token";
 
 const GREEN_CHAT: &str = "79001234568@c.us";
 const BAILEYS_CHAT: &str = "5511988887777@s.whatsapp.net";
@@ -141,86 +139,17 @@ struct Fakes {
 }
 
 /// The `[[accounts]]` of the soak, one per provider, each with the webhook
-/// credentials the daemon checks. The one place to adjust when account
-/// settings change.
+/// credentials the daemon checks.
 fn accounts_toml(f: &Fakes) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "green"
-provider = "greenapi"
-api_url = "{green_url}"
-id_instance = "{green_instance}"
-api_token = "{green_token}"
-webhook_token = "{GREEN_WEBHOOK_TOKEN}"
-allowed_download_hosts = ["127.0.0.1"]
-
-[[accounts]]
-name = "cc"
-provider = "codechat"
-api_url = "{codechat_url}"
-instance_id = 7
-api_token = "{codechat_token}"
-webhook_token = "{CODECHAT_WEBHOOK_TOKEN}"
-cdn_url = "{cdn_url}"
-allowed_download_hosts = ["127.0.0.1"]
-
-[[accounts]]
-name = "evo"
-provider = "evolution"
-api_url = "{evolution_url}"
-instance = "{evolution_instance}"
-api_key = "{evolution_key}"
-webhook_jwt_secret = "{EVOLUTION_JWT_SECRET}"
-cdn_url = "{cdn_url}"
-allowed_download_hosts = ["127.0.0.1"]
-
-[[accounts]]
-name = "onprem"
-provider = "onprem"
-api_url = "{onprem_url}"
-username = "{onprem_user}"
-password = "{onprem_password}"
-webhook_token = "{ONPREM_WEBHOOK_TOKEN}"
-store_callback_timeout = "5s"
-
-[[accounts]]
-name = "cloud"
-provider = "cloudapi"
-graph_url = "{graph_url}"
-access_token = "{cloud_token}"
-app_secret = "{cloud_secret}"
-verify_token = "{CLOUD_VERIFY_TOKEN}"
-allowed_download_hosts = ["127.0.0.1"]
-
-[[accounts]]
-name = "nx"
-provider = "nxcloud"
-api_url = "{nx_url}"
-access_key = "{nx_key}"
-access_secret = "{nx_secret}"
-business_phone = "+{BUSINESS_PHONE}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        green_url = f.green.base_url(),
-        green_instance = f.green.id_instance(),
-        green_token = f.green.api_token(),
-        codechat_url = f.codechat.base_url(),
-        codechat_token = f.codechat.api_token(),
-        cdn_url = f.cdn.base_url(),
-        evolution_url = f.evolution.base_url(),
-        evolution_instance = f.evolution.instance(),
-        evolution_key = f.evolution.api_key(),
-        onprem_url = f.onprem.base_url(),
-        onprem_user = f.onprem.username(),
-        onprem_password = f.onprem.password(),
-        graph_url = f.cloud.graph_url(),
-        cloud_token = f.cloud.access_token(),
-        cloud_secret = f.cloud.app_secret(),
-        nx_url = f.nx.base_url(),
-        nx_key = f.nx.access_key(),
-        nx_secret = f.nx.access_secret(),
-    )
+    [
+        accounts::green_api(&f.green),
+        accounts::codechat(&f.codechat, &f.cdn),
+        accounts::evolution(&f.evolution, &f.cdn),
+        accounts::onprem(&f.onprem, "5s"),
+        accounts::cloud_api(&f.cloud),
+        accounts::nxcloud(&f.nx, f.nx.access_secret()),
+    ]
+    .concat()
 }
 
 /// The harness config with the soak's accounts, on a fixed port, with a
@@ -385,12 +314,6 @@ impl Ctx {
     }
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// A new file for a random provider: registered with its fake, faults
 /// attached (sometimes), and its webhook built.
 fn new_message(ctx: &Ctx, rng: &mut Rng, n: u64) -> Message {
@@ -407,7 +330,7 @@ fn new_message(ctx: &Ctx, rng: &mut Rng, n: u64) -> Message {
     let sha256 = sha256_hex(&content);
     let faulty = rng.chance(FILE_FAULT_SHARE);
     let mut faults = Vec::new();
-    let now = now_secs();
+    let now = now();
     let (id, message_id, webhook) = match provider {
         Provider::Green => {
             let id = format!("SOAK{n:016X}{:012X}", rng.next_u64() >> 16);
@@ -732,7 +655,7 @@ async fn sample_loop(ctx: Arc<Ctx>, limit: Instant) -> Vec<Sample> {
     while !ctx.stop_sampling.load(Ordering::SeqCst) && Instant::now() < limit {
         let pid = ctx.pid.load(Ordering::SeqCst);
         if pid != 0
-            && let Some(s) = e2e::proc_sample(pid)
+            && let Some(s) = e2e::process::proc_sample(pid)
         {
             samples.push(Sample {
                 t: ctx.t(),
@@ -764,13 +687,6 @@ impl Store {
         match self {
             Store::Single(g) => StoreUnderTest::garage(g),
             Store::Cluster { cluster, .. } => StoreUnderTest::garage_cluster(cluster),
-        }
-    }
-
-    fn bucket(&self) -> String {
-        match self {
-            Store::Single(g) => g.bucket.clone(),
-            Store::Cluster { cluster, .. } => cluster.bucket.clone(),
         }
     }
 
@@ -1037,16 +953,11 @@ enum Archived {
     No(String),
 }
 
-async fn check_archived(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    manifest_keys: &[String],
-    sha256: &str,
-) -> Archived {
+async fn check_archived(archive: &Archive, manifest_keys: &[String], sha256: &str) -> Archived {
     let Some(key) = manifest_keys.first() else {
         return Archived::No("no manifest".into());
     };
-    let manifest = match e2e::s3_get(client, bucket, key).await {
+    let manifest = match archive.try_get(key).await {
         Ok(body) => body,
         Err(e) => return Archived::No(format!("manifest unreadable: {e}")),
     };
@@ -1062,7 +973,7 @@ async fn check_archived(
     let Some(blob_key) = manifest["blob_key"].as_str() else {
         return Archived::No("manifest has no blob_key".into());
     };
-    match e2e::s3_get(client, bucket, blob_key).await {
+    match archive.try_get(blob_key).await {
         Ok(blob) if sha256_hex(&blob) == sha256 => Archived::Yes,
         Ok(blob) => Archived::No(format!("blob {blob_key} hashes to {}", sha256_hex(&blob))),
         Err(e) => Archived::No(format!("blob unreadable: {e}")),
@@ -1158,9 +1069,9 @@ async fn main() {
     };
     let port = e2e::free_port();
     let base_url = format!("http://127.0.0.1:{port}");
-    fakes.onprem.set_webhook_url(&format!(
-        "{base_url}/webhooks/onprem?token={ONPREM_WEBHOOK_TOKEN}"
-    ));
+    fakes
+        .onprem
+        .set_webhook_url(&accounts::onprem_webhook_url(&base_url));
     let dir = tempfile::Builder::new()
         .prefix("chaos-soak-")
         .tempdir()
@@ -1275,9 +1186,7 @@ async fn main() {
                 .collect();
             let mut out = HashMap::new();
             for id in ids {
-                let (status, job) = daemon
-                    .admin_get(&format!("/api/v1/jobs/{}", id.replace(':', "%3A")))
-                    .await;
+                let (status, job) = daemon.job(&id).await;
                 if status == 200 {
                     out.insert(id, job);
                 }
@@ -1288,23 +1197,18 @@ async fn main() {
     };
 
     // Everything the store holds.
-    let bucket = store.bucket();
-    let client = e2e::s3_client(&store.under_test()).await;
-    let manifest_keys = e2e::s3_keys(&client, &bucket, "messages/")
-        .await
-        .unwrap_or_else(|e| {
-            eprintln!("cannot list manifests: {e}");
-            Vec::new()
-        });
-    let blob_keys = e2e::s3_keys(&client, &bucket, "blobs/")
-        .await
-        .unwrap_or_else(|e| {
-            eprintln!("cannot list blobs: {e}");
-            Vec::new()
-        });
+    let archive = Archive::of(&store.under_test(), &life.workdir);
+    let manifest_keys = archive.try_keys("messages/").await.unwrap_or_else(|e| {
+        eprintln!("cannot list manifests: {e}");
+        Vec::new()
+    });
+    let blob_keys = archive.try_keys("blobs/").await.unwrap_or_else(|e| {
+        eprintln!("cannot list blobs: {e}");
+        Vec::new()
+    });
     // messages/{account}/{yyyy}/{mm}/{dd}/{message_id}.json
     let mut manifests: HashMap<(String, String), Vec<String>> = HashMap::new();
-    for (key, _) in &manifest_keys {
+    for key in &manifest_keys {
         let parts: Vec<&str> = key.split('/').collect();
         if let (Some(account), Some(name)) = (parts.get(1), parts.last()) {
             let id = name.trim_end_matches(".json");
@@ -1316,7 +1220,7 @@ async fn main() {
     }
     // blobs/sha256/{h[0..2]}/{h}{ext}
     let mut blobs: HashMap<String, Vec<String>> = HashMap::new();
-    for (key, _) in &blob_keys {
+    for key in &blob_keys {
         let name = key.rsplit('/').next().unwrap_or(key);
         let hash = name.split('.').next().unwrap_or(name);
         blobs.entry(hash.to_owned()).or_default().push(key.clone());
@@ -1367,10 +1271,10 @@ async fn main() {
                 .get(&(c.provider.account().to_owned(), c.message_id))
                 .cloned()
                 .unwrap_or_default();
-            let (client, bucket) = (client.clone(), bucket.clone());
+            let archive = archive.clone();
             let job = jobs.get(&c.job_id).cloned().unwrap_or(Value::Null);
             set.spawn(async move {
-                let archived = check_archived(&client, &bucket, &keys, &c.sha256).await;
+                let archived = check_archived(&archive, &keys, &c.sha256).await;
                 Row {
                     provider: c.provider,
                     job_id: c.job_id,

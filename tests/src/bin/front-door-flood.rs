@@ -35,7 +35,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::{Daemon, proc_sample};
+use e2e::accounts::{self, GREEN_WEBHOOK_TOKEN};
+use e2e::process::proc_sample;
+use e2e::{Daemon, now};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -43,7 +45,6 @@ use tokio::net::{TcpSocket, TcpStream};
 const LEGIT_PER_SEC: u64 = 20;
 /// How long the provider waits for an answer.
 const LEGIT_PATIENCE: Duration = Duration::from_secs(10);
-const WEBHOOK_TOKEN: &str = "flood-bench-webhook-token";
 const ONE_MIB: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +275,7 @@ async fn provider(addr: &str, legit: &Arc<Legit>, until: Instant) {
             let started = Instant::now();
             let answer = client
                 .post(url)
-                .bearer_auth(WEBHOOK_TOKEN)
+                .bearer_auth(GREEN_WEBHOOK_TOKEN)
                 .header("content-type", "application/json")
                 .body(body)
                 .send()
@@ -295,14 +296,10 @@ async fn provider(addr: &str, legit: &Arc<Legit>, until: Instant) {
 }
 
 fn green_api_webhook(n: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
     serde_json::json!({
         "typeWebhook": "incomingMessageReceived",
         "instanceData": {"idInstance": 1101000001u64, "wid": "79001234567@c.us", "typeInstance": "whatsapp"},
-        "timestamp": now,
+        "timestamp": now(),
         "idMessage": format!("FLOOD{n:012}"),
         "senderData": {"chatId": "79001234568@c.us", "sender": "79001234568@c.us", "senderName": "Ann"},
         "messageData": {
@@ -315,7 +312,15 @@ fn green_api_webhook(n: u64) -> String {
     .to_string()
 }
 
+/// The daemon on its default `[server]` limits (not the test config's),
+/// with a Green API and a Cloud API account on an address where nothing
+/// answers.
 fn config() -> String {
+    let accounts = [
+        accounts::green_api_at("http://127.0.0.1:9", "1101000001", "api-token"),
+        accounts::cloud_api_at("http://127.0.0.1:9/v21.0", "access-token", "app-secret"),
+    ]
+    .concat();
     format!(
         r#"
 [server]
@@ -335,23 +340,7 @@ format = "json"
 backend = "fs"
 path = "data/archive"
 
-[[accounts]]
-name = "green"
-provider = "greenapi"
-api_url = "http://127.0.0.1:9"
-id_instance = "1101000001"
-api_token = "api-token"
-webhook_token = "{WEBHOOK_TOKEN}"
-allowed_download_hosts = ["127.0.0.1"]
-
-[[accounts]]
-name = "cloud"
-provider = "cloudapi"
-graph_url = "http://127.0.0.1:9/v21.0"
-access_token = "access-token"
-app_secret = "app-secret"
-verify_token = "verify-token"
-"#
+{accounts}"#
     )
 }
 

@@ -2,64 +2,28 @@
 //! On-Prem client (login, asynchronous store, store callbacks posted to the
 //! daemon), and the real archive (a folder, or Garage over S3).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use e2e::{Daemon, StoreUnderTest, bytes, config, sha256_hex};
-use serde_json::{Value, json};
+use e2e::accounts::ONPREM_WEBHOOK_TOKEN as WEBHOOK_TOKEN;
+use e2e::{Stage, StoreUnderTest, accounts, bytes, now, sha256_hex};
+use serde_json::json;
 use test_support::garage::Garage;
 use test_support::meta::{FakeOnPrem, HashEncoding, StoreCallback};
 
 const ACCOUNT: &str = "onprem";
-const WEBHOOK_TOKEN: &str = "e2e-onprem-webhook-token";
 const WAIT: Duration = Duration::from_secs(30);
 
-fn account(fake: &FakeOnPrem, store_callback_timeout: &str) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "{ACCOUNT}"
-provider = "onprem"
-api_url = "{}"
-username = "{}"
-password = "{}"
-webhook_token = "{WEBHOOK_TOKEN}"
-store_callback_timeout = "{store_callback_timeout}"
-"#,
-        fake.base_url(),
-        fake.username(),
-        fake.password(),
-    )
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-struct Setup {
-    fake: FakeOnPrem,
-    daemon: Daemon,
-    _dir: tempfile::TempDir,
-}
+type Setup = Stage<FakeOnPrem>;
 
 /// The fake, the daemon, and the fake told where to post (the Coreapp's
 /// `webhooks.url`, with the token in the query as the README says).
 async fn setup(store: StoreUnderTest, store_callback_timeout: &str) -> Setup {
     let fake = FakeOnPrem::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(
-        &config(&store, &account(&fake, store_callback_timeout)),
-        dir.path(),
-    );
-    fake.set_webhook_url(&daemon.url(&format!("/webhooks/{ACCOUNT}?token={WEBHOOK_TOKEN}")));
-    Setup {
-        fake,
-        daemon,
-        _dir: dir,
-    }
+    let accounts = accounts::onprem(&fake, store_callback_timeout);
+    let s = Stage::start(fake, &store, &accounts);
+    s.fake
+        .set_webhook_url(&accounts::onprem_webhook_url(&s.daemon.base_url));
+    s
 }
 
 /// Registers a file with the fake, lets the fake post its webhook, and
@@ -83,71 +47,16 @@ async fn announce(
     (content, media, job_id)
 }
 
-/// Waits until the daemon has logged `needle` (its output is collected by
-/// a reader thread, so a line may land just after the request that caused it).
-async fn wait_for_log(daemon: &Daemon, needle: &str) {
-    let started = std::time::Instant::now();
-    while !daemon.logs().contains(needle) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{needle:?} never logged:\n{}",
-            daemon.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(walk(&path))
-            } else {
-                out.push(path)
-            }
-        }
-    }
-    out
-}
-
-fn fs_manifest(workdir: &Path, message_id: &str) -> Option<Value> {
-    walk(&workdir.join(format!("data/archive/messages/{ACCOUNT}")))
-        .into_iter()
-        .find(|p| p.file_name().unwrap() == format!("{message_id}.json").as_str())
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-}
-
-/// The blob and manifest of one message in the fs archive.
-fn assert_archived_fs(s: &Setup, message_id: &str, media: &str, content: &[u8], ext: &str) {
-    let hash = sha256_hex(content);
-    let blob = s.daemon.workdir.join(format!(
-        "data/archive/blobs/sha256/{}/{hash}{ext}",
-        &hash[..2]
-    ));
-    let stored =
-        std::fs::read(&blob).unwrap_or_else(|e| panic!("blob {} missing: {e}", blob.display()));
-    assert!(
-        stored == content,
-        "archived bytes differ from the provider's"
-    );
-    let manifest = fs_manifest(&s.daemon.workdir, message_id).expect("manifest");
-    assert_manifest(&manifest, message_id, media, &hash, ext);
-}
-
-fn assert_manifest(manifest: &Value, message_id: &str, media: &str, hash: &str, ext: &str) {
+/// The blob and manifest of one message in the archive.
+async fn assert_archived(s: &Setup, message_id: &str, media: &str, content: &[u8], ext: &str) {
+    let manifest = s
+        .archive
+        .assert_archived(ACCOUNT, message_id, content, ext)
+        .await;
     assert_eq!(manifest["provider"], "onprem");
-    assert_eq!(manifest["account"], ACCOUNT);
-    assert_eq!(manifest["message_id"], message_id);
     assert_eq!(manifest["media_id"], media);
-    assert_eq!(manifest["sha256"], hash);
-    assert_eq!(manifest["provider_sha256"], hash);
+    assert_eq!(manifest["provider_sha256"], sha256_hex(content));
     assert_eq!(manifest["verification"], "provider-sha256");
-    assert_eq!(
-        manifest["blob_key"],
-        format!("blobs/sha256/{}/{hash}{ext}", &hash[..2])
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -155,8 +64,7 @@ async fn with_s3_an_image_and_a_document_are_archived_through_the_store_and_its_
     let Some(garage) = Garage::start() else {
         return;
     };
-    let store = StoreUnderTest::garage(&garage);
-    let s = setup(store.clone(), "10m").await;
+    let s = setup(StoreUnderTest::garage(&garage), "10m").await;
     let (image, image_media, image_job) =
         announce(&s, "image", "image/jpeg", "wamid.IMAGE1", 300_000, false).await;
     let (document, doc_media, doc_job) = announce(
@@ -188,17 +96,11 @@ async fn with_s3_an_image_and_a_document_are_archived_through_the_store_and_its_
     }
     assert_eq!(s.fake.logins(), 1, "the token is cached");
 
-    let client = e2e::s3_client(&store).await;
     for (content, ext, message_id, media) in [
         (&image, ".jpg", "wamid.IMAGE1", &image_media),
         (&document, ".pdf", "wamid.DOCUMENT1", &doc_media),
     ] {
-        let hash = sha256_hex(content);
-        let key = format!("blobs/sha256/{}/{hash}{ext}", &hash[..2]);
-        let object = e2e::s3_object(&client, &garage.bucket, &key).await;
-        assert_eq!(sha256_hex(&object.body), hash, "{key} content differs");
-        let manifest = e2e::s3_manifest(&client, &garage.bucket, ACCOUNT, message_id).await;
-        assert_manifest(&manifest, message_id, media, &hash, ext);
+        assert_archived(&s, message_id, media, content, ext).await;
     }
 
     // Neither the password nor any bearer token reached the logs.
@@ -225,7 +127,7 @@ async fn an_auto_downloaded_file_is_fetched_without_asking_the_store() {
     let job = s.daemon.wait_for_job(&job_id, "done", WAIT).await;
     assert_eq!(job["attempts"], 1);
     assert_eq!(s.fake.store_requests(&media), 0);
-    assert_archived_fs(&s, "wamid.VOICE1", &media, &content, ".ogg");
+    assert_archived(&s, "wamid.VOICE1", &media, &content, ".ogg").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -248,8 +150,8 @@ async fn bytes_that_do_not_match_the_sha256_are_never_archived_and_the_job_dies_
         s.fake.media_gets(&media) >= 2,
         "retried before giving up: {job}"
     );
-    assert!(walk(&s.daemon.workdir.join("data/archive/blobs")).is_empty());
-    assert!(fs_manifest(&s.daemon.workdir, "wamid.BAD1").is_none());
+    assert!(s.archive.keys("blobs/").await.is_empty());
+    assert!(s.archive.manifest(ACCOUNT, "wamid.BAD1").await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -263,7 +165,7 @@ async fn a_callback_that_never_comes_or_comes_late_times_out_and_the_store_is_as
         announce(&s, "image", "image/png", "wamid.NEVER1", 20_000, false).await;
     s.daemon.wait_for_job(&job_id, "done", WAIT).await;
     assert_eq!(s.fake.store_requests(&media), 2);
-    assert_archived_fs(&s, "wamid.NEVER1", &media, &content, ".png");
+    assert_archived(&s, "wamid.NEVER1", &media, &content, ".png").await;
 
     // Late: the first callback arrives after the timeout, the second in
     // time; the late one then finds the job done, and is still answered 200.
@@ -273,7 +175,7 @@ async fn a_callback_that_never_comes_or_comes_late_times_out_and_the_store_is_as
         announce(&s, "video", "video/mp4", "wamid.LATE1", 60_000, false).await;
     s.daemon.wait_for_job(&job_id, "done", WAIT).await;
     assert_eq!(s.fake.store_requests(&media), 2);
-    assert_archived_fs(&s, "wamid.LATE1", &media, &content, ".mp4");
+    assert_archived(&s, "wamid.LATE1", &media, &content, ".mp4").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let late: Vec<_> = s
@@ -290,8 +192,8 @@ async fn a_callback_that_never_comes_or_comes_late_times_out_and_the_store_is_as
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The late callback is recorded.
-    wait_for_log(&s.daemon, &media).await;
-    wait_for_log(&s.daemon, "matched no waiting job").await;
+    s.daemon.wait_for_log(&media).await;
+    s.daemon.wait_for_log("matched no waiting job").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -305,7 +207,7 @@ async fn a_failed_store_is_asked_once_more_then_the_job_dies_with_the_stores_rea
         announce(&s, "sticker", "image/webp", "wamid.ONCE1", 10_000, false).await;
     s.daemon.wait_for_job(&job_id, "done", WAIT).await;
     assert_eq!(s.fake.store_requests(&media), 2);
-    assert_archived_fs(&s, "wamid.ONCE1", &media, &content, ".webp");
+    assert_archived(&s, "wamid.ONCE1", &media, &content, ".webp").await;
 
     // Fails twice: permanent.
     s.fake.set_store_callbacks(vec![
@@ -344,7 +246,7 @@ async fn an_expired_token_is_renewed_by_logging_in_again() {
     let job = s.daemon.wait_for_job(&job_id, "done", WAIT).await;
     assert_eq!(job["attempts"], 2, "the 401 cost no attempt: {job}");
     assert_eq!(s.fake.logins(), 2);
-    assert_archived_fs(&s, "wamid.TOK2", &media, &content, ".pdf");
+    assert_archived(&s, "wamid.TOK2", &media, &content, ".pdf").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -360,7 +262,9 @@ async fn callbacks_for_unknown_media_and_unauthenticated_webhooks() {
         answer,
         json!({"accepted": 0, "duplicates": 0, "ignored": 1})
     );
-    wait_for_log(&s.daemon, "00000000-dead-beef-0000-000000000000").await;
+    s.daemon
+        .wait_for_log("00000000-dead-beef-0000-000000000000")
+        .await;
 
     // No token, a wrong bearer token, a wrong query token: 401, nothing queued.
     let media = s

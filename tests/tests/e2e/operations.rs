@@ -3,21 +3,11 @@
 
 use std::time::Duration;
 
-use e2e::{Daemon, StoreUnderTest, bytes, config};
+use e2e::accounts::GREEN_WEBHOOK_TOKEN as TOKEN;
+use e2e::{Daemon, StoreUnderTest, accounts, bytes, config, now};
 use test_support::green_api::FakeGreenApi;
 
-const TOKEN: &str = "ops-webhook-token";
 const CHAT: &str = "79001234568@c.us";
-
-fn account(fake: &FakeGreenApi) -> String {
-    format!(
-        "[[accounts]]\nname = \"green\"\nprovider = \"greenapi\"\napi_url = \"{}\"\nid_instance = \"{}\"\n\
-         api_token = \"{}\"\nwebhook_token = \"{TOKEN}\"\nallowed_download_hosts = [\"127.0.0.1\"]\n",
-        fake.base_url(),
-        fake.id_instance(),
-        fake.api_token()
-    )
-}
 
 /// The value of one sample line (`name{labels} value`) in an exposition.
 fn sample(exposition: &str, series: &str) -> Option<f64> {
@@ -31,12 +21,8 @@ fn sample(exposition: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_webhooks_archives_failures_and_queue_states() {
     let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&StoreUnderTest::Fs, &account(&fake)), dir.path());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let daemon =
+        Daemon::start_in_temp_dir(&config(&StoreUnderTest::Fs, &accounts::green_api(&fake)));
 
     let mut archived_bytes = 0;
     for (i, len) in [10_000usize, 20_000].into_iter().enumerate() {
@@ -48,7 +34,7 @@ async fn metrics_count_webhooks_archives_failures_and_queue_states() {
             CHAT,
             &id,
             &url,
-            now,
+            now(),
         );
         assert_eq!(daemon.webhook("green", &hook, TOKEN).await.0, 200);
         daemon
@@ -62,7 +48,7 @@ async fn metrics_count_webhooks_archives_failures_and_queue_states() {
         CHAT,
         "METDEAD0000000000000000000000001",
         "https://x/y",
-        now,
+        now(),
     );
     dead["messageData"]["fileMessageData"]["downloadUrl"] = serde_json::json!("{{SWE002}}");
     assert_eq!(daemon.webhook("green", &dead, TOKEN).await.0, 200);
@@ -119,8 +105,8 @@ async fn metrics_count_webhooks_archives_failures_and_queue_states() {
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_turns_503_when_the_archive_is_gone() {
     let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&StoreUnderTest::Fs, &account(&fake)), dir.path());
+    let daemon =
+        Daemon::start_in_temp_dir(&config(&StoreUnderTest::Fs, &accounts::green_api(&fake)));
     assert_eq!(
         reqwest::get(daemon.url("/readyz"))
             .await
@@ -129,7 +115,7 @@ async fn readyz_turns_503_when_the_archive_is_gone() {
             .as_u16(),
         200
     );
-    std::fs::remove_dir_all(dir.path().join("data/archive")).unwrap();
+    std::fs::remove_dir_all(daemon.workdir.join("data/archive")).unwrap();
     let response = reqwest::get(daemon.url("/readyz")).await.unwrap();
     assert_eq!(response.status().as_u16(), 503);
     let body: serde_json::Value = response.json().await.unwrap();

@@ -219,7 +219,9 @@ fn no_file_points_outside_the_repository_at_shared() {
     );
 }
 
-fn read_json(relative: &str) -> Value {
+/// The JSON file at `relative` to the workspace root; panics naming it when
+/// it is missing or not JSON.
+pub(crate) fn read_json(relative: &str) -> Value {
     let path = root().join(relative);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{relative}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{relative} is not JSON: {e}"))
@@ -289,7 +291,9 @@ fn manifest_schema() -> jsonschema::Validator {
         .unwrap_or_else(|e| panic!("schema does not compile: {e}"))
 }
 
-fn errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+/// Why `instance` does not validate, one line per error with where it is
+/// (empty when it validates).
+pub(crate) fn errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
     validator
         .iter_errors(instance)
         .map(|e| format!("{} at {}", e, e.instance_path()))

@@ -1,58 +1,23 @@
 //! Meta WhatsApp Cloud API end to end: the real daemon, the fake Graph API
 //! and lookaside host, and the real archive (a folder, or Garage over S3).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use e2e::{Daemon, StoreUnderTest, bytes, config, sha256_hex};
+use e2e::accounts::CLOUD_VERIFY_TOKEN as VERIFY_TOKEN;
+use e2e::{Stage, StoreUnderTest, accounts, bytes, now, sha256_hex};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
 use test_support::meta::{FakeCloudApi, GraphFault, HashEncoding};
 
-const ACCOUNT: &str = "meta";
-const VERIFY_TOKEN: &str = "e2e-verify-token";
+const ACCOUNT: &str = "cloud";
 const WAIT: Duration = Duration::from_secs(30);
 
-fn account(fake: &FakeCloudApi) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "{ACCOUNT}"
-provider = "cloudapi"
-graph_url = "{}"
-access_token = "{}"
-app_secret = "{}"
-verify_token = "{VERIFY_TOKEN}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        fake.graph_url(),
-        fake.access_token(),
-        fake.app_secret(),
-    )
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-struct Setup {
-    fake: FakeCloudApi,
-    daemon: Daemon,
-    _dir: tempfile::TempDir,
-}
+type Setup = Stage<FakeCloudApi>;
 
 async fn setup(store: StoreUnderTest) -> Setup {
     let fake = FakeCloudApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&store, &account(&fake)), dir.path());
-    Setup {
-        fake,
-        daemon,
-        _dir: dir,
-    }
+    let accounts = accounts::cloud_api(&fake);
+    Stage::start(fake, &store, &accounts)
 }
 
 /// POSTs `body` signed as Meta signs it.
@@ -93,60 +58,23 @@ async fn announce(
     (content, media.clone(), format!("{ACCOUNT}:{media}"))
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(walk(&path))
-            } else {
-                out.push(path)
-            }
-        }
-    }
-    out
-}
-
-fn fs_manifest(workdir: &Path, message_id: &str) -> Option<Value> {
-    let encoded = message_id.replace('=', "%3D");
-    walk(&workdir.join(format!("data/archive/messages/{ACCOUNT}")))
-        .into_iter()
-        .find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name == format!("{message_id}.json") || name == format!("{encoded}.json")
-        })
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-}
-
-fn assert_manifest(manifest: &Value, message_id: &str, media: &str, hash: &str, ext: &str) {
+/// The blob and manifest of one message in the archive; the manifest.
+async fn assert_archived(
+    s: &Setup,
+    message_id: &str,
+    media: &str,
+    content: &[u8],
+    ext: &str,
+) -> Value {
+    let manifest = s
+        .archive
+        .assert_archived(ACCOUNT, message_id, content, ext)
+        .await;
     assert_eq!(manifest["provider"], "cloudapi");
-    assert_eq!(manifest["account"], ACCOUNT);
-    assert_eq!(manifest["message_id"], message_id);
     assert_eq!(manifest["media_id"], media);
-    assert_eq!(manifest["sha256"], hash);
-    assert_eq!(manifest["provider_sha256"], hash);
+    assert_eq!(manifest["provider_sha256"], sha256_hex(content));
     assert_eq!(manifest["verification"], "provider-sha256");
-    assert_eq!(
-        manifest["blob_key"],
-        format!("blobs/sha256/{}/{hash}{ext}", &hash[..2])
-    );
-}
-
-fn assert_archived_fs(s: &Setup, message_id: &str, media: &str, content: &[u8], ext: &str) {
-    let hash = sha256_hex(content);
-    let blob = s.daemon.workdir.join(format!(
-        "data/archive/blobs/sha256/{}/{hash}{ext}",
-        &hash[..2]
-    ));
-    let stored =
-        std::fs::read(&blob).unwrap_or_else(|e| panic!("blob {} missing: {e}", blob.display()));
-    assert!(
-        stored == content,
-        "archived bytes differ from the provider's"
-    );
-    let manifest = fs_manifest(&s.daemon.workdir, message_id).expect("manifest");
-    assert_manifest(&manifest, message_id, media, &hash, ext);
+    manifest
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -154,8 +82,7 @@ async fn with_s3_an_image_with_a_base64_sha256_and_a_document_with_a_hex_sha256_
     let Some(garage) = Garage::start() else {
         return;
     };
-    let store = StoreUnderTest::garage(&garage);
-    let s = setup(store.clone()).await;
+    let s = setup(StoreUnderTest::garage(&garage)).await;
     let image_id = "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQUIMAGE1AA==";
     let doc_id = "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQURPQ1VNRU5UMQA=";
     let (image, image_media, image_job) = announce(
@@ -185,17 +112,11 @@ async fn with_s3_an_image_with_a_base64_sha256_and_a_document_with_a_hex_sha256_
         assert_eq!(s.fake.downloads(media), 1);
     }
 
-    let client = e2e::s3_client(&store).await;
     for (content, ext, message_id, media) in [
         (&image, ".jpg", image_id, &image_media),
         (&document, ".pdf", doc_id, &doc_media),
     ] {
-        let hash = sha256_hex(content);
-        let key = format!("blobs/sha256/{}/{hash}{ext}", &hash[..2]);
-        let object = e2e::s3_object(&client, &garage.bucket, &key).await;
-        assert_eq!(sha256_hex(&object.body), hash, "{key} content differs");
-        let manifest = e2e::s3_manifest(&client, &garage.bucket, ACCOUNT, message_id).await;
-        assert_manifest(&manifest, message_id, media, &hash, ext);
+        let manifest = assert_archived(&s, message_id, media, content, ext).await;
         assert_eq!(manifest["sender"], test_support::meta::CLOUD_SENDER);
     }
     let logs = s.daemon.logs();
@@ -333,7 +254,7 @@ async fn a_url_that_expired_before_the_download_is_replaced_by_a_fresh_one() {
         2,
         "the expired one, then the fresh one"
     );
-    assert_archived_fs(&s, "wamid.EXPIRED1", &media, &content, ".mp4");
+    assert_archived(&s, "wamid.EXPIRED1", &media, &content, ".mp4").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -391,8 +312,8 @@ async fn bytes_that_do_not_match_the_sha256_are_never_archived_and_the_job_dies_
         job["attempts"].as_u64().unwrap() >= 2,
         "retried first: {job}"
     );
-    assert!(walk(&s.daemon.workdir.join("data/archive/blobs")).is_empty());
-    assert!(fs_manifest(&s.daemon.workdir, "wamid.BAD1").is_none());
+    assert!(s.archive.keys("blobs/").await.is_empty());
+    assert!(s.archive.manifest(ACCOUNT, "wamid.BAD1").await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -405,10 +326,9 @@ async fn a_refused_access_token_is_retried_slowly_and_the_job_says_why() {
         .message_webhook(&media, "wamid.AUTH1", now(), HashEncoding::Hex);
     assert_eq!(post_signed(&s, &hook).await.0, 200);
     let job_id = format!("{ACCOUNT}:{media}");
-    let path = format!("/api/v1/jobs/{}", job_id.replace(':', "%3A"));
     let started = std::time::Instant::now();
     let job = loop {
-        let (_, job) = s.daemon.admin_get(&path).await;
+        let (_, job) = s.daemon.job(&job_id).await;
         if job["state"] == "pending" && !job["last_error"].is_null() {
             break job;
         }

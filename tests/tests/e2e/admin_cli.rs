@@ -4,25 +4,14 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use e2e::{ADMIN_TOKEN, Daemon, StoreUnderTest, binary, bytes, config};
+use e2e::accounts::GREEN_WEBHOOK_TOKEN as TOKEN;
+use e2e::{ADMIN_TOKEN, Daemon, StoreUnderTest, accounts, binary, bytes, config, now};
 use serde_json::{Value, json};
 use test_support::green_api::FakeGreenApi;
 
-const TOKEN: &str = "cli-webhook-token";
 const CHAT: &str = "79001234568@c.us";
 const GOOD: &str = "CLIGOOD0000000000000000000000001";
 const BAD: &str = "CLIBAD00000000000000000000000001";
-
-fn account(fake: &FakeGreenApi) -> String {
-    format!(
-        "[[accounts]]\nname = \"green\"\nprovider = \"greenapi\"\napi_url = \"{}\"\n\
-         id_instance = \"{}\"\napi_token = \"{}\"\nwebhook_token = \"{TOKEN}\"\n\
-         allowed_download_hosts = [\"127.0.0.1\"]\n",
-        fake.base_url(),
-        fake.id_instance(),
-        fake.api_token()
-    )
-}
 
 /// Runs `media-archiver jobs <args> --url <daemon>` with the admin token.
 fn jobs(daemon: &Daemon, args: &[&str]) -> Output {
@@ -53,12 +42,8 @@ fn ok(output: Output) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_list_show_retry_and_stats_through_the_admin_api() {
     let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&StoreUnderTest::Fs, &account(&fake)), dir.path());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let daemon =
+        Daemon::start_in_temp_dir(&config(&StoreUnderTest::Fs, &accounts::green_api(&fake)));
     for (id, url) in [
         (
             GOOD,
@@ -73,7 +58,7 @@ async fn jobs_list_show_retry_and_stats_through_the_admin_api() {
             CHAT,
             id,
             &url,
-            now,
+            now(),
         );
         assert_eq!(daemon.webhook("green", &hook, TOKEN).await.0, 200);
     }
@@ -157,8 +142,8 @@ async fn jobs_list_show_retry_and_stats_through_the_admin_api() {
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_exits_2_on_usage_errors_and_1_when_the_daemon_refuses() {
     let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&StoreUnderTest::Fs, &account(&fake)), dir.path());
+    let daemon =
+        Daemon::start_in_temp_dir(&config(&StoreUnderTest::Fs, &accounts::green_api(&fake)));
 
     // No token in the environment: usage error, no request sent.
     let output = Command::new(binary())

@@ -3,41 +3,49 @@
 //! / `GET /api/v1/media`, each against the real daemon, the fake Green API
 //! and the real archive (a folder, or Garage over S3).
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use e2e::{Daemon, StoreUnderTest, bytes, cli, config, output_text as text, sha256_hex};
+use e2e::accounts::GREEN_WEBHOOK_TOKEN as WEBHOOK_TOKEN;
+use e2e::cli::{self, output_text as text};
+use e2e::{Archive, Daemon, StoreUnderTest, accounts, blob_key, bytes, config, now, sha256_hex};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
 use test_support::green_api::FakeGreenApi;
 
-const WEBHOOK_TOKEN: &str = "e2e-webhook-token";
 const CHAT: &str = "79001234568@c.us";
 const WAIT: Duration = Duration::from_secs(30);
 
-fn account(fake: &FakeGreenApi) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "green"
-provider = "greenapi"
-api_url = "{}"
-id_instance = "{}"
-api_token = "{}"
-webhook_token = "{WEBHOOK_TOKEN}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        fake.base_url(),
-        fake.id_instance(),
-        fake.api_token()
-    )
+/// The fake Green API and a daemon archiving from it into `store`.
+async fn setup(store: &StoreUnderTest) -> (FakeGreenApi, Daemon) {
+    let fake = FakeGreenApi::start().await;
+    let daemon = Daemon::start_in_temp_dir(&config(store, &accounts::green_api(&fake)));
+    (fake, daemon)
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+/// `media-archiver verify` of the daemon's archive in `workdir`.
+fn verify(workdir: &Path) -> Output {
+    cli::run(workdir, &["verify", "--config", "config.toml"])
+}
+
+/// `media-archiver media find` of a Green API message through the daemon's
+/// admin API; `--json` when `json`.
+fn media_find(daemon: &Daemon, message_id: &str, json: bool) -> Output {
+    let mut args = vec![
+        "media",
+        "find",
+        "--account",
+        "green",
+        "--message-id",
+        message_id,
+        "--url",
+        &daemon.base_url,
+    ];
+    if json {
+        args.push("--json");
+    }
+    cli::run(&daemon.workdir, &args)
 }
 
 /// Registers a file with the fake and posts its webhook; returns the bytes.
@@ -68,16 +76,10 @@ async fn announce(
     content
 }
 
-fn blob_key(content: &[u8], ext: &str) -> String {
-    let hash = sha256_hex(content);
-    format!("blobs/sha256/{}/{hash}{ext}", &hash[..2])
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_passes_on_a_healthy_fs_archive_and_names_a_corrupted_blob() {
-    let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&StoreUnderTest::Fs, &account(&fake)), dir.path());
+    let (fake, daemon) = setup(&StoreUnderTest::Fs).await;
+    let dir = &daemon.workdir;
     let image = announce(&fake, &daemon, "VERIFYIMG1", "image/jpeg", 70_000).await;
     let pdf = announce(&fake, &daemon, "VERIFYPDF1", "application/pdf", 3_000).await;
     for id in ["VERIFYIMG1", "VERIFYPDF1"] {
@@ -86,7 +88,7 @@ async fn verify_passes_on_a_healthy_fs_archive_and_names_a_corrupted_blob() {
             .await;
     }
 
-    let healthy = cli(dir.path(), &["verify", "--config", "config.toml"]);
+    let healthy = verify(dir);
     let (stdout, stderr) = text(&healthy);
     assert_eq!(healthy.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("blobs checked:     2"), "{stdout}");
@@ -99,13 +101,13 @@ async fn verify_passes_on_a_healthy_fs_archive_and_names_a_corrupted_blob() {
     assert!(stdout.contains("result: OK"), "{stdout}");
 
     // One byte of one blob rots.
+    let archive = Archive::of(&StoreUnderTest::Fs, dir);
     let key = blob_key(&image, ".jpg");
-    let path = dir.path().join("data/archive").join(&key);
-    let mut rotten = std::fs::read(&path).unwrap();
+    let mut rotten = archive.get(&key).await;
     rotten[12_345] ^= 0x40;
-    std::fs::write(&path, &rotten).unwrap();
+    archive.put(&key, rotten.clone()).await;
 
-    let damaged = cli(dir.path(), &["verify", "--config", "config.toml"]);
+    let damaged = verify(dir);
     let (stdout, stderr) = text(&damaged);
     assert_eq!(damaged.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("mismatches:        1"), "{stdout}");
@@ -125,8 +127,8 @@ async fn verify_passes_on_a_healthy_fs_archive_and_names_a_corrupted_blob() {
     );
 
     // A manifest whose blob is gone is named too.
-    std::fs::remove_file(dir.path().join("data/archive").join(blob_key(&pdf, ".pdf"))).unwrap();
-    let missing = cli(dir.path(), &["verify", "--config", "config.toml"]);
+    archive.remove(&blob_key(&pdf, ".pdf")).await;
+    let missing = verify(dir);
     let (stdout, _) = text(&missing);
     assert_eq!(missing.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("VERIFYPDF1.json: its blob"), "{stdout}");
@@ -139,13 +141,12 @@ async fn verify_on_s3_names_an_object_overwritten_with_other_bytes() {
         return;
     };
     let store = StoreUnderTest::garage(&garage);
-    let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&store, &account(&fake)), dir.path());
+    let (fake, daemon) = setup(&store).await;
+    let dir = &daemon.workdir;
     let image = announce(&fake, &daemon, "S3VERIFY1", "image/png", 50_000).await;
     daemon.wait_for_job("green:S3VERIFY1", "done", WAIT).await;
 
-    let healthy = cli(dir.path(), &["verify", "--config", "config.toml"]);
+    let healthy = verify(dir);
     let (stdout, stderr) = text(&healthy);
     assert_eq!(healthy.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("blobs checked:     1"), "{stdout}");
@@ -153,17 +154,9 @@ async fn verify_on_s3_names_an_object_overwritten_with_other_bytes() {
     assert!(stdout.contains("result: OK"), "{stdout}");
 
     let key = blob_key(&image, ".png");
-    let client = e2e::s3_client(&store).await;
-    client
-        .put_object()
-        .bucket(&garage.bucket)
-        .key(&key)
-        .body(bytes(50_000, 999).into())
-        .send()
-        .await
-        .unwrap();
+    Archive::of(&store, dir).put(&key, bytes(50_000, 999)).await;
 
-    let damaged = cli(dir.path(), &["verify", "--config", "config.toml"]);
+    let damaged = verify(dir);
     let (stdout, stderr) = text(&damaged);
     assert_eq!(damaged.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains(&format!("blob {key}: ")), "{stdout}");
@@ -180,9 +173,8 @@ async fn verify_on_s3_names_an_object_overwritten_with_other_bytes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn backfill_of_green_api_references_archives_the_files_and_a_second_run_finds_only_duplicates()
  {
-    let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&StoreUnderTest::Fs, &account(&fake)), dir.path());
+    let (fake, daemon) = setup(&StoreUnderTest::Fs).await;
+    let dir = &daemon.workdir;
     // Files the daemon never heard of: no webhook was sent.
     let files: Vec<(&str, Vec<u8>, &str, &str)> = vec![
         ("BACKFILL01", bytes(40_000, 1), "image/jpeg", ".jpg"),
@@ -205,21 +197,10 @@ async fn backfill_of_green_api_references_archives_the_files_and_a_second_run_fi
         "{}\n\n{}\n{{\"chatId\": \"{CHAT}\"}}\nnot json\n{}\n",
         good[0], good[1], good[2]
     );
-    std::fs::write(dir.path().join("refs.jsonl"), &with_bad_lines).unwrap();
-    std::fs::write(dir.path().join("good.jsonl"), good.join("\n")).unwrap();
+    std::fs::write(dir.join("refs.jsonl"), &with_bad_lines).unwrap();
+    std::fs::write(dir.join("good.jsonl"), good.join("\n")).unwrap();
 
-    let first = cli(
-        dir.path(),
-        &[
-            "backfill",
-            "--config",
-            "config.toml",
-            "--account",
-            "green",
-            "--input",
-            "refs.jsonl",
-        ],
-    );
+    let first = cli::backfill_file(dir, "green", "refs.jsonl");
     let (stdout, stderr) = text(&first);
     assert_eq!(
         first.status.code(),
@@ -242,7 +223,9 @@ async fn backfill_of_green_api_references_archives_the_files_and_a_second_run_fi
             .wait_for_job(&format!("green:{id}"), "done", WAIT)
             .await;
         assert_eq!(job["message_id"], *id);
-        let archived = std::fs::read(dir.path().join("data/archive").join(blob_key(content, ext)))
+        let archived = Archive::of(&StoreUnderTest::Fs, dir)
+            .try_get(&blob_key(content, ext))
+            .await
             .unwrap_or_else(|e| panic!("{id} not archived: {e}"));
         assert!(archived == *content, "{id}: archived bytes differ");
         let (status, found) = daemon
@@ -253,18 +236,7 @@ async fn backfill_of_green_api_references_archives_the_files_and_a_second_run_fi
     }
     assert!(fake.get_message_calls() >= 1);
 
-    let again = cli(
-        dir.path(),
-        &[
-            "backfill",
-            "--config",
-            "config.toml",
-            "--account",
-            "green",
-            "--input",
-            "good.jsonl",
-        ],
-    );
+    let again = cli::backfill_file(dir, "green", "good.jsonl");
     let (stdout, stderr) = text(&again);
     assert_eq!(again.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("references: 3"), "{stdout}");
@@ -272,18 +244,7 @@ async fn backfill_of_green_api_references_archives_the_files_and_a_second_run_fi
     assert!(stdout.contains("duplicates: 3"), "{stdout}");
     assert!(stdout.contains("rejected:   0"), "{stdout}");
 
-    let unknown = cli(
-        dir.path(),
-        &[
-            "backfill",
-            "--config",
-            "config.toml",
-            "--account",
-            "nobody",
-            "--input",
-            "good.jsonl",
-        ],
-    );
+    let unknown = cli::backfill_file(dir, "nobody", "good.jsonl");
     assert_eq!(unknown.status.code(), Some(2), "{:?}", text(&unknown));
     assert!(text(&unknown).1.contains("no account \"nobody\""));
 }
@@ -294,26 +255,11 @@ async fn media_find_on_s3_gives_the_keys_and_a_presigned_url_that_downloads_the_
         return;
     };
     let store = StoreUnderTest::garage(&garage);
-    let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&store, &account(&fake)), dir.path());
+    let (fake, daemon) = setup(&store).await;
     let image = announce(&fake, &daemon, "FINDS3IMG1", "image/jpeg", 30_000).await;
     daemon.wait_for_job("green:FINDS3IMG1", "done", WAIT).await;
 
-    let found = cli(
-        dir.path(),
-        &[
-            "media",
-            "find",
-            "--account",
-            "green",
-            "--message-id",
-            "FINDS3IMG1",
-            "--url",
-            &daemon.base_url,
-            "--json",
-        ],
-    );
+    let found = media_find(&daemon, "FINDS3IMG1", true);
     let (stdout, stderr) = text(&found);
     assert_eq!(found.status.code(), Some(0), "{stdout}{stderr}");
     let answer: Value = serde_json::from_str(&stdout).unwrap();
@@ -344,19 +290,7 @@ async fn media_find_on_s3_gives_the_keys_and_a_presigned_url_that_downloads_the_
         "presigned URLs are never logged"
     );
 
-    let listing = cli(
-        dir.path(),
-        &[
-            "media",
-            "find",
-            "--account",
-            "green",
-            "--message-id",
-            "FINDS3IMG1",
-            "--url",
-            &daemon.base_url,
-        ],
-    );
+    let listing = media_find(&daemon, "FINDS3IMG1", false);
     let (stdout, _) = text(&listing);
     assert_eq!(listing.status.code(), Some(0));
     assert!(
@@ -368,9 +302,7 @@ async fn media_find_on_s3_gives_the_keys_and_a_presigned_url_that_downloads_the_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn media_api_on_fs_answers_keys_without_url_and_clear_errors() {
-    let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&StoreUnderTest::Fs, &account(&fake)), dir.path());
+    let (fake, daemon) = setup(&StoreUnderTest::Fs).await;
     let pdf = announce(&fake, &daemon, "FINDFS1", "application/pdf", 2_000).await;
     daemon.wait_for_job("green:FINDFS1", "done", WAIT).await;
 
@@ -403,19 +335,7 @@ async fn media_api_on_fs_answers_keys_without_url_and_clear_errors() {
             .unwrap();
     assert_eq!(unauthenticated.status(), 401);
 
-    let not_found = cli(
-        dir.path(),
-        &[
-            "media",
-            "find",
-            "--account",
-            "green",
-            "--message-id",
-            "NOSUCH",
-            "--url",
-            &daemon.base_url,
-        ],
-    );
+    let not_found = media_find(&daemon, "NOSUCH", false);
     let (stdout, stderr) = text(&not_found);
     assert_eq!(not_found.status.code(), Some(1), "{stdout}{stderr}");
     assert!(

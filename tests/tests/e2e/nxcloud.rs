@@ -3,70 +3,38 @@
 //! real Garage. Webhooks are signed and verified too. Skips without `garage`
 //! unless MEDIA_ARCHIVER_REQUIRE_S3=1.
 
-mod s3_archive;
-
 use std::time::Duration;
 
-use e2e::{Daemon, StoreUnderTest, bytes, config};
-use s3_archive::{Archive, now};
+use e2e::{Stage, accounts, bytes, now};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
-use test_support::nxcloud::{BUSINESS_PHONE, FakeNxcloud};
+use test_support::nxcloud::FakeNxcloud;
 
 const FROM: &str = "6281234567890";
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Setup {
-    nx: FakeNxcloud,
-    daemon: Daemon,
-    archive: Archive,
-    _garage: Garage,
-    _dir: tempfile::TempDir,
-}
+type Setup = Stage<FakeNxcloud>;
 
+/// Everything running, the daemon signing NXCloud requests with
+/// `access_secret` (the fake's when `None`), or `None` when Garage is not
+/// installed (and not required).
 async fn setup(access_secret: Option<&str>) -> Option<Setup> {
     let garage = Garage::start()?;
-    let nx = FakeNxcloud::start().await;
-    let account = format!(
-        r#"
-[[accounts]]
-name = "nx"
-provider = "nxcloud"
-api_url = "{}"
-access_key = "{}"
-access_secret = "{}"
-business_phone = "+{BUSINESS_PHONE}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        nx.base_url(),
-        nx.access_key(),
-        access_secret.unwrap_or(nx.access_secret()),
-    );
-    let store = StoreUnderTest::garage(&garage);
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&store, &account), dir.path());
-    let archive = Archive::new(&garage).await;
-    Some(Setup {
-        nx,
-        daemon,
-        archive,
-        _garage: garage,
-        _dir: dir,
-    })
+    let fake = FakeNxcloud::start().await;
+    let accounts = accounts::nxcloud(&fake, access_secret.unwrap_or(fake.access_secret()));
+    Some(Stage::on_garage(fake, garage, &accounts))
 }
 
-impl Setup {
-    /// Posts `hook` signed as NXCloud signs (over exactly these bytes).
-    async fn post_signed(&self, hook: &Value) -> (u16, Value) {
-        let body = serde_json::to_vec(hook).unwrap();
-        let signed = self.nx.signed_headers("mo", &body);
-        let mut headers: Vec<(&str, &str)> = signed
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        headers.push(("content-type", "application/json"));
-        self.daemon.post_raw("nx", body, &headers).await
-    }
+/// Posts `hook` signed as NXCloud signs (over exactly these bytes).
+async fn post_signed(s: &Setup, hook: &Value) -> (u16, Value) {
+    let body = serde_json::to_vec(hook).unwrap();
+    let signed = s.fake.signed_headers("mo", &body);
+    let mut headers: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    headers.push(("content-type", "application/json"));
+    s.daemon.post_raw("nx", body, &headers).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -76,17 +44,20 @@ async fn signed_webhook_signed_get_media_and_the_oss_link_archive_the_file() {
     };
     let image = bytes(150_000, 21);
     let document = bytes(40_000, 22);
-    let image_id =
-        s.nx.add_media(image.clone(), "image/jpeg", "c5e744fab2a3.jpg");
-    let doc_id =
-        s.nx.add_media(document.clone(), "application/pdf", "terms.pdf");
+    let image_id = s
+        .fake
+        .add_media(image.clone(), "image/jpeg", "c5e744fab2a3.jpg");
+    let doc_id = s
+        .fake
+        .add_media(document.clone(), "application/pdf", "terms.pdf");
     for (kind, media_id, message_id) in [
         ("image", &image_id, "wamid.NXIMAGE0001"),
         ("document", &doc_id, "wamid.NXDOCUMENT01"),
     ] {
-        let hook =
-            s.nx.message_webhook(kind, media_id, message_id, FROM, now());
-        let (status, answer) = s.post_signed(&hook).await;
+        let hook = s
+            .fake
+            .message_webhook(kind, media_id, message_id, FROM, now());
+        let (status, answer) = post_signed(&s, &hook).await;
         assert_eq!(status, 200, "{answer}");
         assert_eq!(
             answer,
@@ -114,16 +85,17 @@ async fn signed_webhook_signed_get_media_and_the_oss_link_archive_the_file() {
         );
         assert_eq!(manifest["chat_id"], FROM);
     }
-    assert_eq!(s.nx.get_media_calls(), 2);
+    assert_eq!(s.fake.get_media_calls(), 2);
     assert_eq!(
-        s.nx.bad_signatures(),
+        s.fake.bad_signatures(),
         0,
         "every getMedia was signed correctly"
     );
-    assert_eq!(s.nx.file_hits(), 2);
+    assert_eq!(s.fake.file_hits(), 2);
     let manifest = s.archive.manifest("nx", "wamid.NXDOCUMENT01").await;
+    let manifest = manifest.expect("the document's manifest");
     assert_eq!(manifest["file_name"], "terms.pdf");
-    assert!(!s.daemon.logs().contains(s.nx.access_secret()));
+    assert!(!s.daemon.logs().contains(s.fake.access_secret()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,14 +103,15 @@ async fn unsigned_or_missigned_webhooks_are_refused() {
     let Some(s) = setup(None).await else {
         return;
     };
-    let id = s.nx.add_media(bytes(1000, 23), "image/jpeg", "x.jpg");
-    let hook =
-        s.nx.message_webhook("image", &id, "wamid.NXREFUSED01", FROM, now());
+    let id = s.fake.add_media(bytes(1000, 23), "image/jpeg", "x.jpg");
+    let hook = s
+        .fake
+        .message_webhook("image", &id, "wamid.NXREFUSED01", FROM, now());
     let body = serde_json::to_vec(&hook).unwrap();
     let (status, _) = s.daemon.post_raw("nx", body.clone(), &[]).await;
     assert_eq!(status, 401);
     // Signed over other bytes.
-    let signed = s.nx.signed_headers("mo", b"{}");
+    let signed = s.fake.signed_headers("mo", b"{}");
     let headers: Vec<(&str, &str)> = signed
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -149,7 +122,7 @@ async fn unsigned_or_missigned_webhooks_are_refused() {
         answer["error"].as_str().unwrap().contains("sign"),
         "{answer}"
     );
-    assert_eq!(s.nx.get_media_calls(), 0);
+    assert_eq!(s.fake.get_media_calls(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,11 +133,12 @@ async fn a_wrong_access_secret_is_refused_by_nxcloud_and_the_job_is_dead() {
     let Some(s) = setup(Some("not-the-secret")).await else {
         return;
     };
-    let id = s.nx.add_media(bytes(1000, 24), "image/jpeg", "x.jpg");
-    let hook =
-        s.nx.message_webhook("image", &id, "wamid.NXBADSIGN01", FROM, now());
+    let id = s.fake.add_media(bytes(1000, 24), "image/jpeg", "x.jpg");
+    let hook = s
+        .fake
+        .message_webhook("image", &id, "wamid.NXBADSIGN01", FROM, now());
     let body = serde_json::to_vec(&hook).unwrap();
-    let signed = s.nx.signed_headers_with("not-the-secret", "mo", &body);
+    let signed = s.fake.signed_headers_with("not-the-secret", "mo", &body);
     let headers: Vec<(&str, &str)> = signed
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -181,7 +155,7 @@ async fn a_wrong_access_secret_is_refused_by_nxcloud_and_the_job_is_dead() {
         reason.contains("getMedia") && reason.contains("1001"),
         "{reason}"
     );
-    assert_eq!(s.nx.bad_signatures(), 1);
+    assert_eq!(s.fake.bad_signatures(), 1);
     assert!(!reason.contains("not-the-secret"));
 }
 
@@ -192,10 +166,10 @@ async fn a_reference_backfilled_without_its_webhook_is_archived_and_the_late_web
         return;
     };
     let image = bytes(60_000, 23);
-    let media_id = s.nx.add_media(image.clone(), "image/jpeg", "photo.jpg");
+    let media_id = s.fake.add_media(image.clone(), "image/jpeg", "photo.jpg");
     let message_id = "wamid.NXBACKFILL01";
     let at = now();
-    let stdout = e2e::backfill(
+    let stdout = e2e::cli::backfill(
         &s.daemon.workdir,
         "nx",
         &[
@@ -213,9 +187,10 @@ async fn a_reference_backfilled_without_its_webhook_is_archived_and_the_late_web
         .assert_archived("nx", message_id, &image, ".jpg")
         .await;
     assert_eq!(manifest["provider"], "nxcloud");
-    let hook =
-        s.nx.message_webhook("image", &media_id, message_id, FROM, at);
-    let (status, answer) = s.post_signed(&hook).await;
+    let hook = s
+        .fake
+        .message_webhook("image", &media_id, message_id, FROM, at);
+    let (status, answer) = post_signed(&s, &hook).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         answer,

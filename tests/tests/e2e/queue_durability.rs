@@ -8,38 +8,22 @@
 //! `MEDIA_ARCHIVER_REQUIRE_POSTGRES=1`); the outage test needs Garage (fails
 //! under `MEDIA_ARCHIVER_REQUIRE_S3=1`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::{Daemon, StoreUnderTest, bytes, config, files_under, postgres_queue, sha256_hex};
+use e2e::accounts::GREEN_WEBHOOK_TOKEN as TOKEN;
+use e2e::{
+    Archive, Daemon, StoreUnderTest, accounts, blob_key, bytes, config, now, postgres_queue,
+    sha256_hex,
+};
 use retry_queue::conformance::pg::PgTestDatabase;
 use serde_json::Value;
 use test_support::garage::Garage;
 use test_support::green_api::FakeGreenApi;
 
-const TOKEN: &str = "durability-webhook-token";
 const CHAT: &str = "79001234568@c.us";
-
-fn account(fake: &FakeGreenApi) -> String {
-    format!(
-        "[[accounts]]\nname = \"green\"\nprovider = \"greenapi\"\napi_url = \"{}\"\n\
-         id_instance = \"{}\"\napi_token = \"{}\"\nwebhook_token = \"{TOKEN}\"\n\
-         allowed_download_hosts = [\"127.0.0.1\"]\n",
-        fake.base_url(),
-        fake.id_instance(),
-        fake.api_token()
-    )
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 /// One announced file: the message id, its bytes, its download URL and the
 /// webhook body that announces it.
@@ -145,19 +129,11 @@ async fn post_bodies(
     all
 }
 
-/// The fs archive's blob path of `content` (image/jpeg).
-fn blob_path(archive: &Path, content: &[u8]) -> std::path::PathBuf {
-    let hash = sha256_hex(content);
-    archive.join(format!("blobs/sha256/{}/{hash}.jpg", &hash[..2]))
-}
-
 /// The state of every job, by id.
 async fn job_states(daemon: &Daemon, ids: &[String]) -> HashMap<String, Value> {
     let mut out = HashMap::new();
     for id in ids {
-        let (status, job) = daemon
-            .admin_get(&format!("/api/v1/jobs/{}", id.replace(':', "%3A")))
-            .await;
+        let (status, job) = daemon.job(id).await;
         if status == 200 {
             out.insert(id.clone(), job);
         }
@@ -175,8 +151,11 @@ async fn kill_mid_stream_and_restart(backend: &str, queue: &str) {
     let fake = FakeGreenApi::start().await;
     let dir = tempfile::tempdir().unwrap();
     // A short lease, so the jobs the crash left leased run again soon.
-    let cfg = config(&StoreUnderTest::Fs, &format!("{}{queue}", account(&fake)))
-        .replace("lease = \"30s\"", "lease = \"3s\"");
+    let cfg = config(
+        &StoreUnderTest::Fs,
+        &format!("{}{queue}", accounts::green_api(&fake)),
+    )
+    .replace("lease = \"30s\"", "lease = \"3s\"");
     let mut daemon = Daemon::start(&cfg, dir.path());
     let messages = messages(&fake, "CRASH", TOTAL);
 
@@ -214,18 +193,18 @@ async fn kill_mid_stream_and_restart(backend: &str, queue: &str) {
     let daemon = Daemon::start(&cfg, dir.path());
     daemon.wait_until_idle(Duration::from_secs(120)).await;
 
-    let archive = dir.path().join("data/archive");
+    let archive = Archive::of(&StoreUnderTest::Fs, dir.path());
     let ids: Vec<String> = messages.iter().map(|m| format!("green:{}", m.id)).collect();
     let states = job_states(&daemon, &ids).await;
-    let by_id: HashMap<String, &Message> = messages
-        .iter()
-        .map(|m| (format!("green:{}", m.id), m))
-        .collect();
+    let mut intact = HashSet::new();
+    for message in &messages {
+        let stored = archive.try_get(&blob_key(&message.content, ".jpg")).await;
+        if stored.is_ok_and(|stored| stored == message.content) {
+            intact.insert(format!("green:{}", message.id));
+        }
+    }
     let archived_ok = |id: &String| {
-        let message = by_id[id];
-        states.get(id).is_some_and(|job| job["state"] == "done")
-            && std::fs::read(blob_path(&archive, &message.content))
-                .is_ok_and(|stored| stored == message.content)
+        states.get(id).is_some_and(|job| job["state"] == "done") && intact.contains(id)
     };
     let acked_ids: Vec<String> = acked.iter().map(|id| format!("green:{id}")).collect();
     let archived = acked_ids.iter().filter(|id| archived_ok(id)).count();
@@ -250,13 +229,13 @@ async fn kill_mid_stream_and_restart(backend: &str, queue: &str) {
 
     // None twice: one blob per archived file, nothing else in the store.
     let done = states.values().filter(|job| job["state"] == "done").count();
-    let blobs = files_under(&archive.join("blobs"));
+    let blobs = archive.keys("blobs/").await;
     assert_eq!(
         blobs.len(),
         done,
         "one blob per archived (distinct) file, no partial or duplicate objects"
     );
-    let manifests = files_under(&archive.join("messages"));
+    let manifests = archive.keys("messages/").await;
     assert_eq!(manifests.len(), done, "one manifest per archived message");
     assert!(
         states.values().all(|job| job["state"] != "dead"),
@@ -290,17 +269,18 @@ async fn postgres_two_replicas_share_the_work_and_fetch_each_file_once() {
     };
     let fake = FakeGreenApi::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("archive");
+    let archive_dir = dir.path().join("archive");
     let cfg = config(
         &StoreUnderTest::Fs,
-        &format!("{}{}", account(&fake), postgres_queue(&db)),
+        &format!("{}{}", accounts::green_api(&fake), postgres_queue(&db)),
     )
     .replace("lease = \"30s\"", "lease = \"3s\"")
     .replace(
         "path = \"data/archive\"",
-        &format!("path = \"{}\"", archive.display()),
+        &format!("path = \"{}\"", archive_dir.display()),
     );
-    assert!(cfg.contains(&archive.display().to_string()));
+    assert!(cfg.contains(&archive_dir.display().to_string()));
+    let archive = Archive::fs(&archive_dir);
     let survivor = Daemon::start(&cfg, &dir.path().join("a"));
     let mut victim = Daemon::start(&cfg, &dir.path().join("b"));
     let messages = messages(&fake, "REPL", TOTAL);
@@ -354,7 +334,7 @@ async fn postgres_two_replicas_share_the_work_and_fetch_each_file_once() {
             "{} fetched {hits} times in {attempts} attempts: a refetch without a lease expiry",
             message.id
         );
-        let stored = std::fs::read(blob_path(&archive, &message.content)).unwrap();
+        let stored = archive.get(&blob_key(&message.content, ".jpg")).await;
         assert!(stored == message.content, "{} archived intact", message.id);
     }
     println!(
@@ -375,7 +355,7 @@ async fn postgres_two_replicas_share_the_work_and_fetch_each_file_once() {
         survivor_archived > 0,
         "the first replica did part of the work"
     );
-    assert_eq!(files_under(&archive.join("blobs")).len(), TOTAL);
+    assert_eq!(archive.keys("blobs/").await.len(), TOTAL);
 }
 
 /// With the S3 store down, webhooks are still answered 200 (the queue is
@@ -389,8 +369,7 @@ async fn a_store_outage_delays_archiving_but_loses_nothing() {
     };
     let store = StoreUnderTest::garage(&garage);
     let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&store, &account(&fake)), dir.path());
+    let daemon = Daemon::start_in_temp_dir(&config(&store, &accounts::green_api(&fake)));
     let messages = messages(&fake, "OUT", TOTAL);
 
     garage.stop();
@@ -439,18 +418,17 @@ async fn a_store_outage_delays_archiving_but_loses_nothing() {
     garage.restart();
     let stats = daemon.wait_until_idle(Duration::from_secs(120)).await;
     assert_eq!(stats["by_state"]["done"], TOTAL as u64, "{stats}");
-    let client = e2e::s3_client(&store).await;
+    let archive = Archive::of(&store, &daemon.workdir);
     for message in &messages {
-        let hash = sha256_hex(&message.content);
-        let key = format!("blobs/sha256/{}/{hash}.jpg", &hash[..2]);
-        let object = client
-            .get_object()
-            .bucket(&garage.bucket)
-            .key(&key)
-            .send()
+        let key = blob_key(&message.content, ".jpg");
+        let body = archive
+            .try_get(&key)
             .await
-            .unwrap_or_else(|e| panic!("{key} missing after the outage: {e:?}"));
-        let body = object.body.collect().await.unwrap().into_bytes();
-        assert_eq!(sha256_hex(&body), hash, "{key} intact");
+            .unwrap_or_else(|e| panic!("{key} missing after the outage: {e}"));
+        assert_eq!(
+            sha256_hex(&body),
+            sha256_hex(&message.content),
+            "{key} intact"
+        );
     }
 }

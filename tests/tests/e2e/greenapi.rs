@@ -1,58 +1,40 @@
 //! Green API end to end: the real daemon, the fake Green API, and the real
 //! archive (a folder, or Garage over S3).
 
-use std::path::Path;
 use std::time::Duration;
 
-use e2e::{Daemon, StoreUnderTest, bytes, config, sha256_hex};
+use e2e::accounts::GREEN_WEBHOOK_TOKEN;
+use e2e::{Stage, StoreUnderTest, accounts, blob_key, bytes, now, sha256_hex};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
 use test_support::green_api::{FakeGreenApi, FileFault};
 
-const WEBHOOK_TOKEN: &str = "e2e-webhook-token";
 const CHAT: &str = "79001234568@c.us";
 const WAIT: Duration = Duration::from_secs(30);
 
-fn account(fake: &FakeGreenApi) -> String {
-    format!(
-        r#"
-[[accounts]]
-name = "green"
-provider = "greenapi"
-api_url = "{}"
-id_instance = "{}"
-api_token = "{}"
-webhook_token = "{WEBHOOK_TOKEN}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        fake.base_url(),
-        fake.id_instance(),
-        fake.api_token()
-    )
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-struct Setup {
-    fake: FakeGreenApi,
-    daemon: Daemon,
-    _dir: tempfile::TempDir,
-}
+type Setup = Stage<FakeGreenApi>;
 
 async fn setup(store: StoreUnderTest) -> Setup {
     let fake = FakeGreenApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&store, &account(&fake)), dir.path());
-    Setup {
-        fake,
-        daemon,
-        _dir: dir,
-    }
+    let accounts = accounts::green_api(&fake);
+    Stage::start(fake, &store, &accounts)
+}
+
+/// The `incomingMessageReceived` webhook of file `id` at `url`, sent now.
+fn incoming(s: &Setup, type_message: &str, id: &str, url: &str) -> Value {
+    s.fake.file_webhook(
+        "incomingMessageReceived",
+        type_message,
+        CHAT,
+        id,
+        url,
+        now(),
+    )
+}
+
+/// Posts `hook` with the account's webhook token.
+async fn post(s: &Setup, hook: &Value) -> (u16, Value) {
+    s.daemon.webhook("green", hook, GREEN_WEBHOOK_TOKEN).await
 }
 
 /// Registers a file with the fake, posts its webhook, and returns the bytes
@@ -65,75 +47,27 @@ async fn announce(
     mime: &str,
     name: &str,
     len: usize,
-) -> (Vec<u8>, String, Value) {
+) -> (Vec<u8>, Value) {
     let content = bytes(len, id.len() as u64 + len as u64);
     let url = s.fake.add_file(CHAT, id, content.clone(), mime, name);
     let hook = s
         .fake
         .file_webhook(type_webhook, type_message, CHAT, id, &url, now());
-    let (status, answer) = s.daemon.webhook("green", &hook, WEBHOOK_TOKEN).await;
+    let (status, answer) = post(s, &hook).await;
     assert_eq!(status, 200, "{answer}");
-    (content, url, answer)
+    (content, answer)
 }
 
-/// Reads the manifest of a Green API message from the fs archive.
-fn fs_manifest(workdir: &Path, id: &str) -> Value {
-    let root = workdir.join("data/archive/messages/green");
-    let found = walk(&root)
-        .into_iter()
-        .find(|p| p.file_name().unwrap() == format!("{id}.json").as_str());
-    let path = found.unwrap_or_else(|| panic!("no manifest for {id} under {}", root.display()));
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(walk(&path))
-            } else {
-                out.push(path)
-            }
-        }
-    }
-    out
-}
-
-fn blob_count(workdir: &Path) -> usize {
-    walk(&workdir.join("data/archive/blobs")).len()
-}
-
-/// Checks the archived blob and manifest for one message in the fs store.
-fn assert_archived_fs(workdir: &Path, id: &str, content: &[u8], ext: &str, mime: &str) -> Value {
-    let hash = sha256_hex(content);
-    let blob = workdir.join(format!(
-        "data/archive/blobs/sha256/{}/{hash}{ext}",
-        &hash[..2]
-    ));
-    let stored =
-        std::fs::read(&blob).unwrap_or_else(|e| panic!("blob {} missing: {e}", blob.display()));
-    assert!(
-        stored == content,
-        "archived bytes differ from the provider's"
-    );
-    let manifest = fs_manifest(workdir, id);
-    assert_eq!(manifest["sha256"], hash);
-    assert_eq!(
-        manifest["blob_key"],
-        format!("blobs/sha256/{}/{hash}{ext}", &hash[..2])
-    );
+/// Checks the archived blob and manifest of one message.
+async fn assert_archived(s: &Setup, id: &str, content: &[u8], ext: &str, mime: &str) -> Value {
+    let manifest = s.archive.assert_archived("green", id, content, ext).await;
     assert_eq!(
         manifest["verification"], "computed-only",
         "Green API vouches no hash"
     );
     assert_eq!(manifest["provider"], "greenapi");
-    assert_eq!(manifest["account"], "green");
-    assert_eq!(manifest["message_id"], id);
     assert_eq!(manifest["chat_id"], CHAT);
     assert_eq!(manifest["mime_type"], mime);
-    assert_eq!(manifest["size"], content.len());
     manifest
 }
 
@@ -184,7 +118,7 @@ async fn incoming_image_document_sticker_and_outgoing_video_are_archived_verbati
     ];
     let mut sent = Vec::new();
     for (id, type_webhook, type_message, mime, name, _) in cases {
-        let (content, _, answer) =
+        let (content, answer) =
             announce(&s, id, type_webhook, type_message, mime, name, 150_000).await;
         assert_eq!(
             answer,
@@ -196,10 +130,10 @@ async fn incoming_image_document_sticker_and_outgoing_video_are_archived_verbati
         s.daemon
             .wait_for_job(&format!("green:{id}"), "done", WAIT)
             .await;
-        let manifest = assert_archived_fs(&s.daemon.workdir, id, content, ext, mime);
+        let manifest = assert_archived(&s, id, content, ext, mime).await;
         assert_eq!(manifest["file_name"], *name);
     }
-    assert_eq!(blob_count(&s.daemon.workdir), cases.len());
+    assert_eq!(s.archive.keys("blobs/").await.len(), cases.len());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -210,16 +144,9 @@ async fn a_redelivered_webhook_is_a_duplicate_and_stores_one_blob() {
     let url = s
         .fake
         .add_file(CHAT, id, content.clone(), "image/png", "p.png");
-    let hook = s.fake.file_webhook(
-        "incomingMessageReceived",
-        "imageMessage",
-        CHAT,
-        id,
-        &url,
-        now(),
-    );
-    let (_, first) = s.daemon.webhook("green", &hook, WEBHOOK_TOKEN).await;
-    let (_, second) = s.daemon.webhook("green", &hook, WEBHOOK_TOKEN).await;
+    let hook = incoming(&s, "imageMessage", id, &url);
+    let (_, first) = post(&s, &hook).await;
+    let (_, second) = post(&s, &hook).await;
     assert_eq!(first["accepted"], 1);
     assert_eq!(
         second,
@@ -228,9 +155,9 @@ async fn a_redelivered_webhook_is_a_duplicate_and_stores_one_blob() {
     s.daemon
         .wait_for_job(&format!("green:{id}"), "done", WAIT)
         .await;
-    let (_, third) = s.daemon.webhook("green", &hook, WEBHOOK_TOKEN).await;
+    let (_, third) = post(&s, &hook).await;
     assert_eq!(third["duplicates"], 1, "a done job is not archived again");
-    assert_eq!(blob_count(&s.daemon.workdir), 1);
+    assert_eq!(s.archive.keys("blobs/").await.len(), 1);
     assert_eq!(s.fake.file_hits(&url), 1, "the file was downloaded once");
 }
 
@@ -243,15 +170,8 @@ async fn an_expired_link_is_replaced_through_download_file() {
         .fake
         .add_file(CHAT, id, content.clone(), "image/jpeg", "e.jpg");
     s.fake.inject_file_faults(&url, vec![FileFault::Gone]);
-    let hook = s.fake.file_webhook(
-        "incomingMessageReceived",
-        "imageMessage",
-        CHAT,
-        id,
-        &url,
-        now(),
-    );
-    assert_eq!(s.daemon.webhook("green", &hook, WEBHOOK_TOKEN).await.0, 200);
+    let hook = incoming(&s, "imageMessage", id, &url);
+    assert_eq!(post(&s, &hook).await.0, 200);
     let job = s
         .daemon
         .wait_for_job(&format!("green:{id}"), "done", WAIT)
@@ -261,7 +181,7 @@ async fn an_expired_link_is_replaced_through_download_file() {
         "the fresh link is fetched in the same attempt"
     );
     assert_eq!(s.fake.download_file_calls(), 1);
-    assert_archived_fs(&s.daemon.workdir, id, &content, ".jpg", "image/jpeg");
+    assert_archived(&s, id, &content, ".jpg", "image/jpeg").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -272,24 +192,17 @@ async fn a_webhook_without_download_url_uses_download_file() {
     let url = s
         .fake
         .add_file(CHAT, id, content.clone(), "application/pdf", "n.pdf");
-    let mut hook = s.fake.file_webhook(
-        "incomingMessageReceived",
-        "documentMessage",
-        CHAT,
-        id,
-        &url,
-        now(),
-    );
+    let mut hook = incoming(&s, "documentMessage", id, &url);
     hook["messageData"]["fileMessageData"]
         .as_object_mut()
         .unwrap()
         .remove("downloadUrl");
-    assert_eq!(s.daemon.webhook("green", &hook, WEBHOOK_TOKEN).await.0, 200);
+    assert_eq!(post(&s, &hook).await.0, 200);
     s.daemon
         .wait_for_job(&format!("green:{id}"), "done", WAIT)
         .await;
     assert_eq!(s.fake.download_file_calls(), 1);
-    assert_archived_fs(&s.daemon.workdir, id, &content, ".pdf", "application/pdf");
+    assert_archived(&s, id, &content, ".pdf", "application/pdf").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -299,16 +212,9 @@ async fn swe002_is_dead_at_once_with_a_reason() {
     let url = s
         .fake
         .add_file(CHAT, id, vec![1, 2, 3], "video/mp4", "big.mp4");
-    let mut hook = s.fake.file_webhook(
-        "incomingMessageReceived",
-        "videoMessage",
-        CHAT,
-        id,
-        &url,
-        now(),
-    );
+    let mut hook = incoming(&s, "videoMessage", id, &url);
     hook["messageData"]["fileMessageData"]["downloadUrl"] = json!("{{SWE002}}");
-    assert_eq!(s.daemon.webhook("green", &hook, WEBHOOK_TOKEN).await.0, 200);
+    assert_eq!(post(&s, &hook).await.0, 200);
     let job = s
         .daemon
         .wait_for_job(&format!("green:{id}"), "dead", WAIT)
@@ -341,29 +247,22 @@ async fn provider_faults_are_retried_until_the_file_is_archived() {
             FileFault::Status(500),
         ],
     );
-    let hook = s.fake.file_webhook(
-        "incomingMessageReceived",
-        "imageMessage",
-        CHAT,
-        id,
-        &url,
-        now(),
-    );
-    assert_eq!(s.daemon.webhook("green", &hook, WEBHOOK_TOKEN).await.0, 200);
+    let hook = incoming(&s, "imageMessage", id, &url);
+    assert_eq!(post(&s, &hook).await.0, 200);
     let job = s
         .daemon
         .wait_for_job(&format!("green:{id}"), "done", Duration::from_secs(60))
         .await;
     assert_eq!(job["attempts"], 6, "five faults, then success: {job}");
     assert_eq!(s.fake.file_hits(&url), 6);
-    assert_archived_fs(&s.daemon.workdir, id, &content, ".jpg", "image/jpeg");
+    assert_archived(&s, id, &content, ".jpg", "image/jpeg").await;
     assert_eq!(
-        blob_count(&s.daemon.workdir),
+        s.archive.keys("blobs/").await.len(),
         1,
         "no partial file was archived"
     );
     assert!(
-        walk(&s.daemon.workdir.join("data/spool")).is_empty(),
+        e2e::files_under(&s.daemon.workdir.join("data/spool")).is_empty(),
         "spool files are cleaned up"
     );
 }
@@ -372,7 +271,7 @@ async fn provider_faults_are_retried_until_the_file_is_archived() {
 async fn bad_requests_get_clear_4xx_answers_and_the_daemon_stays_healthy() {
     let s = setup(StoreUnderTest::Fs).await;
     let d = &s.daemon;
-    let auth = format!("Bearer {WEBHOOK_TOKEN}");
+    let auth = format!("Bearer {GREEN_WEBHOOK_TOKEN}");
     let with_auth = [("authorization", auth.as_str())];
 
     let (status, body) = d.post_raw("green", b"{not json".to_vec(), &with_auth).await;
@@ -426,7 +325,7 @@ async fn bad_requests_get_clear_4xx_answers_and_the_daemon_stays_healthy() {
         .webhook(
             "green",
             &json!({"typeWebhook": "outgoingMessageStatus", "idMessage": "X", "status": "read"}),
-            WEBHOOK_TOKEN,
+            GREEN_WEBHOOK_TOKEN,
         )
         .await;
     assert_eq!(
@@ -435,7 +334,7 @@ async fn bad_requests_get_clear_4xx_answers_and_the_daemon_stays_healthy() {
     );
 
     // And the daemon still archives.
-    let (content, _, _) = announce(
+    let (content, _) = announce(
         &s,
         "OK000000000000000000000000000001",
         "incomingMessageReceived",
@@ -447,13 +346,14 @@ async fn bad_requests_get_clear_4xx_answers_and_the_daemon_stays_healthy() {
     .await;
     d.wait_for_job("green:OK000000000000000000000000000001", "done", WAIT)
         .await;
-    assert_archived_fs(
-        &d.workdir,
+    assert_archived(
+        &s,
         "OK000000000000000000000000000001",
         &content,
         ".jpg",
         "image/jpeg",
-    );
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -465,15 +365,8 @@ async fn the_api_token_never_reaches_the_logs() {
         .add_file(CHAT, id, bytes(1000, 9), "image/jpeg", "t.jpg");
     s.fake.inject_file_faults(&url, vec![FileFault::Gone]);
     s.fake.inject_api_faults(vec![FileFault::Status(500)]);
-    let hook = s.fake.file_webhook(
-        "incomingMessageReceived",
-        "imageMessage",
-        CHAT,
-        id,
-        &url,
-        now(),
-    );
-    assert_eq!(s.daemon.webhook("green", &hook, WEBHOOK_TOKEN).await.0, 200);
+    let hook = incoming(&s, "imageMessage", id, &url);
+    assert_eq!(post(&s, &hook).await.0, 200);
     s.daemon
         .wait_for_job(&format!("green:{id}"), "done", WAIT)
         .await;
@@ -487,7 +380,7 @@ async fn the_api_token_never_reaches_the_logs() {
         "API token leaked into the logs"
     );
     assert!(
-        !logs.contains(WEBHOOK_TOKEN),
+        !logs.contains(GREEN_WEBHOOK_TOKEN),
         "webhook token leaked into the logs"
     );
 }
@@ -505,8 +398,7 @@ async fn with_s3_an_image_and_a_40_mib_video_are_archived_intact_in_garage() {
     let Some(garage) = Garage::start() else {
         return;
     };
-    let store = StoreUnderTest::garage(&garage);
-    let s = setup(store.clone()).await;
+    let s = setup(StoreUnderTest::garage(&garage)).await;
     let (image, ..) = announce(
         &s,
         "S3IMG000000000000000000000000001",
@@ -538,22 +430,17 @@ async fn with_s3_an_image_and_a_40_mib_video_are_archived_intact_in_garage() {
         )
         .await;
 
-    let client = e2e::s3_client(&store).await;
     for (content, ext, id) in [
         (&image, ".jpg", "S3IMG000000000000000000000000001"),
         (&video, ".mp4", "S3VID000000000000000000000000001"),
     ] {
-        let hash = sha256_hex(content);
-        let key = format!("blobs/sha256/{}/{hash}{ext}", &hash[..2]);
-        let object = e2e::s3_object(&client, &garage.bucket, &key).await;
+        let key = blob_key(content, ext);
+        let metadata = s.archive.user_metadata(&key).await;
         assert_eq!(
-            object.metadata.get("sha256").map(String::as_str),
-            Some(hash.as_str())
+            metadata.get("sha256").map(String::as_str),
+            Some(sha256_hex(content).as_str())
         );
-        assert_eq!(sha256_hex(&object.body), hash, "{key} content differs");
-        let manifest = e2e::s3_manifest(&client, &garage.bucket, "green", id).await;
-        assert_eq!(manifest["sha256"], hash);
-        assert_eq!(manifest["blob_key"], key);
+        let manifest = s.archive.assert_archived("green", id, content, ext).await;
         assert_eq!(manifest["verification"], "computed-only");
     }
 }

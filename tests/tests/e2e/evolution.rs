@@ -3,83 +3,54 @@
 //! Garage. Webhooks carry Evolution's HS256 JWT and index-keyed byte fields.
 //! Skips without `garage` unless MEDIA_ARCHIVER_REQUIRE_S3=1.
 
-mod s3_archive;
-
 use std::time::Duration;
 
-use e2e::{Daemon, StoreUnderTest, bytes, config};
-use s3_archive::{Archive, now};
+use e2e::accounts::EVOLUTION_JWT_SECRET as JWT_KEY;
+use e2e::{Stage, accounts, bytes, now};
 use serde_json::{Value, json};
 use test_support::evolution::FakeEvolution;
 use test_support::garage::Garage;
 use test_support::whatsapp_cdn::{CdnFault, FakeWhatsappCdn, MediaStub};
 
-const JWT_KEY: &str = "e2e-evolution-jwt-key";
 const CHAT: &str = "5511977776666@s.whatsapp.net";
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Setup {
+/// The fake WhatsApp CDN and the fake Evolution API in front of it.
+#[derive(Debug)]
+struct Fakes {
     cdn: FakeWhatsappCdn,
     evolution: FakeEvolution,
-    daemon: Daemon,
-    archive: Archive,
-    _garage: Garage,
-    _dir: tempfile::TempDir,
 }
+
+type Setup = Stage<Fakes>;
 
 async fn setup() -> Option<Setup> {
     let garage = Garage::start()?;
     let cdn = FakeWhatsappCdn::start().await;
     let evolution = FakeEvolution::start(&cdn).await;
-    let account = format!(
-        r#"
-[[accounts]]
-name = "evo"
-provider = "evolution"
-api_url = "{}"
-instance = "{}"
-api_key = "{}"
-webhook_jwt_secret = "{JWT_KEY}"
-cdn_url = "{}"
-allowed_download_hosts = ["127.0.0.1"]
-"#,
-        evolution.base_url(),
-        evolution.instance(),
-        evolution.api_key(),
-        cdn.base_url(),
-    );
-    let store = StoreUnderTest::garage(&garage);
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&config(&store, &account), dir.path());
-    let archive = Archive::new(&garage).await;
-    Some(Setup {
-        cdn,
-        evolution,
-        daemon,
-        archive,
-        _garage: garage,
-        _dir: dir,
-    })
+    let accounts = accounts::evolution(&evolution, &cdn);
+    Some(Stage::on_garage(
+        Fakes { cdn, evolution },
+        garage,
+        &accounts,
+    ))
 }
 
-impl Setup {
-    async fn post(&self, hook: &Value, jwt: &str) -> (u16, Value) {
-        self.daemon.webhook("evo", hook, jwt).await
-    }
+async fn post(s: &Setup, hook: &Value, jwt: &str) -> (u16, Value) {
+    s.daemon.webhook("evo", hook, jwt).await
+}
 
-    async fn announce(&self, key_id: &str, stub: &MediaStub, inline: Option<&[u8]>) {
-        let hook = self
-            .evolution
-            .upsert_webhook(key_id, CHAT, stub, now(), inline);
-        let (status, answer) = self
-            .post(&hook, &FakeEvolution::webhook_jwt(JWT_KEY, 0))
-            .await;
-        assert_eq!(status, 200, "{answer}");
-        assert_eq!(
-            answer,
-            json!({"accepted": 1, "duplicates": 0, "ignored": 0})
-        );
-    }
+async fn announce(s: &Setup, key_id: &str, stub: &MediaStub, inline: Option<&[u8]>) {
+    let hook = s
+        .fake
+        .evolution
+        .upsert_webhook(key_id, CHAT, stub, now(), inline);
+    let (status, answer) = post(s, &hook, &FakeEvolution::webhook_jwt(JWT_KEY, 0)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"accepted": 1, "duplicates": 0, "ignored": 0})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -89,15 +60,17 @@ async fn index_keyed_media_is_fetched_from_the_cdn_and_decrypted() {
     };
     let sticker = bytes(30_000, 11);
     let stub = s
+        .fake
         .cdn
         .add_media("stickerMessage", sticker.clone(), "image/webp", None);
     let hook = s
+        .fake
         .evolution
         .upsert_webhook("3EB0EVOSTICKER01", CHAT, &stub, now(), None);
     // The byte fields really are index-keyed objects, as Evolution sends them.
     assert!(hook["data"]["message"]["stickerMessage"]["mediaKey"]["0"].is_u64());
     assert!(hook["data"]["message"]["stickerMessage"]["fileLength"]["low"].is_u64());
-    let (status, answer) = s.post(&hook, &FakeEvolution::webhook_jwt(JWT_KEY, 0)).await;
+    let (status, answer) = post(&s, &hook, &FakeEvolution::webhook_jwt(JWT_KEY, 0)).await;
     assert_eq!(status, 200, "{answer}");
     s.daemon
         .wait_for_job("evo:3EB0EVOSTICKER01", "done", WAIT)
@@ -109,8 +82,8 @@ async fn index_keyed_media_is_fetched_from_the_cdn_and_decrypted() {
     assert_eq!(manifest["verification"], "whatsapp-enc+plain");
     assert_eq!(manifest["provider"], "evolution");
     assert_eq!(manifest["chat_id"], CHAT);
-    assert_eq!(s.cdn.hits(&stub), 1);
-    assert_eq!(s.evolution.answered(), 0);
+    assert_eq!(s.fake.cdn.hits(&stub), 1);
+    assert_eq!(s.fake.evolution.answered(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,9 +93,10 @@ async fn inline_base64_is_archived_without_any_download() {
     };
     let image = bytes(20_000, 12);
     let stub = s
+        .fake
         .cdn
         .add_media("imageMessage", image.clone(), "image/jpeg", None);
-    s.announce("3EB0EVOINLINE001", &stub, Some(&image)).await;
+    announce(&s, "3EB0EVOINLINE001", &stub, Some(&image)).await;
     s.daemon
         .wait_for_job("evo:3EB0EVOINLINE001", "done", WAIT)
         .await;
@@ -132,15 +106,15 @@ async fn inline_base64_is_archived_without_any_download() {
         .await;
     assert_eq!(manifest["verification"], "provider-sha256");
     assert_eq!(manifest["provider_sha256"], e2e::sha256_hex(&image));
-    assert_eq!(s.cdn.hits(&stub), 0, "nothing downloaded");
-    assert_eq!(s.evolution.answered(), 0);
+    assert_eq!(s.fake.cdn.hits(&stub), 0, "nothing downloaded");
+    assert_eq!(s.fake.evolution.answered(), 0);
 
     // Inline bytes that are not the file the message vouches for are not archived.
     let other = s
+        .fake
         .cdn
         .add_media("imageMessage", bytes(20_000, 13), "image/jpeg", None);
-    s.announce("3EB0EVOINLINE002", &other, Some(&bytes(20_000, 14)))
-        .await;
+    announce(&s, "3EB0EVOINLINE002", &other, Some(&bytes(20_000, 14))).await;
     let job = s
         .daemon
         .wait_for_job("evo:3EB0EVOINLINE002", "dead", WAIT)
@@ -160,14 +134,14 @@ async fn a_cdn_410_falls_back_to_get_base64_from_media_message() {
         return;
     };
     let document = bytes(60_000, 15);
-    let stub = s.cdn.add_media(
+    let stub = s.fake.cdn.add_media(
         "documentMessage",
         document.clone(),
         "application/pdf",
         Some("invoice.pdf"),
     );
-    s.cdn.inject_faults(&stub, vec![CdnFault::Gone]);
-    s.announce("3EB0EVOGONE00001", &stub, None).await;
+    s.fake.cdn.inject_faults(&stub, vec![CdnFault::Gone]);
+    announce(&s, "3EB0EVOGONE00001", &stub, None).await;
     let job = s
         .daemon
         .wait_for_job("evo:3EB0EVOGONE00001", "done", WAIT)
@@ -179,9 +153,9 @@ async fn a_cdn_410_falls_back_to_get_base64_from_media_message() {
         .await;
     assert_eq!(manifest["verification"], "provider-sha256");
     assert_eq!(manifest["file_name"], "invoice.pdf");
-    assert_eq!(s.evolution.answered(), 1);
-    assert_eq!(s.evolution.rejected(), 0, "the apikey was accepted");
-    assert!(!s.daemon.logs().contains(s.evolution.api_key()));
+    assert_eq!(s.fake.evolution.answered(), 1);
+    assert_eq!(s.fake.evolution.rejected(), 0, "the apikey was accepted");
+    assert!(!s.daemon.logs().contains(s.fake.evolution.api_key()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -190,9 +164,11 @@ async fn webhooks_without_a_valid_jwt_are_refused() {
         return;
     };
     let stub = s
+        .fake
         .cdn
         .add_media("imageMessage", bytes(1000, 16), "image/jpeg", None);
     let hook = s
+        .fake
         .evolution
         .upsert_webhook("3EB0EVOJWT000001", CHAT, &stub, now(), None);
     for jwt in [
@@ -200,12 +176,12 @@ async fn webhooks_without_a_valid_jwt_are_refused() {
         FakeEvolution::webhook_jwt(JWT_KEY, 3600),
         "not-a-jwt".to_owned(),
     ] {
-        let (status, body) = s.post(&hook, &jwt).await;
+        let (status, body) = post(&s, &hook, &jwt).await;
         assert_eq!(status, 401, "{body}");
     }
     let (status, _) = s.daemon.post_raw("evo", b"{}".to_vec(), &[]).await;
     assert_eq!(status, 401);
-    let (status, _) = s.post(&hook, &FakeEvolution::webhook_jwt(JWT_KEY, 0)).await;
+    let (status, _) = post(&s, &hook, &FakeEvolution::webhook_jwt(JWT_KEY, 0)).await;
     assert_eq!(status, 200);
     assert!(!s.daemon.logs().contains(JWT_KEY));
 }
@@ -217,12 +193,16 @@ async fn a_record_backfilled_without_its_webhook_is_archived_and_the_late_webhoo
     };
     let video = bytes(90_000, 17);
     let stub = s
+        .fake
         .cdn
         .add_media("videoMessage", video.clone(), "video/mp4", None);
     let key_id = "3EB0EVOBACKFILL01";
     // The message record as Evolution keeps it: the webhook's `data`.
-    let hook = s.evolution.upsert_webhook(key_id, CHAT, &stub, now(), None);
-    let stdout = e2e::backfill(&s.daemon.workdir, "evo", &[hook["data"].clone()]);
+    let hook = s
+        .fake
+        .evolution
+        .upsert_webhook(key_id, CHAT, &stub, now(), None);
+    let stdout = e2e::cli::backfill(&s.daemon.workdir, "evo", &[hook["data"].clone()]);
     assert!(stdout.contains("new:        1"), "{stdout}");
 
     s.daemon
@@ -233,12 +213,12 @@ async fn a_record_backfilled_without_its_webhook_is_archived_and_the_late_webhoo
         .assert_archived("evo", key_id, &video, ".mp4")
         .await;
     assert_eq!(manifest["verification"], "whatsapp-enc+plain");
-    let (status, answer) = s.post(&hook, &FakeEvolution::webhook_jwt(JWT_KEY, 0)).await;
+    let (status, answer) = post(&s, &hook, &FakeEvolution::webhook_jwt(JWT_KEY, 0)).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         answer,
         json!({"accepted": 0, "duplicates": 1, "ignored": 0}),
         "the webhook that arrives after all is the backfilled job"
     );
-    assert_eq!(s.cdn.hits(&stub), 1, "fetched once");
+    assert_eq!(s.fake.cdn.hits(&stub), 1, "fetched once");
 }
