@@ -1,5 +1,5 @@
 use super::*;
-use crate::AuthenticateBoth as _;
+use crate::testing::{AuthenticateBoth as _, api, assert_reported, attempt, fetch, parse};
 use archiver_core::Classify;
 use serde_json::json;
 use test_support::meta::{FakeCloudApi, GraphFault, HashEncoding};
@@ -22,10 +22,6 @@ fn config(graph_url: &str, access_token: &str, app_secret: &str) -> CloudApiConf
         "#
     ))
     .unwrap()
-}
-
-fn api() -> ApiClient {
-    ApiClient::new(Duration::from_secs(2), Duration::from_secs(5)).unwrap()
 }
 
 fn adapter() -> CloudApi {
@@ -66,27 +62,6 @@ fn image_webhook() -> Value {
             }]
         }]
     })
-}
-
-fn parse(adapter: &CloudApi, body: &Value) -> Result<ParsedWebhook, ProviderError> {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let headers = http::HeaderMap::new();
-    adapter.parse_webhook(&WebhookRequest {
-        headers: &headers,
-        query: None,
-        body: &bytes,
-    })
-}
-
-fn job_ref(job: &JobSpec, attempt: u32) -> JobRef<'_> {
-    JobRef {
-        message_id: &job.message_id,
-        media_id: job.media_id.as_deref(),
-        payload: &job.payload,
-        attempt,
-        last_error: None,
-        link_dead: false,
-    }
 }
 
 fn signed(header: Option<&str>) -> http::HeaderMap {
@@ -379,10 +354,8 @@ fn config_needs_every_secret_and_rejects_unknown_keys() {
         "#,
     )
     .unwrap();
-    let all = CloudApi::new(&bad, api()).unwrap_err().join("\n");
-    for key in ["graph_url", "access_token", "app_secret"] {
-        assert!(all.contains(key), "{key} missing from {all}");
-    }
+    let errors = CloudApi::new(&bad, api()).unwrap_err();
+    assert_reported(&errors, &["graph_url", "access_token", "app_secret"]);
     let unknown = toml::from_str::<CloudApiConfig>(
         r#"
         name = "meta"
@@ -404,7 +377,7 @@ fn config_needs_every_secret_and_rejects_unknown_keys() {
     .unwrap();
     let a = CloudApi::new(&defaults, api()).unwrap();
     assert_eq!(a.graph_url.as_str(), "https://graph.facebook.com/v21.0");
-    assert_eq!(a.retention, DEFAULT_RETENTION);
+    assert_eq!(a.account.retention(), DEFAULT_RETENTION);
     // Only the host providers.md documents for Graph's media `url`.
     assert!(a.hosts.allows("lookaside.fbsbx.com"));
     for host in [
@@ -427,11 +400,8 @@ async fn every_attempt_gets_a_fresh_url_and_sends_the_token() {
     let body = fake.message_webhook(&media, "wamid.A", 1_700_000_000, HashEncoding::Base64);
     let job = parse(&adapter, &body).unwrap().jobs.remove(0);
     let mut urls = Vec::new();
-    for attempt in 1..=2 {
-        let Resolution::Fetch(resolved) = adapter.resolve(job_ref(&job, attempt)).await.unwrap()
-        else {
-            panic!("expected a fetch")
-        };
+    for n in 1..=2 {
+        let resolved = fetch(&adapter, attempt(&job, n)).await;
         let MediaSource::Download { request, hosts } = resolved.source else {
             panic!("expected a download")
         };
@@ -466,7 +436,7 @@ async fn graph_failures_become_the_documented_classes() {
         GraphFault::Status(400),
         GraphFault::WrongSha256,
     ]);
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::RetryAfter(CREDENTIALS_RETRY));
     let text = err.to_string();
     assert!(
@@ -474,23 +444,23 @@ async fn graph_failures_become_the_documented_classes() {
         "{text}"
     );
     assert!(!text.contains(fake.access_token()), "{text}");
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::RetryAfter(Duration::from_secs(1)));
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient);
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Permanent);
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert!(err.to_string().contains("sha256 mismatch"), "{err}");
     assert!(matches!(
-        adapter.resolve(job_ref(&job, 1)).await.unwrap(),
+        adapter.resolve(attempt(&job, 1)).await.unwrap(),
         Resolution::Fetch(_)
     ));
     // An unknown media id: Graph's 400, permanent.
     let mut unknown = body.clone();
     unknown["entry"][0]["changes"][0]["value"]["messages"][0]["document"]["id"] = json!("42");
     let job = parse(&adapter, &unknown).unwrap().jobs.remove(0);
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Permanent);
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
@@ -506,7 +476,7 @@ async fn a_wrong_access_token_never_appears_in_errors() {
     let media = fake.add_media("audio", b"ogg".to_vec(), "audio/ogg");
     let body = fake.message_webhook(&media, "wamid.C", 1_700_000_000, HashEncoding::Absent);
     let job = parse(&adapter, &body).unwrap().jobs.remove(0);
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::RetryAfter(CREDENTIALS_RETRY));
     assert!(!err.to_string().contains("EAAGwrongtoken123"));
     assert!(!format!("{adapter:?}").contains("EAAGwrongtoken123"));

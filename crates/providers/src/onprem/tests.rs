@@ -1,5 +1,5 @@
 use super::*;
-use crate::AuthenticateBoth as _;
+use crate::testing::{AuthenticateBoth as _, api, assert_reported, attempt, parse};
 use archiver_core::{Classify, Sha256Digest};
 use serde_json::json;
 use test_support::meta::{FakeOnPrem, HashEncoding};
@@ -21,10 +21,6 @@ fn config(api_url: &str, password: &str, extra: &str) -> OnPremConfig {
         "#
     ))
     .unwrap()
-}
-
-fn api() -> ApiClient {
-    ApiClient::new(Duration::from_secs(2), Duration::from_secs(5)).unwrap()
 }
 
 fn adapter() -> OnPrem {
@@ -65,24 +61,11 @@ fn image_webhook() -> Value {
     })
 }
 
-fn parse(adapter: &OnPrem, body: &Value) -> Result<ParsedWebhook, ProviderError> {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let headers = http::HeaderMap::new();
-    adapter.parse_webhook(&WebhookRequest {
-        headers: &headers,
-        query: None,
-        body: &bytes,
-    })
-}
-
-fn job_ref<'a>(job: &'a JobSpec, attempt: u32, last_error: Option<&'a str>) -> JobRef<'a> {
+/// Attempt `n` at `job`, after `last_error` was recorded.
+fn job_ref<'a>(job: &'a JobSpec, n: u32, last_error: Option<&'a str>) -> JobRef<'a> {
     JobRef {
-        message_id: &job.message_id,
-        media_id: job.media_id.as_deref(),
-        payload: &job.payload,
-        attempt,
         last_error,
-        link_dead: false,
+        ..attempt(job, n)
     }
 }
 
@@ -296,16 +279,16 @@ fn config_is_validated_all_at_once() {
     )
     .unwrap();
     let errors = OnPrem::new(&bad, api()).unwrap_err();
-    let all = errors.join("\n");
-    for key in [
-        "api_url",
-        "username",
-        "password",
-        "store_callback_timeout",
-        "webhook_token",
-    ] {
-        assert!(all.contains(key), "{key} missing from {all}");
-    }
+    assert_reported(
+        &errors,
+        &[
+            "api_url",
+            "username",
+            "password",
+            "store_callback_timeout",
+            "webhook_token",
+        ],
+    );
     let unknown = toml::from_str::<OnPremConfig>(
         r#"
         name = "onprem"
