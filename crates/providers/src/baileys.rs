@@ -299,10 +299,8 @@ pub(crate) fn cdn_hosts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{KEY_B64, SHA_B64, indexed};
+    use crate::testing::{KEY_B64, SHA_B64, SHA_HEX, indexed};
     use serde_json::json;
-
-    const SHA_HEX: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
     fn stub_json() -> Value {
         json!({

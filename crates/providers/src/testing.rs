@@ -13,10 +13,13 @@ use crate::{
     WebhookRequest,
 };
 
+/// sha256("abc"), hex.
+pub(crate) const SHA_HEX: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+/// sha256("abc"), base64.
+pub(crate) const SHA_B64: &str = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
+
 /// `mediaKey` of the Baileys test file, base64.
 pub(crate) const KEY_B64: &str = "EtkHwPvSijrLUj6c18dK3vtU+ONrCzMSYbOJYY0FqTw=";
-/// Its `fileSha256`: sha256("abc"), base64.
-pub(crate) const SHA_B64: &str = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
 /// Its `fileEncSha256`, base64.
 pub(crate) const ENC_B64: &str = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
 
@@ -40,11 +43,18 @@ pub(crate) fn api() -> ApiClient {
 
 /// `body` as a webhook without headers or query, parsed by `adapter`.
 pub(crate) fn parse(adapter: &dyn Provider, body: &Value) -> Result<ParsedWebhook, ProviderError> {
-    let bytes = serde_json::to_vec(body).unwrap();
+    parse_bytes(adapter, &serde_json::to_vec(body).unwrap())
+}
+
+/// [`parse`] of a body that need not be JSON.
+pub(crate) fn parse_bytes(
+    adapter: &dyn Provider,
+    body: &[u8],
+) -> Result<ParsedWebhook, ProviderError> {
     adapter.parse_webhook(&WebhookRequest {
         headers: &http::HeaderMap::new(),
         query: None,
-        body: &bytes,
+        body,
     })
 }
 

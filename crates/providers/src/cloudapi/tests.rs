@@ -1,12 +1,11 @@
 use super::*;
-use crate::testing::{AuthenticateBoth as _, api, assert_reported, attempt, fetch, parse};
+use crate::testing::{
+    AuthenticateBoth as _, SHA_B64, SHA_HEX, api, assert_reported, attempt, fetch, parse,
+};
 use archiver_core::Classify;
 use serde_json::json;
 use test_support::meta::{FakeCloudApi, GraphFault, HashEncoding};
 
-// sha256("abc")
-const HEX: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-const B64: &str = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
 const APP_SECRET: &str = "0123456789abcdef0123456789abcdef";
 const ACCESS_TOKEN: &str = "EAAGm0PX4ZCpsBAtest";
 
@@ -56,7 +55,7 @@ fn image_webhook() -> Value {
                         "id": "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
                         "timestamp": "1749416383",
                         "type": "image",
-                        "image": {"caption": "hi", "mime_type": "image/jpeg", "sha256": B64, "id": "1003383421387256"}
+                        "image": {"caption": "hi", "mime_type": "image/jpeg", "sha256": SHA_B64, "id": "1003383421387256"}
                     }]
                 }
             }]
@@ -219,7 +218,10 @@ fn an_image_message_becomes_one_job_keyed_by_media_id() {
     assert_eq!(job.provider, ProviderKind::Cloudapi);
     assert_eq!(job.message_at, 1_749_416_383_000);
     assert_eq!(job.deadline, 1_749_416_383_000 + 7 * 86_400_000);
-    assert_eq!(job.payload["sha256"], HEX, "base64 decoded, stored as hex");
+    assert_eq!(
+        job.payload["sha256"], SHA_HEX,
+        "base64 decoded, stored as hex"
+    );
     assert_eq!(job.payload["phone_number_id"], "106540352242922");
     assert!(
         job.payload.get("url").is_none(),
@@ -231,7 +233,7 @@ fn an_image_message_becomes_one_job_keyed_by_media_id() {
 fn every_media_type_is_archived_with_hex_or_base64_hashes() {
     let adapter = adapter();
     for kind in MEDIA_TYPES {
-        for sha in [HEX, B64] {
+        for sha in [SHA_HEX, SHA_B64] {
             let mut body = image_webhook();
             let m = &mut body["entry"][0]["changes"][0]["value"]["messages"][0];
             let media = m["image"].take();
@@ -240,7 +242,7 @@ fn every_media_type_is_archived_with_hex_or_base64_hashes() {
             m[kind]["sha256"] = json!(sha);
             let jobs = parse(&adapter, &body).unwrap().jobs;
             assert_eq!(jobs.len(), 1, "{kind}");
-            assert_eq!(jobs[0].payload["sha256"], HEX);
+            assert_eq!(jobs[0].payload["sha256"], SHA_HEX);
         }
     }
 }
@@ -329,7 +331,7 @@ fn graph_errors_are_classified_as_documented() {
 
 #[test]
 fn the_two_hashes_must_agree() {
-    let a = Sha256Digest::parse(HEX).unwrap();
+    let a = Sha256Digest::parse(SHA_HEX).unwrap();
     let b = Sha256Digest::from_bytes([7; 32]);
     assert_eq!(expected_sha256(Some(a), Some(a), 1).unwrap(), Some(a));
     assert_eq!(expected_sha256(None, Some(b), 1).unwrap(), Some(b));
@@ -496,7 +498,7 @@ async fn a_backfill_reference_makes_the_webhook_s_job() {
     let message = &hook["entry"][0]["changes"][0]["value"]["messages"][0];
     let reference = json!({
         "media_id": message["image"]["id"], "message_id": message["id"], "timestamp": at,
-        "type": "image", "mime_type": "image/jpeg", "sha256": B64, "caption": "hi",
+        "type": "image", "mime_type": "image/jpeg", "sha256": SHA_B64, "caption": "hi",
         "from": "16505551234", "phone_number_id": "106540352242922",
     });
     assert_eq!(adapter.backfill(&reference).await.unwrap(), webhook_job);

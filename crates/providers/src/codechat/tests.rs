@@ -1,7 +1,7 @@
 use super::*;
 use crate::testing::{
-    AuthenticateBoth as _, ENC_B64, KEY_B64, SHA_B64, a_minute_ago, assert_reported, attempt,
-    backfilling_the_data_makes_the_webhook_s_job, fetch, parse,
+    AuthenticateBoth as _, ENC_B64, KEY_B64, SHA_B64, SHA_HEX, a_minute_ago, assert_reported,
+    attempt, backfilling_the_data_makes_the_webhook_s_job, fetch, parse,
 };
 
 const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJpbnN0YW5jZUlkIjoiNDIifQ.c2lnbmF0dXJl";
@@ -81,10 +81,7 @@ fn an_image_upsert_becomes_one_job_keyed_by_key_id() {
     assert_eq!(job.deadline, 1_700_000_000_000 + 14 * 86_400_000);
     let stub = &job.payload["stub"];
     assert_eq!(stub["media_key"], KEY_B64);
-    assert_eq!(
-        stub["file_sha256"],
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(stub["file_sha256"], SHA_HEX);
     assert_eq!(stub["file_length"], 92941);
     assert_eq!(job.payload["chat_id"], "5511988887777@s.whatsapp.net");
     assert_eq!(job.payload["sender"], "5511988887777@s.whatsapp.net");

@@ -1,7 +1,7 @@
 use super::*;
 use crate::testing::{
-    AuthenticateBoth as _, ENC_B64, KEY_B64, SHA_B64, a_minute_ago, assert_reported, attempt,
-    backfilling_the_data_makes_the_webhook_s_job, fetch, indexed, parse,
+    AuthenticateBoth as _, ENC_B64, KEY_B64, SHA_B64, SHA_HEX, a_minute_ago, assert_reported,
+    attempt, backfilling_the_data_makes_the_webhook_s_job, fetch, indexed, parse,
 };
 
 const JWT_SECRET: &str = "jwt-key-of-the-instance";
@@ -76,10 +76,7 @@ fn an_index_keyed_image_becomes_one_job_keyed_by_key_id() {
         stub["media_key"], KEY_B64,
         "decoded from the index-keyed object"
     );
-    assert_eq!(
-        stub["file_sha256"],
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(stub["file_sha256"], SHA_HEX);
     assert_eq!(stub["file_length"], 12345);
     assert_eq!(job.payload["key"]["id"], "3EB0A1B2C3D4E5F60718");
     assert!(job.payload["message"]["imageMessage"].is_object());
@@ -182,7 +179,7 @@ async fn inline_base64_is_used_without_downloading() {
     assert!(resolved.encryption.is_none());
     assert_eq!(
         resolved.expected_sha256.unwrap().to_hex(),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        SHA_HEX,
         "checked against fileSha256"
     );
 }

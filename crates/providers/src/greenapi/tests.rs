@@ -1,6 +1,6 @@
 use super::*;
 use crate::AccountConfig;
-use crate::testing::{AuthenticateBoth as _, api, assert_reported, parse};
+use crate::testing::{AuthenticateBoth as _, api, assert_reported, parse, parse_bytes};
 
 fn adapter(webhook_token: Option<&str>) -> GreenApi {
     let config: GreenApiConfig = toml::from_str(&format!(
@@ -94,14 +94,7 @@ fn texts_statuses_and_other_events_are_ignored() {
 #[test]
 fn malformed_payloads_are_rejected_naming_the_field() {
     let adapter = adapter(None);
-    let headers = http::HeaderMap::new();
-    let err = adapter
-        .parse_webhook(&WebhookRequest {
-            headers: &headers,
-            query: None,
-            body: b"{not json",
-        })
-        .unwrap_err();
+    let err = parse_bytes(&adapter, b"{not json").unwrap_err();
     assert!(err.to_string().contains("malformed JSON"), "{err}");
 
     for (pointer, field) in [

@@ -1,5 +1,5 @@
 use super::*;
-use crate::testing::{AuthenticateBoth as _, a_minute_ago, api, assert_reported, parse};
+use crate::testing::{AuthenticateBoth as _, SHA_HEX, a_minute_ago, api, assert_reported, parse};
 use std::sync::Arc;
 
 const SECRET: &str = "test-secret";
@@ -233,14 +233,10 @@ fn every_media_type_is_archived_and_a_sha256_is_kept() {
         let media = body["messages"][0]["image"].take();
         body["messages"][0]["type"] = json!(kind);
         body["messages"][0][kind] = media;
-        body["messages"][0][kind]["sha256"] =
-            json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        body["messages"][0][kind]["sha256"] = json!(SHA_HEX);
         let parsed = parse(&adapter, &body).unwrap();
         assert_eq!(parsed.jobs.len(), 1, "{kind}");
-        assert_eq!(
-            parsed.jobs[0].payload["sha256"],
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(parsed.jobs[0].payload["sha256"], SHA_HEX);
     }
 }
 
