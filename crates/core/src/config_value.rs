@@ -1,6 +1,7 @@
 //! Small config value types every crate's config uses: durations written as
 //! `"15s"`/`"14d"`, and secrets written as a literal, `{ env = "NAME" }` or
-//! `{ file = "/run/secrets/x" }`.
+//! `{ file = "/run/secrets/x" }`; and the shape every `validate()` shares:
+//! collect every problem, then [`verdict`].
 //!
 //! These are the only items in this crate that touch the outside world
 //! (environment variables and secret files), and only when
@@ -101,6 +102,16 @@ pub fn resolve_secret(
         .ok()
 }
 
+/// The end of every config check: `value` when no problem was found, else
+/// every problem at once (so that an operator fixes them in one go).
+pub fn verdict<T>(problems: Vec<String>, value: T) -> Result<T, Vec<String>> {
+    if problems.is_empty() {
+        Ok(value)
+    } else {
+        Err(problems)
+    }
+}
+
 /// The largest secret file read: far above any token or key, and small
 /// enough that `{ file = "/dev/zero" }` (or a log file named by mistake) is
 /// an error instead of a process that reads forever.
@@ -184,6 +195,13 @@ mod tests {
             problems,
             ["a.key: environment variable MEDIA_ARCHIVER_SURELY_UNSET_VAR is not set"]
         );
+    }
+
+    #[test]
+    fn a_check_with_no_problem_yields_its_value_else_every_problem() {
+        assert_eq!(verdict(Vec::new(), 7), Ok(7));
+        let problems = vec!["a: bad".to_owned(), "b: worse".to_owned()];
+        assert_eq!(verdict(problems.clone(), 7), Err(problems));
     }
 
     #[test]

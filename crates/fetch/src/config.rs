@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use archiver_core::config_value::duration;
+use archiver_core::config_value::{duration, verdict};
 use serde::Deserialize;
 
 /// How downloads behave; the `[fetch]` section of the configuration.
@@ -71,11 +71,7 @@ impl FetchConfig {
         if self.max_file_bytes == 0 {
             problems.push("fetch.max_file_bytes: must be above 0".into());
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        verdict(problems, ())
     }
 }
 

@@ -246,6 +246,27 @@ impl Env {
             .download(&DownloadRequest::get(url), hosts, &AtomicU64::new(0))
             .await
     }
+
+    /// `request` within [`loopback`].
+    async fn fetch(
+        &self,
+        request: &DownloadRequest,
+    ) -> Result<archiver_core::StagedFile, FetchError> {
+        self.fetcher
+            .download(request, &loopback(), &AtomicU64::new(0))
+            .await
+    }
+
+    /// A GET of `url` within [`loopback`], and the bytes its progress
+    /// counter saw.
+    async fn get_counting(&self, url: Url) -> (Result<archiver_core::StagedFile, FetchError>, u64) {
+        let progress = AtomicU64::new(0);
+        let result = self
+            .fetcher
+            .download(&DownloadRequest::get(url), &loopback(), &progress)
+            .await;
+        (result, progress.load(Ordering::Relaxed))
+    }
 }
 
 fn loopback() -> HostPolicy {
@@ -261,13 +282,8 @@ async fn streams_40_mib_hashed_with_exact_size_and_progress() {
     let server = Server::start().await;
     let env = Env::new(|_| {});
     let len = 40 * MIB;
-    let progress = AtomicU64::new(0);
-    let req = DownloadRequest::get(server.url(&format!("/sized/{len}")));
-    let file = env
-        .fetcher
-        .download(&req, &loopback(), &progress)
-        .await
-        .unwrap();
+    let (file, progress) = env.get_counting(server.url(&format!("/sized/{len}"))).await;
+    let file = file.unwrap();
 
     let mut expected = Sha256::new();
     for start in (0..len).step_by(MIB) {
@@ -276,7 +292,7 @@ async fn streams_40_mib_hashed_with_exact_size_and_progress() {
     let expected: [u8; 32] = expected.finalize().into();
     assert_eq!(file.size, len as u64);
     assert_eq!(file.sha256.as_bytes(), &expected);
-    assert_eq!(progress.load(Ordering::Relaxed), len as u64);
+    assert_eq!(progress, len as u64);
     assert_eq!(std::fs::metadata(&file.path).unwrap().len(), len as u64);
     let on_disk: [u8; 32] = Sha256::digest(read(&file.path)).into();
     assert_eq!(on_disk, expected);
@@ -287,15 +303,10 @@ async fn streams_40_mib_hashed_with_exact_size_and_progress() {
 async fn chunked_body_without_content_length_is_accepted() {
     let server = Server::start().await;
     let env = Env::new(|_| {});
-    let progress = AtomicU64::new(0);
-    let req = DownloadRequest::get(server.url("/unsized/300000"));
-    let file = env
-        .fetcher
-        .download(&req, &loopback(), &progress)
-        .await
-        .unwrap();
+    let (file, progress) = env.get_counting(server.url("/unsized/300000")).await;
+    let file = file.unwrap();
     assert_eq!(file.size, 300_000);
-    assert_eq!(progress.load(Ordering::Relaxed), 300_000);
+    assert_eq!(progress, 300_000);
     assert_eq!(read(&file.path), pattern_chunk(0, 300_000).to_vec());
 }
 
@@ -335,19 +346,14 @@ async fn spool_bytes_hashes_and_caps() {
 async fn too_large_with_content_length_is_refused_up_front() {
     let server = Server::start().await;
     let env = Env::new(|c| c.max_file_bytes = 100_000);
-    let progress = AtomicU64::new(0);
-    let req = DownloadRequest::get(server.url("/sized/100001"));
-    let err = env
-        .fetcher
-        .download(&req, &loopback(), &progress)
-        .await
-        .unwrap_err();
+    let (result, progress) = env.get_counting(server.url("/sized/100001")).await;
+    let err = result.unwrap_err();
     assert!(
         matches!(err, FetchError::TooLarge { limit: 100_000 }),
         "{err:?}"
     );
     assert_eq!(err.class(), ErrorClass::Permanent);
-    assert_eq!(progress.load(Ordering::Relaxed), 0, "no byte read");
+    assert_eq!(progress, 0, "no byte read");
     assert!(env.spool_files().is_empty());
     // Exactly at the limit is fine.
     let ok = env
@@ -361,18 +367,13 @@ async fn too_large_with_content_length_is_refused_up_front() {
 async fn too_large_without_content_length_stops_and_cleans_up() {
     let server = Server::start().await;
     let env = Env::new(|c| c.max_file_bytes = 100_000);
-    let progress = AtomicU64::new(0);
-    let req = DownloadRequest::get(server.url("/unsized/1000000"));
-    let err = env
-        .fetcher
-        .download(&req, &loopback(), &progress)
-        .await
-        .unwrap_err();
+    let (result, progress) = env.get_counting(server.url("/unsized/1000000")).await;
+    let err = result.unwrap_err();
     assert!(
         matches!(err, FetchError::TooLarge { limit: 100_000 }),
         "{err:?}"
     );
-    assert!(progress.load(Ordering::Relaxed) <= 100_000);
+    assert!(progress <= 100_000);
     assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
 }
 
@@ -782,22 +783,14 @@ async fn a_base64_json_file_over_the_cap_is_too_large_and_leaves_nothing() {
     let server = Server::start().await;
     let env = Env::new(|c| c.max_file_bytes = MIB as u64);
     let err = env
-        .fetcher
-        .download(
-            &base64_json(server.url(&format!("/base64-json/{}", MIB + 1))),
-            &loopback(),
-            &AtomicU64::new(0),
-        )
+        .fetch(&base64_json(
+            server.url(&format!("/base64-json/{}", MIB + 1)),
+        ))
         .await
         .unwrap_err();
     assert!(matches!(err, FetchError::TooLarge { .. }), "{err:?}");
     // A file of exactly the cap fits, though its answer is a third larger.
-    env.fetcher
-        .download(
-            &base64_json(server.url(&format!("/base64-json/{MIB}"))),
-            &loopback(),
-            &AtomicU64::new(0),
-        )
+    env.fetch(&base64_json(server.url(&format!("/base64-json/{MIB}"))))
         .await
         .unwrap();
     assert_eq!(env.spool_files().len(), 1);
@@ -808,12 +801,7 @@ async fn an_answer_without_the_base64_field_is_a_bad_answer_worth_retrying() {
     let server = Server::start().await;
     let env = Env::new(|_| {});
     let err = env
-        .fetcher
-        .download(
-            &base64_json(server.url("/json-without-base64")),
-            &loopback(),
-            &AtomicU64::new(0),
-        )
+        .fetch(&base64_json(server.url("/json-without-base64")))
         .await
         .unwrap_err();
     assert!(
@@ -829,12 +817,7 @@ async fn a_truncated_base64_json_answer_is_reported_as_truncated() {
     let server = Server::start().await;
     let env = Env::new(|_| {});
     let err = env
-        .fetcher
-        .download(
-            &base64_json(server.url("/base64-json-truncated/300000")),
-            &loopback(),
-            &AtomicU64::new(0),
-        )
+        .fetch(&base64_json(server.url("/base64-json-truncated/300000")))
         .await
         .unwrap_err();
     assert!(matches!(err, FetchError::Truncated { .. }), "{err:?}");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use archiver_core::config_value::duration;
+use archiver_core::config_value::{duration, verdict};
 use serde::Deserialize;
 
 /// The shortest `lease` accepted: renewals go out at a fraction of it, and
@@ -62,11 +62,7 @@ impl WorkerConfig {
                 MIN_LEASE.as_secs()
             ));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        verdict(problems, ())
     }
 }
 

@@ -1,9 +1,49 @@
-//! Constant-time webhook credential checks shared by the adapters.
+//! Webhook credential checks shared by the adapters, in constant time, and
+//! [`HeadCredential`]: what an account's webhooks carry in their head.
 
 use subtle::ConstantTimeEq;
 
 use crate::ProviderError;
 use archiver_core::Secret;
+
+/// The credential an account's webhooks must carry in their head (headers
+/// or query), as its config set it; checked before the body is read.
+#[derive(Debug)]
+pub(crate) enum HeadCredential {
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// `Authorization: Bearer <token>` or `?token=<token>`, for gateways
+    /// whose webhook settings hold only a URL.
+    BearerOrQuery(Secret),
+    /// `Authorization: Bearer <JWT>`, an HS256 JWT signed with the secret
+    /// whose `exp` has not passed (Evolution's instance `jwt_key`).
+    Jwt(Secret),
+    /// Nothing: the account set `allow_unauthenticated_webhooks = true`.
+    None,
+}
+
+impl HeadCredential {
+    /// Whether webhooks are authenticated at all.
+    pub(crate) fn is_required(&self) -> bool {
+        !matches!(self, HeadCredential::None)
+    }
+
+    /// Checks a request's head against the credential.
+    pub(crate) fn check(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        match self {
+            HeadCredential::Bearer(token) => require_bearer(headers, token),
+            HeadCredential::BearerOrQuery(token) => {
+                require_bearer_or_query_token(headers, query, token)
+            }
+            HeadCredential::Jwt(secret) => require_jwt(headers, secret),
+            HeadCredential::None => Ok(()),
+        }
+    }
+}
 
 /// Compares two byte strings in time independent of where they differ.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -54,6 +94,49 @@ pub(crate) fn require_bearer_or_query_token(
             "missing credentials (expected `Authorization: Bearer <webhook_token>` or `?token=<webhook_token>`)".into(),
         )),
     }
+}
+
+/// `Authorization: Bearer <JWT>` must carry an HS256 JWT signed with
+/// `secret`.
+fn require_jwt(headers: &http::HeaderMap, secret: &Secret) -> Result<(), ProviderError> {
+    let token = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ProviderError::Unauthorized(
+                "missing `Authorization: Bearer <JWT>` (webhook_jwt_secret is set)".into(),
+            )
+        })?;
+    verify_hs256(token, secret)
+}
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    #[allow(dead_code)] // checked by the validation
+    exp: u64,
+}
+
+/// Checks an HS256 JWT: signature with `secret` (constant time, in
+/// `jsonwebtoken`), `exp` present and not past (30 s leeway for clock skew).
+fn verify_hs256(token: &str, secret: &Secret) -> Result<(), ProviderError> {
+    use jsonwebtoken::errors::ErrorKind;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.leeway = 30;
+    validation.set_required_spec_claims(&["exp"]);
+    let key = jsonwebtoken::DecodingKey::from_secret(secret.expose().as_bytes());
+    jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        .map(|_| ())
+        .map_err(|e| {
+            let why = match e.kind() {
+                ErrorKind::ExpiredSignature => "webhook JWT has expired",
+                ErrorKind::InvalidSignature => "webhook JWT signature does not match",
+                ErrorKind::InvalidAlgorithm => "webhook JWT is not HS256",
+                ErrorKind::MissingRequiredClaim(_) => "webhook JWT has no `exp`",
+                _ => "webhook JWT is malformed",
+            };
+            ProviderError::Unauthorized(why.into())
+        })
 }
 
 #[cfg(test)]

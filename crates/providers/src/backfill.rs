@@ -5,11 +5,9 @@
 //! "sha256"?, "caption"?, "filename"?, "from"?, "group_id"?,
 //! "phone_number_id"?}`: [`meta_message`] rewrites one into the `messages[]`
 //! item its webhook would have carried, so each adapter makes the job with
-//! the very code that parses webhooks (same id, same payload).
+//! the very code that parses webhooks (same id, same payload), and
+//! `Account::backfilled` refuses one whose deadline has passed.
 
-use std::time::Duration;
-
-use archiver_core::JobSpec;
 use serde_json::{Map, Value, json};
 
 use crate::ProviderError;
@@ -20,9 +18,7 @@ const META_MEDIA_TYPES: [&str; 5] = ["image", "document", "audio", "video", "sti
 
 /// The webhook `messages[]` item a Meta-shaped reference stands for.
 pub(crate) fn meta_message(reference: &Value) -> Result<Value, ProviderError> {
-    if !reference.is_object() {
-        return Err(ProviderError::BadPayload("expected a JSON object".into()));
-    }
+    crate::json_object(reference)?;
     let text = |key: &str| {
         reference
             .get(key)
@@ -58,34 +54,6 @@ pub(crate) fn meta_message(reference: &Value) -> Result<Value, ProviderError> {
         }
     }
     Ok(message)
-}
-
-/// Refuses a job whose deadline has passed: the provider no longer keeps
-/// the file, and the queue would dead-letter it at once.
-pub(crate) fn within_retention(
-    job: JobSpec,
-    retention: Duration,
-    now_ms: archiver_core::UnixMillis,
-    provider: &str,
-) -> Result<JobSpec, ProviderError> {
-    if job.deadline <= now_ms {
-        return Err(ProviderError::MediaUnavailable(format!(
-            "the message is older than the account's retention ({} days): {provider} no longer keeps its file",
-            retention.as_secs() / 86_400
-        )));
-    }
-    Ok(job)
-}
-
-/// A minute ago in Unix seconds: a reference time inside every
-/// provider's retention, for the adapters' backfill tests.
-#[cfg(test)]
-pub(crate) fn a_minute_ago() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    i64::try_from(now).expect("seconds fit i64") - 60
 }
 
 #[cfg(test)]

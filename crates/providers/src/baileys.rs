@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use whatsapp_media::{EncryptedMedia, MediaKey, MediaType};
 
-use crate::{MediaDetails, MediaSource, ProviderError, ResolvedMedia};
+use crate::config::AccountKeys;
+use crate::{MediaDetails, MediaSource, ProviderError, ResolvedMedia, invalid, opt_string};
 
 /// Message types whose content is a downloadable media stub.
 pub(crate) const MEDIA_MESSAGES: [&str; 7] = [
@@ -63,19 +64,6 @@ pub(crate) struct Stub {
     pub(crate) mimetype: Option<String>,
     pub(crate) file_name: Option<String>,
     pub(crate) caption: Option<String>,
-}
-
-/// A present field that could not be decoded, named by its path.
-pub(crate) fn invalid(field: &str, reason: impl std::fmt::Display) -> ProviderError {
-    ProviderError::BadPayload(format!("invalid field `{field}`: {reason}"))
-}
-
-/// A non-empty string field.
-pub(crate) fn opt_string(v: &Value, key: &str) -> Option<String> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
 }
 
 /// The value at `key` unless it is absent or null.
@@ -259,21 +247,6 @@ impl Stub {
     }
 }
 
-/// An `http(s)` URL from the config, or an error for the list.
-pub(crate) fn parse_url(key: &str, text: &str, errors: &mut Vec<String>) -> Option<url::Url> {
-    match url::Url::parse(text) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
-        Ok(_) => {
-            errors.push(format!("{key}: must be an http(s) URL"));
-            None
-        }
-        Err(e) => {
-            errors.push(format!("{key}: {e}"));
-            None
-        }
-    }
-}
-
 /// Standard padded base64.
 pub(crate) fn encode_base64(bytes: &[u8]) -> String {
     use base64::Engine as _;
@@ -295,22 +268,28 @@ pub(crate) fn decode_file_base64(text: &str) -> Option<Vec<u8>> {
         .find_map(|engine| engine.decode(text).ok())
 }
 
-/// `events` may be spelled `messages.upsert` or `MESSAGES_UPSERT`.
-pub(crate) fn is_upsert(event: &str) -> bool {
-    event
+/// Whether a gateway webhook (`{event, instance, data}`) announces new
+/// messages: its `event` is `messages.upsert`, which may be spelled
+/// `MESSAGES_UPSERT`. A body without `event` is refused (400).
+pub(crate) fn is_upsert(body: &Value) -> Result<bool, ProviderError> {
+    let event = body
+        .get("event")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ProviderError::missing("event"))?;
+    Ok(event
         .replace('_', ".")
-        .eq_ignore_ascii_case("messages.upsert")
+        .eq_ignore_ascii_case("messages.upsert"))
 }
 
 /// The download hosts of an account: its own list, or the CDN defaults,
 /// plus the host of its configured `cdn_url` (the operator's own choice).
 /// A list entry that names no host is a config error in `errors`.
 pub(crate) fn cdn_hosts(
-    allowed: Option<&Vec<String>>,
+    account: AccountKeys<'_>,
     cdn_url: Option<&url::Url>,
     errors: &mut Vec<String>,
 ) -> HostPolicy {
-    let mut hosts = crate::config::download_hosts(allowed, DEFAULT_CDN_HOSTS, errors);
+    let mut hosts = account.download_hosts(DEFAULT_CDN_HOSTS, errors);
     if let Some(host) = cdn_url.and_then(url::Url::host_str) {
         hosts.push(host.to_owned());
     }
@@ -320,21 +299,8 @@ pub(crate) fn cdn_hosts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{KEY_B64, SHA_B64, SHA_HEX, indexed};
     use serde_json::json;
-
-    const KEY_B64: &str = "EtkHwPvSijrLUj6c18dK3vtU+ONrCzMSYbOJYY0FqTw=";
-    const SHA_B64: &str = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
-    const SHA_HEX: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-
-    fn indexed(bytes: &[u8]) -> Value {
-        Value::Object(
-            bytes
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (i.to_string(), json!(b)))
-                .collect(),
-        )
-    }
 
     fn stub_json() -> Value {
         json!({
@@ -354,10 +320,9 @@ mod tests {
     fn base64_and_index_keyed_stubs_decode_to_the_same_payload() {
         let a = Stub::parse("imageMessage", &stub_json(), "data.content", true).unwrap();
         let mut evo = stub_json();
-        let key = decode::bytes(&json!(KEY_B64)).unwrap();
         let sha = decode::bytes(&json!(SHA_B64)).unwrap();
-        evo["mediaKey"] = indexed(&key);
-        evo["fileSha256"] = indexed(&sha);
+        evo["mediaKey"] = indexed(KEY_B64);
+        evo["fileSha256"] = indexed(SHA_B64);
         evo["fileEncSha256"] = json!({"type": "Buffer", "data": sha});
         evo["fileLength"] = json!({"low": 92941, "high": 0, "unsigned": true});
         let b = Stub::parse("imageMessage", &evo, "data.content", true).unwrap();
@@ -479,9 +444,11 @@ mod tests {
 
     #[test]
     fn upsert_event_spellings() {
-        assert!(is_upsert("messages.upsert"));
-        assert!(is_upsert("MESSAGES_UPSERT"));
-        assert!(!is_upsert("messages.update"));
+        let event = |e: &str| is_upsert(&json!({ "event": e }));
+        assert!(event("messages.upsert").unwrap());
+        assert!(event("MESSAGES_UPSERT").unwrap());
+        assert!(!event("messages.update").unwrap());
+        assert!(is_upsert(&json!({"data": {}})).is_err());
     }
 
     #[test]

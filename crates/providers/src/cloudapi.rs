@@ -20,10 +20,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use archiver_core::config_value::opt_duration;
+use archiver_core::config_value::resolve_secret;
 use archiver_core::{
     AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, Sha256Digest,
-    SystemClock,
 };
 use hmac::{Hmac, Mac};
 use media_fetch::{DownloadRequest, HostPolicy};
@@ -31,13 +30,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::Sha256;
 
+use crate::account::Account;
 use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::constant_time_eq;
-use crate::config::{download_hosts, webhook_credential};
-use crate::meta::{self, non_empty};
+use crate::config::{account_config, http_url};
+use crate::meta;
 use crate::{
     JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, WebhookRequest, new_job,
+    ResolvedMedia, WebhookRequest, endpoint, non_empty, webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -60,35 +60,25 @@ const TOKEN_CODES: [i64; 2] = [102, 190];
 /// The longest `hub.challenge` echoed (Meta sends a short number).
 const MAX_CHALLENGE: usize = 256;
 
-/// `[[accounts]]` keys for `provider = "cloudapi"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CloudApiConfig {
-    /// Account name; the webhook (callback) URL is `/webhooks/{name}`.
-    pub(crate) name: AccountName,
-    /// How long after the message its media id can still be fetched
-    /// (default 7d: "Media IDs in webhooks expire after 7 days").
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub(crate) retention: Option<Duration>,
-    /// Hosts media URLs may point at (default `lookaside.fbsbx.com`).
-    #[serde(default)]
-    pub(crate) allowed_download_hosts: Option<Vec<String>>,
-    /// Graph API base including the version (default
-    /// `https://graph.facebook.com/v21.0`); media info is `{graph_url}/{media-id}`.
-    #[serde(default = "default_graph_url")]
-    pub(crate) graph_url: String,
-    /// A system-user access token with `whatsapp_business_messaging`.
-    pub(crate) access_token: SecretRef,
-    /// The app secret: webhooks are signed with it (`X-Hub-Signature-256`).
-    /// Required unless `allow_unauthenticated_webhooks = true`.
-    #[serde(default)]
-    pub(crate) app_secret: Option<SecretRef>,
-    /// Accept unsigned webhooks when `app_secret` is absent. Off by
-    /// default; `check-config` and the startup log warn when on.
-    #[serde(default)]
-    pub(crate) allow_unauthenticated_webhooks: bool,
-    /// The verify token entered beside the callback URL in the app dashboard.
-    pub(crate) verify_token: SecretRef,
+account_config! {
+    /// `[[accounts]]` keys for `provider = "cloudapi"`. The account's
+    /// `/webhooks/{name}` is the app's callback URL. `retention` defaults to
+    /// 7d ("Media IDs in webhooks expire after 7 days"),
+    /// `allowed_download_hosts` to `lookaside.fbsbx.com`.
+    pub struct CloudApiConfig {
+        /// Graph API base including the version (default
+        /// `https://graph.facebook.com/v21.0`); media info is `{graph_url}/{media-id}`.
+        #[serde(default = "default_graph_url")]
+        graph_url: String,
+        /// A system-user access token with `whatsapp_business_messaging`.
+        access_token: SecretRef,
+        /// The app secret: webhooks are signed with it (`X-Hub-Signature-256`).
+        /// Required unless `allow_unauthenticated_webhooks = true`.
+        #[serde(default)]
+        app_secret: Option<SecretRef>,
+        /// The verify token entered beside the callback URL in the app dashboard.
+        verify_token: SecretRef,
+    }
 }
 
 fn default_graph_url() -> String {
@@ -97,8 +87,7 @@ fn default_graph_url() -> String {
 
 #[derive(Debug)]
 pub(crate) struct CloudApi {
-    account: AccountName,
-    retention: Duration,
+    account: Account,
     hosts: HostPolicy,
     graph_url: url::Url,
     access_token: Secret,
@@ -106,8 +95,6 @@ pub(crate) struct CloudApi {
     app_secret: Option<Secret>,
     verify_token: Secret,
     api: ApiClient,
-    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
-    clock: Arc<dyn Clock>,
 }
 
 /// What a Cloud API job stores (never the short-lived media URL).
@@ -135,62 +122,37 @@ struct MediaInfo {
 impl CloudApi {
     pub(crate) fn new(config: &CloudApiConfig, api: ApiClient) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let graph_url = match url::Url::parse(&config.graph_url) {
-            Ok(u) if u.cannot_be_a_base() || u.host_str().is_none() => {
-                errors.push("graph_url: must be an http(s) URL with a host".to_owned());
-                None
-            }
-            Ok(u) => Some(u),
-            Err(e) => {
-                errors.push(format!("graph_url: {e}"));
-                None
-            }
-        };
-        let mut secret = |key: &str, value: &SecretRef| match value.resolve() {
-            Ok(s) if !s.expose().is_empty() => Some(s),
-            Ok(_) => {
-                errors.push(format!("{key}: must not be empty"));
-                None
-            }
-            Err(e) => {
-                errors.push(format!("{key}: {e}"));
-                None
-            }
-        };
-        let access_token = secret("access_token", &config.access_token);
-        let verify_token = secret("verify_token", &config.verify_token);
-        let app_secret = webhook_credential(
+        let graph_url = http_url("graph_url", &config.graph_url, &mut errors);
+        let access_token = resolve_secret("access_token", Some(&config.access_token), &mut errors);
+        let verify_token = resolve_secret("verify_token", Some(&config.verify_token), &mut errors);
+        let app_secret = config.account().webhook_credential(
             "app_secret",
             config.app_secret.as_ref(),
-            config.allow_unauthenticated_webhooks,
             &mut errors,
         );
-        let hosts = HostPolicy::new(download_hosts(
-            config.allowed_download_hosts.as_ref(),
-            DEFAULT_HOSTS,
-            &mut errors,
-        ));
+        let hosts = HostPolicy::new(config.account().download_hosts(DEFAULT_HOSTS, &mut errors));
         let (Some(graph_url), Some(access_token), Some(verify_token), true) =
             (graph_url, access_token, verify_token, errors.is_empty())
         else {
             return Err(errors);
         };
         Ok(Self {
-            account: config.name.clone(),
-            retention: config.retention.unwrap_or(DEFAULT_RETENTION),
+            account: Account::new(ProviderKind::Cloudapi, config.account(), DEFAULT_RETENTION),
             hosts,
             graph_url,
             access_token,
             app_secret,
             verify_token,
             api,
-            clock: Arc::new(SystemClock),
         })
     }
 
     /// The same adapter on another clock.
     pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
-        Self { clock, ..self }
+        Self {
+            account: self.account.with_clock(clock),
+            ..self
+        }
     }
 
     /// `GET {graph_url}/{media-id}`: a fresh URL.
@@ -200,10 +162,7 @@ impl CloudApi {
     /// media, and a refusal would be a 400, which is permanent.
     async fn media_info(&self, media_id: &str) -> Result<MediaInfo, ProviderError> {
         const API: &str = "media info";
-        let mut url = self.graph_url.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().push(media_id);
-        }
+        let url = endpoint(&self.graph_url, [media_id]);
         let request = self.api.get(url).bearer_auth(self.access_token.expose());
         let response = self.api.send(API, request).await?;
         if response.status != 200 {
@@ -290,17 +249,9 @@ impl CloudApi {
             sender: msg.sender,
             phone_number_id: phone_number_id.map(str::to_owned),
         };
-        new_job(
-            &self.account,
-            ProviderKind::Cloudapi,
-            message_id,
-            Some(media_id),
-            message_at,
-            self.clock.now_ms(),
-            self.retention,
-            &payload,
-        )
-        .map(Some)
+        self.account
+            .job(message_id, Some(media_id), message_at, &payload)
+            .map(Some)
     }
 }
 
@@ -447,14 +398,12 @@ impl Provider for CloudApi {
         let phone_number_id = non_empty(reference, "phone_number_id")
             .map(|id| crate::checked_id(id, "phone_number_id"))
             .transpose()?;
-        let job = self
-            .message_job("reference", &message, phone_number_id)?
-            .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
-        crate::backfill::within_retention(job, self.retention, self.clock.now_ms(), "the Cloud API")
+        let job = self.message_job("reference", &message, phone_number_id)?;
+        self.account.backfilled(job, "the Cloud API")
     }
 
     fn account(&self) -> &AccountName {
-        &self.account
+        self.account.name()
     }
 
     fn webhook_auth_configured(&self) -> bool {
@@ -492,11 +441,7 @@ impl Provider for CloudApi {
     }
 
     fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
-        let body: Value = serde_json::from_slice(request.body)
-            .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
-        if !body.is_object() {
-            return Err(ProviderError::BadPayload("expected a JSON object".into()));
-        }
+        let body = webhook_json(request.body)?;
         match body.get("object").and_then(Value::as_str) {
             None | Some("whatsapp_business_account") => {}
             Some(other) => {
@@ -552,17 +497,9 @@ impl Provider for CloudApi {
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
-        let p: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|e| ProviderError::BadJob(e.to_string()))?;
-        let media_id = job
-            .media_id
-            .ok_or_else(|| ProviderError::BadJob("no media id".into()))?;
-        let webhook_sha256 = p
-            .sha256
-            .as_deref()
-            .map(Sha256Digest::parse)
-            .transpose()
-            .map_err(|e| ProviderError::BadJob(format!("sha256: {e}")))?;
+        let p: Payload = job.stored()?;
+        let media_id = job.required_media_id()?;
+        let webhook_sha256 = meta::stored_sha256(p.sha256.as_deref())?;
         // Always a fresh URL: the one from an earlier attempt (or from
         // before `link_dead`) has likely expired.
         let info = self.media_info(media_id).await?;

@@ -24,18 +24,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use archiver_core::config_value::opt_duration;
-use archiver_core::{AccountName, Clock, JobSpec, ProviderKind, Secret, SecretRef, SystemClock};
+use archiver_core::config_value::resolve_secret;
+use archiver_core::{AccountName, Clock, JobSpec, ProviderKind, Secret, SecretRef};
 use media_fetch::{DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::auth::require_bearer_or_query_token;
-use crate::baileys::{self, Mode, Stub, opt_string};
-use crate::config::{StringOrInt, webhook_credential};
+use crate::account::Account;
+use crate::auth::HeadCredential;
+use crate::baileys::{self, Mode, Stub};
+use crate::config::{StringOrInt, account_config, http_url};
 use crate::{
     JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution, ResolvedMedia,
-    WebhookRequest, checked_id, message_time, new_job,
+    WebhookRequest, checked_id, endpoint, json_object, message_time, opt_string, webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -44,39 +45,28 @@ const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
 /// plenty for one file and keeps a stuck call from holding a worker.
 const PROVIDER_TIMEOUT_MS: u64 = 60_000;
 
-/// `[[accounts]]` keys for `provider = "codechat"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CodechatConfig {
-    /// Account name; the webhook URL is `/webhooks/{name}`.
-    pub(crate) name: AccountName,
-    /// How long after the message the file can still be fetched (default 14d).
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub(crate) retention: Option<Duration>,
-    /// Hosts CDN links may point at (default `*.whatsapp.net`); the host of
-    /// `cdn_url` is always allowed.
-    #[serde(default)]
-    pub(crate) allowed_download_hosts: Option<Vec<String>>,
-    /// The CodeChat server, e.g. `https://api.yumer.com.br`.
-    pub(crate) api_url: String,
-    /// The instance id in `/api/v2/instance/{instance_id}/...`.
-    pub(crate) instance_id: StringOrInt,
-    /// The instance's JWT, sent as `Authorization: Bearer`.
-    pub(crate) api_token: SecretRef,
-    /// Webhooks must carry it as `Authorization: Bearer …` or `?token=…`.
-    /// Required unless `allow_unauthenticated_webhooks = true`.
-    #[serde(default)]
-    pub(crate) webhook_token: Option<SecretRef>,
-    /// Accept webhooks without credentials when `webhook_token` is absent.
-    /// Off by default; `check-config` and the startup log warn when on.
-    #[serde(default)]
-    pub(crate) allow_unauthenticated_webhooks: bool,
-    /// The WhatsApp CDN (default `https://mmg.whatsapp.net`).
-    #[serde(default = "default_cdn_url")]
-    pub(crate) cdn_url: String,
-    /// `"direct"` (CDN + local decryption, the default) or `"provider"`.
-    #[serde(default)]
-    pub(crate) mode: Mode,
+account_config! {
+    /// `[[accounts]]` keys for `provider = "codechat"`. `retention`
+    /// defaults to 14d, `allowed_download_hosts` (where CDN links may point)
+    /// to `*.whatsapp.net`; the host of `cdn_url` is always allowed.
+    pub struct CodechatConfig {
+        /// The CodeChat server, e.g. `https://api.yumer.com.br`.
+        api_url: String,
+        /// The instance id in `/api/v2/instance/{instance_id}/...`.
+        instance_id: StringOrInt,
+        /// The instance's JWT, sent as `Authorization: Bearer`.
+        api_token: SecretRef,
+        /// Webhooks must carry it as `Authorization: Bearer …` or `?token=…`.
+        /// Required unless `allow_unauthenticated_webhooks = true`.
+        #[serde(default)]
+        webhook_token: Option<SecretRef>,
+        /// The WhatsApp CDN (default `https://mmg.whatsapp.net`).
+        #[serde(default = "default_cdn_url")]
+        cdn_url: String,
+        /// `"direct"` (CDN + local decryption, the default) or `"provider"`.
+        #[serde(default)]
+        mode: Mode,
+    }
 }
 
 fn default_cdn_url() -> String {
@@ -85,18 +75,15 @@ fn default_cdn_url() -> String {
 
 #[derive(Debug)]
 pub(crate) struct Codechat {
-    account: AccountName,
-    retention: Duration,
+    account: Account,
     cdn_hosts: HostPolicy,
     api_hosts: HostPolicy,
     api_url: url::Url,
     cdn_url: String,
     instance_id: String,
     api_token: Secret,
-    webhook_token: Option<Secret>,
+    webhook: HeadCredential,
     mode: Mode,
-    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
-    clock: Arc<dyn Clock>,
 }
 
 /// What a CodeChat job stores.
@@ -110,66 +97,57 @@ struct Payload {
 impl Codechat {
     pub(crate) fn new(config: &CodechatConfig) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let api_url = baileys::parse_url("api_url", &config.api_url, &mut errors);
-        let cdn = baileys::parse_url("cdn_url", &config.cdn_url, &mut errors);
-        let api_token = config
-            .api_token
-            .resolve()
-            .map_err(|e| errors.push(format!("api_token: {e}")))
-            .ok();
-        let webhook_token = webhook_credential(
+        let api_url = http_url("api_url", &config.api_url, &mut errors);
+        let cdn = http_url("cdn_url", &config.cdn_url, &mut errors);
+        let api_token = resolve_secret("api_token", Some(&config.api_token), &mut errors);
+        let webhook_token = config.account().webhook_credential(
             "webhook_token",
             config.webhook_token.as_ref(),
-            config.allow_unauthenticated_webhooks,
             &mut errors,
         );
         let instance_id = config.instance_id.to_string();
         if instance_id.is_empty() || instance_id.contains(['/', '?', '#']) {
             errors.push(format!("instance_id {instance_id:?} is not a path segment"));
         }
-        let cdn_hosts = baileys::cdn_hosts(
-            config.allowed_download_hosts.as_ref(),
-            cdn.as_ref(),
-            &mut errors,
-        );
+        let cdn_hosts = baileys::cdn_hosts(config.account(), cdn.as_ref(), &mut errors);
         let (Some(api_url), Some(api_token), true) = (api_url, api_token, errors.is_empty()) else {
             return Err(errors);
         };
         Ok(Self {
-            account: config.name.clone(),
-            retention: config.retention.unwrap_or(DEFAULT_RETENTION),
+            account: Account::new(ProviderKind::Codechat, config.account(), DEFAULT_RETENTION),
             cdn_hosts,
             api_hosts: HostPolicy::new(api_url.host_str()),
             api_url,
             cdn_url: config.cdn_url.clone(),
             instance_id,
             api_token,
-            webhook_token,
+            webhook: webhook_token.map_or(HeadCredential::None, HeadCredential::BearerOrQuery),
             mode: config.mode,
-            clock: Arc::new(SystemClock),
         })
     }
 
     /// The same adapter on another clock.
     pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
-        Self { clock, ..self }
+        Self {
+            account: self.account.with_clock(clock),
+            ..self
+        }
     }
 
     /// `POST {api_url}/api/v2/instance/{id}/media/directly-download?timeout=…`
     /// with the stub; the answer is the decrypted file.
-    fn directly_download(&self, stub: &Stub) -> Result<DownloadRequest, ProviderError> {
-        let mut url = self.api_url.clone();
-        url.path_segments_mut()
-            .map_err(|_| ProviderError::BadJob("api_url cannot be a base URL".into()))?
-            .pop_if_empty()
-            .extend([
+    fn directly_download(&self, stub: &Stub) -> DownloadRequest {
+        let mut url = endpoint(
+            &self.api_url,
+            [
                 "api",
                 "v2",
                 "instance",
                 &self.instance_id,
                 "media",
                 "directly-download",
-            ]);
+            ],
+        );
         url.query_pairs_mut()
             .append_pair("timeout", &PROVIDER_TIMEOUT_MS.to_string());
         let body = json!({
@@ -193,7 +171,7 @@ impl Codechat {
             );
         request.method = http::Method::POST;
         request.body = Some(body.to_string().into());
-        Ok(request)
+        request
     }
 
     /// One message record (a webhook's `data`, or a backfill reference at
@@ -247,17 +225,9 @@ impl Codechat {
             chat_id,
             sender,
         };
-        new_job(
-            &self.account,
-            ProviderKind::Codechat,
-            key_id,
-            None,
-            message_at,
-            self.clock.now_ms(),
-            self.retention,
-            &payload,
-        )
-        .map(Some)
+        self.account
+            .job(key_id, None, message_at, &payload)
+            .map(Some)
     }
 }
 
@@ -268,11 +238,11 @@ impl Provider for Codechat {
     }
 
     fn account(&self) -> &AccountName {
-        &self.account
+        self.account.name()
     }
 
     fn webhook_auth_configured(&self) -> bool {
-        self.webhook_token.is_some()
+        self.webhook.is_required()
     }
 
     fn authenticate_head(
@@ -280,28 +250,13 @@ impl Provider for Codechat {
         headers: &http::HeaderMap,
         query: Option<&str>,
     ) -> Result<(), ProviderError> {
-        match &self.webhook_token {
-            Some(token) => require_bearer_or_query_token(headers, query, token),
-            None => Ok(()),
-        }
+        self.webhook.check(headers, query)
     }
 
     fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
-        let body: Value = serde_json::from_slice(request.body)
-            .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
-        if !body.is_object() {
-            return Err(ProviderError::BadPayload("expected a JSON object".into()));
-        }
-        let event = body
-            .get("event")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ProviderError::missing("event"))?;
-        let ignored = ParsedWebhook {
-            ignored: 1,
-            ..ParsedWebhook::default()
-        };
-        if !baileys::is_upsert(event) {
-            return Ok(ignored);
+        let body = webhook_json(request.body)?;
+        if !baileys::is_upsert(&body)? {
+            return Ok(ParsedWebhook::ignored_event());
         }
         let data = body
             .get("data")
@@ -313,7 +268,7 @@ impl Provider for Codechat {
                 jobs: vec![job],
                 ..ParsedWebhook::default()
             },
-            None => ignored,
+            None => ParsedWebhook::ignored_event(),
         })
     }
 
@@ -324,18 +279,13 @@ impl Provider for Codechat {
     /// is not in the record (the webhook names it in `instance`), so the
     /// manifest leaves it out.
     async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
-        if !reference.is_object() {
-            return Err(ProviderError::BadPayload("expected a JSON object".into()));
-        }
-        let job = self
-            .message_job(reference, "reference", None)?
-            .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
-        crate::backfill::within_retention(job, self.retention, self.clock.now_ms(), "CodeChat")
+        json_object(reference)?;
+        let job = self.message_job(reference, "reference", None)?;
+        self.account.backfilled(job, "CodeChat")
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
-        let p: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|e| ProviderError::BadJob(e.to_string()))?;
+        let p: Payload = job.stored()?;
         let details = p.stub.details(p.chat_id.clone(), p.sender.clone());
         if self.mode == Mode::Direct && !job.link_dead {
             return Ok(Resolution::Fetch(p.stub.direct(
@@ -351,7 +301,7 @@ impl Provider for Codechat {
             );
         }
         Ok(Resolution::Fetch(ResolvedMedia {
-            source: MediaSource::download(self.directly_download(&p.stub)?, self.api_hosts.clone()),
+            source: MediaSource::download(self.directly_download(&p.stub), self.api_hosts.clone()),
             expected_sha256: Some(p.stub.file_sha256),
             encryption: None,
             details,

@@ -33,61 +33,52 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use archiver_core::config_value::opt_duration;
-use archiver_core::{AccountName, Clock, ProviderKind, Secret, SecretRef, SystemClock};
+use archiver_core::config_value::resolve_secret;
+use archiver_core::{AccountName, Clock, ProviderKind, Secret, SecretRef};
 use bytes::Bytes;
 use media_fetch::{Answer, DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::auth::{constant_time_eq, require_bearer_or_query_token};
-use crate::baileys::{self, Mode, Stub, invalid, opt_string};
+use crate::account::Account;
+use crate::auth::{HeadCredential, constant_time_eq};
+use crate::baileys::{self, Mode, Stub};
+use crate::config::{account_config, http_url};
 use crate::{
     JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution, ResolvedMedia,
-    WebhookRequest, checked_id, message_time, new_job,
+    WebhookRequest, checked_id, endpoint, invalid, json_object, message_time, opt_string,
+    webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
 const GET_BASE64: &str = "getBase64FromMediaMessage";
 
-/// `[[accounts]]` keys for `provider = "evolution"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvolutionConfig {
-    /// Account name; the webhook URL is `/webhooks/{name}`.
-    pub(crate) name: AccountName,
-    /// How long after the message the file can still be fetched (default 14d).
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub(crate) retention: Option<Duration>,
-    /// Hosts CDN links may point at (default `*.whatsapp.net`); the host of
-    /// `cdn_url` is always allowed.
-    #[serde(default)]
-    pub(crate) allowed_download_hosts: Option<Vec<String>>,
-    /// The Evolution API server, e.g. `https://evolution.example.com`.
-    pub(crate) api_url: String,
-    /// The instance name (`/chat/getBase64FromMediaMessage/{instance}`).
-    pub(crate) instance: String,
-    /// The global or instance API key, sent as the `apikey` header.
-    pub(crate) api_key: SecretRef,
-    /// The instance's webhook `jwt_key`: webhooks must carry an HS256 JWT
-    /// signed with it. Takes precedence over `webhook_token`.
-    #[serde(default)]
-    pub(crate) webhook_jwt_secret: Option<SecretRef>,
-    /// Otherwise webhooks must carry this as `Authorization: Bearer …` (an
-    /// instance webhook header) or `?token=…`.
-    #[serde(default)]
-    pub(crate) webhook_token: Option<SecretRef>,
-    /// Accept webhooks without credentials when neither
-    /// `webhook_jwt_secret` nor `webhook_token` is set. Off by default;
-    /// `check-config` and the startup log warn when on.
-    #[serde(default)]
-    pub(crate) allow_unauthenticated_webhooks: bool,
-    /// The WhatsApp CDN (default `https://mmg.whatsapp.net`).
-    #[serde(default = "default_cdn_url")]
-    pub(crate) cdn_url: String,
-    /// `"direct"` (CDN + local decryption, the default) or `"provider"`.
-    #[serde(default)]
-    pub(crate) mode: Mode,
+account_config! {
+    /// `[[accounts]]` keys for `provider = "evolution"`. `retention`
+    /// defaults to 14d, `allowed_download_hosts` (where CDN links may point)
+    /// to `*.whatsapp.net`; the host of `cdn_url` is always allowed.
+    pub struct EvolutionConfig {
+        /// The Evolution API server, e.g. `https://evolution.example.com`.
+        api_url: String,
+        /// The instance name (`/chat/getBase64FromMediaMessage/{instance}`).
+        instance: String,
+        /// The global or instance API key, sent as the `apikey` header.
+        api_key: SecretRef,
+        /// The instance's webhook `jwt_key`: webhooks must carry an HS256 JWT
+        /// signed with it. Takes precedence over `webhook_token`.
+        #[serde(default)]
+        webhook_jwt_secret: Option<SecretRef>,
+        /// Otherwise webhooks must carry this as `Authorization: Bearer …` (an
+        /// instance webhook header) or `?token=…`.
+        #[serde(default)]
+        webhook_token: Option<SecretRef>,
+        /// The WhatsApp CDN (default `https://mmg.whatsapp.net`).
+        #[serde(default = "default_cdn_url")]
+        cdn_url: String,
+        /// `"direct"` (CDN + local decryption, the default) or `"provider"`.
+        #[serde(default)]
+        mode: Mode,
+    }
 }
 
 fn default_cdn_url() -> String {
@@ -96,24 +87,14 @@ fn default_cdn_url() -> String {
 
 #[derive(Debug)]
 pub(crate) struct Evolution {
-    account: AccountName,
-    retention: Duration,
+    account: Account,
     cdn_hosts: HostPolicy,
     api_url: url::Url,
     cdn_url: String,
     instance: String,
     api_key: Secret,
-    webhook: WebhookAuth,
+    webhook: HeadCredential,
     mode: Mode,
-    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
-    clock: Arc<dyn Clock>,
-}
-
-#[derive(Debug)]
-enum WebhookAuth {
-    Jwt(Secret),
-    Token(Secret),
-    None,
 }
 
 /// What an Evolution job stores.
@@ -130,31 +111,18 @@ struct Payload {
     sender: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    #[allow(dead_code)] // checked by the validation
-    exp: u64,
-}
-
 impl Evolution {
     pub(crate) fn new(config: &EvolutionConfig) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let api_url = baileys::parse_url("api_url", &config.api_url, &mut errors);
-        let cdn = baileys::parse_url("cdn_url", &config.cdn_url, &mut errors);
-        let mut secret = |key: &str, r: &SecretRef| {
-            r.resolve()
-                .map_err(|e| errors.push(format!("{key}: {e}")))
-                .ok()
-        };
-        let api_key = secret("api_key", &config.api_key);
-        let jwt = config
-            .webhook_jwt_secret
-            .as_ref()
-            .and_then(|r| secret("webhook_jwt_secret", r));
-        let token = config
-            .webhook_token
-            .as_ref()
-            .and_then(|r| secret("webhook_token", r));
+        let api_url = http_url("api_url", &config.api_url, &mut errors);
+        let cdn = http_url("cdn_url", &config.cdn_url, &mut errors);
+        let api_key = resolve_secret("api_key", Some(&config.api_key), &mut errors);
+        let jwt = resolve_secret(
+            "webhook_jwt_secret",
+            config.webhook_jwt_secret.as_ref(),
+            &mut errors,
+        );
+        let token = resolve_secret("webhook_token", config.webhook_token.as_ref(), &mut errors);
         if config.webhook_jwt_secret.is_none()
             && config.webhook_token.is_none()
             && !config.allow_unauthenticated_webhooks
@@ -170,22 +138,17 @@ impl Evolution {
                 config.instance
             ));
         }
-        let cdn_hosts = baileys::cdn_hosts(
-            config.allowed_download_hosts.as_ref(),
-            cdn.as_ref(),
-            &mut errors,
-        );
+        let cdn_hosts = baileys::cdn_hosts(config.account(), cdn.as_ref(), &mut errors);
         let (Some(api_url), Some(api_key), true) = (api_url, api_key, errors.is_empty()) else {
             return Err(errors);
         };
         let webhook = match (jwt, token) {
-            (Some(secret), _) => WebhookAuth::Jwt(secret),
-            (None, Some(token)) => WebhookAuth::Token(token),
-            (None, None) => WebhookAuth::None,
+            (Some(secret), _) => HeadCredential::Jwt(secret),
+            (None, Some(token)) => HeadCredential::BearerOrQuery(token),
+            (None, None) => HeadCredential::None,
         };
         Ok(Self {
-            account: config.name.clone(),
-            retention: config.retention.unwrap_or(DEFAULT_RETENTION),
+            account: Account::new(ProviderKind::Evolution, config.account(), DEFAULT_RETENTION),
             cdn_hosts,
             api_url,
             cdn_url: config.cdn_url.clone(),
@@ -193,13 +156,15 @@ impl Evolution {
             api_key,
             webhook,
             mode: config.mode,
-            clock: Arc::new(SystemClock),
         })
     }
 
     /// The same adapter on another clock.
     pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
-        Self { clock, ..self }
+        Self {
+            account: self.account.with_clock(clock),
+            ..self
+        }
     }
 
     /// One media message of the webhook (`data`, or an element of it).
@@ -259,17 +224,7 @@ impl Evolution {
             chat_id,
             sender,
         };
-        new_job(
-            &self.account,
-            ProviderKind::Evolution,
-            id,
-            None,
-            message_at,
-            self.clock.now_ms(),
-            self.retention,
-            &payload,
-        )
-        .map(Some)
+        self.account.job(id, None, message_at, &payload).map(Some)
     }
 
     /// `POST /chat/getBase64FromMediaMessage/{instance}`: the decrypted file
@@ -277,12 +232,8 @@ impl Evolution {
     /// streams into the spool. Only the host of `api_url` is allowed, and it
     /// is the operator's own: reachable on a private network like the rest
     /// of Evolution's API ([`HostPolicy::gateway_api`]).
-    fn get_base64(&self, p: &Payload) -> Result<MediaSource, ProviderError> {
-        let mut url = self.api_url.clone();
-        url.path_segments_mut()
-            .map_err(|_| ProviderError::BadJob("api_url cannot be a base URL".into()))?
-            .pop_if_empty()
-            .extend(["chat", GET_BASE64, &self.instance]);
+    fn get_base64(&self, p: &Payload) -> MediaSource {
+        let url = endpoint(&self.api_url, ["chat", GET_BASE64, &self.instance]);
         let body = json!({
             "message": { "key": p.key, "message": p.message },
             "convertToMp4": false,
@@ -296,46 +247,8 @@ impl Evolution {
         request.method = http::Method::POST;
         request.body = Some(body.to_string().into());
         request.answer = Answer::Base64JsonField("base64");
-        Ok(MediaSource::download(
-            request,
-            HostPolicy::gateway_api(&self.api_url),
-        ))
+        MediaSource::download(request, HostPolicy::gateway_api(&self.api_url))
     }
-
-    fn verify_jwt(&self, secret: &Secret, headers: &http::HeaderMap) -> Result<(), ProviderError> {
-        let token = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ProviderError::Unauthorized(
-                    "missing `Authorization: Bearer <JWT>` (webhook_jwt_secret is set)".into(),
-                )
-            })?;
-        verify_hs256(token, secret)
-    }
-}
-
-/// Checks an HS256 JWT: signature with `secret` (constant time, in
-/// `jsonwebtoken`), `exp` present and not past (30 s leeway for clock skew).
-pub(crate) fn verify_hs256(token: &str, secret: &Secret) -> Result<(), ProviderError> {
-    use jsonwebtoken::errors::ErrorKind;
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-    validation.leeway = 30;
-    validation.set_required_spec_claims(&["exp"]);
-    let key = jsonwebtoken::DecodingKey::from_secret(secret.expose().as_bytes());
-    jsonwebtoken::decode::<Claims>(token, &key, &validation)
-        .map(|_| ())
-        .map_err(|e| {
-            let why = match e.kind() {
-                ErrorKind::ExpiredSignature => "webhook JWT has expired",
-                ErrorKind::InvalidSignature => "webhook JWT signature does not match",
-                ErrorKind::InvalidAlgorithm => "webhook JWT is not HS256",
-                ErrorKind::MissingRequiredClaim(_) => "webhook JWT has no `exp`",
-                _ => "webhook JWT is malformed",
-            };
-            ProviderError::Unauthorized(why.into())
-        })
 }
 
 #[async_trait::async_trait]
@@ -345,11 +258,11 @@ impl Provider for Evolution {
     }
 
     fn account(&self) -> &AccountName {
-        &self.account
+        self.account.name()
     }
 
     fn webhook_auth_configured(&self) -> bool {
-        !matches!(self.webhook, WebhookAuth::None)
+        self.webhook.is_required()
     }
 
     fn authenticate_head(
@@ -357,28 +270,13 @@ impl Provider for Evolution {
         headers: &http::HeaderMap,
         query: Option<&str>,
     ) -> Result<(), ProviderError> {
-        match &self.webhook {
-            WebhookAuth::Jwt(secret) => self.verify_jwt(secret, headers),
-            WebhookAuth::Token(token) => require_bearer_or_query_token(headers, query, token),
-            WebhookAuth::None => Ok(()),
-        }
+        self.webhook.check(headers, query)
     }
 
     fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
-        let body: Value = serde_json::from_slice(request.body)
-            .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
-        if !body.is_object() {
-            return Err(ProviderError::BadPayload("expected a JSON object".into()));
-        }
-        let event = body
-            .get("event")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ProviderError::missing("event"))?;
-        if !baileys::is_upsert(event) {
-            return Ok(ParsedWebhook {
-                ignored: 1,
-                ..ParsedWebhook::default()
-            });
+        let body = webhook_json(request.body)?;
+        if !baileys::is_upsert(&body)? {
+            return Ok(ParsedWebhook::ignored_event());
         }
         if let Some(instance) = body.get("instance").and_then(Value::as_str)
             && !constant_time_eq(instance.as_bytes(), self.instance.as_bytes())
@@ -415,18 +313,13 @@ impl Provider for Evolution {
     /// message sent from the account's own phone is not in the record (the
     /// webhook names it in `sender`), so the manifest leaves it out.
     async fn backfill(&self, reference: &Value) -> Result<archiver_core::JobSpec, ProviderError> {
-        if !reference.is_object() {
-            return Err(ProviderError::BadPayload("expected a JSON object".into()));
-        }
-        let job = self
-            .message_job(&Value::Null, reference, "reference")?
-            .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
-        crate::backfill::within_retention(job, self.retention, self.clock.now_ms(), "Evolution API")
+        json_object(reference)?;
+        let job = self.message_job(&Value::Null, reference, "reference")?;
+        self.account.backfilled(job, "Evolution API")
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
-        let p: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|e| ProviderError::BadJob(e.to_string()))?;
+        let p: Payload = job.stored()?;
         let details = p.stub.details(p.chat_id.clone(), p.sender.clone());
         if let Some(text) = &p.inline_base64 {
             let bytes = baileys::decode_file_base64(text)
@@ -452,7 +345,7 @@ impl Provider for Evolution {
             );
         }
         Ok(Resolution::Fetch(ResolvedMedia {
-            source: self.get_base64(&p)?,
+            source: self.get_base64(&p),
             expected_sha256: Some(p.stub.file_sha256),
             encryption: None,
             details,

@@ -24,21 +24,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use archiver_core::config_value::opt_duration;
-use archiver_core::{
-    AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, SystemClock,
-    UnixMillis,
-};
+use archiver_core::config_value::resolve_secret;
+use archiver_core::{AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef};
 use media_fetch::{DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::account::Account;
 use crate::api_client::{ApiClient, ApiResponse};
-use crate::auth::require_bearer;
-use crate::config::{StringOrInt, download_hosts, webhook_credential};
+use crate::auth::HeadCredential;
+use crate::config::{StringOrInt, account_config, http_url};
 use crate::{
     JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, WebhookRequest, checked_id, message_time, new_job,
+    ResolvedMedia, WebhookRequest, checked_id, endpoint, json_object, message_time, opt_string,
+    webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -71,33 +70,23 @@ const NOT_FOUND_PATIENCE: u32 = 4;
 /// file; retried this many attempts in case it was a passing fault.
 const INTERNAL_ERROR_PATIENCE: u32 = 2;
 
-/// `[[accounts]]` keys for `provider = "greenapi"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GreenApiConfig {
-    /// Account name; the webhook URL is `/webhooks/{name}`.
-    pub(crate) name: AccountName,
-    /// How long after the message the file can still be fetched (default 14d).
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub(crate) retention: Option<Duration>,
-    /// Hosts download links may point at (default: Green API's storage hosts).
-    #[serde(default)]
-    pub(crate) allowed_download_hosts: Option<Vec<String>>,
-    /// The instance's `apiUrl` (default `https://api.green-api.com`).
-    #[serde(default = "default_api_url")]
-    pub(crate) api_url: String,
-    /// The instance id (`idInstance`), a string or an integer.
-    pub(crate) id_instance: StringOrInt,
-    /// The instance token (`apiTokenInstance`).
-    pub(crate) api_token: SecretRef,
-    /// The `webhookUrlToken`; webhooks must carry `Authorization: Bearer
-    /// <token>`. Required unless `allow_unauthenticated_webhooks = true`.
-    #[serde(default)]
-    pub(crate) webhook_token: Option<SecretRef>,
-    /// Accept webhooks without credentials when `webhook_token` is absent.
-    /// Off by default; `check-config` and the startup log warn when on.
-    #[serde(default)]
-    pub(crate) allow_unauthenticated_webhooks: bool,
+account_config! {
+    /// `[[accounts]]` keys for `provider = "greenapi"`. `retention`
+    /// defaults to 14d, `allowed_download_hosts` to Green API's storage
+    /// hosts.
+    pub struct GreenApiConfig {
+        /// The instance's `apiUrl` (default `https://api.green-api.com`).
+        #[serde(default = "default_api_url")]
+        api_url: String,
+        /// The instance id (`idInstance`), a string or an integer.
+        id_instance: StringOrInt,
+        /// The instance token (`apiTokenInstance`).
+        api_token: SecretRef,
+        /// The `webhookUrlToken`; webhooks must carry `Authorization: Bearer
+        /// <token>`. Required unless `allow_unauthenticated_webhooks = true`.
+        #[serde(default)]
+        webhook_token: Option<SecretRef>,
+    }
 }
 
 fn default_api_url() -> String {
@@ -106,16 +95,13 @@ fn default_api_url() -> String {
 
 #[derive(Debug)]
 pub(crate) struct GreenApi {
-    account: AccountName,
-    retention: Duration,
+    account: Account,
     hosts: HostPolicy,
     api_url: url::Url,
     id_instance: String,
     api_token: Secret,
-    webhook_token: Option<Secret>,
+    webhook: HeadCredential,
     api: ApiClient,
-    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
-    clock: Arc<dyn Clock>,
 }
 
 /// What a Green API job stores: enough to download again or ask for a fresh link.
@@ -133,25 +119,14 @@ struct Payload {
 impl GreenApi {
     pub(crate) fn new(config: &GreenApiConfig, api: ApiClient) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let api_url = url::Url::parse(&config.api_url)
-            .map_err(|e| errors.push(format!("api_url: {e}")))
-            .ok();
-        let api_token = config
-            .api_token
-            .resolve()
-            .map_err(|e| errors.push(format!("api_token: {e}")))
-            .ok();
-        let webhook_token = webhook_credential(
+        let api_url = http_url("api_url", &config.api_url, &mut errors);
+        let api_token = resolve_secret("api_token", Some(&config.api_token), &mut errors);
+        let webhook_token = config.account().webhook_credential(
             "webhook_token",
             config.webhook_token.as_ref(),
-            config.allow_unauthenticated_webhooks,
             &mut errors,
         );
-        let hosts = download_hosts(
-            config.allowed_download_hosts.as_ref(),
-            DEFAULT_HOSTS,
-            &mut errors,
-        );
+        let hosts = config.account().download_hosts(DEFAULT_HOSTS, &mut errors);
         let id_instance = config.id_instance.to_string();
         if id_instance.is_empty() || !id_instance.bytes().all(|b| b.is_ascii_alphanumeric()) {
             errors.push(format!(
@@ -162,33 +137,34 @@ impl GreenApi {
             return Err(errors);
         };
         Ok(Self {
-            account: config.name.clone(),
-            retention: config.retention.unwrap_or(DEFAULT_RETENTION),
+            account: Account::new(ProviderKind::Greenapi, config.account(), DEFAULT_RETENTION),
             hosts: HostPolicy::new(hosts),
             api_url,
             id_instance,
             api_token,
-            webhook_token,
+            webhook: webhook_token.map_or(HeadCredential::None, HeadCredential::Bearer),
             api,
-            clock: Arc::new(SystemClock),
         })
     }
 
     /// The same adapter on another clock.
     pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
-        Self { clock, ..self }
+        Self {
+            account: self.account.with_clock(clock),
+            ..self
+        }
     }
 
     /// `{api_url}/waInstance{id}/{method}/{token}`.
-    fn method_url(&self, method: &str) -> Result<url::Url, ProviderError> {
-        let mut url = self.api_url.clone();
-        url.path_segments_mut()
-            .map_err(|_| ProviderError::BadJob("api_url cannot be a base URL".into()))?
-            .pop_if_empty()
-            .push(&format!("waInstance{}", self.id_instance))
-            .push(method)
-            .push(self.api_token.expose());
-        Ok(url)
+    fn method_url(&self, method: &str) -> url::Url {
+        endpoint(
+            &self.api_url,
+            [
+                format!("waInstance{}", self.id_instance).as_str(),
+                method,
+                self.api_token.expose(),
+            ],
+        )
     }
 
     async fn call(
@@ -200,7 +176,7 @@ impl GreenApi {
     ) -> Result<Value, ProviderError> {
         let request = self
             .api
-            .post(self.method_url(method)?)
+            .post(self.method_url(method))
             .json(&json!({ "chatId": chat_id, "idMessage": id_message }));
         let response = self.api.send(method, request).await?;
         if response.status == 200 {
@@ -208,28 +184,6 @@ impl GreenApi {
         } else {
             Err(api_error(method, &response, attempt))
         }
-    }
-}
-
-impl GreenApi {
-    /// The job for message `id_message` sent at `message_at`: keyed by
-    /// message id, due within the account's retention.
-    fn job(
-        &self,
-        id_message: &str,
-        message_at: UnixMillis,
-        payload: Payload,
-    ) -> Result<JobSpec, ProviderError> {
-        new_job(
-            &self.account,
-            ProviderKind::Greenapi,
-            id_message,
-            None,
-            message_at,
-            self.clock.now_ms(),
-            self.retention,
-            &payload,
-        )
     }
 }
 
@@ -275,13 +229,6 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
 }
 
-fn opt_string(v: &Value, key: &str) -> Option<String> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
 #[async_trait::async_trait]
 impl Provider for GreenApi {
     fn kind(&self) -> ProviderKind {
@@ -289,45 +236,32 @@ impl Provider for GreenApi {
     }
 
     fn account(&self) -> &AccountName {
-        &self.account
+        self.account.name()
     }
 
     fn webhook_auth_configured(&self) -> bool {
-        self.webhook_token.is_some()
+        self.webhook.is_required()
     }
 
     fn authenticate_head(
         &self,
         headers: &http::HeaderMap,
-        _query: Option<&str>,
+        query: Option<&str>,
     ) -> Result<(), ProviderError> {
-        match &self.webhook_token {
-            Some(token) => require_bearer(headers, token),
-            None => Ok(()),
-        }
+        self.webhook.check(headers, query)
     }
 
     fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
-        let body: Value = serde_json::from_slice(request.body)
-            .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
-        if !body.is_object() {
-            return Err(ProviderError::BadPayload("expected a JSON object".into()));
-        }
+        let body = webhook_json(request.body)?;
         let type_webhook =
             str_at(&body, &["typeWebhook"]).ok_or_else(|| ProviderError::missing("typeWebhook"))?;
         if !FILE_WEBHOOKS.contains(&type_webhook) {
-            return Ok(ParsedWebhook {
-                ignored: 1,
-                ..ParsedWebhook::default()
-            });
+            return Ok(ParsedWebhook::ignored_event());
         }
         let type_message = str_at(&body, &["messageData", "typeMessage"])
             .ok_or_else(|| ProviderError::missing("messageData.typeMessage"))?;
         if !FILE_MESSAGES.contains(&type_message) {
-            return Ok(ParsedWebhook {
-                ignored: 1,
-                ..ParsedWebhook::default()
-            });
+            return Ok(ParsedWebhook::ignored_event());
         }
         if let Some(id) = body.pointer("/instanceData/idInstance") {
             let id = match id {
@@ -364,7 +298,7 @@ impl Provider for GreenApi {
             caption: opt_string(file, "caption"),
             sender: opt_string(sender, "sender"),
         };
-        let job = self.job(id_message, message_at, payload)?;
+        let job = self.account.job(id_message, None, message_at, &payload)?;
         Ok(ParsedWebhook {
             jobs: vec![job],
             ..ParsedWebhook::default()
@@ -372,9 +306,7 @@ impl Provider for GreenApi {
     }
 
     async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
-        if !reference.is_object() {
-            return Err(ProviderError::BadPayload("expected a JSON object".into()));
-        }
+        json_object(reference)?;
         let chat_id =
             opt_string(reference, "chatId").ok_or_else(|| ProviderError::missing("chatId"))?;
         checked_id(&chat_id, "chatId")?;
@@ -432,13 +364,12 @@ impl Provider for GreenApi {
             }
             payload.type_message = t.clone();
         }
-        let job = self.job(&id_message, message_at, payload)?;
-        crate::backfill::within_retention(job, self.retention, self.clock.now_ms(), "Green API")
+        let job = self.account.job(&id_message, None, message_at, &payload)?;
+        self.account.backfilled(Some(job), "Green API")
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
-        let mut p: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|e| ProviderError::BadJob(e.to_string()))?;
+        let mut p: Payload = job.stored()?;
         if p.download_url.as_deref() == Some(TOO_LARGE_MARKER) {
             return Err(ProviderError::MediaUnavailable(
                 "Green API did not fetch this file: it is over 100 MB ({{SWE002}}); only the phone has it".into(),

@@ -13,7 +13,7 @@ use archiver_core::{Classify, ErrorClass};
 use proptest::prelude::*;
 
 use crate::ProviderError;
-use crate::api_client::{ApiClient, ApiResponse};
+use crate::api_client::ApiResponse;
 use crate::cloudapi::{CloudApi, CloudApiConfig};
 
 const ACCESS_TOKEN: &str = "EAAG-graph-access-token-4b1f";
@@ -73,8 +73,7 @@ fn cloud_api() -> CloudApi {
         "#
     ))
     .unwrap();
-    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-    CloudApi::new(&config, api).unwrap()
+    CloudApi::new(&config, crate::testing::api()).unwrap()
 }
 
 /// Each reader of error answers, by name.

@@ -26,6 +26,7 @@
 //! Account configuration ([`AccountConfig`]) lives here too, one struct per
 //! provider, because the keys differ per provider.
 
+mod account;
 mod api_client;
 mod auth;
 mod backfill;
@@ -41,6 +42,8 @@ mod hostile_answers;
 mod meta;
 mod nxcloud;
 mod onprem;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 
@@ -48,6 +51,7 @@ use archiver_core::{
     AccountName, Clock, JobSpec, ProviderKind, Sha256Digest, SystemClock, UnixMillis, bounds,
 };
 use media_fetch::{DownloadRequest, HostPolicy};
+use serde_json::Value;
 
 pub use api_client::ApiClient;
 pub use cloudapi::CloudApiConfig;
@@ -82,6 +86,16 @@ pub struct ParsedWebhook {
     pub wakes: Vec<Wake>,
 }
 
+impl ParsedWebhook {
+    /// A webhook that announced no media (a text, a status, another event).
+    pub(crate) fn ignored_event() -> Self {
+        ParsedWebhook {
+            ignored: 1,
+            ..ParsedWebhook::default()
+        }
+    }
+}
+
 /// A parked job to wake, with what the event said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wake {
@@ -108,6 +122,19 @@ pub struct JobRef<'a> {
     /// The link used earlier in this attempt answered 403/404/410: ask the
     /// provider for a fresh one instead of trusting the stored link.
     pub link_dead: bool,
+}
+
+impl JobRef<'_> {
+    /// The payload [`Provider::parse_webhook`] stored, read back.
+    pub(crate) fn stored<T: serde::de::DeserializeOwned>(&self) -> Result<T, ProviderError> {
+        T::deserialize(self.payload).map_err(|e| ProviderError::BadJob(e.to_string()))
+    }
+
+    /// The media id of a job keyed by one.
+    pub(crate) fn required_media_id(&self) -> Result<&str, ProviderError> {
+        self.media_id
+            .ok_or_else(|| ProviderError::BadJob("no media id".into()))
+    }
 }
 
 /// Descriptive facts about a media file, recorded in its manifest.
@@ -267,37 +294,51 @@ pub fn build_with_clock(
     })
 }
 
-/// The job for one media file: keyed by its media id when the provider has
-/// one, else by its message id (PRODUCT.md section 2), due the account's
-/// `retention` after the earlier of the message's time and the webhook's
-/// arrival (`received_at`). The ids were checked by the caller, which knows
-/// their field names ([`archiver_core::bounds::check_id`]).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn new_job(
-    account: &AccountName,
-    provider: ProviderKind,
-    message_id: &str,
-    media_id: Option<&str>,
-    message_at: UnixMillis,
-    received_at: UnixMillis,
-    retention: std::time::Duration,
-    payload: &impl serde::Serialize,
-) -> Result<JobSpec, ProviderError> {
-    let deadline = bounds::deadline(message_at, received_at, retention).ok_or_else(|| {
-        ProviderError::BadJob(format!(
-            "deadline out of range: retention {retention:?} after {message_at} ms"
-        ))
-    })?;
-    Ok(JobSpec {
-        id: JobSpec::job_id(account.as_str(), media_id.unwrap_or(message_id)),
-        account: account.to_string(),
-        provider,
-        message_id: message_id.to_owned(),
-        media_id: media_id.map(str::to_owned),
-        message_at,
-        deadline,
-        payload: serde_json::to_value(payload).map_err(|e| ProviderError::BadJob(e.to_string()))?,
-    })
+/// The string at `key` of `v`, unless absent or empty.
+pub(crate) fn non_empty<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// [`non_empty`], owned.
+pub(crate) fn opt_string(v: &Value, key: &str) -> Option<String> {
+    non_empty(v, key).map(str::to_owned)
+}
+
+/// A present field that could not be decoded, named by its path (a 400).
+pub(crate) fn invalid(field: &str, reason: impl std::fmt::Display) -> ProviderError {
+    ProviderError::BadPayload(format!("invalid field `{field}`: {reason}"))
+}
+
+/// A webhook body, which must be a JSON object (every provider's is); a
+/// 400 otherwise.
+pub(crate) fn webhook_json(body: &[u8]) -> Result<Value, ProviderError> {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
+    json_object(&body)?;
+    Ok(body)
+}
+
+/// Refuses (400) a webhook body or backfill reference that is not a JSON
+/// object.
+pub(crate) fn json_object(value: &Value) -> Result<(), ProviderError> {
+    if value.is_object() {
+        Ok(())
+    } else {
+        Err(ProviderError::BadPayload("expected a JSON object".into()))
+    }
+}
+
+/// `base` with `segments` appended, each percent-encoded. `base` is an
+/// http(s) URL checked by [`config::http_url`], so it takes segments.
+pub(crate) fn endpoint<'s>(
+    base: &url::Url,
+    segments: impl IntoIterator<Item = &'s str>,
+) -> url::Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
 }
 
 /// A message's time in Unix seconds, as Unix milliseconds: a JSON number, a
@@ -329,16 +370,3 @@ pub(crate) fn checked_id<'a>(id: &'a str, field: &str) -> Result<&'a str, Provid
     bounds::check_id(field, id)?;
     Ok(id)
 }
-
-/// Both authentication steps in the receiver's order, for the adapters'
-/// tests.
-#[cfg(test)]
-pub(crate) trait AuthenticateBoth: Provider {
-    fn authenticate(&self, request: &WebhookRequest<'_>) -> Result<(), ProviderError> {
-        self.authenticate_head(request.headers, request.query)?;
-        self.authenticate_body(request)
-    }
-}
-
-#[cfg(test)]
-impl<T: Provider + ?Sized> AuthenticateBoth for T {}

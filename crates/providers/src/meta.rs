@@ -12,7 +12,7 @@
 use archiver_core::Sha256Digest;
 use serde_json::Value;
 
-use crate::ProviderError;
+use crate::{ProviderError, non_empty, opt_string};
 
 /// A media message as both APIs send it; `None` fields were absent or empty.
 pub(crate) struct MediaMessage<'a> {
@@ -72,7 +72,6 @@ pub(crate) fn media_message<'a>(
                 .to_hex(),
         ),
     };
-    let owned = |v: &Value, key: &str| non_empty(v, key).map(str::to_owned);
     // The sender is the chat of a one-to-one message: an id like the others.
     if let Some(from) = non_empty(m, "from") {
         crate::checked_id(from, &field("from"))?;
@@ -84,14 +83,17 @@ pub(crate) fn media_message<'a>(
         media_id,
         message_at,
         sha256,
-        mime_type: owned(media, "mime_type"),
-        caption: owned(media, "caption"),
-        file_name: owned(media, "filename"),
-        sender: owned(m, "from"),
+        mime_type: opt_string(media, "mime_type"),
+        caption: opt_string(media, "caption"),
+        file_name: opt_string(media, "filename"),
+        sender: opt_string(m, "from"),
     }))
 }
 
-/// The string at `key`, unless absent or empty.
-pub(crate) fn non_empty<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+/// The webhook's sha256 as a job payload stored it (hex, written by
+/// [`media_message`]), read back.
+pub(crate) fn stored_sha256(hex: Option<&str>) -> Result<Option<Sha256Digest>, ProviderError> {
+    hex.map(Sha256Digest::parse)
+        .transpose()
+        .map_err(|e| ProviderError::BadJob(format!("sha256: {e}")))
 }

@@ -33,10 +33,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use archiver_core::config_value::opt_duration;
+use archiver_core::config_value::resolve_secret;
 use archiver_core::{
     AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, Sha256Digest,
-    SystemClock,
 };
 use md5::Md5;
 use media_fetch::{DownloadRequest, HostPolicy};
@@ -44,13 +43,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
+use crate::account::Account;
 use crate::api_client::ApiResponse;
 use crate::auth::constant_time_eq;
-use crate::baileys::{invalid, opt_string};
-use crate::config::{StringOrInt, download_hosts};
+use crate::config::{StringOrInt, account_config, http_url};
 use crate::{
     ApiClient, JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError,
-    Resolution, ResolvedMedia, WebhookRequest,
+    Resolution, ResolvedMedia, WebhookRequest, endpoint, invalid, opt_string, webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -63,35 +62,26 @@ const BIZ_TYPE: &str = "2";
 /// a captured webhook replayed later is refused.
 pub(crate) const REPLAY_WINDOW: Duration = Duration::from_secs(5 * 60);
 
-/// `[[accounts]]` keys for `provider = "nxcloud"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NxcloudConfig {
-    /// Account name; the webhook URL is `/webhooks/{name}`.
-    pub(crate) name: AccountName,
-    /// How long after the message the file can still be fetched (default 7d).
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub(crate) retention: Option<Duration>,
-    /// Hosts media links may point at (default `*.aliyuncs.com`).
-    #[serde(default)]
-    pub(crate) allowed_download_hosts: Option<Vec<String>>,
-    /// The API host (default `https://api2.nxcloud.com`).
-    #[serde(default = "default_api_url")]
-    pub(crate) api_url: String,
-    /// The `accessKey` (user identity, sent in every request). Required.
-    #[serde(default)]
-    pub(crate) access_key: Option<String>,
-    /// The `accessSecret` that signs requests and webhooks (never sent).
-    /// Required.
-    #[serde(default)]
-    pub(crate) access_secret: Option<SecretRef>,
-    /// The merchant's WhatsApp number with country code (`86158xxxx1795`).
-    pub(crate) business_phone: StringOrInt,
-    /// Accept webhooks without `sign` (NXCloud signs callbacks only when
-    /// the app has a receipt-signing algorithm configured). Off by default;
-    /// `check-config` and the startup log warn when on.
-    #[serde(default)]
-    pub(crate) allow_unauthenticated_webhooks: bool,
+account_config! {
+    /// `[[accounts]]` keys for `provider = "nxcloud"`. `retention`
+    /// defaults to 7d, `allowed_download_hosts` to `*.aliyuncs.com`.
+    /// `allow_unauthenticated_webhooks` accepts webhooks without `sign`
+    /// (NXCloud signs callbacks only when the app has a receipt-signing
+    /// algorithm configured).
+    pub struct NxcloudConfig {
+        /// The API host (default `https://api2.nxcloud.com`).
+        #[serde(default = "default_api_url")]
+        api_url: String,
+        /// The `accessKey` (user identity, sent in every request). Required.
+        #[serde(default)]
+        access_key: Option<String>,
+        /// The `accessSecret` that signs requests and webhooks (never sent).
+        /// Required.
+        #[serde(default)]
+        access_secret: Option<SecretRef>,
+        /// The merchant's WhatsApp number with country code (`86158xxxx1795`).
+        business_phone: StringOrInt,
+    }
 }
 
 fn default_api_url() -> String {
@@ -100,8 +90,8 @@ fn default_api_url() -> String {
 
 #[derive(Debug)]
 pub(crate) struct Nxcloud {
-    account: AccountName,
-    retention: Duration,
+    /// Its clock also bounds each webhook's `ts`.
+    account: Account,
     hosts: HostPolicy,
     api_url: url::Url,
     access_key: String,
@@ -109,8 +99,6 @@ pub(crate) struct Nxcloud {
     business_phone: String,
     verify_webhooks: bool,
     api: ApiClient,
-    /// Dates each webhook's arrival (job deadlines) and bounds its `ts`.
-    clock: Arc<dyn Clock>,
 }
 
 /// What an NXCloud job stores (the media id is the job's `media_id`).
@@ -291,23 +279,14 @@ fn now() -> Duration {
 impl Nxcloud {
     pub(crate) fn new(config: &NxcloudConfig, api: ApiClient) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let api_url = crate::baileys::parse_url("api_url", &config.api_url, &mut errors);
+        let api_url = http_url("api_url", &config.api_url, &mut errors);
         // Both sign every getMedia call, so they are required whether or
         // not webhooks are verified.
-        let access_secret = match &config.access_secret {
-            Some(r) => match r.resolve() {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    errors.push(format!("access_secret: {e}"));
-                    None
-                }
-            },
-            None => {
-                errors
-                    .push("access_secret: required (it signs getMedia calls and webhooks)".into());
-                None
-            }
-        };
+        let access_secret =
+            resolve_secret("access_secret", config.access_secret.as_ref(), &mut errors);
+        if config.access_secret.is_none() {
+            errors.push("access_secret: required (it signs getMedia calls and webhooks)".into());
+        }
         let access_key = config.access_key.as_deref().map(str::trim);
         match access_key {
             None => errors
@@ -315,11 +294,7 @@ impl Nxcloud {
             Some("") => errors.push("access_key: must not be empty".into()),
             Some(_) => {}
         }
-        let hosts = download_hosts(
-            config.allowed_download_hosts.as_ref(),
-            DEFAULT_HOSTS,
-            &mut errors,
-        );
+        let hosts = config.account().download_hosts(DEFAULT_HOSTS, &mut errors);
         let business_phone = digits(&config.business_phone.to_string());
         if business_phone.is_empty() {
             errors.push("business_phone: must hold the number's digits".into());
@@ -330,8 +305,7 @@ impl Nxcloud {
             return Err(errors);
         };
         Ok(Self {
-            account: config.name.clone(),
-            retention: config.retention.unwrap_or(DEFAULT_RETENTION),
+            account: Account::new(ProviderKind::Nxcloud, config.account(), DEFAULT_RETENTION),
             hosts: HostPolicy::new(hosts),
             api_url,
             access_key: access_key.to_owned(),
@@ -339,13 +313,15 @@ impl Nxcloud {
             business_phone,
             verify_webhooks: !config.allow_unauthenticated_webhooks,
             api,
-            clock: Arc::new(SystemClock),
         })
     }
 
     /// The same adapter on another clock.
     pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
-        Self { clock, ..self }
+        Self {
+            account: self.account.with_clock(clock),
+            ..self
+        }
     }
 
     /// One `messages[]` element: a job, or `None` when it carries no media.
@@ -394,26 +370,14 @@ impl Nxcloud {
             file_name: opt_string(media, "filename"),
             from: opt_string(m, "from"),
         };
-        crate::new_job(
-            &self.account,
-            ProviderKind::Nxcloud,
-            message_id,
-            Some(media_id),
-            message_at,
-            self.clock.now_ms(),
-            self.retention,
-            &payload,
-        )
-        .map(Some)
+        self.account
+            .job(message_id, Some(media_id), message_at, &payload)
+            .map(Some)
     }
 
     /// The signed getMedia call; returns `data` of a `code: 0` answer.
     async fn get_media(&self, media_id: &str) -> Result<Value, ProviderError> {
-        let mut url = self.api_url.clone();
-        url.path_segments_mut()
-            .map_err(|_| ProviderError::BadJob("api_url cannot be a base URL".into()))?
-            .pop_if_empty()
-            .extend(["api", "wa", GET_MEDIA]);
+        let url = endpoint(&self.api_url, ["api", "wa", GET_MEDIA]);
         let body = serde_json::to_vec(&json!({
             "business_phone": self.business_phone,
             "messaging_product": "whatsapp",
@@ -488,7 +452,7 @@ impl Provider for Nxcloud {
     }
 
     fn account(&self) -> &AccountName {
-        &self.account
+        self.account.name()
     }
 
     fn webhook_auth_configured(&self) -> bool {
@@ -501,7 +465,7 @@ impl Provider for Nxcloud {
         _query: Option<&str>,
     ) -> Result<(), ProviderError> {
         if self.verify_webhooks {
-            check_sign_head(headers, &self.access_key, self.clock.now_ms())
+            check_sign_head(headers, &self.access_key, self.account.now_ms())
         } else {
             Ok(())
         }
@@ -516,11 +480,7 @@ impl Provider for Nxcloud {
     }
 
     fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
-        let body: Value = serde_json::from_slice(request.body)
-            .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
-        if !body.is_object() {
-            return Err(ProviderError::BadPayload("expected a JSON object".into()));
-        }
+        let body = webhook_json(request.body)?;
         if body.get("entry").is_some() {
             return Err(ProviderError::BadPayload(
                 "`entry[]` is Meta's Cloud API envelope; NXCloud webhooks are expected with top-level `messages[]` and `business_phone`".into(),
@@ -543,11 +503,10 @@ impl Provider for Nxcloud {
             Some(_) => Err(invalid(key, "not an array")),
         };
         let (messages, statuses) = (list("messages")?, list("statuses")?);
-        let mut parsed = ParsedWebhook::default();
         if messages.is_none() && statuses.is_none() {
-            parsed.ignored = 1;
-            return Ok(parsed);
+            return Ok(ParsedWebhook::ignored_event());
         }
+        let mut parsed = ParsedWebhook::default();
         parsed.ignored += statuses.map_or(0, Vec::len);
         for (i, m) in messages.into_iter().flatten().enumerate() {
             match self.message_job(m, &format!("messages[{i}]"))? {
@@ -563,18 +522,13 @@ impl Provider for Nxcloud {
     /// parser itself.
     async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
         let message = crate::backfill::meta_message(reference)?;
-        let job = self
-            .message_job(&message, "reference")?
-            .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
-        crate::backfill::within_retention(job, self.retention, self.clock.now_ms(), "NXCloud")
+        let job = self.message_job(&message, "reference")?;
+        self.account.backfilled(job, "NXCloud")
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
-        let p: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|e| ProviderError::BadJob(e.to_string()))?;
-        let media_id = job
-            .media_id
-            .ok_or_else(|| ProviderError::BadJob("no media id".into()))?;
+        let p: Payload = job.stored()?;
+        let media_id = job.required_media_id()?;
         let data = self.get_media(media_id).await?;
         let link = data
             .get("url")

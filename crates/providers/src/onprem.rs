@@ -34,21 +34,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use archiver_core::config_value::opt_duration;
-use archiver_core::{
-    AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, SystemClock,
-};
+use archiver_core::config_value::{opt_duration, resolve_secret};
+use archiver_core::{AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef};
 use media_fetch::{DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::account::Account;
 use crate::api_client::{ApiClient, ApiResponse};
-use crate::auth::require_bearer_or_query_token;
-use crate::config::{download_hosts, webhook_credential};
-use crate::meta::{self, non_empty};
+use crate::auth::HeadCredential;
+use crate::config::{account_config, http_url};
+use crate::meta;
 use crate::{
     JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, Wake, WebhookRequest, new_job,
+    ResolvedMedia, Wake, WebhookRequest, endpoint, non_empty, webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -73,59 +72,44 @@ const TOKEN_FALLBACK_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Wrong username or password is an operator's fix: retried this slowly.
 const CREDENTIALS_RETRY: Duration = Duration::from_secs(5 * 60);
 
-/// `[[accounts]]` keys for `provider = "onprem"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OnPremConfig {
-    /// Account name; the webhook URL is `/webhooks/{name}`.
-    pub(crate) name: AccountName,
-    /// How long after the message the file can still be fetched (default 14d,
-    /// WhatsApp's server-side retention).
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub(crate) retention: Option<Duration>,
-    /// Hosts media downloads may touch (default: the host of `api_url`,
-    /// which serves `GET /v1/media/{id}` itself).
-    #[serde(default)]
-    pub(crate) allowed_download_hosts: Option<Vec<String>>,
-    /// The WhatsApp Business API client (Webapp) base URL, e.g.
-    /// `https://whatsapp.example.com:9090`; `/v1/...` is appended.
-    pub(crate) api_url: String,
-    /// The API user that logs in (`POST /v1/users/login`, Basic auth).
-    pub(crate) username: String,
-    /// That user's password (after the first-login password change).
-    pub(crate) password: SecretRef,
-    /// Webhooks must carry `Authorization: Bearer <token>` or `?token=<token>`
-    /// (put the latter into On-Prem's `webhooks.url`). Required unless
-    /// `allow_unauthenticated_webhooks = true`.
-    #[serde(default)]
-    pub(crate) webhook_token: Option<SecretRef>,
-    /// Accept webhooks without credentials when `webhook_token` is absent.
-    /// Off by default; `check-config` and the startup log warn when on.
-    #[serde(default)]
-    pub(crate) allow_unauthenticated_webhooks: bool,
-    /// How long a job waits for the store callback before the store is asked
-    /// again (default 10m).
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub(crate) store_callback_timeout: Option<Duration>,
+account_config! {
+    /// `[[accounts]]` keys for `provider = "onprem"`. `retention` defaults
+    /// to 14d (WhatsApp's server-side retention), `allowed_download_hosts`
+    /// to the host of `api_url`, which serves `GET /v1/media/{id}` itself.
+    pub struct OnPremConfig {
+        /// The WhatsApp Business API client (Webapp) base URL, e.g.
+        /// `https://whatsapp.example.com:9090`; `/v1/...` is appended.
+        api_url: String,
+        /// The API user that logs in (`POST /v1/users/login`, Basic auth).
+        username: String,
+        /// That user's password (after the first-login password change).
+        password: SecretRef,
+        /// Webhooks must carry `Authorization: Bearer <token>` or `?token=<token>`
+        /// (put the latter into On-Prem's `webhooks.url`). Required unless
+        /// `allow_unauthenticated_webhooks = true`.
+        #[serde(default)]
+        webhook_token: Option<SecretRef>,
+        /// How long a job waits for the store callback before the store is asked
+        /// again (default 10m).
+        #[serde(default, deserialize_with = "opt_duration")]
+        store_callback_timeout: Option<Duration>,
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct OnPrem {
-    account: AccountName,
-    retention: Duration,
+    account: Account,
     hosts: HostPolicy,
     api_url: url::Url,
     username: String,
     password: Secret,
-    webhook_token: Option<Secret>,
+    webhook: HeadCredential,
     store_callback_timeout: Duration,
     api: ApiClient,
     /// The bearer token shared by every job of the account. Held across a
     /// login so that concurrent jobs wait for one login instead of each
     /// starting its own.
     token: tokio::sync::Mutex<Option<Token>>,
-    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
-    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug)]
@@ -152,37 +136,20 @@ struct Payload {
 impl OnPrem {
     pub(crate) fn new(config: &OnPremConfig, api: ApiClient) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let api_url = match url::Url::parse(&config.api_url) {
-            Ok(u) if u.cannot_be_a_base() || u.host_str().is_none() => {
-                errors.push("api_url: must be an http(s) URL with a host".to_owned());
-                None
-            }
-            Ok(u) => Some(u),
-            Err(e) => {
-                errors.push(format!("api_url: {e}"));
-                None
-            }
-        };
+        let api_url = http_url("api_url", &config.api_url, &mut errors);
         if config.username.is_empty() {
             errors.push("username: must not be empty".to_owned());
         }
-        let password = config
-            .password
-            .resolve()
-            .map_err(|e| errors.push(format!("password: {e}")))
-            .ok();
-        let webhook_token = webhook_credential(
+        let password = resolve_secret("password", Some(&config.password), &mut errors);
+        let webhook_token = config.account().webhook_credential(
             "webhook_token",
             config.webhook_token.as_ref(),
-            config.allow_unauthenticated_webhooks,
             &mut errors,
         );
         // Default: the host of `api_url`, which serves the media itself.
-        let hosts = download_hosts(
-            config.allowed_download_hosts.as_ref(),
-            api_url.as_ref().and_then(url::Url::host_str),
-            &mut errors,
-        );
+        let hosts = config
+            .account()
+            .download_hosts(api_url.as_ref().and_then(url::Url::host_str), &mut errors);
         if config.store_callback_timeout == Some(Duration::ZERO) {
             errors.push("store_callback_timeout: must be longer than 0s".to_owned());
         }
@@ -190,34 +157,34 @@ impl OnPrem {
             return Err(errors);
         };
         Ok(Self {
-            account: config.name.clone(),
-            retention: config.retention.unwrap_or(DEFAULT_RETENTION),
+            account: Account::new(ProviderKind::Onprem, config.account(), DEFAULT_RETENTION),
             hosts: HostPolicy::new(hosts),
             api_url,
             username: config.username.clone(),
             password,
-            webhook_token,
+            webhook: webhook_token.map_or(HeadCredential::None, HeadCredential::BearerOrQuery),
             store_callback_timeout: config
                 .store_callback_timeout
                 .unwrap_or(DEFAULT_STORE_CALLBACK_TIMEOUT),
             api,
             token: tokio::sync::Mutex::new(None),
-            clock: Arc::new(SystemClock),
         })
     }
 
     /// The same adapter on another clock.
     pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
-        Self { clock, ..self }
+        Self {
+            account: self.account.with_clock(clock),
+            ..self
+        }
     }
 
     /// `{api_url}/v1/{segments...}`, each segment percent-encoded.
     fn endpoint(&self, segments: &[&str]) -> url::Url {
-        let mut url = self.api_url.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().push("v1").extend(segments);
-        }
-        url
+        endpoint(
+            &self.api_url,
+            std::iter::once("v1").chain(segments.iter().copied()),
+        )
     }
 
     /// A valid bearer token: the cached one, or a fresh login.
@@ -264,7 +231,7 @@ impl OnPrem {
                 let lifetime = expires_after
                     .and_then(|at| lifetime_until(&at, chrono::Utc::now()))
                     .unwrap_or(TOKEN_FALLBACK_LIFETIME);
-                tracing::debug!(account = %self.account, ?lifetime, "logged in to the On-Prem API");
+                tracing::debug!(account = %self.account.name(), ?lifetime, "logged in to the On-Prem API");
                 Ok(Token {
                     value: token,
                     renew_at: Instant::now() + lifetime.saturating_sub(TOKEN_RENEW_MARGIN),
@@ -298,7 +265,7 @@ impl OnPrem {
         if response.status != 401 {
             return Ok(response);
         }
-        tracing::info!(account = %self.account, api, "On-Prem API token rejected; logging in again");
+        tracing::info!(account = %self.account.name(), api, "On-Prem API token rejected; logging in again");
         self.forget_token(Some(&token)).await;
         let token = self.token().await?;
         send(&token).await
@@ -337,12 +304,7 @@ impl OnPrem {
             http::header::AUTHORIZATION,
             Secret::new(format!("Bearer {}", token.expose())),
         );
-        let expected_sha256 = p
-            .sha256
-            .as_deref()
-            .map(archiver_core::Sha256Digest::parse)
-            .transpose()
-            .map_err(|e| ProviderError::BadJob(format!("sha256: {e}")))?;
+        let expected_sha256 = meta::stored_sha256(p.sha256.as_deref())?;
         Ok(Resolution::Fetch(ResolvedMedia {
             source: MediaSource::download(request, self.hosts.clone()),
             expected_sha256,
@@ -377,17 +339,9 @@ impl OnPrem {
             sender: msg.sender,
             auto_downloaded: non_empty(msg.media, "file").is_some(),
         };
-        new_job(
-            &self.account,
-            ProviderKind::Onprem,
-            message_id,
-            Some(media_id),
-            message_at,
-            self.clock.now_ms(),
-            self.retention,
-            &payload,
-        )
-        .map(Some)
+        self.account
+            .job(message_id, Some(media_id), message_at, &payload)
+            .map(Some)
     }
 
     /// One `media_items[]` entry of a store callback: the wake it asks for,
@@ -422,7 +376,7 @@ impl OnPrem {
             },
         };
         Ok(Some(Wake {
-            job_id: JobSpec::job_id(self.account.as_str(), media_id),
+            job_id: self.account.job_id(media_id),
             note,
         }))
     }
@@ -565,23 +519,16 @@ impl Provider for OnPrem {
     /// a job by the webhook parser itself.
     async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
         let message = crate::backfill::meta_message(reference)?;
-        let job = self
-            .message_job(0, &message)?
-            .ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
-        crate::backfill::within_retention(
-            job,
-            self.retention,
-            self.clock.now_ms(),
-            "the On-Premises API",
-        )
+        let job = self.message_job(0, &message)?;
+        self.account.backfilled(job, "the On-Premises API")
     }
 
     fn account(&self) -> &AccountName {
-        &self.account
+        self.account.name()
     }
 
     fn webhook_auth_configured(&self) -> bool {
-        self.webhook_token.is_some()
+        self.webhook.is_required()
     }
 
     fn authenticate_head(
@@ -589,18 +536,11 @@ impl Provider for OnPrem {
         headers: &http::HeaderMap,
         query: Option<&str>,
     ) -> Result<(), ProviderError> {
-        match &self.webhook_token {
-            Some(token) => require_bearer_or_query_token(headers, query, token),
-            None => Ok(()),
-        }
+        self.webhook.check(headers, query)
     }
 
     fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
-        let body: Value = serde_json::from_slice(request.body)
-            .map_err(|e| ProviderError::BadPayload(format!("malformed JSON: {e}")))?;
-        if !body.is_object() {
-            return Err(ProviderError::BadPayload("expected a JSON object".into()));
-        }
+        let body = webhook_json(request.body)?;
         let list = |key: &str| -> Result<Option<&Vec<Value>>, ProviderError> {
             match body.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -641,11 +581,8 @@ impl Provider for OnPrem {
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
-        let p: Payload = serde_json::from_value(job.payload.clone())
-            .map_err(|e| ProviderError::BadJob(e.to_string()))?;
-        let media_id = job
-            .media_id
-            .ok_or_else(|| ProviderError::BadJob("no media id".into()))?;
+        let p: Payload = job.stored()?;
+        let media_id = job.required_media_id()?;
         if job.link_dead {
             // `GET /v1/media/{id}` refused the token or no longer has the
             // file: log in afresh and have the store fetch it again.

@@ -35,7 +35,7 @@ pub mod pg;
 
 use crate::{
     Disposition, Enqueued, JobFilter, JobQueue, JobRecord, JobSpec, JobState, Lease, QueueError,
-    RetryPolicy,
+    QueueStats, RetryPolicy,
 };
 
 /// Opens a backend for one test case.
@@ -212,7 +212,12 @@ impl Fixture {
 
     /// Leases exactly one job and checks it is `id`.
     async fn lease_one(&self, id: &str) -> Lease {
-        let mut leases = self.lease(1).await;
+        self.lease_one_for(id, LEASE).await
+    }
+
+    /// [`Self::lease_one`] for `lease_for`.
+    async fn lease_one_for(&self, id: &str, lease_for: Duration) -> Lease {
+        let mut leases = self.queue.lease(1, lease_for).await.expect("lease").leases;
         assert_eq!(ids(&leases), [id], "expected to lease {id}");
         leases.remove(0)
     }
@@ -248,9 +253,22 @@ impl Fixture {
             account: account.map(str::to_owned),
             ..JobFilter::default()
         };
-        let jobs = self.queue.list(&filter).await.expect("list");
-        jobs.into_iter().map(|job| job.id).collect()
+        list_ids(self.queue.as_ref(), &filter).await
     }
+
+    async fn retry_all(&self, state: JobState) -> u64 {
+        self.queue.retry_all(state).await.expect("retry_all")
+    }
+
+    async fn stats(&self, at_risk_within: Duration) -> QueueStats {
+        self.queue.stats(at_risk_within).await.expect("stats")
+    }
+}
+
+/// The ids of the jobs `filter` lists, in the order listed.
+async fn list_ids(queue: &dyn JobQueue, filter: &JobFilter) -> Vec<String> {
+    let jobs = queue.list(filter).await.expect("list");
+    jobs.into_iter().map(|job| job.id).collect()
 }
 
 fn ids(leases: &[Lease]) -> Vec<String> {
@@ -460,19 +478,11 @@ pub async fn an_expired_lease_goes_to_another_worker_and_the_first_loses_it(
     let f = start(&factory).await;
     f.enqueue(vec![job("a")]).await;
     let lease_for = Duration::from_secs(60);
-    let first = f
-        .queue
-        .lease(1, lease_for)
-        .await
-        .expect("lease")
-        .leases
-        .remove(0);
+    let first = f.lease_one_for("acme:a", lease_for).await;
     f.advance_ms(30 * SEC);
     f.assert_nothing_ready().await;
     f.advance_ms(31 * SEC);
-    let second = f.queue.lease(1, lease_for).await.expect("lease").leases;
-    assert_eq!(ids(&second), ["acme:a"]);
-    let second = &second[0];
+    let second = &f.lease_one_for("acme:a", lease_for).await;
     assert_eq!(second.job.attempts, 2);
     assert_ne!(second.token, first.token);
     assert_eq!(second.expires_at, f.now() + 60 * SEC);
@@ -500,13 +510,7 @@ pub async fn an_expired_lease_goes_to_another_worker_and_the_first_loses_it(
 
     // Lapsed but not taken over: the slow worker may still finish.
     f.enqueue(vec![job("b")]).await;
-    let slow = f
-        .queue
-        .lease(1, lease_for)
-        .await
-        .expect("lease")
-        .leases
-        .remove(0);
+    let slow = f.lease_one_for("acme:b", lease_for).await;
     f.advance_ms(10 * MIN);
     f.queue
         .complete(&slow)
@@ -521,13 +525,7 @@ pub async fn renew_extends_the_lease(factory: impl QueueFactory) {
     let f = start(&factory).await;
     f.enqueue(vec![job("a")]).await;
     let lease_for = Duration::from_secs(60);
-    let lease = f
-        .queue
-        .lease(1, lease_for)
-        .await
-        .expect("lease")
-        .leases
-        .remove(0);
+    let lease = f.lease_one_for("acme:a", lease_for).await;
     assert_eq!(lease.expires_at, T0 + 60 * SEC);
     f.advance_ms(50 * SEC);
     let expiry = f.queue.renew(&lease, lease_for).await.expect("renew");
@@ -949,14 +947,7 @@ pub async fn list_filters_by_state_and_account_newest_first(factory: impl QueueF
         limit: 2,
         ..JobFilter::default()
     };
-    let listed: Vec<String> = f
-        .queue
-        .list(&two)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|job| job.id)
-        .collect();
+    let listed = list_ids(f.queue.as_ref(), &two).await;
     assert_eq!(listed, ["acme:1", "globex:2"]);
     let records = f.queue.list(&two).await.expect("list");
     assert_eq!(records[0].state, JobState::Dead);
@@ -1017,13 +1008,7 @@ pub async fn list_finds_a_message_s_jobs_by_message_id(factory: impl QueueFactor
         };
         let queue = f.queue.clone();
         async move {
-            let mut ids: Vec<String> = queue
-                .list(&filter)
-                .await
-                .expect("list")
-                .into_iter()
-                .map(|job| job.id)
-                .collect();
+            let mut ids = list_ids(queue.as_ref(), &filter).await;
             ids.sort();
             ids
         }
@@ -1126,41 +1111,20 @@ pub async fn retry_now_and_retry_all_requeue_at_once(factory: impl QueueFactory)
         .await;
     f.fail(&leases["acme:leased"], ErrorClass::Permanent, "gone")
         .await;
-    assert_eq!(
-        f.queue.retry_all(JobState::Dead).await.expect("retry_all"),
-        3
-    );
+    assert_eq!(f.retry_all(JobState::Dead).await, 3);
     assert_eq!(
         f.list(Some(JobState::Dead), None).await,
         Vec::<String>::new()
     );
-    assert_eq!(
-        f.queue.retry_all(JobState::Dead).await.expect("retry_all"),
-        0
-    );
-    assert_eq!(
-        f.queue.retry_all(JobState::Done).await.expect("retry_all"),
-        0
-    );
+    assert_eq!(f.retry_all(JobState::Dead).await, 0);
+    assert_eq!(f.retry_all(JobState::Done).await, 0);
     assert_eq!(f.get("acme:done").await.state, JobState::Done);
     let mut ready = f.lease_ids(10).await; // `backing-off` is not due yet
     ready.sort();
     assert_eq!(ready, ["acme:dead", "acme:leased", "acme:parked"]);
-    assert_eq!(
-        f.queue
-            .retry_all(JobState::Leased)
-            .await
-            .expect("retry_all"),
-        0
-    );
+    assert_eq!(f.retry_all(JobState::Leased).await, 0);
     // retry_all(Pending) makes backing-off jobs ready now.
-    assert_eq!(
-        f.queue
-            .retry_all(JobState::Pending)
-            .await
-            .expect("retry_all"),
-        1
-    );
+    assert_eq!(f.retry_all(JobState::Pending).await, 1);
     assert_eq!(f.lease_ids(10).await, ["acme:backing-off"]);
 }
 
@@ -1169,11 +1133,7 @@ pub async fn retry_now_and_retry_all_requeue_at_once(factory: impl QueueFactory)
 /// is within the window as at risk.
 pub async fn stats_count_states_accounts_oldest_pending_and_at_risk(factory: impl QueueFactory) {
     let f = start(&factory).await;
-    let stats = f
-        .queue
-        .stats(Duration::from_secs(86_400))
-        .await
-        .expect("stats");
+    let stats = f.stats(Duration::from_secs(86_400)).await;
     let states: Vec<&str> = stats.by_state.keys().map(String::as_str).collect();
     assert_eq!(states, ["dead", "done", "leased", "pending", "waiting"]);
     assert!(stats.by_state.values().all(|n| *n == 0));
@@ -1200,11 +1160,7 @@ pub async fn stats_count_states_accounts_oldest_pending_and_at_risk(factory: imp
     f.enqueue(vec![job_of("acme", "relaxed", T0 + 3 * DAY)])
         .await;
 
-    let stats = f
-        .queue
-        .stats(Duration::from_secs(86_400))
-        .await
-        .expect("stats");
+    let stats = f.stats(Duration::from_secs(86_400)).await;
     let expected: BTreeMap<String, u64> = [
         ("pending", 2),
         ("leased", 1),
@@ -1229,13 +1185,10 @@ pub async fn stats_count_states_accounts_oldest_pending_and_at_risk(factory: imp
     assert_eq!(stats.oldest_pending, Some(T0 + MIN));
     // Within 24 h and live: globex leased + waiting, acme urgent.
     assert_eq!(stats.at_risk, 3);
-    assert_eq!(
-        f.queue.stats(Duration::ZERO).await.expect("stats").at_risk,
-        0
-    );
+    assert_eq!(f.stats(Duration::ZERO).await.at_risk, 0);
     // A deadline already passed still counts as at risk until dead.
     f.advance_ms(HOUR);
-    let stats = f.queue.stats(Duration::ZERO).await.expect("stats");
+    let stats = f.stats(Duration::ZERO).await;
     assert_eq!(stats.at_risk, 2, "globex leased and waiting are past due");
     let value = serde_json::to_value(&stats).expect("serializes");
     assert!(value["by_state"]["pending"].is_u64());

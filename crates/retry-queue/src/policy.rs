@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use archiver_core::config_value::duration;
+use archiver_core::config_value::{duration, verdict};
 use serde::Deserialize;
 
 /// Bounds of the exponential backoff between attempts of one job; the
@@ -57,11 +57,7 @@ impl RetryPolicy {
                 self.multiplier
             ));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+        verdict(problems, ()).map_err(|problems| problems.join("; "))
     }
 }
 

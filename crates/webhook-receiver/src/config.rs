@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use archiver_core::config_value::{duration, resolve_secret};
+use archiver_core::config_value::{duration, resolve_secret, verdict};
 use archiver_core::{Secret, SecretRef};
 use serde::Deserialize;
 
@@ -193,17 +193,21 @@ impl ServerConfig {
                 problems.push(format!("server.{key}: must be above 0"));
             }
         }
-        match listen {
-            Ok(listen) if problems.is_empty() => Ok(ReceiverConfig {
+        // An address that did not parse is already among the problems.
+        let Ok(listen) = listen else {
+            return Err(problems);
+        };
+        verdict(
+            problems,
+            ReceiverConfig {
                 server: self.clone(),
                 listen,
                 admin_token,
                 metrics_token,
                 connections_per_client,
                 body_bytes_per_client,
-            }),
-            _ => Err(problems),
-        }
+            },
+        )
     }
 }
 

@@ -22,13 +22,12 @@ use providers::{Provider, ProviderError};
 use retry_queue::{Enqueued, JobQueue};
 use tokio::io::AsyncBufReadExt as _;
 
+use crate::cli::{self, Findings};
 use crate::config::Settings;
 use crate::daemon::{self, ServeError};
 
 /// Jobs committed per enqueue (one transaction each).
 const BATCH: usize = 200;
-/// Rejected lines repeated in the summary; the rest are counted.
-const MAX_LISTED: usize = 1000;
 
 /// What a backfill did.
 #[derive(Debug, Default)]
@@ -36,19 +35,14 @@ pub(crate) struct Summary {
     pub(crate) lines: u64,
     pub(crate) new: u64,
     pub(crate) duplicates: u64,
-    pub(crate) rejected: u64,
-    /// The first [`MAX_LISTED`] rejected lines: `line N: reason`.
-    pub(crate) listed: Vec<String>,
+    /// Rejected lines: `line N: reason`.
+    pub(crate) rejected: Findings,
 }
 
 impl Summary {
     fn reject(&mut self, line: u64, reason: &str, bar: &ProgressBar) {
-        let text = format!("line {line}: {reason}");
-        bar.suspend(|| eprintln!("rejected {text}"));
-        self.rejected += 1;
-        if self.listed.len() < MAX_LISTED {
-            self.listed.push(text);
-        }
+        self.rejected
+            .record("rejected", format!("line {line}: {reason}"), bar);
     }
 
     /// The summary printed at the end.
@@ -58,17 +52,8 @@ impl Summary {
         let _ = writeln!(out, "references: {}", self.lines);
         let _ = writeln!(out, "new:        {}", self.new);
         let _ = writeln!(out, "duplicates: {}", self.duplicates);
-        let _ = writeln!(out, "rejected:   {}", self.rejected);
-        for line in &self.listed {
-            let _ = writeln!(out, "  {line}");
-        }
-        if self.rejected > self.listed.len() as u64 {
-            let _ = writeln!(
-                out,
-                "  ... and {} more (printed above as they were found)",
-                self.rejected - self.listed.len() as u64
-            );
-        }
+        let _ = writeln!(out, "rejected:   {}", self.rejected.count());
+        self.rejected.write_list(&mut out);
         out
     }
 }
@@ -96,17 +81,7 @@ pub(crate) fn main(config: &Settings, path: &Path, account: &str, input: &str) -
         );
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    cli::block_on(tokio::runtime::Builder::new_multi_thread(), async {
         let queue = match daemon::open_queue(config).await {
             Ok(queue) => queue,
             Err(ServeError::Config(errors)) => {
@@ -132,7 +107,7 @@ pub(crate) fn main(config: &Settings, path: &Path, account: &str, input: &str) -
             }
             Ok(()) => {
                 print!("{}", summary.render(account, input));
-                if summary.rejected == 0 {
+                if summary.rejected.count() == 0 {
                     ExitCode::SUCCESS
                 } else {
                     ExitCode::FAILURE
@@ -208,7 +183,9 @@ pub(crate) async fn run(
         }
         bar.set_message(format!(
             "new {}, duplicates {}, rejected {}",
-            summary.new, summary.duplicates, summary.rejected
+            summary.new,
+            summary.duplicates,
+            summary.rejected.count()
         ));
     }
     commit(queue.as_ref(), &mut batch, summary).await?;

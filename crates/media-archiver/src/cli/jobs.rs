@@ -24,6 +24,15 @@ const ERROR_WIDTH: usize = 60;
 /// `jobs`: list, inspect and requeue jobs of a running daemon.
 #[derive(Debug, clap::Args)]
 pub(crate) struct JobsArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+/// The options of every admin-API command (`jobs`, `media`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct ApiArgs {
     /// Base URL of the daemon's HTTP server.
     #[arg(
         long,
@@ -32,11 +41,27 @@ pub(crate) struct JobsArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     url: String,
-    /// Print the API's JSON answer instead of a table.
+    /// Print the API's JSON answer instead of a table or listing.
     #[arg(long, global = true)]
     json: bool,
-    #[command(subcommand)]
-    command: JobsCommand,
+}
+
+impl ApiArgs {
+    /// The admin API at `--url`.
+    pub(crate) fn connect(&self) -> Result<Api, Failure> {
+        Api::connect(&self.url)
+    }
+
+    /// What a command prints: the API's `answer` with `--json`, else `text`.
+    pub(crate) fn output(&self, answer: &Value, text: impl FnOnce() -> String) -> String {
+        if self.json {
+            let mut json = serde_json::to_string_pretty(answer).unwrap_or_default();
+            json.push('\n');
+            json
+        } else {
+            text()
+        }
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -87,17 +112,14 @@ pub(crate) fn run(args: &JobsArgs) -> ExitCode {
 pub(crate) fn run_command(
     command: impl std::future::Future<Output = Result<String, Failure>>,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(command) {
+    super::block_on(tokio::runtime::Builder::new_current_thread(), async {
+        report(command.await)
+    })
+}
+
+/// Prints a command's output or failure; its exit code.
+fn report(result: Result<String, Failure>) -> ExitCode {
+    match result {
         Ok(output) => {
             print!("{output}");
             ExitCode::SUCCESS
@@ -114,7 +136,7 @@ pub(crate) fn run_command(
 }
 
 async fn execute(args: &JobsArgs) -> Result<String, Failure> {
-    let api = Api::connect(&args.url)?;
+    let api = args.api.connect()?;
     let (answer, text) = match &args.command {
         JobsCommand::List {
             state,
@@ -159,13 +181,7 @@ async fn execute(args: &JobsArgs) -> Result<String, Failure> {
             (answer, text)
         }
     };
-    if args.json {
-        let mut json = serde_json::to_string_pretty(&answer).unwrap_or_default();
-        json.push('\n');
-        Ok(json)
-    } else {
-        Ok(text)
-    }
+    Ok(args.api.output(&answer, || text))
 }
 
 /// The admin API at one daemon.
@@ -179,7 +195,7 @@ pub(crate) struct Api {
 impl Api {
     /// The admin API of the daemon at `url`, with the token from
     /// `MEDIA_ARCHIVER_ADMIN_TOKEN` (a usage error when unset).
-    pub(crate) fn connect(url: &str) -> Result<Self, Failure> {
+    fn connect(url: &str) -> Result<Self, Failure> {
         let token = std::env::var(TOKEN_VAR)
             .ok()
             .filter(|t| !t.is_empty())

@@ -7,22 +7,13 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::jobs::{Api, Failure, run_command, text};
+use super::jobs::{ApiArgs, Failure, run_command, text};
 
 /// `media`: look up archived media through a running daemon.
 #[derive(Debug, clap::Args)]
 pub(crate) struct MediaArgs {
-    /// Base URL of the daemon's HTTP server.
-    #[arg(
-        long,
-        global = true,
-        env = "MEDIA_ARCHIVER_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    url: String,
-    /// Print the API's JSON answer instead of a listing.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     command: MediaCommand,
 }
@@ -47,7 +38,7 @@ pub(crate) fn run(args: &MediaArgs) -> ExitCode {
 }
 
 async fn execute(args: &MediaArgs) -> Result<String, Failure> {
-    let api = Api::connect(&args.url)?;
+    let api = args.api.connect()?;
     let MediaCommand::Find {
         account,
         message_id,
@@ -61,14 +52,9 @@ async fn execute(args: &MediaArgs) -> Result<String, Failure> {
             ],
         )
         .await?;
-    if args.json {
-        let mut json = serde_json::to_string_pretty(&answer).unwrap_or_default();
-        json.push('\n');
-        return Ok(json);
-    }
-    Ok(listing(
-        answer["objects"].as_array().map_or(&[][..], Vec::as_slice),
-    ))
+    Ok(args.api.output(&answer, || {
+        listing(answer["objects"].as_array().map_or(&[][..], Vec::as_slice))
+    }))
 }
 
 /// One block of `field: value` lines per archived object.

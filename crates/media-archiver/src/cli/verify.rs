@@ -10,7 +10,7 @@
 //!
 //! Together: every manifest points at a blob whose bytes are the manifest's
 //! sha256. Each problem is printed when found and listed in the summary
-//! (the first [`MAX_LISTED`]); the exit code is 1 if there was any.
+//! (the first thousand, [`Findings`]); the exit code is 1 if there was any.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -20,13 +20,12 @@ use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use s3_uploader::{Layout, Manifest, ObjectInfo, ObjectStore, StorageSettings};
 
+use crate::cli::{self, Findings};
 use crate::config::Settings;
 use crate::daemon;
 
 /// Objects per listing page.
 const PAGE: usize = 1000;
-/// Problems repeated in the summary; the rest are counted.
-const MAX_LISTED: usize = 1000;
 
 /// What the scrub found.
 #[derive(Debug, Default)]
@@ -34,18 +33,12 @@ pub(crate) struct Report {
     pub(crate) blobs: u64,
     pub(crate) manifests: u64,
     pub(crate) bytes: u64,
-    /// Every problem counts; the first [`MAX_LISTED`] are kept.
-    pub(crate) problems: u64,
-    pub(crate) listed: Vec<String>,
+    pub(crate) problems: Findings,
 }
 
 impl Report {
     fn problem(&mut self, line: String, bar: &ProgressBar) {
-        bar.suspend(|| eprintln!("MISMATCH {line}"));
-        self.problems += 1;
-        if self.listed.len() < MAX_LISTED {
-            self.listed.push(line);
-        }
+        self.problems.record("MISMATCH", line, bar);
     }
 
     /// The summary printed at the end.
@@ -60,22 +53,10 @@ impl Report {
             indicatif::HumanBytes(self.bytes)
         );
         let _ = writeln!(out, "manifests checked: {}", self.manifests);
-        let _ = writeln!(out, "mismatches:        {}", self.problems);
-        for line in &self.listed {
-            let _ = writeln!(out, "  {line}");
-        }
-        if self.problems > self.listed.len() as u64 {
-            let _ = writeln!(
-                out,
-                "  ... and {} more (printed above as they were found)",
-                self.problems - self.listed.len() as u64
-            );
-        }
-        let _ = writeln!(
-            out,
-            "result: {}",
-            if self.problems == 0 { "OK" } else { "FAILED" }
-        );
+        let _ = writeln!(out, "mismatches:        {}", self.problems.count());
+        self.problems.write_list(&mut out);
+        let clean = self.problems.count() == 0;
+        let _ = writeln!(out, "result: {}", if clean { "OK" } else { "FAILED" });
         out
     }
 }
@@ -83,17 +64,7 @@ impl Report {
 /// `media-archiver verify`: scrubs the archive of `config` and prints the
 /// summary; the process exit code (0 clean, 1 mismatch or failure).
 pub(crate) fn main(config: &Settings, parallel: usize) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    cli::block_on(tokio::runtime::Builder::new_multi_thread(), async {
         let store = match daemon::open_store(config).await {
             Ok(store) => store,
             Err(e) => {
@@ -105,7 +76,7 @@ pub(crate) fn main(config: &Settings, parallel: usize) -> ExitCode {
         match scrub(store, &layout, parallel).await {
             Ok(report) => {
                 print!("{}", report.summary(&describe(config)));
-                if report.problems == 0 {
+                if report.problems.count() == 0 {
                     ExitCode::SUCCESS
                 } else {
                     ExitCode::FAILURE
@@ -185,7 +156,9 @@ pub(crate) async fn scrub(
 fn progress(report: &Report) -> String {
     format!(
         "blobs {}, manifests {}, mismatches {}",
-        report.blobs, report.manifests, report.problems
+        report.blobs,
+        report.manifests,
+        report.problems.count()
     )
 }
 

@@ -1,12 +1,11 @@
 use super::*;
-use crate::AuthenticateBoth as _;
+use crate::testing::{
+    AuthenticateBoth as _, SHA_B64, SHA_HEX, api, assert_reported, attempt, fetch, parse,
+};
 use archiver_core::Classify;
 use serde_json::json;
 use test_support::meta::{FakeCloudApi, GraphFault, HashEncoding};
 
-// sha256("abc")
-const HEX: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-const B64: &str = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
 const APP_SECRET: &str = "0123456789abcdef0123456789abcdef";
 const ACCESS_TOKEN: &str = "EAAGm0PX4ZCpsBAtest";
 
@@ -22,10 +21,6 @@ fn config(graph_url: &str, access_token: &str, app_secret: &str) -> CloudApiConf
         "#
     ))
     .unwrap()
-}
-
-fn api() -> ApiClient {
-    ApiClient::new(Duration::from_secs(2), Duration::from_secs(5)).unwrap()
 }
 
 fn adapter() -> CloudApi {
@@ -60,33 +55,12 @@ fn image_webhook() -> Value {
                         "id": "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
                         "timestamp": "1749416383",
                         "type": "image",
-                        "image": {"caption": "hi", "mime_type": "image/jpeg", "sha256": B64, "id": "1003383421387256"}
+                        "image": {"caption": "hi", "mime_type": "image/jpeg", "sha256": SHA_B64, "id": "1003383421387256"}
                     }]
                 }
             }]
         }]
     })
-}
-
-fn parse(adapter: &CloudApi, body: &Value) -> Result<ParsedWebhook, ProviderError> {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let headers = http::HeaderMap::new();
-    adapter.parse_webhook(&WebhookRequest {
-        headers: &headers,
-        query: None,
-        body: &bytes,
-    })
-}
-
-fn job_ref(job: &JobSpec, attempt: u32) -> JobRef<'_> {
-    JobRef {
-        message_id: &job.message_id,
-        media_id: job.media_id.as_deref(),
-        payload: &job.payload,
-        attempt,
-        last_error: None,
-        link_dead: false,
-    }
 }
 
 fn signed(header: Option<&str>) -> http::HeaderMap {
@@ -244,7 +218,10 @@ fn an_image_message_becomes_one_job_keyed_by_media_id() {
     assert_eq!(job.provider, ProviderKind::Cloudapi);
     assert_eq!(job.message_at, 1_749_416_383_000);
     assert_eq!(job.deadline, 1_749_416_383_000 + 7 * 86_400_000);
-    assert_eq!(job.payload["sha256"], HEX, "base64 decoded, stored as hex");
+    assert_eq!(
+        job.payload["sha256"], SHA_HEX,
+        "base64 decoded, stored as hex"
+    );
     assert_eq!(job.payload["phone_number_id"], "106540352242922");
     assert!(
         job.payload.get("url").is_none(),
@@ -256,7 +233,7 @@ fn an_image_message_becomes_one_job_keyed_by_media_id() {
 fn every_media_type_is_archived_with_hex_or_base64_hashes() {
     let adapter = adapter();
     for kind in MEDIA_TYPES {
-        for sha in [HEX, B64] {
+        for sha in [SHA_HEX, SHA_B64] {
             let mut body = image_webhook();
             let m = &mut body["entry"][0]["changes"][0]["value"]["messages"][0];
             let media = m["image"].take();
@@ -265,7 +242,7 @@ fn every_media_type_is_archived_with_hex_or_base64_hashes() {
             m[kind]["sha256"] = json!(sha);
             let jobs = parse(&adapter, &body).unwrap().jobs;
             assert_eq!(jobs.len(), 1, "{kind}");
-            assert_eq!(jobs[0].payload["sha256"], HEX);
+            assert_eq!(jobs[0].payload["sha256"], SHA_HEX);
         }
     }
 }
@@ -354,7 +331,7 @@ fn graph_errors_are_classified_as_documented() {
 
 #[test]
 fn the_two_hashes_must_agree() {
-    let a = Sha256Digest::parse(HEX).unwrap();
+    let a = Sha256Digest::parse(SHA_HEX).unwrap();
     let b = Sha256Digest::from_bytes([7; 32]);
     assert_eq!(expected_sha256(Some(a), Some(a), 1).unwrap(), Some(a));
     assert_eq!(expected_sha256(None, Some(b), 1).unwrap(), Some(b));
@@ -379,10 +356,8 @@ fn config_needs_every_secret_and_rejects_unknown_keys() {
         "#,
     )
     .unwrap();
-    let all = CloudApi::new(&bad, api()).unwrap_err().join("\n");
-    for key in ["graph_url", "access_token", "app_secret"] {
-        assert!(all.contains(key), "{key} missing from {all}");
-    }
+    let errors = CloudApi::new(&bad, api()).unwrap_err();
+    assert_reported(&errors, &["graph_url", "access_token", "app_secret"]);
     let unknown = toml::from_str::<CloudApiConfig>(
         r#"
         name = "meta"
@@ -404,7 +379,7 @@ fn config_needs_every_secret_and_rejects_unknown_keys() {
     .unwrap();
     let a = CloudApi::new(&defaults, api()).unwrap();
     assert_eq!(a.graph_url.as_str(), "https://graph.facebook.com/v21.0");
-    assert_eq!(a.retention, DEFAULT_RETENTION);
+    assert_eq!(a.account.retention(), DEFAULT_RETENTION);
     // Only the host providers.md documents for Graph's media `url`.
     assert!(a.hosts.allows("lookaside.fbsbx.com"));
     for host in [
@@ -427,11 +402,8 @@ async fn every_attempt_gets_a_fresh_url_and_sends_the_token() {
     let body = fake.message_webhook(&media, "wamid.A", 1_700_000_000, HashEncoding::Base64);
     let job = parse(&adapter, &body).unwrap().jobs.remove(0);
     let mut urls = Vec::new();
-    for attempt in 1..=2 {
-        let Resolution::Fetch(resolved) = adapter.resolve(job_ref(&job, attempt)).await.unwrap()
-        else {
-            panic!("expected a fetch")
-        };
+    for n in 1..=2 {
+        let resolved = fetch(&adapter, attempt(&job, n)).await;
         let MediaSource::Download { request, hosts } = resolved.source else {
             panic!("expected a download")
         };
@@ -466,7 +438,7 @@ async fn graph_failures_become_the_documented_classes() {
         GraphFault::Status(400),
         GraphFault::WrongSha256,
     ]);
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::RetryAfter(CREDENTIALS_RETRY));
     let text = err.to_string();
     assert!(
@@ -474,23 +446,23 @@ async fn graph_failures_become_the_documented_classes() {
         "{text}"
     );
     assert!(!text.contains(fake.access_token()), "{text}");
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::RetryAfter(Duration::from_secs(1)));
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient);
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Permanent);
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert!(err.to_string().contains("sha256 mismatch"), "{err}");
     assert!(matches!(
-        adapter.resolve(job_ref(&job, 1)).await.unwrap(),
+        adapter.resolve(attempt(&job, 1)).await.unwrap(),
         Resolution::Fetch(_)
     ));
     // An unknown media id: Graph's 400, permanent.
     let mut unknown = body.clone();
     unknown["entry"][0]["changes"][0]["value"]["messages"][0]["document"]["id"] = json!("42");
     let job = parse(&adapter, &unknown).unwrap().jobs.remove(0);
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Permanent);
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
@@ -506,7 +478,7 @@ async fn a_wrong_access_token_never_appears_in_errors() {
     let media = fake.add_media("audio", b"ogg".to_vec(), "audio/ogg");
     let body = fake.message_webhook(&media, "wamid.C", 1_700_000_000, HashEncoding::Absent);
     let job = parse(&adapter, &body).unwrap().jobs.remove(0);
-    let err = adapter.resolve(job_ref(&job, 1)).await.unwrap_err();
+    let err = adapter.resolve(attempt(&job, 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::RetryAfter(CREDENTIALS_RETRY));
     assert!(!err.to_string().contains("EAAGwrongtoken123"));
     assert!(!format!("{adapter:?}").contains("EAAGwrongtoken123"));
@@ -526,7 +498,7 @@ async fn a_backfill_reference_makes_the_webhook_s_job() {
     let message = &hook["entry"][0]["changes"][0]["value"]["messages"][0];
     let reference = json!({
         "media_id": message["image"]["id"], "message_id": message["id"], "timestamp": at,
-        "type": "image", "mime_type": "image/jpeg", "sha256": B64, "caption": "hi",
+        "type": "image", "mime_type": "image/jpeg", "sha256": SHA_B64, "caption": "hi",
         "from": "16505551234", "phone_number_id": "106540352242922",
     });
     assert_eq!(adapter.backfill(&reference).await.unwrap(), webhook_job);

@@ -1,9 +1,9 @@
 use super::*;
-use crate::AuthenticateBoth as _;
+use crate::testing::{
+    AuthenticateBoth as _, ENC_B64, KEY_B64, SHA_B64, SHA_HEX, a_minute_ago, assert_reported,
+    attempt, backfilling_the_data_makes_the_webhook_s_job, fetch, parse,
+};
 
-const KEY_B64: &str = "EtkHwPvSijrLUj6c18dK3vtU+ONrCzMSYbOJYY0FqTw=";
-const SHA_B64: &str = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
-const ENC_B64: &str = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
 const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJpbnN0YW5jZUlkIjoiNDIifQ.c2lnbmF0dXJl";
 
 fn adapter(extra: &str) -> Codechat {
@@ -52,36 +52,20 @@ fn image_webhook() -> Value {
     })
 }
 
-fn parse(adapter: &Codechat, body: &Value) -> Result<ParsedWebhook, ProviderError> {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let headers = http::HeaderMap::new();
-    adapter.parse_webhook(&WebhookRequest {
-        headers: &headers,
-        query: None,
-        body: &bytes,
-    })
-}
-
-fn job_ref(job: &archiver_core::JobSpec, link_dead: bool) -> JobRef<'_> {
-    JobRef {
-        message_id: &job.message_id,
-        media_id: job.media_id.as_deref(),
-        payload: &job.payload,
-        attempt: 1,
-        last_error: None,
-        link_dead,
-    }
-}
-
+/// The first attempt at `job`, after its CDN link died if `link_dead`.
 async fn resolve(
     adapter: &Codechat,
     job: &archiver_core::JobSpec,
     link_dead: bool,
 ) -> ResolvedMedia {
-    match adapter.resolve(job_ref(job, link_dead)).await.unwrap() {
-        Resolution::Fetch(r) => r,
-        Resolution::Park { .. } => panic!("codechat never parks"),
-    }
+    fetch(
+        adapter,
+        JobRef {
+            link_dead,
+            ..attempt(job, 1)
+        },
+    )
+    .await
 }
 
 #[test]
@@ -97,10 +81,7 @@ fn an_image_upsert_becomes_one_job_keyed_by_key_id() {
     assert_eq!(job.deadline, 1_700_000_000_000 + 14 * 86_400_000);
     let stub = &job.payload["stub"];
     assert_eq!(stub["media_key"], KEY_B64);
-    assert_eq!(
-        stub["file_sha256"],
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(stub["file_sha256"], SHA_HEX);
     assert_eq!(stub["file_length"], 92941);
     assert_eq!(job.payload["chat_id"], "5511988887777@s.whatsapp.net");
     assert_eq!(job.payload["sender"], "5511988887777@s.whatsapp.net");
@@ -281,18 +262,16 @@ fn config_errors_are_all_reported_and_unknown_keys_refused() {
     )
     .unwrap();
     let errors = Codechat::new(&config).unwrap_err();
-    for key in [
-        "api_url",
-        "cdn_url",
-        "instance_id",
-        "api_token",
-        "webhook_token: required",
-    ] {
-        assert!(
-            errors.iter().any(|e| e.starts_with(key)),
-            "{key}: {errors:?}"
-        );
-    }
+    assert_reported(
+        &errors,
+        &[
+            "api_url",
+            "cdn_url",
+            "instance_id",
+            "api_token",
+            "webhook_token: required",
+        ],
+    );
     let base = "name = \"cc\"\napi_url = \"http://x\"\ninstance_id = 1\napi_token = \"t\"\n";
     let unknown = toml::from_str::<CodechatConfig>(&format!("{base}apikey = \"x\"\n"));
     assert!(unknown.unwrap_err().to_string().contains("apikey"));
@@ -305,29 +284,20 @@ fn config_errors_are_all_reported_and_unknown_keys_refused() {
 
 #[tokio::test]
 async fn a_backfill_record_makes_the_webhook_s_job() {
-    let adapter = adapter("");
-    let mut hook = image_webhook();
-    hook["data"]["messageTimestamp"] = json!(crate::backfill::a_minute_ago());
-    let webhook_job = parse(&adapter, &hook).unwrap().jobs.remove(0);
-    let record = hook["data"].clone();
-    assert_eq!(
-        adapter.backfill(&record).await.unwrap(),
-        webhook_job,
-        "same id and payload: a webhook and a backfill of one message dedupe"
-    );
+    backfilling_the_data_makes_the_webhook_s_job(&adapter(""), image_webhook()).await;
 }
 
 #[tokio::test]
 async fn backfill_refuses_texts_bad_records_and_expired_media() {
     let adapter = adapter("");
     let mut text = image_webhook()["data"].clone();
-    text["messageTimestamp"] = json!(crate::backfill::a_minute_ago());
+    text["messageTimestamp"] = json!(a_minute_ago());
     text["messageType"] = json!("conversation");
     let err = adapter.backfill(&text).await.unwrap_err();
     assert!(err.to_string().contains("not a media message"), "{err}");
 
     let mut keyless = image_webhook()["data"].clone();
-    keyless["messageTimestamp"] = json!(crate::backfill::a_minute_ago());
+    keyless["messageTimestamp"] = json!(a_minute_ago());
     keyless["content"]["mediaKey"] = Value::Null;
     let err = adapter.backfill(&keyless).await.unwrap_err();
     assert!(

@@ -1,9 +1,9 @@
 use super::*;
-use crate::AuthenticateBoth as _;
+use crate::testing::{
+    AuthenticateBoth as _, ENC_B64, KEY_B64, SHA_B64, SHA_HEX, a_minute_ago, assert_reported,
+    attempt, backfilling_the_data_makes_the_webhook_s_job, fetch, indexed, parse,
+};
 
-const KEY_B64: &str = "EtkHwPvSijrLUj6c18dK3vtU+ONrCzMSYbOJYY0FqTw=";
-const SHA_B64: &str = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
-const ENC_B64: &str = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
 const JWT_SECRET: &str = "jwt-key-of-the-instance";
 
 /// An adapter with `extra` config; without webhook credentials in `extra`,
@@ -26,18 +26,6 @@ fn adapter(extra: &str) -> Evolution {
     ))
     .unwrap();
     Evolution::new(&config).unwrap()
-}
-
-/// Bytes as Evolution sends them: a `Uint8Array` through `JSON.stringify`.
-fn indexed(b64: &str) -> Value {
-    let bytes = archiver_core::decode::bytes(&json!(b64)).unwrap();
-    Value::Object(
-        bytes
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (i.to_string(), json!(b)))
-            .collect(),
-    )
 }
 
 fn image_webhook() -> Value {
@@ -74,35 +62,6 @@ fn image_webhook() -> Value {
     })
 }
 
-fn parse(adapter: &Evolution, body: &Value) -> Result<ParsedWebhook, ProviderError> {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let headers = http::HeaderMap::new();
-    adapter.parse_webhook(&WebhookRequest {
-        headers: &headers,
-        query: None,
-        body: &bytes,
-    })
-}
-
-async fn resolve(
-    adapter: &Evolution,
-    job: &archiver_core::JobSpec,
-    link_dead: bool,
-) -> ResolvedMedia {
-    let reference = JobRef {
-        message_id: &job.message_id,
-        media_id: None,
-        payload: &job.payload,
-        attempt: 1,
-        last_error: None,
-        link_dead,
-    };
-    match adapter.resolve(reference).await.unwrap() {
-        Resolution::Fetch(r) => r,
-        Resolution::Park { .. } => panic!("evolution never parks"),
-    }
-}
-
 #[test]
 fn an_index_keyed_image_becomes_one_job_keyed_by_key_id() {
     let parsed = parse(&adapter(""), &image_webhook()).unwrap();
@@ -117,10 +76,7 @@ fn an_index_keyed_image_becomes_one_job_keyed_by_key_id() {
         stub["media_key"], KEY_B64,
         "decoded from the index-keyed object"
     );
-    assert_eq!(
-        stub["file_sha256"],
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(stub["file_sha256"], SHA_HEX);
     assert_eq!(stub["file_length"], 12345);
     assert_eq!(job.payload["key"]["id"], "3EB0A1B2C3D4E5F60718");
     assert!(job.payload["message"]["imageMessage"].is_object());
@@ -215,7 +171,7 @@ async fn inline_base64_is_used_without_downloading() {
     }
     body["data"]["message"]["base64"] = json!("3q2+7w==");
     let job = parse(&adapter, &body).unwrap().jobs.remove(0);
-    let resolved = resolve(&adapter, &job, false).await;
+    let resolved = fetch(&adapter, attempt(&job, 1)).await;
     let MediaSource::Inline(bytes) = &resolved.source else {
         panic!("inline bytes")
     };
@@ -223,7 +179,7 @@ async fn inline_base64_is_used_without_downloading() {
     assert!(resolved.encryption.is_none());
     assert_eq!(
         resolved.expected_sha256.unwrap().to_hex(),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        SHA_HEX,
         "checked against fileSha256"
     );
 }
@@ -232,7 +188,7 @@ async fn inline_base64_is_used_without_downloading() {
 async fn direct_mode_fetches_the_encrypted_blob_from_the_cdn() {
     let adapter = adapter(r#"cdn_url = "http://127.0.0.1:9999""#);
     let job = parse(&adapter, &image_webhook()).unwrap().jobs.remove(0);
-    let resolved = resolve(&adapter, &job, false).await;
+    let resolved = fetch(&adapter, attempt(&job, 1)).await;
     let MediaSource::Download { request, hosts } = &resolved.source else {
         panic!("a download")
     };
@@ -350,40 +306,29 @@ fn config_errors_are_all_reported() {
     )
     .unwrap();
     let errors = Evolution::new(&config).unwrap_err();
-    for key in ["api_url", "instance", "api_key", "webhook_jwt_secret"] {
-        assert!(
-            errors.iter().any(|e| e.starts_with(key)),
-            "{key}: {errors:?}"
-        );
-    }
+    assert_reported(
+        &errors,
+        &["api_url", "instance", "api_key", "webhook_jwt_secret"],
+    );
 }
 
 #[tokio::test]
 async fn a_backfill_record_makes_the_webhook_s_job() {
-    let adapter = adapter("");
-    let mut hook = image_webhook();
-    hook["data"]["messageTimestamp"] = json!(crate::backfill::a_minute_ago());
-    let webhook_job = parse(&adapter, &hook).unwrap().jobs.remove(0);
-    let record = hook["data"].clone();
-    assert_eq!(
-        adapter.backfill(&record).await.unwrap(),
-        webhook_job,
-        "same id and payload: a webhook and a backfill of one message dedupe"
-    );
+    backfilling_the_data_makes_the_webhook_s_job(&adapter(""), image_webhook()).await;
 }
 
 #[tokio::test]
 async fn backfill_refuses_texts_bad_records_and_expired_media() {
     let adapter = adapter("");
     let mut text = image_webhook()["data"].clone();
-    text["messageTimestamp"] = json!(crate::backfill::a_minute_ago());
+    text["messageTimestamp"] = json!(a_minute_ago());
     text["message"] = json!({"conversation": "hello"});
     text["messageType"] = json!("conversation");
     let err = adapter.backfill(&text).await.unwrap_err();
     assert!(err.to_string().contains("not a media message"), "{err}");
 
     let mut keyless = image_webhook()["data"].clone();
-    keyless["messageTimestamp"] = json!(crate::backfill::a_minute_ago());
+    keyless["messageTimestamp"] = json!(a_minute_ago());
     keyless["key"]["id"] = Value::Null;
     let err = adapter.backfill(&keyless).await.unwrap_err();
     assert!(err.to_string().contains("reference.key.id"), "{err}");

@@ -1,6 +1,6 @@
 use super::*;
 use crate::AccountConfig;
-use crate::AuthenticateBoth as _;
+use crate::testing::{AuthenticateBoth as _, api, assert_reported, parse, parse_bytes};
 
 fn adapter(webhook_token: Option<&str>) -> GreenApi {
     let config: GreenApiConfig = toml::from_str(&format!(
@@ -15,8 +15,7 @@ fn adapter(webhook_token: Option<&str>) -> GreenApi {
             .unwrap_or_else(|| "allow_unauthenticated_webhooks = true".into())
     ))
     .unwrap();
-    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-    GreenApi::new(&config, api).unwrap()
+    GreenApi::new(&config, api()).unwrap()
 }
 
 fn image_webhook() -> Value {
@@ -34,16 +33,6 @@ fn image_webhook() -> Value {
                 "mimeType": "image/jpeg", "isForwarded": false, "forwardingScore": 0
             }
         }
-    })
-}
-
-fn parse(adapter: &GreenApi, body: &Value) -> Result<ParsedWebhook, ProviderError> {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let headers = http::HeaderMap::new();
-    adapter.parse_webhook(&WebhookRequest {
-        headers: &headers,
-        query: None,
-        body: &bytes,
     })
 }
 
@@ -105,14 +94,7 @@ fn texts_statuses_and_other_events_are_ignored() {
 #[test]
 fn malformed_payloads_are_rejected_naming_the_field() {
     let adapter = adapter(None);
-    let headers = http::HeaderMap::new();
-    let err = adapter
-        .parse_webhook(&WebhookRequest {
-            headers: &headers,
-            query: None,
-            body: b"{not json",
-        })
-        .unwrap_err();
+    let err = parse_bytes(&adapter, b"{not json").unwrap_err();
     assert!(err.to_string().contains("malformed JSON"), "{err}");
 
     for (pointer, field) in [
@@ -170,8 +152,7 @@ fn config(extra: &str) -> AccountConfig {
 }
 
 fn build(extra: &str) -> Result<std::sync::Arc<dyn Provider>, Vec<String>> {
-    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-    crate::build(&config(extra), &api)
+    crate::build(&config(extra), &api())
 }
 
 #[test]
@@ -208,21 +189,19 @@ fn credentials_are_checked_from_the_request_head_before_any_body() {
 #[test]
 fn every_config_problem_is_reported_at_once() {
     let config: AccountConfig = toml::from_str(
-        "provider = \"greenapi\"\nname = \"green-main\"\nid_instance = \"11/01\"\napi_token = \"t\"\nallowed_download_hosts = [\"*.storage.yandexcloud.net\", \"\"]\n",
+        "provider = \"greenapi\"\nname = \"green-main\"\nid_instance = \"11/01\"\napi_token = \"t\"\napi_url = \"ftp://api.green-api.com\"\nallowed_download_hosts = [\"*.storage.yandexcloud.net\", \"\"]\n",
     )
     .unwrap();
-    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-    let errors = crate::build(&config, &api).unwrap_err();
-    for key in [
-        "webhook_token:",
-        "allowed_download_hosts[1]:",
-        "id_instance",
-    ] {
-        assert!(
-            errors.iter().any(|e| e.starts_with(key)),
-            "{key}: {errors:?}"
-        );
-    }
+    let errors = crate::build(&config, &api()).unwrap_err();
+    assert_reported(
+        &errors,
+        &[
+            "webhook_token:",
+            "api_url: must be an http(s) URL",
+            "allowed_download_hosts[1]:",
+            "id_instance",
+        ],
+    );
 }
 
 #[test]
@@ -371,7 +350,7 @@ fn error_codes_are_classified_as_documented() {
 
 #[test]
 fn api_urls_carry_the_token_in_the_path() {
-    let url = adapter(None).method_url("downloadFile").unwrap();
+    let url = adapter(None).method_url("downloadFile");
     assert_eq!(
         url.as_str(),
         "https://api.green-api.com/waInstance1101000001/downloadFile/api-token-123"
@@ -487,8 +466,7 @@ async fn a_backfill_reference_without_a_timestamp_asks_get_message() {
         fake.api_token()
     ))
     .unwrap();
-    let api = ApiClient::new(Duration::from_secs(2), Duration::from_secs(2)).unwrap();
-    let adapter = GreenApi::new(&config, api).unwrap();
+    let adapter = GreenApi::new(&config, api()).unwrap();
     let job = adapter
         .backfill(&json!({"chatId": "79001234568@c.us", "idMessage": "ASKED1"}))
         .await

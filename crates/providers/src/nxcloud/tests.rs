@@ -1,5 +1,5 @@
 use super::*;
-use crate::AuthenticateBoth as _;
+use crate::testing::{AuthenticateBoth as _, SHA_HEX, a_minute_ago, api, assert_reported, parse};
 use std::sync::Arc;
 
 const SECRET: &str = "test-secret";
@@ -26,8 +26,7 @@ fn adapter(verify: bool) -> Nxcloud {
         }
     ))
     .unwrap();
-    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-    Nxcloud::new(&config, api)
+    Nxcloud::new(&config, api())
         .unwrap()
         .with_clock(Arc::new(archiver_core::ManualClock::new(NOW_MS)))
 }
@@ -48,16 +47,6 @@ fn image_webhook() -> Value {
                 "caption": "look"
             }
         }]
-    })
-}
-
-fn parse(adapter: &Nxcloud, body: &Value) -> Result<ParsedWebhook, ProviderError> {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let headers = http::HeaderMap::new();
-    adapter.parse_webhook(&WebhookRequest {
-        headers: &headers,
-        query: None,
-        body: &bytes,
     })
 }
 
@@ -244,14 +233,10 @@ fn every_media_type_is_archived_and_a_sha256_is_kept() {
         let media = body["messages"][0]["image"].take();
         body["messages"][0]["type"] = json!(kind);
         body["messages"][0][kind] = media;
-        body["messages"][0][kind]["sha256"] =
-            json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        body["messages"][0][kind]["sha256"] = json!(SHA_HEX);
         let parsed = parse(&adapter, &body).unwrap();
         assert_eq!(parsed.jobs.len(), 1, "{kind}");
-        assert_eq!(
-            parsed.jobs[0].payload["sha256"],
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(parsed.jobs[0].payload["sha256"], SHA_HEX);
     }
 }
 
@@ -341,32 +326,26 @@ fn config_errors_are_all_reported_and_unknown_keys_refused() {
         "#,
     )
     .unwrap();
-    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-    let errors = Nxcloud::new(&config, api).unwrap_err();
-    for key in ["api_url", "access_key", "access_secret", "business_phone"] {
-        assert!(
-            errors.iter().any(|e| e.starts_with(key)),
-            "{key}: {errors:?}"
-        );
-    }
+    let errors = Nxcloud::new(&config, api()).unwrap_err();
+    assert_reported(
+        &errors,
+        &["api_url", "access_key", "access_secret", "business_phone"],
+    );
     // Left out, both are named, with everything else wrong at once.
     let config: NxcloudConfig = toml::from_str(
         "name = \"nx\"\nbusiness_phone = \"+\"\nallowed_download_hosts = [\"*.\"]\n",
     )
     .unwrap();
-    let api = ApiClient::new(Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-    let errors = Nxcloud::new(&config, api).unwrap_err();
-    for key in [
-        "access_key: required",
-        "access_secret: required",
-        "business_phone",
-        "allowed_download_hosts[0]",
-    ] {
-        assert!(
-            errors.iter().any(|e| e.starts_with(key)),
-            "{key}: {errors:?}"
-        );
-    }
+    let errors = Nxcloud::new(&config, api()).unwrap_err();
+    assert_reported(
+        &errors,
+        &[
+            "access_key: required",
+            "access_secret: required",
+            "business_phone",
+            "allowed_download_hosts[0]",
+        ],
+    );
     let unknown = toml::from_str::<NxcloudConfig>(
         "name = \"nx\"\naccess_key = \"k\"\naccess_secret = \"s\"\nbusiness_phone = 1\napp_id = 3\n",
     );
@@ -376,7 +355,7 @@ fn config_errors_are_all_reported_and_unknown_keys_refused() {
 #[tokio::test]
 async fn a_backfill_reference_makes_the_webhook_s_job() {
     let adapter = adapter(false);
-    let at = crate::backfill::a_minute_ago();
+    let at = a_minute_ago();
     let mut hook = image_webhook();
     hook["messages"][0]["timestamp"] = json!(at.to_string());
     let webhook_job = parse(&adapter, &hook).unwrap().jobs.remove(0);

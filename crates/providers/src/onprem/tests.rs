@@ -1,13 +1,12 @@
 use super::*;
-use crate::AuthenticateBoth as _;
+use crate::testing::{
+    AuthenticateBoth as _, SHA_B64, SHA_HEX, api, assert_reported, attempt, parse, parse_bytes,
+};
 use archiver_core::{Classify, Sha256Digest};
 use serde_json::json;
 use test_support::meta::{FakeOnPrem, HashEncoding};
 
 const MEDIA_ID: &str = "b1c68f38-8734-4ad3-b4a1-ef0c10d683";
-// sha256("abc")
-const HEX: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-const B64: &str = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
 
 fn config(api_url: &str, password: &str, extra: &str) -> OnPremConfig {
     toml::from_str(&format!(
@@ -21,10 +20,6 @@ fn config(api_url: &str, password: &str, extra: &str) -> OnPremConfig {
         "#
     ))
     .unwrap()
-}
-
-fn api() -> ApiClient {
-    ApiClient::new(Duration::from_secs(2), Duration::from_secs(5)).unwrap()
 }
 
 fn adapter() -> OnPrem {
@@ -59,30 +54,17 @@ fn image_webhook() -> Value {
                 "caption": "Check out my new phone!",
                 "id": MEDIA_ID,
                 "mime_type": "image/jpeg",
-                "sha256": HEX,
+                "sha256": SHA_HEX,
             }
         }]
     })
 }
 
-fn parse(adapter: &OnPrem, body: &Value) -> Result<ParsedWebhook, ProviderError> {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let headers = http::HeaderMap::new();
-    adapter.parse_webhook(&WebhookRequest {
-        headers: &headers,
-        query: None,
-        body: &bytes,
-    })
-}
-
-fn job_ref<'a>(job: &'a JobSpec, attempt: u32, last_error: Option<&'a str>) -> JobRef<'a> {
+/// Attempt `n` at `job`, after `last_error` was recorded.
+fn job_ref<'a>(job: &'a JobSpec, n: u32, last_error: Option<&'a str>) -> JobRef<'a> {
     JobRef {
-        message_id: &job.message_id,
-        media_id: job.media_id.as_deref(),
-        payload: &job.payload,
-        attempt,
         last_error,
-        link_dead: false,
+        ..attempt(job, n)
     }
 }
 
@@ -99,7 +81,7 @@ fn an_image_message_becomes_one_job_keyed_by_media_id() {
     assert_eq!(job.provider, ProviderKind::Onprem);
     assert_eq!(job.message_at, 1_518_694_700_000);
     assert_eq!(job.deadline, 1_518_694_700_000 + 14 * 86_400_000);
-    assert_eq!(job.payload["sha256"], HEX);
+    assert_eq!(job.payload["sha256"], SHA_HEX);
     assert_eq!(job.payload["mime_type"], "image/jpeg");
     assert_eq!(job.payload["chat_id"], "16315551234");
     assert_eq!(job.payload["auto_downloaded"], false);
@@ -113,10 +95,10 @@ fn every_media_type_is_archived_and_a_base64_hash_is_decoded() {
         let media = body["messages"][0]["image"].take();
         body["messages"][0]["type"] = json!(kind);
         body["messages"][0][kind] = media;
-        body["messages"][0][kind]["sha256"] = json!(B64);
+        body["messages"][0][kind]["sha256"] = json!(SHA_B64);
         let parsed = parse(&adapter, &body).unwrap();
         assert_eq!(parsed.jobs.len(), 1, "{kind}");
-        assert_eq!(parsed.jobs[0].payload["sha256"], HEX, "{kind}");
+        assert_eq!(parsed.jobs[0].payload["sha256"], SHA_HEX, "{kind}");
         assert_eq!(parsed.jobs[0].payload["media_type"], kind);
     }
 }
@@ -157,14 +139,7 @@ fn texts_statuses_and_error_notifications_are_ignored() {
 #[test]
 fn malformed_payloads_are_rejected_naming_the_field() {
     let adapter = adapter();
-    let headers = http::HeaderMap::new();
-    let err = adapter
-        .parse_webhook(&WebhookRequest {
-            headers: &headers,
-            query: None,
-            body: b"{not json",
-        })
-        .unwrap_err();
+    let err = parse_bytes(&adapter, b"{not json").unwrap_err();
     assert!(err.to_string().contains("malformed JSON"), "{err}");
 
     for (pointer, value, field) in [
@@ -220,7 +195,7 @@ fn store_callbacks_wake_exactly_their_job_with_what_they_said() {
     let adapter = adapter();
     // The documented success callback (sources/002).
     let done = json!({"media_items": [{"image": {"id": MEDIA_ID, "mime_type": "image/jpeg",
-        "sha256": HEX, "status": "downloaded"}, "type": "image"}]});
+        "sha256": SHA_HEX, "status": "downloaded"}, "type": "image"}]});
     let parsed = parse(&adapter, &done).unwrap();
     assert!(parsed.jobs.is_empty());
     assert_eq!(
@@ -233,7 +208,7 @@ fn store_callbacks_wake_exactly_their_job_with_what_they_said() {
     // The documented failure callback: errors beside a "downloaded" item.
     let failed = json!({"media_items": [{"errors": [{"code": 400,
         "details": "Media not found in the datastore.", "title": "Parameter not valid"}],
-        "document": {"id": "doc-1", "mime_type": "application/pdf", "sha256": HEX,
+        "document": {"id": "doc-1", "mime_type": "application/pdf", "sha256": SHA_HEX,
         "status": "downloaded"}, "type": "document"}]});
     let wake = parse(&adapter, &failed).unwrap().wakes.remove(0);
     assert_eq!(wake.job_id, "onprem:doc-1");
@@ -296,16 +271,16 @@ fn config_is_validated_all_at_once() {
     )
     .unwrap();
     let errors = OnPrem::new(&bad, api()).unwrap_err();
-    let all = errors.join("\n");
-    for key in [
-        "api_url",
-        "username",
-        "password",
-        "store_callback_timeout",
-        "webhook_token",
-    ] {
-        assert!(all.contains(key), "{key} missing from {all}");
-    }
+    assert_reported(
+        &errors,
+        &[
+            "api_url",
+            "username",
+            "password",
+            "store_callback_timeout",
+            "webhook_token",
+        ],
+    );
     let unknown = toml::from_str::<OnPremConfig>(
         r#"
         name = "onprem"
@@ -557,7 +532,7 @@ async fn a_backfill_reference_makes_the_webhook_s_job() {
     let webhook_job = parse(&adapter, &hook).unwrap().jobs.remove(0);
     let reference = json!({
         "media_id": MEDIA_ID, "message_id": "ABGGFlA5FpafAgo6EhueMbj3WNNf", "timestamp": at,
-        "type": "image", "mime_type": "image/jpeg", "sha256": HEX,
+        "type": "image", "mime_type": "image/jpeg", "sha256": SHA_HEX,
         "caption": "Check out my new phone!", "from": "16315551234",
     });
     assert_eq!(adapter.backfill(&reference).await.unwrap(), webhook_job);

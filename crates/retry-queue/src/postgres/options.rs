@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use archiver_core::config_value::verdict;
 use archiver_core::{Secret, SecretRef};
 use sqlx::postgres::PgConnectOptions;
 
@@ -91,11 +92,7 @@ impl PgOptions {
                 "schema {schema:?} must match [a-z_][a-z0-9_]{{0,62}}"
             ));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+        verdict(problems, ()).map_err(|problems| problems.join("; "))
     }
 }
 

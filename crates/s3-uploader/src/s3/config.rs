@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use archiver_core::config_value::{duration, resolve_secret};
+use archiver_core::config_value::{duration, resolve_secret, verdict};
 use archiver_core::{Secret, SecretRef};
 use serde::Deserialize;
 
@@ -136,14 +136,13 @@ impl S3Config {
             }),
             _ => None,
         };
-        if problems.is_empty() {
-            Ok(S3Settings {
+        verdict(
+            problems,
+            S3Settings {
                 config: self.clone(),
                 credentials,
-            })
-        } else {
-            Err(problems)
-        }
+            },
+        )
     }
 
     /// Everything but the secrets' values.

@@ -42,25 +42,7 @@ async fn fs_backend() -> Option<FsBackend> {
     })
 }
 
-crate::conformance_tests!(
-    fs_backend;
-    small_blob_round_trip,
-    empty_blob_round_trip,
-    same_key_again_is_already_present,
-    large_blob_is_stored_intact,
-    spool_that_does_not_match_its_hash_is_refused,
-    large_spool_that_does_not_match_its_hash_is_refused,
-    spool_shorter_than_recorded_is_refused,
-    manifest_is_overwritten,
-    bad_keys_are_rejected,
-    a_manifest_for_other_bytes_goes_beside_never_over,
-    a_key_segment_too_long_for_a_file_name_is_permanent,
-    ping_succeeds,
-    listing_pages_through_a_prefix_in_key_order,
-    read_hashed_and_size_of_measure_stored_objects,
-    read_hashed_sees_bytes_changed_behind_the_store,
-    presign_get_downloads_the_object_or_is_none,
-);
+crate::conformance_tests!(fs_backend);
 
 #[tokio::test]
 async fn same_filesystem_put_moves_the_spool_file_and_leaves_no_temp_files() {

@@ -1,0 +1,113 @@
+//! What every adapter keeps of its account, whatever the provider: its
+//! name, how long the provider keeps its files, and the clock that dates
+//! webhook arrivals. Together they make each job's id and deadline, so
+//! every adapter makes its jobs here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use archiver_core::{AccountName, Clock, JobSpec, ProviderKind, SystemClock, UnixMillis, bounds};
+
+use crate::ProviderError;
+use crate::config::AccountKeys;
+
+#[derive(Debug)]
+pub(crate) struct Account {
+    name: AccountName,
+    kind: ProviderKind,
+    retention: Duration,
+    /// Dates each webhook's arrival, which bounds its jobs' deadlines.
+    clock: Arc<dyn Clock>,
+}
+
+impl Account {
+    /// The account `keys` configure, for a `kind` adapter whose provider
+    /// keeps files `default_retention` unless the account says otherwise;
+    /// on the wall clock.
+    pub(crate) fn new(
+        kind: ProviderKind,
+        keys: AccountKeys<'_>,
+        default_retention: Duration,
+    ) -> Self {
+        Self {
+            name: keys.name.clone(),
+            kind,
+            retention: keys.retention.unwrap_or(default_retention),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The same account on another clock.
+    pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
+    }
+
+    pub(crate) fn name(&self) -> &AccountName {
+        &self.name
+    }
+
+    #[cfg(test)]
+    pub(crate) fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    pub(crate) fn now_ms(&self) -> UnixMillis {
+        self.clock.now_ms()
+    }
+
+    /// The id of the job for `key` (a media id, or a message id when the
+    /// provider has no media ids).
+    pub(crate) fn job_id(&self, key: &str) -> String {
+        JobSpec::job_id(self.name.as_str(), key)
+    }
+
+    /// The job for one media file, arriving now: keyed by its media id when
+    /// the provider has one, else by its message id (PRODUCT.md section 2),
+    /// due the account's retention after the earlier of the message's time
+    /// and now ([`bounds::deadline`]). The ids were checked by the caller,
+    /// which knows their field names ([`archiver_core::bounds::check_id`]).
+    pub(crate) fn job(
+        &self,
+        message_id: &str,
+        media_id: Option<&str>,
+        message_at: UnixMillis,
+        payload: &impl serde::Serialize,
+    ) -> Result<JobSpec, ProviderError> {
+        let retention = self.retention;
+        let deadline = bounds::deadline(message_at, self.now_ms(), retention).ok_or_else(|| {
+            ProviderError::BadJob(format!(
+                "deadline out of range: retention {retention:?} after {message_at} ms"
+            ))
+        })?;
+        Ok(JobSpec {
+            id: self.job_id(media_id.unwrap_or(message_id)),
+            account: self.name.to_string(),
+            provider: self.kind,
+            message_id: message_id.to_owned(),
+            media_id: media_id.map(str::to_owned),
+            message_at,
+            deadline,
+            payload: serde_json::to_value(payload)
+                .map_err(|e| ProviderError::BadJob(e.to_string()))?,
+        })
+    }
+
+    /// The job a backfill reference made, refused when the reference is
+    /// not a media message (`None`) or its deadline has passed: `provider`
+    /// (its name in the message) no longer keeps the file, and the queue
+    /// would dead-letter it at once.
+    pub(crate) fn backfilled(
+        &self,
+        job: Option<JobSpec>,
+        provider: &str,
+    ) -> Result<JobSpec, ProviderError> {
+        let job = job.ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
+        if job.deadline <= self.now_ms() {
+            return Err(ProviderError::MediaUnavailable(format!(
+                "the message is older than the account's retention ({} days): {provider} no longer keeps its file",
+                self.retention.as_secs() / 86_400
+            )));
+        }
+        Ok(job)
+    }
+}
