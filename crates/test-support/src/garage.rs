@@ -70,7 +70,7 @@ impl Garage {
     pub fn start() -> Option<Garage> {
         let bin = binary_or_skip()?;
         let dir = temp_dir("garage-test-");
-        let (rpc_addr, s3_addr, admin_addr) = (free_addr(), free_addr(), free_addr());
+        let [rpc_addr, s3_addr, admin_addr] = free_addrs();
         let config = node_config(
             dir.path(),
             1,
@@ -226,10 +226,11 @@ impl GarageCluster {
         let dir = temp_dir("garage-cluster-");
         let rpc_secret = random_hex(64);
         let mut nodes = Vec::with_capacity(CLUSTER_NODES);
-        for i in 0..CLUSTER_NODES {
+        let addrs: [SocketAddr; 3 * CLUSTER_NODES] = free_addrs();
+        for (i, node_addrs) in addrs.chunks_exact(3).enumerate() {
             let node_dir = dir.path().join(format!("n{i}"));
             fs::create_dir_all(&node_dir).expect("create a garage node dir");
-            let (rpc_addr, s3_addr, admin_addr) = (free_addr(), free_addr(), free_addr());
+            let (rpc_addr, s3_addr, admin_addr) = (node_addrs[0], node_addrs[1], node_addrs[2]);
             let config = node_config(
                 &node_dir,
                 CLUSTER_NODES,
@@ -516,11 +517,14 @@ fn is_executable(path: &Path) -> bool {
     }
 }
 
-/// A 127.0.0.1 port that was free a moment ago.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
+/// `N` distinct 127.0.0.1 addresses that were free a moment ago. Every
+/// port is held until all are chosen: released one by one, the kernel may
+/// hand the same port out twice (a node's S3 and admin APIs were once given
+/// one port, and the node never became ready).
+fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"));
+    held.map(|listener| listener.local_addr().expect("a bound listener's address"))
 }
 
 /// `garage -c config server`, its output appended to `log`: add the
