@@ -33,12 +33,26 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
 /// The CPU time process `pid` has used so far (user + system), seconds;
 /// `None` if it is gone (or not Linux).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which is in parentheses and may
-    // hold spaces: utime and stime are the 12th and 13th of them.
+    // utime and stime.
+    stat_seconds(&pid.to_string(), 11, 12)
+}
+
+/// The CPU time (user + system) of this process's children that have
+/// exited and been waited for, seconds: the delta around a
+/// `Command::status()` is that command's CPU time, threads included.
+pub fn waited_children_cpu_seconds() -> Option<f64> {
+    // cutime and cstime.
+    stat_seconds("self", 13, 14)
+}
+
+/// The sum of two clock-tick fields of `/proc/{process}/stat`, counted
+/// after the command name (which is in parentheses and may hold spaces), in
+/// seconds.
+fn stat_seconds(process: &str, first: usize, second: usize) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    Some((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
+    Some((ticks(first)? + ticks(second)?) / clock_ticks_per_second())
 }
 
 /// `getconf CLK_TCK` (100 where it cannot be asked).
@@ -63,6 +77,18 @@ mod tests {
         assert!(sample.rss_kib > 0 && sample.peak_rss_kib >= sample.rss_kib);
         assert!(sample.open_fds >= 3, "stdin, stdout, stderr");
         assert!(cpu_seconds(me).is_some_and(|s| s >= 0.0));
+    }
+
+    #[test]
+    fn a_waited_child_adds_its_cpu_time_to_the_childrens() {
+        let before = waited_children_cpu_seconds().expect("/proc/self/stat");
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let after = waited_children_cpu_seconds().expect("/proc/self/stat");
+        assert!(after > before, "{before} -> {after}");
     }
 
     #[test]

@@ -16,7 +16,10 @@
 //! the S3 checksums and the manifests are all inside the figure); rclone is
 //! timed around `rclone copy` with `--transfers 16` and the same 8 MiB parts.
 //! Peak RSS is the daemon's `VmHWM` after archiving one file of each size in
-//! a fresh process; CPU is the daemon's user+system time.
+//! a fresh process. CPU is each tool's own user+system time over its
+//! workload (the daemon's from `/proc/<pid>/stat`, rclone's from this
+//! process's waited-children times), per GiB archived; Garage's and the
+//! file host's CPU are in neither figure.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use e2e::accounts::{self, GREEN_WEBHOOK_TOKEN};
-use e2e::process::cpu_seconds;
+use e2e::process::{cpu_seconds, waited_children_cpu_seconds};
 use e2e::{Daemon, StoreUnderTest, bytes as random_bytes, config, now};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
@@ -46,11 +49,22 @@ struct Workload {
 struct Measured {
     seconds: f64,
     bytes: u64,
+    files: usize,
+    /// CPU time (user + system) of the tool while it worked.
+    cpu_seconds: f64,
 }
 
 impl Measured {
     fn mb_per_s(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.seconds
+    }
+
+    fn files_per_s(&self) -> f64 {
+        self.files as f64 / self.seconds
+    }
+
+    fn cpu_per_gib(&self) -> f64 {
+        self.cpu_seconds / (self.bytes as f64 / (1u64 << 30) as f64)
     }
 }
 
@@ -166,6 +180,9 @@ async fn archive_with_daemon(daemon: &Daemon, host: &str, w: &Workload) -> Measu
     Measured {
         seconds: started.elapsed().as_secs_f64(),
         bytes: (w.count * w.size) as u64,
+        files: w.count,
+        // The caller reads the daemon's CPU time around this.
+        cpu_seconds: 0.0,
     }
 }
 
@@ -194,6 +211,7 @@ fn rclone(garage: &Garage, host: &str) -> std::process::Command {
 }
 
 fn rclone_copy(garage: &Garage, host: &str, w: &Workload) -> Measured {
+    let cpu_before = waited_children_cpu_seconds().expect("/proc/self/stat");
     let started = Instant::now();
     let status = rclone(garage, host)
         .args([
@@ -208,6 +226,7 @@ fn rclone_copy(garage: &Garage, host: &str, w: &Workload) -> Measured {
         .expect("run rclone (apt-get install rclone)");
     assert!(status.success(), "rclone failed: {status}");
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_seconds = waited_children_cpu_seconds().expect("/proc/self/stat") - cpu_before;
     let copied = rclone_object_count(garage, host, w);
     assert_eq!(
         copied, w.count,
@@ -217,6 +236,8 @@ fn rclone_copy(garage: &Garage, host: &str, w: &Workload) -> Measured {
     Measured {
         seconds: elapsed,
         bytes: (w.count * w.size) as u64,
+        files: w.count,
+        cpu_seconds,
     }
 }
 
@@ -361,16 +382,12 @@ async fn main() {
     let host_url = host.base_url();
 
     let mut rows = Vec::new();
-    let mut cpu_per_gib = 0.0;
     for w in [&small, &large] {
         let dir = tempfile::tempdir().expect("temp dir");
         let daemon = Daemon::start(&bench_config(&store, &host_url), dir.path());
         let cpu_before = cpu_seconds(daemon.pid()).unwrap_or(0.0);
-        let ours = archive_with_daemon(&daemon, &host_url, w).await;
-        let cpu_after = cpu_seconds(daemon.pid()).unwrap_or(0.0);
-        if std::ptr::eq(w, &large) {
-            cpu_per_gib = (cpu_after - cpu_before) / (ours.bytes as f64 / (1u64 << 30) as f64);
-        }
+        let mut ours = archive_with_daemon(&daemon, &host_url, w).await;
+        ours.cpu_seconds = cpu_seconds(daemon.pid()).unwrap_or(0.0) - cpu_before;
         drop(daemon);
         let theirs = rclone_copy(&garage, &host_url, w);
         rows.push((w.name.to_owned(), ours, theirs));
@@ -397,16 +414,23 @@ async fn main() {
         cpu_model()
     );
     println!();
-    println!("| workload | media-archiver | rclone copy | ratio |");
-    println!("|---|---|---|---|");
+    println!(
+        "| workload | media-archiver | rclone copy | rate ratio | CPU-s/GiB media-archiver / rclone |"
+    );
+    println!("|---|---|---|---|---|");
     for (name, ours, theirs) in &rows {
         println!(
-            "| {name} | {:.1} s, {:.0} MB/s | {:.1} s, {:.0} MB/s | {:.2}x |",
+            "| {name} | {:.1} s, {:.0} MB/s, {:.0} files/s | {:.1} s, {:.0} MB/s, {:.0} files/s | {:.2}x | {:.2} / {:.2} ({:.2}x) |",
             ours.seconds,
             ours.mb_per_s(),
+            ours.files_per_s(),
             theirs.seconds,
             theirs.mb_per_s(),
-            ours.mb_per_s() / theirs.mb_per_s()
+            theirs.files_per_s(),
+            ours.mb_per_s() / theirs.mb_per_s(),
+            ours.cpu_per_gib(),
+            theirs.cpu_per_gib(),
+            ours.cpu_per_gib() / theirs.cpu_per_gib()
         );
     }
     println!();
@@ -415,8 +439,6 @@ async fn main() {
     for (mib, kib) in &rss {
         println!("| {mib} MiB | {:.1} MiB |", *kib as f64 / 1024.0);
     }
-    println!();
-    println!("daemon CPU: {cpu_per_gib:.2} CPU-seconds per GiB archived (large-file workload)");
     let chart_rows: Vec<(String, f64, f64)> = rows
         .iter()
         .map(|(n, o, t)| (n.clone(), o.mb_per_s(), t.mb_per_s()))
