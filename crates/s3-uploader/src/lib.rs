@@ -62,7 +62,8 @@
 //! each request with the request, so the hash must be known before the first
 //! byte is sent; some providers vouch for no hash at all. The fetch step
 //! therefore streams each download into a local spool file, hashing as it
-//! goes, and hands over a `StagedFile {path, size, sha256}`. This crate then
+//! goes, and hands over a `StagedFile {body, size, sha256}` (a small file's
+//! body may be in memory instead: see `StagedBody`). This crate then
 //! writes it so that an object never becomes visible partially or
 //! unverified: fs writes are temp-file + fsync + rename + fsync(dir); S3 puts
 //! carry `ChecksumSHA256` (the store re-verifies), files larger than one part

@@ -11,7 +11,12 @@
 //! Method: one local HTTP file host (this process, serving files from
 //! memory, with an HTML index so that rclone's `http` backend can list it),
 //! one single-node Garage (the same bucket for both tools), and the release
-//! daemon with an S3 store and `workers.concurrency = 16`. Each workload is
+//! daemon with an S3 store and `workers.concurrency = 16`. Each size runs
+//! twice for the daemon: announced by Green API webhooks (the file host's
+//! URLs; no hash vouched for, `computed-only`) and by Cloud API webhooks
+//! (the fake Graph API serving the same bytes from memory; the sha256
+//! vouched for in the webhook, `provider-sha256`); rclone copies the same
+//! files from the file host right after each daemon run. Each workload is
 //! timed from the first webhook to the last job `done` (so queueing, sha256,
 //! the S3 checksums and the manifests are all inside the figure); rclone is
 //! timed around `rclone copy` with `--transfers 16` and the same 8 MiB parts.
@@ -33,17 +38,85 @@ use e2e::{Daemon, StoreUnderTest, bytes as random_bytes, config, now};
 use serde_json::{Value, json};
 use test_support::garage::Garage;
 use test_support::http::{TestServer, response};
+use test_support::meta::{FakeCloudApi, HashEncoding};
 
 const MIB: usize = 1024 * 1024;
 
 /// Files served by the bench's host, by path (`/{set}/{name}`).
 type Files = Arc<HashMap<String, Bytes>>;
 
+#[derive(Clone, Copy)]
 struct Workload {
     name: &'static str,
     set: &'static str,
     count: usize,
     size: usize,
+}
+
+/// Who announces a workload's files to the daemon.
+#[derive(Debug, Clone, Copy)]
+enum Announcer {
+    /// Green API webhooks with the file host's URLs: no hash vouched for.
+    GreenApi,
+    /// Cloud API webhooks for media registered with the fake Graph API,
+    /// with the sha256 in the webhook.
+    CloudApi,
+}
+
+impl Announcer {
+    fn label(self) -> &'static str {
+        match self {
+            Announcer::GreenApi => "Green API, computed-only",
+            Announcer::CloudApi => "Cloud API, provider-sha256",
+        }
+    }
+
+    fn account(self) -> &'static str {
+        match self {
+            Announcer::GreenApi => "green",
+            Announcer::CloudApi => "cloud",
+        }
+    }
+}
+
+/// One webhook as posted: path, headers, raw body.
+struct Hook {
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+/// The webhooks announcing workload `w` through `announcer`.
+fn hooks(
+    announcer: Announcer,
+    cloud: &FakeCloudApi,
+    files: &Files,
+    host: &str,
+    w: &Workload,
+) -> Vec<Hook> {
+    (0..w.count)
+        .map(|i| match announcer {
+            Announcer::GreenApi => Hook {
+                path: "/webhooks/green".into(),
+                headers: vec![("authorization", format!("Bearer {GREEN_WEBHOOK_TOKEN}"))],
+                body: serde_json::to_vec(&webhook(host, w.set, i, w.size)).expect("json"),
+            },
+            Announcer::CloudApi => {
+                let bytes = &files[&format!("/{}/{}", w.set, file_name(i))];
+                let media_id = cloud.add_media("video", bytes.to_vec(), "video/mp4");
+                let message_id =
+                    format!("wamid.BENCH{}{i:06}", w.set.replace('-', "").to_uppercase());
+                let hook =
+                    cloud.message_webhook(&media_id, &message_id, now(), HashEncoding::Base64);
+                let body = serde_json::to_vec(&hook).expect("json");
+                Hook {
+                    path: "/webhooks/cloud".into(),
+                    headers: vec![("x-hub-signature-256", cloud.sign(&body))],
+                    body,
+                }
+            }
+        })
+        .collect()
 }
 
 struct Measured {
@@ -111,10 +184,10 @@ async fn file_host(files: Files) -> TestServer {
     .await
 }
 
-fn bench_config(store: &StoreUnderTest, host: &str) -> String {
+fn bench_config(store: &StoreUnderTest, host: &str, cloud: &FakeCloudApi) -> String {
     config(
         store,
-        &accounts::green_api_at(host, "1101000001", "bench-token"),
+        &(accounts::green_api_at(host, "1101000001", "bench-token") + &accounts::cloud_api(cloud)),
     )
     .replace("concurrency = 4", "concurrency = 16")
     .replace("max_body_bytes = 65536", "max_body_bytes = 4194304")
@@ -138,27 +211,28 @@ fn webhook(host: &str, set: &str, i: usize, size: usize) -> Value {
 }
 
 /// Posts every webhook (32 in flight) and waits until all jobs are done.
-async fn archive_with_daemon(daemon: &Daemon, host: &str, w: &Workload) -> Measured {
+async fn archive_with_daemon(
+    daemon: &Daemon,
+    hooks: Vec<Hook>,
+    account: &str,
+    w: &Workload,
+) -> Measured {
     let started = Instant::now();
-    let hooks: Vec<Value> = (0..w.count)
-        .map(|i| webhook(host, w.set, i, w.size))
-        .collect();
     let mut in_flight = tokio::task::JoinSet::new();
     let client = reqwest::Client::new();
     for hook in hooks {
         if in_flight.len() >= 32 {
             in_flight.join_next().await;
         }
-        let client = client.clone();
-        let url = daemon.url("/webhooks/green");
+        let mut request = client
+            .post(daemon.url(&hook.path))
+            .header("content-type", "application/json")
+            .body(hook.body);
+        for (name, value) in hook.headers {
+            request = request.header(name, value);
+        }
         in_flight.spawn(async move {
-            let status = client
-                .post(url)
-                .bearer_auth(GREEN_WEBHOOK_TOKEN)
-                .json(&hook)
-                .send()
-                .await
-                .map(|r| r.status());
+            let status = request.send().await.map(|r| r.status());
             assert_eq!(
                 status.ok().map(|s| s.as_u16()),
                 Some(200),
@@ -167,13 +241,33 @@ async fn archive_with_daemon(daemon: &Daemon, host: &str, w: &Workload) -> Measu
         });
     }
     while in_flight.join_next().await.is_some() {}
+    /// Longer than any workload takes when nothing goes wrong.
+    const STALL: Duration = Duration::from_secs(60);
+    let mut stall_reported = false;
     loop {
         let (_, stats) = daemon.admin_get("/api/v1/stats").await;
-        let done = stats["by_account"]["green"]["done"].as_u64().unwrap_or(0);
+        let done = stats["by_account"][account]["done"].as_u64().unwrap_or(0);
         let dead = stats["by_state"]["dead"].as_u64().unwrap_or(0);
         assert_eq!(dead, 0, "a bench job died: {stats}");
         if done as usize >= w.count {
             break;
+        }
+        if !stall_reported && started.elapsed() > STALL {
+            // A figure this slow is a stall, not a rate: say what the
+            // daemon logged about it.
+            stall_reported = true;
+            let warnings: Vec<String> = daemon
+                .logs()
+                .lines()
+                .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+                .map(str::to_owned)
+                .collect();
+            eprintln!(
+                "{}: {done} of {} done after {STALL:?}; the daemon's warnings and errors:\n{}\nstats: {stats}",
+                w.name,
+                w.count,
+                warnings.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -363,13 +457,27 @@ async fn main() {
     };
     let store = StoreUnderTest::garage(&garage);
 
+    // Every run gets bytes of its own: Garage keeps one copy of a block
+    // whatever objects share it, so a tool copying bytes the other had
+    // just stored would skip its block writes.
+    const ANNOUNCERS: [Announcer; 2] = [Announcer::GreenApi, Announcer::CloudApi];
+    let set_of = |w: &Workload, tool: &str, a: Announcer| -> &'static str {
+        Box::leak(format!("{}-{tool}-{}", w.set, a.account()).into_boxed_str())
+    };
     let mut files = HashMap::new();
+    let mut seed = 0u64;
     for w in [&small, &large] {
-        for i in 0..w.count {
-            files.insert(
-                format!("/{}/{}", w.set, file_name(i)),
-                Bytes::from(random_bytes(w.size, (i * 7 + w.size) as u64)),
-            );
+        for a in ANNOUNCERS {
+            for tool in ["daemon", "rclone"] {
+                let set = set_of(w, tool, a);
+                for i in 0..w.count {
+                    seed += 1;
+                    files.insert(
+                        format!("/{set}/{}", file_name(i)),
+                        Bytes::from(random_bytes(w.size, seed)),
+                    );
+                }
+            }
         }
     }
     for &mib in &rss_sizes {
@@ -378,32 +486,46 @@ async fn main() {
             Bytes::from(random_bytes(mib * MIB, mib as u64)),
         );
     }
-    let host = file_host(Arc::new(files)).await;
+    let files: Files = Arc::new(files);
+    let host = file_host(files.clone()).await;
     let host_url = host.base_url();
+    let cloud = FakeCloudApi::start().await;
 
     let mut rows = Vec::new();
     for w in [&small, &large] {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let daemon = Daemon::start(&bench_config(&store, &host_url), dir.path());
-        let cpu_before = cpu_seconds(daemon.pid()).unwrap_or(0.0);
-        let mut ours = archive_with_daemon(&daemon, &host_url, w).await;
-        ours.cpu_seconds = cpu_seconds(daemon.pid()).unwrap_or(0.0) - cpu_before;
-        drop(daemon);
-        let theirs = rclone_copy(&garage, &host_url, w);
-        rows.push((w.name.to_owned(), ours, theirs));
+        for a in ANNOUNCERS {
+            let ours_set = Workload {
+                set: set_of(w, "daemon", a),
+                ..*w
+            };
+            let hooks = hooks(a, &cloud, &files, &host_url, &ours_set);
+            let dir = tempfile::tempdir().expect("temp dir");
+            let daemon = Daemon::start(&bench_config(&store, &host_url, &cloud), dir.path());
+            let cpu_before = cpu_seconds(daemon.pid()).unwrap_or(0.0);
+            let mut ours = archive_with_daemon(&daemon, hooks, a.account(), &ours_set).await;
+            ours.cpu_seconds = cpu_seconds(daemon.pid()).unwrap_or(0.0) - cpu_before;
+            drop(daemon);
+            let theirs_set = Workload {
+                set: set_of(w, "rclone", a),
+                ..*w
+            };
+            let theirs = rclone_copy(&garage, &host_url, &theirs_set);
+            rows.push((format!("{} ({})", w.name, a.label()), ours, theirs));
+        }
     }
 
     let mut rss = Vec::new();
     for &mib in &rss_sizes {
         let dir = tempfile::tempdir().expect("temp dir");
-        let daemon = Daemon::start(&bench_config(&store, &host_url), dir.path());
+        let daemon = Daemon::start(&bench_config(&store, &host_url, &cloud), dir.path());
         let w = Workload {
             name: "rss",
             set: Box::leak(format!("rss{mib}").into_boxed_str()),
             count: 1,
             size: mib * MIB,
         };
-        archive_with_daemon(&daemon, &host_url, &w).await;
+        let hooks = hooks(Announcer::GreenApi, &cloud, &files, &host_url, &w);
+        archive_with_daemon(&daemon, hooks, "green", &w).await;
         rss.push((mib, daemon.peak_rss_kib()));
     }
 

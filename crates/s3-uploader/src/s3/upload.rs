@@ -19,6 +19,13 @@
 //! only after the whole-file hash matched, AbortMultipartUpload on any
 //! failure (and, spawned, if the upload future is dropped half-way).
 //!
+//! Payloads are sent unsigned (`x-amz-content-sha256: UNSIGNED-PAYLOAD`):
+//! SigV4 payload signing is one more sha256 pass over every byte (8% of the
+//! daemon's CPU on small files, BENCHMARKS.md), and it guards nothing the
+//! `x-amz-checksum-sha256` header does not: that header is signed, and the
+//! store refuses a body that does not match it (shown against Garage by
+//! `wrong_checksum_is_refused_by_the_store_and_permanent`).
+//!
 //! Every object gets the configured encryption and object-lock retention;
 //! blobs also get the storage class, manifests stay in the bucket's default
 //! class so that they can be read back without a restore.
@@ -251,6 +258,7 @@ impl S3Store {
             .set_if_none_match(create_only.then(|| "*".to_owned()))
             .body(body)
             .customize()
+            .disable_payload_signing()
             .config_override(timeout_override(upload_limit(len)))
             .send()
             .await;
@@ -405,6 +413,7 @@ impl S3Store {
             .checksum_sha256(&checksum)
             .body(body)
             .customize()
+            .disable_payload_signing()
             .config_override(timeout_override(upload_limit(len)))
             .send()
             .await
