@@ -315,6 +315,7 @@ impl OnPrem {
                 caption: p.caption,
                 chat_id: p.chat_id,
                 sender: p.sender,
+                direction: None,
             },
         }))
     }
