@@ -114,7 +114,7 @@ impl Codechat {
         Ok(Self {
             account: Account::new(ProviderKind::Codechat, config.account(), DEFAULT_RETENTION),
             cdn_hosts,
-            api_hosts: HostPolicy::new(api_url.host_str()),
+            api_hosts: HostPolicy::gateway_api(&api_url),
             api_url,
             cdn_url: config.cdn_url.clone(),
             instance_id,

@@ -84,8 +84,9 @@ account_config! {
     /// `[[accounts]]` keys for `provider = "waha"`. `retention` defaults to
     /// 14d (WhatsApp serves the media about two weeks, and the message
     /// endpoint fetches it again within that time); `allowed_download_hosts`
-    /// to none besides the host of `api_url`, which is always allowed (list
-    /// the S3 host when WAHA stores media in S3).
+    /// to none besides the host of `api_url`, which is always allowed, on a
+    /// private address too ([`HostPolicy::with_gateway_api`]); list the S3
+    /// host when WAHA stores media in S3.
     pub struct WahaConfig {
         /// WAHA's base URL, e.g. `http://localhost:3000` (its API and, with
         /// `WAHA_BASE_URL` set to the same, its files).
@@ -147,16 +148,13 @@ impl Waha {
             &mut errors,
         );
         path_segment("session", &config.session, &mut errors);
-        let mut hosts = config.account().download_hosts([], &mut errors);
-        if let Some(host) = api_url.as_ref().and_then(url::Url::host_str) {
-            hosts.push(host.to_owned());
-        }
+        let hosts = config.account().download_hosts([], &mut errors);
         let (Some(api_url), Some(api_key), true) = (api_url, api_key, errors.is_empty()) else {
             return Err(errors);
         };
         Ok(Self {
             account: Account::new(ProviderKind::Waha, config.account(), DEFAULT_RETENTION),
-            hosts: HostPolicy::new(hosts),
+            hosts: HostPolicy::new(hosts).with_gateway_api(&api_url),
             api_url,
             session: config.session.clone(),
             api_key,
