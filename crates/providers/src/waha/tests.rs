@@ -2,7 +2,9 @@ use super::*;
 use crate::testing::{
     AuthenticateBoth as _, SHA_B64, SHA_HEX, a_minute_ago, api, assert_reported, parse, parse_bytes,
 };
+use archiver_core::Classify as _;
 use serde_json::json;
+use test_support::waha::{Engine, FakeWaha, MediaShape};
 
 const HMAC_KEY: &str = "waha-hmac-key-0123456789";
 const API_KEY: &str = "321c0ffee0ddba11";
@@ -107,9 +109,7 @@ fn signed(signature: Option<&str>) -> http::HeaderMap {
 }
 
 fn job_of(hook: &Value) -> JobSpec {
-    let mut parsed = parse(&adapter(), hook).unwrap();
-    assert_eq!(parsed.jobs.len(), 1, "{parsed:?}");
-    parsed.jobs.remove(0)
+    job_of_adapter(&adapter(), hook)
 }
 
 fn stored(job: &JobSpec) -> Payload {
@@ -130,6 +130,7 @@ fn the_signature_is_hex_hmac_sha512_of_the_exact_body() {
             body,
         })
     };
+    assert_eq!(test_support::waha::sign(HMAC_KEY, body), vector);
     assert!(request(&signed(Some(vector)), body).is_ok());
     assert!(
         request(&signed(Some(&vector.to_uppercase())), body).is_ok(),
@@ -398,7 +399,6 @@ fn the_message_endpoint_s_errors_are_classified() {
         retry_after,
         body: br#"{"statusCode":404,"message":"Message not found"}"#.to_vec(),
     };
-    use archiver_core::Classify as _;
     let class =
         |status, retry_after, attempt| api_error(&answer(status, retry_after), attempt).class();
     let wait = Duration::from_secs(9);
@@ -437,4 +437,227 @@ fn the_message_endpoint_s_errors_are_classified() {
         .unwrap(),
         "http://w/api/files/d/a.jpeg"
     );
+}
+
+fn fake_adapter(fake: &FakeWaha) -> Waha {
+    let config: WahaConfig = toml::from_str(&format!(
+        r#"
+        name = "waha"
+        api_url = "{}"
+        api_key = "{}"
+        webhook_hmac_key = "{}"
+        "#,
+        fake.base_url(),
+        fake.api_key(),
+        fake.hmac_key()
+    ))
+    .unwrap();
+    Waha::new(&config, api()).unwrap()
+}
+
+/// Resolves attempt 1 of `job` (with `link_dead` as given) to the request
+/// the fetcher would send.
+async fn resolved(
+    adapter: &Waha,
+    job: &JobSpec,
+    link_dead: bool,
+) -> (DownloadRequest, ResolvedMedia) {
+    let mut reference = crate::testing::attempt(job, 1);
+    reference.link_dead = link_dead;
+    let media = crate::testing::fetch(adapter, reference).await;
+    match &media.source {
+        MediaSource::Download { request, hosts } => {
+            assert!(hosts.allows("127.0.0.1"), "the gateway's own host");
+            (request.clone(), media)
+        }
+        other => panic!("expected a download, got {other:?}"),
+    }
+}
+
+/// GETs what `request` names, with its headers, as the fetcher would.
+async fn get(request: &DownloadRequest) -> (u16, Vec<u8>) {
+    let mut get = reqwest::Client::new().get(request.url.clone());
+    for (name, value) in &request.headers {
+        get = get.header(name, value.expose());
+    }
+    let answer = get.send().await.unwrap();
+    (
+        answer.status().as_u16(),
+        answer.bytes().await.unwrap().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn a_downloaded_file_is_fetched_from_its_url_with_the_api_key() {
+    let fake = FakeWaha::start().await;
+    let adapter = fake_adapter(&fake);
+    let id = fake.add_message(
+        Engine::Noweb,
+        CHAT,
+        false,
+        b"abc".to_vec(),
+        "application/pdf",
+        Some("a.pdf"),
+    );
+    let job = job_of_adapter(
+        &adapter,
+        &fake.webhook(&id, "message", MediaShape::Downloaded),
+    );
+    let (request, media) = resolved(&adapter, &job, false).await;
+    assert_eq!(Some(request.url.to_string()), fake.media_url(&id));
+    assert_eq!(
+        media.expected_sha256.map(|d| d.to_hex()).as_deref(),
+        Some(SHA_HEX)
+    );
+    assert_eq!(media.details.direction, Some(Direction::Incoming));
+    assert_eq!(media.details.file_name.as_deref(), Some("a.pdf"));
+    assert_eq!(get(&request).await, (200, b"abc".to_vec()));
+    assert_eq!(fake.message_calls(), 0, "no re-download needed");
+}
+
+#[tokio::test]
+async fn a_file_gone_or_never_downloaded_is_downloaded_again_under_a_new_name() {
+    let fake = FakeWaha::start().await;
+    let adapter = fake_adapter(&fake);
+    let id = fake.add_message(
+        Engine::Gows,
+        CHAT,
+        false,
+        b"abc".to_vec(),
+        "image/jpeg",
+        None,
+    );
+    let job = job_of_adapter(&adapter, &fake.webhook(&id, "message", MediaShape::Null));
+    let (request, media) = resolved(&adapter, &job, false).await;
+    assert_eq!(media.expected_sha256, None, "GOWS vouches for no hash");
+    assert_eq!((fake.message_calls(), fake.downloads(&id)), (1, 1));
+    assert_eq!(get(&request).await, (200, b"abc".to_vec()));
+
+    // WAHA restarted: the webhook's file answers 404, a fresh one is asked for.
+    let id = fake.add_message(
+        Engine::Webjs,
+        CHAT,
+        false,
+        b"abc".to_vec(),
+        "image/jpeg",
+        None,
+    );
+    let job = job_of_adapter(
+        &adapter,
+        &fake.webhook(&id, "message", MediaShape::Downloaded),
+    );
+    let first = fake.media_url(&id).unwrap();
+    fake.restart();
+    let (stale, _) = resolved(&adapter, &job, false).await;
+    assert_eq!(get(&stale).await.0, 404);
+    let (fresh, _) = resolved(&adapter, &job, true).await;
+    assert_ne!(fresh.url.to_string(), first, "a new name");
+    assert_eq!(get(&fresh).await, (200, b"abc".to_vec()));
+}
+
+#[tokio::test]
+async fn a_wrong_api_key_is_permanent_and_never_in_the_error() {
+    let fake = FakeWaha::start().await;
+    let config: WahaConfig = toml::from_str(&format!(
+        "name = \"waha\"\napi_url = \"{}\"\napi_key = \"wrong-key-1234\"\nwebhook_hmac_key = \"k\"",
+        fake.base_url()
+    ))
+    .unwrap();
+    let adapter = Waha::new(&config, api()).unwrap();
+    let id = fake.add_message(
+        Engine::Webjs,
+        CHAT,
+        false,
+        b"abc".to_vec(),
+        "image/jpeg",
+        None,
+    );
+    let job = job_of_adapter(&adapter, &fake.webhook(&id, "message", MediaShape::Failed));
+    let err = adapter
+        .resolve(crate::testing::attempt(&job, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert!(err.to_string().contains("401"), "{err}");
+    assert!(!err.to_string().contains("wrong-key-1234"));
+    assert_eq!(fake.refused_keys(), 1);
+}
+
+#[tokio::test]
+async fn a_session_still_starting_is_retried() {
+    let fake = FakeWaha::start().await;
+    let adapter = fake_adapter(&fake);
+    fake.inject_message_faults(vec![422]);
+    let id = fake.add_message(
+        Engine::Webjs,
+        CHAT,
+        false,
+        b"abc".to_vec(),
+        "image/jpeg",
+        None,
+    );
+    let job = job_of_adapter(&adapter, &fake.webhook(&id, "message", MediaShape::UrlNull));
+    let err = adapter
+        .resolve(crate::testing::attempt(&job, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient, "{err}");
+    let (request, _) = resolved(&adapter, &job, false).await;
+    assert_eq!(get(&request).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_backfill_reference_makes_the_webhook_s_job() {
+    let fake = FakeWaha::start().await;
+    let adapter = fake_adapter(&fake);
+    let id = fake.add_message(
+        Engine::Noweb,
+        CHAT,
+        true,
+        b"abc".to_vec(),
+        "image/jpeg",
+        None,
+    );
+    let webhook_job = job_of_adapter(
+        &adapter,
+        &fake.webhook(&id, "message.any", MediaShape::Downloaded),
+    );
+    let job = adapter
+        .backfill(&json!({"chatId": CHAT, "messageId": id}))
+        .await
+        .unwrap();
+    assert_eq!(job.id, webhook_job.id);
+    assert_eq!(
+        (job.message_at, &job.message_id),
+        (webhook_job.message_at, &webhook_job.message_id)
+    );
+    let p = stored(&job);
+    assert_eq!(p.direction, Direction::Outgoing);
+    assert_eq!(p.sha256.as_deref(), Some(SHA_HEX));
+    assert_eq!(p.media_url, fake.media_url(&id), "the fresh download");
+    assert_eq!(fake.downloads(&id), 2);
+
+    for (reference, says) in [
+        (json!({"messageId": id}), "chatId"),
+        (json!({"chatId": CHAT}), "messageId"),
+        (
+            json!({"chatId": CHAT, "messageId": "x".repeat(400)}),
+            "messageId",
+        ),
+        (json!(["x"]), "object"),
+    ] {
+        let err = adapter.backfill(&reference).await.unwrap_err();
+        assert!(err.to_string().contains(says), "{says}: {err}");
+    }
+    let err = adapter
+        .backfill(&json!({"chatId": CHAT, "messageId": "false_1@c.us_NOPE"}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+}
+
+fn job_of_adapter(adapter: &Waha, hook: &Value) -> JobSpec {
+    let mut parsed = parse(adapter, hook).unwrap();
+    assert_eq!(parsed.jobs.len(), 1, "{parsed:?}");
+    parsed.jobs.remove(0)
 }
