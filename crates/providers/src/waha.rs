@@ -308,15 +308,15 @@ impl Waha {
         }
     }
 
-    /// A fresh `media.url` for the message, from the message endpoint,
-    /// counted as a re-download for `reason`.
-    async fn fresh_media_url(
+    /// A fresh `media` (its `url` checked present) for the message, from
+    /// the message endpoint, counted as a re-download for `reason`.
+    async fn fresh_media(
         &self,
         job: &JobRef<'_>,
         chat_id: &str,
         reason: &'static str,
         why: &str,
-    ) -> Result<String, ProviderError> {
+    ) -> Result<Value, ProviderError> {
         self.account.count_redownload(reason);
         tracing::info!(
             message_id = job.message_id,
@@ -325,7 +325,7 @@ impl Waha {
             "asking WAHA to download the file again"
         );
         let message = self.message(chat_id, job.message_id, job.attempt).await?;
-        media_url_of(&message, job.attempt)
+        media_of(&message, job.attempt)
     }
 
     /// The download of `url`, with the API key when it is WAHA's own file
@@ -353,16 +353,17 @@ fn describe_error(error: &Value) -> String {
     format!("WAHA could not download the file: {text}")
 }
 
-/// The `media.url` of the message endpoint's answer, or why there is none.
-fn media_url_of(message: &Value, attempt: u32) -> Result<String, ProviderError> {
+/// The `media` of the message endpoint's answer, whose `url` is set, or
+/// why there is none.
+fn media_of(message: &Value, attempt: u32) -> Result<Value, ProviderError> {
     if message.get("hasMedia").and_then(Value::as_bool) == Some(false) {
         return Err(ProviderError::MediaUnavailable(
             "WAHA says the message has no media (hasMedia is false): it was deleted, or never had a file".into(),
         ));
     }
     let media = message.get("media").filter(|m| m.is_object());
-    if let Some(url) = media.and_then(|m| non_empty(m, "url")) {
-        return Ok(url.to_owned());
+    if let Some(media) = media.filter(|m| non_empty(m, "url").is_some()) {
+        return Ok(media.clone());
     }
     let why = match media.and_then(|m| m.get("error")).filter(|e| !e.is_null()) {
         Some(error) => describe_error(error),
@@ -517,19 +518,31 @@ impl Provider for Waha {
     }
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
-        let p: Payload = job.stored()?;
+        let mut p: Payload = job.stored()?;
         let expected_sha256 = crate::meta::stored_sha256(p.sha256.as_deref())?;
-        let link = match (&p.media_url, job.link_dead) {
-            (Some(url), false) => url.clone(),
+        let fresh = match (&p.media_url, job.link_dead) {
+            (Some(_), false) => None,
             (_, true) => {
                 let why = "the file answered 401/403/404/410 (expired, or WAHA restarted)";
-                self.fresh_media_url(&job, &p.chat_id, "gone", why).await?
+                Some(self.fresh_media(&job, &p.chat_id, "gone", why).await?)
             }
             (None, false) => {
                 let why = p.media_missing.as_deref().unwrap_or("no media.url");
-                self.fresh_media_url(&job, &p.chat_id, "not-downloaded", why)
-                    .await?
+                Some(
+                    self.fresh_media(&job, &p.chat_id, "not-downloaded", why)
+                        .await?,
+                )
             }
+        };
+        // A webhook without `media` named no type or file name: the fresh
+        // answer does.
+        let link = match &fresh {
+            Some(media) => {
+                p.mime_type = p.mime_type.or_else(|| opt_string(media, "mimetype"));
+                p.file_name = p.file_name.or_else(|| opt_string(media, "filename"));
+                non_empty(media, "url").unwrap_or_default().to_owned()
+            }
+            None => p.media_url.clone().unwrap_or_default(),
         };
         let url = url::Url::parse(&link).map_err(|e| {
             ProviderError::MediaUnavailable(format!("WAHA gave a media.url that is not a URL: {e}"))

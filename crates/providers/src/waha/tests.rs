@@ -418,23 +418,21 @@ fn the_message_endpoint_s_errors_are_classified() {
     assert!(err.contains("api_key") && err.contains("401"), "{err}");
 
     let no_file = json!({"id": "x", "hasMedia": true, "media": {"url": null, "error": "boom"}});
-    let err = media_url_of(&no_file, 1).unwrap_err();
+    let err = media_of(&no_file, 1).unwrap_err();
     assert!(err.to_string().contains("boom"), "{err}");
     assert_eq!(err.class(), ErrorClass::Transient);
     assert_eq!(
-        media_url_of(&no_file, DOWNLOAD_PATIENCE)
-            .unwrap_err()
-            .class(),
+        media_of(&no_file, DOWNLOAD_PATIENCE).unwrap_err().class(),
         ErrorClass::Permanent
     );
-    let gone = media_url_of(&json!({"hasMedia": false, "media": null}), 1).unwrap_err();
+    let gone = media_of(&json!({"hasMedia": false, "media": null}), 1).unwrap_err();
     assert_eq!(gone.class(), ErrorClass::Permanent);
     assert_eq!(
-        media_url_of(
+        media_of(
             &json!({"hasMedia": true, "media": {"url": "http://w/api/files/d/a.jpeg"}}),
             1
         )
-        .unwrap(),
+        .unwrap()["url"],
         "http://w/api/files/d/a.jpeg"
     );
 }
@@ -530,6 +528,11 @@ async fn a_file_gone_or_never_downloaded_is_downloaded_again_under_a_new_name() 
     let job = job_of_adapter(&adapter, &fake.webhook(&id, "message", MediaShape::Null));
     let (request, media) = resolved(&adapter, &job, false).await;
     assert_eq!(media.expected_sha256, None, "GOWS vouches for no hash");
+    assert_eq!(
+        media.details.mime_type.as_deref(),
+        Some("image/jpeg"),
+        "from the fresh answer"
+    );
     assert_eq!((fake.message_calls(), fake.downloads(&id)), (1, 1));
     assert_eq!(get(&request).await, (200, b"abc".to_vec()));
 
