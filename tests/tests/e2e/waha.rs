@@ -372,3 +372,56 @@ async fn only_the_gateway_s_own_host_is_exempt_from_the_address_guard() {
     );
     assert_eq!(s.fake.file_gets(), 0, "never connected");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_backfilled_without_its_webhook_is_archived_and_the_late_webhook_is_a_duplicate()
+{
+    let s = setup().await;
+    let content = bytes(60_000, 8);
+    let id = s.fake.add_message(
+        Engine::Noweb,
+        CHAT,
+        false,
+        content.clone(),
+        "image/jpeg",
+        None,
+    );
+    let stdout = e2e::cli::backfill(
+        &s.daemon.workdir,
+        ACCOUNT,
+        &[json!({"chatId": CHAT, "messageId": id})],
+    );
+    assert!(stdout.contains("new:        1"), "{stdout}");
+    // A message WAHA does not know, and a line without its message id.
+    let bad = [
+        json!({"chatId": CHAT, "messageId": format!("false_{CHAT}_3EB0NOTKNOWN")}),
+        json!({"chatId": CHAT}),
+    ];
+    let lines: Vec<String> = bad.iter().map(Value::to_string).collect();
+    std::fs::write(s.daemon.workdir.join("bad.jsonl"), lines.join("\n")).unwrap();
+    let run = e2e::cli::backfill_file(&s.daemon.workdir, ACCOUNT, "bad.jsonl");
+    let (out, err) = e2e::cli::output_text(&run);
+    assert_eq!(run.status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.contains("rejected:   2") && out.contains("404") && out.contains("messageId"),
+        "{out}"
+    );
+    s.daemon
+        .wait_for_job(&format!("{ACCOUNT}:{id}"), "done", WAIT)
+        .await;
+    let manifest = assert_archived(&s, &id, &content, ".jpg").await;
+    assert_eq!(manifest["verification"], "provider-sha256");
+    assert_eq!(
+        s.fake.downloads(&id),
+        1,
+        "downloaded by the backfill's call"
+    );
+
+    let (status, answer) = post(&s, &s.fake.webhook(&id, "message", MediaShape::Null)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer,
+        json!({"accepted": 0, "duplicates": 1, "ignored": 0}),
+        "the webhook that arrives after all is the backfilled job"
+    );
+}
