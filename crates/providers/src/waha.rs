@@ -214,60 +214,29 @@ impl Waha {
                 opt_string(message, "participant").or_else(|| Some(chat_id.to_owned()))
             }
         };
-        let (media_url, media_missing, mut mime_type, mut file_name) = match message.get("media") {
-            None | Some(Value::Null) => (None, Some("media is null".to_owned()), None, None),
-            Some(media @ Value::Object(_)) => {
-                let url = opt_string(media, "url");
-                if let Some(url) = &url {
-                    match url::Url::parse(url) {
-                        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                        _ => return Err(invalid(&field("media.url"), "not an http(s) URL")),
-                    }
-                }
-                let missing = match (&url, media.get("error")) {
-                    (Some(_), _) => None,
-                    (None, None | Some(Value::Null)) => Some("media.url is null".to_owned()),
-                    (None, Some(error)) => Some(describe_error(error)),
-                };
-                (
-                    url,
-                    missing,
-                    opt_string(media, "mimetype"),
-                    opt_string(media, "filename"),
-                )
+        let mut media = WebhookMedia::parse(message.get("media"), &field("media"))?;
+        // NOWEB's raw Baileys message: the hash, and what `media` lacked.
+        let stub = engine
+            .is_none_or(|e| e.eq_ignore_ascii_case("NOWEB"))
+            .then(|| message.pointer("/_data/message").filter(|m| m.is_object()))
+            .flatten()
+            .and_then(|m| baileys::find_media(m, None));
+        let mut sha256 = None;
+        if let Some((name, content)) = stub {
+            media.mime_type = media.mime_type.or_else(|| opt_string(content, "mimetype"));
+            media.file_name = media.file_name.or_else(|| opt_string(content, "fileName"));
+            if let Some(v) = content.get("fileSha256").filter(|v| !v.is_null()) {
+                let digest = archiver_core::Sha256Digest::from_json(v)
+                    .map_err(|e| invalid(&field(&format!("_data.message.{name}.fileSha256")), e))?;
+                sha256 = Some(digest.to_hex());
             }
-            Some(_) => return Err(invalid(&field("media"), "not an object")),
-        };
-        let stub = if engine.is_none_or(|e| e.eq_ignore_ascii_case("NOWEB")) {
-            message
-                .pointer("/_data/message")
-                .filter(|m| m.is_object())
-                .and_then(|m| baileys::find_media(m, None))
-        } else {
-            None
-        };
-        let sha256 = match stub {
-            Some((name, content)) => {
-                let at = field(&format!("_data.message.{name}.fileSha256"));
-                mime_type = mime_type.or_else(|| opt_string(content, "mimetype"));
-                file_name = file_name.or_else(|| opt_string(content, "fileName"));
-                match content.get("fileSha256") {
-                    None | Some(Value::Null) => None,
-                    Some(v) => Some(
-                        archiver_core::Sha256Digest::from_json(v)
-                            .map_err(|e| invalid(&at, e))?
-                            .to_hex(),
-                    ),
-                }
-            }
-            None => None,
-        };
+        }
         let payload = Payload {
             chat_id: chat_id.to_owned(),
-            media_url,
-            media_missing,
-            mime_type,
-            file_name,
+            media_url: media.url,
+            media_missing: media.missing,
+            mime_type: media.mime_type,
+            file_name: media.file_name,
             caption: opt_string(message, "body"),
             sender,
             sha256,
@@ -340,6 +309,52 @@ impl Waha {
             );
         }
         MediaSource::download(request, self.hosts.clone())
+    }
+}
+
+/// A webhook's `payload.media`, read.
+struct WebhookMedia {
+    /// `media.url`, an http(s) URL, when WAHA downloaded the file.
+    url: Option<String>,
+    /// Why there is no `url`, for the log.
+    missing: Option<String>,
+    mime_type: Option<String>,
+    file_name: Option<String>,
+}
+
+impl WebhookMedia {
+    /// `media` (at `at`, for errors): null or absent when WAHA skipped the
+    /// download, an object otherwise.
+    fn parse(media: Option<&Value>, at: &str) -> Result<Self, ProviderError> {
+        let media = match media {
+            None | Some(Value::Null) => {
+                return Ok(Self {
+                    url: None,
+                    missing: Some("media is null".to_owned()),
+                    mime_type: None,
+                    file_name: None,
+                });
+            }
+            Some(media @ Value::Object(_)) => media,
+            Some(_) => return Err(invalid(at, "not an object")),
+        };
+        let url = opt_string(media, "url");
+        if let Some(url) = &url
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(invalid(&format!("{at}.url"), "not an http(s) URL"));
+        }
+        let missing = match (&url, media.get("error")) {
+            (Some(_), _) => None,
+            (None, None | Some(Value::Null)) => Some("media.url is null".to_owned()),
+            (None, Some(error)) => Some(describe_error(error)),
+        };
+        Ok(Self {
+            url,
+            missing,
+            mime_type: opt_string(media, "mimetype"),
+            file_name: opt_string(media, "filename"),
+        })
     }
 }
 
