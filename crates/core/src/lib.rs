@@ -35,4 +35,4 @@ pub use digest::Sha256Digest;
 pub use error_class::{Classify, ErrorClass, parse_retry_after};
 pub use job::{AccountName, InvalidAccountName, JobSpec, JobState, ProviderKind};
 pub use secret::Secret;
-pub use staged::StagedFile;
+pub use staged::{StagedBody, StagedFile};

@@ -8,6 +8,10 @@ use std::time::Duration;
 use archiver_core::config_value::{duration, verdict};
 use serde::Deserialize;
 
+/// The most `in_memory_max_bytes` may be (64 MiB): larger files belong in
+/// the spool, where their size costs disk, not memory.
+pub(crate) const MAX_IN_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+
 /// How downloads behave; the `[fetch]` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,6 +36,13 @@ pub struct FetchConfig {
     /// Largest file accepted, in bytes. Checked against `Content-Length`
     /// before the body is read and against the bytes actually received.
     pub max_file_bytes: u64,
+    /// Largest file held in memory rather than in a spool file, in bytes
+    /// (`0`: every file goes to the spool). Applies to downloads whose
+    /// `Content-Length` is known before the body arrives, and to files a
+    /// provider inlines. Memory held at once is at most
+    /// `workers.concurrency` times this (twice this while decrypting
+    /// WhatsApp media); at most 64 MiB.
+    pub in_memory_max_bytes: u64,
     /// Skip the address half of the SSRF guard (private, loopback, link-local
     /// and metadata addresses become reachable) for every account. The host
     /// allowlist still applies. Only for tests and deployments whose
@@ -53,6 +64,7 @@ impl Default for FetchConfig {
             read_timeout: Duration::from_secs(60),
             api_timeout: Duration::from_secs(60),
             max_file_bytes: 2 * 1024 * 1024 * 1024,
+            in_memory_max_bytes: 1024 * 1024,
             allow_private_networks: false,
             spool_dir: PathBuf::from("data/spool"),
         }
@@ -73,6 +85,12 @@ impl FetchConfig {
         if self.max_file_bytes == 0 {
             problems.push("fetch.max_file_bytes: must be above 0".into());
         }
+        if self.in_memory_max_bytes > MAX_IN_MEMORY_BYTES {
+            problems.push(format!(
+                "fetch.in_memory_max_bytes: {} is above the most allowed, {MAX_IN_MEMORY_BYTES} (64 MiB); larger files belong in the spool",
+                self.in_memory_max_bytes
+            ));
+        }
         verdict(problems, ())
     }
 }
@@ -92,6 +110,7 @@ mod tests {
         assert_eq!(config.read_timeout, Duration::from_secs(60));
         assert_eq!(config.api_timeout, Duration::from_secs(60));
         assert_eq!(config.max_file_bytes, 2_147_483_648);
+        assert_eq!(config.in_memory_max_bytes, 1_048_576);
         assert!(!config.allow_private_networks);
         assert_eq!(config.spool_dir, PathBuf::from("data/spool"));
         assert_eq!(config.validate(), Ok(()));
@@ -107,12 +126,13 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_key_path() {
         let config =
-            parse(r#"{"read_timeout": "0s", "api_timeout": "0s", "max_file_bytes": 0}"#).unwrap();
+            parse(r#"{"read_timeout": "0s", "api_timeout": "0s", "max_file_bytes": 0, "in_memory_max_bytes": 67108865}"#).unwrap();
         let problems = config.validate().unwrap_err();
         for key in [
             "fetch: connect_timeout and read_timeout",
             "fetch.api_timeout",
             "fetch.max_file_bytes",
+            "fetch.in_memory_max_bytes",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(key)),

@@ -3,10 +3,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use archiver_core::{StagedFile, parse_retry_after};
+use archiver_core::{Sha256Digest, StagedBody, StagedFile, parse_retry_after};
 use http::header::{ACCEPT_ENCODING, LOCATION, RETRY_AFTER};
 use http::{HeaderValue, Method, StatusCode};
 use reqwest::redirect::Policy;
+use sha2::Digest as _;
 use url::{Host, Url};
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::base64_json::{self, ChannelReader};
 use crate::guard::{BlockedAddress, GuardedResolver, forbidden_reason};
-use crate::spool::{Spool, SpoolWriter};
+use crate::spool::{Spool, Staging};
 use crate::{Answer, DownloadRequest, FetchConfig, FetchError, HostPolicy, redact_url};
 
 /// Redirects followed before giving up with [`FetchError::TooManyRedirects`].
@@ -52,9 +53,11 @@ impl Fetcher {
         })
     }
 
-    /// Streams the response body into a new spool file while hashing it.
+    /// Streams the response body into a new spool file while hashing it,
+    /// or into memory when `Content-Length` announces at most
+    /// `in_memory_max_bytes` (see [`StagedBody`](archiver_core::StagedBody)).
     ///
-    /// The body is never held in memory. Enforces `max_file_bytes` (from
+    /// A body larger than that is never held in memory. Enforces `max_file_bytes` (from
     /// `Content-Length` up front and on the bytes received), `read_timeout`
     /// while waiting for headers and between chunks, and the SSRF guard on
     /// the URL and on every redirect hop (at most 5 redirects, followed
@@ -81,17 +84,27 @@ impl Fetcher {
     }
 
     /// Like [`Fetcher::download`], for a body already in memory (a provider
-    /// that inlines the file, e.g. base64 in a webhook): writes and hashes it
-    /// into the spool, under the same size cap.
-    pub async fn spool_bytes(&self, bytes: &[u8]) -> Result<StagedFile, FetchError> {
-        if bytes.len() as u64 > self.cfg.max_file_bytes {
+    /// that inlines the file, e.g. base64 in a webhook): hashes it and keeps
+    /// it in memory if it is at most `in_memory_max_bytes`, else writes it
+    /// into the spool; under the same size cap.
+    pub async fn stage_bytes(&self, bytes: &Bytes) -> Result<StagedFile, FetchError> {
+        let len = bytes.len() as u64;
+        if len > self.cfg.max_file_bytes {
             return Err(FetchError::TooLarge {
                 limit: self.cfg.max_file_bytes,
             });
         }
-        let mut spool = SpoolWriter::create(self.spool.dir())?;
-        spool.write(bytes).await?;
-        spool.finish().await
+        if len <= self.cfg.in_memory_max_bytes {
+            let sha256: [u8; 32] = sha2::Sha256::digest(bytes).into();
+            return Ok(StagedFile {
+                body: StagedBody::Memory(bytes.clone()),
+                size: len,
+                sha256: Sha256Digest::from_bytes(sha256),
+            });
+        }
+        let mut staging = Staging::spool(self.spool.dir())?;
+        staging.write(bytes).await?;
+        staging.finish().await
     }
 
     async fn download_inner(
@@ -102,19 +115,25 @@ impl Fetcher {
     ) -> Result<StagedFile, FetchError> {
         let (url, response) = self.send_following_redirects(req, hosts).await?;
         let limit = self.cfg.max_file_bytes;
-        let mut spool = SpoolWriter::create(self.spool.dir())?;
+        let announced = response.content_length();
+        let mut staging = match (req.answer, announced) {
+            (Answer::File, Some(len)) if len <= self.cfg.in_memory_max_bytes.min(limit) => {
+                Staging::memory(len)
+            }
+            _ => Staging::spool(self.spool.dir())?,
+        };
         match req.answer {
             Answer::File => {
-                let mut sink = BodySink::Spool(&mut spool);
+                let mut sink = BodySink::Staging(&mut staging);
                 self.receive(&url, response, limit, progress, &mut sink)
                     .await?;
             }
             Answer::Base64JsonField(field) => {
-                self.receive_base64_json(&url, response, field, progress, &mut spool)
+                self.receive_base64_json(&url, response, field, progress, &mut staging)
                     .await?;
             }
         }
-        spool.finish().await
+        staging.finish().await
     }
 
     /// Streams a response body into `sink`, at most `limit` bytes, with
@@ -188,7 +207,7 @@ impl Fetcher {
         response: reqwest::Response,
         field: &'static str,
         progress: &AtomicU64,
-        spool: &mut SpoolWriter,
+        staging: &mut Staging,
     ) -> Result<(), FetchError> {
         let (body_tx, body_rx) = mpsc::channel(CHANNEL_CHUNKS);
         let (file_tx, file_rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
@@ -206,7 +225,7 @@ impl Fetcher {
             self.receive(url, response, answer_limit, progress, &mut sink)
                 .await
         };
-        let file = write_decoded(file_rx, spool, limit);
+        let file = write_decoded(file_rx, staging, limit);
         // The download's own errors come first; the decoder, which reads
         // the body to its end whatever it finds, answers after.
         let transfer = tokio::try_join!(body, file);
@@ -362,8 +381,8 @@ const CHANNEL_CHUNKS: usize = 4;
 
 /// Where [`Fetcher::receive`] puts the body.
 enum BodySink<'a> {
-    /// Straight into the spool file: the body is the file.
-    Spool(&'a mut SpoolWriter),
+    /// Straight into the spool file or memory: the body is the file.
+    Staging(&'a mut Staging),
     /// To the base64-in-JSON decoder.
     Channel(mpsc::Sender<Bytes>),
 }
@@ -371,7 +390,7 @@ enum BodySink<'a> {
 impl BodySink<'_> {
     async fn accept(&mut self, chunk: Bytes) -> Result<(), FetchError> {
         match self {
-            BodySink::Spool(spool) => spool.write(&chunk).await,
+            BodySink::Staging(staging) => staging.write(&chunk).await,
             // The decoder reads to the end of the body, so a closed channel
             // means it failed; its own error is what the caller reports.
             BodySink::Channel(decoder) => decoder
@@ -386,14 +405,14 @@ impl BodySink<'_> {
 /// above `limit`.
 async fn write_decoded(
     mut chunks: mpsc::Receiver<Vec<u8>>,
-    spool: &mut SpoolWriter,
+    staging: &mut Staging,
     limit: u64,
 ) -> Result<(), FetchError> {
     while let Some(chunk) = chunks.recv().await {
-        if spool.size() + chunk.len() as u64 > limit {
+        if staging.size() + chunk.len() as u64 > limit {
             return Err(FetchError::TooLarge { limit });
         }
-        spool.write(&chunk).await?;
+        staging.write(&chunk).await?;
     }
     Ok(())
 }

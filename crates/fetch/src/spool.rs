@@ -1,4 +1,5 @@
-//! The spool: scratch files that downloads stream into.
+//! The spool: scratch files that downloads stream into (and, for a file
+//! small enough, memory instead; see [`Staging`]).
 //!
 //! # Who may delete what (several processes, one `spool_dir`)
 //!
@@ -37,7 +38,8 @@ use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use archiver_core::{Sha256Digest, StagedFile};
+use archiver_core::{Sha256Digest, StagedBody, StagedFile};
+use bytes::BytesMut;
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -242,7 +244,72 @@ impl SpoolWriter {
             .path
             .keep()
             .map_err(|e| io_error("keeping the spool file", &e.error))?;
-        Ok(StagedFile { path, size, sha256 })
+        Ok(StagedFile {
+            body: StagedBody::Spool(path),
+            size,
+            sha256,
+        })
+    }
+}
+
+/// Where one download's bytes go while they are hashed: a spool file, or,
+/// for a file whose size is known up front and at most
+/// `fetch.in_memory_max_bytes`, one buffer of exactly that size.
+///
+/// Why memory for small files: for a typical 200 KiB image the spool file's
+/// life (create, write, re-open to hash it again, re-open to send it,
+/// unlink), each step a trip to the blocking pool, cost more CPU than the
+/// bytes themselves (BENCHMARKS.md). Memory stays bounded by configuration:
+/// at most `workers.concurrency` downloads run at once, each holding at
+/// most `in_memory_max_bytes` (twice that while a WhatsApp-encrypted one is
+/// decrypted).
+pub(crate) enum Staging {
+    Spool(SpoolWriter),
+    Memory { buf: BytesMut, hasher: Sha256 },
+}
+
+impl Staging {
+    /// A buffer for a file of exactly `len` bytes.
+    pub(crate) fn memory(len: u64) -> Self {
+        Staging::Memory {
+            buf: BytesMut::with_capacity(usize::try_from(len).unwrap_or(0)),
+            hasher: Sha256::new(),
+        }
+    }
+
+    pub(crate) fn spool(dir: &Path) -> Result<Self, FetchError> {
+        SpoolWriter::create(dir).map(Staging::Spool)
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        match self {
+            Staging::Spool(spool) => spool.size(),
+            Staging::Memory { buf, .. } => buf.len() as u64,
+        }
+    }
+
+    pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
+        match self {
+            Staging::Spool(spool) => spool.write(chunk).await,
+            Staging::Memory { buf, hasher } => {
+                hasher.update(chunk);
+                buf.extend_from_slice(chunk);
+                Ok(())
+            }
+        }
+    }
+
+    /// The staged file: the spool file flushed and kept (see
+    /// [`SpoolWriter::finish`]), or the buffer frozen.
+    pub(crate) async fn finish(self) -> Result<StagedFile, FetchError> {
+        match self {
+            Staging::Spool(spool) => spool.finish().await,
+            Staging::Memory { buf, hasher } => Ok(StagedFile {
+                size: buf.len() as u64,
+                sha256: Sha256Digest::from_bytes(hasher.finalize().into()),
+                body: StagedBody::Memory(buf.freeze()),
+            }),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use test_support::files_under;
 
-use archiver_core::{Classify, ErrorClass, Secret};
+use archiver_core::{Classify, ErrorClass, Secret, StagedBody, StagedFile};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, LOCATION, RETRY_AFTER};
@@ -273,8 +273,13 @@ fn loopback() -> HostPolicy {
     HostPolicy::new(["127.0.0.1"])
 }
 
-fn read(path: &std::path::Path) -> Vec<u8> {
-    std::fs::read(path).unwrap()
+use test_support::staged_bytes as read;
+
+/// The spool file of a staged file that must have one.
+fn spool_path(file: &StagedFile) -> std::path::PathBuf {
+    file.spool_path()
+        .expect("staged in a spool file, not in memory")
+        .to_owned()
 }
 
 #[tokio::test]
@@ -293,10 +298,11 @@ async fn streams_40_mib_hashed_with_exact_size_and_progress() {
     assert_eq!(file.size, len as u64);
     assert_eq!(file.sha256.as_bytes(), &expected);
     assert_eq!(progress, len as u64);
-    assert_eq!(std::fs::metadata(&file.path).unwrap().len(), len as u64);
-    let on_disk: [u8; 32] = Sha256::digest(read(&file.path)).into();
+    let path = spool_path(&file);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len as u64);
+    let on_disk: [u8; 32] = Sha256::digest(read(&file)).into();
     assert_eq!(on_disk, expected);
-    assert!(file.path.starts_with(env.spool.path().join("spool")));
+    assert!(path.starts_with(env.spool.path().join("spool")));
 }
 
 #[tokio::test]
@@ -307,7 +313,7 @@ async fn chunked_body_without_content_length_is_accepted() {
     let file = file.unwrap();
     assert_eq!(file.size, 300_000);
     assert_eq!(progress, 300_000);
-    assert_eq!(read(&file.path), pattern_chunk(0, 300_000).to_vec());
+    assert_eq!(read(&file), pattern_chunk(0, 300_000).to_vec());
 }
 
 #[tokio::test]
@@ -322,24 +328,86 @@ async fn sha256_matches_a_known_vector_and_accept_encoding_is_identity() {
     );
     let echo = env.get(server.url("/echo"), &loopback()).await.unwrap();
     assert_eq!(
-        String::from_utf8(read(&echo.path)).unwrap(),
+        String::from_utf8(read(&echo)).unwrap(),
         "GET auth=false ae=identity body="
     );
 }
 
 #[tokio::test]
-async fn spool_bytes_hashes_and_caps() {
-    let env = Env::new(|c| c.max_file_bytes = 5);
-    let file = env.fetcher.spool_bytes(b"abc").await.unwrap();
+async fn inline_bytes_are_hashed_capped_and_kept_in_memory_when_small() {
+    let env = Env::new(|c| {
+        c.max_file_bytes = 5;
+        c.in_memory_max_bytes = 3;
+    });
+    let file = env
+        .fetcher
+        .stage_bytes(&Bytes::from_static(b"abc"))
+        .await
+        .unwrap();
     assert_eq!(file.size, 3);
     assert_eq!(
         file.sha256.to_hex(),
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
-    assert_eq!(read(&file.path), b"abc");
-    let err = env.fetcher.spool_bytes(b"abcdef").await.unwrap_err();
+    assert!(matches!(&file.body, StagedBody::Memory(b) if b.as_ref() == b"abc"));
+    assert!(
+        env.spool_files().is_empty(),
+        "no spool file for a small file"
+    );
+
+    let spooled = env
+        .fetcher
+        .stage_bytes(&Bytes::from_static(b"abcd"))
+        .await
+        .unwrap();
+    assert_eq!(read(&spooled), b"abcd");
+    assert_eq!(env.spool_files(), vec![spool_path(&spooled)]);
+
+    let err = env
+        .fetcher
+        .stage_bytes(&Bytes::from_static(b"abcdef"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, FetchError::TooLarge { limit: 5 }), "{err:?}");
-    assert_eq!(env.spool_files(), vec![file.path]);
+    assert_eq!(env.spool_files().len(), 1, "nothing left by the refusal");
+}
+
+#[tokio::test]
+async fn a_download_announced_small_is_held_in_memory_and_one_not_announced_is_spooled() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.in_memory_max_bytes = 300_000);
+    let (small, progress) = env.get_counting(server.url("/sized/300000")).await;
+    let small = small.unwrap();
+    assert!(
+        small.spool_path().is_none(),
+        "announced 300000 bytes: memory"
+    );
+    assert_eq!(progress, 300_000);
+    assert_eq!(read(&small), pattern_chunk(0, 300_000).to_vec());
+    let digest: [u8; 32] = Sha256::digest(read(&small)).into();
+    assert_eq!(small.sha256.as_bytes(), &digest);
+    assert!(env.spool_files().is_empty());
+
+    let larger = env
+        .get_counting(server.url("/sized/300001"))
+        .await
+        .0
+        .unwrap();
+    assert_eq!(read(&larger), pattern_chunk(0, 300_001).to_vec());
+    assert_eq!(
+        env.spool_files(),
+        vec![spool_path(&larger)],
+        "one byte over: spool"
+    );
+
+    // No Content-Length: the size is unknown until the end, so the spool.
+    let unsized_ = env
+        .get_counting(server.url("/unsized/1000"))
+        .await
+        .0
+        .unwrap();
+    assert_eq!(read(&unsized_), pattern_chunk(0, 1000).to_vec());
+    assert!(unsized_.spool_path().is_some());
 }
 
 #[tokio::test]
@@ -417,7 +485,8 @@ async fn stall_after_headers_times_out() {
 #[tokio::test]
 async fn a_download_dropped_mid_body_leaves_no_spool_file() {
     let server = Server::start().await;
-    let env = Env::new(|_| {});
+    // A small file would be held in memory, with no file to leave.
+    let env = Env::new(|c| c.in_memory_max_bytes = 0);
     let progress = AtomicU64::new(0);
     let request = DownloadRequest::get(server.url("/half-then-stall/100000"));
     let hosts = loopback();
@@ -439,10 +508,13 @@ async fn a_download_dropped_mid_body_leaves_no_spool_file() {
 
 #[test]
 fn startup_sweeps_spool_files_of_dead_processes_but_not_of_live_ones() {
-    let env = Env::new(|_| {});
+    let env = Env::new(|c| c.in_memory_max_bytes = 0);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let live = rt
-        .block_on(env.fetcher.spool_bytes(b"a live replica's file"))
+        .block_on(
+            env.fetcher
+                .stage_bytes(&Bytes::from_static(b"a live replica's file")),
+        )
         .unwrap();
     // What a process killed with -9 leaves: its directory, unlocked now
     // that the kernel dropped its lock, with a half-written file in it.
@@ -474,10 +546,10 @@ fn startup_sweeps_spool_files_of_dead_processes_but_not_of_live_ones() {
     );
     assert_eq!(
         env.spool_files(),
-        vec![live.path.clone()],
+        vec![spool_path(&live)],
         "the live fetcher's file stays"
     );
-    assert_eq!(read(&live.path), b"a live replica's file");
+    assert_eq!(read(&live), b"a live replica's file");
 }
 
 #[tokio::test]
@@ -549,13 +621,13 @@ async fn redirect_to_an_allowed_host_is_followed() {
         .get(server.url(&format!("/redirect?to={target}")), &hosts)
         .await
         .unwrap();
-    assert_eq!(read(&file.path), b"abc");
+    assert_eq!(read(&file), b"abc");
     // Relative Location.
     let file = env
         .get(server.url("/redirect?to=/abc"), &loopback())
         .await
         .unwrap();
-    assert_eq!(read(&file.path), b"abc");
+    assert_eq!(read(&file), b"abc");
 }
 
 #[tokio::test]
@@ -599,16 +671,13 @@ async fn credentials_stay_on_the_first_origin_and_307_keeps_the_body() {
     req.method = hyper::Method::POST;
     req.body = Some(Bytes::from_static(b"{\"id\":1}"));
     let file = env.fetcher.download(&req, &hosts, &progress).await.unwrap();
-    assert_eq!(
-        read(&file.path),
-        b"POST auth=true ae=identity body={\"id\":1}"
-    );
+    assert_eq!(read(&file), b"POST auth=true ae=identity body={\"id\":1}");
 
     let target = format!("http://localhost:{}/echo", server.port());
     let req = DownloadRequest::get(server.url(&format!("/redirect?to={target}")))
         .with_header(AUTHORIZATION, Secret::new(TOKEN));
     let file = env.fetcher.download(&req, &hosts, &progress).await.unwrap();
-    assert_eq!(read(&file.path), b"GET auth=false ae=identity body=");
+    assert_eq!(read(&file), b"GET auth=false ae=identity body=");
 }
 
 #[tokio::test]
@@ -770,7 +839,7 @@ async fn a_base64_json_answer_becomes_the_decoded_file_in_the_spool() {
         staged.sha256.to_hex(),
         format!("{:x}", Sha256::digest(&file))
     );
-    assert_eq!(read(&staged.path), file);
+    assert_eq!(read(&staged), file);
     // Progress counts the answer's bytes as they arrive.
     assert_eq!(
         progress.load(Ordering::Relaxed),
@@ -853,7 +922,7 @@ async fn the_gateway_s_own_api_host_is_reached_on_a_private_address_and_nothing_
     let env = Env::new(|c| c.allow_private_networks = false);
     let gateway = HostPolicy::gateway_api(&server.url("/"));
     let staged = env.get(server.url("/abc"), &gateway).await.unwrap();
-    assert_eq!(read(&staged.path), b"abc");
+    assert_eq!(read(&staged), b"abc");
     // A redirect away from it is refused like any other host.
     let away = format!("http://localhost:{}/abc", server.port())
         .replace(':', "%3A")

@@ -10,6 +10,7 @@ use media_fetch::{DownloadRequest, FetchConfig, FetchError, Fetcher, HostPolicy}
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use test_support::green_api::{FakeGreenApi, FileFault};
+use test_support::staged_bytes;
 use url::Url;
 
 const CHAT: &str = "79001234567@c.us";
@@ -140,7 +141,7 @@ async fn each_file_fault_reaches_the_fetcher_as_its_failure() {
     // Faults used up: the file again.
     let ok = env.fetch(&url).await.unwrap();
     assert_eq!(ok.sha256.as_bytes(), &sha(&bytes));
-    assert_eq!(std::fs::read(&ok.path).unwrap(), bytes);
+    assert_eq!(staged_bytes(&ok), bytes);
     assert_eq!(env.fake.file_hits(&url), 7, "one GET per attempt");
 }
 
@@ -175,7 +176,7 @@ async fn gone_link_stays_gone_and_download_file_gives_a_fresh_one() {
     assert_ne!(fresh, url);
     assert!(fresh.ends_with(".pdf"));
     let file = env.fetch(&fresh).await.unwrap();
-    assert_eq!(std::fs::read(&file.path).unwrap(), bytes);
+    assert_eq!(staged_bytes(&file), bytes);
     assert!(
         env.fetch(&url).await.unwrap_err().is_link_dead(),
         "the old link stays dead"
@@ -297,10 +298,7 @@ async fn api_faults_apply_to_download_file_in_order() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(
-        std::fs::read(env.fetch(&url).await.unwrap().path).unwrap(),
-        vec![9; 10]
-    );
+    assert_eq!(staged_bytes(&env.fetch(&url).await.unwrap()), vec![9; 10]);
 }
 
 #[tokio::test]

@@ -188,7 +188,7 @@ impl Attempt<'_> {
         Ok(Attempted::Archived(processed))
     }
 
-    /// Puts the bytes into a spool file, hashed.
+    /// Puts the bytes into a spool file or memory, hashed.
     async fn obtain(
         &self,
         source: &MediaSource,
@@ -198,7 +198,7 @@ impl Attempt<'_> {
             MediaSource::Download { request, hosts } => {
                 self.fetcher.download(request, hosts, progress).await
             }
-            MediaSource::Inline(bytes) => self.fetcher.spool_bytes(bytes).await,
+            MediaSource::Inline(bytes) => self.fetcher.stage_bytes(bytes).await,
         }
     }
 
@@ -271,7 +271,11 @@ async fn decrypt(
     let (media, encrypted) = (media.clone(), encrypted.clone());
     let fail = |error| JobError::Decrypt { error, attempt };
     let plain = tokio::task::spawn_blocking(move || {
-        let dir = encrypted.path.parent().unwrap_or(std::path::Path::new("."));
+        // A spool file's plaintext goes beside it; one in memory stays there.
+        let dir = encrypted
+            .spool_path()
+            .and_then(std::path::Path::parent)
+            .unwrap_or(std::path::Path::new("."));
         whatsapp_media::decrypt_file(&media, &encrypted, dir)
     })
     .await
@@ -280,19 +284,23 @@ async fn decrypt(
     plain.keep().map_err(fail)
 }
 
-/// Owns a spool file for the rest of an attempt and removes it when
-/// dropped: on success, on error, and when the attempt's future is dropped
-/// mid-way. (The fs store may already have moved it into the archive.)
+/// Owns a staged file for the rest of an attempt and removes its spool
+/// file (if it has one) when dropped: on success, on error, and when the
+/// attempt's future is dropped mid-way. (The fs store may already have
+/// moved it into the archive.)
 #[derive(Debug)]
 struct SpoolFile(archiver_core::StagedFile);
 
 impl Drop for SpoolFile {
     fn drop(&mut self) {
+        let Some(path) = self.0.spool_path() else {
+            return;
+        };
         // A plain unlink: quick enough for async code, and Drop cannot await.
-        if let Err(e) = std::fs::remove_file(&self.0.path)
+        if let Err(e) = std::fs::remove_file(path)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(path = %self.0.path.display(), error = %e, "could not remove spool file");
+            tracing::warn!(path = %path.display(), error = %e, "could not remove spool file");
         }
     }
 }
@@ -378,7 +386,10 @@ mod tests {
             file: &StagedFile,
             _: Option<&str>,
         ) -> Result<PutOutcome, StoreError> {
-            assert!(file.path.exists(), "the store is handed a spool file");
+            assert!(
+                file.spool_path().is_some_and(std::path::Path::exists),
+                "the store is handed a spool file"
+            );
             self.uploading.notify_one();
             match self.put_blob {
                 PutBlob::Succeed => Ok(PutOutcome::Stored),
@@ -424,8 +435,10 @@ mod tests {
     impl Env {
         fn new(put_blob: PutBlob) -> Self {
             let spool = tempfile::tempdir().unwrap();
+            // Every file in the spool: these tests are about its cleanup.
             let fetcher = Fetcher::new(FetchConfig {
                 spool_dir: spool.path().to_owned(),
+                in_memory_max_bytes: 0,
                 ..FetchConfig::default()
             })
             .unwrap();

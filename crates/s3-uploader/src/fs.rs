@@ -23,7 +23,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use archiver_core::{Sha256Digest, StagedFile};
+use archiver_core::{Sha256Digest, StagedBody, StagedFile};
 use sha2::{Digest, Sha256};
 
 use crate::store::{clamp_page, validate_key, validate_prefix};
@@ -43,11 +43,13 @@ const COPY_BUF: usize = 1024 * 1024;
 
 /// An archive in a local folder (the default backend).
 ///
-/// `put_blob` checks that the staged file still hashes to its recorded
+/// `put_blob` checks that a spool file still hashes to its recorded
 /// sha256, then moves it into place when it is on the same filesystem as
-/// the root: no copy, and the staged path no longer exists afterwards.
-/// Otherwise it copies (hashing while copying) and leaves the staged file
-/// alone. Either way the caller deletes `file.path` if it still exists.
+/// the root: no copy, and the spool path no longer exists afterwards.
+/// Otherwise it copies (hashing while copying) and leaves the spool file
+/// alone. Either way the caller deletes the spool file if it still exists.
+/// A file staged in memory is written through a temp file, as a manifest
+/// is.
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
@@ -123,11 +125,30 @@ impl FsStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io("stat", dest, e)),
         }
-        let staged = fs::metadata(&file.path)
-            .map_err(|e| StoreError::io("stat staged file", &file.path, e))?;
+        let path = match &file.body {
+            StagedBody::Spool(path) => path,
+            // Never on disk: written through a temp file like a manifest;
+            // the bytes were hashed as they arrived and have not left
+            // memory since.
+            StagedBody::Memory(bytes) => {
+                if bytes.len() as u64 != file.size {
+                    return Err(StoreError::SpoolMismatch {
+                        path: file.location(),
+                        detail: format!(
+                            "staged bytes are {} long, expected {}",
+                            bytes.len(),
+                            file.size
+                        ),
+                    });
+                }
+                self.put_small_blocking(dest, bytes)?;
+                return Ok(PutOutcome::Stored);
+            }
+        };
+        let staged = fs::metadata(path).map_err(|e| StoreError::io("stat staged file", path, e))?;
         if staged.len() != file.size {
             return Err(StoreError::SpoolMismatch {
-                path: file.path.clone(),
+                path: path.clone(),
                 detail: format!(
                     "staged file is {} bytes, expected {}",
                     staged.len(),
@@ -137,7 +158,7 @@ impl FsStore {
         }
         self.create_dirs(dir)?;
         if !self.same_filesystem(&staged) {
-            self.copy_in(dest, file)?;
+            self.copy_in(dest, file, path)?;
             return Ok(PutOutcome::Stored);
         }
 
@@ -145,18 +166,18 @@ impl FsStore {
         // still hashes to its recorded sha256 (what the key promises; about
         // 1 s per 1.7 GB with SHA-NI, small next to the download) and making
         // its bytes durable before its new name is.
-        let mut staged_file = File::open(&file.path)
-            .map_err(|e| StoreError::io("open staged file", &file.path, e))?;
+        let mut staged_file =
+            File::open(path).map_err(|e| StoreError::io("open staged file", path, e))?;
         check_digest(
             file,
-            hash_reader(&mut staged_file, &file.path, "read staged file", |_| Ok(()))?,
+            hash_reader(&mut staged_file, path, "read staged file", |_| Ok(()))?,
         )?;
         staged_file
             .sync_all()
-            .map_err(|e| StoreError::io("fsync staged file", &file.path, e))?;
-        record_sync(&file.path);
+            .map_err(|e| StoreError::io("fsync staged file", path, e))?;
+        record_sync(path);
         drop(staged_file);
-        match fs::rename(&file.path, dest) {
+        match fs::rename(path, dest) {
             Ok(()) => {
                 fsync_dir(dir)?;
                 return Ok(PutOutcome::Stored);
@@ -164,7 +185,7 @@ impl FsStore {
             Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {}
             Err(e) => return Err(StoreError::io("rename staged file to", dest, e)),
         }
-        self.copy_in(dest, file)?;
+        self.copy_in(dest, file, path)?;
         Ok(PutOutcome::Stored)
     }
 
@@ -185,11 +206,10 @@ impl FsStore {
 
     /// Copies the staged file to `dest` through a temp file, verifying size
     /// and sha256 of what was copied before it becomes visible.
-    fn copy_in(&self, dest: &Path, file: &StagedFile) -> Result<(), StoreError> {
-        let mut src = File::open(&file.path)
-            .map_err(|e| StoreError::io("open staged file", &file.path, e))?;
+    fn copy_in(&self, dest: &Path, file: &StagedFile, path: &Path) -> Result<(), StoreError> {
+        let mut src = File::open(path).map_err(|e| StoreError::io("open staged file", path, e))?;
         let mut tmp = self.temp_file()?;
-        let measured = hash_reader(&mut src, &file.path, "read staged file", |chunk| {
+        let measured = hash_reader(&mut src, path, "read staged file", |chunk| {
             tmp.write_all(chunk)
                 .map_err(|e| StoreError::io("write", tmp.path(), e))
         })?;
@@ -536,7 +556,7 @@ fn check_digest(file: &StagedFile, (size, digest): (u64, [u8; 32])) -> Result<()
         return Ok(());
     }
     Err(StoreError::SpoolMismatch {
-        path: file.path.clone(),
+        path: file.location(),
         detail: format!(
             "staged file has {size} bytes with sha256 {}, recorded {} bytes with sha256 {}",
             hex::encode(digest),
@@ -596,7 +616,7 @@ mod tests {
         let path = dir.join(name);
         fs::write(&path, bytes).unwrap();
         StagedFile {
-            path,
+            body: StagedBody::Spool(path),
             size: bytes.len() as u64,
             sha256: Sha256Digest::from_bytes(Sha256::digest(bytes).into()),
         }
@@ -610,14 +630,17 @@ mod tests {
         let file = staged(spool.path(), "a", b"hello");
         let dest = root.path().join("x/y/a.txt");
         store.create_dirs(parent_of(&dest)).unwrap();
-        store.copy_in(&dest, &file).unwrap();
+        let path = file.location();
+        store.copy_in(&dest, &file, &path).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"hello");
-        assert!(file.path.exists());
+        assert!(path.exists());
 
         let mut wrong = staged(spool.path(), "b", b"world");
         wrong.sha256 = file.sha256;
         let dest_b = root.path().join("x/y/b.txt");
-        let err = store.copy_in(&dest_b, &wrong).unwrap_err();
+        let err = store
+            .copy_in(&dest_b, &wrong, &wrong.location())
+            .unwrap_err();
         assert!(matches!(err, StoreError::SpoolMismatch { .. }), "{err}");
         assert!(!dest_b.exists());
         assert_eq!(

@@ -11,6 +11,14 @@ pub mod nxcloud;
 pub mod waha;
 pub mod whatsapp_cdn;
 
+/// The bytes of a staged file, wherever they wait (a spool file or memory).
+pub fn staged_bytes(file: &archiver_core::StagedFile) -> Vec<u8> {
+    match &file.body {
+        archiver_core::StagedBody::Spool(path) => std::fs::read(path).unwrap(),
+        archiver_core::StagedBody::Memory(bytes) => bytes.to_vec(),
+    }
+}
+
 /// Every file below `dir`, recursively (a missing folder has none): how
 /// tests look for spool files and archived objects left behind.
 pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -1,7 +1,8 @@
-//! Streaming, verified decryption of one encrypted spool file.
+//! Streaming, verified decryption of one encrypted staged file (a spool
+//! file, or a small file in memory).
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Cursor, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use aes::Aes256;
@@ -9,7 +10,8 @@ use aes::cipher::block_padding::Pkcs7;
 use aes::cipher::consts::U16;
 use aes::cipher::inout::InOutBuf;
 use aes::cipher::{BlockDecryptMut, KeyIvInit};
-use archiver_core::{Classify, ErrorClass, Sha256Digest, StagedFile};
+use archiver_core::{Classify, ErrorClass, Sha256Digest, StagedBody, StagedFile};
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
@@ -109,10 +111,11 @@ impl Classify for DecryptError {
     }
 }
 
-/// A verified plaintext file in the spool, removed when dropped unless kept.
+/// A verified plaintext file, in the spool (removed when dropped unless
+/// kept) or in memory (when the encrypted file was).
 #[derive(Debug)]
 pub struct Plaintext {
-    path: TempPath,
+    body: PlainBody,
     /// Its length in bytes.
     pub size: u64,
     /// Its sha256 (equal to the message's `fileSha256`).
@@ -123,20 +126,93 @@ impl Plaintext {
     /// Keeps the file and hands it on as a [`StagedFile`]; the holder of the
     /// result owns the file from then on.
     pub fn keep(self) -> Result<StagedFile, DecryptError> {
-        let path = self
-            .path
-            .keep()
-            .map_err(|e| DecryptError::Io(format!("keeping the plaintext file: {}", e.error)))?;
+        let body = match self.body {
+            PlainBody::Spool(path) => StagedBody::Spool(path.keep().map_err(|e| {
+                DecryptError::Io(format!("keeping the plaintext file: {}", e.error))
+            })?),
+            PlainBody::Memory(bytes) => StagedBody::Memory(bytes),
+        };
         Ok(StagedFile {
-            path,
+            body,
             size: self.size,
             sha256: self.sha256,
         })
     }
 }
 
-/// Authenticates and decrypts `blob` (an encrypted spool file whose sha256
-/// the download already computed) into a new file in `out_dir`.
+#[derive(Debug)]
+enum PlainBody {
+    Spool(TempPath),
+    Memory(Bytes),
+}
+
+/// Where the plaintext goes: a spool file beside the encrypted one, or
+/// memory when the encrypted file is in memory (it is then at most
+/// `fetch.in_memory_max_bytes`, and the plaintext is shorter).
+enum PlainSink {
+    Spool(BufWriter<File>, TempPath),
+    Memory(Vec<u8>),
+}
+
+impl PlainSink {
+    fn for_blob(blob: &StagedFile, out_dir: &Path) -> Result<Self, DecryptError> {
+        match &blob.body {
+            StagedBody::Memory(bytes) => Ok(PlainSink::Memory(Vec::with_capacity(bytes.len()))),
+            StagedBody::Spool(_) => {
+                let (file, path) = tempfile::Builder::new()
+                    .prefix("plain-")
+                    .suffix(".spool")
+                    .tempfile_in(out_dir)
+                    .map_err(|e| io("creating the plaintext file", &e))?
+                    .into_parts();
+                Ok(PlainSink::Spool(
+                    BufWriter::with_capacity(WRITE_BUFFER, file),
+                    path,
+                ))
+            }
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), DecryptError> {
+        match self {
+            PlainSink::Spool(out, _) => out
+                .write_all(bytes)
+                .map_err(|e| io("writing the plaintext file", &e)),
+            PlainSink::Memory(buf) => {
+                buf.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<PlainBody, DecryptError> {
+        match self {
+            PlainSink::Spool(out, path) => {
+                out.into_inner()
+                    .map_err(|e| io("flushing the plaintext file", e.error()))?;
+                Ok(PlainBody::Spool(path))
+            }
+            PlainSink::Memory(buf) => Ok(PlainBody::Memory(Bytes::from(buf))),
+        }
+    }
+}
+
+/// The encrypted bytes, read twice (MAC, then decryption).
+trait Input: Read + Seek {}
+impl<T: Read + Seek> Input for T {}
+
+fn open_input(blob: &StagedFile) -> Result<Box<dyn Input>, DecryptError> {
+    Ok(match &blob.body {
+        StagedBody::Spool(path) => {
+            Box::new(File::open(path).map_err(|e| io("opening the encrypted file", &e))?)
+        }
+        StagedBody::Memory(bytes) => Box::new(Cursor::new(bytes.clone())),
+    })
+}
+
+/// Authenticates and decrypts `blob` (an encrypted staged file whose sha256
+/// the download already computed) into a new file in `out_dir`, or into
+/// memory when `blob` is in memory.
 ///
 /// Runs the checks in the order listed in the crate docs and stops at the
 /// first failure; on any error no plaintext file is left behind. The input
@@ -174,7 +250,7 @@ pub(crate) fn decrypt_with_chunk(
     }
     let ciphertext_len = len - MAC_LEN as u64;
     let keys = media.media_key.expand(media.media_type);
-    let mut input = File::open(&blob.path).map_err(|e| io("opening the encrypted file", &e))?;
+    let mut input = open_input(blob)?;
     let mut buf = vec![0u8; chunk];
 
     // 2. The MAC over iv || ciphertext, compared in constant time.
@@ -203,20 +279,13 @@ pub(crate) fn decrypt_with_chunk(
     input
         .seek(SeekFrom::Start(0))
         .map_err(|e| io("rewinding the encrypted file", &e))?;
-    let (file, path) = tempfile::Builder::new()
-        .prefix("plain-")
-        .suffix(".spool")
-        .tempfile_in(out_dir)
-        .map_err(|e| io("creating the plaintext file", &e))?
-        .into_parts();
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut out = PlainSink::for_blob(blob, out_dir)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut write = |bytes: &[u8]| -> Result<(), DecryptError> {
         hasher.update(bytes);
         size += bytes.len() as u64;
         out.write_all(bytes)
-            .map_err(|e| io("writing the plaintext file", &e))
     };
     let mut cipher = cbc::Decryptor::<Aes256>::new(&keys.cipher_key.into(), &keys.iv.into());
     let mut remaining = ciphertext_len - BLOCK as u64;
@@ -253,12 +322,14 @@ pub(crate) fn decrypt_with_chunk(
             actual: size,
         });
     }
-    out.into_inner()
-        .map_err(|e| io("flushing the plaintext file", e.error()))?;
-    Ok(Plaintext { path, size, sha256 })
+    Ok(Plaintext {
+        body: out.finish()?,
+        size,
+        sha256,
+    })
 }
 
-fn read_exact(input: &mut File, buf: &mut [u8]) -> Result<(), DecryptError> {
+fn read_exact(input: &mut dyn Input, buf: &mut [u8]) -> Result<(), DecryptError> {
     input.read_exact(buf).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             DecryptError::Io("the encrypted file is shorter than its recorded size".into())
@@ -268,7 +339,7 @@ fn read_exact(input: &mut File, buf: &mut [u8]) -> Result<(), DecryptError> {
     })
 }
 
-fn ensure_at_end(input: &mut File) -> Result<(), DecryptError> {
+fn ensure_at_end(input: &mut dyn Input) -> Result<(), DecryptError> {
     let mut probe = [0u8; 1];
     match input.read(&mut probe) {
         Ok(0) => Ok(()),

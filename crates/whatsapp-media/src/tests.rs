@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use archiver_core::{Sha256Digest, StagedFile};
+use archiver_core::{Sha256Digest, StagedBody, StagedFile};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -74,10 +74,23 @@ fn staged(dir: &Path, blob: &[u8]) -> StagedFile {
     let path = dir.join(format!("blob-{}.spool", rand_suffix()));
     std::fs::write(&path, blob).unwrap();
     StagedFile {
-        path,
+        body: StagedBody::Spool(path),
         size: blob.len() as u64,
         sha256: Sha256Digest::from_bytes(Sha256::digest(blob).into()),
     }
+}
+
+/// `blob` staged in memory, as the fetcher leaves a small download.
+fn in_memory(blob: &[u8]) -> StagedFile {
+    StagedFile {
+        body: StagedBody::Memory(bytes::Bytes::copy_from_slice(blob)),
+        size: blob.len() as u64,
+        sha256: Sha256Digest::from_bytes(Sha256::digest(blob).into()),
+    }
+}
+
+fn spool_path(file: &StagedFile) -> &Path {
+    file.spool_path().expect("a spool file")
 }
 
 fn rand_suffix() -> String {
@@ -140,15 +153,33 @@ fn every_vector_decrypts_to_its_plaintext_at_any_chunk_size() {
             assert_eq!(plain.sha256, c.media.file_sha256, "{}", c.name);
             let staged = plain.keep().unwrap();
             assert!(
-                std::fs::read(&staged.path).unwrap() == *expected,
+                std::fs::read(spool_path(&staged)).unwrap() == *expected,
                 "{} (chunk {chunk}): plaintext differs",
                 c.name
             );
-            std::fs::remove_file(&staged.path).unwrap();
+            std::fs::remove_file(spool_path(&staged)).unwrap();
         }
-        std::fs::remove_file(&blob.path).unwrap();
+        std::fs::remove_file(spool_path(&blob)).unwrap();
     }
     assert_eq!(files_in(dir.path()), 0, "nothing left behind");
+}
+
+#[test]
+fn a_blob_in_memory_decrypts_into_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    for c in cases().iter().filter(|c| c.expect == "ok") {
+        let plain = decrypt_file(&c.media, &in_memory(&c.blob), dir.path())
+            .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        assert_eq!(plain.sha256, c.media.file_sha256, "{}", c.name);
+        let staged = plain.keep().unwrap();
+        match &staged.body {
+            StagedBody::Memory(bytes) => {
+                assert_eq!(Some(&bytes.to_vec()), c.plaintext.as_ref(), "{}", c.name)
+            }
+            StagedBody::Spool(path) => panic!("{}: plaintext spooled to {path:?}", c.name),
+        }
+    }
+    assert_eq!(files_in(dir.path()), 0, "no file was written");
 }
 
 #[test]
@@ -169,7 +200,7 @@ fn bad_padding_vectors_fail_the_padding_check_after_a_valid_mac() {
         );
         assert_eq!(err.check(), "padding");
         assert!(err.to_string().starts_with("padding invalid"), "{err}");
-        std::fs::remove_file(&blob.path).unwrap();
+        std::fs::remove_file(spool_path(&blob)).unwrap();
     }
     assert_eq!(
         files_in(dir.path()),
@@ -186,12 +217,16 @@ fn sample() -> Case {
         .unwrap()
 }
 
+/// The error decrypting `blob` fails with, the same whether the blob is in
+/// a spool file or in memory.
 fn fails_with(media: &EncryptedMedia, blob: &[u8]) -> DecryptError {
     let dir = tempfile::tempdir().unwrap();
     let staged = staged(dir.path(), blob);
     let err = decrypt_file(media, &staged, dir.path()).unwrap_err();
-    std::fs::remove_file(&staged.path).unwrap();
+    std::fs::remove_file(spool_path(&staged)).unwrap();
     assert_eq!(files_in(dir.path()), 0, "no plaintext left after {err}");
+    let from_memory = decrypt_file(media, &in_memory(blob), dir.path()).unwrap_err();
+    assert_eq!(from_memory.to_string(), err.to_string());
     err
 }
 

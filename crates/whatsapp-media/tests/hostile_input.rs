@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use archiver_core::{Sha256Digest, StagedFile};
+use archiver_core::{Sha256Digest, StagedBody, StagedFile};
 use hmac::{Hmac, Mac as _};
 use proptest::prelude::*;
 use sha2::{Digest as _, Sha256};
@@ -22,7 +22,7 @@ fn staged(dir: &Path, blob: &[u8]) -> StagedFile {
     let path = dir.join("blob.enc");
     std::fs::write(&path, blob).unwrap();
     StagedFile {
-        path,
+        body: StagedBody::Spool(path),
         size: blob.len() as u64,
         sha256: Sha256Digest::from_bytes(Sha256::digest(blob).into()),
     }
@@ -65,8 +65,11 @@ fn decrypt(media: &EncryptedMedia, blob: &[u8]) -> (Result<Vec<u8>, String>, usi
     let out = tempfile::tempdir().unwrap();
     let result = decrypt_file(media, &input, out.path()).map(|plain| {
         let file = plain.keep().unwrap();
-        let bytes = std::fs::read(&file.path).unwrap();
-        std::fs::remove_file(&file.path).unwrap();
+        let path = file
+            .spool_path()
+            .expect("a spooled blob decrypts to a spool file");
+        let bytes = std::fs::read(path).unwrap();
+        std::fs::remove_file(path).unwrap();
         bytes
     });
     let left = std::fs::read_dir(out.path()).unwrap().count();

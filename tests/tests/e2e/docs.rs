@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use archiver_core::{Sha256Digest, StagedFile};
+use archiver_core::{Sha256Digest, StagedBody, StagedFile};
 use s3_uploader::{FsStore, Layout, Manifest, ObjectStore, Verification};
 use serde_json::Value;
 use sha2::Digest as _;
@@ -316,7 +316,7 @@ async fn manifest_written_by_the_fs_store(full: bool) -> Value {
     let path = spool.path().join("staged.spool");
     std::fs::write(&path, bytes).unwrap();
     let staged = StagedFile {
-        path,
+        body: StagedBody::Spool(path),
         size: bytes.len() as u64,
         sha256,
     };

@@ -40,12 +40,9 @@ impl SpoolReader {
 
     /// Hashes the whole file and checks it against what the fetch step
     /// recorded, before any of it is sent.
-    pub(super) async fn verify(file: &StagedFile) -> Result<(), StoreError> {
-        let (reader, _) = Self::open(&file.path)
-            .await?
-            .hash_part(file.size, &file.path)
-            .await?;
-        reader.finish(file).await
+    pub(super) async fn verify(file: &StagedFile, path: &Path) -> Result<(), StoreError> {
+        let (reader, _) = Self::open(path).await?.hash_part(file.size, path).await?;
+        reader.finish(file, path).await
     }
 
     /// The sha256 of the next `len` bytes (also fed to the whole-file hash).
@@ -86,23 +83,23 @@ impl SpoolReader {
 
     /// Checks that the file ended where expected and hashed to what the
     /// fetch step recorded.
-    pub(super) async fn finish(self, file: &StagedFile) -> Result<(), StoreError> {
+    pub(super) async fn finish(self, file: &StagedFile, path: &Path) -> Result<(), StoreError> {
         let Self {
             file: mut f, whole, ..
         } = self;
         let extra = blocking_io(move || f.read(&mut [0u8; 1]))
             .await
-            .map_err(|e| StoreError::io("read staged file", &file.path, e))?;
+            .map_err(|e| StoreError::io("read staged file", path, e))?;
         if extra != 0 {
             return Err(StoreError::SpoolMismatch {
-                path: file.path.clone(),
+                path: path.to_path_buf(),
                 detail: format!("staged file is longer than its recorded size {}", file.size),
             });
         }
         let digest: [u8; 32] = whole.finalize().into();
         if digest != *file.sha256.as_bytes() {
             return Err(StoreError::SpoolMismatch {
-                path: file.path.clone(),
+                path: path.to_path_buf(),
                 detail: format!(
                     "staged file hashes to sha256 {}, recorded {}",
                     hex::encode(digest),

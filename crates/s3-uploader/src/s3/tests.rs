@@ -34,14 +34,7 @@ async fn store_on(g: &Garage) -> S3Store {
 
 #[tokio::test]
 async fn part_size_grows_for_files_beyond_ten_thousand_parts() {
-    let config = S3Config {
-        bucket: "media".into(),
-        endpoint: Some("http://127.0.0.1:9".into()),
-        access_key_id: Some(SecretRef::Literal("a".into())),
-        secret_access_key: Some(SecretRef::Literal("b".into())),
-        ..S3Config::default()
-    };
-    let store = S3Store::connect(config.validate().unwrap()).await;
+    let store = store_at("http://127.0.0.1:9".into()).await;
     assert_eq!(store.part_size_for(1), 8 * MIB);
     assert_eq!(store.part_size_for(80_000 * MIB), 8 * MIB);
     let huge = 200 * 1024 * MIB;
@@ -128,4 +121,130 @@ async fn dropping_an_upload_half_way_aborts_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the dropped upload was not aborted");
+}
+
+/// An S3 endpoint that honours `If-None-Match: *` on PutObject as AWS
+/// documents it (412 PreconditionFailed when the key exists), holding one
+/// object of `existing` bytes (if any) and recording each request as
+/// `METHOD if-none-match` (`-` when absent).
+async fn conditional_store(
+    existing: Option<usize>,
+) -> (
+    test_support::http::TestServer,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = log.clone();
+    let server = test_support::http::TestServer::start(move |req| {
+        let seen = seen.clone();
+        async move {
+            let condition = req
+                .headers()
+                .get("if-none-match")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            seen.lock()
+                .unwrap()
+                .push(format!("{} {condition}", req.method()));
+            let method = req.method().clone();
+            let _ = test_support::http::read_body(req, 16 * 1024 * 1024).await;
+            match (method.as_str(), existing) {
+                ("PUT", Some(_)) if condition == "*" => test_support::http::response(
+                    412,
+                    "application/xml",
+                    "<Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>",
+                ),
+                ("HEAD", Some(len)) => {
+                    let mut found = test_support::http::response(200, "image/jpeg", "");
+                    found
+                        .headers_mut()
+                        .insert("content-length", len.into());
+                    found
+                }
+                ("HEAD", None) => test_support::http::response(404, "application/xml", ""),
+                _ => test_support::http::response(200, "application/xml", ""),
+            }
+        }
+    })
+    .await;
+    (server, log)
+}
+
+/// A configuration for bucket `media` at `endpoint`.
+fn config_at(endpoint: String) -> S3Config {
+    S3Config {
+        bucket: "media".into(),
+        endpoint: Some(endpoint),
+        force_path_style: true,
+        access_key_id: Some(SecretRef::Literal("a".into())),
+        secret_access_key: Some(SecretRef::Literal("b".into())),
+        ..S3Config::default()
+    }
+}
+
+async fn store_at(endpoint: String) -> S3Store {
+    S3Store::connect(config_at(endpoint).validate().unwrap()).await
+}
+
+fn in_memory(bytes: &'static [u8]) -> archiver_core::StagedFile {
+    archiver_core::StagedFile {
+        body: archiver_core::StagedBody::Memory(Bytes::from_static(bytes)),
+        size: bytes.len() as u64,
+        sha256: archiver_core::Sha256Digest::from_bytes(Sha256::digest(bytes).into()),
+    }
+}
+
+#[tokio::test]
+async fn a_new_blob_from_memory_is_one_conditional_put_and_no_head() {
+    let (server, log) = conditional_store(None).await;
+    let store = store_at(server.base_url()).await;
+    let outcome = store
+        .upload_blob("blobs/k.jpg", &in_memory(b"fresh"), None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, crate::PutOutcome::Stored);
+    assert_eq!(*log.lock().unwrap(), ["PUT *"]);
+}
+
+#[tokio::test]
+async fn a_repeat_blob_refused_by_the_condition_is_already_present_after_one_head() {
+    let (server, log) = conditional_store(Some(5)).await;
+    let store = store_at(server.base_url()).await;
+    let outcome = store
+        .upload_blob("blobs/k.jpg", &in_memory(b"again"), None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, crate::PutOutcome::AlreadyPresent);
+    assert_eq!(*log.lock().unwrap(), ["PUT *", "HEAD -"]);
+}
+
+#[tokio::test]
+async fn a_damaged_copy_of_another_size_is_replaced_unconditionally() {
+    let (server, log) = conditional_store(Some(3)).await;
+    let store = store_at(server.base_url()).await;
+    let outcome = store
+        .upload_blob("blobs/k.jpg", &in_memory(b"whole"), None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, crate::PutOutcome::Stored);
+    assert_eq!(*log.lock().unwrap(), ["PUT *", "HEAD -", "PUT -"]);
+}
+
+#[tokio::test]
+async fn with_object_lock_a_small_blob_is_checked_before_it_is_written() {
+    let (server, log) = conditional_store(Some(5)).await;
+    let config = S3Config {
+        object_lock_mode: Some("COMPLIANCE".into()),
+        object_lock_days: Some(30),
+        ..config_at(server.base_url())
+    };
+    let store = S3Store::connect(config.validate().unwrap()).await;
+    let outcome = store
+        .upload_blob("blobs/k.jpg", &in_memory(b"again"), None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, crate::PutOutcome::AlreadyPresent);
+    assert_eq!(*log.lock().unwrap(), ["HEAD -"], "never written again");
 }

@@ -1,7 +1,19 @@
 //! Writing objects: a blob from the spool file, a manifest from memory.
 //!
-//! Shape of a blob upload: HeadObject (same size already there: done); up
-//! to `part_size` bytes: the spool hashed and checked, then one PutObject;
+//! Shape of a blob upload. A file staged in memory (small: at most
+//! `fetch.in_memory_max_bytes`) is one request: a PutObject with
+//! `If-None-Match: *`, no HeadObject first, and no second hash (it was
+//! hashed as it arrived and has not left memory since). A store that
+//! honours the condition answers 412 for a blob it holds (then one
+//! HeadObject checks the size: a damaged copy of another size is
+//! replaced); one that ignores it (Garage 2.5) rewrites the same bytes
+//! under the same content-addressed key, which changes nothing. The
+//! HeadObject that saved the upload of a repeat cost a round trip on every
+//! new file, and repeats are the rare case. With object lock configured,
+//! the HeadObject comes first anyway, so that a retained blob is never
+//! written twice. A spool file: HeadObject (same size already there:
+//! done); up to `part_size` bytes: the spool hashed and checked, then one
+//! PutObject;
 //! larger: multipart, each part hashed from the spool and then sent with its
 //! checksum, at most [`PARTS_IN_FLIGHT`] at once, CompleteMultipartUpload
 //! only after the whole-file hash matched, AbortMultipartUpload on any
@@ -13,7 +25,7 @@
 
 use std::sync::Arc;
 
-use archiver_core::StagedFile;
+use archiver_core::{StagedBody, StagedFile};
 use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
@@ -45,6 +57,10 @@ impl S3Store {
         file: &StagedFile,
         content_type: Option<&str>,
     ) -> Result<PutOutcome, StoreError> {
+        let in_memory = matches!(file.body, StagedBody::Memory(_));
+        if in_memory && self.retain_until().0.is_none() {
+            return self.create_blob_from_memory(key, file, content_type).await;
+        }
         match self.existing_size(key).await? {
             Some(size) if size == file.size as i64 => return Ok(PutOutcome::AlreadyPresent),
             Some(size) => {
@@ -57,21 +73,67 @@ impl S3Store {
             }
             None => {}
         }
+        let path = match &file.body {
+            StagedBody::Memory(_) => {
+                self.put_single(
+                    key,
+                    memory_body(file)?,
+                    file.sha256.as_bytes(),
+                    content_type,
+                    true,
+                )
+                .await?;
+                return Ok(PutOutcome::Stored);
+            }
+            StagedBody::Spool(path) => path,
+        };
         let part_size = self.part_size_for(file.size);
         if file.size <= part_size {
-            SpoolReader::verify(file).await?;
+            SpoolReader::verify(file, path).await?;
             let body = Body::File {
-                path: &file.path,
+                path,
                 offset: 0,
                 len: file.size,
             };
             self.put_single(key, body, file.sha256.as_bytes(), content_type, true)
                 .await?;
         } else {
-            self.put_multipart(key, file, content_type, part_size)
+            self.put_multipart(key, file, path, content_type, part_size)
                 .await?;
         }
         Ok(PutOutcome::Stored)
+    }
+
+    /// One conditional PutObject (see the module docs); `AlreadyPresent`
+    /// when the store refused it because an object of the same size is
+    /// there.
+    async fn create_blob_from_memory(
+        &self,
+        key: &str,
+        file: &StagedFile,
+        content_type: Option<&str>,
+    ) -> Result<PutOutcome, StoreError> {
+        let sha256 = file.sha256.as_bytes();
+        let created = self
+            .put_object(key, memory_body(file)?, sha256, content_type, true, true)
+            .await?;
+        if created {
+            return Ok(PutOutcome::Stored);
+        }
+        match self.existing_size(key).await? {
+            Some(size) if size == file.size as i64 => Ok(PutOutcome::AlreadyPresent),
+            existing => {
+                tracing::warn!(
+                    key,
+                    existing = ?existing,
+                    size = file.size,
+                    "replacing an object of the wrong size"
+                );
+                self.put_single(key, memory_body(file)?, sha256, content_type, true)
+                    .await?;
+                Ok(PutOutcome::Stored)
+            }
+        }
     }
 
     /// [`ObjectStore::put_manifest`](crate::ObjectStore::put_manifest) for
@@ -152,10 +214,27 @@ impl S3Store {
         content_type: Option<&str>,
         is_blob: bool,
     ) -> Result<(), StoreError> {
+        self.put_object(key, body, sha256, content_type, is_blob, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`S3Store::put_single`], with `If-None-Match: *` if `create_only`:
+    /// `Ok(false)` when the store answered 412 (an object is there).
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Body<'_>,
+        sha256: &[u8; 32],
+        content_type: Option<&str>,
+        is_blob: bool,
+        create_only: bool,
+    ) -> Result<bool, StoreError> {
         let len = body.len();
         let body = body.into_stream().await?;
         let (lock_mode, retain_until) = self.retain_until();
-        self.client
+        let result = self
+            .client
             .put_object()
             .bucket(&self.cfg.bucket)
             .key(key)
@@ -169,19 +248,26 @@ impl S3Store {
             .set_storage_class(if is_blob { self.storage_class() } else { None })
             .set_object_lock_mode(lock_mode)
             .set_object_lock_retain_until_date(retain_until)
+            .set_if_none_match(create_only.then(|| "*".to_owned()))
             .body(body)
             .customize()
             .config_override(timeout_override(upload_limit(len)))
             .send()
-            .await
-            .map_err(|e| self.err("PutObject", key, e))?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if create_only && e.raw_response().map(|r| r.status().as_u16()) == Some(412) => {
+                Ok(false)
+            }
+            Err(e) => Err(self.err("PutObject", key, e)),
+        }
     }
 
     async fn put_multipart(
         &self,
         key: &str,
         file: &StagedFile,
+        path: &std::path::Path,
         content_type: Option<&str>,
         part_size: u64,
     ) -> Result<(), StoreError> {
@@ -218,7 +304,7 @@ impl S3Store {
             upload_id: upload_id.clone(),
         };
         match self
-            .upload_parts_and_complete(key, &upload_id, file, part_size)
+            .upload_parts_and_complete(key, &upload_id, file, path, part_size)
             .await
         {
             Ok(()) => {
@@ -239,9 +325,10 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         file: &StagedFile,
+        path: &std::path::Path,
         part_size: u64,
     ) -> Result<(), StoreError> {
-        let path = Arc::new(file.path.clone());
+        let path = Arc::new(path.to_path_buf());
         let mut reader = SpoolReader::open(&path).await?;
         let mut in_flight: JoinSet<Result<CompletedPart, StoreError>> = JoinSet::new();
         let mut parts = Vec::new();
@@ -275,7 +362,7 @@ impl S3Store {
         while !in_flight.is_empty() {
             parts.push(join_part(&mut in_flight).await?);
         }
-        reader.finish(file).await?;
+        reader.finish(file, &path).await?;
 
         parts.sort_by_key(|p| p.part_number());
         self.client
@@ -418,6 +505,27 @@ async fn join_part(
             "",
             std::io::Error::other("no part in flight"),
         )),
+    }
+}
+
+/// The body of a file staged in memory, which must be as long as recorded.
+fn memory_body(file: &StagedFile) -> Result<Body<'static>, StoreError> {
+    match &file.body {
+        StagedBody::Memory(bytes) if bytes.len() as u64 == file.size => {
+            Ok(Body::Memory(bytes.clone()))
+        }
+        StagedBody::Memory(bytes) => Err(StoreError::SpoolMismatch {
+            path: file.location(),
+            detail: format!(
+                "staged bytes are {} long, expected {}",
+                bytes.len(),
+                file.size
+            ),
+        }),
+        StagedBody::Spool(path) => Err(StoreError::SpoolMismatch {
+            path: path.clone(),
+            detail: "expected bytes in memory, found a spool file".into(),
+        }),
     }
 }
 

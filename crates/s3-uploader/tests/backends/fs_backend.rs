@@ -54,7 +54,7 @@ async fn same_filesystem_put_moves_the_spool_file_and_leaves_no_temp_files() {
         PutOutcome::Stored
     );
     assert!(
-        !file.path.exists(),
+        !file.location().exists(),
         "same-filesystem put renames the staged file"
     );
     assert_eq!(

@@ -14,6 +14,8 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(
             @cases $make;
             small_blob_round_trip,
+            blob_staged_in_memory_round_trip,
+            memory_bytes_that_are_not_their_recorded_size_are_refused,
             empty_blob_round_trip,
             same_key_again_is_already_present,
             large_blob_is_stored_intact,

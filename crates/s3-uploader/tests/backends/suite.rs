@@ -5,7 +5,7 @@ use std::path::Path;
 
 use std::time::Duration;
 
-use archiver_core::{Classify, ErrorClass, Sha256Digest, StagedFile};
+use archiver_core::{Classify, ErrorClass, Sha256Digest, StagedBody, StagedFile};
 use futures_util::StreamExt as _;
 use s3_uploader::{
     Layout, Manifest, ObjectDigest, ObjectInfo, ObjectStore, PutOutcome, StoreError, Verification,
@@ -57,7 +57,16 @@ pub(crate) fn stage(spool: &Path, bytes: &[u8]) -> StagedFile {
         .unwrap();
     std::fs::write(&path, bytes).unwrap();
     StagedFile {
-        path,
+        body: StagedBody::Spool(path),
+        size: bytes.len() as u64,
+        sha256: sha256(bytes),
+    }
+}
+
+/// `bytes` staged in memory, as the fetch step leaves a small download.
+pub(crate) fn stage_in_memory(bytes: &[u8]) -> StagedFile {
+    StagedFile {
+        body: StagedBody::Memory(bytes::Bytes::copy_from_slice(bytes)),
         size: bytes.len() as u64,
         sha256: sha256(bytes),
     }
@@ -80,6 +89,36 @@ pub(crate) async fn small_blob_round_trip(b: &dyn Backend) {
     assert_eq!(outcome, PutOutcome::Stored);
     assert_eq!(b.read_object(&key).await.as_deref(), Some(&bytes[..]));
     assert_eq!(b.store().get_small(&key).await.unwrap(), Some(bytes));
+}
+
+pub(crate) async fn blob_staged_in_memory_round_trip(b: &dyn Backend) {
+    let bytes = pseudo_random(300 * 1024, 11);
+    let file = stage_in_memory(&bytes);
+    let key = layout().blob_key(&file.sha256, Some("image/jpeg"));
+    let outcome = b
+        .store()
+        .put_blob(&key, &file, Some("image/jpeg"))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stored);
+    assert_eq!(b.read_object(&key).await, Some(bytes.clone()));
+    // The same content again, from memory or from a spool file: nothing
+    // changes.
+    b.store().put_blob(&key, &file, None).await.unwrap();
+    b.store()
+        .put_blob(&key, &stage(b.spool(), &bytes), None)
+        .await
+        .unwrap();
+    assert_eq!(b.read_object(&key).await, Some(bytes));
+}
+
+pub(crate) async fn memory_bytes_that_are_not_their_recorded_size_are_refused(b: &dyn Backend) {
+    let mut file = stage_in_memory(b"nine byte");
+    file.size = 10;
+    let key = layout().blob_key(&file.sha256, None);
+    let err = b.store().put_blob(&key, &file, None).await.unwrap_err();
+    assert!(matches!(err, StoreError::SpoolMismatch { .. }), "{err}");
+    assert_eq!(b.read_object(&key).await, None, "nothing became visible");
 }
 
 pub(crate) async fn empty_blob_round_trip(b: &dyn Backend) {
