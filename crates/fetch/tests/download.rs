@@ -901,7 +901,7 @@ async fn an_account_s_gateway_exemption_covers_its_api_url_host_and_no_listed_ho
     // beside its gateway at 127.0.0.1.
     let account = HostPolicy::new(["localhost"]).with_gateway_api(&server.url("/"));
     let staged = env.get(server.url("/abc"), &account).await.unwrap();
-    assert_eq!(read(&staged.path), b"abc");
+    assert_eq!(read(&staged), b"abc");
     let by_name = format!("http://localhost:{}/abc", server.port())
         .parse()
         .unwrap();
