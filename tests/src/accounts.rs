@@ -2,7 +2,7 @@
 //! `test-support`: the one place to adjust when account settings change.
 //!
 //! Each account has a fixed name (`green`, `cc`, `evo`, `onprem`, `cloud`,
-//! `nx`: job ids and archive keys start with it) and the webhook credential
+//! `nx`, `waha`: job ids and archive keys start with it) and the webhook credential
 //! below that tests post with. A snippet ends inside its account's table,
 //! so a caller may append keys to it (`mode = "provider"`).
 
@@ -11,6 +11,7 @@ use test_support::evolution::FakeEvolution;
 use test_support::green_api::FakeGreenApi;
 use test_support::meta::{FakeCloudApi, FakeOnPrem};
 use test_support::nxcloud::{BUSINESS_PHONE, FakeNxcloud};
+use test_support::waha::FakeWaha;
 use test_support::whatsapp_cdn::FakeWhatsappCdn;
 
 /// The bearer token Green API posts webhooks with (account `green`).
@@ -129,6 +130,23 @@ pub fn nxcloud(fake: &FakeNxcloud, access_secret: &str) -> String {
             ("business_phone", &format!("+{BUSINESS_PHONE}")),
         ],
     ) + LOCAL_DOWNLOADS
+}
+
+/// Account `waha` on the fake WAHA, webhooks signed with `hmac_key` (the
+/// fake's, or a wrong one). No download hosts: the fake is the account's
+/// own gateway (`api_url`), reached on 127.0.0.1 without
+/// `allow_private_networks`.
+pub fn waha(fake: &FakeWaha) -> String {
+    table(
+        "waha",
+        "waha",
+        &[
+            ("api_url", &fake.base_url()),
+            ("session", test_support::waha::SESSION),
+            ("api_key", fake.api_key()),
+            ("webhook_hmac_key", fake.hmac_key()),
+        ],
+    )
 }
 
 /// Downloads from the fakes, which listen on 127.0.0.1.

@@ -204,7 +204,7 @@ impl Archive {
 
     /// The manifest archived for `message_id` of `account`, if any.
     pub async fn manifest(&self, account: &str, message_id: &str) -> Option<Value> {
-        let name = format!("/{message_id}.json");
+        let name = format!("/{}.json", key_segment(message_id));
         let keys = self.keys(&format!("messages/{account}/")).await;
         let key = keys.iter().find(|k| k.ends_with(&name))?;
         let manifest = self.get(key).await;
@@ -239,4 +239,19 @@ impl Archive {
         assert_eq!(manifest["account"], account, "{manifest}");
         manifest
     }
+}
+
+/// An id as the storage layout writes it in a key (PRODUCT.md section 5,
+/// the `s3-uploader` layout): every byte outside `[A-Za-z0-9._=-]` as
+/// `%XX`, so that `false_1@c.us_3EB0` is `false_1%40c.us_3EB0`. Written
+/// here again, independently, to check the durable format.
+fn key_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -52,6 +52,21 @@ impl StoreUnderTest {
 /// `accounts` (snippets from [`crate::accounts`]) last, so that a caller may
 /// append keys to the last account or further sections.
 pub fn config(store: &StoreUnderTest, accounts: &str) -> String {
+    config_with_guard(store, accounts, true)
+}
+
+/// [`config()`] with the SSRF guard's address check on
+/// (`fetch.allow_private_networks = false`), as in production: the
+/// accounts reach only their own gateway's `api_url` host on 127.0.0.1.
+pub fn guarded_config(store: &StoreUnderTest, accounts: &str) -> String {
+    config_with_guard(store, accounts, false)
+}
+
+fn config_with_guard(
+    store: &StoreUnderTest,
+    accounts: &str,
+    allow_private_networks: bool,
+) -> String {
     let storage = match store {
         StoreUnderTest::Fs => "[storage]\nbackend = \"fs\"\npath = \"data/archive\"\n".to_owned(),
         StoreUnderTest::S3 {
@@ -86,7 +101,7 @@ multiplier = 2.0
 [fetch]
 connect_timeout = "2s"
 read_timeout = "2s"
-allow_private_networks = true
+allow_private_networks = {allow_private_networks}
 
 [log]
 format = "json"

@@ -235,6 +235,22 @@ impl Daemon {
         }
     }
 
+    /// `GET /metrics`, the Prometheus exposition.
+    pub async fn metrics(&self) -> String {
+        let answer = self.http.get(self.url("/metrics")).send().await;
+        answer
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics' text")
+    }
+
+    /// The value of `series` (`name{labels}`) in `GET /metrics`, 0 when the
+    /// daemon has not counted it yet.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_sample(&self.metrics().await, series).unwrap_or(0.0)
+    }
+
     /// `GET /api/v1/stats`, which must answer 200.
     pub async fn stats(&self) -> Value {
         let (status, stats) = self.admin_get("/api/v1/stats").await;
@@ -352,4 +368,13 @@ impl Drop for Daemon {
 async fn answer(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The value of one sample line (`name{labels} value`) in an exposition.
+pub fn metric_sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

@@ -32,8 +32,8 @@ pub mod process;
 mod stage;
 
 pub use archive::{Archive, blob_key};
-pub use config::{ADMIN_TOKEN, StoreUnderTest, config, postgres_queue};
-pub use daemon::{Daemon, binary, free_port};
+pub use config::{ADMIN_TOKEN, StoreUnderTest, config, guarded_config, postgres_queue};
+pub use daemon::{Daemon, binary, free_port, metric_sample};
 pub use stage::Stage;
 pub use test_support::files_under;
 

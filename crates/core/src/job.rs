@@ -21,6 +21,8 @@ pub enum ProviderKind {
     Cloudapi,
     /// NXCloud WhatsApp API.
     Nxcloud,
+    /// WAHA (WhatsApp HTTP API, devlikeapro/waha), any engine.
+    Waha,
 }
 
 impl ProviderKind {
@@ -33,6 +35,7 @@ impl ProviderKind {
             ProviderKind::Onprem => "onprem",
             ProviderKind::Cloudapi => "cloudapi",
             ProviderKind::Nxcloud => "nxcloud",
+            ProviderKind::Waha => "waha",
         }
     }
 }

@@ -44,9 +44,11 @@ pub struct FetchConfig {
     /// WhatsApp media); at most 64 MiB.
     pub in_memory_max_bytes: u64,
     /// Skip the address half of the SSRF guard (private, loopback, link-local
-    /// and metadata addresses become reachable). The host allowlist still
-    /// applies. Only for tests and deployments whose providers live on a
-    /// private network.
+    /// and metadata addresses become reachable) for every account. The host
+    /// allowlist still applies. Only for tests and deployments whose
+    /// download hosts live on a private network: a self-hosted gateway's own
+    /// `api_url` host needs no such thing, it is exempt for its account
+    /// ([`crate::HostPolicy::with_gateway_api`]).
     pub allow_private_networks: bool,
     /// Where downloads are written while they stream in; created if missing.
     /// Each process works in its own locked `proc-*` subdirectory and, at

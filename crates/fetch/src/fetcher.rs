@@ -29,8 +29,8 @@ pub(crate) const MAX_REDIRECTS: usize = 5;
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
-    /// For the hosts of [`HostPolicy::gateway_api`] only: the same client
-    /// without the private-address check.
+    /// For the gateway API host of a policy ([`HostPolicy::with_gateway_api`])
+    /// only: the same client without the private-address check.
     gateway_client: reqwest::Client,
     cfg: Arc<FetchConfig>,
     /// This process's locked directory in `spool_dir`, shared by clones.
@@ -336,7 +336,7 @@ impl Fetcher {
     /// The SSRF guard's static half, for one hop: scheme, host allowlist,
     /// and (for IP-literal hosts, which skip DNS) the address check. Returns
     /// the client for the hop: the guarded one, or for the gateway's own API
-    /// host ([`HostPolicy::gateway_api`]) the one without the address check.
+    /// host ([`HostPolicy::with_gateway_api`]) the one without the address check.
     fn check_url(&self, url: &Url, hosts: &HostPolicy) -> Result<&reqwest::Client, FetchError> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(FetchError::BadUrl(format!(

@@ -15,8 +15,10 @@
 #[derive(Debug, Clone, Default)]
 pub struct HostPolicy {
     patterns: Vec<Pattern>,
-    /// Set by [`HostPolicy::gateway_api`]: the one host is the operator's.
-    operator_named: bool,
+    /// The host of the account's own gateway API (normalized), set by
+    /// [`HostPolicy::with_gateway_api`]: allowed, and its addresses not
+    /// checked.
+    gateway: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,29 +46,41 @@ impl HostPolicy {
             .collect();
         Self {
             patterns,
-            operator_named: false,
+            gateway: None,
         }
     }
 
-    /// Exactly the host of `api_url`, the self-hosted gateway's API that the
-    /// operator wrote into the account's config, for a file that API serves
-    /// itself. The address half of the guard (no private, loopback or
+    /// Exactly the host of `api_url` ([`HostPolicy::with_gateway_api`]),
+    /// for a file the self-hosted gateway's API serves itself.
+    pub fn gateway_api(api_url: &url::Url) -> Self {
+        Self::default().with_gateway_api(api_url)
+    }
+
+    /// This policy, and also the host of `api_url`: the self-hosted
+    /// gateway's API that the operator wrote into the account's config
+    /// (WAHA, Evolution, CodeChat, On-Premises), whose files the account
+    /// downloads. The address half of the guard (no private, loopback or
     /// link-local addresses) is there against URLs that arrive in webhooks;
     /// this host was chosen by the operator, not by a webhook, and usually
     /// sits on the operator's own network, where the gateway's other API
-    /// calls already reach it. So its addresses are not checked; every other
-    /// host, a redirect's included, stays refused.
-    pub fn gateway_api(api_url: &url::Url) -> Self {
+    /// calls already reach it. So the addresses of this one host are not
+    /// checked, whatever `fetch.allow_private_networks` says; every other
+    /// host, the policy's own patterns and a redirect's included, keeps
+    /// the whole guard. The exemption is per account: each account's
+    /// policy names its own `api_url`.
+    pub fn with_gateway_api(self, api_url: &url::Url) -> Self {
         Self {
-            operator_named: true,
-            ..Self::new(api_url.host_str())
+            gateway: api_url.host_str().map(normalize).filter(|h| !h.is_empty()),
+            ..self
         }
     }
 
     /// Whether `host`'s addresses skip the private-network check (see
-    /// [`HostPolicy::gateway_api`]).
+    /// [`HostPolicy::with_gateway_api`]).
     pub(crate) fn trusts_addresses_of(&self, host: &str) -> bool {
-        self.operator_named && self.allows(host)
+        self.gateway
+            .as_deref()
+            .is_some_and(|gateway| gateway == normalize(host))
     }
 
     /// Whether `pattern` names a host: a domain name or IP literal, or
@@ -93,12 +107,13 @@ impl HostPolicy {
         if host.is_empty() {
             return false;
         }
-        self.patterns.iter().any(|p| match p {
-            Pattern::Exact(h) => *h == host,
-            Pattern::Subdomains(suffix) => {
-                host.len() > suffix.len() && host.ends_with(suffix.as_str())
-            }
-        })
+        self.trusts_addresses_of(&host)
+            || self.patterns.iter().any(|p| match p {
+                Pattern::Exact(h) => *h == host,
+                Pattern::Subdomains(suffix) => {
+                    host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                }
+            })
     }
 }
 
@@ -141,6 +156,34 @@ mod tests {
         assert!(!p.trusts_addresses_of("mmg.whatsapp.net"));
         let listed = HostPolicy::new(["evolution.internal"]);
         assert!(!listed.trusts_addresses_of("evolution.internal"));
+    }
+
+    #[test]
+    fn a_policy_with_the_gateway_api_trusts_that_host_only() {
+        let api = url::Url::parse("http://WAHA.internal.:3000/").unwrap();
+        let p = HostPolicy::new(["*.s3.example.com", "localhost"]).with_gateway_api(&api);
+        assert!(p.allows("waha.internal") && p.trusts_addresses_of("waha.internal"));
+        // The listed hosts stay allowed, and stay guarded.
+        assert!(p.allows("bucket.s3.example.com") && p.allows("localhost"));
+        assert!(!p.trusts_addresses_of("bucket.s3.example.com"));
+        assert!(!p.trusts_addresses_of("localhost"));
+        // Not a subdomain, a look-alike, or another account's gateway.
+        for other in [
+            "x.waha.internal",
+            "waha.internal.evil",
+            "waha",
+            "127.0.0.1",
+            "",
+        ] {
+            assert!(!p.trusts_addresses_of(other), "{other}");
+        }
+        let other_account = HostPolicy::new(["waha.internal"]);
+        assert!(!other_account.trusts_addresses_of("waha.internal"));
+
+        let ip = url::Url::parse("http://[::1]:3000/").unwrap();
+        let p = HostPolicy::default().with_gateway_api(&ip);
+        assert!(p.allows("::1") && p.trusts_addresses_of("[::1]"));
+        assert!(!p.allows("127.0.0.1"));
     }
 
     #[test]

@@ -894,6 +894,29 @@ async fn a_truncated_base64_json_answer_is_reported_as_truncated() {
 }
 
 #[tokio::test]
+async fn an_account_s_gateway_exemption_covers_its_api_url_host_and_no_listed_host() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.allow_private_networks = false);
+    // The account lists `localhost` (the same server, by another name)
+    // beside its gateway at 127.0.0.1.
+    let account = HostPolicy::new(["localhost"]).with_gateway_api(&server.url("/"));
+    let staged = env.get(server.url("/abc"), &account).await.unwrap();
+    assert_eq!(read(&staged), b"abc");
+    let by_name = format!("http://localhost:{}/abc", server.port())
+        .parse()
+        .unwrap();
+    let err = env.get(by_name, &account).await.unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Blocked { host, reason } if host == "localhost" && reason.contains("loopback")),
+        "{err:?}"
+    );
+    // Another account, without the exemption, is refused the gateway's host.
+    let other = HostPolicy::new(["127.0.0.1"]);
+    let err = env.get(server.url("/abc"), &other).await.unwrap_err();
+    assert!(matches!(err, FetchError::Blocked { .. }), "{err:?}");
+}
+
+#[tokio::test]
 async fn the_gateway_s_own_api_host_is_reached_on_a_private_address_and_nothing_else_is() {
     let server = Server::start().await;
     let env = Env::new(|c| c.allow_private_networks = false);

@@ -57,6 +57,10 @@ fn describe() {
         "Failed attempts, by class (transient, retry_after, permanent)"
     );
     describe_counter!("media_archiver_dead_total", "Jobs given up on, by reason");
+    describe_counter!(
+        "media_archiver_redownloads_total",
+        "Fresh copies of a file asked of the gateway, by reason (not-downloaded, gone)"
+    );
     describe_histogram!(
         "media_archiver_job_latency_seconds",
         "From webhook to verified archive"

@@ -92,6 +92,20 @@ impl Account {
         })
     }
 
+    /// Counts one fresh copy asked of the gateway for a file it announced
+    /// (`media_archiver_redownloads_total{account,reason}`): `reason` is
+    /// `not-downloaded` (the webhook had no file) or `gone` (its file had
+    /// expired or vanished by the time it was fetched). A growing `gone`
+    /// count means downloads start after the gateway's file lifetime.
+    pub(crate) fn count_redownload(&self, reason: &'static str) {
+        metrics::counter!(
+            "media_archiver_redownloads_total",
+            "account" => self.name.to_string(),
+            "reason" => reason
+        )
+        .increment(1);
+    }
+
     /// The job a backfill reference made, refused when the reference is
     /// not a media message (`None`) or its deadline has passed: `provider`
     /// (its name in the message) no longer keeps the file, and the queue

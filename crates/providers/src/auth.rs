@@ -50,6 +50,37 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// The value of the signature header `name` (`X-Hub-Signature-256`,
+/// `X-Webhook-Hmac`; matched in any case, named as given in the error):
+/// refused from the request head, before the body is read, when it is
+/// missing.
+pub(crate) fn signature_header<'h>(
+    headers: &'h http::HeaderMap,
+    name: &str,
+) -> Result<&'h [u8], ProviderError> {
+    headers
+        .get(name)
+        .map(http::HeaderValue::as_bytes)
+        .ok_or_else(|| ProviderError::Unauthorized(format!("missing {name} header")))
+}
+
+/// Whether `signature` is the HMAC (with `M`, e.g. `Hmac<Sha256>`) of the
+/// exact `body` under `key`, compared in constant time (`verify_slice`).
+pub(crate) fn hmac_matches<M: hmac::Mac + hmac::digest::KeyInit>(
+    key: &[u8],
+    body: &[u8],
+    signature: &[u8],
+) -> bool {
+    match <M as hmac::digest::KeyInit>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(body);
+            mac.verify_slice(signature).is_ok()
+        }
+        // HMAC takes keys of any length; nothing matches a key it refused.
+        Err(_) => false,
+    }
+}
+
 /// `Authorization: Bearer <token>` must carry exactly `expected`.
 pub(crate) fn require_bearer(
     headers: &http::HeaderMap,

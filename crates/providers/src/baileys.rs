@@ -210,6 +210,7 @@ impl Stub {
             caption: self.caption.clone(),
             chat_id,
             sender,
+            direction: None,
         }
     }
 

@@ -24,7 +24,7 @@ use archiver_core::config_value::resolve_secret;
 use archiver_core::{
     AccountName, Clock, ErrorClass, JobSpec, ProviderKind, Secret, SecretRef, Sha256Digest,
 };
-use hmac::{Hmac, Mac};
+use hmac::Hmac;
 use media_fetch::{DownloadRequest, HostPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,7 +32,7 @@ use sha2::Sha256;
 
 use crate::account::Account;
 use crate::api_client::{ApiClient, ApiResponse};
-use crate::auth::constant_time_eq;
+use crate::auth::{constant_time_eq, hmac_matches, signature_header};
 use crate::config::{account_config, http_url};
 use crate::meta;
 use crate::{
@@ -271,15 +271,13 @@ pub(crate) fn verify_signature(
         .ok_or_else(|| {
             ProviderError::Unauthorized("X-Hub-Signature-256 is not `sha256=<hex>`".into())
         })?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
-        .map_err(|_| ProviderError::Unauthorized("app_secret unusable as an HMAC key".into()))?;
-    mac.update(body);
-    // `verify_slice` compares in constant time.
-    mac.verify_slice(&signature).map_err(|_| {
-        ProviderError::Unauthorized(
+    if hmac_matches::<Hmac<Sha256>>(secret, body, &signature) {
+        Ok(())
+    } else {
+        Err(ProviderError::Unauthorized(
             "X-Hub-Signature-256 does not match the body (is app_secret the app's secret?)".into(),
-        )
-    })
+        ))
+    }
 }
 
 /// The retry class of a Graph API error: its HTTP status, `error.code` and
@@ -417,10 +415,8 @@ impl Provider for CloudApi {
         headers: &http::HeaderMap,
         _query: Option<&str>,
     ) -> Result<(), ProviderError> {
-        if self.app_secret.is_some() && !headers.contains_key(SIGNATURE_HEADER) {
-            return Err(ProviderError::Unauthorized(
-                "missing X-Hub-Signature-256 header".into(),
-            ));
+        if self.app_secret.is_some() {
+            signature_header(headers, "X-Hub-Signature-256")?;
         }
         Ok(())
     }
@@ -518,6 +514,7 @@ impl Provider for CloudApi {
                 caption: p.caption,
                 chat_id: p.sender.clone(),
                 sender: p.sender,
+                direction: None,
             },
         }))
     }

@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use crate::account::Account;
 use crate::auth::HeadCredential;
 use crate::baileys::{self, Mode, Stub};
-use crate::config::{StringOrInt, account_config, http_url};
+use crate::config::{StringOrInt, account_config, http_url, path_segment};
 use crate::{
     JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution, ResolvedMedia,
     WebhookRequest, checked_id, endpoint, json_object, message_time, opt_string, webhook_json,
@@ -106,9 +106,7 @@ impl Codechat {
             &mut errors,
         );
         let instance_id = config.instance_id.to_string();
-        if instance_id.is_empty() || instance_id.contains(['/', '?', '#']) {
-            errors.push(format!("instance_id {instance_id:?} is not a path segment"));
-        }
+        path_segment("instance_id", &instance_id, &mut errors);
         let cdn_hosts = baileys::cdn_hosts(config.account(), cdn.as_ref(), &mut errors);
         let (Some(api_url), Some(api_token), true) = (api_url, api_token, errors.is_empty()) else {
             return Err(errors);
@@ -116,7 +114,7 @@ impl Codechat {
         Ok(Self {
             account: Account::new(ProviderKind::Codechat, config.account(), DEFAULT_RETENTION),
             cdn_hosts,
-            api_hosts: HostPolicy::new(api_url.host_str()),
+            api_hosts: HostPolicy::gateway_api(&api_url),
             api_url,
             cdn_url: config.cdn_url.clone(),
             instance_id,

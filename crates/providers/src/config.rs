@@ -22,6 +22,7 @@ use crate::evolution::EvolutionConfig;
 use crate::greenapi::GreenApiConfig;
 use crate::nxcloud::NxcloudConfig;
 use crate::onprem::OnPremConfig;
+use crate::waha::WahaConfig;
 
 /// One `[[accounts]]` entry.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,6 +40,8 @@ pub enum AccountConfig {
     Onprem(OnPremConfig),
     /// `provider = "cloudapi"`.
     Cloudapi(CloudApiConfig),
+    /// `provider = "waha"`.
+    Waha(WahaConfig),
 }
 
 impl AccountConfig {
@@ -51,6 +54,7 @@ impl AccountConfig {
             AccountConfig::Nxcloud(c) => c.account().name,
             AccountConfig::Onprem(c) => c.account().name,
             AccountConfig::Cloudapi(c) => c.account().name,
+            AccountConfig::Waha(c) => c.account().name,
         }
     }
 }
@@ -195,5 +199,14 @@ pub(crate) fn http_url(key: &str, text: &str, errors: &mut Vec<String>) -> Optio
             errors.push(format!("{key}: {e}"));
             None
         }
+    }
+}
+
+/// Checks that `value` of `key` can be one segment of an API path
+/// (`instance`, `session`): not empty, no `/`, `?` or `#`. A problem goes
+/// to `errors` as `{key} "value" is not a path segment`.
+pub(crate) fn path_segment(key: &str, value: &str, errors: &mut Vec<String>) {
+    if value.is_empty() || value.contains(['/', '?', '#']) {
+        errors.push(format!("{key} {value:?} is not a path segment"));
     }
 }

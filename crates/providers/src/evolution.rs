@@ -43,7 +43,7 @@ use serde_json::{Value, json};
 use crate::account::Account;
 use crate::auth::{HeadCredential, constant_time_eq};
 use crate::baileys::{self, Mode, Stub};
-use crate::config::{account_config, http_url};
+use crate::config::{account_config, http_url, path_segment};
 use crate::{
     JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution, ResolvedMedia,
     WebhookRequest, checked_id, endpoint, invalid, json_object, message_time, opt_string,
@@ -132,12 +132,7 @@ impl Evolution {
                     .into(),
             );
         }
-        if config.instance.is_empty() || config.instance.contains(['/', '?', '#']) {
-            errors.push(format!(
-                "instance {:?} is not a path segment",
-                config.instance
-            ));
-        }
+        path_segment("instance", &config.instance, &mut errors);
         let cdn_hosts = baileys::cdn_hosts(config.account(), cdn.as_ref(), &mut errors);
         let (Some(api_url), Some(api_key), true) = (api_url, api_key, errors.is_empty()) else {
             return Err(errors);

@@ -418,6 +418,7 @@ impl Provider for GreenApi {
                 caption: p.caption,
                 chat_id: Some(p.chat_id),
                 sender: p.sender,
+                direction: None,
             },
         }))
     }

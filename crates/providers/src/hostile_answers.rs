@@ -51,6 +51,11 @@ fn real_answers() -> Vec<(u16, &'static str)> {
         (466, r#"{"message":"quota exceeded"}"#),
         (500, "<html><body>Internal Server Error</body></html>"),
         (200, r#"{"code":10001,"message":"sign error","data":null}"#),
+        (
+            422,
+            r#"{"statusCode":422,"message":"Session status is not as expected. Try again later or restart the session","session":"default","status":"STARTING","expected":["WORKING"]}"#,
+        ),
+        (401, r#"{"message":"Unauthorized","statusCode":401}"#),
     ]
 }
 
@@ -90,6 +95,7 @@ fn read_with_each(
         ("onprem", crate::onprem::api_error("media", answer, attempt)),
         ("cloudapi", cloud.api_error("media", answer)),
         ("nxcloud", crate::nxcloud::http_error(answer)),
+        ("waha", crate::waha::api_error(answer, attempt)),
     ]
 }
 

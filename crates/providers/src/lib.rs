@@ -44,6 +44,7 @@ mod nxcloud;
 mod onprem;
 #[cfg(test)]
 mod testing;
+mod waha;
 
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ pub use evolution::EvolutionConfig;
 pub use greenapi::GreenApiConfig;
 pub use nxcloud::NxcloudConfig;
 pub use onprem::OnPremConfig;
+pub use waha::WahaConfig;
 
 /// A webhook request as the receiver got it, before anything is parsed.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +152,19 @@ pub struct MediaDetails {
     pub chat_id: Option<String>,
     /// Who sent it.
     pub sender: Option<String>,
+    /// Whether the account received or sent it, when the adapter knows
+    /// (PRODUCT.md section 10: manifests and rules use it).
+    pub direction: Option<Direction>,
+}
+
+/// Who sent a message, seen from the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From someone else.
+    Incoming,
+    /// From the account's own phone or API.
+    Outgoing,
 }
 
 /// What [`Provider::resolve`] found.
@@ -291,6 +306,7 @@ pub fn build_with_clock(
         AccountConfig::Cloudapi(c) => {
             Arc::new(cloudapi::CloudApi::new(c, api.clone())?.with_clock(clock))
         }
+        AccountConfig::Waha(c) => Arc::new(waha::Waha::new(c, api.clone())?.with_clock(clock)),
     })
 }
 

@@ -562,6 +562,7 @@ impl Provider for Nxcloud {
                 caption: p.caption,
                 chat_id: p.from.clone(),
                 sender: p.from,
+                direction: None,
             },
         }))
     }

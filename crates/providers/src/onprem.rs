@@ -146,7 +146,8 @@ impl OnPrem {
             config.webhook_token.as_ref(),
             &mut errors,
         );
-        // Default: the host of `api_url`, which serves the media itself.
+        // Default: the host of `api_url`, which serves the media itself
+        // (and is reached on a private address too: `with_gateway_api`).
         let hosts = config
             .account()
             .download_hosts(api_url.as_ref().and_then(url::Url::host_str), &mut errors);
@@ -158,7 +159,7 @@ impl OnPrem {
         };
         Ok(Self {
             account: Account::new(ProviderKind::Onprem, config.account(), DEFAULT_RETENTION),
-            hosts: HostPolicy::new(hosts),
+            hosts: HostPolicy::new(hosts).with_gateway_api(&api_url),
             api_url,
             username: config.username.clone(),
             password,
@@ -315,6 +316,7 @@ impl OnPrem {
                 caption: p.caption,
                 chat_id: p.chat_id,
                 sender: p.sender,
+                direction: None,
             },
         }))
     }

@@ -1,6 +1,6 @@
 //! Property tests: every function of an adapter that sees a webhook's bytes
 //! (the head checks, the body signature checks and the parser of each of
-//! the six providers) answers arbitrary and mutated real payloads with
+//! the seven providers) answers arbitrary and mutated real payloads with
 //! `Ok` or one of its errors: never a panic, the same answer for the same
 //! input, and, when it does make jobs, jobs whose ids and times are inside
 //! the bounds every store can hold (`archiver_core::bounds`).
@@ -16,7 +16,7 @@ use providers::{AccountConfig, ApiClient, Provider, WebhookRequest};
 use serde_json::{Value, json};
 
 /// One account per provider, with credentials, as an operator writes them.
-const ACCOUNTS: [&str; 6] = [
+const ACCOUNTS: [&str; 7] = [
     r#"provider = "greenapi"
 name = "green"
 id_instance = 1101000001
@@ -52,6 +52,11 @@ api_url = "http://127.0.0.1:9"
 access_key = "access-key"
 access_secret = "access-secret"
 business_phone = "8615800001795""#,
+    r#"provider = "waha"
+name = "waha"
+api_url = "http://127.0.0.1:9"
+api_key = "api-key"
+webhook_hmac_key = "hmac-key""#,
 ];
 
 fn adapters() -> Vec<std::sync::Arc<dyn Provider>> {
@@ -135,6 +140,19 @@ fn real_payloads() -> Vec<Value> {
             "messages": [{"from": "6281234567890", "id": "wamid.HBgNNjI4MTIzNDU2Nzg5MBUCABIYFjNFQjBD",
                 "timestamp": now.to_string(), "type": "image",
                 "image": {"id": "fd81acff-eea8-4d9d-acc9-6c62904d6615", "mime_type": "image/jpeg"}}]
+        }),
+        json!({
+            "id": "evt_01jdy2n3b5p8d7ztq8m3c1h6wq", "timestamp": now * 1000,
+            "event": "message", "session": "default", "engine": "NOWEB",
+            "me": {"id": "22222222222@c.us", "pushName": "Shop"},
+            "payload": {"id": "false_11111111111@c.us_3EB0C767D26A1D8A3F1B", "timestamp": now,
+                "from": "11111111111@c.us", "fromMe": false, "to": "22222222222@c.us",
+                "body": "", "hasMedia": true,
+                "media": {"url": "http://127.0.0.1:9/api/files/default/3EB0C767D26A1D8A3F1B.jpeg",
+                    "mimetype": "image/jpeg", "filename": null, "error": null},
+                "_data": {"key": {"remoteJid": "11111111111@c.us", "fromMe": false, "id": "3EB0C767D26A1D8A3F1B"},
+                    "message": {"imageMessage": {"mimetype": "image/jpeg", "fileSha256": sha_b64,
+                        "fileLength": "12345", "mediaKey": key_b64}}}}
         }),
     ]
 }
@@ -248,7 +266,7 @@ fn parse(adapter: &dyn Provider, body: &[u8]) -> Result<usize, String> {
 proptest! {
     #[test]
     fn arbitrary_bodies_are_answered_without_a_panic(
-        which in 0usize..6,
+        which in 0usize..ACCOUNTS.len(),
         body in prop::collection::vec(any::<u8>(), 0..512),
     ) {
         let adapter = &adapters()[which];
@@ -259,7 +277,7 @@ proptest! {
 
     #[test]
     fn mutated_real_payloads_are_answered_without_a_panic_and_jobs_stay_in_bounds(
-        which in 0usize..6,
+        which in 0usize..ACCOUNTS.len(),
         pick in any::<prop::sample::Index>(),
         value in hostile_value(),
         remove in any::<bool>(),
@@ -274,9 +292,10 @@ proptest! {
 
     #[test]
     fn arbitrary_credentials_are_refused_without_a_panic(
-        which in 0usize..6,
+        which in 0usize..ACCOUNTS.len(),
         names in prop::collection::vec(prop::sample::select(vec![
             "authorization", "x-hub-signature-256", "accesskey", "ts", "sign", "action", "biztype",
+            "x-webhook-hmac", "x-webhook-hmac-algorithm",
         ]), 0..5),
         values in prop::collection::vec("[ -~]{0,80}", 5),
         query in prop::option::of("[ -~]{0,80}"),

@@ -8,6 +8,7 @@ pub mod http;
 mod ids;
 pub mod meta;
 pub mod nxcloud;
+pub mod waha;
 pub mod whatsapp_cdn;
 
 /// The bytes of a staged file, wherever they wait (a spool file or memory).

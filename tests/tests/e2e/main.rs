@@ -3,7 +3,8 @@
 //! through the harness in `tests/src/` (the `e2e` library). One module per
 //! provider or concern:
 //!
-//! - `greenapi`, `cloudapi`, `onprem`, `codechat`, `evolution`, `nxcloud`:
+//! - `greenapi`, `cloudapi`, `onprem`, `codechat`, `evolution`, `nxcloud`,
+//!   `waha`:
 //!   each provider's webhooks, downloads, faults and archive;
 //! - `queue_durability`: `kill -9` mid-stream, two replicas on PostgreSQL,
 //!   a store outage: nothing acknowledged is lost;
@@ -28,3 +29,4 @@ mod openapi;
 mod operations;
 mod operator_cli;
 mod queue_durability;
+mod waha;

@@ -4,19 +4,10 @@
 use std::time::Duration;
 
 use e2e::accounts::GREEN_WEBHOOK_TOKEN as TOKEN;
-use e2e::{Daemon, StoreUnderTest, accounts, bytes, config, now};
+use e2e::{Daemon, StoreUnderTest, accounts, bytes, config, metric_sample as sample, now};
 use test_support::green_api::FakeGreenApi;
 
 const CHAT: &str = "79001234568@c.us";
-
-/// The value of one sample line (`name{labels} value`) in an exposition.
-fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_webhooks_archives_failures_and_queue_states() {
