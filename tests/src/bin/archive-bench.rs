@@ -256,28 +256,43 @@ async fn archive_with_daemon(
             // A figure this slow is a stall, not a rate: say what the
             // daemon logged about it.
             stall_reported = true;
-            let warnings: Vec<String> = daemon
-                .logs()
-                .lines()
-                .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
-                .map(str::to_owned)
-                .collect();
             eprintln!(
                 "{}: {done} of {} done after {STALL:?}; the daemon's warnings and errors:\n{}\nstats: {stats}",
                 w.name,
                 w.count,
-                warnings.join("\n")
+                warnings(daemon).join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let seconds = started.elapsed().as_secs_f64();
+    // A retried attempt is part of the figure: say so.
+    let warnings = warnings(daemon);
+    if !warnings.is_empty() {
+        eprintln!(
+            "{}: the daemon logged {} warnings or errors; the first:\n{}",
+            w.name,
+            warnings.len(),
+            warnings[..warnings.len().min(5)].join("\n")
+        );
+    }
     Measured {
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
         bytes: (w.count * w.size) as u64,
         files: w.count,
         // The caller reads the daemon's CPU time around this.
         cpu_seconds: 0.0,
     }
+}
+
+/// The daemon's log lines at level WARN or ERROR.
+fn warnings(daemon: &Daemon) -> Vec<String> {
+    daemon
+        .logs()
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// rclone with the bench's two remotes: `src:` (the file host, rclone's
