@@ -19,9 +19,10 @@
 //! only after the whole-file hash matched, AbortMultipartUpload on any
 //! failure (and, spawned, if the upload future is dropped half-way).
 //!
-//! Payloads are sent unsigned (`x-amz-content-sha256: UNSIGNED-PAYLOAD`):
-//! SigV4 payload signing is one more sha256 pass over every byte (8% of the
-//! daemon's CPU on small files, BENCHMARKS.md), and it guards nothing the
+//! Payloads are sent unsigned (`x-amz-content-sha256: UNSIGNED-PAYLOAD`),
+//! from memory as from the spool: SigV4 payload signing of an in-memory
+//! body is one more sha256 pass over every byte (8% of the daemon's CPU on
+//! small files, BENCHMARKS.md), and it guards nothing the
 //! `x-amz-checksum-sha256` header does not: that header is signed, and the
 //! store refuses a body that does not match it (shown against Garage by
 //! `wrong_checksum_is_refused_by_the_store_and_permanent`).
