@@ -6,7 +6,8 @@
 //! cargo build --release -p media-archiver
 //! cargo run --release -p e2e --bin archive-bench            # full run
 //! cargo run --release -p e2e --bin archive-bench -- --quick # smaller files
-//! cargo run --release -p e2e --bin archive-bench -- --small-only
+//! cargo run --release -p e2e --bin archive-bench -- --only small    # or large
+//! cargo run --release -p e2e --bin archive-bench -- --parts 8       # max_parallel_parts
 //! ```
 //!
 //! Method: one local HTTP file host (this process, serving files from
@@ -456,9 +457,16 @@ fn svg_chart(rows: &[(String, f64, f64)], rss: &[(usize, u64)]) -> String {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--small-only`: the small-file workloads alone (A/B runs of a change
-    // to per-file overhead).
-    let small_only = args.iter().any(|a| a == "--small-only");
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    // `--only small|large`: one size alone (A/B runs of one change).
+    let only = value_of("--only");
+    // `--parts N`: the daemon's `storage.s3.max_parallel_parts`.
+    let parts: Option<usize> = value_of("--parts").map(|n| n.parse().expect("--parts N"));
     let (small, large, rss_sizes) = if quick {
         (
             Workload {
@@ -535,12 +543,23 @@ async fn main() {
     let cloud = FakeCloudApi::start().await;
 
     let mut rows = Vec::new();
-    let sizes: &[&Workload] = if small_only {
-        &[&small]
-    } else {
-        &[&small, &large]
+    let sizes: Vec<&Workload> = match only.as_deref() {
+        Some("small") => vec![&small],
+        Some("large") => vec![&large],
+        Some(other) => panic!("--only small|large, not {other}"),
+        None => vec![&small, &large],
     };
-    for &w in sizes {
+    let bench_config = |store: &StoreUnderTest, host: &str, cloud: &FakeCloudApi| {
+        let config = bench_config(store, host, cloud);
+        match parts {
+            Some(n) => config.replace(
+                "[storage.s3]\n",
+                &format!("[storage.s3]\nmax_parallel_parts = {n}\n"),
+            ),
+            None => config,
+        }
+    };
+    for w in sizes {
         for a in ANNOUNCERS {
             let ours_set = Workload {
                 set: set_of(w, "daemon", a),
@@ -565,7 +584,7 @@ async fn main() {
     }
 
     let mut rss = Vec::new();
-    for &mib in rss_sizes.iter().filter(|_| !small_only) {
+    for &mib in rss_sizes.iter().filter(|_| only.is_none()) {
         let dir = tempfile::tempdir().expect("temp dir");
         let daemon = Daemon::start(&bench_config(&store, &host_url, &cloud), dir.path());
         let w = Workload {
