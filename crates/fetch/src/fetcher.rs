@@ -57,15 +57,16 @@ impl Fetcher {
     /// or into memory when `Content-Length` announces at most
     /// `in_memory_max_bytes` (see [`StagedBody`](archiver_core::StagedBody)).
     ///
-    /// A body larger than that is never held in memory. Enforces `max_file_bytes` (from
-    /// `Content-Length` up front and on the bytes received), `read_timeout`
-    /// while waiting for headers and between chunks, and the SSRF guard on
-    /// the URL and on every redirect hop (at most 5 redirects, followed
-    /// here rather than by the client). `progress` grows by the size of each
-    /// chunk so that the caller can renew its lease while bytes move. The
-    /// file is scratch space, not fsynced (the store makes what it keeps
-    /// durable); on any error (or if the future is dropped) it is removed.
-    /// Compression is never requested or undone.
+    /// A body larger than that, or of unannounced size, is never held in
+    /// memory. Enforces `max_file_bytes` (from `Content-Length` up front and
+    /// on the bytes received), `read_timeout` while waiting for headers and
+    /// between chunks, and the SSRF guard on the URL and on every redirect
+    /// hop (at most 5 redirects, followed here rather than by the client).
+    /// `progress` grows by the size of each chunk so that the caller can
+    /// renew its lease while bytes move. A spool file is scratch space, not
+    /// fsynced (the store makes what it keeps durable); on any error (or if
+    /// the future is dropped) it is removed. Compression is never requested
+    /// or undone.
     pub async fn download(
         &self,
         req: &DownloadRequest,

@@ -126,19 +126,20 @@ impl S3Store {
             return Ok(PutOutcome::Stored);
         }
         match self.existing_size(key).await? {
-            Some(size) if size == file.size as i64 => Ok(PutOutcome::AlreadyPresent),
-            existing => {
-                tracing::warn!(
-                    key,
-                    existing = ?existing,
-                    size = file.size,
-                    "replacing an object of the wrong size"
-                );
-                self.put_single(key, memory_body(file)?, sha256, content_type, true)
-                    .await?;
-                Ok(PutOutcome::Stored)
-            }
+            Some(size) if size == file.size as i64 => return Ok(PutOutcome::AlreadyPresent),
+            Some(size) => tracing::warn!(
+                key,
+                existing = size,
+                size = file.size,
+                "replacing an object of the wrong size"
+            ),
+            // Gone since, or HeadObject denied (write-only credentials):
+            // writing the same content-addressed bytes again is harmless.
+            None => {}
         }
+        self.put_single(key, memory_body(file)?, sha256, content_type, true)
+            .await?;
+        Ok(PutOutcome::Stored)
     }
 
     /// [`ObjectStore::put_manifest`](crate::ObjectStore::put_manifest) for
