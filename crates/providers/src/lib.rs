@@ -209,6 +209,9 @@ pub enum Resolution {
 }
 
 /// Where the bytes come from.
+// One value per attempt, never stored in bulk (as `Resolution`): boxing
+// the download would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum MediaSource {
     /// Download them.

@@ -375,3 +375,16 @@ async fn the_announced_file_length_and_the_account_s_cap_reach_the_pipeline() {
     );
     assert_eq!(adapter("").max_file_bytes(), None);
 }
+
+#[tokio::test]
+async fn a_backfill_record_the_rules_exclude_is_refused_naming_the_rule() {
+    let adapter = adapter(r#"rules = { media_types = ["document"] }"#);
+    let mut data = image_webhook()["data"].clone();
+    data["messageTimestamp"] = json!(a_minute_ago());
+    let err = adapter.backfill(&data).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Excluded(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "excluded by the account's rules: media type image is not in rules.media_types"
+    );
+}
