@@ -76,6 +76,16 @@ enum Command {
 /// Exit code for a bad config (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 
+/// jemalloc instead of the system allocator. Every archived file makes
+/// buffers of its size (the download, hyper's read buffers, the request
+/// body); glibc's allocator gave that memory back to the kernel and took it
+/// again, file after file, and the kernel zeroed each page anew (page
+/// faults and `clear_page` were a tenth of the daemon's CPU on small files,
+/// BENCHMARKS.md). jemalloc keeps freed pages for reuse, returning them
+/// after a few seconds unused, so peak memory is unchanged.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {

@@ -113,6 +113,11 @@ impl Garage {
         self.spawn();
     }
 
+    /// The server's process id while it runs (benches read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the server process is running.
     pub fn is_running(&mut self) -> bool {
         self.child

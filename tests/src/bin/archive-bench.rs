@@ -6,6 +6,8 @@
 //! cargo build --release -p media-archiver
 //! cargo run --release -p e2e --bin archive-bench            # full run
 //! cargo run --release -p e2e --bin archive-bench -- --quick # smaller files
+//! cargo run --release -p e2e --bin archive-bench -- --only small    # or large
+//! cargo run --release -p e2e --bin archive-bench -- --parts 8       # max_parallel_parts
 //! ```
 //!
 //! Method: one local HTTP file host (this process, serving files from
@@ -23,8 +25,9 @@
 //! Peak RSS is the daemon's `VmHWM` after archiving one file of each size in
 //! a fresh process. CPU is each tool's own user+system time over its
 //! workload (the daemon's from `/proc/<pid>/stat`, rclone's from this
-//! process's waited-children times), per GiB archived; Garage's and the
-//! file host's CPU are in neither figure.
+//! process's waited-children times), per GiB archived and per file;
+//! Garage's CPU over each tool's run is printed apart (per file), since on
+//! a shared machine what a tool's requests cost the store slows both.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -125,6 +128,9 @@ struct Measured {
     files: usize,
     /// CPU time (user + system) of the tool while it worked.
     cpu_seconds: f64,
+    /// Garage's CPU time over the same span: what the tool's requests cost
+    /// the store.
+    store_cpu_seconds: f64,
 }
 
 impl Measured {
@@ -138,6 +144,16 @@ impl Measured {
 
     fn cpu_per_gib(&self) -> f64 {
         self.cpu_seconds / (self.bytes as f64 / (1u64 << 30) as f64)
+    }
+
+    /// Milliseconds of the tool's CPU per file.
+    fn cpu_ms_per_file(&self) -> f64 {
+        self.cpu_seconds * 1e3 / self.files as f64
+    }
+
+    /// Milliseconds of Garage's CPU per file.
+    fn store_cpu_ms_per_file(&self) -> f64 {
+        self.store_cpu_seconds * 1e3 / self.files as f64
     }
 }
 
@@ -280,8 +296,9 @@ async fn archive_with_daemon(
         seconds,
         bytes: (w.count * w.size) as u64,
         files: w.count,
-        // The caller reads the daemon's CPU time around this.
+        // The caller reads the CPU times around this.
         cpu_seconds: 0.0,
+        store_cpu_seconds: 0.0,
     }
 }
 
@@ -321,6 +338,7 @@ fn rclone(garage: &Garage, host: &str) -> std::process::Command {
 
 fn rclone_copy(garage: &Garage, host: &str, w: &Workload) -> Measured {
     let cpu_before = waited_children_cpu_seconds().expect("/proc/self/stat");
+    let store_before = store_cpu(garage);
     let started = Instant::now();
     let status = rclone(garage, host)
         .args([
@@ -336,6 +354,7 @@ fn rclone_copy(garage: &Garage, host: &str, w: &Workload) -> Measured {
     assert!(status.success(), "rclone failed: {status}");
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_seconds = waited_children_cpu_seconds().expect("/proc/self/stat") - cpu_before;
+    let store_cpu_seconds = store_cpu(garage) - store_before;
     let copied = rclone_object_count(garage, host, w);
     assert_eq!(
         copied, w.count,
@@ -347,7 +366,13 @@ fn rclone_copy(garage: &Garage, host: &str, w: &Workload) -> Measured {
         bytes: (w.count * w.size) as u64,
         files: w.count,
         cpu_seconds,
+        store_cpu_seconds,
     }
+}
+
+/// Garage's CPU time so far, seconds.
+fn store_cpu(garage: &Garage) -> f64 {
+    garage.pid().and_then(cpu_seconds).unwrap_or(0.0)
 }
 
 /// Objects under the prefix rclone copied `w` to, counted by rclone itself.
@@ -430,7 +455,18 @@ fn svg_chart(rows: &[(String, f64, f64)], rss: &[(usize, u64)]) -> String {
 
 #[tokio::main]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    // `--only small|large`: one size alone (A/B runs of one change).
+    let only = value_of("--only");
+    // `--parts N`: the daemon's `storage.s3.max_parallel_parts`.
+    let parts: Option<usize> = value_of("--parts").map(|n| n.parse().expect("--parts N"));
     let (small, large, rss_sizes) = if quick {
         (
             Workload {
@@ -507,7 +543,23 @@ async fn main() {
     let cloud = FakeCloudApi::start().await;
 
     let mut rows = Vec::new();
-    for w in [&small, &large] {
+    let sizes: Vec<&Workload> = match only.as_deref() {
+        Some("small") => vec![&small],
+        Some("large") => vec![&large],
+        Some(other) => panic!("--only small|large, not {other}"),
+        None => vec![&small, &large],
+    };
+    let bench_config = |store: &StoreUnderTest, host: &str, cloud: &FakeCloudApi| {
+        let config = bench_config(store, host, cloud);
+        match parts {
+            Some(n) => config.replace(
+                "[storage.s3]\n",
+                &format!("[storage.s3]\nmax_parallel_parts = {n}\n"),
+            ),
+            None => config,
+        }
+    };
+    for w in sizes {
         for a in ANNOUNCERS {
             let ours_set = Workload {
                 set: set_of(w, "daemon", a),
@@ -517,8 +569,10 @@ async fn main() {
             let dir = tempfile::tempdir().expect("temp dir");
             let daemon = Daemon::start(&bench_config(&store, &host_url, &cloud), dir.path());
             let cpu_before = cpu_seconds(daemon.pid()).unwrap_or(0.0);
+            let store_before = store_cpu(&garage);
             let mut ours = archive_with_daemon(&daemon, hooks, a.account(), &ours_set).await;
             ours.cpu_seconds = cpu_seconds(daemon.pid()).unwrap_or(0.0) - cpu_before;
+            ours.store_cpu_seconds = store_cpu(&garage) - store_before;
             drop(daemon);
             let theirs_set = Workload {
                 set: set_of(w, "rclone", a),
@@ -530,7 +584,7 @@ async fn main() {
     }
 
     let mut rss = Vec::new();
-    for &mib in &rss_sizes {
+    for &mib in rss_sizes.iter().filter(|_| only.is_none()) {
         let dir = tempfile::tempdir().expect("temp dir");
         let daemon = Daemon::start(&bench_config(&store, &host_url, &cloud), dir.path());
         let w = Workload {
@@ -568,6 +622,20 @@ async fn main() {
             ours.cpu_per_gib(),
             theirs.cpu_per_gib(),
             ours.cpu_per_gib() / theirs.cpu_per_gib()
+        );
+    }
+    println!();
+    println!(
+        "| workload | CPU ms per file: media-archiver / rclone | Garage's CPU ms per file: for media-archiver / for rclone |"
+    );
+    println!("|---|---|---|");
+    for (name, ours, theirs) in &rows {
+        println!(
+            "| {name} | {:.2} / {:.2} | {:.2} / {:.2} |",
+            ours.cpu_ms_per_file(),
+            theirs.cpu_ms_per_file(),
+            ours.store_cpu_ms_per_file(),
+            theirs.store_cpu_ms_per_file()
         );
     }
     println!();

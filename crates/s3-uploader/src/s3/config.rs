@@ -20,6 +20,8 @@ pub(super) const MIB: u64 = 1024 * 1024;
 const MIN_PART_SIZE: u64 = 5 * MIB;
 /// S3's largest part.
 const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
+/// The most parts of one upload in flight: 32 x 64 KiB of read buffers.
+const MAX_PARALLEL_PARTS: usize = 32;
 
 /// `[storage.s3]`, as written in the config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +67,10 @@ pub struct S3Config {
     /// Files up to this size are sent in one PutObject. Raised automatically
     /// for files that would need more than 10,000 parts.
     pub part_size: u64,
+    /// Parts of one multipart upload sent at once (default 4, 1 to 32).
+    /// Memory per upload is a 64 KiB read buffer per part in flight,
+    /// whatever `part_size`.
+    pub max_parallel_parts: usize,
 }
 
 impl Default for S3Config {
@@ -84,6 +90,7 @@ impl Default for S3Config {
             object_lock_days: None,
             presign_ttl: Duration::from_secs(3600),
             part_size: 8 * MIB,
+            max_parallel_parts: 4,
         }
     }
 }
@@ -222,6 +229,12 @@ impl S3Config {
                 self.part_size
             ));
         }
+        if !(1..=MAX_PARALLEL_PARTS).contains(&self.max_parallel_parts) {
+            problems.push(format!(
+                "max_parallel_parts: {} is outside 1 ..= {MAX_PARALLEL_PARTS}",
+                self.max_parallel_parts
+            ));
+        }
     }
 }
 
@@ -241,6 +254,7 @@ mod tests {
         let settings = named("media").validate().unwrap();
         let cfg = settings.config();
         assert_eq!(cfg.part_size, 8 * MIB);
+        assert_eq!(cfg.max_parallel_parts, 4);
         assert_eq!(cfg.region, "us-east-1");
         assert_eq!(cfg.presign_ttl, Duration::from_secs(3600));
         assert!(settings.credentials.is_none(), "the AWS credential chain");
@@ -264,6 +278,7 @@ mod tests {
             object_lock_days: None,
             presign_ttl: Duration::from_secs(8 * 24 * 3600),
             part_size: 4 * MIB,
+            max_parallel_parts: 0,
             ..S3Config::default()
         };
         let problems = cfg.validate().unwrap_err();
@@ -277,6 +292,7 @@ mod tests {
             "object_lock_days:",
             "presign_ttl: at most 7d",
             "part_size:",
+            "max_parallel_parts:",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(key)),

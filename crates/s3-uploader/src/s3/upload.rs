@@ -15,13 +15,14 @@
 //! done); up to `part_size` bytes: the spool hashed and checked, then one
 //! PutObject;
 //! larger: multipart, each part hashed from the spool and then sent with its
-//! checksum, at most [`PARTS_IN_FLIGHT`] at once, CompleteMultipartUpload
+//! checksum, at most `max_parallel_parts` at once, CompleteMultipartUpload
 //! only after the whole-file hash matched, AbortMultipartUpload on any
 //! failure (and, spawned, if the upload future is dropped half-way).
 //!
-//! Payloads are sent unsigned (`x-amz-content-sha256: UNSIGNED-PAYLOAD`):
-//! SigV4 payload signing is one more sha256 pass over every byte (8% of the
-//! daemon's CPU on small files, BENCHMARKS.md), and it guards nothing the
+//! Payloads are sent unsigned (`x-amz-content-sha256: UNSIGNED-PAYLOAD`),
+//! from memory as from the spool: SigV4 payload signing of an in-memory
+//! body is one more sha256 pass over every byte (8% of the daemon's CPU on
+//! small files, BENCHMARKS.md), and it guards nothing the
 //! `x-amz-checksum-sha256` header does not: that header is signed, and the
 //! store refuses a body that does not match it (shown against Garage by
 //! `wrong_checksum_is_refused_by_the_store_and_permanent`).
@@ -51,9 +52,6 @@ use crate::{PutOutcome, StoreError};
 
 /// S3's most parts per upload.
 pub(super) const MAX_PARTS: u64 = 10_000;
-/// Parts of one file in flight at once. Memory per upload is a 64 KiB read
-/// buffer per part in flight, whatever `part_size`.
-const PARTS_IN_FLIGHT: usize = 4;
 
 impl S3Store {
     /// [`ObjectStore::put_blob`](crate::ObjectStore::put_blob) for a
@@ -343,9 +341,9 @@ impl S3Store {
         let mut offset = 0u64;
         let mut part_number = 0i32;
         while offset < file.size {
-            // At most `PARTS_IN_FLIGHT` parts are in flight: wait for a free
-            // slot before reading the next part.
-            while in_flight.len() >= PARTS_IN_FLIGHT {
+            // At most `max_parallel_parts` parts are in flight: wait for a
+            // free slot before reading the next part.
+            while in_flight.len() >= self.cfg.max_parallel_parts {
                 parts.push(join_part(&mut in_flight).await?);
             }
             let len = part_size.min(file.size - offset);
