@@ -5,6 +5,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
 
+/// Who sent a message, seen from the account: what `[accounts.rules]`
+/// `directions` select and manifests record (PRODUCT.md section 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From someone else.
+    Incoming,
+    /// From the account's own phone or API.
+    Outgoing,
+}
+
+impl Direction {
+    /// The config and manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Incoming => "incoming",
+            Direction::Outgoing => "outgoing",
+        }
+    }
+}
+
 /// The provider behind an account; also the `provider` config value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -8,7 +8,7 @@
 //!
 //! This crate does no I/O, except [`SecretRef::resolve`] reading an environment
 //! variable or a secret file while the config is validated. Main types:
-//! - [`JobSpec`], [`JobState`], [`ProviderKind`]: what a job is.
+//! - [`JobSpec`], [`JobState`], [`ProviderKind`], [`Direction`]: what a job is.
 //! - [`ErrorClass`] and the [`Classify`] trait: the retry classification each
 //!   crate's error enum implements.
 //! - [`Sha256Digest`] and [`decode`]: provider hash fields in every encoding
@@ -33,6 +33,6 @@ pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use config_value::SecretRef;
 pub use digest::Sha256Digest;
 pub use error_class::{Classify, ErrorClass, parse_retry_after};
-pub use job::{AccountName, InvalidAccountName, JobSpec, JobState, ProviderKind};
+pub use job::{AccountName, Direction, InvalidAccountName, JobSpec, JobState, ProviderKind};
 pub use secret::Secret;
 pub use staged::{StagedBody, StagedFile};

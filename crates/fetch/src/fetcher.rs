@@ -58,15 +58,15 @@ impl Fetcher {
     /// `in_memory_max_bytes` (see [`StagedBody`](archiver_core::StagedBody)).
     ///
     /// A body larger than that, or of unannounced size, is never held in
-    /// memory. Enforces `max_file_bytes` (from `Content-Length` up front and
-    /// on the bytes received), `read_timeout` while waiting for headers and
-    /// between chunks, and the SSRF guard on the URL and on every redirect
-    /// hop (at most 5 redirects, followed here rather than by the client).
-    /// `progress` grows by the size of each chunk so that the caller can
-    /// renew its lease while bytes move. A spool file is scratch space, not
-    /// fsynced (the store makes what it keeps durable); on any error (or if
-    /// the future is dropped) it is removed. Compression is never requested
-    /// or undone.
+    /// memory. Enforces `max_file_bytes` (the request's own when lower; from
+    /// `Content-Length` up front and on the bytes received), `read_timeout`
+    /// while waiting for headers and between chunks, and the SSRF guard on
+    /// the URL and on every redirect hop (at most 5 redirects, followed here
+    /// rather than by the client). `progress` grows by the size of each
+    /// chunk so that the caller can renew its lease while bytes move. A
+    /// spool file is scratch space, not fsynced (the store makes what it
+    /// keeps durable); on any error (or if the future is dropped) it is
+    /// removed. Compression is never requested or undone.
     pub async fn download(
         &self,
         req: &DownloadRequest,
@@ -115,7 +115,9 @@ impl Fetcher {
         progress: &AtomicU64,
     ) -> Result<StagedFile, FetchError> {
         let (url, response) = self.send_following_redirects(req, hosts).await?;
-        let limit = self.cfg.max_file_bytes;
+        let limit = req.max_file_bytes.map_or(self.cfg.max_file_bytes, |cap| {
+            cap.min(self.cfg.max_file_bytes)
+        });
         let announced = response.content_length();
         let mut staging = match (req.answer, announced) {
             (Answer::File, Some(len)) if len <= self.cfg.in_memory_max_bytes.min(limit) => {
@@ -130,7 +132,7 @@ impl Fetcher {
                     .await?;
             }
             Answer::Base64JsonField(field) => {
-                self.receive_base64_json(&url, response, field, progress, &mut staging)
+                self.receive_base64_json(&url, response, field, limit, progress, &mut staging)
                     .await?;
             }
         }
@@ -207,6 +209,7 @@ impl Fetcher {
         url: &Url,
         response: reqwest::Response,
         field: &'static str,
+        limit: u64,
         progress: &AtomicU64,
         staging: &mut Staging,
     ) -> Result<(), FetchError> {
@@ -219,7 +222,6 @@ impl Fetcher {
                     .map_err(|_| std::io::Error::other("the download stopped"))
             })
         });
-        let limit = self.cfg.max_file_bytes;
         let body = async move {
             let mut sink = BodySink::Channel(body_tx);
             let answer_limit = base64_json::answer_limit(limit);

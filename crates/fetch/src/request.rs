@@ -26,6 +26,9 @@ pub struct DownloadRequest {
     pub body: Option<Bytes>,
     /// How the response body holds the file.
     pub answer: Answer,
+    /// A byte cap for this file below `fetch.max_file_bytes` (an account's
+    /// `rules.max_file_bytes`); the lower of the two applies.
+    pub max_file_bytes: Option<u64>,
 }
 
 /// How a response body holds the file.
@@ -50,6 +53,7 @@ impl DownloadRequest {
             headers: Vec::new(),
             body: None,
             answer: Answer::File,
+            max_file_bytes: None,
         }
     }
 
@@ -70,6 +74,7 @@ impl fmt::Debug for DownloadRequest {
             .field("headers", &headers)
             .field("body_len", &self.body.as_ref().map(Bytes::len))
             .field("answer", &self.answer)
+            .field("max_file_bytes", &self.max_file_bytes)
             .finish()
     }
 }

@@ -446,6 +446,63 @@ async fn too_large_without_content_length_stops_and_cleans_up() {
 }
 
 #[tokio::test]
+async fn a_request_s_own_cap_below_the_config_s_stops_the_download_there() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.max_file_bytes = 1_000_000);
+    let capped = |path: &str| DownloadRequest {
+        max_file_bytes: Some(100_000),
+        ..DownloadRequest::get(server.url(path))
+    };
+    let err = env.fetch(&capped("/sized/100001")).await.unwrap_err();
+    assert!(
+        matches!(err, FetchError::TooLarge { limit: 100_000 }),
+        "refused from Content-Length: {err:?}"
+    );
+    let progress = AtomicU64::new(0);
+    let err = env
+        .fetcher
+        .download(&capped("/unsized/1000000"), &loopback(), &progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::TooLarge { limit: 100_000 }),
+        "{err:?}"
+    );
+    assert!(
+        progress.load(Ordering::Relaxed) <= 100_000,
+        "stopped at the cap"
+    );
+    assert_eq!(
+        env.fetch(&capped("/sized/100000")).await.unwrap().size,
+        100_000
+    );
+    let err = env
+        .fetch(&DownloadRequest {
+            max_file_bytes: Some(MIB as u64 / 2),
+            ..base64_json(server.url(&format!("/base64-json/{}", MIB / 2 + 1)))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::TooLarge { .. }),
+        "base64 too: {err:?}"
+    );
+    // A request cap above the config's does not lift it.
+    let err = env
+        .fetch(&DownloadRequest {
+            max_file_bytes: Some(u64::MAX),
+            ..DownloadRequest::get(server.url("/sized/1000001"))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::TooLarge { limit: 1_000_000 }),
+        "{err:?}"
+    );
+    assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
+}
+
+#[tokio::test]
 async fn truncated_body_is_truncated_and_cleaned_up() {
     let server = Server::start().await;
     let env = Env::new(|_| {});

@@ -126,6 +126,7 @@ mod tests {
             message_id: "m1".into(),
             media_id: Some(media_id.into()),
             sender: None,
+            direction: None,
             message_timestamp: "2026-01-01T00:30:00Z".into(),
             mime_type: None,
             file_name: None,

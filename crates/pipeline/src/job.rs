@@ -27,7 +27,18 @@ pub enum JobError {
     Provider(#[from] ProviderError),
     /// The download failed.
     #[error("download failed: {0}")]
-    Fetch(#[from] FetchError),
+    Fetch(FetchError),
+    /// The file is larger than the account's `rules.max_file_bytes` or
+    /// `fetch.max_file_bytes` (dead reason `too-large`, PRODUCT.md section
+    /// 10): announced so by the provider (`announced`, nothing downloaded),
+    /// or met while downloading (the download stopped at the cap).
+    #[error("too-large: {}", too_large_text(*limit, *announced))]
+    TooLarge {
+        /// The cap that applied, in bytes.
+        limit: u64,
+        /// The size the provider announced, when that decided.
+        announced: Option<u64>,
+    },
     /// The bytes are not the ones the provider vouched for.
     #[error("sha256 mismatch: provider says {expected}, bytes are {actual}")]
     HashMismatch {
@@ -55,10 +66,34 @@ pub enum JobError {
     Manifest(String),
 }
 
+fn too_large_text(limit: u64, announced: Option<u64>) -> String {
+    match announced {
+        Some(size) => format!(
+            "the provider announced {size} bytes, over the {limit}-byte limit; not downloaded"
+        ),
+        None => {
+            format!("the file is larger than the {limit}-byte limit; the download stopped there")
+        }
+    }
+}
+
+impl From<FetchError> for JobError {
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::TooLarge { limit } => JobError::TooLarge {
+                limit,
+                announced: None,
+            },
+            other => JobError::Fetch(other),
+        }
+    }
+}
+
 impl JobError {
     /// A short, bounded label for metrics (`dead_total{reason}`).
     pub fn label(&self) -> &'static str {
         match self {
+            JobError::TooLarge { .. } => "too-large",
             JobError::UnknownAccount(_) => "unknown_account",
             JobError::Provider(ProviderError::MediaUnavailable(_)) => "media_unavailable",
             JobError::Provider(_) => "provider_error",
@@ -74,7 +109,9 @@ impl JobError {
 impl Classify for JobError {
     fn class(&self) -> ErrorClass {
         match self {
-            JobError::UnknownAccount(_) | JobError::Manifest(_) => ErrorClass::Permanent,
+            JobError::UnknownAccount(_) | JobError::Manifest(_) | JobError::TooLarge { .. } => {
+                ErrorClass::Permanent
+            }
             JobError::Provider(e) => e.class(),
             JobError::Fetch(e) => e.class(),
             JobError::Store(e) => e.class(),
@@ -150,8 +187,11 @@ impl Attempt<'_> {
             last_error: job.last_error.as_deref(),
             link_dead,
         };
+        // The account's cap (`rules.max_file_bytes`); the fetcher holds
+        // every download to `fetch.max_file_bytes` too.
+        let cap = provider.max_file_bytes();
         let mut resolved = match provider.resolve(reference(false)).await? {
-            Resolution::Fetch(resolved) => resolved,
+            Resolution::Fetch(resolved) => capped(resolved, cap)?,
             Resolution::Park { timeout, reason } => {
                 return Ok(Attempted::Parked { timeout, reason });
             }
@@ -163,7 +203,7 @@ impl Attempt<'_> {
             Err(e) if e.is_link_dead() => {
                 tracing::info!(job_id = %job.id, error = %e, "download link is dead; asking the provider for a fresh one");
                 resolved = match provider.resolve(reference(true)).await? {
-                    Resolution::Fetch(resolved) => resolved,
+                    Resolution::Fetch(resolved) => capped(resolved, cap)?,
                     Resolution::Park { timeout, reason } => {
                         return Ok(Attempted::Parked { timeout, reason });
                     }
@@ -181,6 +221,14 @@ impl Attempt<'_> {
             }
             None => staged,
         };
+        // Inline bytes, and a decrypted file whose encrypted form was let
+        // through with the cipher's overhead, are held to the cap here.
+        if let Some(limit) = cap.filter(|cap| staged.0.size > *cap) {
+            return Err(JobError::TooLarge {
+                limit,
+                announced: None,
+            });
+        }
         telemetry::stage(Stage::Download, started.elapsed());
         let uploading = tokio::time::Instant::now();
         let processed = self.verify_and_store(job, &resolved, &staged.0).await?;
@@ -234,6 +282,7 @@ impl Attempt<'_> {
             message_id: job.message_id.clone(),
             media_id: job.media_id.clone(),
             sender: details.sender.clone(),
+            direction: details.direction,
             message_timestamp: rfc3339(job.message_at),
             mime_type: details.mime_type.clone(),
             file_name: details.file_name.clone(),
@@ -257,6 +306,34 @@ impl Attempt<'_> {
             archived_at,
         })
     }
+}
+
+/// What WhatsApp's encryption adds to a file: PKCS#7 padding (up to one
+/// AES block) and the 10-byte MAC.
+const ENCRYPTION_OVERHEAD: u64 = 16 + 10;
+
+/// `resolved`, refused as too large when the provider announced a size over
+/// the account's `cap`, else with `cap` on its download (plus the encryption's overhead
+/// for an encrypted blob: the cap is on the file).
+fn capped(mut resolved: ResolvedMedia, cap: Option<u64>) -> Result<ResolvedMedia, JobError> {
+    let Some(cap) = cap else {
+        return Ok(resolved);
+    };
+    if let Some(size) = resolved.size.filter(|size| *size > cap) {
+        return Err(JobError::TooLarge {
+            limit: cap,
+            announced: Some(size),
+        });
+    }
+    if let MediaSource::Download { request, .. } = &mut resolved.source {
+        let overhead = if resolved.encryption.is_some() {
+            ENCRYPTION_OVERHEAD
+        } else {
+            0
+        };
+        request.max_file_bytes = Some(cap.saturating_add(overhead));
+    }
+    Ok(resolved)
 }
 
 /// Authenticates and decrypts a WhatsApp-encrypted spool file into a new
@@ -358,6 +435,7 @@ mod tests {
                 expected_sha256: None,
                 details: MediaDetails::default(),
                 encryption: None,
+                size: None,
             }))
         }
     }
@@ -521,6 +599,93 @@ mod tests {
             // shutdown grace or when its lease is lost.
         }
         assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
+    }
+
+    fn resolved(size: Option<u64>, encryption: Option<EncryptedMedia>) -> ResolvedMedia {
+        let url = url::Url::parse("https://cdn.example/file").unwrap();
+        ResolvedMedia {
+            source: MediaSource::download(
+                media_fetch::DownloadRequest::get(url),
+                media_fetch::HostPolicy::new(["cdn.example"]),
+            ),
+            expected_sha256: None,
+            details: MediaDetails::default(),
+            encryption,
+            size,
+        }
+    }
+
+    fn download_cap(resolved: &ResolvedMedia) -> Option<u64> {
+        match &resolved.source {
+            MediaSource::Download { request, .. } => request.max_file_bytes,
+            MediaSource::Inline(_) => unreachable!("a download"),
+        }
+    }
+
+    #[test]
+    fn a_file_announced_over_the_account_s_cap_is_too_large_before_any_download() {
+        let err = capped(resolved(Some(1001), None), Some(1000)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                JobError::TooLarge {
+                    limit: 1000,
+                    announced: Some(1001)
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.label(), "too-large");
+        assert_eq!(err.class(), ErrorClass::Permanent);
+        assert!(err.to_string().starts_with("too-large: "), "{err}");
+        let at_cap = capped(resolved(Some(1000), None), Some(1000)).unwrap();
+        assert_eq!(
+            download_cap(&at_cap),
+            Some(1000),
+            "the cap travels with the download"
+        );
+        let unknown = capped(resolved(None, None), Some(1000)).unwrap();
+        assert_eq!(download_cap(&unknown), Some(1000));
+        let no_rule = capped(resolved(Some(u64::MAX), None), None).unwrap();
+        assert_eq!(download_cap(&no_rule), None, "only fetch.max_file_bytes");
+    }
+
+    #[test]
+    fn an_encrypted_download_may_pass_the_cap_by_the_cipher_s_overhead() {
+        let media = EncryptedMedia {
+            media_type: whatsapp_media::MediaType::Image,
+            media_key: whatsapp_media::MediaKey::from_json(&serde_json::json!(
+                "EtkHwPvSijrLUj6c18dK3vtU+ONrCzMSYbOJYY0FqTw="
+            ))
+            .unwrap(),
+            file_enc_sha256: Sha256Digest::from_bytes([0; 32]),
+            file_sha256: Sha256Digest::from_bytes([0; 32]),
+            file_length: None,
+        };
+        let encrypted = capped(resolved(None, Some(media)), Some(1000)).unwrap();
+        assert_eq!(download_cap(&encrypted), Some(1000 + ENCRYPTION_OVERHEAD));
+    }
+
+    #[test]
+    fn a_download_stopped_at_a_cap_is_dead_too_large_and_other_fetch_errors_are_not() {
+        let err = JobError::from(FetchError::TooLarge { limit: 1000 });
+        assert!(
+            matches!(
+                err,
+                JobError::TooLarge {
+                    limit: 1000,
+                    announced: None
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.label(), "too-large");
+        assert_eq!(
+            err.to_string(),
+            "too-large: the file is larger than the 1000-byte limit; the download stopped there"
+        );
+        let other = JobError::from(FetchError::Timeout("slow".into()));
+        assert_eq!(other.label(), "download_failed");
     }
 
     #[test]

@@ -83,6 +83,7 @@ impl Answer {
                     ..MediaDetails::default()
                 },
                 encryption: None,
+                size: None,
             }))
         };
         match self {

@@ -1,21 +1,25 @@
 //! What every adapter keeps of its account, whatever the provider: its
-//! name, how long the provider keeps its files, and the clock that dates
-//! webhook arrivals. Together they make each job's id and deadline, so
-//! every adapter makes its jobs here.
+//! name, how long the provider keeps its files, its `[accounts.rules]`, and
+//! the clock that dates webhook arrivals. Together they decide whether a
+//! message is archived and make each job's id and deadline, so every
+//! adapter makes its jobs here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use archiver_core::{AccountName, Clock, JobSpec, ProviderKind, SystemClock, UnixMillis, bounds};
 
-use crate::ProviderError;
 use crate::config::AccountKeys;
+use crate::rules::{Facts, Rules};
+use crate::{Announced, ProviderError};
 
 #[derive(Debug)]
 pub(crate) struct Account {
     name: AccountName,
     kind: ProviderKind,
     retention: Duration,
+    /// What the account archives.
+    rules: Rules,
     /// Dates each webhook's arrival, which bounds its jobs' deadlines.
     clock: Arc<dyn Clock>,
 }
@@ -33,6 +37,7 @@ impl Account {
             name: keys.name.clone(),
             kind,
             retention: keys.retention.unwrap_or(default_retention),
+            rules: Rules::new(keys.rules),
             clock: Arc::new(SystemClock),
         }
     }
@@ -61,25 +66,37 @@ impl Account {
         JobSpec::job_id(self.name.as_str(), key)
     }
 
-    /// The job for one media file, arriving now: keyed by its media id when
-    /// the provider has one, else by its message id (PRODUCT.md section 2),
-    /// due the account's retention after the earlier of the message's time
-    /// and now ([`bounds::deadline`]). The ids were checked by the caller,
-    /// which knows their field names ([`archiver_core::bounds::check_id`]).
+    /// `rules.max_file_bytes`.
+    pub(crate) fn max_file_bytes(&self) -> Option<u64> {
+        self.rules.max_file_bytes()
+    }
+
+    /// The job for one media file, arriving now, unless the account's
+    /// rules exclude a message with these `facts` ([`Announced::Excluded`],
+    /// saying why). The job is keyed by its media id when the provider has
+    /// one, else by its message id (PRODUCT.md section 2), due the
+    /// account's retention after the earlier of the message's time and now
+    /// ([`bounds::deadline`]). The ids were checked by the caller, which
+    /// knows their field names ([`archiver_core::bounds::check_id`]).
     pub(crate) fn job(
         &self,
         message_id: &str,
         media_id: Option<&str>,
         message_at: UnixMillis,
+        facts: Facts<'_>,
         payload: &impl serde::Serialize,
-    ) -> Result<JobSpec, ProviderError> {
+    ) -> Result<Announced, ProviderError> {
+        if let Some(why) = self.rules.exclusion(&facts) {
+            tracing::debug!(account = %self.name, message_id, why, "message excluded by the account's rules");
+            return Ok(Announced::Excluded(why));
+        }
         let retention = self.retention;
         let deadline = bounds::deadline(message_at, self.now_ms(), retention).ok_or_else(|| {
             ProviderError::BadJob(format!(
                 "deadline out of range: retention {retention:?} after {message_at} ms"
             ))
         })?;
-        Ok(JobSpec {
+        Ok(Announced::Job(JobSpec {
             id: self.job_id(media_id.unwrap_or(message_id)),
             account: self.name.to_string(),
             provider: self.kind,
@@ -89,7 +106,7 @@ impl Account {
             deadline,
             payload: serde_json::to_value(payload)
                 .map_err(|e| ProviderError::BadJob(e.to_string()))?,
-        })
+        }))
     }
 
     /// Counts one fresh copy asked of the gateway for a file it announced
@@ -107,15 +124,19 @@ impl Account {
     }
 
     /// The job a backfill reference made, refused when the reference is
-    /// not a media message (`None`) or its deadline has passed: `provider`
-    /// (its name in the message) no longer keeps the file, and the queue
-    /// would dead-letter it at once.
+    /// not a media message (`None`), the account's rules exclude it, or
+    /// its deadline has passed: `provider` (its name in the message) no
+    /// longer keeps the file, and the queue would dead-letter it at once.
     pub(crate) fn backfilled(
         &self,
-        job: Option<JobSpec>,
+        job: Option<Announced>,
         provider: &str,
     ) -> Result<JobSpec, ProviderError> {
-        let job = job.ok_or_else(|| ProviderError::BadPayload("not a media message".into()))?;
+        let job = match job {
+            None => return Err(ProviderError::BadPayload("not a media message".into())),
+            Some(Announced::Excluded(why)) => return Err(ProviderError::Excluded(why)),
+            Some(Announced::Job(job)) => job,
+        };
         if job.deadline <= self.now_ms() {
             return Err(ProviderError::MediaUnavailable(format!(
                 "the message is older than the account's retention ({} days): {provider} no longer keeps its file",

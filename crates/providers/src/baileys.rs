@@ -17,7 +17,10 @@ use serde_json::Value;
 use whatsapp_media::{EncryptedMedia, MediaKey, MediaType};
 
 use crate::config::AccountKeys;
-use crate::{MediaDetails, MediaSource, ProviderError, ResolvedMedia, invalid, opt_string};
+use crate::{
+    Direction, MediaDetails, MediaKind, MediaSource, ProviderError, ResolvedMedia, invalid,
+    opt_string,
+};
 
 /// Message types whose content is a downloadable media stub.
 pub(crate) const MEDIA_MESSAGES: [&str; 7] = [
@@ -64,6 +67,9 @@ pub(crate) struct Stub {
     pub(crate) mimetype: Option<String>,
     pub(crate) file_name: Option<String>,
     pub(crate) caption: Option<String>,
+    /// `ptt: true`: an audio message that is a voice note.
+    #[serde(default)]
+    pub(crate) ptt: bool,
 }
 
 /// The value at `key` unless it is absent or null.
@@ -163,7 +169,14 @@ impl Stub {
             mimetype: opt_string(content, "mimetype"),
             file_name: opt_string(content, "fileName"),
             caption: opt_string(content, "caption"),
+            ptt: content.get("ptt").and_then(Value::as_bool) == Some(true),
         })
+    }
+
+    /// What `[accounts.rules]` call this media: the message type, an
+    /// `audioMessage` with `ptt` being a voice note.
+    pub(crate) fn kind(&self) -> Option<MediaKind> {
+        MediaKind::from_message_type(&self.message_type, self.ptt)
     }
 
     /// The HKDF key family.
@@ -203,14 +216,19 @@ impl Stub {
     }
 
     /// Facts for the manifest.
-    pub(crate) fn details(&self, chat_id: Option<String>, sender: Option<String>) -> MediaDetails {
+    pub(crate) fn details(
+        &self,
+        chat_id: Option<String>,
+        sender: Option<String>,
+        direction: Option<Direction>,
+    ) -> MediaDetails {
         MediaDetails {
             mime_type: self.mimetype.clone(),
             file_name: self.file_name.clone(),
             caption: self.caption.clone(),
             chat_id,
             sender,
-            direction: None,
+            direction,
         }
     }
 
@@ -244,8 +262,22 @@ impl Stub {
             expected_sha256: Some(self.file_sha256),
             encryption: Some(self.encrypted_media()?),
             details,
+            size: self.file_length,
         })
     }
+}
+
+/// The direction a Baileys key's `fromMe` states (`keyFromMe` in
+/// CodeChat's flattened records); `None` when it is absent or not a
+/// boolean.
+pub(crate) fn direction(from_me: Option<&Value>) -> Option<Direction> {
+    from_me.and_then(Value::as_bool).map(|own| {
+        if own {
+            Direction::Outgoing
+        } else {
+            Direction::Incoming
+        }
+    })
 }
 
 /// Standard padded base64.

@@ -35,9 +35,10 @@ use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::{constant_time_eq, hmac_matches, signature_header};
 use crate::config::{account_config, http_url};
 use crate::meta;
+use crate::rules::Facts;
 use crate::{
-    JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, WebhookRequest, endpoint, non_empty, webhook_json,
+    Announced, Direction, JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider,
+    ProviderError, Resolution, ResolvedMedia, WebhookRequest, endpoint, non_empty, webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -235,9 +236,16 @@ impl CloudApi {
         at: &str,
         m: &Value,
         phone_number_id: Option<&str>,
-    ) -> Result<Option<JobSpec>, ProviderError> {
+    ) -> Result<Option<Announced>, ProviderError> {
         let Some(msg) = meta::media_message(at, m, &MEDIA_TYPES)? else {
             return Ok(None);
+        };
+        // A one-to-one chat is named after the other party.
+        let chat_id = msg.sender.clone();
+        let facts = Facts {
+            direction: Some(Direction::Incoming),
+            media_type: msg.media_kind(),
+            chat_id: chat_id.as_deref(),
         };
         let (media_id, message_id, message_at) = (msg.media_id, msg.message_id, msg.message_at);
         let payload = Payload {
@@ -250,7 +258,7 @@ impl CloudApi {
             phone_number_id: phone_number_id.map(str::to_owned),
         };
         self.account
-            .job(message_id, Some(media_id), message_at, &payload)
+            .job(message_id, Some(media_id), message_at, facts, &payload)
             .map(Some)
     }
 }
@@ -404,6 +412,10 @@ impl Provider for CloudApi {
         self.account.name()
     }
 
+    fn max_file_bytes(&self) -> Option<u64> {
+        self.account.max_file_bytes()
+    }
+
     fn webhook_auth_configured(&self) -> bool {
         self.app_secret.is_some()
     }
@@ -477,10 +489,11 @@ impl Provider for CloudApi {
                 let messages = list(value, "messages", &at)?;
                 let statuses = list(value, "statuses", &at)?;
                 for (i, m) in messages.into_iter().flatten().enumerate() {
-                    match self.message_job(&format!("{at}messages[{i}]"), m, phone_number_id)? {
-                        Some(job) => parsed.jobs.push(job),
-                        None => parsed.ignored += 1,
-                    }
+                    parsed.add(self.message_job(
+                        &format!("{at}messages[{i}]"),
+                        m,
+                        phone_number_id,
+                    )?);
                 }
                 parsed.ignored += statuses.map_or(0, Vec::len);
                 if messages.is_none() && statuses.is_none() {
@@ -514,8 +527,9 @@ impl Provider for CloudApi {
                 caption: p.caption,
                 chat_id: p.sender.clone(),
                 sender: p.sender,
-                direction: None,
+                direction: Some(Direction::Incoming),
             },
+            size: None,
         }))
     }
 }

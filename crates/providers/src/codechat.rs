@@ -34,9 +34,11 @@ use crate::account::Account;
 use crate::auth::HeadCredential;
 use crate::baileys::{self, Mode, Stub};
 use crate::config::{StringOrInt, account_config, http_url, path_segment};
+use crate::rules::Facts;
 use crate::{
-    JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution, ResolvedMedia,
-    WebhookRequest, checked_id, endpoint, json_object, message_time, opt_string, webhook_json,
+    Announced, Direction, JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
+    ResolvedMedia, WebhookRequest, checked_id, endpoint, json_object, message_time, opt_string,
+    webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -92,6 +94,9 @@ struct Payload {
     stub: Stub,
     chat_id: Option<String>,
     sender: Option<String>,
+    /// From `keyFromMe`, when the record says.
+    #[serde(default)]
+    direction: Option<Direction>,
 }
 
 impl Codechat {
@@ -181,7 +186,7 @@ impl Codechat {
         data: &Value,
         at: &str,
         owner_jid: Option<&str>,
-    ) -> Result<Option<JobSpec>, ProviderError> {
+    ) -> Result<Option<Announced>, ProviderError> {
         let field = |key: &str| format!("{at}.{key}");
         let message_type = data
             .get("messageType")
@@ -212,20 +217,30 @@ impl Codechat {
         if let Some(chat_id) = &chat_id {
             checked_id(chat_id, &field("keyRemoteJid"))?;
         }
-        let from_me = data.get("keyFromMe").and_then(Value::as_bool) == Some(true);
-        let sender = if from_me {
+        let direction = baileys::direction(data.get("keyFromMe"));
+        let sender = if direction == Some(Direction::Outgoing) {
             owner_jid.map(str::to_owned)
         } else {
             opt_string(data, "keyParticipant").or_else(|| chat_id.clone())
         };
-        let payload = Payload {
-            stub,
-            chat_id,
-            sender,
+        let facts = Facts {
+            direction,
+            media_type: stub.kind(),
+            chat_id: chat_id.as_deref(),
         };
-        self.account
-            .job(key_id, None, message_at, &payload)
-            .map(Some)
+        let job = self.account.job(
+            key_id,
+            None,
+            message_at,
+            facts,
+            &Payload {
+                stub,
+                chat_id: chat_id.clone(),
+                sender,
+                direction,
+            },
+        )?;
+        Ok(Some(job))
     }
 }
 
@@ -237,6 +252,10 @@ impl Provider for Codechat {
 
     fn account(&self) -> &AccountName {
         self.account.name()
+    }
+
+    fn max_file_bytes(&self) -> Option<u64> {
+        self.account.max_file_bytes()
     }
 
     fn webhook_auth_configured(&self) -> bool {
@@ -261,13 +280,9 @@ impl Provider for Codechat {
             .filter(|d| d.is_object())
             .ok_or_else(|| ProviderError::missing("data"))?;
         let owner_jid = body.pointer("/instance/ownerJid").and_then(Value::as_str);
-        Ok(match self.message_job(data, "data", owner_jid)? {
-            Some(job) => ParsedWebhook {
-                jobs: vec![job],
-                ..ParsedWebhook::default()
-            },
-            None => ParsedWebhook::ignored_event(),
-        })
+        Ok(ParsedWebhook::of_message(
+            self.message_job(data, "data", owner_jid)?,
+        ))
     }
 
     /// A message record in the shape of a `messages.upsert` webhook's
@@ -284,7 +299,9 @@ impl Provider for Codechat {
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
         let p: Payload = job.stored()?;
-        let details = p.stub.details(p.chat_id.clone(), p.sender.clone());
+        let details = p
+            .stub
+            .details(p.chat_id.clone(), p.sender.clone(), p.direction);
         if self.mode == Mode::Direct && !job.link_dead {
             return Ok(Resolution::Fetch(p.stub.direct(
                 &self.cdn_url,
@@ -303,6 +320,7 @@ impl Provider for Codechat {
             expected_sha256: Some(p.stub.file_sha256),
             encryption: None,
             details,
+            size: p.stub.file_length,
         }))
     }
 }

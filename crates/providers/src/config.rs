@@ -1,8 +1,9 @@
 //! Per-provider account configuration (`[[accounts]]` in the config file).
 //!
 //! One struct per provider, each with `deny_unknown_fields`, selected by the
-//! `provider` key. The four keys every account has (`name`, `retention`,
-//! `allowed_download_hosts`, `allow_unauthenticated_webhooks`) are declared
+//! `provider` key. The keys every account has (`name`, `retention`,
+//! `allowed_download_hosts`, `allow_unauthenticated_webhooks`, and the
+//! `[accounts.rules]` table, see `rules.rs`) are declared
 //! once, by [`account_config!`], which writes each provider's struct, and
 //! their rules live on [`AccountKeys`] (`webhook_credential`,
 //! `download_hosts`). A macro rather than a shared struct: serde's `flatten`
@@ -11,6 +12,7 @@
 
 use std::time::Duration;
 
+use crate::RulesConfig;
 use archiver_core::config_value::resolve_secret;
 use archiver_core::{AccountName, Secret, SecretRef};
 use media_fetch::HostPolicy;
@@ -47,21 +49,26 @@ pub enum AccountConfig {
 impl AccountConfig {
     /// The account's name.
     pub fn name(&self) -> &AccountName {
+        self.keys().name
+    }
+
+    /// The keys every account has.
+    pub(crate) fn keys(&self) -> AccountKeys<'_> {
         match self {
-            AccountConfig::Greenapi(c) => c.account().name,
-            AccountConfig::Codechat(c) => c.account().name,
-            AccountConfig::Evolution(c) => c.account().name,
-            AccountConfig::Nxcloud(c) => c.account().name,
-            AccountConfig::Onprem(c) => c.account().name,
-            AccountConfig::Cloudapi(c) => c.account().name,
-            AccountConfig::Waha(c) => c.account().name,
+            AccountConfig::Greenapi(c) => c.account(),
+            AccountConfig::Codechat(c) => c.account(),
+            AccountConfig::Evolution(c) => c.account(),
+            AccountConfig::Nxcloud(c) => c.account(),
+            AccountConfig::Onprem(c) => c.account(),
+            AccountConfig::Cloudapi(c) => c.account(),
+            AccountConfig::Waha(c) => c.account(),
         }
     }
 }
 
-/// Declares one provider's `[[accounts]]` struct: the four keys every
+/// Declares one provider's `[[accounts]]` struct: the keys every
 /// account has, then the provider's own (`pub(crate)`, in the order
-/// given), with `deny_unknown_fields`; and its `account()`, those four as
+/// given), with `deny_unknown_fields`; and its `account()`, those as
 /// [`AccountKeys`]. The struct's doc says the provider's defaults for
 /// `retention` and `allowed_download_hosts`.
 macro_rules! account_config {
@@ -93,6 +100,10 @@ macro_rules! account_config {
             /// warn when on.
             #[serde(default)]
             pub(crate) allow_unauthenticated_webhooks: bool,
+            /// `[accounts.rules]`: what the account archives; default:
+            /// everything.
+            #[serde(default, deserialize_with = "crate::rules::rules_table")]
+            pub(crate) rules: crate::RulesConfig,
             $( $(#[$field_meta])* pub(crate) $field: $ty, )*
         }
 
@@ -104,6 +115,7 @@ macro_rules! account_config {
                     retention: self.retention,
                     allowed_download_hosts: self.allowed_download_hosts.as_deref(),
                     allow_unauthenticated_webhooks: self.allow_unauthenticated_webhooks,
+                    rules: &self.rules,
                 }
             }
         }
@@ -119,6 +131,7 @@ pub(crate) struct AccountKeys<'a> {
     pub(crate) retention: Option<Duration>,
     pub(crate) allowed_download_hosts: Option<&'a [String]>,
     pub(crate) allow_unauthenticated_webhooks: bool,
+    pub(crate) rules: &'a RulesConfig,
 }
 
 impl AccountKeys<'_> {

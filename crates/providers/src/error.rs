@@ -40,6 +40,10 @@ pub enum ProviderError {
     /// The adapter does not offer this operation (e.g. backfill).
     #[error("{0}")]
     Unsupported(String),
+    /// The account's `[accounts.rules]` exclude the message (a backfill
+    /// reference; a webhook's excluded messages are counted, not refused).
+    #[error("excluded by the account's rules: {0}")]
+    Excluded(String),
 }
 
 impl ProviderError {
@@ -63,7 +67,8 @@ impl Classify for ProviderError {
             | ProviderError::BadPayload(_)
             | ProviderError::MediaUnavailable(_)
             | ProviderError::BadJob(_)
-            | ProviderError::Unsupported(_) => ErrorClass::Permanent,
+            | ProviderError::Unsupported(_)
+            | ProviderError::Excluded(_) => ErrorClass::Permanent,
         }
     }
 }

@@ -44,10 +44,11 @@ use crate::account::Account;
 use crate::auth::{HeadCredential, constant_time_eq};
 use crate::baileys::{self, Mode, Stub};
 use crate::config::{account_config, http_url, path_segment};
+use crate::rules::Facts;
 use crate::{
-    JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution, ResolvedMedia,
-    WebhookRequest, checked_id, endpoint, invalid, json_object, message_time, opt_string,
-    webhook_json,
+    Announced, Direction, JobRef, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
+    ResolvedMedia, WebhookRequest, checked_id, endpoint, invalid, json_object, message_time,
+    opt_string, webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -109,6 +110,9 @@ struct Payload {
     inline_base64: Option<String>,
     chat_id: Option<String>,
     sender: Option<String>,
+    /// From `key.fromMe`, when the message says.
+    #[serde(default)]
+    direction: Option<Direction>,
 }
 
 impl Evolution {
@@ -168,7 +172,7 @@ impl Evolution {
         body: &Value,
         data: &Value,
         at: &str,
-    ) -> Result<Option<archiver_core::JobSpec>, ProviderError> {
+    ) -> Result<Option<Announced>, ProviderError> {
         let field = |key: &str| format!("{at}.{key}");
         let Some(message) = data.get("message").filter(|m| m.is_object()) else {
             return Ok(None);
@@ -205,21 +209,29 @@ impl Evolution {
         if let Some(chat_id) = &chat_id {
             checked_id(chat_id, &field("key.remoteJid"))?;
         }
-        let from_me = key.get("fromMe").and_then(Value::as_bool) == Some(true);
-        let sender = if from_me {
+        let direction = baileys::direction(key.get("fromMe"));
+        let sender = if direction == Some(Direction::Outgoing) {
             opt_string(body, "sender")
         } else {
             opt_string(key, "participant").or_else(|| chat_id.clone())
+        };
+        let facts = Facts {
+            direction,
+            media_type: stub.kind(),
+            chat_id: chat_id.as_deref(),
         };
         let payload = Payload {
             stub,
             key: key.clone(),
             message: json!({ name: content }),
             inline_base64,
-            chat_id,
+            chat_id: chat_id.clone(),
             sender,
+            direction,
         };
-        self.account.job(id, None, message_at, &payload).map(Some)
+        self.account
+            .job(id, None, message_at, facts, &payload)
+            .map(Some)
     }
 
     /// `POST /chat/getBase64FromMediaMessage/{instance}`: the decrypted file
@@ -254,6 +266,10 @@ impl Provider for Evolution {
 
     fn account(&self) -> &AccountName {
         self.account.name()
+    }
+
+    fn max_file_bytes(&self) -> Option<u64> {
+        self.account.max_file_bytes()
     }
 
     fn webhook_auth_configured(&self) -> bool {
@@ -294,10 +310,7 @@ impl Provider for Evolution {
         };
         let mut parsed = ParsedWebhook::default();
         for (item, at) in items {
-            match self.message_job(&body, item, &at)? {
-                Some(job) => parsed.jobs.push(job),
-                None => parsed.ignored += 1,
-            }
+            parsed.add(self.message_job(&body, item, &at)?);
         }
         Ok(parsed)
     }
@@ -315,7 +328,9 @@ impl Provider for Evolution {
 
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError> {
         let p: Payload = job.stored()?;
-        let details = p.stub.details(p.chat_id.clone(), p.sender.clone());
+        let details = p
+            .stub
+            .details(p.chat_id.clone(), p.sender.clone(), p.direction);
         if let Some(text) = &p.inline_base64 {
             let bytes = baileys::decode_file_base64(text)
                 .ok_or_else(|| ProviderError::BadJob("stored base64 does not decode".into()))?;
@@ -324,6 +339,7 @@ impl Provider for Evolution {
                 expected_sha256: Some(p.stub.file_sha256),
                 encryption: None,
                 details,
+                size: p.stub.file_length,
             }));
         }
         if self.mode == Mode::Direct && !job.link_dead {
@@ -344,6 +360,7 @@ impl Provider for Evolution {
             expected_sha256: Some(p.stub.file_sha256),
             encryption: None,
             details,
+            size: p.stub.file_length,
         }))
     }
 }

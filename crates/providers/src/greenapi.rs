@@ -2,7 +2,10 @@
 //!
 //! Webhooks: `incomingMessageReceived`, `outgoingMessageReceived` and
 //! `outgoingAPIMessageReceived` with a file `typeMessage` become one job
-//! each, keyed by `idMessage`; everything else is ignored. Authentication is
+//! each, keyed by `idMessage` (`incoming...` ones incoming, the others
+//! outgoing; the media type from `typeMessage`, where Green API does not
+//! tell a voice note from an audio file: both are `audio`); everything else
+//! is ignored. Authentication is
 //! `Authorization: Bearer <webhookUrlToken>`, checked from the request head
 //! before the body is read; `webhook_token` is required unless the account
 //! sets `allow_unauthenticated_webhooks = true`.
@@ -34,10 +37,11 @@ use crate::account::Account;
 use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::HeadCredential;
 use crate::config::{StringOrInt, account_config, http_url};
+use crate::rules::Facts;
 use crate::{
-    JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, WebhookRequest, checked_id, endpoint, json_object, message_time, opt_string,
-    webhook_json,
+    Direction, JobRef, MediaDetails, MediaKind, MediaSource, ParsedWebhook, Provider,
+    ProviderError, Resolution, ResolvedMedia, WebhookRequest, checked_id, endpoint, json_object,
+    message_time, opt_string, webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -49,8 +53,11 @@ const DEFAULT_HOSTS: [&str; 3] = [
     "*.green-api.com",
     "*.greenapi.com",
 ];
+/// The one file webhook for messages the account received; the others are
+/// its own (sent from the phone, or through the API).
+const INCOMING_WEBHOOK: &str = "incomingMessageReceived";
 const FILE_WEBHOOKS: [&str; 3] = [
-    "incomingMessageReceived",
+    INCOMING_WEBHOOK,
     "outgoingMessageReceived",
     "outgoingAPIMessageReceived",
 ];
@@ -114,6 +121,10 @@ struct Payload {
     file_name: Option<String>,
     caption: Option<String>,
     sender: Option<String>,
+    /// From `typeWebhook`; `None` for backfilled messages (and jobs stored
+    /// before it was recorded).
+    #[serde(default)]
+    direction: Option<Direction>,
 }
 
 impl GreenApi {
@@ -239,6 +250,10 @@ impl Provider for GreenApi {
         self.account.name()
     }
 
+    fn max_file_bytes(&self) -> Option<u64> {
+        self.account.max_file_bytes()
+    }
+
     fn webhook_auth_configured(&self) -> bool {
         self.webhook.is_required()
     }
@@ -289,20 +304,30 @@ impl Provider for GreenApi {
             .pointer("/messageData/fileMessageData")
             .filter(|f| f.is_object())
             .ok_or_else(|| ProviderError::missing("messageData.fileMessageData"))?;
+        let direction = if type_webhook == INCOMING_WEBHOOK {
+            Direction::Incoming
+        } else {
+            Direction::Outgoing
+        };
+        let facts = Facts {
+            direction: Some(direction),
+            media_type: MediaKind::from_message_type(type_message, false),
+            chat_id: Some(&chat_id),
+        };
         let payload = Payload {
-            chat_id,
+            chat_id: chat_id.clone(),
             type_message: type_message.to_owned(),
             download_url: opt_string(file, "downloadUrl"),
             mime_type: opt_string(file, "mimeType"),
             file_name: opt_string(file, "fileName"),
             caption: opt_string(file, "caption"),
             sender: opt_string(sender, "sender"),
+            direction: Some(direction),
         };
-        let job = self.account.job(id_message, None, message_at, &payload)?;
-        Ok(ParsedWebhook {
-            jobs: vec![job],
-            ..ParsedWebhook::default()
-        })
+        let job = self
+            .account
+            .job(id_message, None, message_at, facts, &payload)?;
+        Ok(ParsedWebhook::of_message(Some(job)))
     }
 
     async fn backfill(&self, reference: &Value) -> Result<JobSpec, ProviderError> {
@@ -322,6 +347,7 @@ impl Provider for GreenApi {
             file_name: opt_string(reference, "fileName"),
             caption: opt_string(reference, "caption"),
             sender: opt_string(reference, "senderId"),
+            direction: None,
         };
         let timestamp = match reference.get("timestamp") {
             Some(t) => Some(message_time(Some(t), "timestamp")?),
@@ -364,7 +390,16 @@ impl Provider for GreenApi {
             }
             payload.type_message = t.clone();
         }
-        let job = self.account.job(&id_message, None, message_at, &payload)?;
+        let facts = Facts {
+            direction: None,
+            media_type: type_message
+                .as_deref()
+                .and_then(|t| MediaKind::from_message_type(t, false)),
+            chat_id: Some(&payload.chat_id),
+        };
+        let job = self
+            .account
+            .job(&id_message, None, message_at, facts, &payload)?;
         self.account.backfilled(Some(job), "Green API")
     }
 
@@ -418,8 +453,9 @@ impl Provider for GreenApi {
                 caption: p.caption,
                 chat_id: Some(p.chat_id),
                 sender: p.sender,
-                direction: None,
+                direction: p.direction,
             },
+            size: None,
         }))
     }
 }

@@ -42,6 +42,7 @@ mod hostile_answers;
 mod meta;
 mod nxcloud;
 mod onprem;
+mod rules;
 #[cfg(test)]
 mod testing;
 mod waha;
@@ -55,6 +56,7 @@ use media_fetch::{DownloadRequest, HostPolicy};
 use serde_json::Value;
 
 pub use api_client::ApiClient;
+pub use archiver_core::Direction;
 pub use cloudapi::CloudApiConfig;
 pub use codechat::CodechatConfig;
 pub use config::AccountConfig;
@@ -63,6 +65,7 @@ pub use evolution::EvolutionConfig;
 pub use greenapi::GreenApiConfig;
 pub use nxcloud::NxcloudConfig;
 pub use onprem::OnPremConfig;
+pub use rules::{MediaKind, RulesConfig};
 pub use waha::WahaConfig;
 
 /// A webhook request as the receiver got it, before anything is parsed.
@@ -83,6 +86,9 @@ pub struct ParsedWebhook {
     pub jobs: Vec<JobSpec>,
     /// Events that carry no media (texts, statuses), counted but not queued.
     pub ignored: usize,
+    /// Media messages the account's `[accounts.rules]` exclude: no job;
+    /// answered under `ignored` and counted as `filtered`.
+    pub filtered: usize,
     /// Jobs parked for an external event that this webhook is (for example
     /// an On-Prem store callback); the receiver wakes each one.
     pub wakes: Vec<Wake>,
@@ -96,6 +102,32 @@ impl ParsedWebhook {
             ..ParsedWebhook::default()
         }
     }
+
+    /// A webhook of one message: `None` when it carries no media.
+    pub(crate) fn of_message(message: Option<Announced>) -> Self {
+        let mut parsed = ParsedWebhook::default();
+        parsed.add(message);
+        parsed
+    }
+
+    /// Adds one message of the webhook: a job, one the rules excluded, or
+    /// (`None`) one without media.
+    pub(crate) fn add(&mut self, message: Option<Announced>) {
+        match message {
+            Some(Announced::Job(job)) => self.jobs.push(job),
+            Some(Announced::Excluded(_)) => self.filtered += 1,
+            None => self.ignored += 1,
+        }
+    }
+}
+
+/// A media message as the account's rules judged it (`Account::job`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Announced {
+    /// Archive it.
+    Job(JobSpec),
+    /// Not archived; why (names the rule).
+    Excluded(String),
 }
 
 /// A parked job to wake, with what the event said.
@@ -157,16 +189,6 @@ pub struct MediaDetails {
     pub direction: Option<Direction>,
 }
 
-/// Who sent a message, seen from the account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From someone else.
-    Incoming,
-    /// From the account's own phone or API.
-    Outgoing,
-}
-
 /// What [`Provider::resolve`] found.
 // One value per attempt, never stored in bulk: boxing the large variant
 // would buy nothing.
@@ -187,6 +209,9 @@ pub enum Resolution {
 }
 
 /// Where the bytes come from.
+// One value per attempt, never stored in bulk (as `Resolution`): boxing
+// the download would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum MediaSource {
     /// Download them.
@@ -223,6 +248,10 @@ pub struct ResolvedMedia {
     /// decrypts them before `expected_sha256` is checked, and the manifest
     /// says `whatsapp-enc+plain`. `None` for plain bytes.
     pub encryption: Option<whatsapp_media::EncryptedMedia>,
+    /// The file's size in bytes as the provider announced it (Baileys'
+    /// `fileLength`), when it did: a file over the account's
+    /// `rules.max_file_bytes` is then refused without a download.
+    pub size: Option<u64>,
 }
 
 /// One account's adapter.
@@ -251,6 +280,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
     fn parse_webhook(&self, request: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError>;
     /// Finds where the bytes are now (or parks the job until they are).
     async fn resolve(&self, job: JobRef<'_>) -> Result<Resolution, ProviderError>;
+    /// The account's `rules.max_file_bytes`: the pipeline ends a job whose
+    /// file is larger `dead` (`too-large`), before downloading it when
+    /// [`ResolvedMedia::size`] says so, else as soon as the download
+    /// passes it. `None` (the default): only `fetch.max_file_bytes`.
+    fn max_file_bytes(&self) -> Option<u64> {
+        None
+    }
     /// Answers a subscription check (`GET /webhooks/{account}` with the raw
     /// `query`), as Meta's Cloud API sends one before it delivers webhooks:
     /// `Some(Ok(text))` is echoed as `200 text/plain`, `Some(Err(_))` is
@@ -287,6 +323,23 @@ pub fn build(config: &AccountConfig, api: &ApiClient) -> Result<Arc<dyn Provider
 /// [`build`] with the clock that dates webhook arrivals (job deadlines) and
 /// bounds NXCloud's signature `ts`.
 pub fn build_with_clock(
+    config: &AccountConfig,
+    api: &ApiClient,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Provider>, Vec<String>> {
+    let rule_problems = config.keys().rules.problems();
+    let built = build_adapter(config, api, clock);
+    match built {
+        Ok(adapter) if rule_problems.is_empty() => Ok(adapter),
+        Ok(_) => Err(rule_problems),
+        Err(mut problems) => {
+            problems.extend(rule_problems);
+            Err(problems)
+        }
+    }
+}
+
+fn build_adapter(
     config: &AccountConfig,
     api: &ApiClient,
     clock: Arc<dyn Clock>,

@@ -7,12 +7,14 @@
 //! seconds (a string on the wire, tolerated as a number; between 2009 and
 //! the year 9999, see `archiver_core::bounds`). Only where the
 //! message sits and what the job needs from around it differ, so the
-//! adapters parse it here and build their own payloads.
+//! adapters parse it here and build their own payloads. Both webhooks
+//! announce only messages the business received: their jobs are
+//! `incoming` (what the business sends comes back as `statuses`).
 
 use archiver_core::Sha256Digest;
 use serde_json::Value;
 
-use crate::{ProviderError, non_empty, opt_string};
+use crate::{MediaKind, ProviderError, non_empty, opt_string};
 
 /// A media message as both APIs send it; `None` fields were absent or empty.
 pub(crate) struct MediaMessage<'a> {
@@ -30,6 +32,16 @@ pub(crate) struct MediaMessage<'a> {
     pub caption: Option<String>,
     pub file_name: Option<String>,
     pub sender: Option<String>,
+}
+
+impl MediaMessage<'_> {
+    /// What `[accounts.rules]` call this media: the message `type`; a
+    /// Cloud API `audio` with `voice: true` is a voice note (On-Premises
+    /// has a `voice` type of its own).
+    pub(crate) fn media_kind(&self) -> Option<MediaKind> {
+        let voice = self.media.get("voice").and_then(Value::as_bool) == Some(true);
+        MediaKind::from_message_type(self.kind, voice)
+    }
 }
 
 /// Parses the message `m` found at `at` (for error messages). `Ok(None)`

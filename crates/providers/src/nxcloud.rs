@@ -47,9 +47,11 @@ use crate::account::Account;
 use crate::api_client::ApiResponse;
 use crate::auth::constant_time_eq;
 use crate::config::{StringOrInt, account_config, http_url};
+use crate::rules::Facts;
 use crate::{
-    ApiClient, JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError,
-    Resolution, ResolvedMedia, WebhookRequest, endpoint, invalid, opt_string, webhook_json,
+    Announced, ApiClient, Direction, JobRef, MediaDetails, MediaKind, MediaSource, ParsedWebhook,
+    Provider, ProviderError, Resolution, ResolvedMedia, WebhookRequest, endpoint, invalid,
+    opt_string, webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -325,7 +327,7 @@ impl Nxcloud {
     }
 
     /// One `messages[]` element: a job, or `None` when it carries no media.
-    fn message_job(&self, m: &Value, at: &str) -> Result<Option<JobSpec>, ProviderError> {
+    fn message_job(&self, m: &Value, at: &str) -> Result<Option<Announced>, ProviderError> {
         let field = |key: &str| format!("{at}.{key}");
         let kind = m
             .get("type")
@@ -362,16 +364,27 @@ impl Nxcloud {
                     .map_err(|e| invalid(&field(&format!("{kind}.sha256")), e))?,
             ),
         };
+        // NXCloud forwards the messages the business received (its
+        // "message replies"), as Cloud API does: incoming.
+        let from = opt_string(m, "from");
+        let facts = Facts {
+            direction: Some(Direction::Incoming),
+            media_type: MediaKind::from_message_type(
+                kind,
+                media.get("voice").and_then(Value::as_bool) == Some(true),
+            ),
+            chat_id: from.as_deref(),
+        };
         let payload = Payload {
             media_type: kind.to_owned(),
             mime_type: opt_string(media, "mime_type"),
             sha256,
             caption: opt_string(media, "caption"),
             file_name: opt_string(media, "filename"),
-            from: opt_string(m, "from"),
+            from: from.clone(),
         };
         self.account
-            .job(message_id, Some(media_id), message_at, &payload)
+            .job(message_id, Some(media_id), message_at, facts, &payload)
             .map(Some)
     }
 
@@ -455,6 +468,10 @@ impl Provider for Nxcloud {
         self.account.name()
     }
 
+    fn max_file_bytes(&self) -> Option<u64> {
+        self.account.max_file_bytes()
+    }
+
     fn webhook_auth_configured(&self) -> bool {
         self.verify_webhooks
     }
@@ -509,10 +526,7 @@ impl Provider for Nxcloud {
         let mut parsed = ParsedWebhook::default();
         parsed.ignored += statuses.map_or(0, Vec::len);
         for (i, m) in messages.into_iter().flatten().enumerate() {
-            match self.message_job(m, &format!("messages[{i}]"))? {
-                Some(job) => parsed.jobs.push(job),
-                None => parsed.ignored += 1,
-            }
+            parsed.add(self.message_job(m, &format!("messages[{i}]"))?);
         }
         Ok(parsed)
     }
@@ -562,8 +576,9 @@ impl Provider for Nxcloud {
                 caption: p.caption,
                 chat_id: p.from.clone(),
                 sender: p.from,
-                direction: None,
+                direction: Some(Direction::Incoming),
             },
+            size: None,
         }))
     }
 }

@@ -45,9 +45,11 @@ use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::HeadCredential;
 use crate::config::{account_config, http_url};
 use crate::meta;
+use crate::rules::Facts;
 use crate::{
-    JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError, Resolution,
-    ResolvedMedia, Wake, WebhookRequest, endpoint, non_empty, webhook_json,
+    Announced, Direction, JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider,
+    ProviderError, Resolution, ResolvedMedia, Wake, WebhookRequest, endpoint, non_empty,
+    webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -316,12 +318,13 @@ impl OnPrem {
                 caption: p.caption,
                 chat_id: p.chat_id,
                 sender: p.sender,
-                direction: None,
+                direction: Some(Direction::Incoming),
             },
+            size: None,
         }))
     }
 
-    fn message_job(&self, i: usize, m: &Value) -> Result<Option<JobSpec>, ProviderError> {
+    fn message_job(&self, i: usize, m: &Value) -> Result<Option<Announced>, ProviderError> {
         let Some(msg) = meta::media_message(&format!("messages[{i}]"), m, &MEDIA_TYPES)? else {
             return Ok(None);
         };
@@ -329,20 +332,26 @@ impl OnPrem {
         if let Some(group_id) = non_empty(m, "group_id") {
             crate::checked_id(group_id, &format!("messages[{i}].group_id"))?;
         }
+        let chat_id = non_empty(m, "group_id")
+            .map(str::to_owned)
+            .or_else(|| msg.sender.clone());
+        let facts = Facts {
+            direction: Some(Direction::Incoming),
+            media_type: msg.media_kind(),
+            chat_id: chat_id.as_deref(),
+        };
         let payload = Payload {
             media_type: msg.kind.to_owned(),
             mime_type: msg.mime_type,
             sha256: msg.sha256,
             caption: msg.caption,
             file_name: msg.file_name,
-            chat_id: non_empty(m, "group_id")
-                .map(str::to_owned)
-                .or_else(|| msg.sender.clone()),
+            chat_id: chat_id.clone(),
             sender: msg.sender,
             auto_downloaded: non_empty(msg.media, "file").is_some(),
         };
         self.account
-            .job(message_id, Some(media_id), message_at, &payload)
+            .job(message_id, Some(media_id), message_at, facts, &payload)
             .map(Some)
     }
 
@@ -529,6 +538,10 @@ impl Provider for OnPrem {
         self.account.name()
     }
 
+    fn max_file_bytes(&self) -> Option<u64> {
+        self.account.max_file_bytes()
+    }
+
     fn webhook_auth_configured(&self) -> bool {
         self.webhook.is_required()
     }
@@ -557,10 +570,7 @@ impl Provider for OnPrem {
         let statuses = list("statuses")?;
         let media_items = list("media_items")?;
         for (i, m) in messages.into_iter().flatten().enumerate() {
-            match self.message_job(i, m)? {
-                Some(job) => parsed.jobs.push(job),
-                None => parsed.ignored += 1,
-            }
+            parsed.add(self.message_job(i, m)?);
         }
         parsed.ignored += statuses.map_or(0, Vec::len);
         for (i, item) in media_items.into_iter().flatten().enumerate() {

@@ -54,10 +54,11 @@ use crate::api_client::{ApiClient, ApiResponse};
 use crate::auth::{constant_time_eq, hmac_matches, signature_header};
 use crate::baileys;
 use crate::config::{account_config, http_url, path_segment};
+use crate::rules::Facts;
 use crate::{
-    Direction, JobRef, MediaDetails, MediaSource, ParsedWebhook, Provider, ProviderError,
-    Resolution, ResolvedMedia, WebhookRequest, checked_id, endpoint, invalid, json_object,
-    message_time, non_empty, opt_string, webhook_json,
+    Announced, Direction, JobRef, MediaDetails, MediaKind, MediaSource, ParsedWebhook, Provider,
+    ProviderError, Resolution, ResolvedMedia, WebhookRequest, checked_id, endpoint, invalid,
+    json_object, message_time, non_empty, opt_string, webhook_json,
 };
 
 const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 86_400);
@@ -181,7 +182,7 @@ impl Waha {
         at: &str,
         engine: Option<&str>,
         me: Option<&str>,
-    ) -> Result<Option<JobSpec>, ProviderError> {
+    ) -> Result<Option<Announced>, ProviderError> {
         let field = |key: &str| format!("{at}.{key}");
         if !message.is_object() {
             return Err(ProviderError::missing(at));
@@ -222,7 +223,15 @@ impl Waha {
             .flatten()
             .and_then(|m| baileys::find_media(m, None));
         let mut sha256 = None;
+        // The media type: NOWEB's message type (`ptt` marks a voice note),
+        // WEBJS's `_data.type` (`ptt` too), else the mime type.
+        let mut media_type = message
+            .pointer("/_data/type")
+            .and_then(Value::as_str)
+            .and_then(|t| MediaKind::from_message_type(t, false));
         if let Some((name, content)) = stub {
+            let ptt = content.get("ptt").and_then(Value::as_bool) == Some(true);
+            media_type = media_type.or_else(|| MediaKind::from_message_type(name, ptt));
             media.mime_type = media.mime_type.or_else(|| opt_string(content, "mimetype"));
             media.file_name = media.file_name.or_else(|| opt_string(content, "fileName"));
             if let Some(v) = content.get("fileSha256").filter(|v| !v.is_null()) {
@@ -231,6 +240,13 @@ impl Waha {
                 sha256 = Some(digest.to_hex());
             }
         }
+        let media_type =
+            media_type.or_else(|| media.mime_type.as_deref().map(MediaKind::from_mime_type));
+        let facts = Facts {
+            direction: Some(direction),
+            media_type,
+            chat_id: Some(chat_id),
+        };
         let payload = Payload {
             chat_id: chat_id.to_owned(),
             media_url: media.url,
@@ -242,7 +258,9 @@ impl Waha {
             sha256,
             direction,
         };
-        self.account.job(id, None, message_at, &payload).map(Some)
+        self.account
+            .job(id, None, message_at, facts, &payload)
+            .map(Some)
     }
 
     /// `GET {api_url}/api/{session}/chats/{chatId}/messages/{messageId}
@@ -463,6 +481,10 @@ impl Provider for Waha {
         self.account.name()
     }
 
+    fn max_file_bytes(&self) -> Option<u64> {
+        self.account.max_file_bytes()
+    }
+
     fn webhook_auth_configured(&self) -> bool {
         self.hmac_key.is_some()
     }
@@ -506,13 +528,9 @@ impl Provider for Waha {
         let payload = body
             .get("payload")
             .ok_or_else(|| ProviderError::missing("payload"))?;
-        match self.message_job(payload, "payload", engine, me)? {
-            Some(job) => Ok(ParsedWebhook {
-                jobs: vec![job],
-                ..ParsedWebhook::default()
-            }),
-            None => Ok(ParsedWebhook::ignored_event()),
-        }
+        Ok(ParsedWebhook::of_message(
+            self.message_job(payload, "payload", engine, me)?,
+        ))
     }
 
     /// `{"chatId", "messageId"}`: the message endpoint downloads the file
@@ -574,6 +592,7 @@ impl Provider for Waha {
                 sender: p.sender,
                 direction: Some(p.direction),
             },
+            size: None,
         }))
     }
 }

@@ -1,4 +1,4 @@
-use archiver_core::{Sha256Digest, UnixMillis};
+use archiver_core::{Direction, Sha256Digest, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 use crate::{Layout, ObjectStore, StoreError};
@@ -10,7 +10,7 @@ use crate::{Layout, ObjectStore, StoreError};
 /// is always written (`null` when unknown); readers ignore unknown fields.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
-    /// Provider id (`greenapi`, `codechat`, `evolution`, `onprem`, `cloudapi`, `nxcloud`).
+    /// Provider id (`greenapi`, `codechat`, `evolution`, `onprem`, `cloudapi`, `nxcloud`, `waha`).
     pub provider: String,
     /// The account name from the configuration.
     pub account: String,
@@ -22,6 +22,10 @@ pub struct Manifest {
     pub media_id: Option<String>,
     /// Who sent the message, when the provider says.
     pub sender: Option<String>,
+    /// `incoming` or `outgoing`, seen from the account, when the provider
+    /// says (PRODUCT.md section 10).
+    #[serde(default)]
+    pub direction: Option<Direction>,
     /// When the message was sent, RFC 3339 UTC.
     pub message_timestamp: String,
     /// The provider's mime type, verbatim.
@@ -139,6 +143,7 @@ mod tests {
             message_id: "wamid.HBgM+x/y==".into(),
             media_id: Some("1234".into()),
             sender: None,
+            direction: Some(Direction::Incoming),
             message_timestamp: "2026-11-03T10:15:00Z".into(),
             mime_type: Some("image/jpeg".into()),
             file_name: None,
@@ -164,6 +169,7 @@ mod tests {
                 "message_id": "wamid.HBgM+x/y==",
                 "media_id": "1234",
                 "sender": null,
+                "direction": "incoming",
                 "message_timestamp": "2026-11-03T10:15:00Z",
                 "mime_type": "image/jpeg",
                 "file_name": null,
@@ -200,7 +206,9 @@ mod tests {
         let obj = v.as_object_mut().unwrap();
         obj.insert("added_later".into(), json!(1));
         obj.remove("caption");
+        obj.remove("direction"); // manifests written before it existed
         let back: Manifest = serde_json::from_value(v).unwrap();
         assert_eq!(back.caption, None);
+        assert_eq!(back.direction, None);
     }
 }

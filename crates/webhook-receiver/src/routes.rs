@@ -137,7 +137,10 @@ impl Receiver {
             );
             return Err(ApiError::TooManyJobs { announced, limit });
         }
-        let (mut accepted, mut duplicates, mut ignored) = (0usize, 0usize, parsed.ignored);
+        // Messages the account's rules exclude are answered as ignored.
+        let filtered = parsed.filtered;
+        let (mut accepted, mut duplicates, mut ignored) =
+            (0usize, 0usize, parsed.ignored + filtered);
         if !parsed.jobs.is_empty() {
             let outcomes = self.queue.enqueue(parsed.jobs).await.map_err(|e| {
                 tracing::error!(account, error = %e, "cannot commit jobs; answering 503 so the provider redelivers");
@@ -172,11 +175,22 @@ impl Receiver {
                 tracing::info!(account, job_id = %wake.job_id, note = wake.note.as_deref(), "wake-up event matched no waiting job");
             }
         }
-        tracing::info!(account, accepted, duplicates, ignored, "webhook accepted");
-        Ok(json(
+        tracing::info!(
+            account,
+            accepted,
+            duplicates,
+            ignored,
+            filtered,
+            "webhook accepted"
+        );
+        let mut response = json(
             StatusCode::OK,
             &json!({"accepted": accepted, "duplicates": duplicates, "ignored": ignored}),
-        ))
+        );
+        if filtered > 0 && accepted + duplicates == 0 {
+            response.extensions_mut().insert(Filtered);
+        }
+        Ok(response)
     }
 
     /// `GET /webhooks/{account}`: a provider's subscription check (Meta's
@@ -213,9 +227,17 @@ impl Receiver {
     }
 }
 
-/// `webhooks_total{account,outcome}`, one count per webhook on a known account.
+/// Marks the answer to a webhook whose media the account's rules all
+/// excluded (no job made or matched): counted as `outcome="filtered"`.
+#[derive(Debug, Clone, Copy)]
+struct Filtered;
+
+/// `webhooks_total{account,outcome}`, one count per webhook on a known
+/// account: `ok`, `filtered` (its media were all excluded by the account's
+/// rules) or the error's label.
 fn count_webhook(account: &str, result: &Result<Response<Full<Bytes>>, ApiError>) {
     let outcome = match result {
+        Ok(response) if response.extensions().get::<Filtered>().is_some() => "filtered",
         Ok(_) => "ok",
         Err(e) => e.outcome_label(),
     };

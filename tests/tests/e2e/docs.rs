@@ -332,6 +332,7 @@ async fn manifest_written_by_the_fs_store(full: bool) -> Value {
         message_id: "wamid.HBgM+x/y==".into(),
         media_id: some("1003383421387256"),
         sender: some("4915112345678"),
+        direction: full.then_some(archiver_core::Direction::Incoming),
         message_timestamp: "2026-11-03T10:15:00Z".into(),
         mime_type: mime.map(str::to_owned),
         file_name: some("photo.png"),
@@ -375,7 +376,7 @@ async fn the_schema_refuses_an_unknown_a_missing_or_a_mistyped_field() {
     let good = manifest_written_by_the_fs_store(true).await;
 
     let mut added = good.clone();
-    added["direction"] = Value::from("incoming");
+    added["chat_name"] = Value::from("Shop");
     assert!(!errors(&validator, &added).is_empty(), "unknown field");
 
     let mut missing = good.clone();

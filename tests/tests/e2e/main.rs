@@ -8,6 +8,8 @@
 //!   each provider's webhooks, downloads, faults and archive;
 //! - `queue_durability`: `kill -9` mid-stream, two replicas on PostgreSQL,
 //!   a store outage: nothing acknowledged is lost;
+//! - `rules`: per-account rules (what is filtered before enqueue, and
+//!   `too-large`);
 //! - `operations`: metrics and readiness; `admin_cli` and `operator_cli`:
 //!   the operator commands; `openapi`: the admin API answers as
 //!   `docs/openapi.json` says; `docs`: the user documentation's links and
@@ -29,4 +31,5 @@ mod openapi;
 mod operations;
 mod operator_cli;
 mod queue_durability;
+mod rules;
 mod waha;

@@ -79,6 +79,58 @@ fn every_problem_is_reported_at_once_with_its_key_path() {
 }
 
 #[test]
+fn account_rules_are_read_from_their_table_and_checked_with_every_other_problem() {
+    let ok = format!(
+        "{MINIMAL}[accounts.rules]\ndirections = [\"incoming\"]\nmedia_types = [\"image\", \"voice\"]\n\
+         max_file_bytes = 104857600\nchats_deny = [\"120363000000000000@g.us\"]\n"
+    );
+    let settings = Settings::parse(&ok).unwrap();
+    assert_eq!(
+        settings.providers["green-main"].max_file_bytes(),
+        Some(104_857_600)
+    );
+
+    let text = r#"
+        [[accounts]]
+        name = "a"
+        provider = "greenapi"
+        id_instance = 1
+        api_token = "t"
+        webhook_token = "w"
+        [accounts.rules]
+        directions = []
+        max_file_bytes = 0
+        chats_allow = ["x@g.us"]
+        chats_deny = ["x@g.us"]
+        [[accounts]]
+        name = "b"
+        provider = "cloudapi"
+        access_token = "t"
+        app_secret = "s"
+        verify_token = "v"
+        [accounts.rules]
+        direction = ["incoming"]
+        [[accounts]]
+        name = "c"
+        provider = "waha"
+        api_url = "http://127.0.0.1:3000"
+        api_key = "k"
+        webhook_hmac_key = "h"
+        rules = { media_types = ["photo"] }
+    "#;
+    let all = Settings::parse(text).unwrap_err().0.join("\n");
+    for expected in [
+        "accounts[0] (a): rules.directions: names no direction",
+        "accounts[0] (a): rules.max_file_bytes: must be above 0",
+        "accounts[0] (a): rules.chats_deny[0]: \"x@g.us\" is in chats_allow too",
+        "accounts[1] (b): rules: unknown field `direction`",
+        "accounts[2] (c): rules: unknown variant `photo`",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+}
+
+#[test]
 fn duplicate_account_names_and_bad_backends_are_rejected() {
     let text = format!(
         "{MINIMAL}{MINIMAL}\n[queue]\nbackend = \"mysql\"\n[storage]\nbackend = \"ftp\"\n\

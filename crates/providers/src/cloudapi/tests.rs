@@ -507,3 +507,37 @@ async fn a_backfill_reference_makes_the_webhook_s_job() {
     let err = adapter.backfill(&old).await.unwrap_err();
     assert!(err.to_string().contains("retention"), "{err}");
 }
+
+#[test]
+fn the_rules_see_an_incoming_message_its_sender_s_chat_and_a_voice_note() {
+    let mut config = config("https://graph.facebook.com/v21.0", ACCESS_TOKEN, APP_SECRET);
+    config.rules = toml::from_str(r#"media_types = ["image", "audio"]"#).unwrap();
+    let adapter = CloudApi::new(&config, api()).unwrap();
+    assert_eq!(parse(&adapter, &image_webhook()).unwrap().jobs.len(), 1);
+    let audio = |voice: Option<bool>| {
+        let mut hook = image_webhook();
+        let m = &mut hook["entry"][0]["changes"][0]["value"]["messages"][0];
+        m["type"] = json!("audio");
+        m["audio"] = json!({"mime_type": "audio/ogg; codecs=opus", "sha256": SHA_B64, "id": "1"});
+        if let Some(voice) = voice {
+            m["audio"]["voice"] = json!(voice);
+        }
+        hook
+    };
+    assert_eq!(parse(&adapter, &audio(None)).unwrap().jobs.len(), 1);
+    assert_eq!(parse(&adapter, &audio(Some(false))).unwrap().jobs.len(), 1);
+    assert_eq!(
+        parse(&adapter, &audio(Some(true))).unwrap().filtered,
+        1,
+        "a voice note"
+    );
+
+    config.rules = toml::from_str(r#"directions = ["outgoing"]"#).unwrap();
+    let outgoing_only = CloudApi::new(&config, api()).unwrap();
+    assert_eq!(parse(&outgoing_only, &image_webhook()).unwrap().filtered, 1);
+
+    config.rules = toml::from_str(r#"chats_deny = ["16505551234"]"#).unwrap();
+    let denied = CloudApi::new(&config, api()).unwrap();
+    let parsed = parse(&denied, &image_webhook()).unwrap();
+    assert_eq!((parsed.jobs.len(), parsed.filtered), (0, 1));
+}

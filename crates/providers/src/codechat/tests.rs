@@ -316,3 +316,75 @@ async fn backfill_refuses_texts_bad_records_and_expired_media() {
         .unwrap_err();
     assert!(err.to_string().contains("JSON object"), "{err}");
 }
+
+#[tokio::test]
+async fn the_rules_see_key_from_me_the_chat_and_ptt_and_the_manifest_the_direction() {
+    let incoming_images =
+        adapter(r#"rules = { directions = ["incoming"], media_types = ["image", "audio"] }"#);
+    let parsed = parse(&incoming_images, &image_webhook()).unwrap();
+    assert_eq!((parsed.jobs.len(), parsed.filtered), (1, 0));
+    let details = resolve(&incoming_images, &parsed.jobs[0], false)
+        .await
+        .details;
+    assert_eq!(details.direction, Some(Direction::Incoming));
+
+    let mut own = image_webhook();
+    own["data"]["keyFromMe"] = json!(true);
+    let parsed = parse(&incoming_images, &own).unwrap();
+    assert_eq!(
+        (parsed.jobs.len(), parsed.filtered, parsed.ignored),
+        (0, 1, 0)
+    );
+    let job = &parse(&adapter(""), &own).unwrap().jobs[0];
+    let details = resolve(&adapter(""), job, false).await.details;
+    assert_eq!(details.direction, Some(Direction::Outgoing));
+
+    let mut voice = image_webhook();
+    voice["data"]["messageType"] = json!("audioMessage");
+    voice["data"]["content"]["ptt"] = json!(true);
+    voice["data"]["content"]["mimetype"] = json!("audio/ogg; codecs=opus");
+    assert_eq!(
+        parse(&incoming_images, &voice).unwrap().filtered,
+        1,
+        "a voice note is not an audio file"
+    );
+    voice["data"]["content"]["ptt"] = json!(false);
+    assert_eq!(parse(&incoming_images, &voice).unwrap().jobs.len(), 1);
+
+    let denied = adapter(r#"rules = { chats_deny = ["5511988887777@s.whatsapp.net"] }"#);
+    assert_eq!(parse(&denied, &image_webhook()).unwrap().filtered, 1);
+}
+
+#[tokio::test]
+async fn the_announced_file_length_and_the_account_s_cap_reach_the_pipeline() {
+    let capped = adapter("rules = { max_file_bytes = 1000 }");
+    assert_eq!(capped.max_file_bytes(), Some(1000));
+    let parsed = parse(&capped, &image_webhook()).unwrap();
+    assert_eq!(
+        parsed.jobs.len(),
+        1,
+        "too large is a job, ended by the worker"
+    );
+    assert_eq!(
+        resolve(&capped, &parsed.jobs[0], false).await.size,
+        Some(92_941)
+    );
+    assert_eq!(
+        resolve(&capped, &parsed.jobs[0], true).await.size,
+        Some(92_941)
+    );
+    assert_eq!(adapter("").max_file_bytes(), None);
+}
+
+#[tokio::test]
+async fn a_backfill_record_the_rules_exclude_is_refused_naming_the_rule() {
+    let adapter = adapter(r#"rules = { media_types = ["document"] }"#);
+    let mut data = image_webhook()["data"].clone();
+    data["messageTimestamp"] = json!(a_minute_ago());
+    let err = adapter.backfill(&data).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Excluded(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "excluded by the account's rules: media type image is not in rules.media_types"
+    );
+}

@@ -337,3 +337,18 @@ async fn backfill_refuses_texts_bad_records_and_expired_media() {
     let err = adapter.backfill(&old).await.unwrap_err();
     assert!(err.to_string().contains("retention"), "{err}");
 }
+
+#[test]
+fn the_rules_see_from_me_and_the_chat() {
+    let incoming = adapter(r#"rules = { directions = ["incoming"] }"#);
+    assert_eq!(parse(&incoming, &image_webhook()).unwrap().jobs.len(), 1);
+    let mut own = image_webhook();
+    own["data"]["key"]["fromMe"] = json!(true);
+    let parsed = parse(&incoming, &own).unwrap();
+    assert_eq!((parsed.jobs.len(), parsed.filtered), (0, 1));
+    let job = &parse(&adapter(""), &own).unwrap().jobs[0];
+    assert_eq!(job.payload["direction"], "outgoing");
+
+    let only_others = adapter(r#"rules = { chats_allow = ["120363000000000000@g.us"] }"#);
+    assert_eq!(parse(&only_others, &image_webhook()).unwrap().filtered, 1);
+}

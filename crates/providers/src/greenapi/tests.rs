@@ -487,3 +487,50 @@ async fn a_backfill_reference_without_a_timestamp_asks_get_message() {
         .unwrap_err();
     assert!(err.to_string().contains("Message not found"), "{err}");
 }
+
+fn ruled(rules: &str) -> GreenApi {
+    let config: GreenApiConfig = toml::from_str(&format!(
+        r#"
+        name = "green-main"
+        id_instance = 1101000001
+        api_token = "api-token-123"
+        allow_unauthenticated_webhooks = true
+        rules = {{ {rules} }}
+        "#
+    ))
+    .unwrap();
+    GreenApi::new(&config, api()).unwrap()
+}
+
+#[test]
+fn the_rules_see_the_webhook_type_the_message_type_and_the_chat() {
+    let incoming = ruled(r#"directions = ["incoming"]"#);
+    for (type_webhook, jobs, filtered) in [
+        ("incomingMessageReceived", 1, 0),
+        ("outgoingMessageReceived", 0, 1),
+        ("outgoingAPIMessageReceived", 0, 1),
+    ] {
+        let mut body = image_webhook();
+        body["typeWebhook"] = json!(type_webhook);
+        let parsed = parse(&incoming, &body).unwrap();
+        assert_eq!(
+            (parsed.jobs.len(), parsed.filtered, parsed.ignored),
+            (jobs, filtered, 0),
+            "{type_webhook}"
+        );
+    }
+    let mut outgoing = image_webhook();
+    outgoing["typeWebhook"] = json!("outgoingMessageReceived");
+    let job = &parse(&adapter(None), &outgoing).unwrap().jobs[0];
+    assert_eq!(job.payload["direction"], "outgoing");
+
+    // Green API does not tell a voice note from an audio file.
+    let audio_only = ruled(r#"media_types = ["audio"]"#);
+    let mut audio = image_webhook();
+    audio["messageData"]["typeMessage"] = json!("audioMessage");
+    assert_eq!(parse(&audio_only, &audio).unwrap().jobs.len(), 1);
+    assert_eq!(parse(&audio_only, &image_webhook()).unwrap().filtered, 1);
+
+    let denied = ruled(r#"chats_deny = ["79001234568@c.us"]"#);
+    assert_eq!(parse(&denied, &image_webhook()).unwrap().filtered, 1);
+}

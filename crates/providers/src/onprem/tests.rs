@@ -542,3 +542,22 @@ async fn a_backfill_reference_makes_the_webhook_s_job() {
         .unwrap_err();
     assert!(err.to_string().contains("media_id"), "{err}");
 }
+
+#[test]
+fn the_rules_see_the_voice_type_and_the_group_as_the_chat() {
+    let config = config(
+        "https://wa.example.com:9090",
+        "Secret-Pass1!",
+        r#"rules = { media_types = ["image"], chats_deny = ["120363000000000000@g.us"] }"#,
+    );
+    let adapter = OnPrem::new(&config, api()).unwrap();
+    assert_eq!(parse(&adapter, &image_webhook()).unwrap().jobs.len(), 1);
+    let mut voice = image_webhook();
+    voice["messages"][0]["type"] = json!("voice");
+    voice["messages"][0]["voice"] =
+        json!({"id": MEDIA_ID, "mime_type": "audio/ogg; codecs=opus", "sha256": SHA_HEX});
+    assert_eq!(parse(&adapter, &voice).unwrap().filtered, 1);
+    let mut in_group = image_webhook();
+    in_group["messages"][0]["group_id"] = json!("120363000000000000@g.us");
+    assert_eq!(parse(&adapter, &in_group).unwrap().filtered, 1);
+}

@@ -664,3 +664,37 @@ fn job_of_adapter(adapter: &Waha, hook: &Value) -> JobSpec {
     assert_eq!(parsed.jobs.len(), 1, "{parsed:?}");
     parsed.jobs.remove(0)
 }
+
+#[test]
+fn the_rules_see_from_me_the_chat_and_the_engine_s_media_type() {
+    let adapter = Waha::new(
+        &config(r#"rules = { directions = ["incoming"], media_types = ["image", "document"] }"#),
+        api(),
+    )
+    .unwrap();
+    assert_eq!(parse(&adapter, &webjs_image()).unwrap().jobs.len(), 1);
+    let mut own = webjs_image();
+    own["payload"]["fromMe"] = json!(true);
+    own["payload"]["to"] = json!(CHAT);
+    assert_eq!(parse(&adapter, &own).unwrap().filtered, 1);
+
+    // WEBJS names a voice note `ptt` in `_data.type`.
+    let mut ptt = webjs_image();
+    ptt["payload"]["_data"]["type"] = json!("ptt");
+    ptt["payload"]["media"]["mimetype"] = json!("audio/ogg; codecs=opus");
+    assert_eq!(parse(&adapter, &ptt).unwrap().filtered, 1);
+    // NOWEB's Baileys message type, and the mime type when nothing else.
+    let noweb = noweb_document(json!(SHA_B64));
+    assert_eq!(parse(&adapter, &noweb).unwrap().jobs.len(), 1);
+    let mut video = webjs_image();
+    video["payload"]["_data"] = json!({});
+    video["payload"]["media"]["mimetype"] = json!("video/mp4");
+    assert_eq!(parse(&adapter, &video).unwrap().filtered, 1);
+
+    let denied = Waha::new(
+        &config(&format!("rules = {{ chats_deny = [{CHAT:?}] }}")),
+        api(),
+    )
+    .unwrap();
+    assert_eq!(parse(&denied, &webjs_image()).unwrap().filtered, 1);
+}

@@ -222,6 +222,7 @@ fn manifest_of(file: &StagedFile, media_id: &str) -> Manifest {
         message_id: "wamid.A+B/C==".into(),
         media_id: Some(media_id.into()),
         sender: None,
+        direction: None,
         message_timestamp: "2026-01-01T00:30:00Z".into(),
         mime_type: None,
         file_name: None,
