@@ -316,9 +316,11 @@ impl Waha {
     }
 
     /// The download of `url`, with the API key when it is WAHA's own file
-    /// route.
+    /// route on `api_url`'s host (never to another allowed host, whatever
+    /// its path).
     fn download(&self, url: url::Url) -> MediaSource {
-        let to_waha = url.path().starts_with(FILES_ROUTE);
+        let to_waha =
+            url.path().starts_with(FILES_ROUTE) && url.host_str() == self.api_url.host_str();
         let mut request = DownloadRequest::get(url);
         if to_waha {
             request = request.with_header(

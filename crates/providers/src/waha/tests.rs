@@ -514,6 +514,50 @@ async fn a_downloaded_file_is_fetched_from_its_url_with_the_api_key() {
 }
 
 #[tokio::test]
+async fn the_api_key_goes_to_waha_s_file_route_on_its_own_host_only() {
+    let fake = FakeWaha::start().await;
+    let adapter = fake_adapter(&fake);
+    let id = fake.add_message(
+        Engine::Noweb,
+        CHAT,
+        false,
+        b"abc".to_vec(),
+        "application/pdf",
+        Some("a.pdf"),
+    );
+    let hook = fake.webhook(&id, "message", MediaShape::Downloaded);
+    let has_key = |request: &DownloadRequest| {
+        request
+            .headers
+            .iter()
+            .any(|(name, _)| name.as_str().eq_ignore_ascii_case(API_KEY_HEADER))
+    };
+    let (own, _) = resolved(&adapter, &job_of_adapter(&adapter, &hook), false).await;
+    assert!(has_key(&own), "WAHA's own file route gets the key");
+
+    // The same route on another host (an allowed S3 host, say) does not.
+    let mut elsewhere = hook.clone();
+    let own_url = elsewhere["payload"]["media"]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = own_url.replacen("127.0.0.1", "localhost", 1);
+    assert_ne!(other, own_url);
+    elsewhere["payload"]["media"]["url"] = serde_json::json!(other);
+    let job = job_of_adapter(&adapter, &elsewhere);
+    match crate::testing::fetch(&adapter, crate::testing::attempt(&job, 1))
+        .await
+        .source
+    {
+        MediaSource::Download { request, .. } => {
+            assert_eq!(request.url.host_str(), Some("localhost"));
+            assert!(!has_key(&request), "the key went to another host");
+        }
+        other => panic!("expected a download, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_file_gone_or_never_downloaded_is_downloaded_again_under_a_new_name() {
     let fake = FakeWaha::start().await;
     let adapter = fake_adapter(&fake);
