@@ -55,15 +55,9 @@ pub struct Garage {
     bin: PathBuf,
     /// Config, metadata, data and log; kept across restarts.
     dir: tempfile::TempDir,
-    rpc_addr: SocketAddr,
     s3_addr: SocketAddr,
     admin_addr: SocketAddr,
     child: Option<Child>,
-    /// While the server is stopped: its ports, bound here so that no other
-    /// test's server is given one of them in the meantime (a restart would
-    /// then find another Garage answering on its port and take it for its
-    /// own, as one CI run saw).
-    held_ports: Vec<TcpListener>,
 }
 
 impl Garage {
@@ -95,11 +89,9 @@ impl Garage {
             secret_access_key,
             bin,
             dir,
-            rpc_addr,
             s3_addr,
             admin_addr,
             child: None,
-            held_ports: Vec::new(),
         };
         garage.spawn();
         Some(garage)
@@ -111,10 +103,6 @@ impl Garage {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-            self.held_ports = [self.rpc_addr, self.s3_addr, self.admin_addr]
-                .into_iter()
-                .filter_map(|addr| TcpListener::bind(addr).ok())
-                .collect();
         }
     }
 
@@ -147,7 +135,6 @@ impl Garage {
     }
 
     fn spawn(&mut self) {
-        self.held_ports.clear();
         let config = self.dir.path().join("garage.toml");
         let child = server(&self.bin, &config, &self.log_path())
             .args(["--single-node", "--default-bucket"])
@@ -650,13 +637,6 @@ mod tests {
         g.stop();
         assert!(!g.is_running());
         assert_eq!(http_status(g.s3_addr, "/"), None);
-        // Held while stopped, so that no other test's server is given one.
-        for addr in [g.rpc_addr, g.s3_addr, g.admin_addr] {
-            assert!(
-                TcpListener::bind(addr).is_err(),
-                "{addr} free while stopped"
-            );
-        }
         g.restart();
         assert!(g.is_running());
         assert!(http_status(g.s3_addr, &format!("/{}", g.bucket)).is_some());
