@@ -35,6 +35,12 @@ pub(crate) const MEDIA_MESSAGES: [&str; 7] = [
 
 /// The WhatsApp CDN host Baileys falls back to (`DEF_MEDIA_HOST`).
 pub(crate) const DEFAULT_CDN_URL: &str = "https://mmg.whatsapp.net";
+
+/// `cdn_url`'s default in the CodeChat and Evolution account tables.
+pub(crate) fn default_cdn_url() -> String {
+    DEFAULT_CDN_URL.to_owned()
+}
+
 /// Hosts CDN downloads may reach unless the account lists its own.
 pub(crate) const DEFAULT_CDN_HOSTS: [&str; 1] = ["*.whatsapp.net"];
 /// Baileys and whatsmeow send this `Origin` to the CDN.

@@ -74,16 +74,12 @@ account_config! {
         #[serde(default)]
         webhook_token: Option<SecretRef>,
         /// The WhatsApp CDN (default `https://mmg.whatsapp.net`).
-        #[serde(default = "default_cdn_url")]
+        #[serde(default = "baileys::default_cdn_url")]
         cdn_url: String,
         /// `"direct"` (CDN + local decryption, the default) or `"provider"`.
         #[serde(default)]
         mode: Mode,
     }
-}
-
-fn default_cdn_url() -> String {
-    baileys::DEFAULT_CDN_URL.to_owned()
 }
 
 #[derive(Debug)]

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use archiver_core::{Sha256Digest, StagedBody, StagedFile};
 use sha2::{Digest, Sha256};
 
-use crate::store::{clamp_page, validate_key, validate_prefix};
+use crate::store::{check_staged_bytes, clamp_page, validate_key, validate_prefix};
 use crate::{
     MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo, ObjectPages, ObjectStore, PutOutcome,
     StoreError,
@@ -131,16 +131,7 @@ impl FsStore {
             // the bytes were hashed as they arrived and have not left
             // memory since.
             StagedBody::Memory(bytes) => {
-                if bytes.len() as u64 != file.size {
-                    return Err(StoreError::SpoolMismatch {
-                        path: file.location(),
-                        detail: format!(
-                            "staged bytes are {} long, expected {}",
-                            bytes.len(),
-                            file.size
-                        ),
-                    });
-                }
+                check_staged_bytes(file, bytes)?;
                 self.put_small_blocking(dest, bytes)?;
                 return Ok(PutOutcome::Stored);
             }

@@ -130,6 +130,23 @@ pub enum PutOutcome {
     AlreadyPresent,
 }
 
+/// Checks that bytes staged in memory are as long as their record says,
+/// for every backend alike (their sha256 was taken as they arrived, and
+/// they have not left memory since).
+pub(crate) fn check_staged_bytes(file: &StagedFile, bytes: &[u8]) -> Result<(), StoreError> {
+    if bytes.len() as u64 == file.size {
+        return Ok(());
+    }
+    Err(StoreError::SpoolMismatch {
+        path: file.location(),
+        detail: format!(
+            "staged bytes are {} long, expected {}",
+            bytes.len(),
+            file.size
+        ),
+    })
+}
+
 /// Checks a key the same way for every backend: non-empty, at most 1024
 /// bytes, relative, `/`-separated segments of at most 255 bytes that are
 /// neither empty, `.` nor `..`, no NUL. Keys from [`Layout`](crate::Layout) always pass; the check

@@ -48,6 +48,7 @@ use super::S3Store;
 use super::client::{COMPLETE_TIMEOUT, timeout_override, upload_limit};
 use super::config::MIB;
 use super::spool::SpoolReader;
+use crate::store::check_staged_bytes;
 use crate::{PutOutcome, StoreError};
 
 /// S3's most parts per upload.
@@ -62,9 +63,13 @@ impl S3Store {
         file: &StagedFile,
         content_type: Option<&str>,
     ) -> Result<PutOutcome, StoreError> {
-        let in_memory = matches!(file.body, StagedBody::Memory(_));
-        if in_memory && self.retain_until().0.is_none() {
-            return self.create_blob_from_memory(key, file, content_type).await;
+        if let StagedBody::Memory(bytes) = &file.body {
+            check_staged_bytes(file, bytes)?;
+            if self.retain_until().0.is_none() {
+                return self
+                    .create_blob_from_memory(key, file, bytes, content_type)
+                    .await;
+            }
         }
         match self.existing_size(key).await? {
             Some(size) if size == file.size as i64 => return Ok(PutOutcome::AlreadyPresent),
@@ -79,10 +84,10 @@ impl S3Store {
             None => {}
         }
         let path = match &file.body {
-            StagedBody::Memory(_) => {
+            StagedBody::Memory(bytes) => {
                 self.put_single(
                     key,
-                    memory_body(file)?,
+                    Body::Memory(bytes.clone()),
                     file.sha256.as_bytes(),
                     content_type,
                     true,
@@ -116,11 +121,13 @@ impl S3Store {
         &self,
         key: &str,
         file: &StagedFile,
+        bytes: &Bytes,
         content_type: Option<&str>,
     ) -> Result<PutOutcome, StoreError> {
         let sha256 = file.sha256.as_bytes();
+        let body = || Body::Memory(bytes.clone());
         let created = self
-            .put_object(key, memory_body(file)?, sha256, content_type, true, true)
+            .put_object(key, body(), sha256, content_type, true, true)
             .await?;
         if created {
             return Ok(PutOutcome::Stored);
@@ -137,7 +144,7 @@ impl S3Store {
             // writing the same content-addressed bytes again is harmless.
             None => {}
         }
-        self.put_single(key, memory_body(file)?, sha256, content_type, true)
+        self.put_single(key, body(), sha256, content_type, true)
             .await?;
         Ok(PutOutcome::Stored)
     }
@@ -513,27 +520,6 @@ async fn join_part(
             "",
             std::io::Error::other("no part in flight"),
         )),
-    }
-}
-
-/// The body of a file staged in memory, which must be as long as recorded.
-fn memory_body(file: &StagedFile) -> Result<Body<'static>, StoreError> {
-    match &file.body {
-        StagedBody::Memory(bytes) if bytes.len() as u64 == file.size => {
-            Ok(Body::Memory(bytes.clone()))
-        }
-        StagedBody::Memory(bytes) => Err(StoreError::SpoolMismatch {
-            path: file.location(),
-            detail: format!(
-                "staged bytes are {} long, expected {}",
-                bytes.len(),
-                file.size
-            ),
-        }),
-        StagedBody::Spool(path) => Err(StoreError::SpoolMismatch {
-            path: path.clone(),
-            detail: "expected bytes in memory, found a spool file".into(),
-        }),
     }
 }
 
