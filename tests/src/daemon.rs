@@ -51,13 +51,10 @@ pub fn binary() -> PathBuf {
     binary
 }
 
-/// A 127.0.0.1 port that was free a moment ago (for a daemon that must come
-/// back on the same address after a restart).
+/// A 127.0.0.1 port for a daemon that must come back on the same address
+/// after a restart (see `test_support::ports` for why not port 0).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    test_support::ports::reserved_addr().port()
 }
 
 impl Daemon {

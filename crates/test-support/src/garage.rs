@@ -27,7 +27,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,7 +70,7 @@ impl Garage {
     pub fn start() -> Option<Garage> {
         let bin = binary_or_skip()?;
         let dir = temp_dir("garage-test-");
-        let [rpc_addr, s3_addr, admin_addr] = free_addrs();
+        let [rpc_addr, s3_addr, admin_addr] = crate::ports::reserved_addrs();
         let config = node_config(
             dir.path(),
             1,
@@ -231,7 +231,7 @@ impl GarageCluster {
         let dir = temp_dir("garage-cluster-");
         let rpc_secret = random_hex(64);
         let mut nodes = Vec::with_capacity(CLUSTER_NODES);
-        let addrs: [SocketAddr; 3 * CLUSTER_NODES] = free_addrs();
+        let addrs: [SocketAddr; 3 * CLUSTER_NODES] = crate::ports::reserved_addrs();
         for (i, node_addrs) in addrs.chunks_exact(3).enumerate() {
             let node_dir = dir.path().join(format!("n{i}"));
             fs::create_dir_all(&node_dir).expect("create a garage node dir");
@@ -520,16 +520,6 @@ fn is_executable(path: &Path) -> bool {
     {
         path.is_file()
     }
-}
-
-/// `N` distinct 127.0.0.1 addresses that were free a moment ago. Every
-/// port is held until all are chosen: released one by one, the kernel may
-/// hand the same port out twice (a node's S3 and admin APIs were once given
-/// one port, and the node never became ready).
-fn free_addrs<const N: usize>() -> [SocketAddr; N] {
-    let held: [TcpListener; N] =
-        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"));
-    held.map(|listener| listener.local_addr().expect("a bound listener's address"))
 }
 
 /// `garage -c config server`, its output appended to `log`: add the

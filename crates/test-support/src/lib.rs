@@ -8,6 +8,7 @@ pub mod http;
 mod ids;
 pub mod meta;
 pub mod nxcloud;
+pub mod ports;
 pub mod waha;
 pub mod whatsapp_cdn;
 
