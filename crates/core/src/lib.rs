@@ -15,6 +15,8 @@
 //!   they arrive in (hex, base64, base64url, index-keyed objects, Node Buffers).
 //! - [`Clock`], [`SystemClock`], [`ManualClock`]: time, controllable in tests.
 //! - [`Secret`]: a credential that never prints.
+//! - [`StagedFile`] and [`ByteSink`]: how a download reaches the store, staged
+//!   first or streamed through.
 //! - [`bounds`]: the limits every id and timestamp taken from a webhook must
 //!   respect, and the deadline rule, so that every adapter applies the same.
 
@@ -26,6 +28,7 @@ mod digest;
 mod error_class;
 mod job;
 mod secret;
+mod sink;
 mod staged;
 
 pub use bounds::OutOfBounds;
@@ -35,4 +38,5 @@ pub use digest::Sha256Digest;
 pub use error_class::{Classify, ErrorClass, parse_retry_after};
 pub use job::{AccountName, Direction, InvalidAccountName, JobSpec, JobState, ProviderKind};
 pub use secret::Secret;
+pub use sink::ByteSink;
 pub use staged::{StagedBody, StagedFile};

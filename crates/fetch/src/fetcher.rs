@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use archiver_core::{Sha256Digest, StagedBody, StagedFile, parse_retry_after};
+use archiver_core::{ByteSink, Sha256Digest, StagedBody, StagedFile, parse_retry_after};
 use http::header::{ACCEPT_ENCODING, LOCATION, RETRY_AFTER};
 use http::{HeaderValue, Method, StatusCode};
 use reqwest::redirect::Policy;
@@ -108,6 +108,53 @@ impl Fetcher {
         staging.finish().await
     }
 
+    /// Streams the response body into `sink` instead of staging it
+    /// (stream-through: the caller knows the file's hash in advance and the
+    /// sink commits the bytes only if they match it). The same limits and
+    /// guards as [`Fetcher::download`] apply; the body is not hashed here
+    /// (the sink hashes what it keeps). Returns the number of bytes
+    /// written. Only for a body that is the file ([`Answer::File`]): a
+    /// base64-in-JSON answer is refused with [`FetchError::BadUrl`] before
+    /// any request.
+    pub async fn download_through<E: Send, S: ByteSink<E>>(
+        &self,
+        req: &DownloadRequest,
+        hosts: &HostPolicy,
+        progress: &AtomicU64,
+        sink: &mut S,
+    ) -> Result<u64, ThroughError<E>> {
+        if req.answer != Answer::File {
+            return Err(ThroughError::Fetch(FetchError::BadUrl(
+                "a base64-in-JSON answer cannot be streamed through".into(),
+            )));
+        }
+        let shown = redact_url(&req.url);
+        let (url, response) = self
+            .send_following_redirects(req, hosts)
+            .await
+            .map_err(ThroughError::Fetch)?;
+        let limit = self.max_bytes_for(req);
+        let result = self.receive(&url, response, limit, progress, sink).await;
+        match &result {
+            Ok(bytes) => tracing::debug!(url = %shown, bytes, "download streamed through"),
+            Err(ThroughError::Fetch(error)) => {
+                tracing::debug!(url = %shown, %error, "download failed")
+            }
+            Err(ThroughError::Sink(_)) => {
+                tracing::debug!(url = %shown, "the sink stopped the download")
+            }
+        }
+        result
+    }
+
+    /// The most bytes `req` may download: `fetch.max_file_bytes`, or the
+    /// request's own cap when lower.
+    pub fn max_bytes_for(&self, req: &DownloadRequest) -> u64 {
+        req.max_file_bytes.map_or(self.cfg.max_file_bytes, |cap| {
+            cap.min(self.cfg.max_file_bytes)
+        })
+    }
+
     async fn download_inner(
         &self,
         req: &DownloadRequest,
@@ -115,9 +162,7 @@ impl Fetcher {
         progress: &AtomicU64,
     ) -> Result<StagedFile, FetchError> {
         let (url, response) = self.send_following_redirects(req, hosts).await?;
-        let limit = req.max_file_bytes.map_or(self.cfg.max_file_bytes, |cap| {
-            cap.min(self.cfg.max_file_bytes)
-        });
+        let limit = self.max_bytes_for(req);
         let announced = response.content_length();
         let mut staging = match (req.answer, announced) {
             (Answer::File, Some(len)) if len <= self.cfg.in_memory_max_bytes.min(limit) => {
@@ -127,9 +172,9 @@ impl Fetcher {
         };
         match req.answer {
             Answer::File => {
-                let mut sink = BodySink::Staging(&mut staging);
-                self.receive(&url, response, limit, progress, &mut sink)
-                    .await?;
+                self.receive(&url, response, limit, progress, &mut staging)
+                    .await
+                    .map_err(ThroughError::flatten)?;
             }
             Answer::Base64JsonField(field) => {
                 self.receive_base64_json(&url, response, field, limit, progress, &mut staging)
@@ -140,32 +185,33 @@ impl Fetcher {
     }
 
     /// Streams a response body into `sink`, at most `limit` bytes, with
-    /// `read_timeout` between chunks, checked against `Content-Length`.
-    async fn receive(
+    /// `read_timeout` between chunks, checked against `Content-Length`;
+    /// returns the number of bytes received.
+    async fn receive<E: Send, S: ByteSink<E>>(
         &self,
         url: &Url,
         mut response: reqwest::Response,
         limit: u64,
         progress: &AtomicU64,
-        sink: &mut BodySink<'_>,
-    ) -> Result<(), FetchError> {
+        sink: &mut S,
+    ) -> Result<u64, ThroughError<E>> {
         let expected = response.content_length();
         if expected.is_some_and(|len| len > limit) {
-            return Err(FetchError::TooLarge { limit });
+            return Err(ThroughError::Fetch(FetchError::TooLarge { limit }));
         }
         let mut received: u64 = 0;
         loop {
             let next = tokio::time::timeout(self.cfg.read_timeout, response.chunk()).await;
             let chunk = match next {
                 Err(_) => {
-                    return Err(FetchError::Timeout(format!(
+                    return Err(ThroughError::Fetch(FetchError::Timeout(format!(
                         "no data for {:?} from {} after {received} bytes",
                         self.cfg.read_timeout,
                         redact_url(url),
-                    )));
+                    ))));
                 }
                 Ok(Err(e)) => {
-                    return Err(match expected {
+                    return Err(ThroughError::Fetch(match expected {
                         Some(expected) if received < expected => FetchError::Truncated {
                             expected,
                             got: received,
@@ -178,25 +224,27 @@ impl Fetcher {
                             redact_url(url),
                             chain(&e)
                         )),
-                    });
+                    }));
                 }
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(chunk))) => chunk,
             };
             let len = chunk.len() as u64;
             if received + len > limit {
-                return Err(FetchError::TooLarge { limit });
+                return Err(ThroughError::Fetch(FetchError::TooLarge { limit }));
             }
-            sink.accept(chunk).await?;
+            sink.write(chunk).await.map_err(ThroughError::Sink)?;
             received += len;
             progress.fetch_add(len, Ordering::Relaxed);
         }
         match expected {
-            Some(expected) if received != expected => Err(FetchError::Truncated {
-                expected,
-                got: received,
-            }),
-            _ => Ok(()),
+            Some(expected) if received != expected => {
+                Err(ThroughError::Fetch(FetchError::Truncated {
+                    expected,
+                    got: received,
+                }))
+            }
+            _ => Ok(received),
         }
     }
 
@@ -223,10 +271,11 @@ impl Fetcher {
             })
         });
         let body = async move {
-            let mut sink = BodySink::Channel(body_tx);
+            let mut sink = DecoderInput(body_tx);
             let answer_limit = base64_json::answer_limit(limit);
             self.receive(url, response, answer_limit, progress, &mut sink)
                 .await
+                .map_err(ThroughError::flatten)
         };
         let file = write_decoded(file_rx, staging, limit);
         // The download's own errors come first; the decoder, which reads
@@ -382,25 +431,38 @@ impl Fetcher {
 /// Chunks in flight in each channel of a base64-in-JSON download.
 const CHANNEL_CHUNKS: usize = 4;
 
-/// Where [`Fetcher::receive`] puts the body.
-enum BodySink<'a> {
-    /// Straight into the spool file or memory: the body is the file.
-    Staging(&'a mut Staging),
-    /// To the base64-in-JSON decoder.
-    Channel(mpsc::Sender<Bytes>),
+/// Why [`Fetcher::download_through`] failed: the download, or the sink it
+/// was writing into (whose error is passed on as it came).
+#[derive(Debug)]
+pub enum ThroughError<E> {
+    /// The download failed (the same errors as [`Fetcher::download`]).
+    Fetch(FetchError),
+    /// The sink refused a chunk; the download stopped there.
+    Sink(E),
 }
 
-impl BodySink<'_> {
-    async fn accept(&mut self, chunk: Bytes) -> Result<(), FetchError> {
+impl ThroughError<FetchError> {
+    /// One error, for the stages whose sink fails with a [`FetchError`]
+    /// itself (the spool, the base64 decoder).
+    fn flatten(self) -> FetchError {
         match self {
-            BodySink::Staging(staging) => staging.write(&chunk).await,
-            // The decoder reads to the end of the body, so a closed channel
-            // means it failed; its own error is what the caller reports.
-            BodySink::Channel(decoder) => decoder
-                .send(chunk)
-                .await
-                .map_err(|_| FetchError::Io("the base64 decoder stopped".into())),
+            ThroughError::Fetch(e) | ThroughError::Sink(e) => e,
         }
+    }
+}
+
+/// The body of a base64-in-JSON answer, on its way to the decoder.
+struct DecoderInput(mpsc::Sender<Bytes>);
+
+#[async_trait::async_trait]
+impl ByteSink<FetchError> for DecoderInput {
+    // The decoder reads to the end of the body, so a closed channel means
+    // it failed; its own error is what the caller reports.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), FetchError> {
+        self.0
+            .send(chunk)
+            .await
+            .map_err(|_| FetchError::Io("the base64 decoder stopped".into()))
     }
 }
 

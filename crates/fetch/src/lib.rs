@@ -10,6 +10,11 @@
 //! bytes, and never applies compression. Every failure is one
 //! [`FetchError`] variant that classifies itself for the queue.
 //!
+//! When the caller knows the file's sha256 in advance (the provider vouched
+//! for it), [`Fetcher::download_through`] streams the body into the
+//! caller's [`archiver_core::ByteSink`] instead, under the same guards and
+//! limits, so that the store can receive it as it arrives (stream-through).
+//!
 //! It must not know about providers (how a reference becomes a URL), the
 //! queue (leases: it only bumps a progress counter), or storage (what happens
 //! to the spool file afterwards: the holder of the `StagedFile` owns and
@@ -35,7 +40,7 @@ mod spool;
 
 pub use config::FetchConfig;
 pub use error::FetchError;
-pub use fetcher::Fetcher;
+pub use fetcher::{Fetcher, ThroughError};
 pub use policy::HostPolicy;
 pub use redact::redact_url;
 pub use request::{Answer, DownloadRequest};

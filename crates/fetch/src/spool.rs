@@ -38,8 +38,8 @@ use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use archiver_core::{Sha256Digest, StagedBody, StagedFile};
-use bytes::BytesMut;
+use archiver_core::{ByteSink, Sha256Digest, StagedBody, StagedFile};
+use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -310,6 +310,13 @@ impl Staging {
                 body: StagedBody::Memory(buf.freeze()),
             }),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl ByteSink<FetchError> for Staging {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), FetchError> {
+        Staging::write(self, &chunk).await
     }
 }
 

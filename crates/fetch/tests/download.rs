@@ -990,3 +990,144 @@ async fn the_gateway_s_own_api_host_is_reached_on_a_private_address_and_nothing_
         .unwrap_err();
     assert!(matches!(err, FetchError::Blocked { .. }), "{err:?}");
 }
+
+// --- Stream-through (`download_through`) --------------------------------------
+
+/// A sink that keeps what it is given, or refuses after `fail_after` bytes.
+#[derive(Default)]
+struct Collect {
+    bytes: Vec<u8>,
+    fail_after: Option<usize>,
+}
+
+#[async_trait::async_trait]
+impl archiver_core::ByteSink<&'static str> for Collect {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), &'static str> {
+        if self
+            .fail_after
+            .is_some_and(|n| self.bytes.len() + chunk.len() > n)
+        {
+            return Err("the store is down");
+        }
+        self.bytes.extend_from_slice(&chunk);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_download_streams_through_into_the_sink_with_no_spool_file() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let mut sink = Collect::default();
+    let progress = AtomicU64::new(0);
+    let len = 3 * MIB + 17;
+    let written = env
+        .fetcher
+        .download_through(
+            &DownloadRequest::get(server.url(&format!("/sized/{len}"))),
+            &loopback(),
+            &progress,
+            &mut sink,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, len as u64);
+    assert_eq!(progress.load(Ordering::Relaxed), len as u64);
+    assert_eq!(sink.bytes, pattern_chunk(0, len).to_vec());
+    assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
+}
+
+#[tokio::test]
+async fn a_stream_through_keeps_the_caps_and_checks_of_a_download() {
+    let server = Server::start().await;
+    let env = Env::new(|c| c.max_file_bytes = 100_000);
+    let through = |path: &str| {
+        let request = DownloadRequest::get(server.url(path));
+        let fetcher = env.fetcher.clone();
+        async move {
+            let mut sink = Collect::default();
+            let result = fetcher
+                .download_through(&request, &loopback(), &AtomicU64::new(0), &mut sink)
+                .await;
+            (result, sink.bytes.len())
+        }
+    };
+    let (result, kept) = through("/unsized/1000000").await;
+    assert!(
+        matches!(
+            result,
+            Err(media_fetch::ThroughError::Fetch(FetchError::TooLarge {
+                limit: 100_000
+            }))
+        ),
+        "{result:?}"
+    );
+    assert!(kept <= 100_000, "stopped at the cap");
+    let (result, _) = through("/truncated/90000/70000").await;
+    assert!(
+        matches!(
+            result,
+            Err(media_fetch::ThroughError::Fetch(FetchError::Truncated {
+                expected: 90_000,
+                got: 70_000
+            }))
+        ),
+        "{result:?}"
+    );
+    let (result, kept) = through("/missing").await;
+    assert!(
+        matches!(&result, Err(media_fetch::ThroughError::Fetch(e)) if e.is_link_dead()),
+        "{result:?}"
+    );
+    assert_eq!(kept, 0);
+}
+
+#[tokio::test]
+async fn a_sink_that_fails_stops_the_download_with_its_own_error() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let mut sink = Collect {
+        fail_after: Some(MIB),
+        ..Collect::default()
+    };
+    let result = env
+        .fetcher
+        .download_through(
+            &DownloadRequest::get(server.url(&format!("/sized/{}", 8 * MIB))),
+            &loopback(),
+            &AtomicU64::new(0),
+            &mut sink,
+        )
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(media_fetch::ThroughError::Sink("the store is down"))
+        ),
+        "{result:?}"
+    );
+    assert!(sink.bytes.len() <= MIB);
+}
+
+#[tokio::test]
+async fn a_base64_json_answer_is_not_streamed_through() {
+    let server = Server::start().await;
+    let env = Env::new(|_| {});
+    let result = env
+        .fetcher
+        .download_through(
+            &base64_json(server.url("/base64-json/10")),
+            &loopback(),
+            &AtomicU64::new(0),
+            &mut Collect::default(),
+        )
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(media_fetch::ThroughError::Fetch(FetchError::BadUrl(_)))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(server.hits(), 0, "refused before any request");
+}

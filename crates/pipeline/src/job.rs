@@ -4,11 +4,12 @@ use std::sync::atomic::AtomicU64;
 
 use crate::telemetry::{self, Stage};
 use archiver_core::{Classify, Clock, ErrorClass, Sha256Digest, UnixMillis};
-use media_fetch::{FetchError, Fetcher};
+use media_fetch::{Answer, FetchError, Fetcher, ThroughError};
 use providers::{JobRef, MediaSource, Provider, ProviderError, Resolution, ResolvedMedia};
 use retry_queue::JobRecord;
 use s3_uploader::{
-    Layout, Manifest, ObjectStore, PutOutcome, StoreError, Verification, put_message_manifest,
+    Layout, Manifest, ObjectStore, PutOutcome, StoreError, Streamed, Verification,
+    put_message_manifest,
 };
 use whatsapp_media::{DecryptError, EncryptedMedia};
 
@@ -190,27 +191,37 @@ impl Attempt<'_> {
         // The account's cap (`rules.max_file_bytes`); the fetcher holds
         // every download to `fetch.max_file_bytes` too.
         let cap = provider.max_file_bytes();
-        let mut resolved = match provider.resolve(reference(false)).await? {
-            Resolution::Fetch(resolved) => capped(resolved, cap)?,
-            Resolution::Park { timeout, reason } => {
-                return Ok(Attempted::Parked { timeout, reason });
-            }
+        let mut resolved = match resolve(provider, reference(false), cap).await? {
+            Ok(resolved) => resolved,
+            Err(parked) => return Ok(parked),
         };
-        // From here on every spool file is owned by a `SpoolFile`, which
-        // removes it however this attempt ends: success, error, or this
-        // future being dropped (shutdown grace over, lease lost).
-        let staged = match self.obtain(&resolved.source, progress).await {
-            Err(e) if e.is_link_dead() => {
-                tracing::info!(job_id = %job.id, error = %e, "download link is dead; asking the provider for a fresh one");
-                resolved = match provider.resolve(reference(true)).await? {
-                    Resolution::Fetch(resolved) => capped(resolved, cap)?,
-                    Resolution::Park { timeout, reason } => {
-                        return Ok(Attempted::Parked { timeout, reason });
-                    }
-                };
-                self.obtain(&resolved.source, progress).await?
+        // Streamed through to the store, or staged. A dead link, met either
+        // way, is replaced once per attempt by a fresh resolution. From
+        // here on every spool file is owned by a `SpoolFile`, which removes
+        // it however this attempt ends: success, error, or this future
+        // being dropped (shutdown grace over, lease lost).
+        let mut fresh_link_asked = false;
+        let staged = loop {
+            let dead = match self
+                .stream_through(job, &resolved, progress, started)
+                .await?
+            {
+                Streaming::Archived(processed) => return Ok(Attempted::Archived(processed)),
+                Streaming::LinkDead(e) => e,
+                Streaming::Declined => match self.obtain(&resolved.source, progress).await {
+                    Err(e) if e.is_link_dead() => e,
+                    other => break other?,
+                },
+            };
+            if fresh_link_asked {
+                return Err(dead.into());
             }
-            other => other?,
+            tracing::info!(job_id = %job.id, error = %dead, "download link is dead; asking the provider for a fresh one");
+            fresh_link_asked = true;
+            resolved = match resolve(provider, reference(true), cap).await? {
+                Ok(resolved) => resolved,
+                Err(parked) => return Ok(parked),
+            };
         };
         let staged = SpoolFile(staged);
         let staged = match &resolved.encryption {
@@ -234,6 +245,79 @@ impl Attempt<'_> {
         let processed = self.verify_and_store(job, &resolved, &staged.0).await?;
         telemetry::stage(Stage::Upload, uploading.elapsed());
         Ok(Attempted::Archived(processed))
+    }
+
+    /// Streams the download straight into the store, when the provider
+    /// vouched for the file's sha256 so that its key is known before the
+    /// first byte (see `s3_uploader::BlobUpload`): no spool file, and the
+    /// store makes the blob visible only if the bytes hash to that key.
+    /// [`Streaming::Declined`] when the file must be staged instead: no
+    /// hash vouched for, WhatsApp-encrypted bytes (decrypted from the
+    /// spool), a base64-in-JSON answer or inline bytes, or the store said
+    /// not now (no free stream buffer, object lock).
+    async fn stream_through(
+        &self,
+        job: &JobRecord,
+        resolved: &ResolvedMedia,
+        progress: &AtomicU64,
+        started: tokio::time::Instant,
+    ) -> Result<Streaming, JobError> {
+        let (Some(expected), None, MediaSource::Download { request, hosts }) = (
+            resolved.expected_sha256,
+            &resolved.encryption,
+            &resolved.source,
+        ) else {
+            return Ok(Streaming::Declined);
+        };
+        if request.answer != Answer::File {
+            return Ok(Streaming::Declined);
+        }
+        let mime = resolved.details.mime_type.as_deref();
+        let blob_key = self.layout.blob_key(&expected, mime);
+        let max_size = self.fetcher.max_bytes_for(request);
+        let Some(mut upload) = self
+            .store
+            .begin_blob(&blob_key, expected, max_size, mime)
+            .await?
+        else {
+            return Ok(Streaming::Declined);
+        };
+        // Any early return drops `upload`, which discards what it holds.
+        match self
+            .fetcher
+            .download_through(request, hosts, progress, &mut upload)
+            .await
+        {
+            Ok(_) => {}
+            Err(ThroughError::Fetch(e)) if e.is_link_dead() => return Ok(Streaming::LinkDead(e)),
+            Err(ThroughError::Fetch(e)) => return Err(e.into()),
+            Err(ThroughError::Sink(e)) => return Err(JobError::Store(e)),
+        }
+        // The parts went up while the bytes came in; what remains (the
+        // last part, the commit, the manifest) counts as the upload.
+        telemetry::stage(Stage::Download, started.elapsed());
+        let uploading = tokio::time::Instant::now();
+        let processed = match upload.finish().await? {
+            Streamed::Refused { sha256, .. } => {
+                return Err(JobError::HashMismatch {
+                    expected,
+                    actual: sha256,
+                    attempt: job.attempts,
+                });
+            }
+            Streamed::Archived { size, outcome } => {
+                let blob = StoredBlob {
+                    key: blob_key,
+                    size,
+                    sha256: expected,
+                    outcome,
+                    verification: Verification::ProviderSha256,
+                };
+                self.write_manifest(job, resolved, blob).await?
+            }
+        };
+        telemetry::stage(Stage::Upload, uploading.elapsed());
+        Ok(Streaming::Archived(processed))
     }
 
     /// Puts the bytes into a spool file or memory, hashed.
@@ -270,10 +354,27 @@ impl Attempt<'_> {
             Some(_) => Verification::ProviderSha256,
             None => Verification::ComputedOnly,
         };
-        let details = &resolved.details;
-        let mime = details.mime_type.as_deref();
+        let mime = resolved.details.mime_type.as_deref();
         let blob_key = self.layout.blob_key(&staged.sha256, mime);
         let outcome = self.store.put_blob(&blob_key, staged, mime).await?;
+        let blob = StoredBlob {
+            key: blob_key,
+            size: staged.size,
+            sha256: staged.sha256,
+            outcome,
+            verification,
+        };
+        self.write_manifest(job, resolved, blob).await
+    }
+
+    /// Writes the manifest of a stored blob.
+    async fn write_manifest(
+        &self,
+        job: &JobRecord,
+        resolved: &ResolvedMedia,
+        blob: StoredBlob,
+    ) -> Result<Processed, JobError> {
+        let details = &resolved.details;
         let archived_at = self.clock.now_ms();
         let manifest = Manifest {
             provider: job.provider.to_string(),
@@ -287,24 +388,56 @@ impl Attempt<'_> {
             mime_type: details.mime_type.clone(),
             file_name: details.file_name.clone(),
             caption: details.caption.clone(),
-            size: staged.size,
-            sha256: staged.sha256,
-            blob_key: blob_key.clone(),
+            size: blob.size,
+            sha256: blob.sha256,
+            blob_key: blob.key.clone(),
             provider_sha256: resolved.expected_sha256,
-            verification,
+            verification: blob.verification,
             archived_at: rfc3339(archived_at),
         };
         // Beside, never over, a manifest of this message for other bytes.
         let manifest_key =
             put_message_manifest(self.store, self.layout, &manifest, job.message_at).await?;
         Ok(Processed {
-            blob_key,
+            blob_key: blob.key,
             manifest_key,
-            size: staged.size,
-            outcome,
-            verification,
+            size: blob.size,
+            outcome: blob.outcome,
+            verification: blob.verification,
             archived_at,
         })
+    }
+}
+
+/// How [`Attempt::stream_through`] ended, when it did not fail.
+enum Streaming {
+    /// Streamed, verified and archived.
+    Archived(Processed),
+    /// Not streamed: stage the file.
+    Declined,
+    /// The download link was dead before any byte (nothing was written).
+    LinkDead(FetchError),
+}
+
+/// A blob in the archive, verified, on its way into a manifest.
+struct StoredBlob {
+    key: String,
+    size: u64,
+    sha256: Sha256Digest,
+    outcome: PutOutcome,
+    verification: Verification,
+}
+
+/// Asks the provider where the file is, held to the account's `cap`:
+/// `Ok(Err(parked))` when the provider says to wait for its event.
+async fn resolve(
+    provider: &dyn Provider,
+    reference: JobRef<'_>,
+    cap: Option<u64>,
+) -> Result<Result<ResolvedMedia, Attempted>, JobError> {
+    match provider.resolve(reference).await? {
+        Resolution::Fetch(resolved) => capped(resolved, cap).map(Ok),
+        Resolution::Park { timeout, reason } => Ok(Err(Attempted::Parked { timeout, reason })),
     }
 }
 
@@ -713,5 +846,193 @@ mod tests {
             attempt: 9,
         };
         assert_eq!(io.class(), ErrorClass::Transient, "I/O is never a verdict");
+    }
+
+    // --- Stream-through -----------------------------------------------------
+
+    /// A provider whose every message is a download from `url`, vouched
+    /// for as `expected`.
+    #[derive(Debug)]
+    struct VouchingProvider {
+        account: AccountName,
+        url: url::Url,
+        expected: Sha256Digest,
+    }
+
+    #[async_trait::async_trait]
+    impl Provider for VouchingProvider {
+        fn kind(&self) -> ProviderKind {
+            ProviderKind::Cloudapi
+        }
+        fn account(&self) -> &AccountName {
+            &self.account
+        }
+        fn webhook_auth_configured(&self) -> bool {
+            true
+        }
+        fn authenticate_head(
+            &self,
+            _: &http::HeaderMap,
+            _: Option<&str>,
+        ) -> Result<(), ProviderError> {
+            unimplemented!("not a webhook test")
+        }
+        fn parse_webhook(&self, _: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
+            unimplemented!("not a webhook test")
+        }
+        async fn resolve(&self, _: JobRef<'_>) -> Result<Resolution, ProviderError> {
+            Ok(Resolution::Fetch(ResolvedMedia {
+                source: MediaSource::download(
+                    media_fetch::DownloadRequest::get(self.url.clone()),
+                    media_fetch::HostPolicy::new(["127.0.0.1"]),
+                ),
+                expected_sha256: Some(self.expected),
+                details: MediaDetails {
+                    mime_type: Some("video/mp4".into()),
+                    ..MediaDetails::default()
+                },
+                encryption: None,
+                size: None,
+            }))
+        }
+    }
+
+    /// The fs store, through which every blob must stream: a staged one
+    /// fails the test. `streams: false` makes it decline every stream.
+    #[derive(Debug)]
+    struct StreamingOnly {
+        inner: s3_uploader::FsStore,
+        root: PathBuf,
+        streams: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for StreamingOnly {
+        async fn put_blob(
+            &self,
+            key: &str,
+            file: &StagedFile,
+            content_type: Option<&str>,
+        ) -> Result<PutOutcome, StoreError> {
+            assert!(!self.streams, "a vouched-for download was staged");
+            self.inner.put_blob(key, file, content_type).await
+        }
+        async fn begin_blob(
+            &self,
+            key: &str,
+            sha256: Sha256Digest,
+            max_size: u64,
+            content_type: Option<&str>,
+        ) -> Result<Option<Box<dyn s3_uploader::BlobUpload>>, StoreError> {
+            if !self.streams {
+                return Ok(None);
+            }
+            self.inner
+                .begin_blob(key, sha256, max_size, content_type)
+                .await
+        }
+        async fn put_manifest(&self, key: &str, json: &[u8]) -> Result<(), StoreError> {
+            self.inner.put_manifest(key, json).await
+        }
+        async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get_small(key).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn list(&self, prefix: &str, page_size: usize) -> ObjectPages {
+            self.inner.list(prefix, page_size)
+        }
+        async fn read_hashed(&self, key: &str) -> Result<Option<ObjectDigest>, StoreError> {
+            self.inner.read_hashed(key).await
+        }
+        async fn size_of(&self, key: &str) -> Result<Option<u64>, StoreError> {
+            self.inner.size_of(key).await
+        }
+        async fn presign_get(&self, _: &str, _: Duration) -> Result<Option<String>, StoreError> {
+            Ok(None)
+        }
+        fn backend_name(&self) -> &'static str {
+            "fs"
+        }
+    }
+
+    /// Serves `served` at `/file`, vouched for as `vouched`, and runs one
+    /// attempt into an fs archive that streams (or not).
+    async fn attempt_download(
+        served: &'static [u8],
+        vouched: &[u8],
+        streams: bool,
+    ) -> (Result<Attempted, JobError>, StreamingOnly) {
+        let server = test_support::http::TestServer::start(move |_req| async move {
+            test_support::http::response(200, "video/mp4", served)
+        })
+        .await;
+        let env = Env::new(PutBlob::Succeed);
+        let fetcher = Fetcher::new(FetchConfig {
+            spool_dir: env.spool.path().to_owned(),
+            allow_private_networks: true,
+            ..FetchConfig::default()
+        })
+        .unwrap();
+        let archive = tempfile::tempdir().unwrap().keep();
+        let store = StreamingOnly {
+            inner: s3_uploader::FsStore::open(&archive).unwrap(),
+            root: archive,
+            streams,
+        };
+        let provider = VouchingProvider {
+            account: AccountName::new("meta").unwrap(),
+            url: url::Url::parse(&format!("{}/file", server.base_url())).unwrap(),
+            expected: sha256_of(vouched),
+        };
+        let layout = Layout::default();
+        let attempt = Attempt {
+            fetcher: &fetcher,
+            store: &store,
+            layout: &layout,
+            clock: &archiver_core::SystemClock,
+        };
+        let result = attempt.run(&provider, &env.job, &AtomicU64::new(0)).await;
+        (result, store)
+    }
+
+    const VIDEO: &[u8] = b"a video the provider vouched for";
+
+    fn sha256_of(bytes: &[u8]) -> Sha256Digest {
+        use sha2::Digest as _;
+        Sha256Digest::from_bytes(sha2::Sha256::digest(bytes).into())
+    }
+
+    #[tokio::test]
+    async fn a_download_whose_hash_was_vouched_for_streams_into_the_store() {
+        let (result, store) = attempt_download(VIDEO, VIDEO, true).await;
+        let Attempted::Archived(done) = result.unwrap() else {
+            panic!("not archived")
+        };
+        assert_eq!(done.verification, Verification::ProviderSha256);
+        assert_eq!(done.outcome, PutOutcome::Stored);
+        assert_eq!(done.size, VIDEO.len() as u64);
+        let digest = store.read_hashed(&done.blob_key).await.unwrap().unwrap();
+        assert_eq!(digest.sha256, sha256_of(VIDEO));
+        assert!(store.get_small(&done.manifest_key).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn streamed_bytes_other_than_vouched_for_are_a_mismatch_and_never_archived() {
+        let (result, store) = attempt_download(b"something else", VIDEO, true).await;
+        let err = result.unwrap_err();
+        assert!(matches!(err, JobError::HashMismatch { .. }), "{err}");
+        assert_eq!(err.class(), ErrorClass::Transient, "first attempt");
+        let key = Layout::default().blob_key(&sha256_of(VIDEO), Some("video/mp4"));
+        assert_eq!(store.size_of(&key).await.unwrap(), None);
+        let files = test_support::files_under(&store.root);
+        assert!(files.is_empty(), "nothing in the archive: {files:?}");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_declines_the_stream_gets_the_file_staged() {
+        let (result, _store) = attempt_download(VIDEO, VIDEO, false).await;
+        assert!(matches!(result.unwrap(), Attempted::Archived(_)));
     }
 }

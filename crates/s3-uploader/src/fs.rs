@@ -24,12 +24,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use archiver_core::{Sha256Digest, StagedBody, StagedFile};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::store::{check_staged_bytes, clamp_page, validate_key, validate_prefix};
 use crate::{
-    MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo, ObjectPages, ObjectStore, PutOutcome,
-    StoreError,
+    BlobUpload, MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo, ObjectPages, ObjectStore,
+    PutOutcome, StoreError, Streamed,
 };
 
 /// Name of the temp directory below the root; keys may not start with it.
@@ -102,28 +103,39 @@ impl FsStore {
         Ok(self.root.join(key))
     }
 
-    fn put_blob_blocking(&self, dest: &Path, file: &StagedFile) -> Result<PutOutcome, StoreError> {
+    /// Whether a blob of `size` bytes is at `dest` already (made durable
+    /// before this says so). An object of another size is reported and
+    /// will be replaced.
+    fn already_present(&self, dest: &Path, size: u64) -> Result<bool, StoreError> {
         let dir = parent_of(dest);
         match fs::metadata(dest) {
-            Ok(m) if m.is_file() && m.len() == file.size => {
+            Ok(m) if m.is_file() && m.len() == size => {
                 // Maybe written by a process that crashed before its fsync:
                 // durable before the caller writes a manifest naming it.
                 self.create_dirs(dir)?;
                 fsync_file(dest)?;
                 fsync_dir(dir)?;
-                return Ok(PutOutcome::AlreadyPresent);
+                Ok(true)
             }
-            Ok(m) if m.is_dir() => {
-                return Err(io_other("store", dest, "a directory is in the way"));
+            Ok(m) if m.is_dir() => Err(io_other("store", dest, "a directory is in the way")),
+            Ok(m) => {
+                tracing::warn!(
+                    path = %dest.display(),
+                    existing = m.len(),
+                    size,
+                    "replacing an object of the wrong size"
+                );
+                Ok(false)
             }
-            Ok(m) => tracing::warn!(
-                path = %dest.display(),
-                existing = m.len(),
-                size = file.size,
-                "replacing an object of the wrong size"
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io("stat", dest, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io("stat", dest, e)),
+        }
+    }
+
+    fn put_blob_blocking(&self, dest: &Path, file: &StagedFile) -> Result<PutOutcome, StoreError> {
+        let dir = parent_of(dest);
+        if self.already_present(dest, file.size)? {
+            return Ok(PutOutcome::AlreadyPresent);
         }
         let path = match &file.body {
             StagedBody::Spool(path) => path,
@@ -315,6 +327,19 @@ impl ObjectStore for FsStore {
         blocking(move || this.put_blob_blocking(&dest, &file)).await
     }
 
+    async fn begin_blob(
+        &self,
+        key: &str,
+        sha256: Sha256Digest,
+        _max_size: u64,
+        _content_type: Option<&str>,
+    ) -> Result<Option<Box<dyn BlobUpload>>, StoreError> {
+        let dest = self.path_for(key)?;
+        let this = self.clone();
+        let upload = blocking(move || StreamedFile::create(this, dest, sha256)).await?;
+        Ok(Some(Box::new(upload)))
+    }
+
     async fn put_manifest(&self, key: &str, json: &[u8]) -> Result<(), StoreError> {
         let dest = self.path_for(key)?;
         let (this, json) = (self.clone(), json.to_vec());
@@ -502,6 +527,83 @@ impl Walk {
         }
         out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         Ok(out.into_iter())
+    }
+}
+
+/// A blob streamed into `.tmp/` ([`ObjectStore::begin_blob`]), hashed as
+/// it is written, renamed into place by `finish` only if it hashes to its
+/// key. Dropped unfinished, its temp file is removed.
+struct StreamedFile {
+    store: FsStore,
+    dest: PathBuf,
+    expected: Sha256Digest,
+    /// Owns the temp file's name (removed on drop) and is what `commit`
+    /// persists; `writer` writes through a second handle to it.
+    tmp: tempfile::NamedTempFile,
+    writer: tokio::io::BufWriter<tokio::fs::File>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl StreamedFile {
+    fn create(store: FsStore, dest: PathBuf, expected: Sha256Digest) -> Result<Self, StoreError> {
+        let tmp = store.temp_file()?;
+        let handle = tmp
+            .reopen()
+            .map_err(|e| StoreError::io("open temp file", tmp.path(), e))?;
+        Ok(Self {
+            store,
+            dest,
+            expected,
+            tmp,
+            writer: tokio::io::BufWriter::with_capacity(
+                COPY_BUF,
+                tokio::fs::File::from_std(handle),
+            ),
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobUpload for StreamedFile {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        use tokio::io::AsyncWriteExt as _;
+        self.hasher.update(&chunk);
+        self.writer
+            .write_all(&chunk)
+            .await
+            .map_err(|e| StoreError::io("write", self.tmp.path(), e))?;
+        self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Streamed, StoreError> {
+        use tokio::io::AsyncWriteExt as _;
+        let sha256 = Sha256Digest::from_bytes(self.hasher.finalize_reset().into());
+        let size = self.size;
+        if sha256 != self.expected {
+            // The temp file goes with `self`.
+            return Ok(Streamed::Refused { size, sha256 });
+        }
+        self.writer
+            .flush()
+            .await
+            .map_err(|e| StoreError::io("write", self.tmp.path(), e))?;
+        let StreamedFile {
+            store, dest, tmp, ..
+        } = *self;
+        let outcome = blocking(move || {
+            if store.already_present(&dest, size)? {
+                return Ok(PutOutcome::AlreadyPresent);
+            }
+            store.create_dirs(parent_of(&dest))?;
+            store.commit(tmp, &dest)?;
+            Ok(PutOutcome::Stored)
+        })
+        .await?;
+        Ok(Streamed::Archived { size, outcome })
     }
 }
 

@@ -72,6 +72,24 @@
 //! the object is committed. Memory stays bounded by part size × parallel
 //! parts, never by file size.
 //!
+//! # Stream-through, when the hash is known in advance
+//!
+//! When the provider vouched for the file's sha256 before the download, the
+//! blob key is known before the first byte arrives. The worker then asks
+//! [`ObjectStore::begin_blob`] for a [`BlobUpload`] and the fetch step writes
+//! the download into it as it arrives, with no spool file: the s3 backend
+//! fills one part at a time in memory (hashing it and the whole file as the
+//! bytes pass), uploads each full part with its checksum while the next one
+//! fills, and calls CompleteMultipartUpload only after the whole file hashed
+//! to the key (a file of at most one part is one conditional PutObject at the
+//! end); the fs backend writes a temp file in `.tmp/` and renames it into
+//! place after the same check. Bytes that hash to anything else are discarded
+//! ([`Streamed::Refused`]: multipart aborted, temp file removed), so the
+//! guarantee is the same as for a staged file. Memory: the s3 backend's
+//! stream buffers are shared by all uploads (`storage.s3.stream_buffers`
+//! buffers of `part_size` bytes); when none is free the worker stages the
+//! file instead, so the bound holds whatever the number of uploads.
+//!
 //! # Reading back (scrub, admin lookups)
 //!
 //! [`ObjectStore::list`] streams the keys under a prefix in bytewise key
@@ -111,6 +129,6 @@ pub use layout::{Layout, extension_for_mime};
 pub use manifest::{Manifest, Verification, put_message_manifest};
 pub use s3::{S3Config, S3Settings, S3Store};
 pub use store::{
-    MAX_LIST_PAGE, MAX_PRESIGN_TTL, MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo, ObjectPages,
-    ObjectStore, PutOutcome,
+    BlobUpload, MAX_LIST_PAGE, MAX_PRESIGN_TTL, MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo,
+    ObjectPages, ObjectStore, PutOutcome, Streamed,
 };

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use archiver_core::{Sha256Digest, StagedFile};
+use archiver_core::{ByteSink, Sha256Digest, StagedFile};
+use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
 use crate::StoreError;
@@ -70,6 +71,33 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         content_type: Option<&str>,
     ) -> Result<PutOutcome, StoreError>;
 
+    /// Starts a blob whose content hash is known before its bytes are
+    /// (stream-through): the caller writes the bytes into the returned
+    /// [`BlobUpload`] as they arrive and calls [`BlobUpload::finish`], which
+    /// makes the object visible under `key` only if the bytes hash to
+    /// `sha256` (and otherwise discards them and says what they hash to).
+    /// Dropping the upload unfinished discards what was written. Nothing
+    /// partial or unverified is ever visible under `key`.
+    ///
+    /// `max_size` is the most bytes the file can have (the download's
+    /// cap). `Ok(None)`: not now, stage the file and use
+    /// [`ObjectStore::put_blob`]. The s3 backend says so when its stream
+    /// buffers (`storage.s3.stream_buffers`) are all in use or zero, when
+    /// `max_size` would not fit in 10,000 parts of `part_size`, and under
+    /// object lock (whose `put_blob` checks for the blob before writing,
+    /// so that a retained object is never written twice); a backend
+    /// without stream-through says so always (the default).
+    async fn begin_blob(
+        &self,
+        key: &str,
+        sha256: Sha256Digest,
+        max_size: u64,
+        content_type: Option<&str>,
+    ) -> Result<Option<Box<dyn BlobUpload>>, StoreError> {
+        let _ = (key, sha256, max_size, content_type);
+        Ok(None)
+    }
+
     /// Writes a small JSON document (a manifest) atomically, replacing any
     /// previous one at `key`. To write a message's manifest, use
     /// [`put_message_manifest`](crate::put_message_manifest), which never
@@ -118,6 +146,49 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// `"fs"` or `"s3"`, for logs and metrics.
     fn backend_name(&self) -> &'static str;
+}
+
+/// A blob being written as its bytes arrive; see
+/// [`ObjectStore::begin_blob`]. Dropped unfinished, it discards what was
+/// written (the s3 backend aborts its multipart upload in a spawned task).
+#[async_trait::async_trait]
+pub trait BlobUpload: Send {
+    /// Takes the next chunk of the file. Memory is bounded by the backend's
+    /// configuration, never by the file's size: the s3 backend holds at
+    /// most one part being filled and its parts in flight, and waits for a
+    /// free stream buffer before filling the next.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError>;
+
+    /// Commits the object if the bytes written hash to the key's sha256;
+    /// otherwise discards them and answers [`Streamed::Refused`].
+    async fn finish(self: Box<Self>) -> Result<Streamed, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl ByteSink<StoreError> for Box<dyn BlobUpload> {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        BlobUpload::write(self.as_mut(), chunk).await
+    }
+}
+
+/// How a streamed blob ended ([`BlobUpload::finish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streamed {
+    /// The bytes matched the key: stored, or already there.
+    Archived {
+        /// Bytes written.
+        size: u64,
+        /// Whether the object was written or already present.
+        outcome: PutOutcome,
+    },
+    /// The bytes hash to something else than the key's sha256; nothing
+    /// was made visible.
+    Refused {
+        /// Bytes written.
+        size: u64,
+        /// What they hash to.
+        sha256: Sha256Digest,
+    },
 }
 
 /// What [`ObjectStore::put_blob`] did.

@@ -8,6 +8,7 @@
 //! cargo run --release -p e2e --bin archive-bench -- --quick # smaller files
 //! cargo run --release -p e2e --bin archive-bench -- --only small    # or large
 //! cargo run --release -p e2e --bin archive-bench -- --parts 8       # max_parallel_parts
+//! cargo run --release -p e2e --bin archive-bench -- --stream-buffers 0  # no stream-through
 //! ```
 //!
 //! Method: one local HTTP file host (this process, serving files from
@@ -22,8 +23,10 @@
 //! timed from the first webhook to the last job `done` (so queueing, sha256,
 //! the S3 checksums and the manifests are all inside the figure); rclone is
 //! timed around `rclone copy` with `--transfers 16` and the same 8 MiB parts.
-//! Peak RSS is the daemon's `VmHWM` after archiving one file of each size in
-//! a fresh process. CPU is each tool's own user+system time over its
+//! Peak RSS is the daemon's `VmHWM` after archiving, in a fresh process,
+//! one file of each size, then 16 large files at once, from each announcer
+//! (Green API files are staged in the spool; Cloud API files, whose hash is
+//! vouched for, stream through the daemon's part buffers). CPU is each tool's own user+system time over its
 //! workload (the daemon's from `/proc/<pid>/stat`, rclone's from this
 //! process's waited-children times), per GiB archived and per file;
 //! Garage's CPU over each tool's run is printed apart (per file), since on
@@ -386,7 +389,7 @@ fn rclone_object_count(garage: &Garage, host: &str, w: &Workload) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-fn svg_chart(rows: &[(String, f64, f64)], rss: &[(usize, u64)]) -> String {
+fn svg_chart(rows: &[(String, f64, f64)], rss: &[(String, u64)]) -> String {
     let (w, h) = (760.0, 360.0);
     let max = rows.iter().flat_map(|r| [r.1, r.2]).fold(1.0f64, f64::max) * 1.15;
     let mut svg = format!(
@@ -441,11 +444,11 @@ fn svg_chart(rows: &[(String, f64, f64)], rss: &[(usize, u64)]) -> String {
         svg,
         "<text x=\"{legend_x:.0}\" y=\"{y}\">daemon peak RSS:</text>"
     );
-    for (mib, kib) in rss {
+    for (what, kib) in rss {
         y += 18.0;
         let _ = writeln!(
             svg,
-            "<text x=\"{legend_x:.0}\" y=\"{y}\">{mib} MiB file: {:.1} MiB</text>",
+            "<text x=\"{legend_x:.0}\" y=\"{y}\">{what}: {:.1} MiB</text>",
             *kib as f64 / 1024.0
         );
     }
@@ -467,6 +470,10 @@ async fn main() {
     let only = value_of("--only");
     // `--parts N`: the daemon's `storage.s3.max_parallel_parts`.
     let parts: Option<usize> = value_of("--parts").map(|n| n.parse().expect("--parts N"));
+    // `--stream-buffers N`: the daemon's `storage.s3.stream_buffers` (0:
+    // no stream-through, every file staged).
+    let stream_buffers: Option<usize> =
+        value_of("--stream-buffers").map(|n| n.parse().expect("--stream-buffers N"));
     let (small, large, rss_sizes) = if quick {
         (
             Workload {
@@ -499,6 +506,14 @@ async fn main() {
             },
             vec![64usize, 256, 1024],
         )
+    };
+    // Peak RSS with many large files in flight at once: `workers.concurrency`
+    // (16) of them, each larger than the stream buffers can hold.
+    let parallel = Workload {
+        name: "rss-parallel",
+        set: "rss-parallel",
+        count: 16,
+        size: if quick { 16 * MIB } else { 64 * MIB },
     };
     let Some(garage) = Garage::start() else {
         eprintln!(
@@ -537,6 +552,12 @@ async fn main() {
             Bytes::from(random_bytes(mib * MIB, mib as u64)),
         );
     }
+    for i in 0..parallel.count {
+        files.insert(
+            format!("/{}/{}", parallel.set, file_name(i)),
+            Bytes::from(random_bytes(parallel.size, 10_000 + i as u64)),
+        );
+    }
     let files: Files = Arc::new(files);
     let host = file_host(files.clone()).await;
     let host_url = host.base_url();
@@ -550,14 +571,14 @@ async fn main() {
         None => vec![&small, &large],
     };
     let bench_config = |store: &StoreUnderTest, host: &str, cloud: &FakeCloudApi| {
-        let config = bench_config(store, host, cloud);
-        match parts {
-            Some(n) => config.replace(
-                "[storage.s3]\n",
-                &format!("[storage.s3]\nmax_parallel_parts = {n}\n"),
-            ),
-            None => config,
+        let mut s3 = String::new();
+        if let Some(n) = parts {
+            s3.push_str(&format!("max_parallel_parts = {n}\n"));
         }
+        if let Some(n) = stream_buffers {
+            s3.push_str(&format!("stream_buffers = {n}\n"));
+        }
+        bench_config(store, host, cloud).replace("[storage.s3]\n", &format!("[storage.s3]\n{s3}"))
     };
     for w in sizes {
         for a in ANNOUNCERS {
@@ -583,19 +604,33 @@ async fn main() {
         }
     }
 
+    // Peak RSS of a fresh daemon after one file of each size, then after
+    // `parallel`, from each announcer (staged: Green API; streamed through:
+    // Cloud API).
     let mut rss = Vec::new();
-    for &mib in rss_sizes.iter().filter(|_| only.is_none()) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let daemon = Daemon::start(&bench_config(&store, &host_url, &cloud), dir.path());
-        let w = Workload {
-            name: "rss",
+    let rss_runs = rss_sizes
+        .iter()
+        .map(|&mib| Workload {
+            name: Box::leak(format!("one {mib} MiB file").into_boxed_str()),
             set: Box::leak(format!("rss{mib}").into_boxed_str()),
             count: 1,
             size: mib * MIB,
-        };
-        let hooks = hooks(Announcer::GreenApi, &cloud, &files, &host_url, &w);
-        archive_with_daemon(&daemon, hooks, "green", &w).await;
-        rss.push((mib, daemon.peak_rss_kib()));
+        })
+        .chain([Workload {
+            name: Box::leak(
+                format!("{} x {} MiB in flight", parallel.count, parallel.size / MIB)
+                    .into_boxed_str(),
+            ),
+            ..parallel
+        }]);
+    for w in rss_runs.filter(|_| only.is_none()) {
+        for a in ANNOUNCERS {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let daemon = Daemon::start(&bench_config(&store, &host_url, &cloud), dir.path());
+            let hooks = hooks(a, &cloud, &files, &host_url, &w);
+            archive_with_daemon(&daemon, hooks, a.account(), &w).await;
+            rss.push((format!("{} ({})", w.name, a.label()), daemon.peak_rss_kib()));
+        }
     }
 
     println!();
@@ -639,10 +674,10 @@ async fn main() {
         );
     }
     println!();
-    println!("| file size | daemon peak RSS |");
+    println!("| archived by a fresh daemon | daemon peak RSS |");
     println!("|---|---|");
-    for (mib, kib) in &rss {
-        println!("| {mib} MiB | {:.1} MiB |", *kib as f64 / 1024.0);
+    for (what, kib) in &rss {
+        println!("| {what} | {:.1} MiB |", *kib as f64 / 1024.0);
     }
     let chart_rows: Vec<(String, f64, f64)> = rows
         .iter()

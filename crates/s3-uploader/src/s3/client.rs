@@ -52,6 +52,7 @@ impl S3Store {
         }
         Self {
             client: Client::from_conf(builder.build()),
+            stream_buffers: Arc::new(tokio::sync::Semaphore::new(cfg.stream_buffers)),
             cfg: Arc::new(cfg),
         }
     }

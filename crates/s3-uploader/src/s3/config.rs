@@ -22,6 +22,8 @@ const MIN_PART_SIZE: u64 = 5 * MIB;
 const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 /// The most parts of one upload in flight: 32 x 64 KiB of read buffers.
 const MAX_PARALLEL_PARTS: usize = 32;
+/// Most `stream_buffers` (with 8 MiB parts, 2 GiB of buffers).
+const MAX_STREAM_BUFFERS: usize = 256;
 
 /// `[storage.s3]`, as written in the config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +73,11 @@ pub struct S3Config {
     /// Memory per upload is a 64 KiB read buffer per part in flight,
     /// whatever `part_size`.
     pub max_parallel_parts: usize,
+    /// Part buffers shared by every stream-through upload (default 4, 0 to
+    /// 256; 0 turns stream-through off). Memory: at most this many times
+    /// `part_size`, whatever the number of uploads; an upload that finds
+    /// none free stages its file in the spool instead.
+    pub stream_buffers: usize,
 }
 
 impl Default for S3Config {
@@ -91,6 +98,7 @@ impl Default for S3Config {
             presign_ttl: Duration::from_secs(3600),
             part_size: 8 * MIB,
             max_parallel_parts: 4,
+            stream_buffers: 4,
         }
     }
 }
@@ -233,6 +241,12 @@ impl S3Config {
             problems.push(format!(
                 "max_parallel_parts: {} is outside 1 ..= {MAX_PARALLEL_PARTS}",
                 self.max_parallel_parts
+            ));
+        }
+        if self.stream_buffers > MAX_STREAM_BUFFERS {
+            problems.push(format!(
+                "stream_buffers: {} is outside 0 ..= {MAX_STREAM_BUFFERS}",
+                self.stream_buffers
             ));
         }
     }

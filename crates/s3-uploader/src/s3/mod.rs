@@ -22,8 +22,9 @@
 //!
 //! The module is cut by concern: [`config`] (the `[storage.s3]` settings
 //! and their checks), [`client`] (building the SDK client, request
-//! timeouts), [`upload`] (single and multipart puts), [`spool`] (hashing the
-//! spool file on the blocking pool), [`read`] (gets, listings, presigned
+//! timeouts), [`upload`] (single and multipart puts), [`stream`]
+//! (stream-through uploads, filled as the download arrives), [`spool`]
+//! (hashing the spool file on the blocking pool), [`read`] (gets, listings, presigned
 //! URLs, the bucket check). This file holds the store and the
 //! [`ObjectStore`] implementation that routes each call to its concern.
 
@@ -31,23 +32,27 @@ mod client;
 mod config;
 mod read;
 mod spool;
+mod stream;
 mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use archiver_core::StagedFile;
+use archiver_core::{Sha256Digest, StagedFile};
 use aws_sdk_s3::Client;
 
 pub use self::config::{S3Config, S3Settings};
 use crate::store::{validate_key, validate_prefix};
-use crate::{ObjectDigest, ObjectPages, ObjectStore, PutOutcome, StoreError};
+use crate::{BlobUpload, ObjectDigest, ObjectPages, ObjectStore, PutOutcome, StoreError};
 
 /// An archive in an S3 bucket.
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
     cfg: Arc<S3Config>,
+    /// The part buffers of stream-through uploads (`stream_buffers`),
+    /// shared by every clone.
+    stream_buffers: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -81,6 +86,19 @@ impl ObjectStore for S3Store {
     ) -> Result<PutOutcome, StoreError> {
         validate_key(key)?;
         self.upload_blob(key, file, content_type).await
+    }
+
+    async fn begin_blob(
+        &self,
+        key: &str,
+        sha256: Sha256Digest,
+        max_size: u64,
+        content_type: Option<&str>,
+    ) -> Result<Option<Box<dyn BlobUpload>>, StoreError> {
+        validate_key(key)?;
+        Ok(self
+            .begin_stream(key, sha256, max_size, content_type)
+            .map(|upload| Box::new(upload) as Box<dyn BlobUpload>))
     }
 
     async fn put_manifest(&self, key: &str, json: &[u8]) -> Result<(), StoreError> {

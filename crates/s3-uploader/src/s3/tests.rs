@@ -123,10 +123,11 @@ async fn dropping_an_upload_half_way_aborts_it() {
     panic!("the dropped upload was not aborted");
 }
 
-/// An S3 endpoint that honours `If-None-Match: *` on PutObject as AWS
-/// documents it (412 PreconditionFailed when the key exists), holding one
-/// object of `existing` bytes (if any) and recording each request as
-/// `METHOD if-none-match` (`-` when absent).
+/// An S3 endpoint that honours `If-None-Match: *` on PutObject and
+/// CompleteMultipartUpload as AWS documents it (412 PreconditionFailed
+/// when the key exists), holding one object of `existing` bytes (if any)
+/// and recording each request as `METHOD if-none-match` (`-` when absent;
+/// the multipart requests as `CREATE`, `PART`, `COMPLETE`, `ABORT`).
 async fn conditional_store(
     existing: Option<usize>,
 ) -> (
@@ -145,13 +146,37 @@ async fn conditional_store(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-")
                 .to_owned();
-            seen.lock()
-                .unwrap()
-                .push(format!("{} {condition}", req.method()));
-            let method = req.method().clone();
+            let query = req.uri().query().unwrap_or("").to_owned();
+            let method = match req.method().as_str() {
+                "POST" if query.contains("uploads") => "CREATE",
+                "PUT" if query.contains("partNumber") => "PART",
+                "POST" if query.contains("uploadId") => "COMPLETE",
+                "DELETE" => "ABORT",
+                other => other,
+            }
+            .to_owned();
+            seen.lock().unwrap().push(format!("{method} {condition}"));
             let _ = test_support::http::read_body(req, 16 * 1024 * 1024).await;
             match (method.as_str(), existing) {
-                ("PUT", Some(_)) if condition == "*" => test_support::http::response(
+                ("CREATE", _) => test_support::http::response(
+                    200,
+                    "application/xml",
+                    "<InitiateMultipartUploadResult><Bucket>media</Bucket><Key>k</Key><UploadId>u1</UploadId></InitiateMultipartUploadResult>",
+                ),
+                ("PART", _) => {
+                    let mut sent = test_support::http::response(200, "application/xml", "");
+                    sent.headers_mut().insert("etag", "\"e\"".parse().unwrap());
+                    sent
+                }
+                ("COMPLETE", _) if existing.is_none() || condition != "*" => {
+                    test_support::http::response(
+                        200,
+                        "application/xml",
+                        "<CompleteMultipartUploadResult><Bucket>media</Bucket><Key>k</Key><ETag>\"e\"</ETag></CompleteMultipartUploadResult>",
+                    )
+                }
+                ("ABORT", _) => test_support::http::response(204, "application/xml", ""),
+                ("PUT" | "COMPLETE", Some(_)) if condition == "*" => test_support::http::response(
                     412,
                     "application/xml",
                     "<Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>",
@@ -247,4 +272,113 @@ async fn with_object_lock_a_small_blob_is_checked_before_it_is_written() {
         .unwrap();
     assert_eq!(outcome, crate::PutOutcome::AlreadyPresent);
     assert_eq!(*log.lock().unwrap(), ["HEAD -"], "never written again");
+}
+
+/// `bytes` streamed through a stream-through upload of their own key.
+async fn stream(store: &S3Store, bytes: &[u8]) -> crate::Streamed {
+    use crate::BlobUpload as _;
+    let sha256 = archiver_core::Sha256Digest::from_bytes(Sha256::digest(bytes).into());
+    let mut upload = store
+        .begin_stream("blobs/k.mp4", sha256, 1 << 30, None)
+        .expect("a free stream buffer");
+    for chunk in bytes.chunks(100_000) {
+        upload.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    Box::new(upload).finish().await.unwrap()
+}
+
+/// 5 MiB parts, the smallest S3 takes.
+async fn store_with_small_parts(endpoint: String) -> S3Store {
+    let config = S3Config {
+        part_size: 5 * 1024 * 1024,
+        ..config_at(endpoint)
+    };
+    S3Store::connect(config.validate().unwrap()).await
+}
+
+#[tokio::test]
+async fn a_new_streamed_blob_of_one_part_is_one_conditional_put() {
+    let (server, log) = conditional_store(None).await;
+    let store = store_at(server.base_url()).await;
+    let done = stream(&store, b"fresh").await;
+    assert_eq!(
+        done,
+        crate::Streamed::Archived {
+            size: 5,
+            outcome: crate::PutOutcome::Stored
+        }
+    );
+    assert_eq!(*log.lock().unwrap(), ["PUT *"]);
+}
+
+#[tokio::test]
+async fn a_new_streamed_blob_in_parts_is_completed_on_condition() {
+    let (server, log) = conditional_store(None).await;
+    let store = store_with_small_parts(server.base_url()).await;
+    let done = stream(&store, &vec![7u8; 11 * 1024 * 1024]).await;
+    assert!(
+        matches!(
+            done,
+            crate::Streamed::Archived {
+                outcome: crate::PutOutcome::Stored,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["CREATE -", "PART -", "PART -", "PART -", "COMPLETE *"]
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_repeat_refused_by_the_condition_is_already_present_and_aborted() {
+    let len = 11 * 1024 * 1024;
+    let (server, log) = conditional_store(Some(len)).await;
+    let store = store_with_small_parts(server.base_url()).await;
+    let done = stream(&store, &vec![7u8; len]).await;
+    assert!(
+        matches!(
+            done,
+            crate::Streamed::Archived {
+                outcome: crate::PutOutcome::AlreadyPresent,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "CREATE -",
+            "PART -",
+            "PART -",
+            "PART -",
+            "COMPLETE *",
+            "HEAD -",
+            "ABORT -"
+        ],
+        "never written again"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_blob_whose_bytes_miss_the_key_is_aborted_not_completed() {
+    use crate::BlobUpload as _;
+    let (server, log) = conditional_store(None).await;
+    let store = store_with_small_parts(server.base_url()).await;
+    let promised = archiver_core::Sha256Digest::from_bytes(Sha256::digest(b"promised").into());
+    let mut upload = store
+        .begin_stream("blobs/k.mp4", promised, 1 << 30, None)
+        .unwrap();
+    for chunk in vec![1u8; 11 * 1024 * 1024].chunks(1 << 20) {
+        upload.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    let done = Box::new(upload).finish().await.unwrap();
+    assert!(matches!(done, crate::Streamed::Refused { size, .. } if size == 11 * 1024 * 1024));
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.first().map(String::as_str), Some("CREATE -"));
+    assert!(log.iter().any(|l| l == "ABORT -"), "{log:?}");
+    assert!(!log.iter().any(|l| l.starts_with("COMPLETE")), "{log:?}");
 }

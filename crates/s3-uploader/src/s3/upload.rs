@@ -33,7 +33,7 @@
 
 use std::sync::Arc;
 
-use archiver_core::{StagedBody, StagedFile};
+use archiver_core::{Sha256Digest, StagedBody, StagedFile};
 use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
@@ -117,7 +117,7 @@ impl S3Store {
     /// One conditional PutObject (see the module docs); `AlreadyPresent`
     /// when the store refused it because an object of the same size is
     /// there.
-    async fn create_blob_from_memory(
+    pub(super) async fn create_blob_from_memory(
         &self,
         key: &str,
         file: &StagedFile,
@@ -202,7 +202,7 @@ impl S3Store {
     }
 
     /// The object-lock mode and retain-until date of an object written now.
-    fn retain_until(&self) -> (Option<ObjectLockMode>, Option<DateTime>) {
+    pub(super) fn retain_until(&self) -> (Option<ObjectLockMode>, Option<DateTime>) {
         let (Some(mode), Some(days)) = (
             self.cfg.object_lock_mode.as_deref(),
             self.cfg.object_lock_days,
@@ -285,33 +285,9 @@ impl S3Store {
         content_type: Option<&str>,
         part_size: u64,
     ) -> Result<(), StoreError> {
-        let (lock_mode, retain_until) = self.retain_until();
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.cfg.bucket)
-            .key(key)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .metadata("sha256", file.sha256.to_hex())
-            .set_content_type(content_type.map(str::to_owned))
-            .set_server_side_encryption(self.encryption())
-            .set_ssekms_key_id(self.cfg.kms_key_id.clone())
-            .set_storage_class(self.storage_class())
-            .set_object_lock_mode(lock_mode)
-            .set_object_lock_retain_until_date(retain_until)
-            .send()
-            .await
-            .map_err(|e| self.err("CreateMultipartUpload", key, e))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| StoreError::Rejected {
-                op: "CreateMultipartUpload",
-                key: key.to_owned(),
-                status: 200,
-                code: String::new(),
-                message: "no UploadId in the response".into(),
-            })?
-            .to_owned();
+        let upload_id = self
+            .create_multipart(key, &file.sha256, content_type)
+            .await?;
         let mut guard = AbortGuard {
             store: Some(self.clone()),
             key: key.to_owned(),
@@ -378,8 +354,62 @@ impl S3Store {
         }
         reader.finish(file, &path).await?;
 
+        self.complete_multipart(key, upload_id, parts, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// CreateMultipartUpload of a blob whose bytes hash to `sha256`: its
+    /// upload id.
+    pub(super) async fn create_multipart(
+        &self,
+        key: &str,
+        sha256: &Sha256Digest,
+        content_type: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let (lock_mode, retain_until) = self.retain_until();
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .metadata("sha256", sha256.to_hex())
+            .set_content_type(content_type.map(str::to_owned))
+            .set_server_side_encryption(self.encryption())
+            .set_ssekms_key_id(self.cfg.kms_key_id.clone())
+            .set_storage_class(self.storage_class())
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(retain_until)
+            .send()
+            .await
+            .map_err(|e| self.err("CreateMultipartUpload", key, e))?;
+        created
+            .upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| StoreError::Rejected {
+                op: "CreateMultipartUpload",
+                key: key.to_owned(),
+                status: 200,
+                code: String::new(),
+                message: "no UploadId in the response".into(),
+            })
+    }
+
+    /// CompleteMultipartUpload of `parts` (in any order), with
+    /// `If-None-Match: *` if `create_only`: `Ok(false)` when the store
+    /// answered 412 (an object is there; the upload is left to the
+    /// caller to abort).
+    pub(super) async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        mut parts: Vec<CompletedPart>,
+        create_only: bool,
+    ) -> Result<bool, StoreError> {
         parts.sort_by_key(|p| p.part_number());
-        self.client
+        let result = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.cfg.bucket)
             .key(key)
@@ -389,12 +419,18 @@ impl S3Store {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .set_if_none_match(create_only.then(|| "*".to_owned()))
             .customize()
             .config_override(timeout_override(COMPLETE_TIMEOUT))
             .send()
-            .await
-            .map_err(|e| self.err("CompleteMultipartUpload", key, e))?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if create_only && e.raw_response().map(|r| r.status().as_u16()) == Some(412) => {
+                Ok(false)
+            }
+            Err(e) => Err(self.err("CompleteMultipartUpload", key, e)),
+        }
     }
 
     pub(super) async fn upload_part(
@@ -504,7 +540,7 @@ impl Body<'_> {
     }
 }
 
-async fn join_part(
+pub(super) async fn join_part(
     set: &mut JoinSet<Result<CompletedPart, StoreError>>,
 ) -> Result<CompletedPart, StoreError> {
     match set.join_next().await {
@@ -523,6 +559,6 @@ async fn join_part(
     }
 }
 
-fn b64(digest: &[u8; 32]) -> String {
+pub(super) fn b64(digest: &[u8; 32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(digest)
 }

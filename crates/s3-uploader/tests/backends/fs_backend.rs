@@ -81,3 +81,30 @@ async fn ping_fails_when_the_root_is_gone() {
     std::fs::remove_dir_all(b.root.path()).unwrap();
     assert!(b.store.ping().await.is_err());
 }
+
+#[tokio::test]
+async fn streams_that_end_refused_dropped_or_stored_leave_no_temp_files() {
+    let b = fs_backend().await.unwrap();
+    let temp_files = || {
+        std::fs::read_dir(b.root.path().join(".tmp"))
+            .unwrap()
+            .count()
+    };
+    let bytes = suite::pseudo_random(3 * suite::MIB, 71);
+    let key = Layout::default().blob_key(&suite::sha256(&bytes), None);
+
+    let mut refused = suite::begin(&b, &key, suite::sha256(b"other")).await;
+    suite::write_chunked(&mut refused, &bytes).await;
+    refused.finish().await.unwrap();
+    let mut dropped = suite::begin(&b, &key, suite::sha256(&bytes)).await;
+    suite::write_chunked(&mut dropped, &bytes[..suite::MIB]).await;
+    assert_eq!(temp_files(), 1, "the stream writes into .tmp");
+    drop(dropped);
+    assert_eq!(temp_files(), 0);
+
+    let mut stored = suite::begin(&b, &key, suite::sha256(&bytes)).await;
+    suite::write_chunked(&mut stored, &bytes).await;
+    stored.finish().await.unwrap();
+    assert_eq!(temp_files(), 0, "renamed into place");
+    assert_eq!(std::fs::read(b.root.path().join(&key)).unwrap(), bytes);
+}

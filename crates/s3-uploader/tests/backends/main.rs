@@ -31,6 +31,11 @@ macro_rules! conformance_tests {
             read_hashed_and_size_of_measure_stored_objects,
             read_hashed_sees_bytes_changed_behind_the_store,
             presign_get_downloads_the_object_or_is_none,
+            streamed_blob_round_trip,
+            small_streamed_blob_round_trip,
+            streamed_bytes_that_do_not_match_the_key_are_refused,
+            streaming_a_stored_blob_again_changes_nothing,
+            a_stream_dropped_half_way_leaves_nothing,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {

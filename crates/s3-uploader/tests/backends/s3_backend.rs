@@ -196,6 +196,88 @@ async fn failed_multipart_uploads_are_aborted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_dropped_streams_leave_no_multipart_upload() {
+    let Some(b) = s3_backend().await else { return };
+    let bytes = suite::pseudo_random(20 * MIB, 72);
+    let key = Layout::default().blob_key(&suite::sha256(&bytes), None);
+
+    let mut refused = suite::begin(&b, &key, suite::sha256(b"other")).await;
+    suite::write_chunked(&mut refused, &bytes).await;
+    assert_eq!(
+        pending_uploads(&b).await,
+        1,
+        "the parts went up as they came"
+    );
+    refused.finish().await.unwrap();
+    assert_eq!(pending_uploads(&b).await, 0, "refused: aborted");
+
+    let mut dropped = suite::begin(&b, &key, suite::sha256(&bytes)).await;
+    suite::write_chunked(&mut dropped, &bytes[..17 * MIB]).await;
+    drop(dropped);
+    // The abort is spawned when the upload is dropped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pending_uploads(&b).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dropped: never aborted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!head_exists(&b, &key).await);
+}
+
+/// Memory is bounded by `stream_buffers` whatever the number of uploads:
+/// with every buffer taken the store says "stage it" instead, and with
+/// none configured it never streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_buffers_bound_the_uploads_and_zero_turns_streaming_off() {
+    let Some(b) = s3_backend().await else { return };
+    let store = connect(S3Config {
+        stream_buffers: 2,
+        ..config(&b.garage)
+    })
+    .await;
+    let begin = |n: u8| {
+        let store = store.clone();
+        async move {
+            let sha = suite::sha256(&[n]);
+            let key = Layout::default().blob_key(&sha, None);
+            store.begin_blob(&key, sha, 1 << 30, None).await.unwrap()
+        }
+    };
+    let first = begin(1).await.expect("a free buffer");
+    let second = begin(2).await.expect("a free buffer");
+    assert!(begin(3).await.is_none(), "every buffer is taken");
+    drop(first);
+    let third = begin(3).await.expect("a buffer came back");
+    drop((second, third));
+
+    // More than 10,000 parts of `part_size` could not be one upload.
+    let too_large = 10_000 * 8 * MIB as u64 + 1;
+    let sha = suite::sha256(b"huge");
+    let key = Layout::default().blob_key(&sha, None);
+    assert!(
+        store
+            .begin_blob(&key, sha, too_large, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let off = connect(S3Config {
+        stream_buffers: 0,
+        ..config(&b.garage)
+    })
+    .await;
+    assert!(
+        off.begin_blob(&key, sha, 1 << 20, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_carry_content_type_sha256_metadata_and_checksum() {
     let Some(b) = s3_backend().await else { return };
     for (len, mime) in [(4096, "image/png"), (17 * MIB, "audio/ogg; codecs=opus")] {

@@ -557,3 +557,133 @@ pub(crate) async fn http_get(url: &str) -> (u16, Vec<u8>) {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, body.to_vec())
 }
+
+// --- Stream-through (`begin_blob`) ------------------------------------------
+
+/// The most bytes any stream in these cases may have.
+const STREAM_CAP: u64 = 64 * MIB as u64;
+
+/// Starts a stream-through upload of a blob whose bytes hash to `sha256`;
+/// every backend under test streams.
+pub(crate) async fn begin(
+    b: &dyn Backend,
+    key: &str,
+    sha256: Sha256Digest,
+) -> Box<dyn s3_uploader::BlobUpload> {
+    b.store()
+        .begin_blob(key, sha256, STREAM_CAP, Some("video/mp4"))
+        .await
+        .unwrap()
+        .expect("the backend streams")
+}
+
+/// Writes `bytes` in uneven chunks, as a network delivers them (none lines
+/// up with a part boundary).
+pub(crate) async fn write_chunked(upload: &mut Box<dyn s3_uploader::BlobUpload>, bytes: &[u8]) {
+    let sizes = [16 * 1024 + 7, 1, 300 * 1024 + 11, 64 * 1024];
+    let mut rest = bytes;
+    for size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (chunk, tail) = rest.split_at((*size).min(rest.len()));
+        upload
+            .write(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+        rest = tail;
+    }
+}
+
+/// 20 MiB and a few bytes streamed: several parts at the default 8 MiB.
+pub(crate) async fn streamed_blob_round_trip(b: &dyn Backend) {
+    let bytes = pseudo_random(20 * MIB + 123, 61);
+    let key = layout().blob_key(&sha256(&bytes), Some("video/mp4"));
+    let mut upload = begin(b, &key, sha256(&bytes)).await;
+    write_chunked(&mut upload, &bytes).await;
+    assert_eq!(b.read_object(&key).await, None, "visible before finish");
+    let done = upload.finish().await.unwrap();
+    assert_eq!(
+        done,
+        s3_uploader::Streamed::Archived {
+            size: bytes.len() as u64,
+            outcome: PutOutcome::Stored
+        }
+    );
+    assert_eq!(
+        b.store().read_hashed(&key).await.unwrap(),
+        Some(ObjectDigest {
+            size: bytes.len() as u64,
+            sha256: sha256(&bytes)
+        })
+    );
+}
+
+/// At most one part: stored whole at the end (one request on S3).
+pub(crate) async fn small_streamed_blob_round_trip(b: &dyn Backend) {
+    for bytes in [
+        Vec::new(),
+        pseudo_random(70 * 1024, 62),
+        pseudo_random(8 * MIB, 63),
+    ] {
+        let key = layout().blob_key(&sha256(&bytes), None);
+        let mut upload = begin(b, &key, sha256(&bytes)).await;
+        write_chunked(&mut upload, &bytes).await;
+        let done = upload.finish().await.unwrap();
+        assert!(
+            matches!(done, s3_uploader::Streamed::Archived { size, outcome: PutOutcome::Stored } if size == bytes.len() as u64),
+            "{done:?}"
+        );
+        assert_eq!(b.read_object(&key).await, Some(bytes));
+    }
+}
+
+/// Bytes that hash to anything but the key are discarded, small or in
+/// parts, and the key stays empty.
+pub(crate) async fn streamed_bytes_that_do_not_match_the_key_are_refused(b: &dyn Backend) {
+    for len in [1000, 20 * MIB] {
+        let promised = sha256(b"what the provider vouched for");
+        let key = layout().blob_key(&promised, None);
+        let bytes = pseudo_random(len, 64);
+        let mut upload = begin(b, &key, promised).await;
+        write_chunked(&mut upload, &bytes).await;
+        let done = upload.finish().await.unwrap();
+        assert_eq!(
+            done,
+            s3_uploader::Streamed::Refused {
+                size: len as u64,
+                sha256: sha256(&bytes)
+            }
+        );
+        assert_eq!(b.read_object(&key).await, None, "unverified object visible");
+    }
+}
+
+/// Streaming a blob the archive already holds leaves it intact.
+pub(crate) async fn streaming_a_stored_blob_again_changes_nothing(b: &dyn Backend) {
+    let bytes = pseudo_random(12 * MIB, 65);
+    let file = stage(b.spool(), &bytes);
+    let key = layout().blob_key(&file.sha256, None);
+    b.store().put_blob(&key, &file, None).await.unwrap();
+    let mut upload = begin(b, &key, file.sha256).await;
+    write_chunked(&mut upload, &bytes).await;
+    let done = upload.finish().await.unwrap();
+    // `AlreadyPresent` where the store tells (fs, S3 stores that honour
+    // `If-None-Match`); the same bytes rewritten where it cannot (Garage).
+    assert!(
+        matches!(done, s3_uploader::Streamed::Archived { size, .. } if size == file.size),
+        "{done:?}"
+    );
+    assert_eq!(b.read_object(&key).await, Some(bytes));
+}
+
+/// An upload dropped half-way (the attempt was cancelled) leaves nothing
+/// under its key.
+pub(crate) async fn a_stream_dropped_half_way_leaves_nothing(b: &dyn Backend) {
+    let bytes = pseudo_random(20 * MIB, 66);
+    let key = layout().blob_key(&sha256(&bytes), None);
+    let mut upload = begin(b, &key, sha256(&bytes)).await;
+    write_chunked(&mut upload, &bytes[..17 * MIB]).await;
+    drop(upload);
+    assert_eq!(b.read_object(&key).await, None);
+}

@@ -1,0 +1,28 @@
+//! Where a download's bytes go when they are not staged first.
+//!
+//! The fetch step normally stages a download (spool file or memory) and
+//! hands over a finished [`StagedFile`](crate::StagedFile). When the
+//! provider vouched for the file's sha256 in advance, the blob's key is
+//! known before the first byte arrives, so the bytes can go straight into
+//! the store as they are received (stream-through) and the store commits
+//! the object only once they hash to that key. This trait is the seam
+//! between the two stages: the fetcher writes into any [`ByteSink`]
+//! without knowing the store, and the store's upload is one without
+//! knowing HTTP.
+
+use bytes::Bytes;
+
+/// Accepts a body chunk by chunk, in order, failing with `E` (the writer
+/// stops at the first error). Back-pressure is the future: the writer does
+/// not read more from the network until it resolves.
+///
+/// (The error is a type parameter rather than an associated type, and the
+/// future is boxed through `async_trait`: with either of the other forms,
+/// the compiler cannot prove the worker's spawned future `Send` for every
+/// lifetime. A chunk is about 16 KiB, so the allocation is noise beside
+/// hashing it.)
+#[async_trait::async_trait]
+pub trait ByteSink<E>: Send {
+    /// Takes the next chunk.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), E>;
+}

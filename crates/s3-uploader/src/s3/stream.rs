@@ -1,0 +1,291 @@
+//! Stream-through uploads: a blob written as its download arrives, when
+//! its sha256 (so its key) is known in advance.
+//!
+//! The bytes fill one part buffer at a time, hashed as they pass: the
+//! whole file, for the key, and from the second part on each part for its
+//! `ChecksumSHA256` (the first part's is the whole-file hash taken at its
+//! last byte, so a file of one part is hashed once). A full buffer is uploaded in its own task, with its checksum, while the
+//! next one fills; the multipart upload is created lazily, when the first
+//! buffer is full and more bytes follow, so a file of at most one part is
+//! one PutObject at the end, sent with `If-None-Match: *` as a file staged
+//! in memory is. CompleteMultipartUpload (with `If-None-Match: *`: a store
+//! that honours it never replaces what is there) comes only after the
+//! whole file hashed to the key; anything else aborts the upload, so
+//! nothing unverified is ever visible.
+//!
+//! Memory: each buffer is `part_size` bytes, and a buffer is taken from the
+//! store-wide pool of `stream_buffers` permits before it is filled and
+//! given back when its part is sent. An upload starts only with a free
+//! buffer in hand (else [`S3Store::begin_stream`] says `None` and the
+//! caller spools), then waits for the next free one after each part: the
+//! pool bounds memory whatever the number of uploads, and every upload
+//! holding a buffer makes progress, because a filled buffer's permit
+//! comes back when its part is sent.
+//!
+//! A failed part fails the upload (the multipart upload is aborted and the
+//! job retried): the SDK retries each part request itself, from the
+//! buffer, so only a part that failed every attempt gets here.
+
+use archiver_core::{Sha256Digest, StagedBody, StagedFile};
+use aws_sdk_s3::types::CompletedPart;
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+
+use super::S3Store;
+use super::upload::{AbortGuard, Body, MAX_PARTS, join_part};
+use crate::{BlobUpload, PutOutcome, StoreError, Streamed};
+
+impl S3Store {
+    /// A stream-through upload of the blob at the checked `key`, or `None`
+    /// when it must be staged instead (see
+    /// [`ObjectStore::begin_blob`](crate::ObjectStore::begin_blob)).
+    pub(super) fn begin_stream(
+        &self,
+        key: &str,
+        sha256: Sha256Digest,
+        max_size: u64,
+        content_type: Option<&str>,
+    ) -> Option<StreamedBlob> {
+        // Under object lock, put_blob looks before it writes.
+        if self.retain_until().0.is_some() || max_size > MAX_PARTS * self.cfg.part_size {
+            return None;
+        }
+        let permit = self.stream_buffers.clone().try_acquire_owned().ok()?;
+        let part_size = usize::try_from(self.cfg.part_size).ok()?;
+        Some(StreamedBlob {
+            store: self.clone(),
+            key: key.to_owned(),
+            expected: sha256,
+            content_type: content_type.map(str::to_owned),
+            part_size,
+            // Most files are small: the first buffer grows as bytes come.
+            filling: Part::new(FIRST_BUFFER.min(part_size), permit, None),
+            whole: Sha256::new(),
+            size: 0,
+            multipart: None,
+        })
+    }
+}
+
+/// A blob being streamed into the bucket; see the module docs.
+pub(super) struct StreamedBlob {
+    store: S3Store,
+    key: String,
+    expected: Sha256Digest,
+    content_type: Option<String>,
+    part_size: usize,
+    /// The buffer being filled, with its permit.
+    filling: Part,
+    /// sha256 of every byte written so far.
+    whole: Sha256,
+    size: u64,
+    /// Created when the first part is sent.
+    multipart: Option<Multipart>,
+}
+
+/// What the first buffer starts with; it grows up to `part_size` as the
+/// bytes come (the permit counts a whole part either way).
+const FIRST_BUFFER: usize = 256 * 1024;
+
+/// A part buffer, the hash of what it holds (`None` for the first part,
+/// whose hash is the whole file's so far), and the permit that lets it be
+/// filled (`None` only between a part being sent and the next permit
+/// arriving).
+struct Part {
+    bytes: BytesMut,
+    hasher: Option<Sha256>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Part {
+    fn new(capacity: usize, permit: OwnedSemaphorePermit, hasher: Option<Sha256>) -> Self {
+        Self {
+            bytes: BytesMut::with_capacity(capacity),
+            hasher,
+            permit: Some(permit),
+        }
+    }
+
+    /// The part's sha256: its own hasher's, or for the first part the
+    /// whole file's so far (`whole` has seen exactly the part's bytes).
+    fn sha256(hasher: Option<Sha256>, whole: &Sha256) -> [u8; 32] {
+        hasher.unwrap_or_else(|| whole.clone()).finalize().into()
+    }
+}
+
+/// The multipart upload behind a streamed blob larger than one part.
+struct Multipart {
+    upload_id: String,
+    /// Aborts the upload if the blob is dropped unfinished.
+    guard: AbortGuard,
+    in_flight: JoinSet<Result<CompletedPart, StoreError>>,
+    sent: Vec<CompletedPart>,
+    next_part: i32,
+}
+
+impl StreamedBlob {
+    /// Sends the full buffer as the next part and takes a free buffer to
+    /// fill next (waiting for one).
+    async fn send_filled_part(&mut self) -> Result<(), StoreError> {
+        let mut multipart = match self.multipart.take() {
+            Some(multipart) => multipart,
+            None => {
+                let upload_id = self
+                    .store
+                    .create_multipart(&self.key, &self.expected, self.content_type.as_deref())
+                    .await?;
+                Multipart {
+                    guard: AbortGuard {
+                        store: Some(self.store.clone()),
+                        key: self.key.clone(),
+                        upload_id: upload_id.clone(),
+                    },
+                    upload_id,
+                    in_flight: JoinSet::new(),
+                    sent: Vec::new(),
+                    next_part: 1,
+                }
+            }
+        };
+        // On an error below, `multipart` is dropped and its guard aborts
+        // the upload.
+        while multipart.in_flight.len() >= self.store.cfg.max_parallel_parts {
+            let part = join_part(&mut multipart.in_flight).await?;
+            multipart.sent.push(part);
+        }
+        // The filled buffer leaves with its permit, which comes back when
+        // its part is sent; only then is a permit for the next one awaited
+        // (waiting while holding it could wait for ever on a pool of one).
+        let sha256 = Part::sha256(self.filling.hasher.take(), &self.whole);
+        let bytes = std::mem::take(&mut self.filling.bytes).freeze();
+        let permit = self.filling.permit.take();
+        let number = multipart.next_part;
+        multipart.next_part += 1;
+        let (store, key, upload_id) = (
+            self.store.clone(),
+            self.key.clone(),
+            multipart.upload_id.clone(),
+        );
+        multipart.in_flight.spawn(async move {
+            let sent = store
+                .upload_part(&key, &upload_id, number, Body::Memory(bytes), &sha256)
+                .await;
+            drop(permit);
+            sent
+        });
+        let next = self
+            .store
+            .stream_buffers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::io("stream buffer", "", std::io::Error::other("closed")))?;
+        self.filling = Part::new(self.part_size, next, Some(Sha256::new()));
+        self.multipart = Some(multipart);
+        Ok(())
+    }
+
+    /// Sends the last part, waits for every part, completes the upload.
+    async fn complete(&mut self, mut multipart: Multipart) -> Result<PutOutcome, StoreError> {
+        let bytes = std::mem::take(&mut self.filling.bytes).freeze();
+        let sha256 = Part::sha256(self.filling.hasher.take(), &self.whole);
+        let number = multipart.next_part;
+        let (store, key, upload_id) = (&self.store, &self.key, &multipart.upload_id);
+        let last_part = store
+            .upload_part(key, upload_id, number, Body::Memory(bytes), &sha256)
+            .await?;
+        let mut parts = vec![last_part];
+        while !multipart.in_flight.is_empty() {
+            parts.push(join_part(&mut multipart.in_flight).await?);
+        }
+        parts.append(&mut multipart.sent);
+        let created = store
+            .complete_multipart(key, upload_id, parts.clone(), true)
+            .await?;
+        let outcome = if created {
+            PutOutcome::Stored
+        } else {
+            // 412: an object is there already. Of this size, it is this
+            // blob, archived before (the key is its hash); the parts are
+            // dropped. Otherwise it is a damaged copy, replaced.
+            match store.existing_size(key).await? {
+                Some(size) if size == self.size as i64 => {
+                    if let Some(store) = multipart.guard.store.take() {
+                        store.abort(key, upload_id).await;
+                    }
+                    return Ok(PutOutcome::AlreadyPresent);
+                }
+                Some(existing) => tracing::warn!(
+                    key = %key,
+                    existing,
+                    size = self.size,
+                    "replacing an object of the wrong size"
+                ),
+                // Gone since, or HeadObject denied: completing without the
+                // condition writes the same content-addressed bytes.
+                None => {}
+            }
+            store
+                .complete_multipart(key, upload_id, parts, false)
+                .await?;
+            PutOutcome::Stored
+        };
+        multipart.guard.store = None;
+        Ok(outcome)
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobUpload for StreamedBlob {
+    async fn write(&mut self, mut chunk: Bytes) -> Result<(), StoreError> {
+        self.size += chunk.len() as u64;
+        while !chunk.is_empty() {
+            // A full buffer is sent only once more bytes follow, so a file
+            // of exactly one part stays one PutObject.
+            if self.filling.bytes.len() == self.part_size {
+                self.send_filled_part().await?;
+            }
+            let room = self.part_size - self.filling.bytes.len();
+            let piece = chunk.split_to(room.min(chunk.len()));
+            self.whole.update(&piece);
+            if let Some(hasher) = &mut self.filling.hasher {
+                hasher.update(&piece);
+            }
+            self.filling.bytes.extend_from_slice(&piece);
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Streamed, StoreError> {
+        // The last part's hash may still need `whole` (a file of one part).
+        let sha256 = Sha256Digest::from_bytes(self.whole.clone().finalize().into());
+        let size = self.size;
+        if sha256 != self.expected {
+            if let Some(mut multipart) = self.multipart.take()
+                && let Some(store) = multipart.guard.store.take()
+            {
+                multipart.in_flight.abort_all();
+                store.abort(&self.key, &multipart.upload_id).await;
+            }
+            return Ok(Streamed::Refused { size, sha256 });
+        }
+        let outcome = match self.multipart.take() {
+            Some(multipart) => self.complete(multipart).await?,
+            None => {
+                let bytes = std::mem::take(&mut self.filling.bytes).freeze();
+                let file = StagedFile {
+                    body: StagedBody::Memory(bytes.clone()),
+                    size,
+                    sha256,
+                };
+                let content_type = self.content_type.as_deref();
+                self.store
+                    .create_blob_from_memory(&self.key, &file, &bytes, content_type)
+                    .await?
+            }
+        };
+        Ok(Streamed::Archived { size, outcome })
+    }
+}
