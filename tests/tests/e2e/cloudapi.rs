@@ -130,6 +130,30 @@ async fn with_s3_an_image_with_a_base64_sha256_and_a_document_with_a_hex_sha256_
     );
 }
 
+/// A video of several parts, its hash vouched for in the webhook, streams
+/// through to Garage (no spool file) and is archived whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_s3_a_video_of_several_parts_streams_through_and_is_archived_whole() {
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let s = setup(StoreUnderTest::garage(&garage)).await;
+    let message_id = "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQVNUUkVBTTEA";
+    let (video, media, job_id) = announce(
+        &s,
+        "video",
+        "video/mp4",
+        message_id,
+        21 * 1024 * 1024 + 5,
+        HashEncoding::Base64,
+    )
+    .await;
+    let job = s.daemon.wait_for_job(&job_id, "done", WAIT).await;
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert_eq!(s.fake.downloads(&media), 1);
+    assert_archived(&s, message_id, &media, &video, ".mp4").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_signature_is_401_and_nothing_is_enqueued() {
     let s = setup(StoreUnderTest::Fs).await;

@@ -34,7 +34,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use super::S3Store;
-use super::upload::{AbortGuard, Body, MAX_PARTS, join_part};
+use super::upload::{AbortGuard, Body, CreateOnly, MAX_PARTS, join_part};
 use crate::{BlobUpload, PutOutcome, StoreError, Streamed};
 
 impl S3Store {
@@ -60,7 +60,6 @@ impl S3Store {
             expected: sha256,
             content_type: content_type.map(str::to_owned),
             part_size,
-            // Most files are small: the first buffer grows as bytes come.
             filling: Part::new(FIRST_BUFFER.min(part_size), permit, None),
             whole: Sha256::new(),
             size: 0,
@@ -85,8 +84,10 @@ pub(super) struct StreamedBlob {
     multipart: Option<Multipart>,
 }
 
-/// What the first buffer starts with; it grows up to `part_size` as the
-/// bytes come (the permit counts a whole part either way).
+/// What the first buffer starts with: most files are small. A file that
+/// outgrows it moves, once, into a buffer of exactly `part_size` (growing
+/// by doubling would overshoot `part_size` for most sizes, and the permit
+/// counts one part).
 const FIRST_BUFFER: usize = 256 * 1024;
 
 /// A part buffer, the hash of what it holds (`None` for the first part,
@@ -116,13 +117,50 @@ impl Part {
 }
 
 /// The multipart upload behind a streamed blob larger than one part.
+/// Dropped unfinished (an error, the attempt dropped), it stops its parts
+/// in flight and then aborts the upload, in a spawned task: a part that
+/// finished after the abort would be kept (and billed) by the store.
 struct Multipart {
     upload_id: String,
-    /// Aborts the upload if the blob is dropped unfinished.
+    /// Armed until the upload is completed or aborted.
     guard: AbortGuard,
     in_flight: JoinSet<Result<CompletedPart, StoreError>>,
     sent: Vec<CompletedPart>,
     next_part: i32,
+}
+
+impl Multipart {
+    /// Stops the parts in flight, then aborts the upload.
+    async fn abort(mut self) {
+        let Some(store) = self.guard.store.take() else {
+            return;
+        };
+        stop_parts(&mut self.in_flight).await;
+        store.abort(&self.guard.key, &self.upload_id).await;
+    }
+}
+
+impl Drop for Multipart {
+    fn drop(&mut self) {
+        let Some(store) = self.guard.store.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut in_flight = std::mem::take(&mut self.in_flight);
+        let (key, upload_id) = (self.guard.key.clone(), self.upload_id.clone());
+        runtime.spawn(async move {
+            stop_parts(&mut in_flight).await;
+            store.abort(&key, &upload_id).await;
+        });
+    }
+}
+
+/// Cancels the part uploads in flight and waits until they have stopped.
+async fn stop_parts(in_flight: &mut JoinSet<Result<CompletedPart, StoreError>>) {
+    in_flight.abort_all();
+    while in_flight.join_next().await.is_some() {}
 }
 
 impl StreamedBlob {
@@ -189,6 +227,10 @@ impl StreamedBlob {
 
     /// Sends the last part, waits for every part, completes the upload.
     async fn complete(&mut self, mut multipart: Multipart) -> Result<PutOutcome, StoreError> {
+        while multipart.in_flight.len() >= self.store.cfg.max_parallel_parts {
+            let part = join_part(&mut multipart.in_flight).await?;
+            multipart.sent.push(part);
+        }
         let bytes = std::mem::take(&mut self.filling.bytes).freeze();
         let sha256 = Part::sha256(self.filling.hasher.take(), &self.whole);
         let number = multipart.next_part;
@@ -204,33 +246,38 @@ impl StreamedBlob {
         let created = store
             .complete_multipart(key, upload_id, parts.clone(), true)
             .await?;
-        let outcome = if created {
-            PutOutcome::Stored
-        } else {
-            // 412: an object is there already. Of this size, it is this
-            // blob, archived before (the key is its hash); the parts are
-            // dropped. Otherwise it is a damaged copy, replaced.
-            match store.existing_size(key).await? {
-                Some(size) if size == self.size as i64 => {
-                    if let Some(store) = multipart.guard.store.take() {
-                        store.abort(key, upload_id).await;
-                    }
-                    return Ok(PutOutcome::AlreadyPresent);
-                }
-                Some(existing) => tracing::warn!(
-                    key = %key,
-                    existing,
-                    size = self.size,
-                    "replacing an object of the wrong size"
-                ),
-                // Gone since, or HeadObject denied: completing without the
-                // condition writes the same content-addressed bytes.
-                None => {}
+        let outcome = match created {
+            CreateOnly::Created => PutOutcome::Stored,
+            CreateOnly::NotSupported => {
+                store
+                    .complete_multipart(key, upload_id, parts, false)
+                    .await?;
+                PutOutcome::Stored
             }
-            store
-                .complete_multipart(key, upload_id, parts, false)
-                .await?;
-            PutOutcome::Stored
+            // An object is there already. Of this size, it is this blob,
+            // archived before (the key is its hash); the parts are
+            // dropped. Otherwise it is a damaged copy, replaced.
+            CreateOnly::Exists => {
+                match store.existing_size(key).await? {
+                    Some(size) if size == self.size as i64 => {
+                        multipart.abort().await;
+                        return Ok(PutOutcome::AlreadyPresent);
+                    }
+                    Some(existing) => tracing::warn!(
+                        key = %key,
+                        existing,
+                        size = self.size,
+                        "replacing an object of the wrong size"
+                    ),
+                    // Gone since, or HeadObject denied: completing without
+                    // the condition writes the same content-addressed bytes.
+                    None => {}
+                }
+                store
+                    .complete_multipart(key, upload_id, parts, false)
+                    .await?;
+                PutOutcome::Stored
+            }
         };
         multipart.guard.store = None;
         Ok(outcome)
@@ -249,6 +296,12 @@ impl BlobUpload for StreamedBlob {
             }
             let room = self.part_size - self.filling.bytes.len();
             let piece = chunk.split_to(room.min(chunk.len()));
+            let buffer = &mut self.filling.bytes;
+            if buffer.capacity() - buffer.len() < piece.len() {
+                let mut whole_part = BytesMut::with_capacity(self.part_size);
+                whole_part.extend_from_slice(buffer);
+                *buffer = whole_part;
+            }
             self.whole.update(&piece);
             if let Some(hasher) = &mut self.filling.hasher {
                 hasher.update(&piece);
@@ -263,11 +316,8 @@ impl BlobUpload for StreamedBlob {
         let sha256 = Sha256Digest::from_bytes(self.whole.clone().finalize().into());
         let size = self.size;
         if sha256 != self.expected {
-            if let Some(mut multipart) = self.multipart.take()
-                && let Some(store) = multipart.guard.store.take()
-            {
-                multipart.in_flight.abort_all();
-                store.abort(&self.key, &multipart.upload_id).await;
+            if let Some(multipart) = self.multipart.take() {
+                multipart.abort().await;
             }
             return Ok(Streamed::Refused { size, sha256 });
         }

@@ -134,6 +134,19 @@ async fn conditional_store(
     test_support::http::TestServer,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
+    fake_store(existing, false).await
+}
+
+/// [`conditional_store`], or with `refuses_condition` one that answers 501
+/// NotImplemented to any write carrying `If-None-Match` (as stores that do
+/// not implement conditional writes may).
+async fn fake_store(
+    existing: Option<usize>,
+    refuses_condition: bool,
+) -> (
+    test_support::http::TestServer,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     use std::sync::{Arc, Mutex};
     let log = Arc::new(Mutex::new(Vec::new()));
     let seen = log.clone();
@@ -157,6 +170,13 @@ async fn conditional_store(
             .to_owned();
             seen.lock().unwrap().push(format!("{method} {condition}"));
             let _ = test_support::http::read_body(req, 16 * 1024 * 1024).await;
+            if refuses_condition && condition != "-" {
+                return test_support::http::response(
+                    501,
+                    "application/xml",
+                    "<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message></Error>",
+                );
+            }
             match (method.as_str(), existing) {
                 ("CREATE", _) => test_support::http::response(
                     200,
@@ -381,4 +401,39 @@ async fn a_streamed_blob_whose_bytes_miss_the_key_is_aborted_not_completed() {
     assert_eq!(log.first().map(String::as_str), Some("CREATE -"));
     assert!(log.iter().any(|l| l == "ABORT -"), "{log:?}");
     assert!(!log.iter().any(|l| l.starts_with("COMPLETE")), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_the_condition_gets_the_write_without_it() {
+    let (server, log) = fake_store(None, true).await;
+    let store = store_with_small_parts(server.base_url()).await;
+    let outcome = store
+        .upload_blob("blobs/k.jpg", &in_memory(b"fresh"), None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, crate::PutOutcome::Stored);
+    let done = stream(&store, &vec![7u8; 11 * 1024 * 1024]).await;
+    assert!(
+        matches!(
+            done,
+            crate::Streamed::Archived {
+                outcome: crate::PutOutcome::Stored,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "PUT *",
+            "PUT -",
+            "CREATE -",
+            "PART -",
+            "PART -",
+            "PART -",
+            "COMPLETE *",
+            "COMPLETE -"
+        ]
+    );
 }

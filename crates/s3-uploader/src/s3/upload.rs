@@ -126,11 +126,17 @@ impl S3Store {
     ) -> Result<PutOutcome, StoreError> {
         let sha256 = file.sha256.as_bytes();
         let body = || Body::Memory(bytes.clone());
-        let created = self
+        match self
             .put_object(key, body(), sha256, content_type, true, true)
-            .await?;
-        if created {
-            return Ok(PutOutcome::Stored);
+            .await?
+        {
+            CreateOnly::Created => return Ok(PutOutcome::Stored),
+            CreateOnly::Exists => {}
+            CreateOnly::NotSupported => {
+                self.put_single(key, body(), sha256, content_type, true)
+                    .await?;
+                return Ok(PutOutcome::Stored);
+            }
         }
         match self.existing_size(key).await? {
             Some(size) if size == file.size as i64 => return Ok(PutOutcome::AlreadyPresent),
@@ -232,8 +238,8 @@ impl S3Store {
             .map(|_| ())
     }
 
-    /// [`S3Store::put_single`], with `If-None-Match: *` if `create_only`:
-    /// `Ok(false)` when the store answered 412 (an object is there).
+    /// [`S3Store::put_single`], with `If-None-Match: *` if `create_only`
+    /// (see [`CreateOnly`]).
     async fn put_object(
         &self,
         key: &str,
@@ -242,7 +248,7 @@ impl S3Store {
         content_type: Option<&str>,
         is_blob: bool,
         create_only: bool,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<CreateOnly, StoreError> {
         let len = body.len();
         let body = body.into_stream().await?;
         let (lock_mode, retain_until) = self.retain_until();
@@ -269,9 +275,10 @@ impl S3Store {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(true),
-            Err(e) if create_only && e.raw_response().map(|r| r.status().as_u16()) == Some(412) => {
-                Ok(false)
+            Ok(_) => Ok(CreateOnly::Created),
+            Err(e) if create_only => {
+                CreateOnly::refused(e.raw_response().map(|r| r.status().as_u16()))
+                    .ok_or_else(|| self.err("PutObject", key, e))
             }
             Err(e) => Err(self.err("PutObject", key, e)),
         }
@@ -397,16 +404,15 @@ impl S3Store {
     }
 
     /// CompleteMultipartUpload of `parts` (in any order), with
-    /// `If-None-Match: *` if `create_only`: `Ok(false)` when the store
-    /// answered 412 (an object is there; the upload is left to the
-    /// caller to abort).
+    /// `If-None-Match: *` if `create_only` (see [`CreateOnly`]; when an
+    /// object is there, the upload is left to the caller to abort).
     pub(super) async fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         mut parts: Vec<CompletedPart>,
         create_only: bool,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<CreateOnly, StoreError> {
         parts.sort_by_key(|p| p.part_number());
         let result = self
             .client
@@ -425,9 +431,10 @@ impl S3Store {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(true),
-            Err(e) if create_only && e.raw_response().map(|r| r.status().as_u16()) == Some(412) => {
-                Ok(false)
+            Ok(_) => Ok(CreateOnly::Created),
+            Err(e) if create_only => {
+                CreateOnly::refused(e.raw_response().map(|r| r.status().as_u16()))
+                    .ok_or_else(|| self.err("CompleteMultipartUpload", key, e))
             }
             Err(e) => Err(self.err("CompleteMultipartUpload", key, e)),
         }
@@ -481,6 +488,34 @@ impl S3Store {
         if let Err(e) = result {
             let e = self.err("AbortMultipartUpload", key, e);
             tracing::warn!(key, error = %e, "could not abort a failed multipart upload");
+        }
+    }
+}
+
+/// What a write with `If-None-Match: *` came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CreateOnly {
+    /// Written: there was no object at the key, or the store ignores the
+    /// condition (Garage 2.5 does) and wrote over it.
+    Created,
+    /// 412: an object is at the key; nothing was written.
+    Exists,
+    /// 501: the store refuses the condition rather than ignoring it;
+    /// nothing was written, and the write goes again without it.
+    NotSupported,
+}
+
+impl CreateOnly {
+    /// What a conditional write refused with HTTP `status` came to, if it
+    /// is one of these.
+    fn refused(status: Option<u16>) -> Option<Self> {
+        match status {
+            Some(412) => Some(CreateOnly::Exists),
+            Some(501) => {
+                tracing::debug!("the store does not implement If-None-Match; writing without it");
+                Some(CreateOnly::NotSupported)
+            }
+            _ => None,
         }
     }
 }
