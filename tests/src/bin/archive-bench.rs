@@ -390,14 +390,17 @@ fn rclone_object_count(garage: &Garage, host: &str, w: &Workload) -> usize {
 }
 
 fn svg_chart(rows: &[(String, f64, f64)], rss: &[(String, u64)]) -> String {
-    let (w, h) = (760.0, 360.0);
+    let (x0, y0, plot_h, group_w) = (60.0, 300.0, 240.0, 160.0);
+    // Wide enough for every group and the legend beside them; tall enough
+    // for the legend's lines.
+    let legend_x = x0 + rows.len() as f64 * (group_w + 40.0);
+    let (w, h) = (legend_x + 420.0, (150.0 + 18.0 * rss.len() as f64).max(360.0));
     let max = rows.iter().flat_map(|r| [r.1, r.2]).fold(1.0f64, f64::max) * 1.15;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"20\" y=\"22\" font-size=\"15\">Archive throughput, MB/s (higher is better): media-archiver vs rclone copy</text>\n"
     );
-    let (x0, y0, plot_h, group_w) = (60.0, 300.0, 240.0, 160.0);
     for (g, (name, ours, rclone)) in rows.iter().enumerate() {
         let gx = x0 + g as f64 * (group_w + 40.0);
         for (k, (value, colour, label)) in [
@@ -419,19 +422,22 @@ fn svg_chart(rows: &[(String, f64, f64)], rss: &[(String, u64)]) -> String {
                 y0 - bh - 4.0
             );
         }
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{name}</text>",
-            gx + group_w / 2.0,
-            y0 + 18.0
-        );
+        // "size (announcer)" on two lines: one would overrun its group.
+        let (size, announcer) = name.split_once(" (").unwrap_or((name.as_str(), ""));
+        for (line, text) in [size, announcer.trim_end_matches(')')].iter().enumerate() {
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{text}</text>",
+                gx + group_w / 2.0,
+                y0 + 18.0 + 15.0 * line as f64
+            );
+        }
     }
     let _ = writeln!(
         svg,
         "<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{:.0}\" y2=\"{y0}\" stroke=\"black\"/>",
         w - 20.0
     );
-    let legend_x = x0 + rows.len() as f64 * (group_w + 40.0);
     let _ = writeln!(
         svg,
         "<rect x=\"{legend_x:.0}\" y=\"60\" width=\"12\" height=\"12\" fill=\"#2b6cb0\"/><text x=\"{:.0}\" y=\"71\">media-archiver</text>\n\
