@@ -394,7 +394,10 @@ fn svg_chart(rows: &[(String, f64, f64)], rss: &[(String, u64)]) -> String {
     // Wide enough for every group and the legend beside them; tall enough
     // for the legend's lines.
     let legend_x = x0 + rows.len() as f64 * (group_w + 40.0);
-    let (w, h) = (legend_x + 420.0, (150.0 + 18.0 * rss.len() as f64).max(360.0));
+    let (w, h) = (
+        legend_x + 420.0,
+        (150.0 + 18.0 * rss.len() as f64).max(360.0),
+    );
     let max = rows.iter().flat_map(|r| [r.1, r.2]).fold(1.0f64, f64::max) * 1.15;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\

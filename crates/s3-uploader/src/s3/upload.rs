@@ -11,9 +11,13 @@
 //! HeadObject that saved the upload of a repeat cost a round trip on every
 //! new file, and repeats are the rare case. With object lock configured,
 //! the HeadObject comes first anyway, so that a retained blob is never
-//! written twice. A spool file: HeadObject (same size already there:
-//! done); up to `part_size` bytes: the spool hashed and checked, then one
-//! PutObject;
+//! written twice. A spool file (larger than `in_memory_max_bytes`, or of
+//! unannounced size): HeadObject first (same size already there: done),
+//! deliberately: one round trip is small beside a transfer of more than
+//! 1 MiB, and a video forwarded to many chats, WhatsApp's common repeat,
+//! is then not sent again (a conditional write would learn of the repeat
+//! only after the upload); up to `part_size` bytes: the spool hashed and
+//! checked, then one PutObject;
 //! larger: multipart, each part hashed from the spool and then sent with its
 //! checksum, at most `max_parallel_parts` at once, CompleteMultipartUpload
 //! only after the whole-file hash matched, AbortMultipartUpload on any
