@@ -45,6 +45,9 @@ pub(crate) struct Settings {
     pub(crate) retry: RetryPolicy,
     /// `[storage]`: which store to open.
     pub(crate) storage: StorageSettings,
+    /// `[accounts.storage]`: the accounts with a store of their own, by
+    /// name, in file order.
+    pub(crate) account_storage: Vec<(String, StorageSettings)>,
     /// `[workers]`.
     pub(crate) workers: WorkerConfig,
     /// `[fetch]`.
@@ -87,6 +90,10 @@ struct Config {
     log: Log,
     /// The entries that read, each with its index in the file.
     accounts: Vec<(usize, AccountConfig)>,
+    /// `[accounts.storage]` of the entries that have one, by index in the
+    /// file (read here rather than by the providers, which must not know
+    /// about stores).
+    account_storage: Vec<(usize, StorageConfig)>,
 }
 
 const SECTIONS: [&str; 8] = [
@@ -153,13 +160,25 @@ impl Config {
             fetch: section(table, "fetch", problems),
             log: section(table, "log", problems),
             accounts: Vec::new(),
+            account_storage: Vec::new(),
         };
         match table.get("accounts") {
             None => {}
             Some(toml::Value::Array(entries)) => {
                 for (i, entry) in entries.iter().enumerate() {
                     let name = entry.get("name").and_then(toml::Value::as_str);
-                    match AccountConfig::deserialize(entry.clone()) {
+                    let mut entry = entry.clone();
+                    if let Some(storage) = entry.as_table_mut().and_then(|t| t.remove("storage")) {
+                        match StorageConfig::deserialize(storage) {
+                            Ok(storage) => config.account_storage.push((i, storage)),
+                            Err(e) => problems.push(format!(
+                                "{}: storage: {}",
+                                account_label(i, name),
+                                one_line(&e.to_string())
+                            )),
+                        }
+                    }
+                    match AccountConfig::deserialize(entry) {
                         Ok(account) => config.accounts.push((i, account)),
                         Err(e) => problems.push(format!(
                             "{}: {}",
@@ -194,6 +213,7 @@ impl Config {
                 self.log.format
             ));
         }
+        let account_storage = self.account_storage(problems);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let providers = self.build_providers(&clock, problems);
         Some(Settings {
@@ -201,6 +221,7 @@ impl Config {
             queue: queue?,
             retry: self.retry,
             storage: storage?,
+            account_storage: account_storage?,
             workers: self.workers.clone(),
             fetch: self.fetch.clone(),
             log: Log {
@@ -209,6 +230,37 @@ impl Config {
             providers: providers?,
             clock,
         })
+    }
+
+    /// Each `[accounts.storage]` checked, its secrets resolved; problems
+    /// name the account (`accounts[1] (shop): storage.s3: bucket: ...`).
+    fn account_storage(
+        &self,
+        problems: &mut Vec<String>,
+    ) -> Option<Vec<(String, StorageSettings)>> {
+        let mut checked = Vec::new();
+        let mut complete = true;
+        for (i, storage) in &self.account_storage {
+            let Some(name) = self
+                .accounts
+                .iter()
+                .find(|(j, _)| j == i)
+                .map(|(_, a)| a.name())
+            else {
+                complete = false; // the entry did not read; its problems are listed
+                continue;
+            };
+            match storage.validate() {
+                Ok(settings) => checked.push((name.as_str().to_owned(), settings)),
+                Err(found) => {
+                    complete = false;
+                    let label = account_label(*i, Some(name.as_str()));
+                    // The section's own check names `storage.s3: ...`.
+                    problems.extend(found.into_iter().map(|p| format!("{label}: {p}")));
+                }
+            }
+        }
+        complete.then_some(checked)
     }
 
     /// One adapter per account, its secrets resolved, on the provider API

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use retry_queue::{JobQueue, PgQueue, QueueError, QueueSettings, SqliteQueue};
-use s3_uploader::{FsStore, ObjectStore, S3Store, StorageSettings};
+use s3_uploader::Archives;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use webhook_receiver::{Readiness, Receiver};
@@ -73,15 +73,15 @@ pub(crate) async fn open_queue(config: &Settings) -> Result<Arc<dyn JobQueue>, S
     Ok(Arc::new(queue))
 }
 
-/// `/readyz`: the queue and the store both answer.
+/// `/readyz`: the queue and every account's store answer.
 #[derive(Debug)]
-struct QueueAndStore {
+struct QueueAndStores {
     queue: Arc<dyn JobQueue>,
-    store: Arc<dyn ObjectStore>,
+    archives: Archives,
 }
 
 #[async_trait::async_trait]
-impl Readiness for QueueAndStore {
+impl Readiness for QueueAndStores {
     async fn check(&self) -> Result<(), String> {
         let limit = Duration::from_secs(3);
         match tokio::time::timeout(limit, self.queue.ping()).await {
@@ -89,28 +89,36 @@ impl Readiness for QueueAndStore {
             Ok(Err(e)) => return Err(format!("queue: {e}")),
             Err(_) => return Err("queue: no answer within 3s".into()),
         }
-        match tokio::time::timeout(limit, self.store.ping()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("store: {e}")),
-            Err(_) => Err("store: no answer within 3s".into()),
-        }
+        // Every store at once: a slow one costs the 3 s once, not per store.
+        let pings = self.archives.all().iter().map(|archive| async move {
+            match tokio::time::timeout(limit, archive.store.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("store ({}): {e}", archive.description)),
+                Err(_) => Err(format!(
+                    "store ({}): no answer within 3s",
+                    archive.description
+                )),
+            }
+        });
+        futures_util::future::join_all(pings)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, String>>()
+            .map(|_| ())
     }
 }
 
-/// The configured archive store (no request made yet).
-pub(crate) async fn open_store(config: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    Ok(match &config.storage {
-        StorageSettings::S3(s3) => Arc::new(S3Store::connect(s3.clone()).await),
-        StorageSettings::Fs { path } => {
-            Arc::new(FsStore::open(path).context("cannot open the archive folder")?)
-        }
-    })
+/// Every account's archive (no request made yet).
+pub(crate) async fn open_archives(config: &Settings) -> anyhow::Result<Archives> {
+    Archives::open(&config.storage, &config.account_storage)
+        .await
+        .context("cannot open the archive")
 }
 
 /// Runs the daemon on checked settings until SIGTERM or Ctrl-C, then drains.
 pub(crate) async fn serve(config: Settings) -> Result<(), ServeError> {
     let providers = config.providers.clone();
-    let store = open_store(&config).await?;
+    let archives = open_archives(&config).await?;
     let queue = open_queue(&config).await?;
     let fetcher = media_fetch::Fetcher::new(config.fetch.clone())
         .context("cannot prepare the download spool")?;
@@ -132,24 +140,21 @@ pub(crate) async fn serve(config: Settings) -> Result<(), ServeError> {
             queue: queue.clone(),
             providers: providers.clone(),
             fetcher,
-            store: store.clone(),
-            layout: config.storage.layout(),
+            archives: archives.clone(),
             clock: config.clock.clone(),
         },
         config.workers.clone(),
     ));
     let render_metrics = crate::telemetry::install_metrics().context("cannot set up metrics")?;
     let media_index = Arc::new(crate::media_index::ArchiveIndex {
-        store: store.clone(),
-        layout: config.storage.layout(),
-        presign_ttl: config.storage.presign_ttl(),
+        archives: archives.clone(),
     });
     let receiver = Arc::new(
         Receiver::new(
             providers,
             queue.clone(),
             worker.new_work_signal(),
-            Arc::new(QueueAndStore { queue, store }),
+            Arc::new(QueueAndStores { queue, archives }),
             receiver_config,
         )
         .with_metrics(render_metrics)

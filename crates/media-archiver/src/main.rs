@@ -56,6 +56,10 @@ enum Command {
         /// Objects read at once.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
         parallel: u16,
+        /// Only this account's archive (its own `[accounts.storage]`, or
+        /// the global store); by default every distinct archive.
+        #[arg(long)]
+        account: Option<String>,
     },
     /// Enqueue media references without webhooks, from a JSON Lines file
     /// (one reference per line, in the provider's field names), into the
@@ -106,7 +110,11 @@ fn main() -> ExitCode {
     match cli.command {
         // Returned above, before any config is read.
         Command::Jobs(_) | Command::Media(_) => ExitCode::SUCCESS,
-        Command::Verify { parallel, .. } => cli::verify::main(&config, usize::from(parallel)),
+        Command::Verify {
+            parallel,
+            ref account,
+            ..
+        } => cli::verify::main(&config, usize::from(parallel), account.as_deref()),
         Command::Backfill {
             ref account,
             ref input,

@@ -8,20 +8,15 @@
 //! media id (jobs of one message differ by media id), else the first; the
 //! receiver lists each job's, so `GET /api/v1/media` shows them all.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use retry_queue::JobRecord;
-use s3_uploader::{Layout, Manifest, ObjectStore};
+use s3_uploader::{Archive, Archives, Manifest};
 use webhook_receiver::{ArchivedMedia, MediaIndex};
 
-/// Reads manifests at the layout's keys; presigns blob URLs for `ttl`.
+/// Reads a job's manifests in its account's archive, at the layout's
+/// keys; presigns blob URLs for the archive's `presign_ttl`.
 #[derive(Debug)]
 pub(crate) struct ArchiveIndex {
-    pub(crate) store: Arc<dyn ObjectStore>,
-    pub(crate) layout: Layout,
-    /// `storage.s3.presign_ttl` (validated: at most 7 days).
-    pub(crate) presign_ttl: Duration,
+    pub(crate) archives: Archives,
 }
 
 #[async_trait::async_trait]
@@ -41,9 +36,10 @@ impl MediaIndex for ArchiveIndex {
             })
             .unwrap_or(0);
         let (manifest_key, manifest) = found.swap_remove(this_job);
-        let url = self
+        let archive = self.archives.of(&job.account);
+        let url = archive
             .store
-            .presign_get(&manifest.blob_key, self.presign_ttl)
+            .presign_get(&manifest.blob_key, archive.presign_ttl)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Some(ArchivedMedia {
@@ -65,20 +61,16 @@ impl ArchiveIndex {
     async fn manifests_of(&self, job: &JobRecord) -> Result<Vec<(String, Manifest)>, String> {
         use futures_util::TryStreamExt as _;
         let (account, at, id) = (&job.account, job.message_at, &job.message_id);
-        let mut keys = vec![self.layout.manifest_key(account, at, id)];
-        let others = self.layout.other_manifests_prefix(account, at, id);
-        let mut pages = self.store.list(&others, s3_uploader::MAX_LIST_PAGE);
+        let Archive { store, layout, .. } = self.archives.of(account);
+        let mut keys = vec![layout.manifest_key(account, at, id)];
+        let others = layout.other_manifests_prefix(account, at, id);
+        let mut pages = store.list(&others, s3_uploader::MAX_LIST_PAGE);
         while let Some(page) = pages.try_next().await.map_err(|e| e.to_string())? {
             keys.extend(page.into_iter().map(|o| o.key));
         }
         let mut out = Vec::new();
         for key in keys {
-            let Some(bytes) = self
-                .store
-                .get_small(&key)
-                .await
-                .map_err(|e| e.to_string())?
-            else {
+            let Some(bytes) = store.get_small(&key).await.map_err(|e| e.to_string())? else {
                 continue;
             };
             let manifest: Manifest = serde_json::from_slice(&bytes)
@@ -93,7 +85,9 @@ impl ArchiveIndex {
 mod tests {
     use super::*;
     use archiver_core::{JobState, ProviderKind};
-    use s3_uploader::{FsStore, Verification, put_message_manifest};
+    use s3_uploader::{FsStore, Layout, ObjectStore, Verification, put_message_manifest};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     const AT: i64 = 1_767_227_400_000;
 
@@ -144,17 +138,21 @@ mod tests {
     async fn each_job_of_a_message_finds_its_own_manifest_when_the_bytes_differ() {
         let root = tempfile::tempdir().unwrap();
         let layout = Layout::default();
+        let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(root.path()).unwrap());
         let index = ArchiveIndex {
-            store: Arc::new(FsStore::open(root.path()).unwrap()),
-            layout: layout.clone(),
-            presign_ttl: Duration::from_secs(60),
+            archives: Archives::from(Archive {
+                store: store.clone(),
+                layout: layout.clone(),
+                presign_ttl: Duration::from_secs(60),
+                description: "fs (test)".into(),
+            }),
         };
         let (first, second) = (
             manifest(&layout, "media-1", 1),
             manifest(&layout, "media-2", 2),
         );
         for m in [&first, &second] {
-            put_message_manifest(index.store.as_ref(), &layout, m, AT)
+            put_message_manifest(store.as_ref(), &layout, m, AT)
                 .await
                 .unwrap();
         }

@@ -7,7 +7,7 @@ use archiver_core::{Classify, Clock};
 use media_fetch::Fetcher;
 use providers::Provider;
 use retry_queue::{Disposition, JobQueue, JobRecord, Lease};
-use s3_uploader::{Layout, ObjectStore};
+use s3_uploader::Archives;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,10 +32,9 @@ pub struct Stages {
     pub providers: HashMap<String, Arc<dyn Provider>>,
     /// Downloads into the spool.
     pub fetcher: Fetcher,
-    /// The archive.
-    pub store: Arc<dyn ObjectStore>,
-    /// Where blobs and manifests go in the archive.
-    pub layout: Layout,
+    /// Each account's archive (store and layout): the global one, or the
+    /// account's own.
+    pub archives: Archives,
     /// Every wall-clock time the worker writes or compares with a stored
     /// time (park timeouts, `archived_at`, webhook-to-archive latency).
     pub clock: Arc<dyn Clock>,
@@ -199,10 +198,11 @@ impl Worker {
             .providers
             .get(&job.account)
             .ok_or_else(|| JobError::UnknownAccount(job.account.clone()))?;
+        let archive = self.stages.archives.of(&job.account);
         let attempt = Attempt {
             fetcher: &self.stages.fetcher,
-            store: self.stages.store.as_ref(),
-            layout: &self.stages.layout,
+            store: archive.store.as_ref(),
+            layout: &archive.layout,
             clock: self.stages.clock.as_ref(),
         };
         attempt.run(provider.as_ref(), job, progress).await

@@ -31,7 +31,7 @@ use retry_queue::{
     Disposition, Enqueued, JobFilter, JobQueue, JobRecord, JobSpec, Lease, Leased, QueueError,
     QueueStats, RetryPolicy, SqliteQueue, UnixMillis,
 };
-use s3_uploader::{FsStore, Layout};
+use s3_uploader::{Archive, Archives, FsStore, Layout};
 use test_support::files_under;
 use test_support::http::{TestServer, response, text};
 use tokio::sync::{Notify, oneshot, watch};
@@ -354,8 +354,12 @@ impl Setup {
                 queue: self.queue.clone(),
                 providers,
                 fetcher: self.fetcher.clone(),
-                store: self.store.clone(),
-                layout: Layout::default(),
+                archives: Archives::from(Archive {
+                    store: self.store.clone(),
+                    layout: Layout::default(),
+                    presign_ttl: Duration::from_secs(3600),
+                    description: "fs (test)".into(),
+                }),
                 clock: Arc::new(self.clock.clone()),
             },
             config(concurrency),

@@ -3,7 +3,9 @@
 //!
 //! This crate owns the [`ObjectStore`] trait and its two backends
 //! ([`S3Store`], [`FsStore`]), the `[storage]` config section that picks one
-//! ([`StorageConfig`], checked into [`StorageSettings`]), the storage layout
+//! ([`StorageConfig`], checked into [`StorageSettings`]), each account's
+//! archive ([`Archives`]: the global store or the account's own, one store
+//! per distinct configuration), the storage layout
 //! ([`Layout`]), the manifest document ([`Manifest`]) and the store's error
 //! type ([`StoreError`], which classifies itself for the queue through
 //! [`archiver_core::Classify`]). It
@@ -114,6 +116,7 @@
 //! and other 4xx rejections (`KeyTooLongError`, `InvalidArgument`, ...) are
 //! permanent: sending the same request again cannot succeed. Error messages never contain credentials.
 
+mod archives;
 mod config;
 mod error;
 mod fs;
@@ -122,6 +125,7 @@ mod manifest;
 mod s3;
 mod store;
 
+pub use archives::{Archive, Archives};
 pub use config::{StorageConfig, StorageSettings};
 pub use error::StoreError;
 pub use fs::FsStore;

@@ -130,6 +130,42 @@ impl Garage {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Creates bucket `name` with read, write and owner rights for this
+    /// Garage's key (an account with a bucket of its own).
+    pub fn create_bucket(&self, name: &str) {
+        self.cli(&["bucket", "create", name]);
+        self.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            name,
+            "--key",
+            &self.access_key_id,
+        ]);
+    }
+
+    /// Runs the `garage` CLI against this node; panics if it fails.
+    fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(&self.bin)
+            .arg("-c")
+            .arg(self.dir.path().join("garage.toml"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("could not run {}: {e}", self.bin.display()));
+        assert!(
+            output.status.success(),
+            "garage {args:?} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("garage.log")
     }

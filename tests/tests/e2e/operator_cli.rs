@@ -349,3 +349,148 @@ async fn media_api_on_fs_answers_keys_without_url_and_clear_errors() {
         .unwrap();
     assert_eq!(no_token.status.code(), Some(2), "usage: no token");
 }
+
+/// Two accounts, two buckets in one Garage: `green` on the global store,
+/// `shop` on its own bucket and prefix (`[accounts.storage]`). Each
+/// account's keys are only in its store, and `media find`, `verify` and
+/// `/readyz` read each account's.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_with_its_own_bucket_is_archived_found_and_verified_only_there() {
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    garage.create_bucket("tenant-shop");
+    let global = StoreUnderTest::garage(&garage);
+    let own = StoreUnderTest::S3 {
+        endpoint: garage.endpoint.clone(),
+        bucket: "tenant-shop".into(),
+        access_key_id: garage.access_key_id.clone(),
+        secret_access_key: garage.secret_access_key.clone(),
+    };
+    let fake = FakeGreenApi::start().await;
+    let shop = accounts::green_api(&fake).replace("name = \"green\"", "name = \"shop\"")
+        + &format!(
+            "[accounts.storage]\nbackend = \"s3\"\n[accounts.storage.s3]\nbucket = \"tenant-shop\"\n\
+             prefix = \"whatsapp/\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\nforce_path_style = true\n\
+             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+            garage.endpoint, garage.access_key_id, garage.secret_access_key
+        );
+    let daemon = Daemon::start_in_temp_dir(&config(&global, &(accounts::green_api(&fake) + &shop)));
+    let mut archived = Vec::new();
+    for (account, id) in [("green", "TENANTG1"), ("shop", "TENANTS1")] {
+        let content = bytes(40_000, id.len() as u64 + account.len() as u64);
+        let url = fake.add_file(CHAT, id, content.clone(), "image/jpeg", "file");
+        let hook = fake.file_webhook(
+            "incomingMessageReceived",
+            "imageMessage",
+            CHAT,
+            id,
+            &url,
+            now(),
+        );
+        let (status, answer) = daemon.webhook(account, &hook, WEBHOOK_TOKEN).await;
+        assert_eq!(status, 200, "{answer}");
+        daemon
+            .wait_for_job(&format!("{account}:{id}"), "done", WAIT)
+            .await;
+        archived.push(content);
+    }
+    let (green_bytes, shop_bytes) = (&archived[0], &archived[1]);
+
+    let dir = &daemon.workdir;
+    let (global_keys, own_keys) = (
+        Archive::of(&global, dir).keys("").await,
+        Archive::of(&own, dir).keys("").await,
+    );
+    assert!(
+        global_keys.contains(&blob_key(green_bytes, ".jpg")),
+        "{global_keys:?}"
+    );
+    assert!(
+        global_keys
+            .iter()
+            .all(|k| !k.starts_with("whatsapp/") && !k.contains("/shop/")),
+        "nothing of shop's in the global bucket: {global_keys:?}"
+    );
+    assert!(
+        own_keys.contains(&format!("whatsapp/{}", blob_key(shop_bytes, ".jpg"))),
+        "{own_keys:?}"
+    );
+    assert!(
+        own_keys
+            .iter()
+            .all(|k| k.starts_with("whatsapp/") && !k.contains("/green/")),
+        "nothing but shop's in its bucket: {own_keys:?}"
+    );
+    assert!(
+        own_keys
+            .iter()
+            .any(|k| k.starts_with("whatsapp/messages/shop/"))
+    );
+
+    // media find reads shop's bucket and presigns from it.
+    let found = cli::run(
+        dir,
+        &[
+            "media",
+            "find",
+            "--account",
+            "shop",
+            "--message-id",
+            "TENANTS1",
+            "--url",
+            &daemon.base_url,
+            "--json",
+        ],
+    );
+    let (stdout, stderr) = text(&found);
+    assert_eq!(found.status.code(), Some(0), "{stdout}{stderr}");
+    let answer: Value = serde_json::from_str(&stdout).unwrap();
+    let object = &answer["objects"][0];
+    assert_eq!(
+        object["blob_key"],
+        format!("whatsapp/{}", blob_key(shop_bytes, ".jpg"))
+    );
+    let url = object["url"].as_str().expect("a presigned URL");
+    assert!(url.contains("/tenant-shop/"), "{url}");
+    let download = reqwest::get(url).await.unwrap();
+    assert!(download.bytes().await.unwrap() == *shop_bytes);
+
+    // verify: every distinct archive, or one account's.
+    let all = verify(dir);
+    let (stdout, stderr) = text(&all);
+    assert_eq!(all.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("verified s3 bucket media-archiver-test (prefix \"\")"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("verified s3 bucket tenant-shop (prefix \"whatsapp/\")"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("blobs checked:     1").count(),
+        2,
+        "{stdout}"
+    );
+    let one = cli::run(
+        dir,
+        &["verify", "--config", "config.toml", "--account", "shop"],
+    );
+    let (stdout, stderr) = text(&one);
+    assert_eq!(one.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("tenant-shop") && !stdout.contains("media-archiver-test"),
+        "{stdout}"
+    );
+    let unknown = cli::run(
+        dir,
+        &["verify", "--config", "config.toml", "--account", "nobody"],
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+
+    let ready = reqwest::get(format!("{}/readyz", daemon.base_url))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}

@@ -33,19 +33,7 @@ pub(crate) fn summary(config: &Settings) -> String {
         ),
     };
     let _ = writeln!(out, "queue: {queue}");
-    let storage = match &config.storage {
-        StorageSettings::S3(s3) => {
-            let s3 = s3.config();
-            format!(
-                "s3 (bucket {}, endpoint {}, prefix {:?})",
-                s3.bucket,
-                s3.endpoint.as_deref().unwrap_or("AWS default"),
-                s3.prefix
-            )
-        }
-        StorageSettings::Fs { path } => format!("fs ({})", path.display()),
-    };
-    let _ = writeln!(out, "storage: {storage}");
+    let _ = writeln!(out, "storage: {}", storage(&config.storage));
     let _ = writeln!(out, "accounts:");
     for name in config.account_names() {
         let provider = &config.providers[name];
@@ -59,6 +47,9 @@ pub(crate) fn summary(config: &Settings) -> String {
             "  {name}: {} ({auth}) -> POST /webhooks/{name}",
             provider.kind()
         );
+        if let Some((_, own)) = config.account_storage.iter().find(|(a, _)| a == name) {
+            let _ = writeln!(out, "    storage: {}", storage(own));
+        }
     }
     if config.fetch.allow_private_networks {
         let _ = writeln!(
@@ -67,4 +58,20 @@ pub(crate) fn summary(config: &Settings) -> String {
         );
     }
     out
+}
+
+/// A store, as the summary names it (never credentials).
+fn storage(settings: &StorageSettings) -> String {
+    match settings {
+        StorageSettings::S3(s3) => {
+            let s3 = s3.config();
+            format!(
+                "s3 (bucket {}, endpoint {}, prefix {:?})",
+                s3.bucket,
+                s3.endpoint.as_deref().unwrap_or("AWS default"),
+                s3.prefix
+            )
+        }
+        StorageSettings::Fs { path } => format!("fs ({})", path.display()),
+    }
 }

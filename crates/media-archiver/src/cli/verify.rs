@@ -1,5 +1,7 @@
-//! `media-archiver verify`: a scrub of the archive, straight from the store
-//! named in the config (no daemon needed).
+//! `media-archiver verify`: a scrub of the archive, straight from the stores
+//! named in the config (no daemon needed): every distinct archive (the
+//! global `[storage]` and each `[accounts.storage]`), or with `--account`
+//! that account's.
 //!
 //! Two passes, each a paged listing (memory: one page plus `--parallel`
 //! reads of one chunk each, whatever the archive's size):
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use s3_uploader::{Layout, Manifest, ObjectInfo, ObjectStore, StorageSettings};
+use s3_uploader::{Layout, Manifest, ObjectInfo, ObjectStore};
 
 use crate::cli::{self, Findings};
 use crate::config::Settings;
@@ -61,44 +63,56 @@ impl Report {
     }
 }
 
-/// `media-archiver verify`: scrubs the archive of `config` and prints the
-/// summary; the process exit code (0 clean, 1 mismatch or failure).
-pub(crate) fn main(config: &Settings, parallel: usize) -> ExitCode {
+/// `media-archiver verify`: scrubs every distinct archive of `config` (or
+/// only `account`'s) and prints a summary for each; the process exit code
+/// (0 clean, 1 mismatch or failure, 2 an account that is not configured).
+pub(crate) fn main(config: &Settings, parallel: usize, account: Option<&str>) -> ExitCode {
+    if let Some(account) = account
+        && !config.providers.contains_key(account)
+    {
+        eprintln!(
+            "error: account {account:?} is not configured (accounts: {})",
+            config.account_names().join(", ")
+        );
+        return ExitCode::from(2);
+    }
     cli::block_on(tokio::runtime::Builder::new_multi_thread(), async {
-        let store = match daemon::open_store(config).await {
-            Ok(store) => store,
+        let archives = match daemon::open_archives(config).await {
+            Ok(archives) => archives,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 return ExitCode::FAILURE;
             }
         };
-        let layout = config.storage.layout();
-        match scrub(store, &layout, parallel).await {
-            Ok(report) => {
-                print!("{}", report.summary(&describe(config)));
-                if report.problems.count() == 0 {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
+        let chosen = match account {
+            Some(account) => vec![archives.of(account).clone()],
+            None => archives.all().to_vec(),
+        };
+        let mut clean = true;
+        for (i, archive) in chosen.into_iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            match scrub(archive.store.clone(), &archive.layout, parallel).await {
+                Ok(report) => {
+                    print!("{}", report.summary(&archive.description));
+                    clean &= report.problems.count() == 0;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot list the archive ({}): {e}",
+                        archive.description
+                    );
+                    clean = false;
                 }
             }
-            Err(e) => {
-                eprintln!("error: cannot list the archive: {e}");
-                ExitCode::FAILURE
-            }
+        }
+        if clean {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         }
     })
-}
-
-/// The archive, for the summary (never credentials).
-fn describe(config: &Settings) -> String {
-    match &config.storage {
-        StorageSettings::S3(s3) => {
-            let s3 = s3.config();
-            format!("s3 bucket {} (prefix {:?})", s3.bucket, s3.prefix)
-        }
-        StorageSettings::Fs { path } => format!("fs {}", path.display()),
-    }
 }
 
 /// Scrubs the archive behind `store`, `parallel` objects at a time.

@@ -409,3 +409,66 @@ proptest::proptest! {
         proptest::prop_assert_eq!(outcome(&text), outcome(&text));
     }
 }
+
+#[test]
+fn an_account_s_own_store_is_read_from_its_table_and_checked_with_every_other_problem() {
+    let ok = format!(
+        "{MINIMAL}[accounts.storage]\nbackend = \"s3\"\n[accounts.storage.s3]\n\
+         bucket = \"tenant-shop-media\"\nprefix = \"whatsapp/\"\n"
+    );
+    let settings = Settings::parse(&ok).unwrap();
+    let [(account, StorageSettings::S3(s3))] = settings.account_storage.as_slice() else {
+        panic!("{:?}", settings.account_storage)
+    };
+    assert_eq!(account, "green-main");
+    assert_eq!(s3.config().bucket, "tenant-shop-media");
+    assert!(
+        matches!(settings.storage, StorageSettings::Fs { .. }),
+        "the global store is untouched"
+    );
+    let summary = crate::cli::check_config::summary(&settings);
+    assert!(
+        summary.contains(
+            "    storage: s3 (bucket tenant-shop-media, endpoint AWS default, prefix \"whatsapp/\")"
+        ),
+        "{summary}"
+    );
+
+    let text = r#"
+        [[accounts]]
+        name = "a"
+        provider = "greenapi"
+        id_instance = 1
+        api_token = "t"
+        webhook_token = "w"
+        [accounts.storage]
+        backend = "s3"
+        [accounts.storage.s3]
+        bucket = ""
+        part_size = 1
+        [[accounts]]
+        name = "b"
+        provider = "cloudapi"
+        access_token = "t"
+        app_secret = "s"
+        verify_token = "v"
+        [accounts.storage]
+        backend = "ftp"
+        [[accounts]]
+        name = "c"
+        provider = "greenapi"
+        id_instance = 3
+        api_token = "t"
+        webhook_token = "w"
+        storage = { backend = "s3" }
+    "#;
+    let all = Settings::parse(text).unwrap_err().0.join("\n");
+    for expected in [
+        "accounts[0] (a): storage.s3: bucket",
+        "accounts[0] (a): storage.s3: part_size",
+        "accounts[1] (b): storage: unknown variant `ftp`",
+        "accounts[2] (c): storage: s3: required when backend = \"s3\"",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+}

@@ -26,7 +26,7 @@ const MAX_PARALLEL_PARTS: usize = 32;
 const MAX_STREAM_BUFFERS: usize = 256;
 
 /// `[storage.s3]`, as written in the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
     /// Bucket name; required.
