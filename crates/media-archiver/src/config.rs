@@ -169,6 +169,10 @@ impl Config {
                     let name = entry.get("name").and_then(toml::Value::as_str);
                     let mut entry = entry.clone();
                     if let Some(storage) = entry.as_table_mut().and_then(|t| t.remove("storage")) {
+                        if let Some(problem) = isolation_problem(&storage) {
+                            problems
+                                .push(format!("{}: storage: {problem}", account_label(i, name)));
+                        }
                         match StorageConfig::deserialize(storage) {
                             Ok(storage) => config.account_storage.push((i, storage)),
                             Err(e) => problems.push(format!(
@@ -299,6 +303,23 @@ impl Config {
             }
         }
         complete.then_some(providers)
+    }
+}
+
+/// What `[storage]` lets pass but an account's own store must not: its
+/// point is isolation, so a section for another backend than the one in
+/// use (a forgotten `backend = "s3"` would archive the tenant to a local
+/// folder) and a folder left at the global default are refused.
+fn isolation_problem(storage: &toml::Value) -> Option<&'static str> {
+    let backend = storage.get("backend").and_then(toml::Value::as_str);
+    match backend {
+        None | Some("fs") if storage.get("s3").is_some() => Some(
+            "an s3 section is given but backend is not \"s3\" (without backend = \"s3\" the account would archive to a local folder)",
+        ),
+        None | Some("fs") if storage.get("path").is_none() => {
+            Some("backend = \"fs\" needs a path of its own")
+        }
+        _ => None,
     }
 }
 

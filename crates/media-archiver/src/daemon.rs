@@ -90,16 +90,20 @@ impl Readiness for QueueAndStores {
             Err(_) => return Err("queue: no answer within 3s".into()),
         }
         // Every store at once: a slow one costs the 3 s once, not per store.
-        let pings = self.archives.all().iter().map(|archive| async move {
-            match tokio::time::timeout(limit, archive.store.ping()).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(format!("store ({}): {e}", archive.description)),
-                Err(_) => Err(format!(
-                    "store ({}): no answer within 3s",
-                    archive.description
-                )),
-            }
-        });
+        let pings = self
+            .archives
+            .stores()
+            .into_iter()
+            .map(|archive| async move {
+                match tokio::time::timeout(limit, archive.store.ping()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("store ({}): {e}", archive.description)),
+                    Err(_) => Err(format!(
+                        "store ({}): no answer within 3s",
+                        archive.description
+                    )),
+                }
+            });
         futures_util::future::join_all(pings)
             .await
             .into_iter()

@@ -92,23 +92,32 @@ impl Archives {
         &self.distinct[index]
     }
 
-    /// Each distinct archive once, the global one first (readiness, a
-    /// scrub of everything).
-    pub fn all(&self) -> &[Archive] {
-        &self.distinct
-    }
-
-    /// The number of distinct stores (S3 clients or folders) behind the
-    /// archives.
-    pub fn store_count(&self) -> usize {
-        let mut seen: Vec<*const ()> = Vec::new();
+    /// Each distinct archive once, the global one first: one store and
+    /// layout, whatever the accounts on it and their presigned URLs'
+    /// lifetime (a scrub of everything reads each object once).
+    pub fn all(&self) -> Vec<&Archive> {
+        let mut out: Vec<&Archive> = Vec::new();
         for archive in &self.distinct {
-            let at = Arc::as_ptr(&archive.store).cast::<()>();
-            if !seen.contains(&at) {
-                seen.push(at);
+            let seen = out
+                .iter()
+                .any(|a| Arc::ptr_eq(&a.store, &archive.store) && a.layout == archive.layout);
+            if !seen {
+                out.push(archive);
             }
         }
-        seen.len()
+        out
+    }
+
+    /// Each distinct store once (an S3 client or a folder), with an
+    /// archive on it: what `/readyz` pings.
+    pub fn stores(&self) -> Vec<&Archive> {
+        let mut out: Vec<&Archive> = Vec::new();
+        for archive in &self.distinct {
+            if !out.iter().any(|a| Arc::ptr_eq(&a.store, &archive.store)) {
+                out.push(archive);
+            }
+        }
+        out
     }
 }
 
@@ -135,7 +144,11 @@ async fn open(settings: &StorageSettings) -> Result<Arc<dyn ObjectStore>, StoreE
 /// the layout and the archive carry, not the store).
 fn same_store(a: &StorageSettings, b: &StorageSettings) -> bool {
     match (a, b) {
-        (StorageSettings::Fs { path: a }, StorageSettings::Fs { path: b }) => a == b,
+        // `data/archive` and `./data/archive` are one folder.
+        (StorageSettings::Fs { path: a }, StorageSettings::Fs { path: b }) => {
+            let canonical = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+            canonical(a) == canonical(b)
+        }
         (StorageSettings::S3(a), StorageSettings::S3(b)) => {
             let (mut a, mut b) = (a.config().clone(), b.config().clone());
             a.prefix.clear();
@@ -197,7 +210,7 @@ mod tests {
             3,
             "global, shop's prefix, bank's bucket"
         );
-        assert_eq!(archives.store_count(), 2, "one client per bucket");
+        assert_eq!(archives.stores().len(), 2, "one client per bucket");
         assert_eq!(archives.of("shop").layout, Layout::new("shop/"));
         assert_eq!(
             archives.of("bank").description,
@@ -226,7 +239,11 @@ mod tests {
         };
         let archives = Archives::open(
             &fs("all"),
-            &[("a".into(), fs("a")), ("b".into(), fs("all"))],
+            &[
+                ("a".into(), fs("a")),
+                ("b".into(), fs("all")),
+                ("d".into(), fs("a/../all")),
+            ],
         )
         .await
         .unwrap();
@@ -236,5 +253,41 @@ mod tests {
             &archives.of("c").store
         ));
         assert!(dir.path().join("a").is_dir(), "opened (created)");
+        assert!(
+            Arc::ptr_eq(&archives.of("d").store, &archives.of("c").store),
+            "one folder, two spellings"
+        );
+    }
+
+    fn s3_with(config: S3Config) -> StorageSettings {
+        StorageConfig::S3(S3Config {
+            bucket: "media".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            ..config
+        })
+        .validate()
+        .unwrap()
+    }
+
+    /// An archive that differs only in its URLs' lifetime is the same data:
+    /// scrubbed once, pinged once, but presigning with its own lifetime.
+    #[tokio::test]
+    async fn a_different_presign_ttl_is_its_own_archive_but_the_same_data() {
+        let archives = Archives::open(
+            &s3_with(S3Config::default()),
+            &[(
+                "shop".into(),
+                s3_with(S3Config {
+                    presign_ttl: Duration::from_secs(600),
+                    ..S3Config::default()
+                }),
+            )],
+        )
+        .await
+        .unwrap();
+        assert_eq!(archives.of("shop").presign_ttl, Duration::from_secs(600));
+        assert_eq!(archives.of("other").presign_ttl, Duration::from_secs(3600));
+        assert_eq!(archives.all().len(), 1);
+        assert_eq!(archives.stores().len(), 1);
     }
 }

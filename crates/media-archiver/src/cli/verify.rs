@@ -86,7 +86,7 @@ pub(crate) fn main(config: &Settings, parallel: usize, account: Option<&str>) ->
         };
         let chosen = match account {
             Some(account) => vec![archives.of(account).clone()],
-            None => archives.all().to_vec(),
+            None => archives.all().into_iter().cloned().collect(),
         };
         let mut clean = true;
         for (i, archive) in chosen.into_iter().enumerate() {

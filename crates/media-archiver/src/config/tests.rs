@@ -461,6 +461,21 @@ fn an_account_s_own_store_is_read_from_its_table_and_checked_with_every_other_pr
         api_token = "t"
         webhook_token = "w"
         storage = { backend = "s3" }
+        [[accounts]]
+        name = "d"
+        provider = "greenapi"
+        id_instance = 4
+        api_token = "t"
+        webhook_token = "w"
+        [accounts.storage.s3]
+        bucket = "tenant-d"
+        [[accounts]]
+        name = "e"
+        provider = "greenapi"
+        id_instance = 5
+        api_token = "t"
+        webhook_token = "w"
+        storage = { backend = "fs" }
     "#;
     let all = Settings::parse(text).unwrap_err().0.join("\n");
     for expected in [
@@ -468,6 +483,8 @@ fn an_account_s_own_store_is_read_from_its_table_and_checked_with_every_other_pr
         "accounts[0] (a): storage.s3: part_size",
         "accounts[1] (b): storage: unknown variant `ftp`",
         "accounts[2] (c): storage: s3: required when backend = \"s3\"",
+        "accounts[3] (d): storage: an s3 section is given but backend is not \"s3\"",
+        "accounts[4] (e): storage: backend = \"fs\" needs a path of its own",
     ] {
         assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
     }
