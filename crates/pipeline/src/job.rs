@@ -535,19 +535,33 @@ mod tests {
     use s3_uploader::{ObjectDigest, ObjectPages};
     use tokio::sync::Notify;
 
-    /// A provider whose every message is `BYTES`, inline.
+    /// A provider that resolves every message to `media`.
     #[derive(Debug)]
-    struct InlineProvider(AccountName);
+    struct ResolvingProvider {
+        account: AccountName,
+        media: ResolvedMedia,
+    }
 
     const BYTES: &[u8] = b"the media file";
 
+    /// `BYTES`, inline, no hash vouched for.
+    fn inline_media() -> ResolvedMedia {
+        ResolvedMedia {
+            source: MediaSource::Inline(bytes::Bytes::from_static(BYTES)),
+            expected_sha256: None,
+            details: MediaDetails::default(),
+            encryption: None,
+            size: None,
+        }
+    }
+
     #[async_trait::async_trait]
-    impl Provider for InlineProvider {
+    impl Provider for ResolvingProvider {
         fn kind(&self) -> ProviderKind {
-            ProviderKind::Evolution
+            ProviderKind::Cloudapi
         }
         fn account(&self) -> &AccountName {
-            &self.0
+            &self.account
         }
         fn webhook_auth_configured(&self) -> bool {
             true
@@ -563,13 +577,7 @@ mod tests {
             unimplemented!("not a webhook test")
         }
         async fn resolve(&self, _: JobRef<'_>) -> Result<Resolution, ProviderError> {
-            Ok(Resolution::Fetch(ResolvedMedia {
-                source: MediaSource::Inline(bytes::Bytes::from_static(BYTES)),
-                expected_sha256: None,
-                details: MediaDetails::default(),
-                encryption: None,
-                size: None,
-            }))
+            Ok(Resolution::Fetch(self.media.clone()))
         }
     }
 
@@ -639,7 +647,7 @@ mod tests {
         fetcher: Fetcher,
         store: ScriptedStore,
         layout: Layout,
-        provider: InlineProvider,
+        provider: ResolvingProvider,
         job: JobRecord,
     }
 
@@ -678,7 +686,10 @@ mod tests {
                     uploading: Arc::new(Notify::new()),
                 },
                 layout: Layout::default(),
-                provider: InlineProvider(account),
+                provider: ResolvingProvider {
+                    account,
+                    media: inline_media(),
+                },
                 job,
             }
         }
@@ -850,53 +861,6 @@ mod tests {
 
     // --- Stream-through -----------------------------------------------------
 
-    /// A provider whose every message is a download from `url`, vouched
-    /// for as `expected`.
-    #[derive(Debug)]
-    struct VouchingProvider {
-        account: AccountName,
-        url: url::Url,
-        expected: Sha256Digest,
-    }
-
-    #[async_trait::async_trait]
-    impl Provider for VouchingProvider {
-        fn kind(&self) -> ProviderKind {
-            ProviderKind::Cloudapi
-        }
-        fn account(&self) -> &AccountName {
-            &self.account
-        }
-        fn webhook_auth_configured(&self) -> bool {
-            true
-        }
-        fn authenticate_head(
-            &self,
-            _: &http::HeaderMap,
-            _: Option<&str>,
-        ) -> Result<(), ProviderError> {
-            unimplemented!("not a webhook test")
-        }
-        fn parse_webhook(&self, _: &WebhookRequest<'_>) -> Result<ParsedWebhook, ProviderError> {
-            unimplemented!("not a webhook test")
-        }
-        async fn resolve(&self, _: JobRef<'_>) -> Result<Resolution, ProviderError> {
-            Ok(Resolution::Fetch(ResolvedMedia {
-                source: MediaSource::download(
-                    media_fetch::DownloadRequest::get(self.url.clone()),
-                    media_fetch::HostPolicy::new(["127.0.0.1"]),
-                ),
-                expected_sha256: Some(self.expected),
-                details: MediaDetails {
-                    mime_type: Some("video/mp4".into()),
-                    ..MediaDetails::default()
-                },
-                encryption: None,
-                size: None,
-            }))
-        }
-    }
-
     /// The fs store, through which every blob must stream: a staged one
     /// fails the test. `streams: false` makes it decline every stream.
     #[derive(Debug)]
@@ -981,10 +945,22 @@ mod tests {
             root: archive,
             streams,
         };
-        let provider = VouchingProvider {
+        let url = url::Url::parse(&format!("{}/file", server.base_url())).unwrap();
+        let provider = ResolvingProvider {
             account: AccountName::new("meta").unwrap(),
-            url: url::Url::parse(&format!("{}/file", server.base_url())).unwrap(),
-            expected: sha256_of(vouched),
+            media: ResolvedMedia {
+                source: MediaSource::download(
+                    media_fetch::DownloadRequest::get(url),
+                    media_fetch::HostPolicy::new(["127.0.0.1"]),
+                ),
+                expected_sha256: Some(sha256_of(vouched)),
+                details: MediaDetails {
+                    mime_type: Some("video/mp4".into()),
+                    ..MediaDetails::default()
+                },
+                encryption: None,
+                size: None,
+            },
         };
         let layout = Layout::default();
         let attempt = Attempt {

@@ -336,16 +336,7 @@ async fn a_new_streamed_blob_in_parts_is_completed_on_condition() {
     let (server, log) = conditional_store(None).await;
     let store = store_with_small_parts(server.base_url()).await;
     let done = stream(&store, &vec![7u8; 11 * 1024 * 1024]).await;
-    assert!(
-        matches!(
-            done,
-            crate::Streamed::Archived {
-                outcome: crate::PutOutcome::Stored,
-                ..
-            }
-        ),
-        "{done:?}"
-    );
+    assert_stored(done);
     assert_eq!(
         *log.lock().unwrap(),
         ["CREATE -", "PART -", "PART -", "PART -", "COMPLETE *"]
@@ -413,16 +404,7 @@ async fn a_store_that_refuses_the_condition_gets_the_write_without_it() {
         .unwrap();
     assert_eq!(outcome, crate::PutOutcome::Stored);
     let done = stream(&store, &vec![7u8; 11 * 1024 * 1024]).await;
-    assert!(
-        matches!(
-            done,
-            crate::Streamed::Archived {
-                outcome: crate::PutOutcome::Stored,
-                ..
-            }
-        ),
-        "{done:?}"
-    );
+    assert_stored(done);
     assert_eq!(
         *log.lock().unwrap(),
         [
@@ -435,5 +417,19 @@ async fn a_store_that_refuses_the_condition_gets_the_write_without_it() {
             "COMPLETE *",
             "COMPLETE -"
         ]
+    );
+}
+
+/// A streamed blob that was written (not found already there).
+fn assert_stored(done: crate::Streamed) {
+    assert!(
+        matches!(
+            done,
+            crate::Streamed::Archived {
+                outcome: crate::PutOutcome::Stored,
+                ..
+            }
+        ),
+        "{done:?}"
     );
 }
