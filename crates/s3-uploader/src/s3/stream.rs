@@ -4,23 +4,24 @@
 //! The bytes fill one part buffer at a time, hashed as they pass: the
 //! whole file, for the key, and from the second part on each part for its
 //! `ChecksumSHA256` (the first part's is the whole-file hash taken at its
-//! last byte, so a file of one part is hashed once). A full buffer is uploaded in its own task, with its checksum, while the
-//! next one fills; the multipart upload is created lazily, when the first
-//! buffer is full and more bytes follow, so a file of at most one part is
-//! one PutObject at the end, sent with `If-None-Match: *` as a file staged
-//! in memory is. CompleteMultipartUpload (with `If-None-Match: *`: a store
+//! last byte, so a file of one part is hashed once). A full buffer is
+//! uploaded in its own task, with its checksum, while the next one fills;
+//! the multipart upload is created lazily, when the first buffer is full
+//! and more bytes follow, so a file of at most one part is one PutObject
+//! at the end, sent with `If-None-Match: *` as a file staged in memory
+//! is. CompleteMultipartUpload (with `If-None-Match: *`: a store
 //! that honours it never replaces what is there) comes only after the
 //! whole file hashed to the key; anything else aborts the upload, so
 //! nothing unverified is ever visible.
 //!
-//! Memory: each buffer is `part_size` bytes, and a buffer is taken from the
-//! store-wide pool of `stream_buffers` permits before it is filled and
-//! given back when its part is sent. An upload starts only with a free
-//! buffer in hand (else [`S3Store::begin_stream`] says `None` and the
-//! caller spools), then waits for the next free one after each part: the
-//! pool bounds memory whatever the number of uploads, and every upload
-//! holding a buffer makes progress, because a filled buffer's permit
-//! comes back when its part is sent.
+//! Memory: each buffer is `part_size` bytes (the first starts smaller),
+//! taken from the store's pool of `stream_buffers` permits before it is
+//! filled and given back when its part is sent. An upload starts only
+//! with a free buffer in hand (else [`S3Store::begin_stream`] says `None`
+//! and the caller spools), then waits for the next free one after each
+//! part: the pool bounds memory whatever the number of uploads, and every
+//! upload holding a buffer makes progress, because a filled buffer's
+//! permit comes back when its part is sent.
 //!
 //! A failed part fails the upload (the multipart upload is aborted and the
 //! job retried): the SDK retries each part request itself, from the
