@@ -53,6 +53,10 @@ fn describe() {
     );
     describe_counter!("media_archiver_archived_bytes_total", "Bytes archived");
     describe_counter!(
+        "media_archiver_streamed_total",
+        "Files of archived_total streamed from the download straight into the store (no spool file)"
+    );
+    describe_counter!(
         "media_archiver_failures_total",
         "Failed attempts, by class (transient, retry_after, permanent)"
     );

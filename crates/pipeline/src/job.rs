@@ -147,6 +147,9 @@ pub struct Processed {
     pub verification: Verification,
     /// When the manifest says it was archived (from the injected clock).
     pub archived_at: UnixMillis,
+    /// Whether the bytes went straight from the download into the store
+    /// (stream-through) rather than through the spool or memory first.
+    pub streamed: bool,
 }
 
 /// How an attempt that did not fail ended.
@@ -312,6 +315,7 @@ impl Attempt<'_> {
                     sha256: expected,
                     outcome,
                     verification: Verification::ProviderSha256,
+                    streamed: true,
                 };
                 self.write_manifest(job, resolved, blob).await?
             }
@@ -363,6 +367,7 @@ impl Attempt<'_> {
             sha256: staged.sha256,
             outcome,
             verification,
+            streamed: false,
         };
         self.write_manifest(job, resolved, blob).await
     }
@@ -405,6 +410,7 @@ impl Attempt<'_> {
             outcome: blob.outcome,
             verification: blob.verification,
             archived_at,
+            streamed: blob.streamed,
         })
     }
 }
@@ -426,6 +432,8 @@ struct StoredBlob {
     sha256: Sha256Digest,
     outcome: PutOutcome,
     verification: Verification,
+    /// Streamed through rather than staged.
+    streamed: bool,
 }
 
 /// Asks the provider where the file is, held to the account's `cap`:

@@ -27,6 +27,8 @@ pub(crate) enum Outcome {
         /// When (the manifest's `archived_at`): `job_latency_seconds` is
         /// the time from the webhook (`created_at`) to this.
         at: UnixMillis,
+        /// Streamed through to the store (`streamed_total`), not staged.
+        streamed: bool,
     },
     /// Failed with this class; another attempt is scheduled.
     Retry(ErrorClass),
@@ -57,7 +59,8 @@ impl Outcome {
 /// A timed stage of an attempt.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Stage {
-    /// Resolving and downloading into the spool.
+    /// Resolving and downloading into the spool (streamed through: until
+    /// the last byte arrived, its parts sent meanwhile).
     Download,
     /// Writing blob and manifest to the store.
     Upload,
@@ -83,9 +86,13 @@ pub(crate) fn transition(
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     let account = job.account.clone();
     match &outcome {
-        Outcome::Archived { at } => {
+        Outcome::Archived { at, streamed } => {
             metrics::counter!("media_archiver_archived_total", "account" => account.clone())
                 .increment(1);
+            if *streamed {
+                metrics::counter!("media_archiver_streamed_total", "account" => account.clone())
+                    .increment(1);
+            }
             metrics::counter!("media_archiver_archived_bytes_total", "account" => account)
                 .increment(bytes);
             let since_webhook = at.saturating_sub(job.created_at);

@@ -159,6 +159,7 @@ impl Worker {
                     job,
                     Outcome::Archived {
                         at: done.archived_at,
+                        streamed: done.streamed,
                     },
                     done.size,
                     started.elapsed(),

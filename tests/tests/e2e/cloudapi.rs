@@ -152,6 +152,20 @@ async fn with_s3_a_video_of_several_parts_streams_through_and_is_archived_whole(
     assert_eq!(job["attempts"], 1, "{job}");
     assert_eq!(s.fake.downloads(&media), 1);
     assert_archived(&s, message_id, &media, &video, ".mp4").await;
+    // Counted right after the job is marked done.
+    let mut streamed = 0.0;
+    for _ in 0..100 {
+        streamed = s
+            .daemon
+            .metric(r#"media_archiver_streamed_total{account="cloud"}"#)
+            .await;
+        if streamed > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = s.daemon.metrics().await;
+    assert_eq!(streamed, 1.0, "streamed through, not staged:\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

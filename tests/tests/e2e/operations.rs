@@ -73,6 +73,11 @@ async fn metrics_count_webhooks_archives_failures_and_queue_states() {
         2.0
     );
     assert_eq!(
+        sample(&text, r#"media_archiver_streamed_total{account="green"}"#),
+        None,
+        "Green API vouches for no hash: its files are staged, never streamed"
+    );
+    assert_eq!(
         get(r#"media_archiver_archived_bytes_total{account="green"}"#),
         archived_bytes as f64
     );
