@@ -16,11 +16,11 @@ use bytes::Bytes;
 /// stops at the first error). Back-pressure is the future: the writer does
 /// not read more from the network until it resolves.
 ///
-/// (The error is a type parameter rather than an associated type, and the
-/// future is boxed through `async_trait`: with either of the other forms,
-/// the compiler cannot prove the worker's spawned future `Send` for every
-/// lifetime. A chunk is about 16 KiB, so the allocation is noise beside
-/// hashing it.)
+/// (The error is a type parameter rather than an associated type: with an
+/// associated type, boxed through `async_trait` or as `impl Future + Send`
+/// alike, the compiler could not prove the worker's spawned future `Send`
+/// for every lifetime. The future is boxed through `async_trait`; a chunk
+/// is about 16 KiB, so the allocation is noise beside hashing it.)
 #[async_trait::async_trait]
 pub trait ByteSink<E>: Send {
     /// Takes the next chunk.
