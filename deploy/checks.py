@@ -39,6 +39,9 @@ METRICS = {
     # Beyond section 8, documented in docs/operations.md.
     "redownloads_total": "counter",
     "streamed_total": "counter",
+    # PRODUCT.md section 11.
+    "notifications_total": "counter",
+    "notifications_pending": "gauge",
 }
 PREFIX = "media_archiver_"
 CONFIG_DIR = "/etc/media-archiver"

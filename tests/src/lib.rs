@@ -17,6 +17,8 @@
 //!   (the benches' samples);
 //! - `stage` ([`Stage`]): a provider's fake, a daemon for it and its
 //!   archive, started in one call;
+//! - [`standard_webhooks`]: checking a `[[notify]]` delivery with the
+//!   Standard Webhooks reference library;
 //! - [`now`], [`bytes`], [`sha256_hex`]: the clock and the test data.
 //!
 //! The binary is the one cargo built for this workspace
@@ -30,6 +32,7 @@ mod config;
 mod daemon;
 pub mod process;
 mod stage;
+pub mod standard_webhooks;
 
 pub use archive::{Archive, blob_key};
 pub use config::{ADMIN_TOKEN, StoreUnderTest, config, guarded_config, postgres_queue};

@@ -14,6 +14,7 @@ pub(crate) mod backfill;
 pub(crate) mod check_config;
 pub(crate) mod jobs;
 pub(crate) mod media;
+pub(crate) mod notifications;
 pub(crate) mod verify;
 
 /// Runs a command's `work` to its exit code on a Tokio runtime of its own

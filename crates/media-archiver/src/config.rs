@@ -4,7 +4,7 @@
 //! Each crate owns the section it consumes (its fields, their defaults and
 //! their checks): `[server]` the webhook receiver, `[queue]` and `[retry]`
 //! the queue, `[storage]` the store, `[workers]` the pipeline, `[fetch]` the
-//! fetcher, `[[accounts]]` the providers. This module only composes them,
+//! fetcher, `[[accounts]]` the providers, `[[notify]]` the notifier. This module only composes them,
 //! in two steps that both collect every problem:
 //!
 //! 1. Reading ([`Config::read`]): each top-level section and each
@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use archiver_core::{Clock, SystemClock};
 use media_fetch::FetchConfig;
+use media_notify::NotifyConfig;
 use pipeline::WorkerConfig;
 use providers::{AccountConfig, ApiClient, Provider};
 use retry_queue::{QueueConfig, QueueSettings, RetryPolicy};
@@ -54,6 +55,8 @@ pub(crate) struct Settings {
     pub(crate) fetch: FetchConfig,
     /// `[log]`.
     pub(crate) log: Log,
+    /// `[[notify]]`: the user's apps told of archived and dead jobs.
+    pub(crate) notify: Vec<media_notify::Target>,
     /// One adapter per `[[accounts]]` entry, by account name.
     pub(crate) providers: HashMap<String, Arc<dyn Provider>>,
     /// The process's one clock: the queue, every adapter and the worker
@@ -94,10 +97,12 @@ struct Config {
     /// file (read here rather than by the providers, which must not know
     /// about stores).
     account_storage: Vec<(usize, StorageConfig)>,
+    /// `[[notify]]`, the entries that read.
+    notify: Vec<NotifyConfig>,
 }
 
-const SECTIONS: [&str; 8] = [
-    "server", "queue", "storage", "workers", "retry", "fetch", "log", "accounts",
+const SECTIONS: [&str; 9] = [
+    "server", "queue", "storage", "workers", "retry", "fetch", "log", "accounts", "notify",
 ];
 
 /// Every problem found in a config file.
@@ -161,7 +166,22 @@ impl Config {
             log: section(table, "log", problems),
             accounts: Vec::new(),
             account_storage: Vec::new(),
+            notify: Vec::new(),
         };
+        match table.get("notify") {
+            None => {}
+            Some(toml::Value::Array(entries)) => {
+                for (i, entry) in entries.iter().enumerate() {
+                    match NotifyConfig::deserialize(entry.clone()) {
+                        Ok(target) => config.notify.push(target),
+                        Err(e) => {
+                            problems.push(format!("notify[{i}]: {}", one_line(&e.to_string())))
+                        }
+                    }
+                }
+            }
+            Some(_) => problems.push("notify: must be an array of tables ([[notify]])".into()),
+        }
         match table.get("accounts") {
             None => {}
             Some(toml::Value::Array(entries)) => {
@@ -220,6 +240,12 @@ impl Config {
         let account_storage = self.account_storage(problems);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let providers = self.build_providers(&clock, problems);
+        let names: Vec<&str> = self
+            .accounts
+            .iter()
+            .map(|(_, a)| a.name().as_str())
+            .collect();
+        let notify = checked(media_notify::validate_all(&self.notify, &names), problems);
         Some(Settings {
             receiver: receiver?,
             queue: queue?,
@@ -231,6 +257,7 @@ impl Config {
             log: Log {
                 format: self.log.format.clone(),
             },
+            notify: notify?,
             providers: providers?,
             clock,
         })

@@ -153,6 +153,20 @@ pub(crate) async fn serve(config: Settings) -> Result<(), ServeError> {
     let media_index = Arc::new(crate::media_index::ArchiveIndex {
         archives: archives.clone(),
     });
+    let notifier = Arc::new(
+        media_notify::Notifier::new(
+            queue.clone(),
+            config.notify.clone(),
+            media_index.clone(),
+            config.clock.clone(),
+        )
+        .context("cannot prepare the notifier")?,
+    );
+    // Before any job runs: a transition made from here on finds the routes.
+    notifier
+        .install_routes()
+        .await
+        .context("cannot record the [[notify]] targets in the queue")?;
     let receiver = Arc::new(
         Receiver::new(
             providers,
@@ -176,6 +190,7 @@ pub(crate) async fn serve(config: Settings) -> Result<(), ServeError> {
             .serve(listener, shutdown.child_token(), grace),
     );
     let workers = tasks.spawn(worker.run(shutdown.child_token()));
+    let notifications = tasks.spawn(notifier.run(shutdown.child_token(), grace));
     tasks.close();
     let stop = shutdown_signal();
     tracing::info!(addr = %local_addr, "listening");
@@ -186,7 +201,11 @@ pub(crate) async fn serve(config: Settings) -> Result<(), ServeError> {
     crate::telemetry::notify_stopping();
     receiver.start_draining();
     shutdown.cancel();
-    for (task, handle) in [("http server", http), ("workers", workers)] {
+    for (task, handle) in [
+        ("http server", http),
+        ("workers", workers),
+        ("notifier", notifications),
+    ] {
         if let Err(e) = handle.await {
             tracing::error!(task, error = %e, "task ended abnormally during shutdown");
         }

@@ -46,6 +46,9 @@ enum Command {
     /// Find where a message's file was archived, through a running daemon's
     /// admin API (token from MEDIA_ARCHIVER_ADMIN_TOKEN).
     Media(cli::media::MediaArgs),
+    /// List and resend the events sent to [[notify]] targets, through a
+    /// running daemon's admin API (token from MEDIA_ARCHIVER_ADMIN_TOKEN).
+    Notifications(cli::notifications::NotificationsArgs),
     /// Scrub the archive named in the config: re-read every blob and check
     /// its sha256 against its key, and every manifest against its blob;
     /// exit 1 on any mismatch.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         | Command::Backfill { config, .. } => config,
         Command::Jobs(args) => return cli::jobs::run(args),
         Command::Media(args) => return cli::media::run(args),
+        Command::Notifications(args) => return cli::notifications::run(args),
     };
     let config = match Settings::load(path) {
         Ok(config) => config,
@@ -109,7 +113,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         // Returned above, before any config is read.
-        Command::Jobs(_) | Command::Media(_) => ExitCode::SUCCESS,
+        Command::Jobs(_) | Command::Media(_) | Command::Notifications(_) => ExitCode::SUCCESS,
         Command::Verify {
             parallel,
             ref account,

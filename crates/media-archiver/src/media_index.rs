@@ -1,6 +1,6 @@
-//! The binary's answer to the receiver's [`MediaIndex`]: a done job's
-//! manifest, read from the archive, plus a presigned URL where the store
-//! has URLs.
+//! The binary's answer to the receiver's [`MediaIndex`] and the notifier's
+//! [`EventData`]: a done job's manifest, read from the archive, plus a
+//! presigned URL where the store has URLs.
 //!
 //! A message may have more than one manifest: the first at
 //! `{message_id}.json`, and one per other file under `{message_id}.d/`
@@ -8,6 +8,7 @@
 //! media id (jobs of one message differ by media id), else the first; the
 //! receiver lists each job's, so `GET /api/v1/media` shows them all.
 
+use media_notify::EventData;
 use retry_queue::JobRecord;
 use s3_uploader::{Archive, Archives, Manifest};
 use webhook_receiver::{ArchivedMedia, MediaIndex};
@@ -22,26 +23,10 @@ pub(crate) struct ArchiveIndex {
 #[async_trait::async_trait]
 impl MediaIndex for ArchiveIndex {
     async fn archived(&self, job: &JobRecord) -> Result<Option<ArchivedMedia>, String> {
-        let mut found = self.manifests_of(job).await?;
-        if found.is_empty() {
+        let Some((manifest_key, manifest)) = self.manifest_of(job).await? else {
             return Ok(None);
-        }
-        let this_job = job
-            .media_id
-            .as_ref()
-            .and_then(|id| {
-                found
-                    .iter()
-                    .position(|(_, m)| m.media_id.as_ref() == Some(id))
-            })
-            .unwrap_or(0);
-        let (manifest_key, manifest) = found.swap_remove(this_job);
-        let archive = self.archives.of(&job.account);
-        let url = archive
-            .store
-            .presign_get(&manifest.blob_key, archive.presign_ttl)
-            .await
-            .map_err(|e| e.to_string())?;
+        };
+        let url = self.presigned(job, &manifest).await?;
         Ok(Some(ArchivedMedia {
             blob_key: manifest.blob_key,
             manifest_key,
@@ -55,7 +40,79 @@ impl MediaIndex for ArchiveIndex {
     }
 }
 
+/// The `data` of the events to the user's app (PRODUCT.md section 11): a
+/// done job's manifest as stored plus `manifest_key` (and `url`), a dead
+/// job as the admin API shows it.
+#[async_trait::async_trait]
+impl EventData for ArchiveIndex {
+    async fn archived(
+        &self,
+        job: &JobRecord,
+        include_url: bool,
+    ) -> Result<Option<serde_json::Value>, String> {
+        let Some((manifest_key, manifest)) = self.manifest_of(job).await? else {
+            return Ok(None);
+        };
+        let url = if include_url {
+            self.presigned(job, &manifest).await?
+        } else {
+            None
+        };
+        let mut data = serde_json::to_value(&manifest).map_err(|e| e.to_string())?;
+        if let Some(fields) = data.as_object_mut() {
+            fields.insert("manifest_key".into(), manifest_key.into());
+            if let Some(url) = url {
+                fields.insert("url".into(), url.into());
+            }
+        }
+        Ok(Some(data))
+    }
+
+    fn dead(&self, job: &JobRecord, reason: Option<&str>) -> serde_json::Value {
+        let mut data = webhook_receiver::job_json(job);
+        if let (Some(fields), Some(reason)) = (data.as_object_mut(), reason) {
+            fields.insert("last_error".into(), reason.into());
+        }
+        data
+    }
+}
+
 impl ArchiveIndex {
+    /// The job's manifest and its key: of the message's manifests, the one
+    /// naming the job's media id (jobs of one message differ by it), else
+    /// the first.
+    async fn manifest_of(&self, job: &JobRecord) -> Result<Option<(String, Manifest)>, String> {
+        let mut found = self.manifests_of(job).await?;
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let this_job = job
+            .media_id
+            .as_ref()
+            .and_then(|id| {
+                found
+                    .iter()
+                    .position(|(_, m)| m.media_id.as_ref() == Some(id))
+            })
+            .unwrap_or(0);
+        Ok(Some(found.swap_remove(this_job)))
+    }
+
+    /// A presigned GET URL of the manifest's blob, for the account's
+    /// `presign_ttl` (`None` where the store has no URLs).
+    async fn presigned(
+        &self,
+        job: &JobRecord,
+        manifest: &Manifest,
+    ) -> Result<Option<String>, String> {
+        let archive = self.archives.of(&job.account);
+        archive
+            .store
+            .presign_get(&manifest.blob_key, archive.presign_ttl)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The message's manifests with their keys: the first one, then those
     /// written beside it for other bytes, in key order.
     async fn manifests_of(&self, job: &JobRecord) -> Result<Vec<(String, Manifest)>, String> {
@@ -157,8 +214,14 @@ mod tests {
                 .unwrap();
         }
 
-        let one = index.archived(&job("media-1")).await.unwrap().unwrap();
-        let two = index.archived(&job("media-2")).await.unwrap().unwrap();
+        let one = MediaIndex::archived(&index, &job("media-1"))
+            .await
+            .unwrap()
+            .unwrap();
+        let two = MediaIndex::archived(&index, &job("media-2"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(one.sha256, first.sha256.to_hex());
         assert_eq!(one.manifest_key, layout.manifest_key("evo", AT, "m1"));
         assert_eq!(two.sha256, second.sha256.to_hex());

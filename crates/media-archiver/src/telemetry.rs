@@ -65,6 +65,14 @@ fn describe() {
         "media_archiver_redownloads_total",
         "Fresh copies of a file asked of the gateway, by reason (not-downloaded, gone)"
     );
+    describe_counter!(
+        "media_archiver_notifications_total",
+        "Events sent to [[notify]] targets, by target and outcome (delivered, failed, dead)"
+    );
+    describe_gauge!(
+        "media_archiver_notifications_pending",
+        "Events not yet delivered to a [[notify]] target, by target"
+    );
     describe_histogram!(
         "media_archiver_job_latency_seconds",
         "From webhook to verified archive"

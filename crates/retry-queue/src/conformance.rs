@@ -34,8 +34,8 @@ use archiver_core::{Classify, Clock, ErrorClass, ManualClock, ProviderKind, Unix
 pub mod pg;
 
 use crate::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, JobSpec, JobState, Lease, QueueError,
-    QueueStats, RetryPolicy,
+    Delivery, DeliveryFilter, DeliveryState, Disposition, Enqueued, JobFilter, JobQueue, JobRecord,
+    JobSpec, JobState, Lease, NotifyEvent, Outbox, QueueError, QueueStats, RetryPolicy, Route,
 };
 
 /// Opens a backend for one test case.
@@ -100,6 +100,10 @@ macro_rules! conformance_suite {
             committed_jobs_and_leases_survive_reopen,
             concurrent_enqueues_yield_exactly_one_new_per_id,
             ping_answers,
+            a_finished_job_commits_one_delivery_per_matching_route,
+            a_claimed_delivery_is_hidden_for_its_hold_and_fenced,
+            a_failing_delivery_backs_off_until_max_age_then_dies,
+            an_admin_retry_rearms_a_dead_delivery,
         );
     };
     (@cases $factory:path, plain; $($case:ident),* $(,)?) => {
@@ -1299,4 +1303,333 @@ pub async fn ping_answers(factory: impl QueueFactory) {
     f.queue.ping().await.expect("ping");
     f.enqueue(vec![job("a")]).await;
     f.queue.ping().await.expect("ping");
+}
+
+// ---------------------------------------------------------------------------
+// Outbox
+
+/// The backend's outbox; every backend under this suite keeps one.
+fn outbox(f: &Fixture) -> &dyn Outbox {
+    f.queue.outbox().expect("the backend keeps an outbox")
+}
+
+fn route(target: &str, event: NotifyEvent, account: Option<&str>, max_age_ms: i64) -> Route {
+    Route {
+        target: target.to_owned(),
+        event,
+        account: account.map(str::to_owned),
+        max_age: Duration::from_millis(u64::try_from(max_age_ms).expect("positive")),
+    }
+}
+
+/// Every delivery, keyed by id.
+async fn deliveries(f: &Fixture) -> BTreeMap<String, Delivery> {
+    let filter = DeliveryFilter {
+        limit: DeliveryFilter::default().effective_limit(),
+        ..DeliveryFilter::default()
+    };
+    outbox(f)
+        .list_deliveries(&filter)
+        .await
+        .expect("list deliveries")
+        .into_iter()
+        .map(|d| (d.id.clone(), d))
+        .collect()
+}
+
+async fn claim(f: &Fixture, target: &str, hold_ms: i64) -> Vec<Delivery> {
+    outbox(f)
+        .claim_deliveries(
+            target,
+            10,
+            Duration::from_millis(u64::try_from(hold_ms).expect("positive")),
+        )
+        .await
+        .expect("claim")
+}
+
+/// A job that becomes `done` or `dead` commits, with that transition, one
+/// pending delivery per route matching its event and account, named
+/// `{target}:{job id}:{event}`, due at once and dying `max_age` later; a
+/// job still in flight has none; a dead job's delivery keeps its reason;
+/// a job dead-lettered by a lease (deadline passed) gets one too; and
+/// the deliveries survive a reopen.
+pub async fn a_finished_job_commits_one_delivery_per_matching_route(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    outbox(&f)
+        .set_routes(&[
+            route("crm", NotifyEvent::Archived, None, DAY),
+            route("crm", NotifyEvent::Dead, None, DAY),
+            route("audit", NotifyEvent::Archived, Some("shop"), 3 * DAY),
+        ])
+        .await
+        .expect("set routes");
+    f.enqueue(vec![
+        job("done"),
+        job_of("shop", "done", T0 + 7 * DAY),
+        job("dead"),
+        job("running"),
+    ])
+    .await;
+    let leases = f.lease_by_id(4).await;
+    f.enqueue(vec![job_of("acme", "late", T0 + MIN)]).await;
+    assert!(deliveries(&f).await.is_empty(), "leasing notifies nothing");
+
+    f.advance_ms(SEC);
+    f.queue
+        .complete(&leases["acme:done"])
+        .await
+        .expect("complete");
+    f.queue
+        .complete(&leases["shop:done"])
+        .await
+        .expect("complete");
+    f.fail(
+        &leases["acme:dead"],
+        ErrorClass::Permanent,
+        "sha256 mismatch",
+    )
+    .await;
+    f.advance_ms(HOUR);
+    let expired = f.queue.lease(10, LEASE).await.expect("lease").expired;
+    assert_eq!(
+        expired.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["acme:late"]
+    );
+
+    let found = deliveries(&f).await;
+    assert_eq!(
+        found.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "audit:shop:done:media.archived",
+            "crm:acme:dead:media.dead",
+            "crm:acme:done:media.archived",
+            "crm:acme:late:media.dead",
+            "crm:shop:done:media.archived",
+        ],
+        "one delivery per matching route, none for the running job"
+    );
+    let done = &found["crm:acme:done:media.archived"];
+    assert_eq!(
+        (done.target.as_str(), done.job_id.as_str(), done.event),
+        ("crm", "acme:done", NotifyEvent::Archived)
+    );
+    assert_eq!(done.state, DeliveryState::Pending);
+    assert_eq!(done.attempts, 0);
+    assert_eq!(done.created_at, T0 + SEC, "committed at the transition");
+    assert_eq!(done.next_attempt_at, T0 + SEC, "due at once");
+    assert_eq!(
+        done.deadline,
+        T0 + SEC + DAY,
+        "max_age after the transition"
+    );
+    assert_eq!(
+        found["audit:shop:done:media.archived"].deadline,
+        T0 + SEC + 3 * DAY
+    );
+    assert_eq!(
+        found["crm:acme:dead:media.dead"].job_error.as_deref(),
+        Some("sha256 mismatch"),
+        "the dead reason travels with the event"
+    );
+    assert!(
+        found["crm:acme:late:media.dead"]
+            .job_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("expired:"))
+    );
+    let pending = outbox(&f).pending_deliveries().await.expect("pending");
+    assert_eq!(
+        pending,
+        BTreeMap::from([("audit".to_owned(), 1), ("crm".to_owned(), 4)])
+    );
+
+    drop(f.queue);
+    let reopened = Fixture {
+        queue: factory.open(Arc::new(f.clock.clone()), test_policy()).await,
+        clock: f.clock,
+    };
+    assert_eq!(deliveries(&reopened).await, found, "committed, not cached");
+}
+
+/// A claim hands out a target's due deliveries, counts the attempt, and
+/// hides them until its hold passes; then they can be claimed again, and
+/// the older claim's report is refused (`LeaseLost`), so a sender that
+/// lost its claim never overwrites the outcome of the one that took over.
+/// Other targets' deliveries are not claimed.
+pub async fn a_claimed_delivery_is_hidden_for_its_hold_and_fenced(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    outbox(&f)
+        .set_routes(&[
+            route("crm", NotifyEvent::Archived, None, DAY),
+            route("audit", NotifyEvent::Archived, None, DAY),
+        ])
+        .await
+        .expect("set routes");
+    f.enqueue(vec![job("a")]).await;
+    let lease = f.lease_one("acme:a").await;
+    f.queue.complete(&lease).await.expect("complete");
+
+    let first = claim(&f, "crm", MIN).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id, "crm:acme:a:media.archived");
+    assert_eq!(first[0].attempts, 1);
+    assert!(claim(&f, "crm", MIN).await.is_empty(), "hidden while held");
+    f.advance_ms(MIN + 1);
+    let second = claim(&f, "crm", MIN).await;
+    assert_eq!(second.len(), 1, "claimable again once the hold passed");
+    assert_eq!(second[0].attempts, 2);
+    assert!(matches!(
+        outbox(&f).delivered(&first[0]).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    outbox(&f).delivered(&second[0]).await.expect("delivered");
+    let found = deliveries(&f).await;
+    assert_eq!(
+        found["crm:acme:a:media.archived"].state,
+        DeliveryState::Delivered
+    );
+    assert_eq!(
+        found["audit:acme:a:media.archived"].state,
+        DeliveryState::Pending,
+        "another target's delivery is its own"
+    );
+    f.advance_ms(DAY / 2);
+    assert!(claim(&f, "crm", MIN).await.is_empty(), "delivered is final");
+    assert_eq!(claim(&f, "audit", MIN).await.len(), 1);
+}
+
+/// A failed send is retried with the jobs' backoff; a retry that would
+/// fall after `created_at + max_age` makes the delivery dead with the
+/// jobs' expired reason; a permanent failure is dead at once.
+pub async fn a_failing_delivery_backs_off_until_max_age_then_dies(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    outbox(&f)
+        .set_routes(&[route("crm", NotifyEvent::Archived, None, MIN)])
+        .await
+        .expect("set routes");
+    f.enqueue(vec![job("a"), job("b")]).await;
+    for lease in f.lease(2).await {
+        f.queue.complete(&lease).await.expect("complete");
+    }
+    let claimed = claim(&f, "crm", 30 * SEC).await;
+    assert_eq!(claimed.len(), 2);
+    let (a, b) = (&claimed[0], &claimed[1]);
+    let refused = outbox(&f)
+        .delivery_failed(b, ErrorClass::Permanent, "HTTP 410 Gone")
+        .await
+        .expect("failed");
+    assert_eq!(
+        refused,
+        Disposition::Dead {
+            reason: "HTTP 410 Gone".to_owned()
+        },
+        "a permanent failure is dead at once"
+    );
+
+    let retry_at = match outbox(&f)
+        .delivery_failed(a, ErrorClass::Transient, "HTTP 500")
+        .await
+        .expect("failed")
+    {
+        Disposition::RetryAt(at) => at,
+        dead => panic!("expected a retry, got {dead:?}"),
+    };
+    assert_jittered(retry_at - f.now(), 10);
+    f.advance_ms(retry_at - f.now() - 1);
+    assert!(
+        claim(&f, "crm", 30 * SEC).await.is_empty(),
+        "not before the backoff"
+    );
+    f.advance_ms(1);
+    let again = claim(&f, "crm", 30 * SEC).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!(again[0].last_error.as_deref(), Some("HTTP 500"));
+
+    // Keep failing: the backoff soon reaches past the one-minute max_age.
+    let mut current = again.into_iter().next().expect("claimed");
+    let reason = loop {
+        match outbox(&f)
+            .delivery_failed(&current, ErrorClass::Transient, "timeout after 10s")
+            .await
+            .expect("failed")
+        {
+            Disposition::RetryAt(at) => {
+                assert!(at <= current.deadline, "never retried past max_age");
+                f.advance_ms(at - f.now());
+                current = claim(&f, "crm", 30 * SEC).await.remove(0);
+            }
+            Disposition::Dead { reason } => break reason,
+        }
+    };
+    assert!(reason.starts_with("expired:"), "{reason}");
+    assert!(reason.contains("timeout after 10s"), "{reason}");
+
+    let found = deliveries(&f).await;
+    assert!(found.values().all(|d| d.state == DeliveryState::Dead));
+    assert_eq!(
+        found["crm:acme:a:media.archived"].last_error.as_deref(),
+        Some(reason.as_str())
+    );
+    assert!(
+        outbox(&f)
+            .pending_deliveries()
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+    f.advance_ms(DAY);
+    assert!(claim(&f, "crm", 30 * SEC).await.is_empty(), "dead is final");
+}
+
+/// An admin retry makes a dead delivery pending and due now with a fresh
+/// `max_age` window; a delivered one is not resent (`false`), nor an
+/// unknown id. A job dead-lettered again after its own retry re-arms its
+/// `media.dead` delivery under the same id (the consumer can drop the
+/// repeat), with the new reason.
+pub async fn an_admin_retry_rearms_a_dead_delivery(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    outbox(&f)
+        .set_routes(&[route("crm", NotifyEvent::Dead, None, HOUR)])
+        .await
+        .expect("set routes");
+    f.enqueue(vec![job("a")]).await;
+    let lease = f.lease_one("acme:a").await;
+    f.fail(&lease, ErrorClass::Permanent, "first reason").await;
+    let id = "crm:acme:a:media.dead";
+    let claimed = claim(&f, "crm", MIN).await.remove(0);
+    outbox(&f)
+        .delivery_failed(&claimed, ErrorClass::Permanent, "HTTP 404")
+        .await
+        .expect("failed");
+    assert_eq!(deliveries(&f).await[id].state, DeliveryState::Dead);
+
+    f.advance_ms(2 * HOUR);
+    assert!(outbox(&f).retry_delivery(id).await.expect("retry"));
+    let rearmed = &deliveries(&f).await[id];
+    assert_eq!(rearmed.state, DeliveryState::Pending);
+    assert_eq!(rearmed.next_attempt_at, f.now());
+    assert_eq!(rearmed.deadline, f.now() + HOUR, "a fresh max_age window");
+    let claimed = claim(&f, "crm", MIN).await.remove(0);
+    outbox(&f).delivered(&claimed).await.expect("delivered");
+    assert!(
+        !outbox(&f).retry_delivery(id).await.expect("retry"),
+        "delivered"
+    );
+    assert!(
+        !outbox(&f)
+            .retry_delivery("crm:nope:media.dead")
+            .await
+            .expect("retry")
+    );
+
+    // The job itself is retried and dies again.
+    assert!(f.queue.retry_now("acme:a").await.expect("retry job"));
+    let lease = f.lease_one("acme:a").await;
+    f.fail(&lease, ErrorClass::Permanent, "second reason").await;
+    let again = &deliveries(&f).await[id];
+    assert_eq!(again.state, DeliveryState::Pending, "re-armed");
+    assert_eq!(again.job_error.as_deref(), Some("second reason"));
+    assert_eq!(claim(&f, "crm", MIN).await.len(), 1);
 }

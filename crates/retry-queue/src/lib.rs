@@ -23,6 +23,9 @@
 //!   [`JobFilter`], [`QueueStats`]: what the trait takes and returns.
 //! - [`RetryPolicy`]: backoff bounds (`[retry]`); [`QueueError`]: the one
 //!   error enum.
+//! - [`Outbox`] (from [`JobQueue::outbox`]), [`Delivery`], [`Route`]: the
+//!   events to the user's app that a job's `done`/`dead` transition
+//!   commits with it (its tables and trigger: `src/outbox.rs`).
 //! - [`QueueConfig`]: the `[queue]` section (which backend, its settings),
 //!   checked by [`QueueConfig::validate`] into [`QueueSettings`].
 //!
@@ -44,7 +47,7 @@
 //! For a dead job, `last_error` holds the dead-letter reason (the permanent
 //! error itself, or `expired: ...` naming the last error).
 //!
-//! # SQLite schema (version 4, kept in `PRAGMA user_version`)
+//! # SQLite schema (version 5, kept in `PRAGMA user_version`)
 //!
 //! Every time is Unix milliseconds (INTEGER); the payload is JSON text. The
 //! database runs with `journal_mode=WAL` and `synchronous=NORMAL`, and no
@@ -103,6 +106,10 @@
 //! ) STRICT, WITHOUT ROWID;
 //! ```
 //!
+//! Version 5 adds the outbox (`notify_routes`, `deliveries`, and the
+//! trigger that fills `deliveries` when a job becomes done or dead); its
+//! tables are documented with it, in `src/outbox.rs`.
+//!
 //! # PostgreSQL schema (migrations in `migrations/`, applied at connect)
 //!
 //! The same `jobs` table in PostgreSQL types (`BIGINT` milliseconds,
@@ -140,6 +147,7 @@ mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
+mod outbox;
 mod policy;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -153,6 +161,7 @@ pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis}
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub use config::{QueueConfig, QueueSettings};
 pub use error::QueueError;
+pub use outbox::{Delivery, DeliveryFilter, DeliveryState, NotifyEvent, Outbox, Route};
 pub use policy::RetryPolicy;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgConfig, PgOptions, PgQueue};

@@ -225,4 +225,11 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug + 'static {
 
     /// Cheap liveness check of the backend (for `/readyz`).
     async fn ping(&self) -> Result<(), QueueError>;
+
+    /// The backend's outbox of events to the user's app, committed with the
+    /// jobs' transitions (`None`: this queue keeps none, e.g. a test
+    /// wrapper; nothing is notified).
+    fn outbox(&self) -> Option<&dyn crate::Outbox> {
+        None
+    }
 }

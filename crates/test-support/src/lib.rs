@@ -1,5 +1,6 @@
 //! Fakes of the outside world (provider APIs) and a Garage launcher for tests.
 
+pub mod app;
 pub mod codechat;
 pub mod evolution;
 pub mod garage;

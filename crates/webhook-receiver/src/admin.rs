@@ -1,5 +1,5 @@
-//! The admin API: `/api/v1/jobs...`, `/api/v1/media` and `/api/v1/stats`
-//! (PRODUCT.md section 3).
+//! The admin API: `/api/v1/jobs...`, `/api/v1/media`, `/api/v1/stats` and
+//! `/api/v1/notifications...` (PRODUCT.md sections 3 and 11).
 //!
 //! Disabled (404) unless `server.admin_token` is set; then every request must
 //! carry `Authorization: Bearer <admin token>`.
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use retry_queue::{JobFilter, JobRecord};
+use retry_queue::{Delivery, DeliveryFilter, DeliveryState, JobFilter, JobRecord, Outbox};
 use serde_json::{Value, json};
 
 use crate::Receiver;
@@ -42,10 +42,14 @@ impl Receiver {
             (&Method::POST, ["jobs", id, "retry"]) => self.retry_job(&decode(id)).await,
             (&Method::GET, ["media"]) => self.media(&query).await,
             (&Method::GET, ["stats"]) => self.stats().await,
-            (_, ["jobs", "retry"] | ["jobs", _, "retry"]) => {
+            (&Method::GET, ["notifications"]) => self.list_notifications(&query).await,
+            (&Method::POST, ["notifications", id, "retry"]) => {
+                self.retry_notification(&decode(id)).await
+            }
+            (_, ["jobs", "retry"] | ["jobs", _, "retry"] | ["notifications", _, "retry"]) => {
                 Err(ApiError::MethodNotAllowed("POST"))
             }
-            (_, ["jobs"] | ["stats"] | ["media"] | ["jobs", _]) => {
+            (_, ["jobs"] | ["stats"] | ["media"] | ["jobs", _] | ["notifications"]) => {
                 Err(ApiError::MethodNotAllowed("GET"))
             }
             _ => Err(ApiError::NotFound(format!(
@@ -65,12 +69,7 @@ impl Receiver {
                 .map_err(ApiError::BadRequest)?,
             account: query.get("account").cloned(),
             message_id: None,
-            limit: query
-                .get("limit")
-                .map(|l| l.parse::<usize>())
-                .transpose()
-                .map_err(|_| ApiError::BadRequest("limit must be a whole number".into()))?
-                .unwrap_or(0),
+            limit: limit(query)?,
         };
         let jobs = self.queue.list(&filter).await.map_err(queue_unavailable)?;
         let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
@@ -118,6 +117,76 @@ impl Receiver {
         }
     }
 
+    /// The queue's outbox; a backend without one has no notifications.
+    fn outbox(&self) -> Result<&dyn Outbox, ApiError> {
+        self.queue
+            .outbox()
+            .ok_or_else(|| ApiError::NotFound("this queue keeps no notifications".into()))
+    }
+
+    /// `GET /api/v1/notifications?state=&target=&job=&limit=`.
+    async fn list_notifications(&self, query: &Query) -> Reply {
+        let filter = DeliveryFilter {
+            state: query
+                .get("state")
+                .map(|s| {
+                    DeliveryState::parse(s).ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "state {s:?} is not one of pending, delivered, dead"
+                        ))
+                    })
+                })
+                .transpose()?,
+            target: query.get("target").cloned(),
+            job_id: query.get("job").cloned(),
+            limit: limit(query)?,
+        };
+        let found = self
+            .outbox()?
+            .list_deliveries(&filter)
+            .await
+            .map_err(queue_unavailable)?;
+        let notifications: Vec<Value> = found.iter().map(delivery_json).collect();
+        Ok(json(
+            StatusCode::OK,
+            &json!({ "notifications": notifications }),
+        ))
+    }
+
+    /// `POST /api/v1/notifications/{id}/retry`: sends a dead (or waiting)
+    /// notification again now.
+    async fn retry_notification(&self, id: &str) -> Reply {
+        let outbox = self.outbox()?;
+        if outbox.retry_delivery(id).await.map_err(queue_unavailable)? {
+            return Ok(json(StatusCode::OK, &json!({ "requeued": 1 })));
+        }
+        // `{target}:{job id}:{event}`; neither a target nor an event has a colon.
+        let Some(job_id) = id
+            .split_once(':')
+            .and_then(|(_, rest)| rest.rsplit_once(':'))
+            .map(|(job, _)| job)
+        else {
+            return Err(ApiError::NotFound(format!("no notification {id:?}")));
+        };
+        let filter = DeliveryFilter {
+            job_id: Some(job_id.to_owned()),
+            ..DeliveryFilter::default()
+        };
+        let known = outbox
+            .list_deliveries(&filter)
+            .await
+            .map_err(queue_unavailable)?
+            .into_iter()
+            .any(|d| d.id == id);
+        if known {
+            Err(ApiError::BadRequest(format!(
+                "notification {id:?} was delivered; only pending or dead notifications can be retried"
+            )))
+        } else {
+            Err(ApiError::NotFound(format!("no notification {id:?}")))
+        }
+    }
+
     /// `GET /api/v1/stats`.
     async fn stats(&self) -> Reply {
         let stats = self
@@ -142,6 +211,33 @@ type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
 /// The query parameters of an admin request.
 type Query = HashMap<String, String>;
+
+/// `limit=`, 0 (the default) when absent.
+fn limit(query: &Query) -> Result<usize, ApiError> {
+    query
+        .get("limit")
+        .map(|l| l.parse::<usize>())
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("limit must be a whole number".into()))
+        .map(Option::unwrap_or_default)
+}
+
+/// A notification as the admin API shows it.
+fn delivery_json(d: &Delivery) -> Value {
+    json!({
+        "id": d.id,
+        "target": d.target,
+        "job_id": d.job_id,
+        "event": d.event.as_str(),
+        "state": d.state.as_str(),
+        "attempts": d.attempts,
+        "next_attempt_at": rfc3339(d.next_attempt_at),
+        "deadline": rfc3339(d.deadline),
+        "last_error": d.last_error,
+        "created_at": rfc3339(d.created_at),
+        "updated_at": rfc3339(d.updated_at),
+    })
+}
 
 /// A queue failure, logged here and shown to the client as a 503.
 fn queue_unavailable(e: retry_queue::QueueError) -> ApiError {
@@ -217,7 +313,7 @@ impl Receiver {
 }
 
 /// The job JSON of PRODUCT.md section 3 (times RFC 3339 UTC).
-fn job_json(job: &JobRecord) -> Value {
+pub fn job_json(job: &JobRecord) -> Value {
     json!({
         "id": job.id,
         "account": job.account,

@@ -25,6 +25,7 @@ mod server;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use admin::job_json;
 pub use config::{ReceiverConfig, ServerConfig};
 pub use server::{Receiver, RenderMetrics, bind};
 

@@ -25,6 +25,7 @@ mod codechat;
 mod docs;
 mod evolution;
 mod greenapi;
+mod notify;
 mod nxcloud;
 mod onprem;
 mod openapi;

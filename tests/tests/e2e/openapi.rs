@@ -18,6 +18,7 @@ use e2e::accounts::GREEN_WEBHOOK_TOKEN;
 use e2e::{ADMIN_TOKEN, Daemon, StoreUnderTest, accounts, bytes, config, now};
 use reqwest::Method;
 use serde_json::{Value, json};
+use test_support::app::AppSink;
 use test_support::garage::Garage;
 use test_support::green_api::FakeGreenApi;
 
@@ -27,6 +28,8 @@ const CHAT: &str = "79001234568@c.us";
 const GOOD: &str = "APIGOOD000000000000000000000001";
 const BAD: &str = "APIBAD0000000000000000000000001";
 const WAIT: Duration = Duration::from_secs(30);
+/// The `[[notify]]` targets' secret.
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// One answer of the daemon: to which route of the document (its path
 /// template), and what came back.
@@ -197,9 +200,18 @@ fn admin_operations(doc: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The notification of the `crm` target about job `id`'s archive.
+fn notification_id(job_id: &str) -> String {
+    format!("crm:{job_id}:media.archived")
+}
+
 /// A concrete path for each admin route, on job `id`.
 fn admin_path(route: &str, id: &str) -> String {
     match route {
+        "/api/v1/notifications/{id}/retry" => format!(
+            "/api/v1/notifications/{}/retry",
+            notification_id(id).replace(':', "%3A")
+        ),
         "/api/v1/jobs/{id}" => format!("/api/v1/jobs/{}", id.replace(':', "%3A")),
         "/api/v1/jobs/{id}/retry" => format!("/api/v1/jobs/{}/retry", id.replace(':', "%3A")),
         "/api/v1/jobs/retry" => "/api/v1/jobs/retry?state=dead".to_owned(),
@@ -234,8 +246,19 @@ async fn announce(
 async fn every_admin_answer_matches_the_openapi_document() {
     let doc = read_json("docs/openapi.json");
     let fake = FakeGreenApi::start().await;
-    let daemon =
-        Daemon::start_in_temp_dir(&config(&StoreUnderTest::Fs, &accounts::green_api(&fake)));
+    // Two [[notify]] targets: an app that accepts, and one that is down
+    // and gives up after a second, so that a notification dies.
+    let app = AppSink::start(&[]).await;
+    let targets = format!(
+        "\n[[notify]]\nname = \"crm\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\
+         [[notify]]\nname = \"down\"\nurl = \"http://127.0.0.1:{}/\"\nsecret = \"{SECRET}\"\n\
+         max_age = \"1s\"\nevents = [\"media.dead\"]\n",
+        app.url(),
+        e2e::free_port()
+    );
+    let daemon = Daemon::start_in_temp_dir(
+        &(config(&StoreUnderTest::Fs, &accounts::green_api(&fake)) + &targets),
+    );
     let mut answers = Answers::default();
     let (good, bad) = (format!("green:{GOOD}"), format!("green:{BAD}"));
 
@@ -315,6 +338,53 @@ async fn every_admin_answer_matches_the_openapi_document() {
         .admin(d, Method::GET, "/api/v1/stats", "/api/v1/stats")
         .await;
     assert_eq!(status, 200, "{body}");
+
+    // The notifications: crm's of the done job is delivered, down's of the
+    // dead job dies once its second is up.
+    app.wait_for(1, WAIT).await;
+    let notifications = "/api/v1/notifications";
+    let dead_one = format!("down:{bad}:media.dead");
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = d.admin_get(&format!("{notifications}?state=dead")).await;
+        let found = body["notifications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if found.iter().any(|n| n["id"] == dead_one.as_str()) {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "{dead_one} never died: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (path, expected) in [
+        (notifications.to_owned(), 200),
+        (
+            format!("{notifications}?state=delivered&target=crm&job={good}&limit=5"),
+            200,
+        ),
+        (format!("{notifications}?state=sleeping"), 400),
+        (format!("{notifications}?limit=ten"), 400),
+    ] {
+        assert_eq!(
+            a.admin(d, Method::GET, notifications, &path).await.0,
+            expected,
+            "{path}"
+        );
+    }
+    let retry = "/api/v1/notifications/{id}/retry";
+    for (id, expected) in [
+        (dead_one.clone(), 200),
+        (notification_id(&good), 400),
+        ("crm:green:NOPE:media.archived".to_owned(), 404),
+    ] {
+        let path = format!("/api/v1/notifications/{}/retry", id.replace(':', "%3A"));
+        assert_eq!(
+            a.admin(d, Method::POST, retry, &path).await.0,
+            expected,
+            "{path}"
+        );
+    }
 
     // Without the token, or with a wrong one: 401 on every route.
     let operations = admin_operations(&doc);

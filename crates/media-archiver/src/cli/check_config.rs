@@ -51,6 +51,31 @@ pub(crate) fn summary(config: &Settings) -> String {
             let _ = writeln!(out, "    storage: {}", storage(own));
         }
     }
+    if !config.notify.is_empty() {
+        let _ = writeln!(out, "notify:");
+    }
+    for target in &config.notify {
+        let events: Vec<&str> = target.events.iter().map(|e| e.as_str()).collect();
+        let accounts = if target.accounts.is_empty() {
+            "every account".to_owned()
+        } else {
+            target
+                .accounts
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Scheme and host only: a path or query may carry a token.
+        let _ = writeln!(
+            out,
+            "  {}: {} of {accounts} -> {}://{}",
+            target.name,
+            events.join(", "),
+            target.url.scheme(),
+            target.url.host_str().unwrap_or("?"),
+        );
+    }
     if config.fetch.allow_private_networks {
         let _ = writeln!(
             out,

@@ -19,7 +19,7 @@ const TOKEN_VAR: &str = "MEDIA_ARCHIVER_ADMIN_TOKEN";
 /// Job states the API knows.
 const STATES: [&str; 5] = ["pending", "leased", "waiting", "done", "dead"];
 /// Longest `last_error` shown in a table cell.
-const ERROR_WIDTH: usize = 60;
+pub(crate) const ERROR_WIDTH: usize = 60;
 
 /// `jobs`: list, inspect and requeue jobs of a running daemon.
 #[derive(Debug, clap::Args)]
@@ -30,7 +30,7 @@ pub(crate) struct JobsArgs {
     command: JobsCommand,
 }
 
-/// The options of every admin-API command (`jobs`, `media`).
+/// The options of every admin-API command (`jobs`, `media`, `notifications`).
 #[derive(Debug, clap::Args)]
 pub(crate) struct ApiArgs {
     /// Base URL of the daemon's HTTP server.
@@ -218,7 +218,11 @@ impl Api {
         self.send(request).await
     }
 
-    async fn post(&self, path: &str, query: &[(&str, String)]) -> Result<Value, Failure> {
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Value, Failure> {
         let request = self.http.post(format!("{}{path}", self.base)).query(query);
         self.send(request).await
     }
@@ -259,7 +263,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Percent-encodes a path segment (job ids contain `:` and may contain
 /// anything a provider put in a message id).
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -279,7 +283,7 @@ pub(crate) fn text(value: &Value) -> String {
     }
 }
 
-fn truncate(s: &str, width: usize) -> String {
+pub(crate) fn truncate(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
         s.to_owned()
     } else {
@@ -290,7 +294,7 @@ fn truncate(s: &str, width: usize) -> String {
 }
 
 /// Left-aligned columns two spaces apart; the last column is not padded.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

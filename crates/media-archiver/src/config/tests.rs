@@ -370,6 +370,36 @@ async fn provider_api_calls_give_up_after_the_api_timeout() {
     );
 }
 
+#[test]
+fn notify_targets_are_read_checked_against_the_accounts_and_their_secrets_resolved() {
+    let good = format!(
+        "{MINIMAL}\n[[notify]]\nname = \"crm\"\nurl = \"https://crm.internal/hooks\"\n\
+         secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\naccounts = [\"green-main\"]\n"
+    );
+    let config = Settings::parse(&good).unwrap();
+    assert_eq!(config.notify.len(), 1);
+    assert_eq!(config.notify[0].name, "crm");
+    assert_eq!(config.notify[0].routes().len(), 2, "both events by default");
+
+    let bad = format!(
+        "{MINIMAL}\n[[notify]]\nname = \"crm\"\nurl = \"https://crm.internal/hooks\"\n\
+         secret = {{ env = \"MEDIA_ARCHIVER_TEST_UNSET_SECRET\" }}\naccounts = [\"nobody\"]\n\
+         [[notify]]\nname = \"x\"\nurl = \"https://x/\"\nsecret = \"whsec_AAAA\"\ncolour = 1\n"
+    );
+    let problems = Settings::parse(&bad).unwrap_err().0;
+    let text = problems.join("\n");
+    for expected in [
+        "notify[0] (crm): secret: environment variable MEDIA_ARCHIVER_TEST_UNSET_SECRET is not set",
+        "notify[0] (crm): accounts: no [[accounts]] entry is named \"nobody\"",
+        "notify[1]: unknown field `colour`",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+}
+
 /// The shipped example, whose every line a property test below mutates.
 fn example_config() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");

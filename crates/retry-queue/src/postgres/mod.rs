@@ -40,12 +40,14 @@
 //! The module is cut by concern: [`options`] (what to connect to, as written
 //! in the config and then resolved and checked before connecting), [`schema`] (migrations), [`enqueue`] (group commit),
 //! [`lease`] (a job's life under a lease), [`admin`] (reads and admin
-//! requeues), [`row`] (decoding rows, mapping driver errors).
+//! requeues), [`outbox`] (events to the user's app), [`row`] (decoding
+//! rows, mapping driver errors).
 
 mod admin;
 mod enqueue;
 mod lease;
 mod options;
+mod outbox;
 mod row;
 mod schema;
 
@@ -228,6 +230,10 @@ impl JobQueue for PgQueue {
 
     async fn ping(&self) -> Result<(), QueueError> {
         admin::ping(self).await
+    }
+
+    fn outbox(&self) -> Option<&dyn crate::Outbox> {
+        Some(self)
     }
 }
 

@@ -24,6 +24,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "jobs_message_partial",
         include_str!("../../migrations/0003_jobs_message_partial.sql"),
     ),
+    (
+        4,
+        "outbox",
+        include_str!("../../migrations/0004_outbox.sql"),
+    ),
 ];
 
 /// Creates `schema` unless it exists (checked first, so that a role without

@@ -16,12 +16,14 @@
 //! migrations), [`thread`] (the command loop and the state it owns),
 //! [`enqueue`] (group commit), [`lease`] (a job's life under a lease: lease,
 //! renew, complete, fail, park, wake, release), [`admin`] (reads and admin
-//! requeues), [`row`] (decoding a row), plus the two helper threads.
+//! requeues), [`outbox`] (events to the user's app), [`row`] (decoding a
+//! row), plus the two helper threads.
 
 mod admin;
 mod checkpointer;
 mod enqueue;
 mod lease;
+mod outbox;
 mod row;
 mod schema;
 #[cfg(test)]
@@ -29,6 +31,7 @@ mod tests;
 mod thread;
 mod wal_sync;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -43,6 +46,7 @@ use self::schema::open_database;
 use self::thread::{Command, EnqueueRequest, Store, StoreResult, run};
 use self::wal_sync::{Answer, Fault, SyncHook, WalSync};
 use crate::backend::CHANNEL_CAPACITY;
+use crate::outbox::{Delivery, DeliveryFilter, Outbox, Route};
 use crate::{
     Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueError, QueueStats,
     RetryPolicy,
@@ -265,5 +269,61 @@ impl JobQueue for SqliteQueue {
 
     async fn ping(&self) -> Result<(), QueueError> {
         self.call(|store| store.ping()).await
+    }
+
+    fn outbox(&self) -> Option<&dyn Outbox> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl Outbox for SqliteQueue {
+    async fn set_routes(&self, routes: &[Route]) -> Result<(), QueueError> {
+        let routes = routes.to_vec();
+        self.call(move |store| store.set_routes(&routes)).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        target: &str,
+        max: usize,
+        hold: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let target = target.to_owned();
+        self.call(move |store| store.claim_deliveries(&target, max, hold))
+            .await
+    }
+
+    async fn delivered(&self, claim: &Delivery) -> Result<(), QueueError> {
+        let claim = claim.clone();
+        self.call(move |store| store.delivered(&claim)).await
+    }
+
+    async fn delivery_failed(
+        &self,
+        claim: &Delivery,
+        class: ErrorClass,
+        error: &str,
+    ) -> Result<Disposition, QueueError> {
+        let (claim, error) = (claim.clone(), error.to_owned());
+        self.call(move |store| store.delivery_failed(&claim, class, &error))
+            .await
+    }
+
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, QueueError> {
+        let filter = filter.clone();
+        self.call(move |store| store.list_deliveries(&filter)).await
+    }
+
+    async fn retry_delivery(&self, id: &str) -> Result<bool, QueueError> {
+        let id = id.to_owned();
+        self.call(move |store| store.retry_delivery(&id)).await
+    }
+
+    async fn pending_deliveries(&self) -> Result<BTreeMap<String, u64>, QueueError> {
+        self.call(Store::pending_deliveries).await
     }
 }

@@ -10,7 +10,7 @@ use super::thread::StoreResult;
 use crate::QueueError;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// Version 2: jobs by message id (the admin API's media lookup), whether
 /// the job id is keyed by message id or by media id.
@@ -30,6 +30,52 @@ pub(super) const SCHEMA_V3: &str = "DROP TRIGGER jobs_count_insert;";
 pub(super) const SCHEMA_V4: &str = "DROP INDEX jobs_message;
 CREATE INDEX jobs_message ON jobs (message_id, account, updated_at)
     WHERE id <> account || ':' || message_id;";
+
+/// Version 5: the outbox of events to the user's app (`crate::outbox`):
+/// its routes, its deliveries, and the trigger that commits a job's
+/// deliveries in the transaction of its `done` or `dead` transition.
+pub(super) const SCHEMA_V5: &str = "
+CREATE TABLE notify_routes (
+    target     TEXT NOT NULL,
+    event      TEXT NOT NULL,
+    account    TEXT NOT NULL,
+    max_age_ms INTEGER NOT NULL,
+    PRIMARY KEY (target, event, account)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE deliveries (
+    id                  TEXT PRIMARY KEY NOT NULL,
+    target              TEXT NOT NULL,
+    job_id              TEXT NOT NULL,
+    event               TEXT NOT NULL,
+    state               TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at     INTEGER NOT NULL,
+    backoff_interval_ms INTEGER,
+    deadline            INTEGER NOT NULL,
+    last_error          TEXT,
+    job_error           TEXT,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL
+) STRICT;
+CREATE INDEX deliveries_due     ON deliveries (target, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX deliveries_updated ON deliveries (updated_at);
+CREATE INDEX deliveries_job     ON deliveries (job_id);
+CREATE TRIGGER jobs_notify AFTER UPDATE OF state ON jobs
+WHEN NEW.state IN ('done', 'dead') AND OLD.state <> NEW.state BEGIN
+    INSERT INTO deliveries (id, target, job_id, event, state, next_attempt_at, deadline,
+                            job_error, created_at, updated_at)
+    SELECT r.target || ':' || NEW.id || ':' || r.event, r.target, NEW.id, r.event, 'pending',
+           NEW.updated_at, NEW.updated_at + r.max_age_ms, NEW.last_error,
+           NEW.updated_at, NEW.updated_at
+    FROM notify_routes r
+    WHERE r.event = CASE NEW.state WHEN 'done' THEN 'media.archived' ELSE 'media.dead' END
+      AND r.account IN ('*', NEW.account)
+    ON CONFLICT (id) DO UPDATE SET
+        state = 'pending', next_attempt_at = excluded.next_attempt_at,
+        backoff_interval_ms = NULL, deadline = excluded.deadline, last_error = NULL,
+        job_error = excluded.job_error, updated_at = excluded.updated_at;
+END;
+";
 
 /// The schema documented in the crate docs; keep both in step.
 pub(super) const SCHEMA_V1: &str = "
@@ -120,7 +166,7 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     match version {
         0..SCHEMA_VERSION => {
-            let steps = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+            let steps = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
             let from = usize::try_from(version).unwrap_or_default();
             for step in &steps[from..] {
                 tx.execute_batch(step)?;
