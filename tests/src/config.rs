@@ -6,6 +6,18 @@
 /// The admin token every test config uses.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 
+/// The secret of every `[[notify]]` target in the tests (the Standard
+/// Webhooks libraries' own example secret).
+pub const NOTIFY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A `[[notify]]` entry named `name` for `url`, with [`NOTIFY_SECRET`], a
+/// 2 s timeout, and `extra` keys (TOML lines); append it to a config.
+pub fn notify_target(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "\n[[notify]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{NOTIFY_SECRET}\"\ntimeout = \"2s\"\n{extra}\n"
+    )
+}
+
 /// Where archived files go in a test.
 #[derive(Debug, Clone)]
 pub enum StoreUnderTest {

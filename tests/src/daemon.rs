@@ -232,6 +232,59 @@ impl Daemon {
         }
     }
 
+    /// `GET /api/v1/notifications?{query}`, which must answer 200: the
+    /// notifications listed.
+    pub async fn notifications(&self, query: &str) -> Vec<Value> {
+        let (status, answer) = self
+            .admin_get(&format!("/api/v1/notifications?{query}"))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        answer["notifications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Polls the admin API until a notification that `matches` is listed,
+    /// and returns it. Panics with the list and the logs after `timeout`.
+    pub async fn wait_for_notification(
+        &self,
+        what: &str,
+        matches: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
+        let started = Instant::now();
+        loop {
+            let all = self.notifications("limit=1000").await;
+            if let Some(found) = all.iter().find(|n| matches(n)) {
+                return found.clone();
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "no notification {what} after {timeout:?}: {all:?}\nlogs:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls `GET /metrics` until `series` has `value` (a counter counted
+    /// just after the state it counts is visible). Panics after `timeout`.
+    pub async fn wait_for_metric(&self, series: &str, value: f64, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let text = self.metrics().await;
+            if metric_sample(&text, series) == Some(value) {
+                return;
+            }
+            if started.elapsed() > timeout {
+                panic!("{series} never became {value} after {timeout:?}:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `GET /metrics`, the Prometheus exposition.
     pub async fn metrics(&self) -> String {
         let answer = self.http.get(self.url("/metrics")).send().await;

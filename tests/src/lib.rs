@@ -35,7 +35,10 @@ mod stage;
 pub mod standard_webhooks;
 
 pub use archive::{Archive, blob_key};
-pub use config::{ADMIN_TOKEN, StoreUnderTest, config, guarded_config, postgres_queue};
+pub use config::{
+    ADMIN_TOKEN, NOTIFY_SECRET, StoreUnderTest, config, guarded_config, notify_target,
+    postgres_queue,
+};
 pub use daemon::{Daemon, binary, free_port, metric_sample};
 pub use stage::Stage;
 pub use test_support::files_under;

@@ -13,13 +13,14 @@ use std::process::{Command, Stdio};
 
 use test_support::app::Received;
 
+// The body is read first, so that Python never exits before taking it.
 const SCRIPT: &str = r#"
 import os, sys
+body = sys.stdin.buffer.read()
 try:
     from standardwebhooks.webhooks import Webhook
 except ImportError:
     sys.exit(3)
-body = sys.stdin.buffer.read()
 headers = {
     "webhook-id": os.environ["SW_ID"],
     "webhook-timestamp": os.environ["SW_TIMESTAMP"],

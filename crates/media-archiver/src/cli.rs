@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use indicatif::ProgressBar;
 
+pub(crate) mod api;
 pub(crate) mod backfill;
 pub(crate) mod check_config;
 pub(crate) mod jobs;

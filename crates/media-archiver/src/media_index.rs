@@ -9,7 +9,7 @@
 //! receiver lists each job's, so `GET /api/v1/media` shows them all.
 
 use media_notify::EventData;
-use retry_queue::JobRecord;
+use retry_queue::{JobRecord, JobState};
 use s3_uploader::{Archive, Archives, Manifest};
 use webhook_receiver::{ArchivedMedia, MediaIndex};
 
@@ -69,8 +69,10 @@ impl EventData for ArchiveIndex {
     }
 
     fn dead(&self, job: &JobRecord, reason: Option<&str>) -> serde_json::Value {
+        // As it died: it may have been retried since the event was committed.
         let mut data = webhook_receiver::job_json(job);
-        if let (Some(fields), Some(reason)) = (data.as_object_mut(), reason) {
+        if let Some(fields) = data.as_object_mut() {
+            fields.insert("state".into(), JobState::Dead.as_str().into());
             fields.insert("last_error".into(), reason.into());
         }
         data

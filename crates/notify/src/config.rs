@@ -60,8 +60,13 @@ fn default_max_age() -> Duration {
 /// a longer one would hold deliveries of a crashed sender for as long.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A checked `[[notify]]` entry, its secret decoded.
-#[derive(Debug, Clone)]
+/// The longest `max_age`: a delivery's deadline must stay far from the
+/// end of time (and a year-old event is no use to an app).
+const MAX_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A checked `[[notify]]` entry, its secret decoded. `Debug` shows the
+/// URL's scheme and host only: its path or query may carry a token.
+#[derive(Clone)]
 pub struct Target {
     /// `name`.
     pub name: String,
@@ -147,8 +152,8 @@ impl NotifyConfig {
                 MAX_TIMEOUT.as_secs()
             ));
         }
-        if self.max_age.is_zero() {
-            problems.push(format!("{label}: max_age must be above 0"));
+        if self.max_age.is_zero() || self.max_age > MAX_MAX_AGE {
+            problems.push(format!("{label}: max_age must be above 0 and at most 365d"));
         }
         let (Some(url), Some(key)) = (url, key) else {
             return Err(problems);
@@ -166,6 +171,27 @@ impl NotifyConfig {
                 include_url: self.include_url,
             },
         )
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field(
+                "url",
+                &format_args!(
+                    "{}://{}/...",
+                    self.url.scheme(),
+                    self.url.host_str().unwrap_or("?")
+                ),
+            )
+            .field("events", &self.events)
+            .field("accounts", &self.accounts)
+            .field("timeout", &self.timeout)
+            .field("max_age", &self.max_age)
+            .field("include_url", &self.include_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -239,6 +265,12 @@ mod tests {
         assert_eq!(target.timeout, Duration::from_secs(10));
         assert_eq!(target.max_age, Duration::from_secs(3 * 86_400));
         assert!(!target.include_url);
+        let shown = format!("{target:?}");
+        assert!(shown.contains("https://crm.internal/..."), "{shown}");
+        assert!(
+            !shown.contains("/hooks"),
+            "a URL's path may carry a token: {shown}"
+        );
         let routes = target.routes();
         assert_eq!(routes.len(), 2);
         assert!(

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use archiver_core::{Classify as _, Clock, UnixMillis};
-use retry_queue::{Delivery, Disposition, JobQueue, JobRecord, NotifyEvent, Outbox, QueueError};
+use retry_queue::{
+    Claimed, Delivery, Disposition, JobQueue, JobRecord, NotifyEvent, Outbox, QueueError,
+};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -37,8 +39,9 @@ pub trait EventData: Send + Sync + std::fmt::Debug {
     /// cannot be read now.
     async fn archived(&self, job: &JobRecord, include_url: bool) -> Result<Option<Value>, String>;
 
-    /// `data` of `media.dead`: the job as the admin API shows it, with
-    /// `last_error` the dead-letter reason it had when it died.
+    /// `data` of `media.dead`: the job as the admin API shows it, as it
+    /// was when it died: state `dead`, `last_error` the dead-letter reason
+    /// (the job may have been retried since).
     fn dead(&self, job: &JobRecord, reason: Option<&str>) -> Value;
 }
 
@@ -86,11 +89,19 @@ impl Notifier {
     /// start, before any job runs, so no transition misses a new target).
     pub async fn install_routes(&self) -> Result<(), QueueError> {
         let routes: Vec<_> = self.targets.iter().flat_map(Target::routes).collect();
-        match self.queue.outbox() {
-            Some(outbox) => outbox.set_routes(&routes).await,
-            None if routes.is_empty() => Ok(()),
-            None => self.outbox().map(|_| ()),
+        let outbox = match self.queue.outbox() {
+            Some(outbox) => outbox,
+            None if routes.is_empty() => return Ok(()),
+            None => return self.outbox().map(|_| ()),
+        };
+        let removed = outbox.set_routes(&routes).await?;
+        if removed > 0 {
+            tracing::warn!(
+                notifications = removed,
+                "pending notifications to targets no longer in [[notify]] were given up"
+            );
         }
+        Ok(())
     }
 
     /// Runs one loop per target until `shutdown`, then waits up to `grace`
@@ -121,15 +132,25 @@ impl Notifier {
         let sends = TaskTracker::new();
         while !shutdown.is_cancelled() {
             let free = permits.available_permits();
-            let claimed = match self.claim(target, free, hold).await {
+            let Claimed {
+                deliveries,
+                expired,
+            } = match self.claim(target, free, hold).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::warn!(notify_target = target.name, error = %e, "cannot read the notification outbox");
-                    Vec::new()
+                    Claimed::default()
                 }
             };
-            let full = free > 0 && claimed.len() == free;
-            for delivery in claimed {
+            for delivery in &expired {
+                record_dead(
+                    target,
+                    delivery,
+                    delivery.last_error.as_deref().unwrap_or_default(),
+                );
+            }
+            let full = free > 0 && deliveries.len() == free;
+            for delivery in deliveries {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
@@ -161,35 +182,42 @@ impl Notifier {
         target: &Target,
         free: usize,
         hold: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    ) -> Result<Claimed, QueueError> {
         if free == 0 {
-            return Ok(Vec::new());
+            return Ok(Claimed::default());
         }
         self.outbox()?
             .claim_deliveries(&target.name, free, hold)
             .await
     }
 
-    /// One attempt of one claimed delivery, and its outcome recorded.
+    /// One attempt of one claimed delivery, and its outcome recorded. The
+    /// attempt (building the body included) ends well within the claim's
+    /// hold, so no other sender takes the delivery while it runs.
     async fn send(&self, index: usize, delivery: Delivery) {
         let target = &self.targets[index];
-        let sent = self.attempt(target, &delivery).await;
+        let limit = target.timeout + CLAIM_MARGIN / 2;
+        let sent = tokio::time::timeout(limit, self.attempt(target, &delivery))
+            .await
+            .unwrap_or(Err(NotifyError::Timeout(limit)));
         let outcome = match sent {
             Ok(()) => match self.outbox() {
-                Ok(outbox) => outbox.delivered(&delivery).await.map(|()| "delivered"),
+                Ok(outbox) => outbox.delivered(&delivery).await.map(|()| {
+                    tracing::info!(
+                        notify_target = target.name,
+                        delivery = delivery.id,
+                        attempts = delivery.attempts,
+                        "notification delivered"
+                    );
+                    "delivered"
+                }),
                 Err(e) => Err(e),
             },
             Err(error) => self.record_failure(target, &delivery, &error).await,
         };
         match outcome {
-            Ok(outcome) => {
-                metrics::counter!(
-                    "media_archiver_notifications_total",
-                    "target" => target.name.clone(),
-                    "outcome" => outcome
-                )
-                .increment(1);
-            }
+            Ok("dead") => {} // counted where it was decided
+            Ok(outcome) => count(target, outcome),
             Err(QueueError::LeaseLost { .. }) => {
                 tracing::info!(
                     notify_target = target.name,
@@ -227,13 +255,7 @@ impl Notifier {
                 Ok("failed")
             }
             Disposition::Dead { reason } => {
-                tracing::warn!(
-                    notify_target = target.name,
-                    delivery = delivery.id,
-                    attempts = delivery.attempts,
-                    reason,
-                    "notification dead: it will not be sent again unless retried"
-                );
+                record_dead(target, delivery, &reason);
                 Ok("dead")
             }
         }
@@ -330,6 +352,29 @@ impl Notifier {
             }
         }
     }
+}
+
+/// Counts one outcome of a send to `target`.
+fn count(target: &Target, outcome: &'static str) {
+    metrics::counter!(
+        "media_archiver_notifications_total",
+        "target" => target.name.clone(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// Logs and counts a delivery given up on, wherever that was decided (a
+/// failed send, or a claim that found it past its deadline).
+fn record_dead(target: &Target, delivery: &Delivery, reason: &str) {
+    tracing::warn!(
+        notify_target = target.name,
+        delivery = delivery.id,
+        attempts = delivery.attempts,
+        reason,
+        "notification dead: it will not be sent again unless retried"
+    );
+    count(target, "dead");
 }
 
 fn rfc3339(ms: UnixMillis) -> String {

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use test_support::app::AppSink;
 use tokio_util::sync::CancellationToken;
 
+/// The Standard Webhooks libraries' own example secret.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -192,10 +193,12 @@ async fn a_refusing_app_gets_the_same_webhook_id_until_it_accepts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_job_is_told_with_its_reason_and_an_unreachable_app_dies_at_max_age() {
     let app = AppSink::start(&[]).await;
-    // Nothing listens on port 9 here: every send fails at once.
+    // A port reserved for this test, where nothing listens: every send
+    // fails at once.
+    let nowhere = format!("http://{}/hooks", test_support::ports::reserved_addr());
     let setup = start(vec![
         target("crm", &app.url(), "1h"),
-        target("gone", "http://127.0.0.1:9/hooks", "2s"),
+        target("gone", &nowhere, "2s"),
     ])
     .await;
     setup.finish("broken", false).await;

@@ -22,6 +22,7 @@ CREATE TABLE deliveries (
     next_attempt_at     BIGINT NOT NULL,
     backoff_interval_ms BIGINT,
     deadline            BIGINT NOT NULL,
+    max_age_ms          BIGINT NOT NULL,
     last_error          TEXT,
     job_error           TEXT,
     created_at          BIGINT NOT NULL,
@@ -31,20 +32,24 @@ CREATE INDEX deliveries_due     ON deliveries (target, next_attempt_at) WHERE st
 CREATE INDEX deliveries_updated ON deliveries (updated_at);
 CREATE INDEX deliveries_job     ON deliveries (job_id);
 
-CREATE FUNCTION jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The function's tables are those of the schema it was created in, whatever
+-- the search_path of the session that changes a job.
+CREATE FUNCTION jobs_notify() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO deliveries (id, target, job_id, event, state, next_attempt_at, deadline,
-                            job_error, created_at, updated_at)
+                            max_age_ms, job_error, created_at, updated_at)
     SELECT r.target || ':' || NEW.id || ':' || r.event, r.target, NEW.id, r.event, 'pending',
-           NEW.updated_at, NEW.updated_at + r.max_age_ms, NEW.last_error,
+           NEW.updated_at, NEW.updated_at + r.max_age_ms, r.max_age_ms, NEW.last_error,
            NEW.updated_at, NEW.updated_at
     FROM notify_routes r
     WHERE r.event = CASE NEW.state WHEN 'done' THEN 'media.archived' ELSE 'media.dead' END
       AND r.account IN ('*', NEW.account)
     ON CONFLICT (id) DO UPDATE SET
-        state = 'pending', next_attempt_at = EXCLUDED.next_attempt_at,
-        backoff_interval_ms = NULL, deadline = EXCLUDED.deadline, last_error = NULL,
-        job_error = EXCLUDED.job_error, updated_at = EXCLUDED.updated_at;
+        state = 'pending', attempts = deliveries.attempts + 1, next_attempt_at = EXCLUDED.next_attempt_at,
+        backoff_interval_ms = NULL, deadline = EXCLUDED.deadline, max_age_ms = EXCLUDED.max_age_ms,
+        last_error = NULL, job_error = EXCLUDED.job_error, created_at = EXCLUDED.created_at,
+        updated_at = EXCLUDED.updated_at;
     RETURN NULL;
 END;
 $$;

@@ -34,8 +34,9 @@ use archiver_core::{Classify, Clock, ErrorClass, ManualClock, ProviderKind, Unix
 pub mod pg;
 
 use crate::{
-    Delivery, DeliveryFilter, DeliveryState, Disposition, Enqueued, JobFilter, JobQueue, JobRecord,
-    JobSpec, JobState, Lease, NotifyEvent, Outbox, QueueError, QueueStats, RetryPolicy, Route,
+    Claimed, Delivery, DeliveryFilter, DeliveryState, Disposition, Enqueued, JobFilter, JobQueue,
+    JobRecord, JobSpec, JobState, Lease, NotifyEvent, Outbox, QueueError, QueueStats, Retried,
+    RetryPolicy, Route,
 };
 
 /// Opens a backend for one test case.
@@ -104,6 +105,9 @@ macro_rules! conformance_suite {
             a_claimed_delivery_is_hidden_for_its_hold_and_fenced,
             a_failing_delivery_backs_off_until_max_age_then_dies,
             an_admin_retry_rearms_a_dead_delivery,
+            a_delivery_past_its_deadline_is_reported_dead_by_the_claim,
+            concurrent_claims_take_disjoint_deliveries,
+            a_removed_target_s_pending_deliveries_are_given_up,
         );
     };
     (@cases $factory:path, plain; $($case:ident),* $(,)?) => {
@@ -1338,6 +1342,13 @@ async fn deliveries(f: &Fixture) -> BTreeMap<String, Delivery> {
 }
 
 async fn claim(f: &Fixture, target: &str, hold_ms: i64) -> Vec<Delivery> {
+    let claimed = claim_all(f, target, hold_ms).await;
+    assert!(claimed.expired.is_empty(), "{:?}", claimed.expired);
+    claimed.deliveries
+}
+
+/// A claim of up to 10 deliveries, and those it found expired.
+async fn claim_all(f: &Fixture, target: &str, hold_ms: i64) -> Claimed {
     outbox(f)
         .claim_deliveries(
             target,
@@ -1584,10 +1595,11 @@ pub async fn a_failing_delivery_backs_off_until_max_age_then_dies(factory: impl 
 }
 
 /// An admin retry makes a dead delivery pending and due now with a fresh
-/// `max_age` window; a delivered one is not resent (`false`), nor an
-/// unknown id. A job dead-lettered again after its own retry re-arms its
-/// `media.dead` delivery under the same id (the consumer can drop the
-/// repeat), with the new reason.
+/// `max_age` window (each retry's window starts at that retry); a pending
+/// one is left alone (it may be being sent), a delivered one is not resent,
+/// an unknown id is unknown. A job dead-lettered again after its own retry
+/// re-arms its `media.dead` delivery under the same id with the new time
+/// and reason, and fences off a send of the old event still in flight.
 pub async fn an_admin_retry_rearms_a_dead_delivery(factory: impl QueueFactory) {
     let f = start(&factory).await;
     outbox(&f)
@@ -1599,37 +1611,181 @@ pub async fn an_admin_retry_rearms_a_dead_delivery(factory: impl QueueFactory) {
     f.fail(&lease, ErrorClass::Permanent, "first reason").await;
     let id = "crm:acme:a:media.dead";
     let claimed = claim(&f, "crm", MIN).await.remove(0);
+    assert_eq!(
+        outbox(&f).retry_delivery(id).await.expect("retry"),
+        Retried::NotDead(DeliveryState::Pending),
+        "a pending delivery (here: being sent) is not sent twice"
+    );
     outbox(&f)
         .delivery_failed(&claimed, ErrorClass::Permanent, "HTTP 404")
         .await
         .expect("failed");
     assert_eq!(deliveries(&f).await[id].state, DeliveryState::Dead);
 
-    f.advance_ms(2 * HOUR);
-    assert!(outbox(&f).retry_delivery(id).await.expect("retry"));
-    let rearmed = &deliveries(&f).await[id];
-    assert_eq!(rearmed.state, DeliveryState::Pending);
-    assert_eq!(rearmed.next_attempt_at, f.now());
-    assert_eq!(rearmed.deadline, f.now() + HOUR, "a fresh max_age window");
+    for _ in 0..2 {
+        f.advance_ms(2 * HOUR);
+        assert_eq!(
+            outbox(&f).retry_delivery(id).await.expect("retry"),
+            Retried::Requeued
+        );
+        let rearmed = &deliveries(&f).await[id];
+        assert_eq!(rearmed.state, DeliveryState::Pending);
+        assert_eq!(rearmed.next_attempt_at, f.now());
+        assert_eq!(rearmed.deadline, f.now() + HOUR, "a fresh max_age window");
+        assert_eq!(rearmed.created_at, T0, "the event's time stays the death's");
+        let claimed = claim(&f, "crm", MIN).await.remove(0);
+        outbox(&f)
+            .delivery_failed(&claimed, ErrorClass::Permanent, "HTTP 404")
+            .await
+            .expect("failed");
+    }
+    f.advance_ms(HOUR);
+    assert_eq!(
+        outbox(&f).retry_delivery(id).await.expect("retry"),
+        Retried::Requeued
+    );
     let claimed = claim(&f, "crm", MIN).await.remove(0);
     outbox(&f).delivered(&claimed).await.expect("delivered");
-    assert!(
-        !outbox(&f).retry_delivery(id).await.expect("retry"),
-        "delivered"
+    assert_eq!(
+        outbox(&f).retry_delivery(id).await.expect("retry"),
+        Retried::NotDead(DeliveryState::Delivered)
     );
-    assert!(
-        !outbox(&f)
+    assert_eq!(
+        outbox(&f)
             .retry_delivery("crm:nope:media.dead")
             .await
-            .expect("retry")
+            .expect("retry"),
+        Retried::Unknown
     );
 
-    // The job itself is retried and dies again.
+    // The job itself is retried and dies again while a send of the old
+    // event is in flight.
     assert!(f.queue.retry_now("acme:a").await.expect("retry job"));
     let lease = f.lease_one("acme:a").await;
     f.fail(&lease, ErrorClass::Permanent, "second reason").await;
+    let in_flight = claim(&f, "crm", MIN).await.remove(0);
+    assert!(f.queue.retry_now("acme:a").await.expect("retry job"));
+    f.advance_ms(SEC);
+    let lease = f.lease_one("acme:a").await;
+    f.fail(&lease, ErrorClass::Permanent, "third reason").await;
     let again = &deliveries(&f).await[id];
     assert_eq!(again.state, DeliveryState::Pending, "re-armed");
-    assert_eq!(again.job_error.as_deref(), Some("second reason"));
-    assert_eq!(claim(&f, "crm", MIN).await.len(), 1);
+    assert_eq!(again.job_error.as_deref(), Some("third reason"));
+    assert_eq!(again.created_at, f.now(), "the new death's time");
+    assert!(
+        matches!(
+            outbox(&f).delivered(&in_flight).await,
+            Err(QueueError::LeaseLost { .. })
+        ),
+        "the old event's send cannot mark the new one delivered"
+    );
+    assert_eq!(deliveries(&f).await[id].state, DeliveryState::Pending);
+}
+
+/// A due delivery found past its deadline (the daemon was down longer than
+/// `max_age`) becomes dead with the expired reason, naming its last error,
+/// and is reported by the claim that made it so, once.
+pub async fn a_delivery_past_its_deadline_is_reported_dead_by_the_claim(
+    factory: impl QueueFactory,
+) {
+    let f = start(&factory).await;
+    outbox(&f)
+        .set_routes(&[route("crm", NotifyEvent::Archived, None, MIN)])
+        .await
+        .expect("set routes");
+    f.enqueue(vec![job("a"), job("b")]).await;
+    for lease in f.lease(2).await {
+        f.queue.complete(&lease).await.expect("complete");
+    }
+    let claimed = claim(&f, "crm", 30 * SEC).await;
+    let failed = claimed.iter().find(|d| d.job_id == "acme:a").expect("a");
+    outbox(&f)
+        .delivery_failed(failed, ErrorClass::Transient, "HTTP 502")
+        .await
+        .expect("failed");
+
+    f.advance_ms(HOUR);
+    let after = claim_all(&f, "crm", 30 * SEC).await;
+    assert!(after.deliveries.is_empty(), "{:?}", after.deliveries);
+    let mut expired: Vec<_> = after.expired.iter().map(|d| d.job_id.as_str()).collect();
+    expired.sort_unstable();
+    assert_eq!(expired, ["acme:a", "acme:b"]);
+    let a = after.expired.iter().find(|d| d.job_id == "acme:a").unwrap();
+    assert_eq!(a.state, DeliveryState::Dead);
+    assert_eq!(
+        a.last_error.as_deref(),
+        Some("expired: max_age passed before it could be delivered; last error: HTTP 502")
+    );
+    let again = claim_all(&f, "crm", 30 * SEC).await;
+    assert!(again.expired.is_empty() && again.deliveries.is_empty());
+}
+
+/// Two claims at once never take the same delivery.
+pub async fn concurrent_claims_take_disjoint_deliveries(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    outbox(&f)
+        .set_routes(&[route("crm", NotifyEvent::Archived, None, DAY)])
+        .await
+        .expect("set routes");
+    let jobs: Vec<JobSpec> = (0..40).map(|i| job(&format!("j{i}"))).collect();
+    f.enqueue(jobs).await;
+    for lease in f.lease(40).await {
+        f.queue.complete(&lease).await.expect("complete");
+    }
+    let claims: Vec<_> = (0..4)
+        .map(|_| {
+            let queue = f.queue.clone();
+            tokio::spawn(async move {
+                queue
+                    .outbox()
+                    .expect("outbox")
+                    .claim_deliveries("crm", 15, Duration::from_secs(60))
+                    .await
+                    .expect("claim")
+                    .deliveries
+            })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for claim in claims {
+        taken.extend(claim.await.expect("claim task").into_iter().map(|d| d.id));
+    }
+    let distinct: HashSet<&String> = taken.iter().collect();
+    assert_eq!(taken.len(), 40, "every delivery claimed: {taken:?}");
+    assert_eq!(distinct.len(), 40, "none twice: {taken:?}");
+}
+
+/// Replacing the routes gives up the pending deliveries of a target no
+/// route names any more (no sender would claim them), and counts them;
+/// the remaining targets' deliveries stay pending.
+pub async fn a_removed_target_s_pending_deliveries_are_given_up(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    outbox(&f)
+        .set_routes(&[
+            route("crm", NotifyEvent::Archived, None, DAY),
+            route("old", NotifyEvent::Archived, None, DAY),
+        ])
+        .await
+        .expect("set routes");
+    f.enqueue(vec![job("a")]).await;
+    let lease = f.lease_one("acme:a").await;
+    f.queue.complete(&lease).await.expect("complete");
+    let removed = outbox(&f)
+        .set_routes(&[route("crm", NotifyEvent::Archived, None, DAY)])
+        .await
+        .expect("set routes");
+    assert_eq!(removed, 1);
+    let found = deliveries(&f).await;
+    assert_eq!(
+        found["old:acme:a:media.archived"].state,
+        DeliveryState::Dead
+    );
+    assert_eq!(
+        found["old:acme:a:media.archived"].last_error.as_deref(),
+        Some("its [[notify]] target is no longer configured")
+    );
+    assert_eq!(
+        found["crm:acme:a:media.archived"].state,
+        DeliveryState::Pending
+    );
 }

@@ -161,7 +161,10 @@ pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis}
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub use config::{QueueConfig, QueueSettings};
 pub use error::QueueError;
-pub use outbox::{Delivery, DeliveryFilter, DeliveryState, NotifyEvent, Outbox, Route};
+pub use outbox::{
+    Claimed, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryState, MAX_CLAIM_BATCH,
+    NotifyEvent, Outbox, Retried, Route,
+};
 pub use policy::RetryPolicy;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgConfig, PgOptions, PgQueue};

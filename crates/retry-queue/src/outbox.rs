@@ -16,8 +16,10 @@
 //! and reports each outcome; a failure is decided by the jobs' own retry
 //! rule (`retry::decide`) with `created_at + max_age` as the
 //! deadline. A job dead-lettered again after a retry re-arms its existing
-//! `media.dead` delivery (same id, so a consumer that already saw it can
-//! drop the repeat).
+//! `media.dead` delivery: same id (a consumer that already saw it can drop
+//! the repeat), the new transition's time and reason, and one more attempt
+//! counted, so that a send of the old event still in flight cannot mark
+//! the new one delivered.
 //!
 //! # Schema (SQLite version 5, PostgreSQL migration 4)
 //!
@@ -38,7 +40,8 @@
 //!     attempts            INTEGER NOT NULL DEFAULT 0,  -- claims taken; the claim's fence
 //!     next_attempt_at     INTEGER NOT NULL,  -- due time; a claim pushes it past the send
 //!     backoff_interval_ms INTEGER,
-//!     deadline            INTEGER NOT NULL,
+//!     deadline            INTEGER NOT NULL,  -- created_at + max_age_ms, or an admin retry + max_age_ms
+//!     max_age_ms          INTEGER NOT NULL,  -- the route's, as of the transition
 //!     last_error          TEXT,              -- latest failed send, or the dead reason
 //!     job_error           TEXT,              -- the job's last_error at its transition
 //!     created_at          INTEGER NOT NULL,
@@ -46,6 +49,7 @@
 //! );
 //! CREATE INDEX deliveries_due     ON deliveries (target, next_attempt_at) WHERE state = 'pending';
 //! CREATE INDEX deliveries_updated ON deliveries (updated_at);
+//! CREATE INDEX deliveries_job     ON deliveries (job_id);
 //! -- and the trigger, AFTER UPDATE OF state ON jobs, for a change into
 //! -- done or dead: INSERT INTO deliveries SELECT ... FROM notify_routes
 //! -- (times from the job's updated_at, the queue's clock).
@@ -112,7 +116,8 @@ pub enum DeliveryState {
     Pending,
     /// A 2xx answer was received.
     Delivered,
-    /// Given up: `max_age` passed, or an admin's retry was refused.
+    /// Given up: `max_age` passed, a permanent failure (nothing left to
+    /// send), or its target was removed from the config.
     Dead,
 }
 
@@ -194,30 +199,52 @@ impl DeliveryFilter {
     }
 }
 
+/// What one [`Outbox::claim_deliveries`] call did.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    /// The deliveries to send now, oldest first.
+    pub deliveries: Vec<Delivery>,
+    /// Due deliveries found past their deadline and made dead by this call
+    /// (reason [`DELIVERY_EXPIRED`]), for the caller to log and count.
+    pub expired: Vec<Delivery>,
+}
+
+/// What [`Outbox::retry_delivery`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retried {
+    /// The dead delivery is pending again, due now.
+    Requeued,
+    /// It is not dead: pending (it is sent when due) or delivered.
+    NotDead(DeliveryState),
+    /// No delivery has that id.
+    Unknown,
+}
+
 /// The reason stored for a delivery claimed after its deadline (a sender
 /// that kept crashing, or a daemon down for longer than `max_age`);
 /// `; last error: ...` follows when a send had failed.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) const DELIVERY_EXPIRED: &str = "expired: max_age passed before it could be delivered";
+pub const DELIVERY_EXPIRED: &str = "expired: max_age passed before it could be delivered";
 
 /// The outbox side of a queue backend (see the module docs).
 #[async_trait::async_trait]
 pub trait Outbox: Send + Sync + std::fmt::Debug {
-    /// Replaces every route (the `[[notify]]` config at start). Deliveries
-    /// already committed are kept, whatever their target.
-    async fn set_routes(&self, routes: &[Route]) -> Result<(), QueueError>;
+    /// Replaces every route (the `[[notify]]` config at start). Pending
+    /// deliveries to a target no route names any more are made dead (no
+    /// sender would ever claim them); returns how many.
+    async fn set_routes(&self, routes: &[Route]) -> Result<u64, QueueError>;
 
     /// Takes up to `max` due pending deliveries of `target`, oldest due
     /// first, and hides them until `now + hold` (their next attempt if the
-    /// sender never reports). Each returned delivery's `attempts` counts this
+    /// sender never reports). Each claimed delivery's `attempts` counts this
     /// claim and fences its report. A due delivery past its deadline becomes
-    /// dead ([`DELIVERY_EXPIRED`]) instead of being returned.
+    /// dead ([`DELIVERY_EXPIRED`]) instead, reported in [`Claimed::expired`]
+    /// by the call that made it so (at most [`MAX_CLAIM_BATCH`] a call).
     async fn claim_deliveries(
         &self,
         target: &str,
         max: usize,
         hold: Duration,
-    ) -> Result<Vec<Delivery>, QueueError>;
+    ) -> Result<Claimed, QueueError>;
 
     /// The claimed delivery was answered 2xx: `delivered`. `LeaseLost` if
     /// it was claimed again since (its hold ran out), or is no longer
@@ -238,14 +265,17 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// Deliveries matching the filter, most recently updated first.
     async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, QueueError>;
 
-    /// Admin resend: a dead or pending delivery is pending, due now, with a
-    /// fresh `max_age` window and its backoff reset. `Ok(false)` if absent
-    /// or already delivered.
-    async fn retry_delivery(&self, id: &str) -> Result<bool, QueueError>;
+    /// Admin resend: a dead delivery is pending, due now, with a fresh
+    /// `max_age` window and its backoff reset. A pending one is left alone
+    /// (it may be being sent: resending it now would send it twice).
+    async fn retry_delivery(&self, id: &str) -> Result<Retried, QueueError>;
 
     /// Pending deliveries per target (targets with none are absent).
     async fn pending_deliveries(&self) -> Result<BTreeMap<String, u64>, QueueError>;
 }
+
+/// Most deliveries claimed, or expired, by one claim call.
+pub const MAX_CLAIM_BATCH: usize = 1000;
 
 /// Columns read into a [`Delivery`], in this order (both backends).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -295,6 +325,11 @@ impl DeliveryRow {
         })
     }
 }
+
+/// The reason stored for a pending delivery whose target was removed
+/// from the config.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const TARGET_REMOVED: &str = "its [[notify]] target is no longer configured";
 
 /// The stored account of a route (`'*'`: every account; account names
 /// never contain it).

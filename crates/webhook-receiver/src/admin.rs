@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use retry_queue::{Delivery, DeliveryFilter, DeliveryState, JobFilter, JobRecord, Outbox};
+use retry_queue::{Delivery, DeliveryFilter, DeliveryState, JobFilter, JobRecord, Outbox, Retried};
 use serde_json::{Value, json};
 
 use crate::Receiver;
@@ -153,37 +153,21 @@ impl Receiver {
         ))
     }
 
-    /// `POST /api/v1/notifications/{id}/retry`: sends a dead (or waiting)
-    /// notification again now.
+    /// `POST /api/v1/notifications/{id}/retry`: sends a dead notification
+    /// again now.
     async fn retry_notification(&self, id: &str) -> Reply {
-        let outbox = self.outbox()?;
-        if outbox.retry_delivery(id).await.map_err(queue_unavailable)? {
-            return Ok(json(StatusCode::OK, &json!({ "requeued": 1 })));
-        }
-        // `{target}:{job id}:{event}`; neither a target nor an event has a colon.
-        let Some(job_id) = id
-            .split_once(':')
-            .and_then(|(_, rest)| rest.rsplit_once(':'))
-            .map(|(job, _)| job)
-        else {
-            return Err(ApiError::NotFound(format!("no notification {id:?}")));
-        };
-        let filter = DeliveryFilter {
-            job_id: Some(job_id.to_owned()),
-            ..DeliveryFilter::default()
-        };
-        let known = outbox
-            .list_deliveries(&filter)
+        match self
+            .outbox()?
+            .retry_delivery(id)
             .await
             .map_err(queue_unavailable)?
-            .into_iter()
-            .any(|d| d.id == id);
-        if known {
-            Err(ApiError::BadRequest(format!(
-                "notification {id:?} was delivered; only pending or dead notifications can be retried"
-            )))
-        } else {
-            Err(ApiError::NotFound(format!("no notification {id:?}")))
+        {
+            Retried::Requeued => Ok(json(StatusCode::OK, &json!({ "requeued": 1 }))),
+            Retried::NotDead(state) => Err(ApiError::BadRequest(format!(
+                "notification {id:?} is {}; only dead notifications can be retried (a pending one is sent when due)",
+                state.as_str()
+            ))),
+            Retried::Unknown => Err(ApiError::NotFound(format!("no notification {id:?}"))),
         }
     }
 

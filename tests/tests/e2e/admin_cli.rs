@@ -1,11 +1,15 @@
-//! `media-archiver jobs ...` against a running daemon, as an operator uses
-//! it: tables for people, `--json` for scripts, exit codes 0 / 1 / 2.
+//! `media-archiver jobs ...` and `notifications ...` against a running
+//! daemon, as an operator uses them: tables for people, `--json` for
+//! scripts, exit codes 0 / 1 / 2.
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use e2e::accounts::GREEN_WEBHOOK_TOKEN as TOKEN;
-use e2e::{ADMIN_TOKEN, Daemon, StoreUnderTest, accounts, binary, bytes, config, now};
+use e2e::{
+    ADMIN_TOKEN, Daemon, StoreUnderTest, accounts, binary, bytes, config, free_port, notify_target,
+    now,
+};
 use serde_json::{Value, json};
 use test_support::green_api::FakeGreenApi;
 
@@ -15,8 +19,13 @@ const BAD: &str = "CLIBAD00000000000000000000000001";
 
 /// Runs `media-archiver jobs <args> --url <daemon>` with the admin token.
 fn jobs(daemon: &Daemon, args: &[&str]) -> Output {
+    verb(daemon, "jobs", args)
+}
+
+/// Runs `media-archiver <verb> <args> --url <daemon>` with the admin token.
+fn verb(daemon: &Daemon, verb: &str, args: &[&str]) -> Output {
     Command::new(binary())
-        .arg("jobs")
+        .arg(verb)
         .args(args)
         .args(["--url", &daemon.base_url])
         .env("MEDIA_ARCHIVER_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -180,4 +189,68 @@ async fn jobs_exits_2_on_usage_errors_and_1_when_the_daemon_refuses() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("127.0.0.1:1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_list_and_retry_through_the_admin_api() {
+    let fake = FakeGreenApi::start().await;
+    // An app that is down: the event dies after a second.
+    let down = format!("http://127.0.0.1:{}/hooks", free_port());
+    let daemon = Daemon::start_in_temp_dir(
+        &(config(&StoreUnderTest::Fs, &accounts::green_api(&fake))
+            + &notify_target("crm", &down, "max_age = \"1s\"")),
+    );
+    let url = fake.add_file(CHAT, GOOD, bytes(3000, 1), "image/jpeg", "a.jpg");
+    let hook = fake.file_webhook(
+        "incomingMessageReceived",
+        "imageMessage",
+        CHAT,
+        GOOD,
+        &url,
+        now(),
+    );
+    assert_eq!(daemon.webhook("green", &hook, TOKEN).await.0, 200);
+    let id = format!("crm:green:{GOOD}:media.archived");
+    daemon
+        .wait_for_notification(
+            &id,
+            |n| n["id"] == id.as_str() && n["state"] == "dead",
+            Duration::from_secs(30),
+        )
+        .await;
+
+    let table = ok(verb(&daemon, "notifications", &["list", "--state", "dead"]));
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(row.starts_with(&format!("{id}  dead")), "{table}");
+    assert!(row.contains("expired:"), "the reason is shown: {table}");
+    assert!(table.ends_with("1 notification\n"), "{table}");
+    let listed: Value = serde_json::from_str(&ok(verb(
+        &daemon,
+        "notifications",
+        &["list", "--target", "crm", "--json"],
+    )))
+    .expect("--json prints the API's JSON");
+    assert_eq!(listed["notifications"][0]["id"], id.as_str());
+
+    assert_eq!(
+        ok(verb(&daemon, "notifications", &["retry", &id])),
+        format!("requeued {id}\n")
+    );
+    let pending = ok(verb(
+        &daemon,
+        "notifications",
+        &["list", "--state", "pending"],
+    ));
+    assert!(pending.contains(&id), "{pending}");
+    let unknown = verb(
+        &daemon,
+        "notifications",
+        &["retry", "crm:green:NOPE:media.archived"],
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("404: no notification"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
 }

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use e2e::{Daemon, Stage, StoreUnderTest, accounts, bytes, config, free_port, now, sha256_hex};
+use e2e::{
+    Daemon, NOTIFY_SECRET as SECRET, Stage, StoreUnderTest, accounts, bytes, config, free_port,
+    notify_target, now, sha256_hex,
+};
 use media_notify::sign::SigningKey;
 use serde_json::Value;
 use test_support::app::{AppSink, Received};
@@ -13,14 +16,11 @@ use test_support::garage::Garage;
 use test_support::meta::{FakeCloudApi, HashEncoding};
 
 const ACCOUNT: &str = "cloud";
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A `[[notify]]` section for `url`.
+/// The `crm` target at `url`.
 fn notify(url: &str, extra: &str) -> String {
-    format!(
-        "\n[[notify]]\nname = \"crm\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\ntimeout = \"2s\"\n{extra}\n"
-    )
+    notify_target("crm", url, extra)
 }
 
 /// Announces an image of `len` bytes by a signed Cloud API webhook; its
@@ -69,30 +69,11 @@ fn assert_signed(received: &Received) {
     assert_eq!(received.content_type, "application/json");
 }
 
-/// The outbox's view of the notifications, through the admin API.
-async fn notifications(daemon: &Daemon) -> Vec<Value> {
-    let (status, answer) = daemon.admin_get("/api/v1/notifications").await;
-    assert_eq!(status, 200, "{answer}");
-    answer["notifications"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
+/// The first notification in `state`, once there is one.
 async fn wait_for_notification(daemon: &Daemon, state: &str) -> Value {
-    let start = std::time::Instant::now();
-    loop {
-        let all = notifications(daemon).await;
-        if let Some(found) = all.iter().find(|n| n["state"] == state) {
-            return found.clone();
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "no {state} notification: {all:?}\n{}",
-            daemon.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    daemon
+        .wait_for_notification(state, |n| n["state"] == state, WAIT)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,8 +153,10 @@ async fn an_app_that_answers_500_three_times_gets_the_same_webhook_id_four_times
     let metric = |outcome: &str| {
         format!(r#"media_archiver_notifications_total{{target="crm",outcome="{outcome}"}}"#)
     };
+    s.daemon
+        .wait_for_metric(&metric("delivered"), 1.0, WAIT)
+        .await;
     assert_eq!(s.daemon.metric(&metric("failed")).await, 3.0);
-    assert_eq!(s.daemon.metric(&metric("delivered")).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,13 +198,9 @@ async fn a_daemon_killed_before_it_could_deliver_delivers_after_restart() {
     let mut daemon = Daemon::start(&config, workdir.path());
     let (_, job_id) = announce(&daemon, &fake, "wamid.RESTART1").await;
     daemon.wait_for_job(&job_id, "done", WAIT).await;
-    let failing = loop {
-        let all = notifications(&daemon).await;
-        if let Some(n) = all.iter().find(|n| n["last_error"].is_string()) {
-            break n.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let failing = daemon
+        .wait_for_notification("that failed", |n| n["last_error"].is_string(), WAIT)
+        .await;
     assert_eq!(failing["state"], "pending", "{failing}");
     daemon.kill();
 

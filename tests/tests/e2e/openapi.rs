@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use e2e::accounts::GREEN_WEBHOOK_TOKEN;
-use e2e::{ADMIN_TOKEN, Daemon, StoreUnderTest, accounts, bytes, config, now};
+use e2e::{ADMIN_TOKEN, Daemon, StoreUnderTest, accounts, bytes, config, notify_target, now};
 use reqwest::Method;
 use serde_json::{Value, json};
 use test_support::app::AppSink;
@@ -28,8 +28,6 @@ const CHAT: &str = "79001234568@c.us";
 const GOOD: &str = "APIGOOD000000000000000000000001";
 const BAD: &str = "APIBAD0000000000000000000000001";
 const WAIT: Duration = Duration::from_secs(30);
-/// The `[[notify]]` targets' secret.
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// One answer of the daemon: to which route of the document (its path
 /// template), and what came back.
@@ -249,13 +247,12 @@ async fn every_admin_answer_matches_the_openapi_document() {
     // Two [[notify]] targets: an app that accepts, and one that is down
     // and gives up after a second, so that a notification dies.
     let app = AppSink::start(&[]).await;
-    let targets = format!(
-        "\n[[notify]]\nname = \"crm\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\
-         [[notify]]\nname = \"down\"\nurl = \"http://127.0.0.1:{}/\"\nsecret = \"{SECRET}\"\n\
-         max_age = \"1s\"\nevents = [\"media.dead\"]\n",
-        app.url(),
-        e2e::free_port()
-    );
+    let targets = notify_target("crm", &app.url(), "")
+        + &notify_target(
+            "down",
+            &format!("http://127.0.0.1:{}/", e2e::free_port()),
+            "max_age = \"1s\"\nevents = [\"media.dead\"]",
+        );
     let daemon = Daemon::start_in_temp_dir(
         &(config(&StoreUnderTest::Fs, &accounts::green_api(&fake)) + &targets),
     );
@@ -341,21 +338,11 @@ async fn every_admin_answer_matches_the_openapi_document() {
 
     // The notifications: crm's of the done job is delivered, down's of the
     // dead job dies once its second is up.
-    app.wait_for(1, WAIT).await;
     let notifications = "/api/v1/notifications";
-    let dead_one = format!("down:{bad}:media.dead");
-    let started = std::time::Instant::now();
-    loop {
-        let (_, body) = d.admin_get(&format!("{notifications}?state=dead")).await;
-        let found = body["notifications"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if found.iter().any(|n| n["id"] == dead_one.as_str()) {
-            break;
-        }
-        assert!(started.elapsed() < WAIT, "{dead_one} never died: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let (delivered, dead_one) = (notification_id(&good), format!("down:{bad}:media.dead"));
+    for (id, state) in [(&delivered, "delivered"), (&dead_one, "dead")] {
+        d.wait_for_notification(id, |n| n["id"] == id.as_str() && n["state"] == state, WAIT)
+            .await;
     }
     for (path, expected) in [
         (notifications.to_owned(), 200),
@@ -375,7 +362,7 @@ async fn every_admin_answer_matches_the_openapi_document() {
     let retry = "/api/v1/notifications/{id}/retry";
     for (id, expected) in [
         (dead_one.clone(), 200),
-        (notification_id(&good), 400),
+        (delivered.clone(), 400),
         ("crm:green:NOPE:media.archived".to_owned(), 404),
     ] {
         let path = format!("/api/v1/notifications/{}/retry", id.replace(':', "%3A"));

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::jobs::{ApiArgs, Failure, run_command, text};
+use super::api::{ApiArgs, Failure, run_command, text};
 
 /// `media`: look up archived media through a running daemon.
 #[derive(Debug, clap::Args)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::jobs::{ApiArgs, ERROR_WIDTH, Failure, encode, run_command, table, text, truncate};
+use super::api::{ApiArgs, ERROR_WIDTH, Failure, encode, run_command, table, text, truncate};
 
 /// `notifications`: list and resend events to the user's apps.
 #[derive(Debug, clap::Args)]
@@ -35,8 +35,7 @@ enum NotificationsCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Send a dead (or waiting) notification again now, with a fresh
-    /// `max_age`.
+    /// Send a dead notification again now, with a fresh `max_age`.
     Retry {
         /// Notification id, `{target}:{job id}:{event}` (its webhook-id).
         id: String,

@@ -13,8 +13,8 @@ use super::PgQueue;
 use super::row::db;
 use crate::backend::millis;
 use crate::outbox::{
-    DELIVERY_COLUMNS, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryRow, Outbox, Route,
-    route_account,
+    Claimed, DELIVERY_COLUMNS, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryRow,
+    DeliveryState, MAX_CLAIM_BATCH, Outbox, Retried, Route, TARGET_REMOVED, route_account,
 };
 use crate::retry::{self, Stored};
 use crate::{Disposition, QueueError};
@@ -54,7 +54,7 @@ fn fence(claim: &Delivery) -> Result<i32, QueueError> {
 
 #[async_trait::async_trait]
 impl Outbox for PgQueue {
-    async fn set_routes(&self, routes: &[Route]) -> Result<(), QueueError> {
+    async fn set_routes(&self, routes: &[Route]) -> Result<u64, QueueError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(ROUTES_LOCK)
@@ -79,7 +79,18 @@ impl Outbox for PgQueue {
             .await
             .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        let removed = sqlx::query(
+            "UPDATE deliveries SET state = 'dead', last_error = $1, updated_at = $2
+             WHERE state = 'pending' AND target NOT IN (SELECT target FROM notify_routes)",
+        )
+        .bind(TARGET_REMOVED)
+        .bind(self.now())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(removed)
     }
 
     async fn claim_deliveries(
@@ -87,23 +98,33 @@ impl Outbox for PgQueue {
         target: &str,
         max: usize,
         hold: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    ) -> Result<Claimed, QueueError> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(Claimed::default());
         }
         let now = self.now();
         let until = now.saturating_add(millis(hold));
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let limit = i64::try_from(max.min(MAX_CLAIM_BATCH)).unwrap_or(1);
+        let batch = i64::try_from(MAX_CLAIM_BATCH).unwrap_or(1);
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(
-            "UPDATE deliveries SET state = 'dead',
-                last_error = $3::TEXT || COALESCE('; last error: ' || last_error, ''), updated_at = $2
-             WHERE state = 'pending' AND target = $1 AND next_attempt_at <= $2 AND deadline < $2",
-        )
+        let expired = sqlx::query(&format!(
+            "UPDATE deliveries d SET state = 'dead',
+                last_error = $3::TEXT || COALESCE('; last error: ' || d.last_error, ''),
+                updated_at = $2
+             FROM (SELECT id FROM deliveries
+                   WHERE state = 'pending' AND target = $1 AND next_attempt_at <= $2
+                     AND deadline < $2
+                   LIMIT $4
+                   FOR UPDATE SKIP LOCKED) due
+             WHERE d.id = due.id
+             RETURNING {}",
+            qualified("d")
+        ))
         .bind(target)
         .bind(now)
         .bind(DELIVERY_EXPIRED)
-        .execute(&mut *tx)
+        .bind(batch)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
         let rows = sqlx::query(&format!(
@@ -124,12 +145,18 @@ impl Outbox for PgQueue {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        let mut claimed = rows
+        let mut deliveries = rows
             .iter()
             .map(read_delivery)
             .collect::<Result<Vec<_>, _>>()?;
-        claimed.sort_by_key(|d| d.created_at);
-        Ok(claimed)
+        deliveries.sort_by_key(|d| d.created_at);
+        Ok(Claimed {
+            deliveries,
+            expired: expired
+                .iter()
+                .map(read_delivery)
+                .collect::<Result<Vec<_>, _>>()?,
+        })
     }
 
     async fn delivered(&self, claim: &Delivery) -> Result<(), QueueError> {
@@ -214,12 +241,11 @@ impl Outbox for PgQueue {
         rows.iter().map(read_delivery).collect()
     }
 
-    async fn retry_delivery(&self, id: &str) -> Result<bool, QueueError> {
+    async fn retry_delivery(&self, id: &str) -> Result<Retried, QueueError> {
         let changed = sqlx::query(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = $2,
-                deadline = $2 + (deadline - created_at), backoff_interval_ms = NULL,
-                updated_at = $2
-             WHERE id = $1 AND state IN ('pending', 'dead')",
+                deadline = $2 + max_age_ms, backoff_interval_ms = NULL, updated_at = $2
+             WHERE id = $1 AND state = 'dead'",
         )
         .bind(id)
         .bind(self.now())
@@ -227,7 +253,23 @@ impl Outbox for PgQueue {
         .await
         .map_err(db)?
         .rows_affected();
-        Ok(changed > 0)
+        if changed > 0 {
+            return Ok(Retried::Requeued);
+        }
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        match state {
+            None => Ok(Retried::Unknown),
+            Some(state) => DeliveryState::parse(&state)
+                .map(Retried::NotDead)
+                .ok_or_else(|| {
+                    QueueError::Corrupt(format!("delivery {id}: unknown state {state:?}"))
+                }),
+        }
     }
 
     async fn pending_deliveries(&self) -> Result<BTreeMap<String, u64>, QueueError> {

@@ -46,7 +46,7 @@ use self::schema::open_database;
 use self::thread::{Command, EnqueueRequest, Store, StoreResult, run};
 use self::wal_sync::{Answer, Fault, SyncHook, WalSync};
 use crate::backend::CHANNEL_CAPACITY;
-use crate::outbox::{Delivery, DeliveryFilter, Outbox, Route};
+use crate::outbox::{Claimed, Delivery, DeliveryFilter, Outbox, Retried, Route};
 use crate::{
     Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueError, QueueStats,
     RetryPolicy,
@@ -278,7 +278,7 @@ impl JobQueue for SqliteQueue {
 
 #[async_trait::async_trait]
 impl Outbox for SqliteQueue {
-    async fn set_routes(&self, routes: &[Route]) -> Result<(), QueueError> {
+    async fn set_routes(&self, routes: &[Route]) -> Result<u64, QueueError> {
         let routes = routes.to_vec();
         self.call(move |store| store.set_routes(&routes)).await
     }
@@ -288,9 +288,9 @@ impl Outbox for SqliteQueue {
         target: &str,
         max: usize,
         hold: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    ) -> Result<Claimed, QueueError> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(Claimed::default());
         }
         let target = target.to_owned();
         self.call(move |store| store.claim_deliveries(&target, max, hold))
@@ -318,7 +318,7 @@ impl Outbox for SqliteQueue {
         self.call(move |store| store.list_deliveries(&filter)).await
     }
 
-    async fn retry_delivery(&self, id: &str) -> Result<bool, QueueError> {
+    async fn retry_delivery(&self, id: &str) -> Result<Retried, QueueError> {
         let id = id.to_owned();
         self.call(move |store| store.retry_delivery(&id)).await
     }

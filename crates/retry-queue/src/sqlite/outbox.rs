@@ -10,7 +10,8 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use super::thread::{Store, StoreResult};
 use crate::backend::millis;
 use crate::outbox::{
-    DELIVERY_COLUMNS, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryRow, Route, route_account,
+    Claimed, DELIVERY_COLUMNS, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryRow,
+    DeliveryState, MAX_CLAIM_BATCH, Retried, Route, TARGET_REMOVED, route_account,
 };
 use crate::retry::{self, Stored};
 use crate::{Disposition, QueueError};
@@ -47,7 +48,8 @@ fn claim_lost(claim: &Delivery) -> QueueError {
 }
 
 impl Store {
-    pub(super) fn set_routes(&mut self, routes: &[Route]) -> StoreResult<()> {
+    pub(super) fn set_routes(&mut self, routes: &[Route]) -> StoreResult<u64> {
+        let now = self.now();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -67,8 +69,13 @@ impl Store {
                 ])?;
             }
         }
+        let removed = tx.execute(
+            "UPDATE deliveries SET state = 'dead', last_error = ?1, updated_at = ?2
+             WHERE state = 'pending' AND target NOT IN (SELECT target FROM notify_routes)",
+            params![TARGET_REMOVED, now],
+        )?;
         tx.commit()?;
-        Ok(())
+        Ok(u64::try_from(removed).unwrap_or_default())
     }
 
     pub(super) fn claim_deliveries(
@@ -76,20 +83,27 @@ impl Store {
         target: &str,
         max: usize,
         hold: Duration,
-    ) -> StoreResult<Vec<Delivery>> {
+    ) -> StoreResult<Claimed> {
         let now = self.now();
         let until = now.saturating_add(millis(hold));
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let limit = i64::try_from(max.min(MAX_CLAIM_BATCH)).unwrap_or(1);
+        let batch = i64::try_from(MAX_CLAIM_BATCH).unwrap_or(1);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.prepare_cached(
-            "UPDATE deliveries SET state = 'dead',
-                last_error = ?3 || COALESCE('; last error: ' || last_error, ''), updated_at = ?2
-             WHERE state = 'pending' AND target = ?1 AND next_attempt_at <= ?2 AND deadline < ?2",
-        )?
-        .execute(params![target, now, DELIVERY_EXPIRED])?;
-        let rows = tx
+        let expired = tx
+            .prepare_cached(&format!(
+                "UPDATE deliveries SET state = 'dead',
+                    last_error = ?3 || COALESCE('; last error: ' || last_error, ''), updated_at = ?2
+                 WHERE id IN (SELECT id FROM deliveries
+                              WHERE state = 'pending' AND target = ?1 AND next_attempt_at <= ?2
+                                AND deadline < ?2
+                              LIMIT ?4)
+                 RETURNING {DELIVERY_COLUMNS}"
+            ))?
+            .query_map(params![target, now, DELIVERY_EXPIRED, batch], read_delivery)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let claimed = tx
             .prepare_cached(&format!(
                 "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?3, updated_at = ?2
                  WHERE id IN (SELECT id FROM deliveries
@@ -100,9 +114,12 @@ impl Store {
             .query_map(params![target, now, until, limit], read_delivery)?
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit()?;
-        let mut claimed = deliveries(rows)?;
-        claimed.sort_by_key(|d| d.created_at);
-        Ok(claimed)
+        let mut deliveries = deliveries(claimed)?;
+        deliveries.sort_by_key(|d| d.created_at);
+        Ok(Claimed {
+            deliveries,
+            expired: self::deliveries(expired)?,
+        })
     }
 
     pub(super) fn delivered(&mut self, claim: &Delivery) -> StoreResult<()> {
@@ -191,18 +208,38 @@ impl Store {
         deliveries(rows)
     }
 
-    pub(super) fn retry_delivery(&mut self, id: &str) -> StoreResult<bool> {
+    pub(super) fn retry_delivery(&mut self, id: &str) -> StoreResult<Retried> {
         let now = self.now();
-        let changed = self
+        let tx = self
             .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx
             .prepare_cached(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2,
-                    deadline = ?2 + (deadline - created_at), backoff_interval_ms = NULL,
-                    updated_at = ?2
-                 WHERE id = ?1 AND state IN ('pending', 'dead')",
+                    deadline = ?2 + max_age_ms, backoff_interval_ms = NULL, updated_at = ?2
+                 WHERE id = ?1 AND state = 'dead'",
             )?
             .execute(params![id, now])?;
-        Ok(changed > 0)
+        let retried = if changed > 0 {
+            Retried::Requeued
+        } else {
+            let state: Option<String> = tx
+                .prepare_cached("SELECT state FROM deliveries WHERE id = ?1")?
+                .query_row(params![id], |row| row.get(0))
+                .optional()?;
+            match state.as_deref().map(DeliveryState::parse) {
+                None => Retried::Unknown,
+                Some(Some(state)) => Retried::NotDead(state),
+                Some(None) => {
+                    return Err(QueueError::Corrupt(format!(
+                        "delivery {id}: unknown state {state:?}"
+                    ))
+                    .into());
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(retried)
     }
 
     pub(super) fn pending_deliveries(&mut self) -> StoreResult<BTreeMap<String, u64>> {

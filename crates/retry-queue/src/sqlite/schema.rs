@@ -52,6 +52,7 @@ CREATE TABLE deliveries (
     next_attempt_at     INTEGER NOT NULL,
     backoff_interval_ms INTEGER,
     deadline            INTEGER NOT NULL,
+    max_age_ms          INTEGER NOT NULL,
     last_error          TEXT,
     job_error           TEXT,
     created_at          INTEGER NOT NULL,
@@ -63,17 +64,18 @@ CREATE INDEX deliveries_job     ON deliveries (job_id);
 CREATE TRIGGER jobs_notify AFTER UPDATE OF state ON jobs
 WHEN NEW.state IN ('done', 'dead') AND OLD.state <> NEW.state BEGIN
     INSERT INTO deliveries (id, target, job_id, event, state, next_attempt_at, deadline,
-                            job_error, created_at, updated_at)
+                            max_age_ms, job_error, created_at, updated_at)
     SELECT r.target || ':' || NEW.id || ':' || r.event, r.target, NEW.id, r.event, 'pending',
-           NEW.updated_at, NEW.updated_at + r.max_age_ms, NEW.last_error,
+           NEW.updated_at, NEW.updated_at + r.max_age_ms, r.max_age_ms, NEW.last_error,
            NEW.updated_at, NEW.updated_at
     FROM notify_routes r
     WHERE r.event = CASE NEW.state WHEN 'done' THEN 'media.archived' ELSE 'media.dead' END
       AND r.account IN ('*', NEW.account)
     ON CONFLICT (id) DO UPDATE SET
-        state = 'pending', next_attempt_at = excluded.next_attempt_at,
-        backoff_interval_ms = NULL, deadline = excluded.deadline, last_error = NULL,
-        job_error = excluded.job_error, updated_at = excluded.updated_at;
+        state = 'pending', attempts = attempts + 1, next_attempt_at = excluded.next_attempt_at,
+        backoff_interval_ms = NULL, deadline = excluded.deadline, max_age_ms = excluded.max_age_ms,
+        last_error = NULL, job_error = excluded.job_error, created_at = excluded.created_at,
+        updated_at = excluded.updated_at;
 END;
 ";
 
