@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use e2e::{
     Daemon, NOTIFY_SECRET as SECRET, Stage, StoreUnderTest, accounts, bytes, config, free_port,
-    notify_target, now, sha256_hex,
+    notify_target, now, postgres_queue, sha256_hex,
 };
 use media_notify::sign::SigningKey;
+use retry_queue::conformance::pg::PgTestDatabase;
 use serde_json::Value;
 use test_support::app::{AppSink, Received};
 use test_support::garage::Garage;
@@ -157,6 +158,35 @@ async fn an_app_that_answers_500_three_times_gets_the_same_webhook_id_four_times
         .wait_for_metric(&metric("delivered"), 1.0, WAIT)
         .await;
     assert_eq!(s.daemon.metric(&metric("failed")).await, 3.0);
+}
+
+/// On the PostgreSQL queue the outbox is the same: one event per archived
+/// job, committed by the database with the job's transition.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_postgres_an_archived_image_is_told_once() {
+    let Some(db) = PgTestDatabase::create() else {
+        return;
+    };
+    let app = AppSink::start(&[500]).await;
+    let fake = FakeCloudApi::start().await;
+    let config = config(
+        &StoreUnderTest::Fs,
+        &(accounts::cloud_api(&fake) + &postgres_queue(&db)),
+    ) + &notify(&app.url(), "");
+    let s = Stage::new(fake, &StoreUnderTest::Fs, &config, None);
+    let (_, job_id) = announce(&s.daemon, &s.fake, "wamid.POSTGRES1").await;
+    s.daemon.wait_for_job(&job_id, "done", WAIT).await;
+
+    let received = app.wait_for(2, WAIT).await;
+    let id = format!("crm:{job_id}:media.archived");
+    assert!(received.iter().all(|r| r.id == id), "{received:?}");
+    for post in &received {
+        assert_signed(post);
+    }
+    let delivered = wait_for_notification(&s.daemon, "delivered").await;
+    assert_eq!(delivered["attempts"], 2, "{delivered}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.received().len(), 2, "nothing after the 200");
 }
 
 #[tokio::test(flavor = "multi_thread")]
