@@ -14,6 +14,7 @@ use retry_queue::conformance::pg::PgTestDatabase;
 use serde_json::Value;
 use test_support::app::{AppSink, Received};
 use test_support::garage::Garage;
+use test_support::green_api::FakeGreenApi;
 use test_support::meta::{FakeCloudApi, HashEncoding};
 
 const ACCOUNT: &str = "cloud";
@@ -243,4 +244,81 @@ async fn a_daemon_killed_before_it_could_deliver_delivers_after_restart() {
     assert_eq!(received[0].id, format!("crm:{job_id}:media.archived"));
     assert_signed(&received[0]);
     wait_for_notification(&daemon, "delivered").await;
+}
+
+/// Many jobs, an app that refuses every third request, and a `kill -9` in
+/// the middle: every archived job is told, none is lost, and after the
+/// restart nothing is left pending. (Jobs leased at the kill wait out their
+/// 30 s lease: this test takes about that long.)
+#[tokio::test(flavor = "multi_thread")]
+async fn every_archived_job_is_told_through_a_flaky_app_and_a_crash() {
+    const N: usize = 60;
+    const CHAT: &str = "79001234568@c.us";
+    let script: Vec<u16> = (0..3 * N)
+        .map(|i| if i % 3 == 0 { 500 } else { 200 })
+        .collect();
+    let app = AppSink::start(&script).await;
+    let fake = FakeGreenApi::start().await;
+    let config = config(&StoreUnderTest::Fs, &accounts::green_api(&fake)) + &notify(&app.url(), "");
+    let workdir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(&config, workdir.path());
+    let mut jobs = Vec::new();
+    for i in 0..N {
+        let id = format!("FLAKY{i:0>27}");
+        let url = fake.add_file(CHAT, &id, bytes(1500 + i, i as u64), "image/jpeg", "f.jpg");
+        let hook = fake.file_webhook(
+            "incomingMessageReceived",
+            "imageMessage",
+            CHAT,
+            &id,
+            &url,
+            now(),
+        );
+        let (status, answer) = daemon
+            .webhook("green", &hook, e2e::accounts::GREEN_WEBHOOK_TOKEN)
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        jobs.push(format!("green:{id}"));
+        if i == N / 2 {
+            daemon.kill();
+            daemon = Daemon::start(&config, workdir.path());
+        }
+    }
+    for job in &jobs {
+        daemon.wait_for_job(job, "done", WAIT).await;
+    }
+
+    let expected: std::collections::BTreeSet<String> = jobs
+        .iter()
+        .map(|job| format!("crm:{job}:media.archived"))
+        .collect();
+    let start = std::time::Instant::now();
+    loop {
+        let accepted: std::collections::BTreeSet<String> = app
+            .received()
+            .into_iter()
+            .filter(|r| r.answered == 200)
+            .map(|r| r.id)
+            .collect();
+        if accepted == expected {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{} of {N} events accepted; missing {:?}",
+            accepted.len(),
+            expected.difference(&accepted).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for post in app.received().iter().take(5) {
+        assert_signed(post);
+    }
+    let start = std::time::Instant::now();
+    while !daemon.notifications("state=pending").await.is_empty() {
+        assert!(start.elapsed() < WAIT, "notifications left pending");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = daemon.notifications("state=delivered&limit=1000").await;
+    assert_eq!(delivered.len(), N, "one notification per job");
 }
