@@ -207,6 +207,17 @@ impl Daemon {
             .await
     }
 
+    /// `POST path` with a JSON `body` and the admin token: the status and
+    /// the JSON answer.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let request = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body);
+        answer(request.send().await.expect("request to the daemon")).await
+    }
+
     /// `GET /api/v1/jobs/{id}` (the id percent-encoded).
     pub async fn job(&self, id: &str) -> (u16, Value) {
         self.admin_get(&format!("/api/v1/jobs/{}", id.replace(':', "%3A")))

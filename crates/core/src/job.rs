@@ -89,16 +89,20 @@ pub enum JobState {
     Done,
     /// Given up on, with a reason.
     Dead,
+    /// Its message was erased before it was archived (PRODUCT.md section
+    /// 10): terminal, never retried, and a redelivery of it is ignored.
+    Erased,
 }
 
 impl JobState {
     /// Every state, in life-cycle order.
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
         JobState::Pending,
         JobState::Leased,
         JobState::Waiting,
         JobState::Done,
         JobState::Dead,
+        JobState::Erased,
     ];
 
     /// The API and database spelling.
@@ -109,6 +113,7 @@ impl JobState {
             JobState::Waiting => "waiting",
             JobState::Done => "done",
             JobState::Dead => "dead",
+            JobState::Erased => "erased",
         }
     }
 }
@@ -126,7 +131,7 @@ impl FromStr for JobState {
             .into_iter()
             .find(|state| state.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown job state {s:?} (pending, leased, waiting, done, dead)")
+                format!("unknown job state {s:?} (pending, leased, waiting, done, dead, erased)")
             })
     }
 }
@@ -193,6 +198,9 @@ pub struct JobSpec {
     pub message_id: String,
     /// The provider's media id, for providers that have one.
     pub media_id: Option<String>,
+    /// The chat the message belongs to, when the provider says (an
+    /// erasure by chat finds the message's job by it).
+    pub chat_id: Option<String>,
     /// The message's own timestamp.
     pub message_at: UnixMillis,
     /// When the provider forgets the file: the earlier of `message_at` and

@@ -665,6 +665,7 @@ fn spec(n: usize, now_ms: i64) -> JobSpec {
         provider: ProviderKind::Greenapi,
         message_id: key.clone(),
         media_id: None,
+        chat_id: None,
         message_at: now_ms,
         // Spread deadlines, so EDF order is not insertion order.
         deadline: now_ms + 86_400_000 + (n as i64 * 7919) % 3_600_000,

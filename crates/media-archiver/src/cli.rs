@@ -1,8 +1,8 @@
-//! Operator commands (PRODUCT.md section 7): `jobs list|show|retry|stats`
-//! and `media find` talk to a running daemon's admin API; `check-config`
-//! summarises a config, and `verify` (a scrub of the archive) and
-//! `backfill` (references into the queue) work on the store and the queue
-//! named in it. Here: what the commands share (a runtime of their own, and
+//! Operator commands (PRODUCT.md section 7): `jobs list|show|retry|stats`,
+//! `media find` and `notifications list|retry` talk to a running daemon's
+//! admin API; `check-config` summarises a config, and `verify` (a scrub of
+//! the archive), `backfill` (references into the queue) and `erase` work on
+//! the store and the queue named in it. Here: what the commands share (a runtime of their own, and
 //! [`Findings`] for the problems a long command reports).
 
 use std::fmt::Write as _;
@@ -13,6 +13,7 @@ use indicatif::ProgressBar;
 pub(crate) mod api;
 pub(crate) mod backfill;
 pub(crate) mod check_config;
+pub(crate) mod erase;
 pub(crate) mod jobs;
 pub(crate) mod media;
 pub(crate) mod notifications;

@@ -167,6 +167,10 @@ pub(crate) async fn serve(config: Settings) -> Result<(), ServeError> {
         .install_routes()
         .await
         .context("cannot record the [[notify]] targets in the queue")?;
+    let eraser = Arc::new(crate::erase::ArchiveEraser {
+        queue: queue.clone(),
+        archives: archives.clone(),
+    });
     let receiver = Arc::new(
         Receiver::new(
             providers,
@@ -176,7 +180,8 @@ pub(crate) async fn serve(config: Settings) -> Result<(), ServeError> {
             receiver_config,
         )
         .with_metrics(render_metrics)
-        .with_media_index(media_index),
+        .with_media_index(media_index)
+        .with_eraser(eraser),
     );
 
     // One root token: cancelling it stops the listener and the workers;

@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod daemon;
+mod erase;
 mod media_index;
 mod telemetry;
 
@@ -64,6 +65,17 @@ enum Command {
         #[arg(long)]
         account: Option<String>,
     },
+    /// Erase a person's media (GDPR): the manifests of an account's
+    /// messages by chat and/or message id, each blob no other message
+    /// names, and the unfinished jobs; or rebuild the blob index
+    /// (--rebuild-index). Works on the queue and stores in the config.
+    Erase {
+        /// Config file (TOML).
+        #[arg(long, env = "MEDIA_ARCHIVER_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: cli::erase::EraseArgs,
+    },
     /// Enqueue media references without webhooks, from a JSON Lines file
     /// (one reference per line, in the provider's field names), into the
     /// queue named in the config. Idempotent.
@@ -99,7 +111,8 @@ fn main() -> ExitCode {
         Command::Serve { config }
         | Command::CheckConfig { config }
         | Command::Verify { config, .. }
-        | Command::Backfill { config, .. } => config,
+        | Command::Backfill { config, .. }
+        | Command::Erase { config, .. } => config,
         Command::Jobs(args) => return cli::jobs::run(args),
         Command::Media(args) => return cli::media::run(args),
         Command::Notifications(args) => return cli::notifications::run(args),
@@ -124,6 +137,7 @@ fn main() -> ExitCode {
             ref input,
             ..
         } => cli::backfill::main(&config, path, account, input),
+        Command::Erase { ref args, .. } => cli::erase::main(&config, args),
         Command::CheckConfig { .. } => {
             print!("{}", cli::check_config::summary(&config));
             ExitCode::SUCCESS

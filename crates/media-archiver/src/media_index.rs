@@ -204,6 +204,8 @@ mod tests {
                 layout: layout.clone(),
                 presign_ttl: Duration::from_secs(60),
                 description: "fs (test)".into(),
+                store_id: "fs:test".into(),
+                object_lock: None,
             }),
         };
         let (first, second) = (

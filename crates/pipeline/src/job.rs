@@ -6,7 +6,7 @@ use crate::telemetry::{self, Stage};
 use archiver_core::{Classify, Clock, ErrorClass, Sha256Digest, UnixMillis};
 use media_fetch::{Answer, FetchError, Fetcher, ThroughError};
 use providers::{JobRef, MediaSource, Provider, ProviderError, Resolution, ResolvedMedia};
-use retry_queue::JobRecord;
+use retry_queue::{BlobRef, Erasures, JobRecord, Lease, QueueError};
 use s3_uploader::{
     Layout, Manifest, ObjectStore, PutOutcome, StoreError, Streamed, Verification,
     put_message_manifest,
@@ -65,6 +65,11 @@ pub enum JobError {
     /// The manifest could not be serialized (a bug, not a condition).
     #[error("manifest: {0}")]
     Manifest(String),
+    /// The blob's use could not be recorded in the queue's blob index
+    /// (an erasure is deleting that blob right now, or the queue is
+    /// unavailable); nothing was written.
+    #[error("blob index: {0}")]
+    BlobIndex(QueueError),
 }
 
 fn too_large_text(limit: u64, announced: Option<u64>) -> String {
@@ -103,6 +108,7 @@ impl JobError {
             JobError::Decrypt { .. } => "whatsapp_check_failed",
             JobError::Store(_) => "store_failed",
             JobError::Manifest(_) => "manifest",
+            JobError::BlobIndex(_) => "blob_index",
         }
     }
 }
@@ -116,6 +122,7 @@ impl Classify for JobError {
             JobError::Provider(e) => e.class(),
             JobError::Fetch(e) => e.class(),
             JobError::Store(e) => e.class(),
+            JobError::BlobIndex(e) => e.class(),
             JobError::HashMismatch { attempt, .. } if *attempt < HASH_MISMATCH_PATIENCE => {
                 ErrorClass::Transient
             }
@@ -172,6 +179,19 @@ pub(crate) struct Attempt<'a> {
     pub(crate) store: &'a dyn ObjectStore,
     pub(crate) layout: &'a Layout,
     pub(crate) clock: &'a dyn Clock,
+    /// Where the attempt records each blob's use before writing it
+    /// (`None`: a queue that keeps no blob index).
+    pub(crate) blob_index: Option<BlobIndex<'a>>,
+}
+
+/// The queue's blob reference index, as one lease writes to it: erasure
+/// deletes a blob only when no message names it, so a message's use of a
+/// blob is recorded before the blob is written (`retry_queue::Erasures`).
+pub(crate) struct BlobIndex<'a> {
+    pub(crate) erasures: &'a dyn Erasures,
+    pub(crate) lease: &'a Lease,
+    /// The archive's store (`s3_uploader::Archive::store_id`).
+    pub(crate) store_id: &'a str,
 }
 
 impl Attempt<'_> {
@@ -278,6 +298,7 @@ impl Attempt<'_> {
         let mime = resolved.details.mime_type.as_deref();
         let blob_key = self.layout.blob_key(&expected, mime);
         let max_size = self.fetcher.max_bytes_for(request);
+        self.record_use(job, resolved, &blob_key).await?;
         let Some(mut upload) = self
             .store
             .begin_blob(&blob_key, expected, max_size, mime)
@@ -360,6 +381,7 @@ impl Attempt<'_> {
         };
         let mime = resolved.details.mime_type.as_deref();
         let blob_key = self.layout.blob_key(&staged.sha256, mime);
+        self.record_use(job, resolved, &blob_key).await?;
         let outcome = self.store.put_blob(&blob_key, staged, mime).await?;
         let blob = StoredBlob {
             key: blob_key,
@@ -370,6 +392,32 @@ impl Attempt<'_> {
             streamed: false,
         };
         self.write_manifest(job, resolved, blob).await
+    }
+
+    /// Records in the queue's blob index that the job's message names
+    /// `blob_key`, before the blob is written (see [`BlobIndex`]).
+    async fn record_use(
+        &self,
+        job: &JobRecord,
+        resolved: &ResolvedMedia,
+        blob_key: &str,
+    ) -> Result<(), JobError> {
+        let Some(index) = &self.blob_index else {
+            return Ok(());
+        };
+        let blob = BlobRef {
+            store: index.store_id.to_owned(),
+            blob_key: blob_key.to_owned(),
+            account: job.account.clone(),
+            message_id: job.message_id.clone(),
+            chat_id: resolved.details.chat_id.clone(),
+            message_at: job.message_at,
+        };
+        index
+            .erasures
+            .record_ref(index.lease, &blob)
+            .await
+            .map_err(JobError::BlobIndex)
     }
 
     /// Writes the manifest of a stored blob.
@@ -645,6 +693,9 @@ mod tests {
         async fn presign_get(&self, _: &str, _: Duration) -> Result<Option<String>, StoreError> {
             Ok(None)
         }
+        async fn delete(&self, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
         fn backend_name(&self) -> &'static str {
             "scripted"
         }
@@ -704,6 +755,7 @@ mod tests {
 
         async fn attempt(&self) -> Result<Attempted, JobError> {
             let attempt = Attempt {
+                blob_index: None,
                 fetcher: &self.fetcher,
                 store: &self.store,
                 layout: &self.layout,
@@ -924,6 +976,9 @@ mod tests {
         async fn presign_get(&self, _: &str, _: Duration) -> Result<Option<String>, StoreError> {
             Ok(None)
         }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
         fn backend_name(&self) -> &'static str {
             "fs"
         }
@@ -972,6 +1027,7 @@ mod tests {
         };
         let layout = Layout::default();
         let attempt = Attempt {
+            blob_index: None,
             fetcher: &fetcher,
             store: &store,
             layout: &layout,

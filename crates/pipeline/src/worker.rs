@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::WorkerConfig;
-use crate::job::{Attempt, Attempted, JobError};
+use crate::job::{Attempt, Attempted, BlobIndex, JobError};
 use crate::telemetry::{self, Outcome};
 
 /// The `dead_total{reason}` label of a job whose deadline passed: its next
@@ -205,6 +205,11 @@ impl Worker {
             store: archive.store.as_ref(),
             layout: &archive.layout,
             clock: self.stages.clock.as_ref(),
+            blob_index: self.stages.queue.erasures().map(|erasures| BlobIndex {
+                erasures,
+                lease,
+                store_id: &archive.store_id,
+            }),
         };
         attempt.run(provider.as_ref(), job, progress).await
     }

@@ -359,6 +359,8 @@ impl Setup {
                     layout: Layout::default(),
                     presign_ttl: Duration::from_secs(3600),
                     description: "fs (test)".into(),
+                    store_id: "fs:test".into(),
+                    object_lock: None,
                 }),
                 clock: Arc::new(self.clock.clone()),
             },

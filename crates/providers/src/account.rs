@@ -102,6 +102,7 @@ impl Account {
             provider: self.kind,
             message_id: message_id.to_owned(),
             media_id: media_id.map(str::to_owned),
+            chat_id: facts.chat_id.map(str::to_owned),
             message_at,
             deadline,
             payload: serde_json::to_value(payload)

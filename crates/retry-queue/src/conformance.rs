@@ -34,9 +34,10 @@ use archiver_core::{Classify, Clock, ErrorClass, ManualClock, ProviderKind, Unix
 pub mod pg;
 
 use crate::{
-    Claimed, Delivery, DeliveryFilter, DeliveryState, Disposition, Enqueued, JobFilter, JobQueue,
-    JobRecord, JobSpec, JobState, Lease, NotifyEvent, Outbox, QueueError, QueueStats, Retried,
-    RetryPolicy, Route,
+    BlobRef, Claimed, Delivery, DeliveryFilter, DeliveryState, Disposition, Enqueued,
+    ErasedMessage, ErasureFilter, ErasureRefused, Erasures, JobFilter, JobQueue, JobRecord,
+    JobSpec, JobState, Lease, NotifyEvent, Outbox, QueueError, QueueStats, Retried, RetryPolicy,
+    Route,
 };
 
 /// Opens a backend for one test case.
@@ -108,6 +109,10 @@ macro_rules! conformance_suite {
             a_delivery_past_its_deadline_is_reported_dead_by_the_claim,
             concurrent_claims_take_disjoint_deliveries,
             a_removed_target_s_pending_deliveries_are_given_up,
+            an_erasure_takes_a_chat_s_messages_and_keeps_blobs_other_chats_name,
+            an_erasure_is_refused_while_a_matching_job_is_leased,
+            a_blob_being_erased_is_not_recorded_until_the_erasure_is_over,
+            refs_restored_from_a_scan_are_erased_like_recorded_ones,
         );
     };
     (@cases $factory:path, plain; $($case:ident),* $(,)?) => {
@@ -167,6 +172,7 @@ pub fn job_of(account: &str, key: &str, deadline: UnixMillis) -> JobSpec {
         provider: ProviderKind::Cloudapi,
         message_id: format!("wamid.{key}"),
         media_id: Some(format!("media-{key}")),
+        chat_id: Some("4915112345678".to_owned()),
         message_at: T0 - HOUR,
         deadline,
         payload: serde_json::json!({ "media_id": format!("media-{key}"), "sha256": "ab12" }),
@@ -998,6 +1004,7 @@ pub async fn list_finds_a_message_s_jobs_by_message_id(factory: impl QueueFactor
         id: JobSpec::job_id(account, message_id),
         message_id: message_id.to_owned(),
         media_id: None,
+        chat_id: None,
         provider: ProviderKind::Greenapi,
         ..job_of(account, message_id, T0 + DAY)
     };
@@ -1143,7 +1150,10 @@ pub async fn stats_count_states_accounts_oldest_pending_and_at_risk(factory: imp
     let f = start(&factory).await;
     let stats = f.stats(Duration::from_secs(86_400)).await;
     let states: Vec<&str> = stats.by_state.keys().map(String::as_str).collect();
-    assert_eq!(states, ["dead", "done", "leased", "pending", "waiting"]);
+    assert_eq!(
+        states,
+        ["dead", "done", "erased", "leased", "pending", "waiting"]
+    );
     assert!(stats.by_state.values().all(|n| *n == 0));
     assert!(stats.by_account.is_empty());
     assert_eq!(stats.oldest_pending, None);
@@ -1175,13 +1185,14 @@ pub async fn stats_count_states_accounts_oldest_pending_and_at_risk(factory: imp
         ("waiting", 1),
         ("done", 1),
         ("dead", 1),
+        ("erased", 0),
     ]
     .into_iter()
     .map(|(state, n)| (state.to_owned(), n))
     .collect();
     assert_eq!(stats.by_state, expected);
     let acme = &stats.by_account["acme"];
-    assert_eq!(acme.len(), 5, "every state per account: {acme:?}");
+    assert_eq!(acme.len(), 6, "every state per account: {acme:?}");
     assert_eq!(acme["pending"], 2);
     assert_eq!(acme.values().sum::<u64>(), 2);
     let globex = &stats.by_account["globex"];
@@ -1788,4 +1799,340 @@ pub async fn a_removed_target_s_pending_deliveries_are_given_up(factory: impl Qu
         found["crm:acme:a:media.archived"].state,
         DeliveryState::Pending
     );
+}
+
+// ---------------------------------------------------------------------------
+// Erasure
+
+/// The backend's erasure bookkeeping; every backend under this suite has it.
+fn erasures(f: &Fixture) -> &dyn Erasures {
+    f.queue.erasures().expect("the backend keeps a blob index")
+}
+
+const STORE: &str = "s3:test/bucket";
+
+/// A job of `acme` in `chat`.
+fn job_in(key: &str, chat: &str) -> JobSpec {
+    let mut spec = job(key);
+    spec.chat_id = Some(chat.to_owned());
+    spec
+}
+
+/// The ref a lease on `job` records for `blob`.
+fn blob_ref(lease: &Lease, blob: &str) -> BlobRef {
+    BlobRef {
+        store: STORE.to_owned(),
+        blob_key: blob.to_owned(),
+        account: lease.job.account.clone(),
+        message_id: lease.job.message_id.clone(),
+        chat_id: Some(format!("chat-of-{}", lease.job.message_id)),
+        message_at: lease.job.message_at,
+    }
+}
+
+/// Leases `key`, records its message's use of `blob` in `chat`, and
+/// completes it: what the worker does for an archived file.
+async fn archive(f: &Fixture, key: &str, chat: &str, blob: &str) {
+    f.enqueue(vec![job_in(key, chat)]).await;
+    let lease = f.lease_one(&format!("acme:{key}")).await;
+    let mut r = blob_ref(&lease, blob);
+    r.chat_id = Some(chat.to_owned());
+    erasures(f).record_ref(&lease, &r).await.expect("record");
+    f.queue.complete(&lease).await.expect("complete");
+}
+
+fn chat_filter(chat: &str) -> ErasureFilter {
+    ErasureFilter {
+        account: "acme".into(),
+        chat_id: Some(chat.into()),
+        ..ErasureFilter::default()
+    }
+}
+
+/// Erasing a chat takes its archived messages (their refs go), ends its
+/// unfinished jobs `erased` (terminal: a retry and a redelivery leave it
+/// so), marks the blobs no other message names for deletion, and keeps a
+/// blob another chat's message still names; a dry run reports exactly
+/// what the real run then does, and changes nothing. Erasing the other
+/// chat then lets the shared blob go.
+pub async fn an_erasure_takes_a_chat_s_messages_and_keeps_blobs_other_chats_name(
+    factory: impl QueueFactory,
+) {
+    let f = start(&factory).await;
+    archive(&f, "a", "chat-1", "blobs/x").await;
+    archive(&f, "b", "chat-1", "blobs/y").await;
+    archive(&f, "c", "chat-2", "blobs/x").await;
+    f.enqueue(vec![job_in("d", "chat-1"), job_in("e", "chat-2")])
+        .await;
+
+    let dry = erasures(&f)
+        .plan_erasure(STORE, &chat_filter("chat-1"), true)
+        .await
+        .expect("plan")
+        .expect("not refused");
+    assert_eq!(
+        f.get("acme:d").await.state,
+        JobState::Pending,
+        "a dry run changes nothing"
+    );
+    let plan = erasures(&f)
+        .plan_erasure(STORE, &chat_filter("chat-1"), false)
+        .await
+        .expect("plan")
+        .expect("not refused");
+    assert_eq!(plan, dry, "a dry run counts what the real run does");
+    assert_eq!(
+        plan.messages,
+        [
+            ErasedMessage {
+                message_id: "wamid.a".into(),
+                message_at: T0 - HOUR
+            },
+            ErasedMessage {
+                message_id: "wamid.b".into(),
+                message_at: T0 - HOUR
+            },
+        ]
+    );
+    assert_eq!(plan.blobs_to_delete, ["blobs/y"]);
+    assert_eq!(plan.blobs_kept_shared, 1, "blobs/x is chat-2's too");
+    assert_eq!(plan.jobs_erased, 1, "d; a and b are done");
+
+    let d = f.get("acme:d").await;
+    assert_eq!(d.state, JobState::Erased);
+    assert!(
+        !f.queue.retry_now("acme:d").await.expect("retry"),
+        "erased is terminal"
+    );
+    assert_eq!(
+        f.enqueue(vec![job_in("d", "chat-1")]).await,
+        [Enqueued::Duplicate]
+    );
+    assert_eq!(
+        f.get("acme:d").await.state,
+        JobState::Erased,
+        "a redelivery is ignored"
+    );
+    assert_eq!(
+        f.get("acme:e").await.state,
+        JobState::Pending,
+        "another chat's job"
+    );
+    assert_eq!(
+        f.get("acme:a").await.state,
+        JobState::Done,
+        "done jobs stay done"
+    );
+    let stats = f.stats(Duration::ZERO).await;
+    assert_eq!(stats.by_state["erased"], 1);
+
+    assert!(
+        erasures(&f)
+            .confirm_blob_erasure(STORE, "blobs/y")
+            .await
+            .expect("confirm")
+    );
+    erasures(&f)
+        .end_blob_erasure(STORE, "blobs/y")
+        .await
+        .expect("end");
+    let again = erasures(&f)
+        .plan_erasure(STORE, &chat_filter("chat-1"), false)
+        .await
+        .expect("plan")
+        .expect("not refused");
+    assert!(again.messages.is_empty() && again.blobs_to_delete.is_empty());
+
+    let other = erasures(&f)
+        .plan_erasure(STORE, &chat_filter("chat-2"), false)
+        .await
+        .expect("plan")
+        .expect("not refused");
+    assert_eq!(
+        other.blobs_to_delete,
+        ["blobs/x"],
+        "the last message naming it went"
+    );
+    assert_eq!(other.jobs_erased, 1, "e");
+}
+
+/// A matching job being archived right now refuses the erasure, and
+/// nothing changes: its attempt could write a manifest after the erasure.
+pub async fn an_erasure_is_refused_while_a_matching_job_is_leased(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    archive(&f, "a", "chat-1", "blobs/x").await;
+    f.enqueue(vec![job_in("b", "chat-1"), job_in("p", "chat-1")])
+        .await;
+    let _running = f.lease_one("acme:b").await;
+    let refused = erasures(&f)
+        .plan_erasure(STORE, &chat_filter("chat-1"), false)
+        .await
+        .expect("plan");
+    assert_eq!(refused, Err(ErasureRefused::InFlight("acme:b".into())));
+    assert_eq!(
+        f.get("acme:p").await.state,
+        JobState::Pending,
+        "nothing changed"
+    );
+    let by_message = ErasureFilter {
+        account: "acme".into(),
+        message_ids: vec!["wamid.a".into()],
+        ..ErasureFilter::default()
+    };
+    let plan = erasures(&f)
+        .plan_erasure(STORE, &by_message, false)
+        .await
+        .expect("plan")
+        .expect("another message of the chat is not in the way");
+    assert_eq!(plan.blobs_to_delete, ["blobs/x"]);
+}
+
+/// The two orders of an erasure racing a new message with the same blob:
+/// recorded first, the blob is kept (the first case); planned first, the
+/// record is refused (`BlobBeingErased`, retried later) until the blob is
+/// deleted, then goes through. A record needs the lease; a mark whose
+/// erasure died (stale) is taken over, and the dead erasure's blob kept.
+pub async fn a_blob_being_erased_is_not_recorded_until_the_erasure_is_over(
+    factory: impl QueueFactory,
+) {
+    let f = start(&factory).await;
+    archive(&f, "a", "chat-1", "blobs/x").await;
+    let plan = erasures(&f)
+        .plan_erasure(STORE, &chat_filter("chat-1"), false)
+        .await
+        .expect("plan")
+        .expect("not refused");
+    assert_eq!(plan.blobs_to_delete, ["blobs/x"]);
+
+    f.enqueue(vec![job_in("b", "chat-2")]).await;
+    let lease = f.lease_one("acme:b").await;
+    let refused = erasures(&f)
+        .record_ref(&lease, &blob_ref(&lease, "blobs/x"))
+        .await;
+    assert!(
+        matches!(refused, Err(QueueError::BlobBeingErased { ref blob_key }) if blob_key == "blobs/x"),
+        "{refused:?}"
+    );
+    assert!(
+        erasures(&f)
+            .confirm_blob_erasure(STORE, "blobs/x")
+            .await
+            .expect("confirm")
+    );
+    erasures(&f)
+        .end_blob_erasure(STORE, "blobs/x")
+        .await
+        .expect("end");
+    erasures(&f)
+        .record_ref(&lease, &blob_ref(&lease, "blobs/x"))
+        .await
+        .expect("recorded once the erasure is over");
+
+    // A lease that lost its job records nothing.
+    f.advance_ms(2 * LEASE.as_millis() as i64);
+    let _other = f.lease_one("acme:b").await;
+    assert_lease_lost(
+        erasures(&f)
+            .record_ref(&lease, &blob_ref(&lease, "blobs/z"))
+            .await,
+        "acme:b",
+    );
+
+    // An erasure that died after its plan: its mark goes stale, a worker
+    // takes it over, and the blob it names is not deleted.
+    archive(&f, "c", "chat-3", "blobs/w").await;
+    erasures(&f)
+        .plan_erasure(STORE, &chat_filter("chat-3"), false)
+        .await
+        .expect("plan")
+        .expect("not refused");
+    assert!(
+        erasures(&f)
+            .unfinished_blob_erasures(STORE)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    f.advance_ms(crate::backend::millis(crate::STALE_ERASURE) + 1);
+    assert_eq!(
+        erasures(&f)
+            .unfinished_blob_erasures(STORE)
+            .await
+            .expect("list"),
+        ["blobs/w"]
+    );
+    // Due before b, whose lease lapsed meanwhile.
+    let mut d = job_of("acme", "d", T0 + 2 * DAY);
+    d.chat_id = Some("chat-4".into());
+    f.enqueue(vec![d]).await;
+    let lease = f.lease_one("acme:d").await;
+    erasures(&f)
+        .record_ref(&lease, &blob_ref(&lease, "blobs/w"))
+        .await
+        .expect("a stale mark is taken over");
+    assert!(
+        !erasures(&f)
+            .confirm_blob_erasure(STORE, "blobs/w")
+            .await
+            .expect("confirm"),
+        "named again: not deleted"
+    );
+    assert!(
+        erasures(&f)
+            .unfinished_blob_erasures(STORE)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+/// Refs restored by a scan of the archive (`erase --rebuild-index`) are
+/// found by an erasure like the ones workers record; restoring twice
+/// changes nothing.
+pub async fn refs_restored_from_a_scan_are_erased_like_recorded_ones(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    let scanned = |message: &str, blob: &str| BlobRef {
+        store: STORE.into(),
+        blob_key: blob.into(),
+        account: "acme".into(),
+        message_id: message.into(),
+        chat_id: Some("chat-9".into()),
+        message_at: T0 - DAY,
+    };
+    let refs = [scanned("old-1", "blobs/o"), scanned("old-2", "blobs/o")];
+    for _ in 0..2 {
+        erasures(&f).restore_refs(&refs).await.expect("restore");
+    }
+    let first = ErasureFilter {
+        account: "acme".into(),
+        chat_id: Some("chat-9".into()),
+        message_ids: vec!["old-1".into()],
+        before: Some(T0),
+    };
+    let plan = erasures(&f)
+        .plan_erasure(STORE, &first, false)
+        .await
+        .expect("plan")
+        .expect("not refused");
+    assert_eq!(plan.messages.len(), 1);
+    assert_eq!(plan.blobs_kept_shared, 1);
+    let later = ErasureFilter {
+        before: Some(T0 - 2 * DAY),
+        ..chat_filter("chat-9")
+    };
+    let none = erasures(&f)
+        .plan_erasure(STORE, &later, false)
+        .await
+        .expect("plan")
+        .expect("not refused");
+    assert!(
+        none.messages.is_empty(),
+        "before filters by the message's time"
+    );
+    let rest = erasures(&f)
+        .plan_erasure(STORE, &chat_filter("chat-9"), false)
+        .await
+        .expect("plan")
+        .expect("not refused");
+    assert_eq!(rest.blobs_to_delete, ["blobs/o"]);
 }

@@ -17,6 +17,13 @@ pub enum QueueError {
         /// The job the lease was for.
         job_id: String,
     },
+    /// An erasure is deleting the blob a worker is about to write: the
+    /// attempt waits until the erasure is over, then writes it again.
+    #[error("blob {blob_key} is being deleted by an erasure; retry when it is over")]
+    BlobBeingErased {
+        /// The blob.
+        blob_key: String,
+    },
     /// The retry policy's bounds make no sense (see [`crate::RetryPolicy::validate`]).
     #[error("invalid retry policy: {0}")]
     InvalidPolicy(String),
@@ -33,7 +40,9 @@ pub enum QueueError {
 impl Classify for QueueError {
     fn class(&self) -> ErrorClass {
         match self {
-            QueueError::Unavailable(_) => ErrorClass::Transient,
+            QueueError::Unavailable(_) | QueueError::BlobBeingErased { .. } => {
+                ErrorClass::Transient
+            }
             QueueError::LeaseLost { .. }
             | QueueError::InvalidPolicy(_)
             | QueueError::Config(_)

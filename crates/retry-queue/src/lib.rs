@@ -26,6 +26,9 @@
 //! - [`Outbox`] (from [`JobQueue::outbox`]), [`Delivery`], [`Route`]: the
 //!   events to the user's app that a job's `done`/`dead` transition
 //!   commits with it (its tables and trigger: `src/outbox.rs`).
+//! - [`Erasures`] (from [`JobQueue::erasures`]), [`BlobRef`],
+//!   [`ErasureFilter`], [`ErasurePlan`]: the blob reference index an
+//!   erasure reads, and the jobs it ends (`src/erasure.rs`).
 //! - [`QueueConfig`]: the `[queue]` section (which backend, its settings),
 //!   checked by [`QueueConfig::validate`] into [`QueueSettings`].
 //!
@@ -106,7 +109,8 @@
 //! ) STRICT, WITHOUT ROWID;
 //! ```
 //!
-//! Version 5 adds the outbox (`notify_routes`, `deliveries`, and the
+//! Version 6 adds erasure (`erased` jobs, `chat_id`, `blob_refs`,
+//! `blob_erasures`, `blob_index_complete`; `src/erasure.rs`). Version 5 adds the outbox (`notify_routes`, `deliveries`, and the
 //! trigger that fills `deliveries` when a job becomes done or dead); its
 //! tables are documented with it, in `src/outbox.rs`.
 //!
@@ -146,6 +150,7 @@ mod backoff;
 mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod erasure;
 mod error;
 mod outbox;
 mod policy;
@@ -160,6 +165,9 @@ mod sqlite;
 pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis};
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub use config::{QueueConfig, QueueSettings};
+pub use erasure::{
+    BlobRef, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures, STALE_ERASURE,
+};
 pub use error::QueueError;
 pub use outbox::{
     Claimed, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryState, MAX_CLAIM_BATCH,

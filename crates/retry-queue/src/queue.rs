@@ -232,4 +232,10 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug + 'static {
     fn outbox(&self) -> Option<&dyn crate::Outbox> {
         None
     }
+
+    /// The backend's blob reference index and erasure bookkeeping (`None`:
+    /// a test wrapper; nothing is recorded and nothing can be erased).
+    fn erasures(&self) -> Option<&dyn crate::Erasures> {
+        None
+    }
 }

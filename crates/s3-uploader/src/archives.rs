@@ -28,6 +28,13 @@ pub struct Archive {
     pub presign_ttl: Duration,
     /// For logs and summaries: the backend and where (never credentials).
     pub description: String,
+    /// The store's identity, stable across restarts (the backend, its
+    /// endpoint and bucket, or its folder): archives on one store share it,
+    /// whatever their prefix. The queue's blob reference index is per store.
+    pub store_id: String,
+    /// The store's Object Lock (mode and retention), when writes are locked:
+    /// nothing in it can be deleted before the retention ends.
+    pub object_lock: Option<String>,
 }
 
 /// Every account's [`Archive`]; see the module docs.
@@ -74,6 +81,8 @@ impl Archives {
                         layout: settings.layout(),
                         presign_ttl: settings.presign_ttl(),
                         description: describe(settings),
+                        store_id: store_id(settings),
+                        object_lock: object_lock(settings),
                     });
                     settings_of.push(settings);
                     archives.distinct.len() - 1
@@ -164,6 +173,35 @@ fn same_store(a: &StorageSettings, b: &StorageSettings) -> bool {
 /// presigned URL lifetime.
 fn same_archive(a: &StorageSettings, b: &StorageSettings) -> bool {
     same_store(a, b) && a.layout() == b.layout() && a.presign_ttl() == b.presign_ttl()
+}
+
+/// A store's identity: what [`same_store`] compares but the credentials.
+fn store_id(settings: &StorageSettings) -> String {
+    match settings {
+        StorageSettings::S3(s3) => {
+            let s3 = s3.config();
+            let endpoint = s3.endpoint.as_deref().unwrap_or("aws");
+            format!("s3:{endpoint}/{}", s3.bucket)
+        }
+        StorageSettings::Fs { path } => {
+            let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+            format!("fs:{}", path.display())
+        }
+    }
+}
+
+/// The Object Lock an S3 store writes with, as people say it.
+fn object_lock(settings: &StorageSettings) -> Option<String> {
+    let StorageSettings::S3(s3) = settings else {
+        return None;
+    };
+    let s3 = s3.config();
+    let mode = s3.object_lock_mode.as_deref()?;
+    Some(format!(
+        "Object Lock {mode} for {} days on bucket {}",
+        s3.object_lock_days.unwrap_or_default(),
+        s3.bucket
+    ))
 }
 
 /// The backend and where, for logs and summaries (never credentials).

@@ -357,6 +357,16 @@ impl ObjectStore for FsStore {
         blocking(move || this.ping_blocking()).await
     }
 
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path_for(key)?;
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove", &path, e)),
+        })
+        .await
+    }
+
     fn list(&self, prefix: &str, page_size: usize) -> ObjectPages {
         use futures_util::StreamExt as _;
         if let Err(e) = validate_prefix(prefix) {

@@ -144,6 +144,10 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// never log it.
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>, StoreError>;
 
+    /// Deletes the object at `key` (an erasure); deleting a key that does
+    /// not exist is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
     /// `"fs"` or `"s3"`, for logs and metrics.
     fn backend_name(&self) -> &'static str;
 }

@@ -1,5 +1,6 @@
-//! The admin API: `/api/v1/jobs...`, `/api/v1/media`, `/api/v1/stats` and
-//! `/api/v1/notifications...` (PRODUCT.md sections 3 and 11).
+//! The admin API: `/api/v1/jobs...`, `/api/v1/media`, `/api/v1/stats`,
+//! `/api/v1/notifications...` and `/api/v1/erasures` (PRODUCT.md sections
+//! 3, 10 and 11).
 //!
 //! Disabled (404) unless `server.admin_token` is set; then every request must
 //! carry `Authorization: Bearer <admin token>`.
@@ -12,18 +13,26 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use retry_queue::{Delivery, DeliveryFilter, DeliveryState, JobFilter, JobRecord, Outbox, Retried};
+use retry_queue::{
+    Delivery, DeliveryFilter, DeliveryState, ErasureFilter, JobFilter, JobRecord, Outbox, Retried,
+};
 use serde_json::{Value, json};
 
-use crate::Receiver;
+use crate::clients::Client;
 use crate::error::{ApiError, json};
+use crate::{ErasureFailure, Receiver};
 
 /// Jobs whose deadline is this close count as at risk.
 pub(crate) const AT_RISK_WITHIN: Duration = Duration::from_secs(24 * 3600);
 
 impl Receiver {
     /// Authorizes an admin request and hands it to its route's function.
-    pub(crate) async fn admin(&self, path: &[&str], request: Request<Incoming>) -> Reply {
+    pub(crate) async fn admin(
+        &self,
+        path: &[&str],
+        request: Request<Incoming>,
+        client: &Client,
+    ) -> Reply {
         let Some(token) = &self.config.admin_token else {
             return Err(ApiError::NotFound(
                 "admin API disabled: set server.admin_token to enable it".into(),
@@ -33,6 +42,12 @@ impl Receiver {
             return Err(ApiError::Unauthorized(
                 "admin API needs Authorization: Bearer <admin token>".into(),
             ));
+        }
+        if path == ["erasures"] {
+            if request.method() != Method::POST {
+                return Err(ApiError::MethodNotAllowed("POST"));
+            }
+            return self.erase(request, client).await;
         }
         let query = parse_query(request.uri().query());
         match (request.method(), path) {
@@ -171,6 +186,34 @@ impl Receiver {
         }
     }
 
+    /// `POST /api/v1/erasures` with `{"account", "chat_id", "message_ids",
+    /// "before", "dry_run"}` (PRODUCT.md section 10).
+    async fn erase(&self, request: Request<Incoming>, client: &Client) -> Reply {
+        let Some(eraser) = &self.eraser else {
+            return Err(ApiError::NotFound("erasure is not available".into()));
+        };
+        let (parts, body) = request.into_parts();
+        let body = self
+            .read_body(body, &parts.headers, &client.body_budget)
+            .await?;
+        let asked: ErasureRequest = serde_json::from_slice(&body.bytes)
+            .map_err(|e| ApiError::BadRequest(format!("erasure request: {e}")))?;
+        let (filter, dry_run) = asked.checked(|account| self.accounts.contains_key(account))?;
+        match eraser.erase(&filter, dry_run, "admin API").await {
+            Ok(report) => Ok(json(
+                StatusCode::OK,
+                &serde_json::to_value(report).unwrap_or_default(),
+            )),
+            Err(ErasureFailure::Refused(why)) => Err(ApiError::Conflict(why)),
+            Err(ErasureFailure::Unavailable(why)) => {
+                tracing::error!(error = %why, "erasure failed part-way; retrying it finishes it");
+                Err(ApiError::Unavailable(format!(
+                    "{why}; retry the same erasure to finish it"
+                )))
+            }
+        }
+    }
+
     /// `GET /api/v1/stats`.
     async fn stats(&self) -> Reply {
         let stats = self
@@ -186,6 +229,67 @@ impl Receiver {
                 "oldest_pending": stats.oldest_pending.map(rfc3339),
                 "at_risk": stats.at_risk,
             }),
+        ))
+    }
+}
+
+/// The body of `POST /api/v1/erasures`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErasureRequest {
+    account: String,
+    #[serde(default)]
+    chat_id: Option<String>,
+    #[serde(default)]
+    message_ids: Vec<String>,
+    /// RFC 3339.
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// The most message ids one erasure takes (more: several requests).
+const MAX_ERASED_MESSAGE_IDS: usize = 10_000;
+
+impl ErasureRequest {
+    /// The filter, once the account is known (`known`), a chat or message
+    /// ids are given, and `before` is a time.
+    fn checked(self, known: impl Fn(&str) -> bool) -> Result<(ErasureFilter, bool), ApiError> {
+        if !known(&self.account) {
+            return Err(ApiError::BadRequest(format!(
+                "account {:?} is not configured",
+                self.account
+            )));
+        }
+        if self.chat_id.is_none() && self.message_ids.is_empty() {
+            return Err(ApiError::BadRequest(
+                "give chat_id, message_ids, or both: an erasure never takes a whole account".into(),
+            ));
+        }
+        if self.message_ids.len() > MAX_ERASED_MESSAGE_IDS {
+            return Err(ApiError::BadRequest(format!(
+                "at most {MAX_ERASED_MESSAGE_IDS} message_ids per erasure"
+            )));
+        }
+        let before = self
+            .before
+            .map(|text| {
+                chrono::DateTime::parse_from_rfc3339(&text)
+                    .map(|t| t.timestamp_millis())
+                    .map_err(|e| {
+                        ApiError::BadRequest(format!("before {text:?} is not RFC 3339: {e}"))
+                    })
+            })
+            .transpose()?;
+        Ok((
+            ErasureFilter {
+                account: self.account,
+                chat_id: self.chat_id,
+                message_ids: self.message_ids,
+                before,
+            },
+            self.dry_run,
         ))
     }
 }

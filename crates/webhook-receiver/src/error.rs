@@ -16,6 +16,9 @@ pub(crate) enum ApiError {
     Forbidden(String),
     NotFound(String),
     MethodNotAllowed(&'static str),
+    /// The request conflicts with the state of things (an erasure under
+    /// Object Lock, or of a message being archived right now).
+    Conflict(String),
     /// A body over `server.max_body_bytes` (the limit).
     PayloadTooLarge(usize),
     /// A webhook announcing more media than `server.max_jobs_per_webhook`.
@@ -38,6 +41,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) | ApiError::TooManyJobs { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -51,7 +55,8 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::Unauthorized(m)
             | ApiError::Forbidden(m)
-            | ApiError::NotFound(m) => m.clone(),
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m) => m.clone(),
             ApiError::MethodNotAllowed(allowed) => format!("method not allowed; use {allowed}"),
             ApiError::PayloadTooLarge(limit) => {
                 format!("body larger than server.max_body_bytes ({limit} bytes)")
@@ -75,6 +80,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) | ApiError::TooManyJobs { .. } => "too_large",
             ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::Unavailable(_) => "unavailable",

@@ -49,6 +49,49 @@ pub trait MediaIndex: Send + Sync + std::fmt::Debug + 'static {
     -> Result<Option<ArchivedMedia>, String>;
 }
 
+/// Erasure (`POST /api/v1/erasures`, PRODUCT.md section 10). The binary
+/// implements it over the queue's blob index and the store; the receiver
+/// parses and checks the request and maps the answer.
+#[async_trait::async_trait]
+pub trait Eraser: Send + Sync + std::fmt::Debug + 'static {
+    /// Erases what `filter` matches (or, with `dry_run`, counts it);
+    /// `requested_by` names the caller in the audit log.
+    async fn erase(
+        &self,
+        filter: &retry_queue::ErasureFilter,
+        dry_run: bool,
+        requested_by: &str,
+    ) -> Result<ErasureReport, ErasureFailure>;
+}
+
+/// What an erasure did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ErasureReport {
+    /// Manifests deleted.
+    pub manifests: u64,
+    /// Blobs deleted: no remaining manifest in the store named them.
+    pub blobs_deleted: u64,
+    /// Blobs of erased messages kept, because other messages name them.
+    pub blobs_kept_shared: u64,
+    /// Jobs of matching messages that were not done, now `erased`.
+    pub jobs_erased: u64,
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+}
+
+/// Why an erasure did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ErasureFailure {
+    /// Refused, nothing deleted (Object Lock, a matching message being
+    /// archived, an index to rebuild): 409 with the reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The queue or the store failed part-way: 503; retrying the same
+    /// erasure finishes it.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// One archived file as `GET /api/v1/media` reports it (PRODUCT.md
 /// section 3).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

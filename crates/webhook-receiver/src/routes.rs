@@ -49,7 +49,7 @@ impl Receiver {
                     Err(unknown_account(account))
                 }
             }
-            (_, ["api", "v1", rest @ ..]) => self.admin(rest, request).await,
+            (_, ["api", "v1", rest @ ..]) => self.admin(rest, request, client).await,
             _ => Err(ApiError::NotFound(format!("no route {path}"))),
         };
         let response = result.unwrap_or_else(ApiError::into_response);

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clients::Clients;
 use crate::config::READ_BUFFER_BYTES;
 use crate::routes::QueueGauges;
-use crate::{Accounts, MediaIndex, Readiness, ReceiverConfig};
+use crate::{Accounts, Eraser, MediaIndex, Readiness, ReceiverConfig};
 
 /// The HTTP server: webhooks in, durable jobs out.
 #[derive(Debug)]
@@ -43,6 +43,8 @@ pub struct Receiver {
     pub(crate) render_metrics: Option<MetricsHook>,
     /// Backs `GET /api/v1/media`; without it the route answers 404.
     pub(crate) media_index: Option<Arc<dyn MediaIndex>>,
+    /// Backs `POST /api/v1/erasures`; without it the route answers 404.
+    pub(crate) eraser: Option<Arc<dyn Eraser>>,
     /// `server.max_inflight_body_bytes`: one permit per body byte held.
     pub(crate) body_budget: Arc<Semaphore>,
     /// The queue gauges of `/metrics`, refreshed at most every few seconds.
@@ -81,6 +83,7 @@ impl Receiver {
             draining: AtomicBool::new(false),
             render_metrics: None,
             media_index: None,
+            eraser: None,
             queue_gauges: QueueGauges::default(),
         }
     }
@@ -89,6 +92,12 @@ impl Receiver {
     /// archive).
     pub fn with_media_index(mut self, index: Arc<dyn MediaIndex>) -> Self {
         self.media_index = Some(index);
+        self
+    }
+
+    /// Serves `POST /api/v1/erasures` with this eraser.
+    pub fn with_eraser(mut self, eraser: Arc<dyn Eraser>) -> Self {
+        self.eraser = Some(eraser);
         self
     }
 

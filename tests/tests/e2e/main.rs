@@ -23,6 +23,7 @@ mod admin_cli;
 mod cloudapi;
 mod codechat;
 mod docs;
+mod erasure;
 mod evolution;
 mod greenapi;
 mod notify;

@@ -373,6 +373,40 @@ async fn every_admin_answer_matches_the_openapi_document() {
         );
     }
 
+    // Erasure: a dry run of the dead message (200), bad requests (400),
+    // and, on a daemon whose account store is under Object Lock, 409.
+    let erasures = "/api/v1/erasures";
+    for (body, expected) in [
+        (
+            json!({"account": "green", "message_ids": [BAD], "dry_run": true}),
+            200,
+        ),
+        (json!({"account": "green"}), 400),
+        (
+            json!({"account": "green", "chat_id": CHAT, "before": "soon"}),
+            400,
+        ),
+    ] {
+        let (status, answer) = d.admin_post(erasures, &body).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+        a.keep(Method::POST, erasures, status, answer);
+    }
+    let locked = Daemon::start_in_temp_dir(&config(
+        &StoreUnderTest::Fs,
+        &format!(
+            "{}\n[accounts.storage]\nbackend = \"s3\"\n[accounts.storage.s3]\nbucket = \"locked\"\n\
+             region = \"us-east-1\"\nendpoint = \"http://127.0.0.1:9\"\nforce_path_style = true\n\
+             access_key_id = \"k\"\nsecret_access_key = \"s\"\nobject_lock_mode = \"GOVERNANCE\"\n\
+             object_lock_days = 30\n",
+            accounts::green_api(&fake)
+        ),
+    ));
+    let (status, answer) = locked
+        .admin_post(erasures, &json!({"account": "green", "chat_id": CHAT}))
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    a.keep(Method::POST, erasures, status, answer);
+
     // Without the token, or with a wrong one: 401 on every route.
     let operations = admin_operations(&doc);
     for (r, method) in &operations {

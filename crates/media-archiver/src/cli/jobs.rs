@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::api::{ApiArgs, ERROR_WIDTH, Failure, encode, run_command, table, text, truncate};
 
 /// Job states the API knows.
-const STATES: [&str; 5] = ["pending", "leased", "waiting", "done", "dead"];
+const STATES: [&str; 6] = ["pending", "leased", "waiting", "done", "dead", "erased"];
 
 /// `jobs`: list, inspect and requeue jobs of a running daemon.
 #[derive(Debug, clap::Args)]
@@ -189,7 +189,8 @@ fn stats_table(stats: &Value) -> String {
         "leased" => "LEASED",
         "waiting" => "WAITING",
         "done" => "DONE",
-        _ => "DEAD",
+        "dead" => "DEAD",
+        _ => "ERASED",
     }));
     let mut out = table(&header, &rows);
     let _ = writeln!(out, "oldest pending: {}", text(&stats["oldest_pending"]));

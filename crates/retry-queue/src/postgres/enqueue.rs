@@ -96,6 +96,7 @@ pub(super) async fn insert_group(
     let mut media_ids: Vec<Option<&str>> = Vec::with_capacity(unique.len());
     let mut message_ats = Vec::with_capacity(unique.len());
     let mut payloads = Vec::with_capacity(unique.len());
+    let mut chat_ids: Vec<Option<&str>> = Vec::with_capacity(unique.len());
     for job in &unique {
         ids.push(job.id.as_str());
         accounts.push(job.account.as_str());
@@ -105,17 +106,19 @@ pub(super) async fn insert_group(
         media_ids.push(job.media_id.as_deref());
         message_ats.push(job.message_at);
         payloads.push(job.payload.to_string());
+        chat_ids.push(job.chat_id.as_deref());
     }
 
     let mut tx = pool.begin().await.map_err(db)?;
     let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO jobs (id, account, provider, state, attempts, deadline, next_attempt_at,
-            created_at, updated_at, message_id, media_id, message_at, payload)
+            created_at, updated_at, message_id, media_id, message_at, payload, chat_id)
          SELECT u.id, u.account, u.provider, 'pending', 0, u.deadline, $1, $1, $1,
-            u.message_id, u.media_id, u.message_at, u.payload
+            u.message_id, u.media_id, u.message_at, u.payload, u.chat_id
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[],
-                     $8::int8[], $9::text[])
-              AS u(id, account, provider, deadline, message_id, media_id, message_at, payload)
+                     $8::int8[], $9::text[], $10::text[])
+              AS u(id, account, provider, deadline, message_id, media_id, message_at, payload,
+                   chat_id)
          ORDER BY u.id
          ON CONFLICT (id) DO NOTHING
          RETURNING id",
@@ -129,6 +132,7 @@ pub(super) async fn insert_group(
     .bind(&media_ids)
     .bind(&message_ats)
     .bind(&payloads)
+    .bind(&chat_ids)
     .fetch_all(&mut *tx)
     .await
     .map_err(db)?;

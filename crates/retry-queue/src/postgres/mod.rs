@@ -40,11 +40,12 @@
 //! The module is cut by concern: [`options`] (what to connect to, as written
 //! in the config and then resolved and checked before connecting), [`schema`] (migrations), [`enqueue`] (group commit),
 //! [`lease`] (a job's life under a lease), [`admin`] (reads and admin
-//! requeues), [`outbox`] (events to the user's app), [`row`] (decoding
-//! rows, mapping driver errors).
+//! requeues), [`outbox`] (events to the user's app), [`erasure`] (the
+//! blob reference index), [`row`] (decoding rows, mapping driver errors).
 
 mod admin;
 mod enqueue;
+mod erasure;
 mod lease;
 mod options;
 mod outbox;
@@ -233,6 +234,10 @@ impl JobQueue for PgQueue {
     }
 
     fn outbox(&self) -> Option<&dyn crate::Outbox> {
+        Some(self)
+    }
+
+    fn erasures(&self) -> Option<&dyn crate::Erasures> {
         Some(self)
     }
 }

@@ -29,6 +29,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox",
         include_str!("../../migrations/0004_outbox.sql"),
     ),
+    (
+        5,
+        "erasure",
+        include_str!("../../migrations/0005_erasure.sql"),
+    ),
 ];
 
 /// Creates `schema` unless it exists (checked first, so that a role without

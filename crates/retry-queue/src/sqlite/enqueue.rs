@@ -60,8 +60,8 @@ pub(super) fn insert_group(
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO jobs (id, account, provider, state, attempts, deadline, next_attempt_at,
-                created_at, updated_at, message_id, media_id, message_at, payload)
-             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?5, ?5, ?6, ?7, ?8, ?9)
+                created_at, updated_at, message_id, media_id, message_at, payload, chat_id)
+             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?5, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (id) DO NOTHING",
         )?;
         // A dedup entry never blocks the retry of a failed job.
@@ -85,6 +85,7 @@ pub(super) fn insert_group(
                     job.media_id,
                     job.message_at,
                     payload,
+                    job.chat_id,
                 ])?;
                 if inserted > 0 {
                     *inserted_per_account.entry(&job.account).or_default() += 1;

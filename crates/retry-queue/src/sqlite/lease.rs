@@ -29,12 +29,17 @@ impl Held {
         }
     }
 
+    /// The job the lease is for.
+    pub(super) fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
     /// The token as stored; a token that does not fit was never issued.
-    fn token(&self) -> StoreResult<i64> {
+    pub(super) fn token(&self) -> StoreResult<i64> {
         i64::try_from(self.token).map_err(|_| self.lost())
     }
 
-    fn lost(&self) -> StoreError {
+    pub(super) fn lost(&self) -> StoreError {
         QueueError::LeaseLost {
             job_id: self.job_id.clone(),
         }

@@ -16,12 +16,14 @@
 //! migrations), [`thread`] (the command loop and the state it owns),
 //! [`enqueue`] (group commit), [`lease`] (a job's life under a lease: lease,
 //! renew, complete, fail, park, wake, release), [`admin`] (reads and admin
-//! requeues), [`outbox`] (events to the user's app), [`row`] (decoding a
-//! row), plus the two helper threads.
+//! requeues), [`outbox`] (events to the user's app), [`erasure`] (the
+//! blob reference index), [`row`] (decoding a row), plus the two helper
+//! threads.
 
 mod admin;
 mod checkpointer;
 mod enqueue;
+mod erasure;
 mod lease;
 mod outbox;
 mod row;
@@ -46,6 +48,7 @@ use self::schema::open_database;
 use self::thread::{Command, EnqueueRequest, Store, StoreResult, run};
 use self::wal_sync::{Answer, Fault, SyncHook, WalSync};
 use crate::backend::CHANNEL_CAPACITY;
+use crate::erasure::{BlobRef, ErasureFilter, ErasurePlan, ErasureRefused, Erasures};
 use crate::outbox::{Claimed, Delivery, DeliveryFilter, Outbox, Retried, Route};
 use crate::{
     Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueError, QueueStats,
@@ -273,6 +276,62 @@ impl JobQueue for SqliteQueue {
 
     fn outbox(&self) -> Option<&dyn Outbox> {
         Some(self)
+    }
+
+    fn erasures(&self) -> Option<&dyn Erasures> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl Erasures for SqliteQueue {
+    async fn record_ref(&self, lease: &Lease, blob: &BlobRef) -> Result<(), QueueError> {
+        let (held, blob) = (Held::of(lease), blob.clone());
+        self.call(move |store| store.record_ref(&held, &blob)).await
+    }
+
+    async fn restore_refs(&self, refs: &[BlobRef]) -> Result<(), QueueError> {
+        let refs = refs.to_vec();
+        self.call(move |store| store.restore_refs(&refs)).await
+    }
+
+    async fn mark_index_complete(&self, store_id: &str) -> Result<(), QueueError> {
+        let store_id = store_id.to_owned();
+        self.call(move |store| store.mark_index_complete(&store_id))
+            .await
+    }
+
+    async fn plan_erasure(
+        &self,
+        store_id: &str,
+        filter: &ErasureFilter,
+        dry_run: bool,
+    ) -> Result<Result<ErasurePlan, ErasureRefused>, QueueError> {
+        let (store_id, filter) = (store_id.to_owned(), filter.clone());
+        self.call(move |store| store.plan_erasure(&store_id, &filter, dry_run))
+            .await
+    }
+
+    async fn confirm_blob_erasure(
+        &self,
+        store_id: &str,
+        blob_key: &str,
+    ) -> Result<bool, QueueError> {
+        let (store_id, blob_key) = (store_id.to_owned(), blob_key.to_owned());
+        self.call(move |store| store.confirm_blob_erasure(&store_id, &blob_key))
+            .await
+    }
+
+    async fn end_blob_erasure(&self, store_id: &str, blob_key: &str) -> Result<(), QueueError> {
+        let (store_id, blob_key) = (store_id.to_owned(), blob_key.to_owned());
+        self.call(move |store| store.end_blob_erasure(&store_id, &blob_key))
+            .await
+    }
+
+    async fn unfinished_blob_erasures(&self, store_id: &str) -> Result<Vec<String>, QueueError> {
+        let store_id = store_id.to_owned();
+        self.call(move |store| store.unfinished_blob_erasures(&store_id))
+            .await
     }
 }
 

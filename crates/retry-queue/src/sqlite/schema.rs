@@ -10,7 +10,49 @@ use super::thread::StoreResult;
 use crate::QueueError;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
+
+/// The trigger that commits a job's deliveries (`crate::outbox`) with its
+/// `done` or `dead` transition (versions 5 and 6).
+macro_rules! notify_trigger {
+    () => {
+        "
+CREATE TRIGGER jobs_notify AFTER UPDATE OF state ON jobs
+WHEN NEW.state IN ('done', 'dead') AND OLD.state <> NEW.state BEGIN
+    INSERT INTO deliveries (id, target, job_id, event, state, next_attempt_at, deadline,
+                            max_age_ms, job_error, created_at, updated_at)
+    SELECT r.target || ':' || NEW.id || ':' || r.event, r.target, NEW.id, r.event, 'pending',
+           NEW.updated_at, NEW.updated_at + r.max_age_ms, r.max_age_ms, NEW.last_error,
+           NEW.updated_at, NEW.updated_at
+    FROM notify_routes r
+    WHERE r.event = CASE NEW.state WHEN 'done' THEN 'media.archived' ELSE 'media.dead' END
+      AND r.account IN ('*', NEW.account)
+    ON CONFLICT (id) DO UPDATE SET
+        state = 'pending', attempts = attempts + 1, next_attempt_at = excluded.next_attempt_at,
+        backoff_interval_ms = NULL, deadline = excluded.deadline, max_age_ms = excluded.max_age_ms,
+        last_error = NULL, job_error = excluded.job_error, created_at = excluded.created_at,
+        updated_at = excluded.updated_at;
+END;
+"
+    };
+}
+
+/// The triggers that keep `job_counts` (versions 1 and 6).
+macro_rules! count_triggers {
+    () => {
+        "
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs
+WHEN OLD.state <> NEW.state BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE account = OLD.account AND state = OLD.state;
+    INSERT INTO job_counts (account, state, n) VALUES (NEW.account, NEW.state, 1)
+        ON CONFLICT (account, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE account = OLD.account AND state = OLD.state;
+END;
+"
+    };
+}
 
 /// Version 2: jobs by message id (the admin API's media lookup), whether
 /// the job id is keyed by message id or by media id.
@@ -34,7 +76,8 @@ CREATE INDEX jobs_message ON jobs (message_id, account, updated_at)
 /// Version 5: the outbox of events to the user's app (`crate::outbox`):
 /// its routes, its deliveries, and the trigger that commits a job's
 /// deliveries in the transaction of its `done` or `dead` transition.
-pub(super) const SCHEMA_V5: &str = "
+pub(super) const SCHEMA_V5: &str = concat!(
+    "
 CREATE TABLE notify_routes (
     target     TEXT NOT NULL,
     event      TEXT NOT NULL,
@@ -61,26 +104,89 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_due     ON deliveries (target, next_attempt_at) WHERE state = 'pending';
 CREATE INDEX deliveries_updated ON deliveries (updated_at);
 CREATE INDEX deliveries_job     ON deliveries (job_id);
-CREATE TRIGGER jobs_notify AFTER UPDATE OF state ON jobs
-WHEN NEW.state IN ('done', 'dead') AND OLD.state <> NEW.state BEGIN
-    INSERT INTO deliveries (id, target, job_id, event, state, next_attempt_at, deadline,
-                            max_age_ms, job_error, created_at, updated_at)
-    SELECT r.target || ':' || NEW.id || ':' || r.event, r.target, NEW.id, r.event, 'pending',
-           NEW.updated_at, NEW.updated_at + r.max_age_ms, r.max_age_ms, NEW.last_error,
-           NEW.updated_at, NEW.updated_at
-    FROM notify_routes r
-    WHERE r.event = CASE NEW.state WHEN 'done' THEN 'media.archived' ELSE 'media.dead' END
-      AND r.account IN ('*', NEW.account)
-    ON CONFLICT (id) DO UPDATE SET
-        state = 'pending', attempts = attempts + 1, next_attempt_at = excluded.next_attempt_at,
-        backoff_interval_ms = NULL, deadline = excluded.deadline, max_age_ms = excluded.max_age_ms,
-        last_error = NULL, job_error = excluded.job_error, created_at = excluded.created_at,
-        updated_at = excluded.updated_at;
-END;
-";
+",
+    notify_trigger!()
+);
+
+/// Version 6: erasure (`crate::erasure`). Jobs gain the `erased` state
+/// (SQLite cannot change a CHECK in place, so the table is rebuilt, its
+/// indexes and triggers with it) and the message's `chat_id`; the blob
+/// reference index (`blob_refs`) and the blobs an erasure is deleting
+/// (`blob_erasures`) are new.
+pub(super) const SCHEMA_V6: &str = concat!(
+    "
+CREATE TABLE jobs_v6 (
+    id                  TEXT PRIMARY KEY NOT NULL,
+    account             TEXT NOT NULL,
+    provider            TEXT NOT NULL,
+    state               TEXT NOT NULL
+                        CHECK (state IN ('pending', 'leased', 'waiting', 'done', 'dead', 'erased')),
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    deadline            INTEGER NOT NULL,
+    next_attempt_at     INTEGER NOT NULL,
+    backoff_interval_ms INTEGER,
+    lease_token         INTEGER NOT NULL DEFAULT 0,
+    lease_expires_at    INTEGER,
+    last_error          TEXT,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    message_id          TEXT NOT NULL,
+    media_id            TEXT,
+    message_at          INTEGER NOT NULL,
+    payload             TEXT NOT NULL,
+    woken               INTEGER NOT NULL DEFAULT 0,
+    chat_id             TEXT,
+    due_at              INTEGER GENERATED ALWAYS AS (CASE state
+                            WHEN 'pending' THEN next_attempt_at
+                            WHEN 'waiting' THEN next_attempt_at
+                            WHEN 'leased'  THEN lease_expires_at END) VIRTUAL
+) STRICT;
+INSERT INTO jobs_v6 (id, account, provider, state, attempts, deadline, next_attempt_at,
+                     backoff_interval_ms, lease_token, lease_expires_at, last_error, created_at,
+                     updated_at, message_id, media_id, message_at, payload, woken)
+    SELECT id, account, provider, state, attempts, deadline, next_attempt_at,
+           backoff_interval_ms, lease_token, lease_expires_at, last_error, created_at,
+           updated_at, message_id, media_id, message_at, payload, woken
+    FROM jobs;
+DROP TABLE jobs;
+ALTER TABLE jobs_v6 RENAME TO jobs;
+CREATE INDEX jobs_ready       ON jobs (deadline, next_attempt_at, due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX jobs_pending_age ON jobs (created_at) WHERE state = 'pending';
+CREATE INDEX jobs_state       ON jobs (state, updated_at);
+CREATE INDEX jobs_account     ON jobs (account, updated_at);
+CREATE INDEX jobs_updated     ON jobs (updated_at);
+CREATE INDEX jobs_message     ON jobs (message_id, account, updated_at)
+    WHERE id <> account || ':' || message_id;
+CREATE INDEX jobs_chat        ON jobs (account, chat_id) WHERE chat_id IS NOT NULL;
+
+CREATE TABLE blob_refs (
+    store      TEXT NOT NULL,
+    blob_key   TEXT NOT NULL,
+    account    TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    chat_id    TEXT,
+    message_at INTEGER NOT NULL,
+    PRIMARY KEY (store, account, message_id, blob_key)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX blob_refs_blob ON blob_refs (store, blob_key);
+CREATE INDEX blob_refs_chat ON blob_refs (account, chat_id) WHERE chat_id IS NOT NULL;
+CREATE TABLE blob_erasures (
+    store    TEXT NOT NULL,
+    blob_key TEXT NOT NULL,
+    since    INTEGER NOT NULL,
+    PRIMARY KEY (store, blob_key)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE blob_index_complete (store TEXT PRIMARY KEY NOT NULL) STRICT, WITHOUT ROWID;
+INSERT INTO blob_index_complete (store)
+    SELECT '*' WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'done');
+",
+    count_triggers!(),
+    notify_trigger!()
+);
 
 /// The schema documented in the crate docs; keep both in step.
-pub(super) const SCHEMA_V1: &str = "
+pub(super) const SCHEMA_V1: &str = concat!(
+    "
 CREATE TABLE jobs (
     id                  TEXT PRIMARY KEY NOT NULL,
     account             TEXT NOT NULL,
@@ -122,16 +228,9 @@ CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
     INSERT INTO job_counts (account, state, n) VALUES (NEW.account, NEW.state, 1)
         ON CONFLICT (account, state) DO UPDATE SET n = n + 1;
 END;
-CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs
-WHEN OLD.state <> NEW.state BEGIN
-    UPDATE job_counts SET n = n - 1 WHERE account = OLD.account AND state = OLD.state;
-    INSERT INTO job_counts (account, state, n) VALUES (NEW.account, NEW.state, 1)
-        ON CONFLICT (account, state) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
-    UPDATE job_counts SET n = n - 1 WHERE account = OLD.account AND state = OLD.state;
-END;
-";
+",
+    count_triggers!()
+);
 
 /// WAL pages (4 KiB) after which the database thread checkpoints inside a
 /// commit. Checkpoints normally run on the [`checkpointer`]'s thread, a
@@ -168,7 +267,9 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     match version {
         0..SCHEMA_VERSION => {
-            let steps = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+            let steps = [
+                SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+            ];
             let from = usize::try_from(version).unwrap_or_default();
             for step in &steps[from..] {
                 tx.execute_batch(step)?;

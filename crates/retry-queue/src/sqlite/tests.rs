@@ -19,6 +19,7 @@ fn spec(id: &str) -> JobSpec {
         provider: ProviderKind::Cloudapi,
         message_id: format!("wamid.{id}"),
         media_id: Some(id.to_owned()),
+        chat_id: None,
         message_at: 0,
         deadline: i64::MAX / 2,
         payload: serde_json::json!({"media": id}),
@@ -37,6 +38,7 @@ impl ToSpec for Lease {
             provider: self.job.provider,
             message_id: self.job.message_id.clone(),
             media_id: self.job.media_id.clone(),
+            chat_id: None,
             message_at: self.job.message_at,
             deadline: self.job.deadline,
             payload: self.job.payload.clone(),
@@ -510,4 +512,72 @@ async fn a_stopped_thread_makes_every_call_unavailable() {
         queue.enqueue(vec![spec("acme:1")]).await,
         Err(QueueError::Unavailable(_))
     ));
+}
+
+/// A database migrated to version 6 with jobs already archived has an
+/// index that does not cover their manifests: erasures are refused until
+/// `erase --rebuild-index` marks the store complete; the migration keeps
+/// every job, its fields and its counts, and leaves the triggers working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_database_refuses_erasure_until_the_index_is_rebuilt() {
+    use super::schema::{SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let conn = Connection::open(&path).unwrap();
+    for step in [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5] {
+        conn.execute_batch(step).unwrap();
+    }
+    conn.pragma_update(None, "user_version", 5).unwrap();
+    conn.execute(
+        "INSERT INTO jobs (id, account, provider, state, attempts, deadline, next_attempt_at,
+             created_at, updated_at, message_id, media_id, message_at, payload)
+         VALUES ('acme:m1', 'acme', 'greenapi', 'done', 1, 9, 9, 1, 2, 'm1', NULL, 3, '{}')",
+        [],
+    )
+    .unwrap();
+    // As the enqueue and the triggers of version 5 kept it.
+    conn.execute("INSERT INTO job_counts VALUES ('acme', 'done', 1)", [])
+        .unwrap();
+    drop(conn);
+
+    let queue = open(dir.path());
+    let job = queue
+        .get("acme:m1")
+        .await
+        .unwrap()
+        .expect("kept by the migration");
+    assert_eq!(
+        (job.state, job.attempts, job.updated_at),
+        (JobState::Done, 1, 2)
+    );
+    let filter = crate::ErasureFilter {
+        account: "acme".into(),
+        message_ids: vec!["m1".into()],
+        ..Default::default()
+    };
+    let erasures = queue.erasures().unwrap();
+    assert_eq!(
+        erasures.plan_erasure("fs:x", &filter, true).await.unwrap(),
+        Err(crate::ErasureRefused::IndexIncomplete)
+    );
+    erasures.mark_index_complete("fs:x").await.unwrap();
+    assert!(
+        erasures
+            .plan_erasure("fs:x", &filter, true)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert_eq!(
+        erasures
+            .plan_erasure("fs:other", &filter, true)
+            .await
+            .unwrap(),
+        Err(crate::ErasureRefused::IndexIncomplete),
+        "per store"
+    );
+    queue.enqueue(vec![spec("a:2")]).await.unwrap();
+    let stats = queue.stats(Duration::ZERO).await.unwrap();
+    assert_eq!(stats.by_state["done"], 1);
+    assert_eq!(stats.by_state["pending"], 1, "counts still kept");
 }

@@ -137,6 +137,11 @@ impl ObjectStore for S3Store {
         S3Store::presign_get(self, key, ttl).await.map(Some)
     }
 
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        validate_key(key)?;
+        self.delete_object(key).await
+    }
+
     fn backend_name(&self) -> &'static str {
         "s3"
     }

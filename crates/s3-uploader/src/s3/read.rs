@@ -134,6 +134,19 @@ impl S3Store {
         }
     }
 
+    /// [`ObjectStore::delete`](crate::ObjectStore::delete): DeleteObject
+    /// (S3 answers 204 for a key that does not exist, too).
+    pub(super) async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("DeleteObject", key, e))
+    }
+
     /// [`ObjectStore::ping`](crate::ObjectStore::ping): HeadBucket.
     pub(super) async fn head_bucket(&self) -> Result<(), StoreError> {
         let result = self

@@ -687,3 +687,29 @@ pub(crate) async fn a_stream_dropped_half_way_leaves_nothing(b: &dyn Backend) {
     drop(upload);
     assert_eq!(b.read_object(&key).await, None);
 }
+
+/// Deleting an object (an erasure) removes it, and only it; deleting a key
+/// with nothing there is not an error (an erasure resumed after a crash
+/// deletes again what it had deleted).
+pub(crate) async fn delete_removes_an_object_and_a_missing_one_is_no_error(b: &dyn Backend) {
+    let (one, two) = (b"erase me".to_vec(), b"keep me".to_vec());
+    let mut keys = Vec::new();
+    for bytes in [&one, &two] {
+        let file = stage(b.spool(), bytes);
+        let key = layout().blob_key(&file.sha256, Some("image/jpeg"));
+        b.store()
+            .put_blob(&key, &file, Some("image/jpeg"))
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    b.store().delete(&keys[0]).await.unwrap();
+    assert_eq!(b.read_object(&keys[0]).await, None);
+    assert_eq!(b.store().get_small(&keys[0]).await.unwrap(), None);
+    assert_eq!(b.read_object(&keys[1]).await, Some(two));
+    b.store().delete(&keys[0]).await.unwrap();
+    assert!(
+        b.store().delete("../escape").await.is_err(),
+        "keys are checked"
+    );
+}

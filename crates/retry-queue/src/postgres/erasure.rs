@@ -1,0 +1,318 @@
+//! Erasure on PostgreSQL (`crate::erasure` has the schema and the rules),
+//! statement for statement as on SQLite. Replicas run concurrently here, so
+//! two locks stand in for SQLite's one writer: a transaction-scoped
+//! advisory lock per blob, taken by a worker's record and by a plan (in
+//! key order), so the two never interleave on one blob; and the matching
+//! jobs' rows, which a plan locks (`FOR UPDATE`) so that no replica leases
+//! one of them between the plan's look and its commit.
+
+use std::collections::BTreeSet;
+
+use sqlx::Row as _;
+use sqlx::postgres::Postgres;
+
+use super::PgQueue;
+use super::row::db;
+use crate::backend::millis;
+use crate::erasure::{
+    BlobRef, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures, STALE_ERASURE,
+};
+use crate::{Lease, QueueError};
+
+/// The rows of `jobs` or `blob_refs` an erasure's filter takes; the
+/// parameters are $1 account, $2 chat, $3 message ids, $4 before.
+const MATCHES: &str = "account = $1 AND ($2::TEXT IS NULL OR chat_id = $2)
+    AND ($3::TEXT[] IS NULL OR message_id = ANY($3))
+    AND ($4::BIGINT IS NULL OR message_at < $4)";
+
+type Tx<'a> = sqlx::Transaction<'a, Postgres>;
+
+/// Binds the filter as [`MATCHES`]' parameters.
+fn bind_filter<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    filter: &'q ErasureFilter,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    let ids = (!filter.message_ids.is_empty()).then_some(&filter.message_ids);
+    query
+        .bind(&filter.account)
+        .bind(&filter.chat_id)
+        .bind(ids)
+        .bind(filter.before)
+}
+
+/// Serialises everything done to one blob of one store until the
+/// transaction ends.
+async fn lock_blob(tx: &mut Tx<'_>, store: &str, blob_key: &str) -> Result<(), QueueError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))")
+        .bind(store)
+        .bind(blob_key)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+async fn insert_ref(tx: &mut Tx<'_>, blob: &BlobRef) -> Result<(), QueueError> {
+    sqlx::query(
+        "INSERT INTO blob_refs (store, blob_key, account, message_id, chat_id, message_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(&blob.store)
+    .bind(&blob.blob_key)
+    .bind(&blob.account)
+    .bind(&blob.message_id)
+    .bind(&blob.chat_id)
+    .bind(blob.message_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Erasures for PgQueue {
+    async fn record_ref(&self, lease: &Lease, blob: &BlobRef) -> Result<(), QueueError> {
+        let now = self.now();
+        let token = i64::try_from(lease.token).map_err(|_| lost(lease))?;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        lock_blob(&mut tx, &blob.store, &blob.blob_key).await?;
+        let holds = sqlx::query(
+            "SELECT 1 FROM jobs WHERE id = $1 AND state = 'leased' AND lease_token = $2 FOR SHARE",
+        )
+        .bind(&lease.job.id)
+        .bind(token)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        if holds.is_none() {
+            return Err(lost(lease));
+        }
+        let since: Option<i64> = sqlx::query_scalar(
+            "SELECT since FROM blob_erasures WHERE store = $1 AND blob_key = $2",
+        )
+        .bind(&blob.store)
+        .bind(&blob.blob_key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        match since {
+            None => {}
+            Some(since) if since < now.saturating_sub(millis(STALE_ERASURE)) => {
+                sqlx::query("DELETE FROM blob_erasures WHERE store = $1 AND blob_key = $2")
+                    .bind(&blob.store)
+                    .bind(&blob.blob_key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+            Some(_) => {
+                return Err(QueueError::BlobBeingErased {
+                    blob_key: blob.blob_key.clone(),
+                });
+            }
+        }
+        insert_ref(&mut tx, blob).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn restore_refs(&self, refs: &[BlobRef]) -> Result<(), QueueError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for blob in refs {
+            insert_ref(&mut tx, blob).await?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn mark_index_complete(&self, store: &str) -> Result<(), QueueError> {
+        sqlx::query("INSERT INTO blob_index_complete (store) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(store)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn plan_erasure(
+        &self,
+        store: &str,
+        filter: &ErasureFilter,
+        dry_run: bool,
+    ) -> Result<Result<ErasurePlan, ErasureRefused>, QueueError> {
+        let now = self.now();
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let complete = sqlx::query("SELECT 1 FROM blob_index_complete WHERE store IN ('*', $1)")
+            .bind(store)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if complete.is_none() {
+            return Ok(Err(ErasureRefused::IndexIncomplete));
+        }
+        // Locked, so that no replica leases one of them until this commits.
+        let matching = bind_filter(
+            sqlx::query(&format!(
+                "SELECT id, state FROM jobs WHERE {MATCHES} ORDER BY id FOR UPDATE"
+            )),
+            filter,
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        for row in &matching {
+            let state: String = row.try_get(1).map_err(db)?;
+            if state == "leased" {
+                return Ok(Err(ErasureRefused::InFlight(row.try_get(0).map_err(db)?)));
+            }
+        }
+        let jobs_erased = bind_filter(
+            sqlx::query(&format!(
+                "UPDATE jobs SET state = 'erased', lease_expires_at = NULL, updated_at = $5
+                 WHERE state IN ('pending', 'waiting', 'dead') AND {MATCHES}"
+            )),
+            filter,
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        let blobs: BTreeSet<String> = bind_filter(
+            sqlx::query(&format!(
+                "SELECT DISTINCT blob_key FROM blob_refs WHERE store = $5 AND {MATCHES}"
+            )),
+            filter,
+        )
+        .bind(store)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|row| row.try_get(0).map_err(db))
+        .collect::<Result<_, _>>()?;
+        // In key order: two plans never wait on each other in a cycle.
+        for blob in &blobs {
+            lock_blob(&mut tx, store, blob).await?;
+        }
+        let taken = bind_filter(
+            sqlx::query(&format!(
+                "DELETE FROM blob_refs WHERE store = $5 AND {MATCHES}
+                 RETURNING message_id, message_at"
+            )),
+            filter,
+        )
+        .bind(store)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let messages: BTreeSet<ErasedMessage> = taken
+            .iter()
+            .map(|row| {
+                Ok(ErasedMessage {
+                    message_id: row.try_get(0).map_err(db)?,
+                    message_at: row.try_get(1).map_err(db)?,
+                })
+            })
+            .collect::<Result<_, QueueError>>()?;
+        let mut plan = ErasurePlan {
+            messages: messages.into_iter().collect(),
+            jobs_erased,
+            ..ErasurePlan::default()
+        };
+        for blob in blobs {
+            let named =
+                sqlx::query("SELECT 1 FROM blob_refs WHERE store = $1 AND blob_key = $2 LIMIT 1")
+                    .bind(store)
+                    .bind(&blob)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            if named.is_some() {
+                plan.blobs_kept_shared += 1;
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO blob_erasures (store, blob_key, since) VALUES ($1, $2, $3)
+                 ON CONFLICT (store, blob_key) DO UPDATE SET since = EXCLUDED.since",
+            )
+            .bind(store)
+            .bind(&blob)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            plan.blobs_to_delete.push(blob);
+        }
+        if dry_run {
+            // The same statements, undone: a dry run counts what the real
+            // run would.
+            tx.rollback().await.map_err(db)?;
+        } else {
+            tx.commit().await.map_err(db)?;
+        }
+        Ok(Ok(plan))
+    }
+
+    async fn confirm_blob_erasure(&self, store: &str, blob_key: &str) -> Result<bool, QueueError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        lock_blob(&mut tx, store, blob_key).await?;
+        let marked = sqlx::query("SELECT 1 FROM blob_erasures WHERE store = $1 AND blob_key = $2")
+            .bind(store)
+            .bind(blob_key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+            .is_some();
+        let named =
+            sqlx::query("SELECT 1 FROM blob_refs WHERE store = $1 AND blob_key = $2 LIMIT 1")
+                .bind(store)
+                .bind(blob_key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?
+                .is_some();
+        let delete = marked && !named;
+        let statement = if delete {
+            "UPDATE blob_erasures SET since = $3 WHERE store = $1 AND blob_key = $2"
+        } else {
+            // Named again (a worker took a stale mark over): keep the blob.
+            "DELETE FROM blob_erasures WHERE store = $1 AND blob_key = $2 AND $3::BIGINT IS NOT NULL"
+        };
+        sqlx::query(statement)
+            .bind(store)
+            .bind(blob_key)
+            .bind(self.now())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(delete)
+    }
+
+    async fn end_blob_erasure(&self, store: &str, blob_key: &str) -> Result<(), QueueError> {
+        sqlx::query("DELETE FROM blob_erasures WHERE store = $1 AND blob_key = $2")
+            .bind(store)
+            .bind(blob_key)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn unfinished_blob_erasures(&self, store: &str) -> Result<Vec<String>, QueueError> {
+        let stale_before = self.now().saturating_sub(millis(STALE_ERASURE));
+        sqlx::query_scalar(
+            "SELECT blob_key FROM blob_erasures WHERE store = $1 AND since < $2 ORDER BY blob_key",
+        )
+        .bind(store)
+        .bind(stale_before)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)
+    }
+}
+
+fn lost(lease: &Lease) -> QueueError {
+    QueueError::LeaseLost {
+        job_id: lease.job.id.clone(),
+    }
+}

@@ -1,0 +1,252 @@
+//! Erasure on the database thread (`crate::erasure` has the schema and the
+//! rules). The thread runs one command at a time, so a plan and a worker's
+//! record of the same blob never interleave.
+
+use std::collections::BTreeSet;
+
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::lease::Held;
+use super::thread::{Store, StoreResult};
+use crate::QueueError;
+use crate::backend::millis;
+use crate::erasure::{
+    BlobRef, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, STALE_ERASURE,
+};
+
+/// The rows of `jobs` or `blob_refs` an erasure's filter takes; the
+/// parameters are ?1 account, ?2 chat, ?3 message ids (a JSON array), ?4
+/// before.
+const MATCHES: &str = "account = ?1 AND (?2 IS NULL OR chat_id = ?2)
+    AND (?3 IS NULL OR message_id IN (SELECT value FROM json_each(?3)))
+    AND (?4 IS NULL OR message_at < ?4)";
+
+/// The filter as the parameters of [`MATCHES`].
+fn filter_params(filter: &ErasureFilter) -> (String, Option<String>, Option<String>, Option<i64>) {
+    let ids = (!filter.message_ids.is_empty())
+        .then(|| serde_json::Value::from(filter.message_ids.clone()).to_string());
+    (
+        filter.account.clone(),
+        filter.chat_id.clone(),
+        ids,
+        filter.before,
+    )
+}
+
+impl Store {
+    pub(super) fn record_ref(&mut self, held: &Held, blob: &BlobRef) -> StoreResult<()> {
+        let now = self.now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let holds = tx
+            .prepare_cached(
+                "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'leased' AND lease_token = ?2",
+            )?
+            .query_row(params![held.job_id(), held.token()?], |_| Ok(()))
+            .optional()?;
+        if holds.is_none() {
+            return Err(held.lost());
+        }
+        take_over_or_refuse(&tx, &blob.store, &blob.blob_key, now)?;
+        insert_ref(&tx, blob)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(super) fn restore_refs(&mut self, refs: &[BlobRef]) -> StoreResult<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for blob in refs {
+            insert_ref(&tx, blob)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(super) fn mark_index_complete(&mut self, store: &str) -> StoreResult<()> {
+        self.conn.execute(
+            "INSERT INTO blob_index_complete (store) VALUES (?1) ON CONFLICT DO NOTHING",
+            params![store],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn plan_erasure(
+        &mut self,
+        store: &str,
+        filter: &ErasureFilter,
+        dry_run: bool,
+    ) -> StoreResult<Result<ErasurePlan, ErasureRefused>> {
+        let now = self.now();
+        let (account, chat, ids, before) = filter_params(filter);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let complete = tx
+            .prepare_cached("SELECT 1 FROM blob_index_complete WHERE store IN ('*', ?1)")?
+            .query_row(params![store], |_| Ok(()))
+            .optional()?;
+        if complete.is_none() {
+            return Ok(Err(ErasureRefused::IndexIncomplete));
+        }
+        let in_flight: Option<String> = tx
+            .prepare_cached(&format!(
+                "SELECT id FROM jobs WHERE state = 'leased' AND {MATCHES} LIMIT 1"
+            ))?
+            .query_row(params![account, chat, ids, before], |row| row.get(0))
+            .optional()?;
+        if let Some(job) = in_flight {
+            return Ok(Err(ErasureRefused::InFlight(job)));
+        }
+        let jobs_erased = tx
+            .prepare_cached(&format!(
+                "UPDATE jobs SET state = 'erased', lease_expires_at = NULL, updated_at = ?5
+                 WHERE state IN ('pending', 'waiting', 'dead') AND {MATCHES}"
+            ))?
+            .execute(params![account, chat, ids, before, now])?;
+        let taken: Vec<(String, String, i64)> = tx
+            .prepare_cached(&format!(
+                "DELETE FROM blob_refs WHERE store = ?5 AND {MATCHES}
+                 RETURNING blob_key, message_id, message_at"
+            ))?
+            .query_map(params![account, chat, ids, before, store], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let messages: BTreeSet<ErasedMessage> = taken
+            .iter()
+            .map(|(_, message_id, message_at)| ErasedMessage {
+                message_id: message_id.clone(),
+                message_at: *message_at,
+            })
+            .collect();
+        let blobs: BTreeSet<&str> = taken.iter().map(|(blob, _, _)| blob.as_str()).collect();
+        let mut plan = ErasurePlan {
+            messages: messages.into_iter().collect(),
+            jobs_erased: u64::try_from(jobs_erased).unwrap_or_default(),
+            ..ErasurePlan::default()
+        };
+        {
+            let mut named = tx.prepare_cached(
+                "SELECT 1 FROM blob_refs WHERE store = ?1 AND blob_key = ?2 LIMIT 1",
+            )?;
+            let mut mark = tx.prepare_cached(
+                "INSERT INTO blob_erasures (store, blob_key, since) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO UPDATE SET since = excluded.since",
+            )?;
+            for blob in blobs {
+                if named.exists(params![store, blob])? {
+                    plan.blobs_kept_shared += 1;
+                } else {
+                    mark.execute(params![store, blob, now])?;
+                    plan.blobs_to_delete.push(blob.to_owned());
+                }
+            }
+        }
+        if dry_run {
+            // The same statements, undone: a dry run counts what the real
+            // run would.
+            tx.rollback()?;
+        } else {
+            tx.commit()?;
+        }
+        Ok(Ok(plan))
+    }
+
+    pub(super) fn confirm_blob_erasure(
+        &mut self,
+        store: &str,
+        blob_key: &str,
+    ) -> StoreResult<bool> {
+        let now = self.now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let marked = tx
+            .prepare_cached("SELECT 1 FROM blob_erasures WHERE store = ?1 AND blob_key = ?2")?
+            .exists(params![store, blob_key])?;
+        let named = tx
+            .prepare_cached("SELECT 1 FROM blob_refs WHERE store = ?1 AND blob_key = ?2 LIMIT 1")?
+            .exists(params![store, blob_key])?;
+        let delete = marked && !named;
+        if delete {
+            tx.execute(
+                "UPDATE blob_erasures SET since = ?3 WHERE store = ?1 AND blob_key = ?2",
+                params![store, blob_key, now],
+            )?;
+        } else {
+            // Named again (a worker took a stale mark over): keep the blob.
+            tx.execute(
+                "DELETE FROM blob_erasures WHERE store = ?1 AND blob_key = ?2",
+                params![store, blob_key],
+            )?;
+        }
+        tx.commit()?;
+        Ok(delete)
+    }
+
+    pub(super) fn end_blob_erasure(&mut self, store: &str, blob_key: &str) -> StoreResult<()> {
+        self.conn
+            .prepare_cached("DELETE FROM blob_erasures WHERE store = ?1 AND blob_key = ?2")?
+            .execute(params![store, blob_key])?;
+        Ok(())
+    }
+
+    pub(super) fn unfinished_blob_erasures(&mut self, store: &str) -> StoreResult<Vec<String>> {
+        let stale_before = self.now().saturating_sub(millis(STALE_ERASURE));
+        let blobs = self
+            .conn
+            .prepare_cached(
+                "SELECT blob_key FROM blob_erasures WHERE store = ?1 AND since < ?2 ORDER BY blob_key",
+            )?
+            .query_map(params![store, stale_before], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(blobs)
+    }
+}
+
+/// A mark on the blob refuses the record while it is fresh (an erasure is
+/// deleting it); a stale one (its erasure died) is taken over.
+fn take_over_or_refuse(
+    tx: &Transaction<'_>,
+    store: &str,
+    blob_key: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let since: Option<i64> = tx
+        .prepare_cached("SELECT since FROM blob_erasures WHERE store = ?1 AND blob_key = ?2")?
+        .query_row(params![store, blob_key], |row| row.get(0))
+        .optional()?;
+    match since {
+        None => Ok(()),
+        Some(since) if since < now.saturating_sub(millis(STALE_ERASURE)) => {
+            tx.execute(
+                "DELETE FROM blob_erasures WHERE store = ?1 AND blob_key = ?2",
+                params![store, blob_key],
+            )?;
+            Ok(())
+        }
+        Some(_) => Err(QueueError::BlobBeingErased {
+            blob_key: blob_key.to_owned(),
+        }
+        .into()),
+    }
+}
+
+fn insert_ref(tx: &Transaction<'_>, blob: &BlobRef) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO blob_refs (store, blob_key, account, message_id, chat_id, message_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![
+        blob.store,
+        blob.blob_key,
+        blob.account,
+        blob.message_id,
+        blob.chat_id,
+        blob.message_at
+    ])?;
+    Ok(())
+}
