@@ -171,6 +171,12 @@ pub(crate) async fn serve(config: Settings) -> Result<(), ServeError> {
         queue: queue.clone(),
         archives: archives.clone(),
     });
+    // Before any job runs: a store with no manifest yet has a complete
+    // blob index from its first archive on (an existing archive needs
+    // `erase --rebuild-index`).
+    if let Err(e) = eraser.complete_empty_indexes().await {
+        tracing::warn!(error = %e, "cannot check the stores for an empty archive; erasures wait for `erase --rebuild-index`");
+    }
     let receiver = Arc::new(
         Receiver::new(
             providers,

@@ -5,18 +5,21 @@
 //! One erasure, in this order, so that a failure part-way is finished by
 //! running the same erasure again:
 //!
-//! 1. Refused at once, nothing deleted, under Object Lock.
-//! 2. Blobs an erasure that died had marked are finished first.
-//! 3. A dry-run plan names the messages; their manifests are deleted (the
-//!    message's first manifest and those beside it for other bytes). Their
-//!    index rows still name the blobs, so a failure here leaves the next
-//!    run the same messages to find.
-//! 4. The plan is committed: the rows go, the messages' unfinished jobs
-//!    are `erased`, the blobs no other message names are marked.
-//! 5. Each marked blob is deleted, after the queue confirmed that no
+//! 1. Refused at once, nothing deleted, under Object Lock (as configured:
+//!    a bucket whose versioning or default lock the config does not name
+//!    keeps older versions that DeleteObject does not remove).
+//! 2. Blobs an earlier erasure marked and did not delete are deleted first.
+//! 3. The plan: refused while a matching job is leased; else the matching
+//!    jobs that are not done end `erased`, so none of them runs again.
+//! 4. The planned messages' manifests are deleted (the message's first
+//!    manifest and those beside it for other bytes). Their index rows
+//!    still name the blobs, so a failure here leaves the erasure sent
+//!    again the same messages to find.
+//! 5. The commit: those messages' rows go, and the blobs no other message
+//!    names are marked; each is deleted after the queue confirmed no
 //!    message named it meanwhile, and unmarked.
 //!
-//! A dry run stops after counting what 3 to 5 would do. One audit log
+//! A dry run changes nothing and counts what 3 to 5 would do. One audit log
 //! event per erasure names who asked, the filter and the counts, never
 //! media content.
 
@@ -93,6 +96,7 @@ impl ArchiveEraser {
         }
         let index = self.index()?;
         let store = archive.store_id.as_str();
+        self.complete_if_empty(index, store).await?;
         if !dry_run {
             for blob in index
                 .unfinished_blob_erasures(store)
@@ -102,21 +106,21 @@ impl ArchiveEraser {
                 self.delete_blob(index, archive, &blob).await?;
             }
         }
-        let plan = |dry| async move {
-            index
-                .plan_erasure(store, filter, dry)
-                .await
-                .map_err(unavailable)?
-                .map_err(|refused| ErasureFailure::Refused(refused.to_string()))
-        };
-        let preview = plan(true).await?;
+        // From here no matching job runs again (unless a dry run).
+        let plan = index
+            .plan_erasure(store, filter, dry_run)
+            .await
+            .map_err(unavailable)?
+            .map_err(|refused| ErasureFailure::Refused(refused.to_string()))?;
         let mut report = ErasureReport {
             dry_run,
-            blobs_kept_shared: preview.blobs_kept_shared,
-            jobs_erased: preview.jobs_erased,
+            blobs_kept_shared: plan.blobs_kept_shared,
+            jobs_erased: plan.jobs_erased,
             ..ErasureReport::default()
         };
-        for message in &preview.messages {
+        // While their rows still name the blobs: a failure here leaves the
+        // same messages for the erasure sent again.
+        for message in &plan.messages {
             let keys = manifest_keys(
                 archive,
                 &filter.account,
@@ -133,37 +137,56 @@ impl ArchiveEraser {
             }
         }
         if dry_run {
-            report.blobs_deleted = preview.blobs_to_delete.len() as u64;
+            report.blobs_deleted = plan.blobs_unshared;
             return Ok(report);
         }
-        let committed = plan(false).await?;
-        // A message archived between the two plans: its manifests too.
-        for message in committed
-            .messages
-            .iter()
-            .filter(|m| !preview.messages.contains(m))
-        {
-            for key in manifest_keys(
-                archive,
-                &filter.account,
-                message.message_at,
-                &message.message_id,
-            )
+        let committed = index
+            .commit_erasure(store, &filter.account, &plan.messages)
             .await
-            .map_err(unavailable)?
-            {
-                archive.store.delete(&key).await.map_err(unavailable)?;
-                report.manifests += 1;
-            }
-        }
+            .map_err(unavailable)?;
         report.blobs_kept_shared = committed.blobs_kept_shared;
-        report.jobs_erased = committed.jobs_erased;
         for blob in &committed.blobs_to_delete {
             if self.delete_blob(index, archive, blob).await? {
                 report.blobs_deleted += 1;
             }
         }
         Ok(report)
+    }
+
+    /// Marks `store`'s index complete when no archive on it holds a
+    /// manifest yet (a new store: every manifest it will hold is recorded
+    /// by the worker). An existing archive needs `erase --rebuild-index`.
+    async fn complete_if_empty(
+        &self,
+        index: &dyn Erasures,
+        store: &str,
+    ) -> Result<(), ErasureFailure> {
+        if index.index_complete(store).await.map_err(unavailable)? {
+            return Ok(());
+        }
+        for archive in self
+            .archives
+            .all()
+            .into_iter()
+            .filter(|a| a.store_id == store)
+        {
+            let prefix = format!("{}messages/", archive.layout.prefix());
+            let mut pages = archive.store.list(&prefix, 1);
+            if pages.try_next().await.map_err(unavailable)?.is_some() {
+                return Ok(());
+            }
+        }
+        index.mark_index_complete(store).await.map_err(unavailable)
+    }
+
+    /// At startup: every store that holds no manifest yet has a complete
+    /// index (see [`Self::complete_if_empty`]).
+    pub(crate) async fn complete_empty_indexes(&self) -> Result<(), ErasureFailure> {
+        let index = self.index()?;
+        for archive in self.archives.stores() {
+            self.complete_if_empty(index, &archive.store_id).await?;
+        }
+        Ok(())
     }
 
     /// Deletes a marked blob unless a message names it again; unmarks it.

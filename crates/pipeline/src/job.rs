@@ -298,7 +298,6 @@ impl Attempt<'_> {
         let mime = resolved.details.mime_type.as_deref();
         let blob_key = self.layout.blob_key(&expected, mime);
         let max_size = self.fetcher.max_bytes_for(request);
-        self.record_use(job, resolved, &blob_key).await?;
         let Some(mut upload) = self
             .store
             .begin_blob(&blob_key, expected, max_size, mime)
@@ -306,6 +305,9 @@ impl Attempt<'_> {
         else {
             return Ok(Streaming::Declined);
         };
+        // Before the first byte goes up; a refusal drops `upload`, which
+        // writes nothing.
+        self.record_use(job, resolved, &blob_key).await?;
         // Any early return drops `upload`, which discards what it holds.
         match self
             .fetcher

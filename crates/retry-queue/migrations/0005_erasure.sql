@@ -7,7 +7,6 @@ ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
 ALTER TABLE jobs ADD CONSTRAINT jobs_state_check
     CHECK (state IN ('pending', 'leased', 'waiting', 'done', 'dead', 'erased'));
 ALTER TABLE jobs ADD COLUMN chat_id TEXT;
-CREATE INDEX jobs_chat ON jobs (account, chat_id) WHERE chat_id IS NOT NULL;
 
 CREATE TABLE blob_refs (
     store      TEXT NOT NULL,
@@ -19,7 +18,6 @@ CREATE TABLE blob_refs (
     PRIMARY KEY (store, account, message_id, blob_key)
 );
 CREATE INDEX blob_refs_blob ON blob_refs (store, blob_key);
-CREATE INDEX blob_refs_chat ON blob_refs (account, chat_id) WHERE chat_id IS NOT NULL;
 
 CREATE TABLE blob_erasures (
     store    TEXT NOT NULL,
@@ -28,8 +26,6 @@ CREATE TABLE blob_erasures (
     PRIMARY KEY (store, blob_key)
 );
 
--- Stores whose blob_refs cover every manifest ('*': all of them, when no
--- job had been archived before this migration); an erasure needs it.
+-- Stores whose blob_refs cover every manifest (rebuilt by a scan, or found
+-- empty by the daemon); an erasure needs it.
 CREATE TABLE blob_index_complete (store TEXT PRIMARY KEY);
-INSERT INTO blob_index_complete (store)
-    SELECT '*' WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'done');

@@ -34,10 +34,10 @@ use archiver_core::{Classify, Clock, ErrorClass, ManualClock, ProviderKind, Unix
 pub mod pg;
 
 use crate::{
-    BlobRef, Claimed, Delivery, DeliveryFilter, DeliveryState, Disposition, Enqueued,
-    ErasedMessage, ErasureFilter, ErasureRefused, Erasures, JobFilter, JobQueue, JobRecord,
-    JobSpec, JobState, Lease, NotifyEvent, Outbox, QueueError, QueueStats, Retried, RetryPolicy,
-    Route,
+    BlobRef, Claimed, CommittedErasure, Delivery, DeliveryFilter, DeliveryState, Disposition,
+    Enqueued, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures, JobFilter,
+    JobQueue, JobRecord, JobSpec, JobState, Lease, NotifyEvent, Outbox, QueueError, QueueStats,
+    Retried, RetryPolicy, Route,
 };
 
 /// Opens a backend for one test case.
@@ -1849,12 +1849,28 @@ fn chat_filter(chat: &str) -> ErasureFilter {
     }
 }
 
-/// Erasing a chat takes its archived messages (their refs go), ends its
-/// unfinished jobs `erased` (terminal: a retry and a redelivery leave it
-/// so), marks the blobs no other message names for deletion, and keeps a
-/// blob another chat's message still names; a dry run reports exactly
-/// what the real run then does, and changes nothing. Erasing the other
-/// chat then lets the shared blob go.
+/// Plans an erasure of `filter` (not a dry run) and, as the eraser does
+/// once the manifests are deleted, commits it.
+async fn erase_now(f: &Fixture, filter: &ErasureFilter) -> (ErasurePlan, CommittedErasure) {
+    let plan = erasures(f)
+        .plan_erasure(STORE, filter, false)
+        .await
+        .expect("plan")
+        .expect("not refused");
+    let done = erasures(f)
+        .commit_erasure(STORE, &filter.account, &plan.messages)
+        .await
+        .expect("commit");
+    (plan, done)
+}
+
+/// Erasing a chat takes its archived messages (committed, their refs go),
+/// ends its unfinished jobs `erased` at once (terminal: a retry and a
+/// redelivery leave it so), marks the blobs no other message names for
+/// deletion, and keeps a blob another chat's message still names; a dry
+/// run reports what the real run then does, and changes nothing. Erasing
+/// the other chat then lets the shared blob go. Until a store's index is
+/// complete, an erasure in it is refused.
 pub async fn an_erasure_takes_a_chat_s_messages_and_keeps_blobs_other_chats_name(
     factory: impl QueueFactory,
 ) {
@@ -1864,6 +1880,15 @@ pub async fn an_erasure_takes_a_chat_s_messages_and_keeps_blobs_other_chats_name
     archive(&f, "c", "chat-2", "blobs/x").await;
     f.enqueue(vec![job_in("d", "chat-1"), job_in("e", "chat-2")])
         .await;
+    assert_eq!(
+        erasures(&f)
+            .plan_erasure(STORE, &chat_filter("chat-1"), true)
+            .await
+            .expect("plan"),
+        Err(ErasureRefused::IndexIncomplete)
+    );
+    assert!(!erasures(&f).index_complete(STORE).await.expect("complete?"));
+    erasures(&f).mark_index_complete(STORE).await.expect("mark");
 
     let dry = erasures(&f)
         .plan_erasure(STORE, &chat_filter("chat-1"), true)
@@ -1875,11 +1900,7 @@ pub async fn an_erasure_takes_a_chat_s_messages_and_keeps_blobs_other_chats_name
         JobState::Pending,
         "a dry run changes nothing"
     );
-    let plan = erasures(&f)
-        .plan_erasure(STORE, &chat_filter("chat-1"), false)
-        .await
-        .expect("plan")
-        .expect("not refused");
+    let (plan, done) = erase_now(&f, &chat_filter("chat-1")).await;
     assert_eq!(plan, dry, "a dry run counts what the real run does");
     assert_eq!(
         plan.messages,
@@ -1894,9 +1915,10 @@ pub async fn an_erasure_takes_a_chat_s_messages_and_keeps_blobs_other_chats_name
             },
         ]
     );
-    assert_eq!(plan.blobs_to_delete, ["blobs/y"]);
-    assert_eq!(plan.blobs_kept_shared, 1, "blobs/x is chat-2's too");
+    assert_eq!((plan.blobs_unshared, plan.blobs_kept_shared), (1, 1));
     assert_eq!(plan.jobs_erased, 1, "d; a and b are done");
+    assert_eq!(done.blobs_to_delete, ["blobs/y"]);
+    assert_eq!(done.blobs_kept_shared, 1, "blobs/x is chat-2's too");
 
     let d = f.get("acme:d").await;
     assert_eq!(d.state, JobState::Erased);
@@ -1926,6 +1948,14 @@ pub async fn an_erasure_takes_a_chat_s_messages_and_keeps_blobs_other_chats_name
     let stats = f.stats(Duration::ZERO).await;
     assert_eq!(stats.by_state["erased"], 1);
 
+    assert_eq!(
+        erasures(&f)
+            .unfinished_blob_erasures(STORE)
+            .await
+            .expect("marks"),
+        ["blobs/y"],
+        "marked until deleted"
+    );
     assert!(
         erasures(&f)
             .confirm_blob_erasure(STORE, "blobs/y")
@@ -1936,20 +1966,19 @@ pub async fn an_erasure_takes_a_chat_s_messages_and_keeps_blobs_other_chats_name
         .end_blob_erasure(STORE, "blobs/y")
         .await
         .expect("end");
-    let again = erasures(&f)
-        .plan_erasure(STORE, &chat_filter("chat-1"), false)
-        .await
-        .expect("plan")
-        .expect("not refused");
-    assert!(again.messages.is_empty() && again.blobs_to_delete.is_empty());
+    assert!(
+        erasures(&f)
+            .unfinished_blob_erasures(STORE)
+            .await
+            .expect("marks")
+            .is_empty()
+    );
+    let (again, _) = erase_now(&f, &chat_filter("chat-1")).await;
+    assert!(again.messages.is_empty() && again.blobs_unshared == 0);
 
-    let other = erasures(&f)
-        .plan_erasure(STORE, &chat_filter("chat-2"), false)
-        .await
-        .expect("plan")
-        .expect("not refused");
+    let (other, done) = erase_now(&f, &chat_filter("chat-2")).await;
     assert_eq!(
-        other.blobs_to_delete,
+        done.blobs_to_delete,
         ["blobs/x"],
         "the last message naming it went"
     );
@@ -1960,6 +1989,7 @@ pub async fn an_erasure_takes_a_chat_s_messages_and_keeps_blobs_other_chats_name
 /// nothing changes: its attempt could write a manifest after the erasure.
 pub async fn an_erasure_is_refused_while_a_matching_job_is_leased(factory: impl QueueFactory) {
     let f = start(&factory).await;
+    erasures(&f).mark_index_complete(STORE).await.expect("mark");
     archive(&f, "a", "chat-1", "blobs/x").await;
     f.enqueue(vec![job_in("b", "chat-1"), job_in("p", "chat-1")])
         .await;
@@ -1979,16 +2009,16 @@ pub async fn an_erasure_is_refused_while_a_matching_job_is_leased(factory: impl 
         message_ids: vec!["wamid.a".into()],
         ..ErasureFilter::default()
     };
-    let plan = erasures(&f)
-        .plan_erasure(STORE, &by_message, false)
-        .await
-        .expect("plan")
-        .expect("another message of the chat is not in the way");
-    assert_eq!(plan.blobs_to_delete, ["blobs/x"]);
+    let (_, done) = erase_now(&f, &by_message).await;
+    assert_eq!(
+        done.blobs_to_delete,
+        ["blobs/x"],
+        "another message of the chat is not in the way"
+    );
 }
 
 /// The two orders of an erasure racing a new message with the same blob:
-/// recorded first, the blob is kept (the first case); planned first, the
+/// recorded first, the blob is kept (the first case); committed first, the
 /// record is refused (`BlobBeingErased`, retried later) until the blob is
 /// deleted, then goes through. A record needs the lease; a mark whose
 /// erasure died (stale) is taken over, and the dead erasure's blob kept.
@@ -1996,13 +2026,10 @@ pub async fn a_blob_being_erased_is_not_recorded_until_the_erasure_is_over(
     factory: impl QueueFactory,
 ) {
     let f = start(&factory).await;
+    erasures(&f).mark_index_complete(STORE).await.expect("mark");
     archive(&f, "a", "chat-1", "blobs/x").await;
-    let plan = erasures(&f)
-        .plan_erasure(STORE, &chat_filter("chat-1"), false)
-        .await
-        .expect("plan")
-        .expect("not refused");
-    assert_eq!(plan.blobs_to_delete, ["blobs/x"]);
+    let (_, done) = erase_now(&f, &chat_filter("chat-1")).await;
+    assert_eq!(done.blobs_to_delete, ["blobs/x"]);
 
     f.enqueue(vec![job_in("b", "chat-2")]).await;
     let lease = f.lease_one("acme:b").await;
@@ -2038,29 +2065,11 @@ pub async fn a_blob_being_erased_is_not_recorded_until_the_erasure_is_over(
         "acme:b",
     );
 
-    // An erasure that died after its plan: its mark goes stale, a worker
-    // takes it over, and the blob it names is not deleted.
+    // An erasure that died after its commit: its mark goes stale, a
+    // worker takes it over, and the blob it names is not deleted.
     archive(&f, "c", "chat-3", "blobs/w").await;
-    erasures(&f)
-        .plan_erasure(STORE, &chat_filter("chat-3"), false)
-        .await
-        .expect("plan")
-        .expect("not refused");
-    assert!(
-        erasures(&f)
-            .unfinished_blob_erasures(STORE)
-            .await
-            .expect("list")
-            .is_empty()
-    );
+    erase_now(&f, &chat_filter("chat-3")).await;
     f.advance_ms(crate::backend::millis(crate::STALE_ERASURE) + 1);
-    assert_eq!(
-        erasures(&f)
-            .unfinished_blob_erasures(STORE)
-            .await
-            .expect("list"),
-        ["blobs/w"]
-    );
     // Due before b, whose lease lapsed meanwhile.
     let mut d = job_of("acme", "d", T0 + 2 * DAY);
     d.chat_id = Some("chat-4".into());
@@ -2071,24 +2080,25 @@ pub async fn a_blob_being_erased_is_not_recorded_until_the_erasure_is_over(
         .await
         .expect("a stale mark is taken over");
     assert!(
+        erasures(&f)
+            .unfinished_blob_erasures(STORE)
+            .await
+            .expect("marks")
+            .is_empty(),
+        "the mark went with the takeover"
+    );
+    assert!(
         !erasures(&f)
             .confirm_blob_erasure(STORE, "blobs/w")
             .await
             .expect("confirm"),
         "named again: not deleted"
     );
-    assert!(
-        erasures(&f)
-            .unfinished_blob_erasures(STORE)
-            .await
-            .expect("list")
-            .is_empty()
-    );
 }
 
 /// Refs restored by a scan of the archive (`erase --rebuild-index`) are
 /// found by an erasure like the ones workers record; restoring twice
-/// changes nothing.
+/// changes nothing; `before` keeps only older messages.
 pub async fn refs_restored_from_a_scan_are_erased_like_recorded_ones(factory: impl QueueFactory) {
     let f = start(&factory).await;
     let scanned = |message: &str, blob: &str| BlobRef {
@@ -2103,36 +2113,25 @@ pub async fn refs_restored_from_a_scan_are_erased_like_recorded_ones(factory: im
     for _ in 0..2 {
         erasures(&f).restore_refs(&refs).await.expect("restore");
     }
+    erasures(&f).mark_index_complete(STORE).await.expect("mark");
     let first = ErasureFilter {
         account: "acme".into(),
         chat_id: Some("chat-9".into()),
         message_ids: vec!["old-1".into()],
         before: Some(T0),
     };
-    let plan = erasures(&f)
-        .plan_erasure(STORE, &first, false)
-        .await
-        .expect("plan")
-        .expect("not refused");
+    let (plan, done) = erase_now(&f, &first).await;
     assert_eq!(plan.messages.len(), 1);
-    assert_eq!(plan.blobs_kept_shared, 1);
+    assert_eq!(done.blobs_kept_shared, 1);
     let later = ErasureFilter {
         before: Some(T0 - 2 * DAY),
         ..chat_filter("chat-9")
     };
-    let none = erasures(&f)
-        .plan_erasure(STORE, &later, false)
-        .await
-        .expect("plan")
-        .expect("not refused");
+    let (none, _) = erase_now(&f, &later).await;
     assert!(
         none.messages.is_empty(),
         "before filters by the message's time"
     );
-    let rest = erasures(&f)
-        .plan_erasure(STORE, &chat_filter("chat-9"), false)
-        .await
-        .expect("plan")
-        .expect("not refused");
+    let (_, rest) = erase_now(&f, &chat_filter("chat-9")).await;
     assert_eq!(rest.blobs_to_delete, ["blobs/o"]);
 }

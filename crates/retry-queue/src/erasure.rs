@@ -13,15 +13,18 @@
 //!   without a row that names it (a row without a blob, from an attempt
 //!   that failed after recording, only keeps a blob longer: the safe side).
 //! - `blob_erasures`: the blobs an erasure has decided to delete and not
-//!   yet deleted. [`Erasures::plan_erasure`] removes the erased messages'
-//!   rows and marks each blob no other row names, in one transaction; a
+//!   yet deleted. An erasure first ends the matching jobs
+//!   ([`Erasures::plan_erasure`], so that none of them runs again), deletes
+//!   the messages' manifests, then ([`Erasures::commit_erasure`]) removes
+//!   their rows and marks each blob no other row names, in one
+//!   transaction; a
 //!   worker that then wants to record that blob is refused
 //!   ([`QueueError::BlobBeingErased`], retried later), so the delete cannot
 //!   remove a blob a new manifest is about to name. Before each delete the
 //!   eraser renews the mark ([`Erasures::confirm_blob_erasure`]); a mark
 //!   older than [`STALE_ERASURE`] is an erasure that died, whose marks a
 //!   worker may take over (the blob was not deleted, or will be uploaded
-//!   again) and the next erasure of the store resumes.
+//!   again); the next erasure of the store deletes every mark left first.
 //!
 //! The two orders of an erasure racing an archive of another message with
 //! the same blob: the worker's row first, and the plan sees it and keeps
@@ -36,7 +39,9 @@
 //! # Schema (SQLite version 6, PostgreSQL migration 5)
 //!
 //! ```sql
-//! -- jobs: state may also be 'erased'; new column chat_id TEXT, indexed by (account, chat_id).
+//! -- jobs: state may also be 'erased'; new column chat_id TEXT (NULL for
+//! -- jobs queued before version 6: a chat erasure finds those by their
+//! -- archived messages' rows only).
 //! CREATE TABLE blob_refs (
 //!     store      TEXT NOT NULL,     -- the archive's identity (its kind, endpoint and bucket, or folder)
 //!     blob_key   TEXT NOT NULL,
@@ -47,10 +52,9 @@
 //!     PRIMARY KEY (store, account, message_id, blob_key)
 //! );
 //! CREATE INDEX blob_refs_blob ON blob_refs (store, blob_key);
-//! CREATE INDEX blob_refs_chat ON blob_refs (account, chat_id) WHERE chat_id IS NOT NULL;
 //! CREATE TABLE blob_erasures (store TEXT, blob_key TEXT, since INTEGER, PRIMARY KEY (store, blob_key));
-//! -- Stores whose blob_refs cover every manifest: '*' when the migration
-//! -- found no archived job, else each store once `erase --rebuild-index` ran.
+//! -- Stores whose blob_refs cover every manifest: each store once
+//! -- `erase --rebuild-index` ran, or found empty of manifests by the daemon.
 //! CREATE TABLE blob_index_complete (store TEXT PRIMARY KEY);
 //! ```
 
@@ -114,16 +118,17 @@ pub struct ErasedMessage {
     pub message_at: UnixMillis,
 }
 
-/// What [`Erasures::plan_erasure`] found (and, unless a dry run, committed).
+/// What [`Erasures::plan_erasure`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ErasurePlan {
     /// The archived messages whose manifests go.
     pub messages: Vec<ErasedMessage>,
-    /// The blobs no remaining message names: to delete (marked).
-    pub blobs_to_delete: Vec<String>,
-    /// The blobs of erased messages that other messages still name.
+    /// Their blobs that no other message names (deleted by the commit).
+    pub blobs_unshared: u64,
+    /// Their blobs that other messages still name (kept).
     pub blobs_kept_shared: u64,
-    /// Jobs of matching messages that were not done, now `erased`.
+    /// Jobs of matching messages that were not done: now `erased` (or, in
+    /// a dry run, that would be).
     pub jobs_erased: u64,
 }
 
@@ -142,6 +147,16 @@ pub enum ErasureRefused {
     IndexIncomplete,
 }
 
+/// What [`Erasures::commit_erasure`] did with the blobs of the erased
+/// messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommittedErasure {
+    /// The blobs no remaining message names: marked, to delete.
+    pub blobs_to_delete: Vec<String>,
+    /// The blobs other messages still name: kept.
+    pub blobs_kept_shared: u64,
+}
+
 /// The erasure side of a queue backend (see the module docs).
 #[async_trait::async_trait]
 pub trait Erasures: Send + Sync + std::fmt::Debug {
@@ -156,21 +171,37 @@ pub trait Erasures: Send + Sync + std::fmt::Debug {
     /// (`erase --rebuild-index`); existing rows are kept.
     async fn restore_refs(&self, refs: &[BlobRef]) -> Result<(), QueueError>;
 
-    /// The scan of `store` is over: its index covers every manifest, and
-    /// erasures in it may proceed.
+    /// Whether `store`'s index covers every manifest in it (rebuilt, or
+    /// found empty before its first archive).
+    async fn index_complete(&self, store: &str) -> Result<bool, QueueError>;
+
+    /// `store`'s index now covers every manifest in it: erasures in it may
+    /// proceed.
     async fn mark_index_complete(&self, store: &str) -> Result<(), QueueError>;
 
-    /// Finds what an erasure of `filter` in `store` takes and, unless
-    /// `dry_run`, commits it in one transaction: the messages' rows
-    /// removed, their unfinished jobs `erased`, the blobs no other row
-    /// names marked for deletion. A dry run changes nothing and returns
-    /// the same counts. `Ok(Err(..))` when the erasure is refused.
+    /// The first step of an erasure of `filter` in `store`: refused (and
+    /// nothing changed) while a matching job is leased or the index is
+    /// incomplete; else, unless `dry_run`, the matching jobs that are not
+    /// done become `erased` and can never run again. Returns the archived
+    /// messages the index names (their manifests are the caller's to
+    /// delete, then [`Erasures::commit_erasure`]) and what committing them
+    /// would do to their blobs, as of now.
     async fn plan_erasure(
         &self,
         store: &str,
         filter: &ErasureFilter,
         dry_run: bool,
     ) -> Result<Result<ErasurePlan, ErasureRefused>, QueueError>;
+
+    /// Once the messages' manifests are deleted: removes their rows and
+    /// marks each of their blobs that no other message names, in one
+    /// transaction.
+    async fn commit_erasure(
+        &self,
+        store: &str,
+        account: &str,
+        messages: &[ErasedMessage],
+    ) -> Result<CommittedErasure, QueueError>;
 
     /// Right before deleting a marked blob: renews its mark and says
     /// whether to delete it (`false` if a worker took the mark over: the
@@ -180,7 +211,7 @@ pub trait Erasures: Send + Sync + std::fmt::Debug {
     /// After the blob was deleted (or found gone): removes its mark.
     async fn end_blob_erasure(&self, store: &str, blob_key: &str) -> Result<(), QueueError>;
 
-    /// Blobs still marked in `store` by an erasure that did not finish
-    /// (stale marks), for the next erasure to finish.
+    /// Every blob still marked in `store`: an erasure that failed or died
+    /// before deleting it. The next erasure deletes them first.
     async fn unfinished_blob_erasures(&self, store: &str) -> Result<Vec<String>, QueueError>;
 }

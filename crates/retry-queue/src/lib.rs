@@ -62,7 +62,7 @@
 //!     id                  TEXT PRIMARY KEY NOT NULL, -- "{account}:{media or message id}"
 //!     account             TEXT NOT NULL,
 //!     provider            TEXT NOT NULL,              -- ProviderKind, lowercase
-//!     state               TEXT NOT NULL,              -- pending|leased|waiting|done|dead
+//!     state               TEXT NOT NULL,              -- pending|leased|waiting|done|dead|erased (v6)
 //!     attempts            INTEGER NOT NULL DEFAULT 0, -- leases taken, minus releases
 //!     deadline            INTEGER NOT NULL,           -- the provider forgets the file then
 //!     next_attempt_at     INTEGER NOT NULL,           -- due time (pending) or park timeout (waiting)
@@ -76,6 +76,8 @@
 //!     media_id            TEXT,
 //!     message_at          INTEGER NOT NULL,
 //!     payload             TEXT NOT NULL,              -- the adapter's reference, verbatim JSON
+//!     woken               INTEGER NOT NULL DEFAULT 0, -- a wake came while leased
+//!     chat_id             TEXT,                       -- the message's chat (v6)
 //!     due_at              INTEGER GENERATED ALWAYS AS (CASE state
 //!                             WHEN 'pending' THEN next_attempt_at
 //!                             WHEN 'waiting' THEN next_attempt_at
@@ -110,7 +112,8 @@
 //! ```
 //!
 //! Version 6 adds erasure (`erased` jobs, `chat_id`, `blob_refs`,
-//! `blob_erasures`, `blob_index_complete`; `src/erasure.rs`). Version 5 adds the outbox (`notify_routes`, `deliveries`, and the
+//! `blob_erasures`, `blob_index_complete`; `src/erasure.rs`). Version 5
+//! adds the outbox (`notify_routes`, `deliveries`, and the
 //! trigger that fills `deliveries` when a job becomes done or dead); its
 //! tables are documented with it, in `src/outbox.rs`.
 //!
@@ -166,7 +169,8 @@ pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis}
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub use config::{QueueConfig, QueueSettings};
 pub use erasure::{
-    BlobRef, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures, STALE_ERASURE,
+    BlobRef, CommittedErasure, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures,
+    STALE_ERASURE,
 };
 pub use error::QueueError;
 pub use outbox::{

@@ -360,7 +360,9 @@ impl ObjectStore for FsStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path_for(key)?;
         blocking(move || match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
+            // Durable, as every write here: a deletion that a power loss
+            // undid would bring erased media back.
+            Ok(()) => path.parent().map_or(Ok(()), fsync_dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io("remove", &path, e)),
         })

@@ -199,17 +199,30 @@ impl Receiver {
         let asked: ErasureRequest = serde_json::from_slice(&body.bytes)
             .map_err(|e| ApiError::BadRequest(format!("erasure request: {e}")))?;
         let (filter, dry_run) = asked.checked(|account| self.accounts.contains_key(account))?;
-        match eraser.erase(&filter, dry_run, "admin API").await {
-            Ok(report) => Ok(json(
+        // On a task of its own: a client that hangs up does not cut an
+        // erasure short (nor its audit event).
+        let eraser = eraser.clone();
+        let erasure =
+            tokio::spawn(async move { eraser.erase(&filter, dry_run, "admin API").await });
+        let failed = || {
+            ApiError::Unavailable(
+                "the queue or the store failed part-way; send the same erasure again to finish it"
+                    .into(),
+            )
+        };
+        match erasure.await {
+            Ok(Ok(report)) => Ok(json(
                 StatusCode::OK,
                 &serde_json::to_value(report).unwrap_or_default(),
             )),
-            Err(ErasureFailure::Refused(why)) => Err(ApiError::Conflict(why)),
-            Err(ErasureFailure::Unavailable(why)) => {
-                tracing::error!(error = %why, "erasure failed part-way; retrying it finishes it");
-                Err(ApiError::Unavailable(format!(
-                    "{why}; retry the same erasure to finish it"
-                )))
+            Ok(Err(ErasureFailure::Refused(why))) => Err(ApiError::Conflict(why)),
+            Ok(Err(ErasureFailure::Unavailable(why))) => {
+                tracing::error!(error = %why, "erasure failed part-way; sending it again finishes it");
+                Err(failed())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "erasure task ended abnormally");
+                Err(failed())
             }
         }
     }
@@ -249,12 +262,8 @@ struct ErasureRequest {
     dry_run: bool,
 }
 
-/// The most message ids one erasure takes (more: several requests).
-const MAX_ERASED_MESSAGE_IDS: usize = 10_000;
-
 impl ErasureRequest {
-    /// The filter, once the account is known (`known`), a chat or message
-    /// ids are given, and `before` is a time.
+    /// The filter, once the account is known (`known`).
     fn checked(self, known: impl Fn(&str) -> bool) -> Result<(ErasureFilter, bool), ApiError> {
         if !known(&self.account) {
             return Err(ApiError::BadRequest(format!(
@@ -262,35 +271,14 @@ impl ErasureRequest {
                 self.account
             )));
         }
-        if self.chat_id.is_none() && self.message_ids.is_empty() {
-            return Err(ApiError::BadRequest(
-                "give chat_id, message_ids, or both: an erasure never takes a whole account".into(),
-            ));
-        }
-        if self.message_ids.len() > MAX_ERASED_MESSAGE_IDS {
-            return Err(ApiError::BadRequest(format!(
-                "at most {MAX_ERASED_MESSAGE_IDS} message_ids per erasure"
-            )));
-        }
-        let before = self
-            .before
-            .map(|text| {
-                chrono::DateTime::parse_from_rfc3339(&text)
-                    .map(|t| t.timestamp_millis())
-                    .map_err(|e| {
-                        ApiError::BadRequest(format!("before {text:?} is not RFC 3339: {e}"))
-                    })
-            })
-            .transpose()?;
-        Ok((
-            ErasureFilter {
-                account: self.account,
-                chat_id: self.chat_id,
-                message_ids: self.message_ids,
-                before,
-            },
-            self.dry_run,
-        ))
+        let filter = crate::erasure_filter(
+            self.account,
+            self.chat_id,
+            self.message_ids,
+            self.before.as_deref(),
+        )
+        .map_err(ApiError::BadRequest)?;
+        Ok((filter, self.dry_run))
     }
 }
 

@@ -64,6 +64,44 @@ pub trait Eraser: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<ErasureReport, ErasureFailure>;
 }
 
+/// The most message ids one erasure takes (more: several erasures).
+pub const MAX_ERASED_MESSAGE_IDS: usize = 10_000;
+
+/// The filter of an erasure as the API and the CLI are given it: a chat,
+/// message ids or both (never a whole account), at most
+/// [`MAX_ERASED_MESSAGE_IDS`] ids, `before` in RFC 3339. The account is
+/// the caller's to check. The error names the problem.
+pub fn erasure_filter(
+    account: String,
+    chat_id: Option<String>,
+    message_ids: Vec<String>,
+    before: Option<&str>,
+) -> Result<retry_queue::ErasureFilter, String> {
+    if chat_id.is_none() && message_ids.is_empty() {
+        return Err(
+            "give chat_id, message_ids, or both: an erasure never takes a whole account".into(),
+        );
+    }
+    if message_ids.len() > MAX_ERASED_MESSAGE_IDS {
+        return Err(format!(
+            "at most {MAX_ERASED_MESSAGE_IDS} message_ids per erasure"
+        ));
+    }
+    let before = before
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| format!("before {text:?} is not RFC 3339: {e}"))
+        })
+        .transpose()?;
+    Ok(retry_queue::ErasureFilter {
+        account,
+        chat_id,
+        message_ids,
+        before,
+    })
+}
+
 /// What an erasure did (or, in a dry run, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ErasureReport {

@@ -26,8 +26,8 @@ pub(crate) struct EraseArgs {
     /// Every message of this chat (with `--message`: only those).
     #[arg(long)]
     pub(crate) chat: Option<String>,
-    /// This message (repeat for several).
-    #[arg(long = "message")]
+    /// These messages (several after one flag, or the flag repeated).
+    #[arg(long = "message", num_args = 1..)]
     pub(crate) messages: Vec<String>,
     /// Only messages sent before this time (RFC 3339).
     #[arg(long)]
@@ -121,24 +121,14 @@ fn filter(config: &Settings, args: &EraseArgs) -> Result<ErasureFilter, String> 
             config.account_names().join(", ")
         ));
     }
-    if args.chat.is_none() && args.messages.is_empty() {
-        return Err(
-            "give --chat, --message, or both: an erasure never takes a whole account".into(),
-        );
-    }
-    let before = args
-        .before
-        .as_deref()
-        .map(|text| {
-            chrono::DateTime::parse_from_rfc3339(text)
-                .map(|t| t.timestamp_millis())
-                .map_err(|e| format!("--before {text:?} is not RFC 3339: {e}"))
-        })
-        .transpose()?;
-    Ok(ErasureFilter {
+    webhook_receiver::erasure_filter(
         account,
-        chat_id: args.chat.clone(),
-        message_ids: args.messages.clone(),
-        before,
+        args.chat.clone(),
+        args.messages.clone(),
+        args.before.as_deref(),
+    )
+    .map_err(|e| {
+        e.replace("chat_id, message_ids", "--chat, --message")
+            .replace("before ", "--before ")
     })
 }

@@ -15,7 +15,8 @@ use super::PgQueue;
 use super::row::db;
 use crate::backend::millis;
 use crate::erasure::{
-    BlobRef, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures, STALE_ERASURE,
+    BlobRef, CommittedErasure, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures,
+    STALE_ERASURE,
 };
 use crate::{Lease, QueueError};
 
@@ -132,20 +133,31 @@ impl Erasures for PgQueue {
         Ok(())
     }
 
+    async fn index_complete(&self, store: &str) -> Result<bool, QueueError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM blob_index_complete WHERE store = $1")
+                .bind(store)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?
+                .is_some(),
+        )
+    }
+
     async fn plan_erasure(
         &self,
         store: &str,
         filter: &ErasureFilter,
         dry_run: bool,
     ) -> Result<Result<ErasurePlan, ErasureRefused>, QueueError> {
+        if !filter.is_bounded() {
+            return Err(QueueError::Config(
+                "an erasure needs a chat or message ids".into(),
+            ));
+        }
         let now = self.now();
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let complete = sqlx::query("SELECT 1 FROM blob_index_complete WHERE store IN ('*', $1)")
-            .bind(store)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-        if complete.is_none() {
+        if !self.index_complete(store).await? {
             return Ok(Err(ErasureRefused::IndexIncomplete));
         }
         // Locked, so that no replica leases one of them until this commits.
@@ -158,45 +170,31 @@ impl Erasures for PgQueue {
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
+        let mut jobs_erased = 0;
         for row in &matching {
             let state: String = row.try_get(1).map_err(db)?;
-            if state == "leased" {
-                return Ok(Err(ErasureRefused::InFlight(row.try_get(0).map_err(db)?)));
+            match state.as_str() {
+                "leased" => return Ok(Err(ErasureRefused::InFlight(row.try_get(0).map_err(db)?))),
+                "pending" | "waiting" | "dead" => jobs_erased += 1,
+                _ => {}
             }
         }
-        let jobs_erased = bind_filter(
-            sqlx::query(&format!(
-                "UPDATE jobs SET state = 'erased', lease_expires_at = NULL, updated_at = $5
-                 WHERE state IN ('pending', 'waiting', 'dead') AND {MATCHES}"
-            )),
-            filter,
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?
-        .rows_affected();
-        let blobs: BTreeSet<String> = bind_filter(
-            sqlx::query(&format!(
-                "SELECT DISTINCT blob_key FROM blob_refs WHERE store = $5 AND {MATCHES}"
-            )),
-            filter,
-        )
-        .bind(store)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(|row| row.try_get(0).map_err(db))
-        .collect::<Result<_, _>>()?;
-        // In key order: two plans never wait on each other in a cycle.
-        for blob in &blobs {
-            lock_blob(&mut tx, store, blob).await?;
+        if !dry_run {
+            bind_filter(
+                sqlx::query(&format!(
+                    "UPDATE jobs SET state = 'erased', lease_expires_at = NULL, updated_at = $5
+                     WHERE state IN ('pending', 'waiting', 'dead') AND {MATCHES}"
+                )),
+                filter,
+            )
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         }
-        let taken = bind_filter(
+        let rows = bind_filter(
             sqlx::query(&format!(
-                "DELETE FROM blob_refs WHERE store = $5 AND {MATCHES}
-                 RETURNING message_id, message_at"
+                "SELECT blob_key, message_id, message_at FROM blob_refs WHERE store = $5 AND {MATCHES}"
             )),
             filter,
         )
@@ -204,20 +202,73 @@ impl Erasures for PgQueue {
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let messages: BTreeSet<ErasedMessage> = taken
-            .iter()
-            .map(|row| {
-                Ok(ErasedMessage {
-                    message_id: row.try_get(0).map_err(db)?,
-                    message_at: row.try_get(1).map_err(db)?,
-                })
-            })
-            .collect::<Result<_, QueueError>>()?;
+        let mut blobs = BTreeSet::new();
+        let mut messages = BTreeSet::new();
+        for row in &rows {
+            blobs.insert(row.try_get::<String, _>(0).map_err(db)?);
+            messages.insert(ErasedMessage {
+                message_id: row.try_get(1).map_err(db)?,
+                message_at: row.try_get(2).map_err(db)?,
+            });
+        }
+        let erased: BTreeSet<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
         let mut plan = ErasurePlan {
-            messages: messages.into_iter().collect(),
             jobs_erased,
             ..ErasurePlan::default()
         };
+        for blob in &blobs {
+            let namers = sqlx::query(
+                "SELECT account, message_id FROM blob_refs WHERE store = $1 AND blob_key = $2",
+            )
+            .bind(store)
+            .bind(blob)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            let mut shared = false;
+            for row in &namers {
+                let (account, id): (String, String) =
+                    (row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
+                shared |= account != filter.account || !erased.contains(id.as_str());
+            }
+            if shared {
+                plan.blobs_kept_shared += 1;
+            } else {
+                plan.blobs_unshared += 1;
+            }
+        }
+        plan.messages = messages.into_iter().collect();
+        tx.commit().await.map_err(db)?;
+        Ok(Ok(plan))
+    }
+
+    async fn commit_erasure(
+        &self,
+        store: &str,
+        account: &str,
+        messages: &[ErasedMessage],
+    ) -> Result<CommittedErasure, QueueError> {
+        let now = self.now();
+        let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let removed: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM blob_refs WHERE store = $1 AND account = $2 AND message_id = ANY($3)
+             RETURNING blob_key",
+        )
+        .bind(store)
+        .bind(account)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let blobs: BTreeSet<String> = removed.into_iter().collect();
+        // In key order: two erasures never wait on each other in a cycle.
+        // A worker recording one of these blobs either committed before
+        // (its row is counted below) or waits and then finds the mark.
+        for blob in &blobs {
+            lock_blob(&mut tx, store, blob).await?;
+        }
+        let mut done = CommittedErasure::default();
         for blob in blobs {
             let named =
                 sqlx::query("SELECT 1 FROM blob_refs WHERE store = $1 AND blob_key = $2 LIMIT 1")
@@ -227,7 +278,7 @@ impl Erasures for PgQueue {
                     .await
                     .map_err(db)?;
             if named.is_some() {
-                plan.blobs_kept_shared += 1;
+                done.blobs_kept_shared += 1;
                 continue;
             }
             sqlx::query(
@@ -240,16 +291,10 @@ impl Erasures for PgQueue {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-            plan.blobs_to_delete.push(blob);
+            done.blobs_to_delete.push(blob);
         }
-        if dry_run {
-            // The same statements, undone: a dry run counts what the real
-            // run would.
-            tx.rollback().await.map_err(db)?;
-        } else {
-            tx.commit().await.map_err(db)?;
-        }
-        Ok(Ok(plan))
+        tx.commit().await.map_err(db)?;
+        Ok(done)
     }
 
     async fn confirm_blob_erasure(&self, store: &str, blob_key: &str) -> Result<bool, QueueError> {
@@ -271,19 +316,23 @@ impl Erasures for PgQueue {
                 .map_err(db)?
                 .is_some();
         let delete = marked && !named;
-        let statement = if delete {
-            "UPDATE blob_erasures SET since = $3 WHERE store = $1 AND blob_key = $2"
+        if delete {
+            sqlx::query("UPDATE blob_erasures SET since = $3 WHERE store = $1 AND blob_key = $2")
+                .bind(store)
+                .bind(blob_key)
+                .bind(self.now())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
         } else {
             // Named again (a worker took a stale mark over): keep the blob.
-            "DELETE FROM blob_erasures WHERE store = $1 AND blob_key = $2 AND $3::BIGINT IS NOT NULL"
-        };
-        sqlx::query(statement)
-            .bind(store)
-            .bind(blob_key)
-            .bind(self.now())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            sqlx::query("DELETE FROM blob_erasures WHERE store = $1 AND blob_key = $2")
+                .bind(store)
+                .bind(blob_key)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
         tx.commit().await.map_err(db)?;
         Ok(delete)
     }
@@ -299,15 +348,11 @@ impl Erasures for PgQueue {
     }
 
     async fn unfinished_blob_erasures(&self, store: &str) -> Result<Vec<String>, QueueError> {
-        let stale_before = self.now().saturating_sub(millis(STALE_ERASURE));
-        sqlx::query_scalar(
-            "SELECT blob_key FROM blob_erasures WHERE store = $1 AND since < $2 ORDER BY blob_key",
-        )
-        .bind(store)
-        .bind(stale_before)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)
+        sqlx::query_scalar("SELECT blob_key FROM blob_erasures WHERE store = $1 ORDER BY blob_key")
+            .bind(store)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
     }
 }
 

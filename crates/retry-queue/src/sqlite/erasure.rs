@@ -11,7 +11,8 @@ use super::thread::{Store, StoreResult};
 use crate::QueueError;
 use crate::backend::millis;
 use crate::erasure::{
-    BlobRef, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, STALE_ERASURE,
+    BlobRef, CommittedErasure, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused,
+    STALE_ERASURE,
 };
 
 /// The rows of `jobs` or `blob_refs` an erasure's filter takes; the
@@ -73,6 +74,13 @@ impl Store {
         Ok(())
     }
 
+    pub(super) fn index_complete(&mut self, store: &str) -> StoreResult<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM blob_index_complete WHERE store = ?1")?
+            .exists(params![store])?)
+    }
+
     pub(super) fn plan_erasure(
         &mut self,
         store: &str,
@@ -81,14 +89,16 @@ impl Store {
     ) -> StoreResult<Result<ErasurePlan, ErasureRefused>> {
         let now = self.now();
         let (account, chat, ids, before) = filter_params(filter);
+        if !filter.is_bounded() {
+            return Err(QueueError::Config("an erasure needs a chat or message ids".into()).into());
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let complete = tx
-            .prepare_cached("SELECT 1 FROM blob_index_complete WHERE store IN ('*', ?1)")?
-            .query_row(params![store], |_| Ok(()))
-            .optional()?;
-        if complete.is_none() {
+            .prepare_cached("SELECT 1 FROM blob_index_complete WHERE store = ?1")?
+            .exists(params![store])?;
+        if !complete {
             return Ok(Err(ErasureRefused::IndexIncomplete));
         }
         let in_flight: Option<String> = tx
@@ -100,34 +110,93 @@ impl Store {
         if let Some(job) = in_flight {
             return Ok(Err(ErasureRefused::InFlight(job)));
         }
-        let jobs_erased = tx
+        let unfinished = format!("state IN ('pending', 'waiting', 'dead') AND {MATCHES}");
+        let jobs_erased = if dry_run {
+            tx.prepare_cached(&format!("SELECT COUNT(*) FROM jobs WHERE {unfinished}"))?
+                .query_row(params![account, chat, ids, before], |row| {
+                    row.get::<_, i64>(0)
+                })?
+        } else {
+            let n = tx
+                .prepare_cached(&format!(
+                    "UPDATE jobs SET state = 'erased', lease_expires_at = NULL, updated_at = ?5
+                     WHERE {unfinished}"
+                ))?
+                .execute(params![account, chat, ids, before, now])?;
+            i64::try_from(n).unwrap_or(i64::MAX)
+        };
+        let rows: Vec<(String, String, i64)> = tx
             .prepare_cached(&format!(
-                "UPDATE jobs SET state = 'erased', lease_expires_at = NULL, updated_at = ?5
-                 WHERE state IN ('pending', 'waiting', 'dead') AND {MATCHES}"
-            ))?
-            .execute(params![account, chat, ids, before, now])?;
-        let taken: Vec<(String, String, i64)> = tx
-            .prepare_cached(&format!(
-                "DELETE FROM blob_refs WHERE store = ?5 AND {MATCHES}
-                 RETURNING blob_key, message_id, message_at"
+                "SELECT blob_key, message_id, message_at FROM blob_refs WHERE store = ?5 AND {MATCHES}"
             ))?
             .query_map(params![account, chat, ids, before, store], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })?
             .collect::<Result<_, _>>()?;
-        let messages: BTreeSet<ErasedMessage> = taken
-            .iter()
-            .map(|(_, message_id, message_at)| ErasedMessage {
-                message_id: message_id.clone(),
-                message_at: *message_at,
-            })
-            .collect();
-        let blobs: BTreeSet<&str> = taken.iter().map(|(blob, _, _)| blob.as_str()).collect();
+        let erased: BTreeSet<&str> = rows.iter().map(|(_, id, _)| id.as_str()).collect();
         let mut plan = ErasurePlan {
-            messages: messages.into_iter().collect(),
+            messages: rows
+                .iter()
+                .map(|(_, message_id, message_at)| ErasedMessage {
+                    message_id: message_id.clone(),
+                    message_at: *message_at,
+                })
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
             jobs_erased: u64::try_from(jobs_erased).unwrap_or_default(),
             ..ErasurePlan::default()
         };
+        {
+            let mut namers = tx.prepare_cached(
+                "SELECT account, message_id FROM blob_refs WHERE store = ?1 AND blob_key = ?2",
+            )?;
+            let blobs: BTreeSet<&str> = rows.iter().map(|(blob, _, _)| blob.as_str()).collect();
+            for blob in blobs {
+                let shared = namers
+                    .query_map(params![store, blob], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?
+                    .iter()
+                    .any(|(a, id)| *a != filter.account || !erased.contains(id.as_str()));
+                if shared {
+                    plan.blobs_kept_shared += 1;
+                } else {
+                    plan.blobs_unshared += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(Ok(plan))
+    }
+
+    pub(super) fn commit_erasure(
+        &mut self,
+        store: &str,
+        account: &str,
+        messages: &[ErasedMessage],
+    ) -> StoreResult<CommittedErasure> {
+        let now = self.now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut blobs = BTreeSet::new();
+        {
+            let mut remove = tx.prepare_cached(
+                "DELETE FROM blob_refs WHERE store = ?1 AND account = ?2 AND message_id = ?3
+                 RETURNING blob_key",
+            )?;
+            for message in messages {
+                let removed = remove
+                    .query_map(params![store, account, message.message_id], |row| {
+                        row.get::<_, String>(0)
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                blobs.extend(removed);
+            }
+        }
+        let mut done = CommittedErasure::default();
         {
             let mut named = tx.prepare_cached(
                 "SELECT 1 FROM blob_refs WHERE store = ?1 AND blob_key = ?2 LIMIT 1",
@@ -138,21 +207,15 @@ impl Store {
             )?;
             for blob in blobs {
                 if named.exists(params![store, blob])? {
-                    plan.blobs_kept_shared += 1;
+                    done.blobs_kept_shared += 1;
                 } else {
                     mark.execute(params![store, blob, now])?;
-                    plan.blobs_to_delete.push(blob.to_owned());
+                    done.blobs_to_delete.push(blob);
                 }
             }
         }
-        if dry_run {
-            // The same statements, undone: a dry run counts what the real
-            // run would.
-            tx.rollback()?;
-        } else {
-            tx.commit()?;
-        }
-        Ok(Ok(plan))
+        tx.commit()?;
+        Ok(done)
     }
 
     pub(super) fn confirm_blob_erasure(
@@ -195,13 +258,12 @@ impl Store {
     }
 
     pub(super) fn unfinished_blob_erasures(&mut self, store: &str) -> StoreResult<Vec<String>> {
-        let stale_before = self.now().saturating_sub(millis(STALE_ERASURE));
         let blobs = self
             .conn
             .prepare_cached(
-                "SELECT blob_key FROM blob_erasures WHERE store = ?1 AND since < ?2 ORDER BY blob_key",
+                "SELECT blob_key FROM blob_erasures WHERE store = ?1 ORDER BY blob_key",
             )?
-            .query_map(params![store, stale_before], |row| row.get(0))?
+            .query_map(params![store], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
         Ok(blobs)
     }

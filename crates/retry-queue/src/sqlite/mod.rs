@@ -48,7 +48,9 @@ use self::schema::open_database;
 use self::thread::{Command, EnqueueRequest, Store, StoreResult, run};
 use self::wal_sync::{Answer, Fault, SyncHook, WalSync};
 use crate::backend::CHANNEL_CAPACITY;
-use crate::erasure::{BlobRef, ErasureFilter, ErasurePlan, ErasureRefused, Erasures};
+use crate::erasure::{
+    BlobRef, CommittedErasure, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures,
+};
 use crate::outbox::{Claimed, Delivery, DeliveryFilter, Outbox, Retried, Route};
 use crate::{
     Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueError, QueueStats,
@@ -293,6 +295,24 @@ impl Erasures for SqliteQueue {
     async fn restore_refs(&self, refs: &[BlobRef]) -> Result<(), QueueError> {
         let refs = refs.to_vec();
         self.call(move |store| store.restore_refs(&refs)).await
+    }
+
+    async fn index_complete(&self, store_id: &str) -> Result<bool, QueueError> {
+        let store_id = store_id.to_owned();
+        self.call(move |store| store.index_complete(&store_id))
+            .await
+    }
+
+    async fn commit_erasure(
+        &self,
+        store_id: &str,
+        account: &str,
+        messages: &[ErasedMessage],
+    ) -> Result<CommittedErasure, QueueError> {
+        let (store_id, account, messages) =
+            (store_id.to_owned(), account.to_owned(), messages.to_vec());
+        self.call(move |store| store.commit_erasure(&store_id, &account, &messages))
+            .await
     }
 
     async fn mark_index_complete(&self, store_id: &str) -> Result<(), QueueError> {

@@ -157,7 +157,6 @@ CREATE INDEX jobs_account     ON jobs (account, updated_at);
 CREATE INDEX jobs_updated     ON jobs (updated_at);
 CREATE INDEX jobs_message     ON jobs (message_id, account, updated_at)
     WHERE id <> account || ':' || message_id;
-CREATE INDEX jobs_chat        ON jobs (account, chat_id) WHERE chat_id IS NOT NULL;
 
 CREATE TABLE blob_refs (
     store      TEXT NOT NULL,
@@ -169,7 +168,6 @@ CREATE TABLE blob_refs (
     PRIMARY KEY (store, account, message_id, blob_key)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX blob_refs_blob ON blob_refs (store, blob_key);
-CREATE INDEX blob_refs_chat ON blob_refs (account, chat_id) WHERE chat_id IS NOT NULL;
 CREATE TABLE blob_erasures (
     store    TEXT NOT NULL,
     blob_key TEXT NOT NULL,
@@ -177,8 +175,6 @@ CREATE TABLE blob_erasures (
     PRIMARY KEY (store, blob_key)
 ) STRICT, WITHOUT ROWID;
 CREATE TABLE blob_index_complete (store TEXT PRIMARY KEY NOT NULL) STRICT, WITHOUT ROWID;
-INSERT INTO blob_index_complete (store)
-    SELECT '*' WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'done');
 ",
     count_triggers!(),
     notify_trigger!()
