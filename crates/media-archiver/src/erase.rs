@@ -37,6 +37,9 @@ pub(crate) struct ArchiveEraser {
     pub(crate) archives: Archives,
 }
 
+/// Message ids listed in an erasure's audit event; beyond, only counted.
+const AUDITED_IDS: usize = 100;
+
 fn unavailable(e: impl std::fmt::Display) -> ErasureFailure {
     ErasureFailure::Unavailable(e.to_string())
 }
@@ -56,13 +59,16 @@ impl webhook_receiver::Eraser for ArchiveEraser {
             Err(ErasureFailure::Unavailable(_)) => ("failed", ErasureReport::default()),
         };
         // The audit record: who, what filter, what was done; never content.
+        // (The ids are listed up to a bound; their number always.)
+        let listed = &filter.message_ids[..filter.message_ids.len().min(AUDITED_IDS)];
         tracing::info!(
             audit = "erasure",
             outcome,
             requested_by,
             account = filter.account,
             chat_id = filter.chat_id.as_deref(),
-            message_ids = ?filter.message_ids,
+            message_ids = ?listed,
+            message_id_count = filter.message_ids.len(),
             before = filter.before,
             dry_run,
             manifests = report.manifests,
@@ -72,6 +78,7 @@ impl webhook_receiver::Eraser for ArchiveEraser {
             error = result.as_ref().err().map(ToString::to_string),
             "erasure"
         );
+        metrics::counter!("media_archiver_erasures_total", "outcome" => outcome).increment(1);
         result
     }
 }

@@ -73,6 +73,10 @@ fn describe() {
         "media_archiver_notifications_pending",
         "Events not yet delivered to a [[notify]] target, by target"
     );
+    describe_counter!(
+        "media_archiver_erasures_total",
+        "Erasures asked for (API or CLI), by outcome (done, refused, failed)"
+    );
     describe_histogram!(
         "media_archiver_job_latency_seconds",
         "From webhook to verified archive"

@@ -182,6 +182,13 @@ async fn shared_blob_survives_one_chat_and_goes_with_the_second(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(audited(), 3, "one audit event per erasure, no more");
+    s.daemon
+        .wait_for_metric(
+            r#"media_archiver_erasures_total{outcome="done"}"#,
+            3.0,
+            WAIT,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
