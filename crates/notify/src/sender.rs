@@ -200,24 +200,12 @@ impl Notifier {
         let sent = tokio::time::timeout(limit, self.attempt(target, &delivery))
             .await
             .unwrap_or(Err(NotifyError::Timeout(limit)));
-        let outcome = match sent {
-            Ok(()) => match self.outbox() {
-                Ok(outbox) => outbox.delivered(&delivery).await.map(|()| {
-                    tracing::info!(
-                        notify_target = target.name,
-                        delivery = delivery.id,
-                        attempts = delivery.attempts,
-                        "notification delivered"
-                    );
-                    "delivered"
-                }),
-                Err(e) => Err(e),
-            },
+        let recorded = match sent {
+            Ok(()) => self.record_delivered(target, &delivery).await,
             Err(error) => self.record_failure(target, &delivery, &error).await,
         };
-        match outcome {
-            Ok("dead") => {} // counted where it was decided
-            Ok(outcome) => count(target, outcome),
+        match recorded {
+            Ok(()) => {}
             Err(QueueError::LeaseLost { .. }) => {
                 tracing::info!(
                     notify_target = target.name,
@@ -231,12 +219,30 @@ impl Notifier {
         }
     }
 
+    /// Records, logs and counts a 2xx answer.
+    async fn record_delivered(
+        &self,
+        target: &Target,
+        delivery: &Delivery,
+    ) -> Result<(), QueueError> {
+        self.outbox()?.delivered(delivery).await?;
+        tracing::info!(
+            notify_target = target.name,
+            delivery = delivery.id,
+            attempts = delivery.attempts,
+            "notification delivered"
+        );
+        count(target, "delivered");
+        Ok(())
+    }
+
+    /// Records, logs and counts a failed send: retried later, or dead.
     async fn record_failure(
         &self,
         target: &Target,
         delivery: &Delivery,
         error: &NotifyError,
-    ) -> Result<&'static str, QueueError> {
+    ) -> Result<(), QueueError> {
         let message = error.to_string();
         match self
             .outbox()?
@@ -252,13 +258,11 @@ impl Notifier {
                     retry_in_ms = at - self.clock.now_ms(),
                     "notification failed; retrying later"
                 );
-                Ok("failed")
+                count(target, "failed");
             }
-            Disposition::Dead { reason } => {
-                record_dead(target, delivery, &reason);
-                Ok("dead")
-            }
+            Disposition::Dead { reason } => record_dead(target, delivery, &reason),
         }
+        Ok(())
     }
 
     /// Builds, signs and posts the event.

@@ -331,6 +331,16 @@ impl DeliveryRow {
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) const TARGET_REMOVED: &str = "its [[notify]] target is no longer configured";
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl Delivery {
+    /// The error of a report whose claim no longer holds the delivery.
+    pub(crate) fn claim_lost(&self) -> QueueError {
+        QueueError::LeaseLost {
+            job_id: self.id.clone(),
+        }
+    }
+}
+
 /// The stored account of a route (`'*'`: every account; account names
 /// never contain it).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -41,15 +41,9 @@ fn read_delivery(row: &PgRow) -> Result<Delivery, QueueError> {
     .into_delivery()
 }
 
-fn claim_lost(claim: &Delivery) -> QueueError {
-    QueueError::LeaseLost {
-        job_id: claim.id.clone(),
-    }
-}
-
 /// A claim's fence as stored (attempts fit an INTEGER).
 fn fence(claim: &Delivery) -> Result<i32, QueueError> {
-    i32::try_from(claim.attempts).map_err(|_| claim_lost(claim))
+    i32::try_from(claim.attempts).map_err(|_| claim.claim_lost())
 }
 
 #[async_trait::async_trait]
@@ -172,7 +166,7 @@ impl Outbox for PgQueue {
         .map_err(db)?
         .rows_affected();
         if changed == 0 {
-            return Err(claim_lost(claim));
+            return Err(claim.claim_lost());
         }
         Ok(())
     }
@@ -195,7 +189,7 @@ impl Outbox for PgQueue {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?
-        .ok_or_else(|| claim_lost(claim))?;
+        .ok_or_else(|| claim.claim_lost())?;
         let stored = Stored {
             deadline: found.try_get(0).map_err(db)?,
             backoff_interval_ms: found.try_get(1).map_err(db)?,

@@ -40,13 +40,6 @@ fn deliveries(rows: Vec<DeliveryRow>) -> StoreResult<Vec<Delivery>> {
         .collect::<Result<_, QueueError>>()?)
 }
 
-/// The claim no longer holds the delivery.
-fn claim_lost(claim: &Delivery) -> QueueError {
-    QueueError::LeaseLost {
-        job_id: claim.id.clone(),
-    }
-}
-
 impl Store {
     pub(super) fn set_routes(&mut self, routes: &[Route]) -> StoreResult<u64> {
         let now = self.now();
@@ -132,7 +125,7 @@ impl Store {
             )?
             .execute(params![claim.id, claim.attempts, now])?;
         if changed == 0 {
-            return Err(claim_lost(claim).into());
+            return Err(claim.claim_lost().into());
         }
         Ok(())
     }
@@ -159,7 +152,7 @@ impl Store {
                 })
             })
             .optional()?
-            .ok_or_else(|| claim_lost(claim))?;
+            .ok_or_else(|| claim.claim_lost())?;
         let decision = retry::decide(&self.policy, class, error, now, stored);
         let (state, next, last_error) = match &decision.disposition {
             Disposition::RetryAt(at) => ("pending", *at, error),
