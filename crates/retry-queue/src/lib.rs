@@ -144,9 +144,9 @@
 
 // What only the backends need is compiled with one of them: a crate that
 // depends on the trait alone (`default-features = false`) builds no driver.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "fjall"))]
 mod backend;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "fjall"))]
 mod backoff;
 // `[queue]` names both backends, so reading it needs both compiled in.
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
@@ -155,16 +155,20 @@ mod config;
 pub mod conformance;
 mod erasure;
 mod error;
+#[cfg(feature = "fjall")]
+mod fjall;
 mod outbox;
 mod policy;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod queue;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "fjall"))]
 mod retry;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "fjall")]
+pub use self::fjall::{FjallOptions, FjallQueue};
 pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis};
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub use config::{QueueConfig, QueueSettings};

@@ -328,10 +328,10 @@ impl DeliveryRow {
 
 /// The reason stored for a pending delivery whose target was removed
 /// from the config.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "fjall"))]
 pub(crate) const TARGET_REMOVED: &str = "its [[notify]] target is no longer configured";
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "fjall"))]
 impl Delivery {
     /// The error of a report whose claim no longer holds the delivery.
     pub(crate) fn claim_lost(&self) -> QueueError {

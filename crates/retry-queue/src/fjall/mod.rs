@@ -1,0 +1,458 @@
+//! The LSM backend: one fjall database (a directory), one OS thread that
+//! owns it, commands over a bounded channel.
+//!
+//! # Why an LSM engine
+//!
+//! SQLite spends most of a durable enqueue rewriting B-tree pages: a random
+//! message id puts each job on a page of its own in the table and in every
+//! index (BENCHMARKS.md, fourth session). An LSM engine appends every write
+//! to one journal and sorts indexes in memory, merging them into sorted
+//! runs in the background, so an enqueue costs a journal append per key and
+//! one fsync per group, whatever the keys are.
+//!
+//! # Keyspaces (all keys byte-ordered; times are 8 bytes big-endian with
+//! the sign bit flipped, strings that other parts follow are length
+//! prefixed, and the job or delivery id is the unprefixed tail)
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `jobs` | job id | the job (JSON: the record, backoff interval, lease token and expiry, woken flag, chat id, which live set holds it) |
+//! | `ready` | deadline, next attempt, id | empty: live jobs that were due when written, in the order `lease` hands them out |
+//! | `timers` | due time, id | empty: live jobs due later (a backoff, a park timeout, a lease expiry) |
+//! | `by_state` | state tag, updated_at, id | empty: list by state, `retry_all`, the purge of old `done` jobs |
+//! | `by_account` | account, updated_at, id | empty: list by account, an erasure's jobs |
+//! | `by_message` | message id, id | empty: jobs *not* keyed `{account}:{message id}` (the others are found by id) |
+//! | `live_deadline` | deadline, id | empty: jobs at risk |
+//! | `pending_age` | created_at, id | empty: the oldest pending job |
+//! | `counters` | `j`, account, state / `d`, target | i64: jobs per account and state; pending deliveries per target |
+//! | `meta` | `format`, `routes` | the format version; the outbox routes (JSON) |
+//! | `deliveries` | delivery id | the delivery (JSON) |
+//! | `deliveries_due` | target, next attempt, id | empty: pending deliveries, due order |
+//! | `deliveries_updated` | updated_at, id | empty: listing |
+//! | `deliveries_by_job` | job id, id | empty: a job's deliveries |
+//! | `blob_refs` | store, account, message id, blob key | chat id and message time (JSON) |
+//! | `blob_refs_by_blob` | store, blob key, account, message id | empty: who names a blob |
+//! | `blob_erasures` | store, blob key | i64: when the mark was set or renewed |
+//! | `index_complete` | store | empty |
+//!
+//! Every index entry and counter is derived from the record it indexes, in
+//! one place (`Store::put_job`, `Store::put_delivery`), from the record
+//! before and after a change; the outbox trigger (a delivery per matching
+//! route when a job becomes done or dead) is there too.
+//!
+//! # Atomicity and durability
+//!
+//! Each operation writes one batch, committed atomically across keyspaces
+//! (a job, its index entries, its counters and its deliveries together).
+//! The thread runs the commands waiting in its channel one after another,
+//! each committing its batch to the journal, then fsyncs the journal once
+//! (`PersistMode::SyncData`) and only then answers every command of the
+//! group: a 200 to a webhook is never sent for a job that a crash could
+//! lose, and a burst of webhooks, leases and acks shares one fsync (group
+//! commit, for acks as for enqueues).
+//!
+//! # Time and recovery
+//!
+//! A live job is in exactly one of `ready` and `timers`. `lease` first moves
+//! the timers that have come due into `ready` (at most 10 000 a call), so
+//! it never reads a job that is not due, and its cost does not grow with
+//! the number of jobs waiting for a backoff: it reads the head of `ready`.
+//! A leased job's timer is its lease expiry, so after a `kill -9` the jobs
+//! of dead workers come due when their leases run out, like any other
+//! timer; nothing is scanned at open.
+//!
+//! # Retention
+//!
+//! `done` jobs are kept for the admin API and the dedup of redelivered
+//! webhooks for `done_retention` (default 30 days) after they finished,
+//! then deleted by lease calls (at most 1000 a call) with their finished
+//! deliveries, so the database does not grow forever. Dead and erased
+//! jobs are kept: they are an operator's to retry, or the record that a
+//! redelivered message stays erased.
+
+mod erasure;
+mod jobs;
+mod keys;
+mod outbox;
+mod store;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use archiver_core::{Clock, ErrorClass, JobSpec, JobState, UnixMillis};
+use tokio::sync::{mpsc, oneshot};
+
+use self::jobs::Held;
+use self::store::{Store, StoreResult};
+use crate::backend::{CHANNEL_CAPACITY, MAX_GROUP};
+use crate::erasure::{
+    BlobRef, CommittedErasure, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures,
+};
+use crate::outbox::{Claimed, Delivery, DeliveryFilter, Outbox, Retried, Route};
+use crate::{
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueError, QueueStats,
+    RetryPolicy,
+};
+
+/// How a command's reply is sent once its group is durable (or not).
+type Answer = Box<dyn FnOnce(Result<(), &str>) + Send>;
+/// A command: runs on the thread, returns how to answer.
+type Command = Box<dyn FnOnce(&mut Store) -> Answer + Send>;
+
+/// Where the queue's fjall database is and how long it keeps `done` jobs.
+#[derive(Debug, Clone)]
+pub struct FjallOptions {
+    /// The database directory (created with its parents).
+    pub path: PathBuf,
+    /// `done` jobs are deleted this long after they finished.
+    pub done_retention: Duration,
+}
+
+impl FjallOptions {
+    /// The default retention of `done` jobs: 30 days.
+    pub const DEFAULT_DONE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    /// A database at `path` with the default retention.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            done_retention: Self::DEFAULT_DONE_RETENTION,
+        }
+    }
+}
+
+/// The fjall [`JobQueue`]: embedded, one process, one directory.
+///
+/// Dropping it stops its thread after the commands already sent, and waits
+/// for that, so the directory can be reopened at once.
+pub struct FjallQueue {
+    /// For `Debug` and error messages.
+    path: PathBuf,
+    /// `None` only while dropping: closing the channel stops the thread.
+    commands: Option<mpsc::Sender<Command>>,
+    /// Joined on drop.
+    worker: Option<JoinHandle<()>>,
+    /// Why the queue stopped, once an fsync failed.
+    fault: Arc<OnceLock<String>>,
+}
+
+impl std::fmt::Debug for FjallQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallQueue")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FjallQueue {
+    /// Opens (or creates) the queue database and starts its thread. Needs
+    /// no async runtime.
+    pub fn open(
+        options: &FjallOptions,
+        policy: RetryPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, QueueError> {
+        policy.validate().map_err(QueueError::InvalidPolicy)?;
+        let path = &options.path;
+        std::fs::create_dir_all(path).map_err(|e| {
+            QueueError::Unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
+        let store =
+            Store::open(path, clock, policy, options.done_retention).map_err(|e| match e {
+                QueueError::Unavailable(msg) => {
+                    QueueError::Unavailable(format!("{}: {msg}", path.display()))
+                }
+                other => other,
+            })?;
+        let fault = Arc::new(OnceLock::new());
+        let (commands, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let thread_fault = Arc::clone(&fault);
+        let worker = std::thread::Builder::new()
+            .name("fjall-queue".to_owned())
+            .spawn(move || run(store, receiver, &thread_fault))
+            .map_err(|e| QueueError::Unavailable(format!("cannot start the queue thread: {e}")))?;
+        Ok(Self {
+            path: path.clone(),
+            commands: Some(commands),
+            worker: Some(worker),
+            fault,
+        })
+    }
+
+    /// The error of a call the thread will never answer.
+    fn stopped(&self) -> QueueError {
+        match self.fault.get() {
+            Some(fault) => QueueError::Unavailable(fault.clone()),
+            None => QueueError::Unavailable("the queue's database thread has stopped".to_owned()),
+        }
+    }
+
+    /// Runs `f` on the thread and waits for its answer, sent once its
+    /// group's fsync is done. If the caller stops waiting, `f` still runs
+    /// (a lease taken that way simply expires).
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> StoreResult<T> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        let command: Command = Box::new(move |store: &mut Store| -> Answer {
+            let result = f(store);
+            Box::new(move |synced: Result<(), &str>| {
+                let synced = synced.map_err(|fault| QueueError::Unavailable(fault.to_owned()));
+                let _ = reply.send(synced.and(result));
+            })
+        });
+        let sender = self.commands.as_ref().ok_or_else(|| self.stopped())?;
+        sender.send(command).await.map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+}
+
+impl Drop for FjallQueue {
+    fn drop(&mut self) {
+        drop(self.commands.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// The thread's loop: the commands waiting in the channel run in order,
+/// then one fsync makes them all durable, then all are answered.
+fn run(mut store: Store, mut commands: mpsc::Receiver<Command>, fault: &OnceLock<String>) {
+    while let Some(first) = commands.blocking_recv() {
+        let mut answers = vec![first(&mut store)];
+        while answers.len() < MAX_GROUP {
+            match commands.try_recv() {
+                Ok(command) => answers.push(command(&mut store)),
+                Err(_) => break,
+            }
+        }
+        let synced = store.sync().map_err(|e| {
+            let message = format!("the queue's journal could not be fsynced: {e}");
+            tracing::error!(error = %message, "queue stopped");
+            fault.get_or_init(|| message).as_str()
+        });
+        for answer in answers {
+            answer(synced);
+        }
+        if synced.is_err() {
+            // Nothing after a failed fsync can be promised durable.
+            return;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl JobQueue for FjallQueue {
+    async fn enqueue(&self, jobs: Vec<JobSpec>) -> Result<Vec<Enqueued>, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.call(move |store| store.enqueue(jobs)).await
+    }
+
+    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Leased, QueueError> {
+        if max == 0 {
+            return Ok(Leased::default());
+        }
+        self.call(move |store| store.lease(max, lease_for)).await
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<UnixMillis, QueueError> {
+        let held = Held::of(lease);
+        self.call(move |store| store.renew(&held, lease_for)).await
+    }
+
+    async fn complete(&self, lease: &Lease) -> Result<(), QueueError> {
+        let held = Held::of(lease);
+        self.call(move |store| store.complete(&held)).await
+    }
+
+    async fn fail(
+        &self,
+        lease: &Lease,
+        class: ErrorClass,
+        error: &str,
+    ) -> Result<Disposition, QueueError> {
+        let (held, error) = (Held::of(lease), error.to_owned());
+        self.call(move |store| store.fail(&held, class, &error))
+            .await
+    }
+
+    async fn park(&self, lease: &Lease, until: UnixMillis) -> Result<(), QueueError> {
+        let held = Held::of(lease);
+        self.call(move |store| store.park(&held, until)).await
+    }
+
+    async fn wake(&self, job_id: &str, note: Option<&str>) -> Result<bool, QueueError> {
+        let (id, note) = (job_id.to_owned(), note.map(str::to_owned));
+        self.call(move |store| store.wake(&id, note.as_deref()))
+            .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        let held = Held::of(lease);
+        self.call(move |store| store.release(&held)).await
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let id = job_id.to_owned();
+        self.call(move |store| store.get(&id)).await
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, QueueError> {
+        let filter = filter.clone();
+        self.call(move |store| store.list(&filter)).await
+    }
+
+    async fn retry_now(&self, job_id: &str) -> Result<bool, QueueError> {
+        let id = job_id.to_owned();
+        self.call(move |store| store.retry_now(&id)).await
+    }
+
+    async fn retry_all(&self, state: JobState) -> Result<u64, QueueError> {
+        self.call(move |store| store.retry_all(state)).await
+    }
+
+    async fn stats(&self, at_risk_within: Duration) -> Result<QueueStats, QueueError> {
+        self.call(move |store| store.stats(at_risk_within)).await
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.call(|store| store.ping()).await
+    }
+
+    fn outbox(&self) -> Option<&dyn Outbox> {
+        Some(self)
+    }
+
+    fn erasures(&self) -> Option<&dyn Erasures> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl Outbox for FjallQueue {
+    async fn set_routes(&self, routes: &[Route]) -> Result<u64, QueueError> {
+        let routes = routes.to_vec();
+        self.call(move |store| store.set_routes(&routes)).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        target: &str,
+        max: usize,
+        hold: Duration,
+    ) -> Result<Claimed, QueueError> {
+        if max == 0 {
+            return Ok(Claimed::default());
+        }
+        let target = target.to_owned();
+        self.call(move |store| store.claim_deliveries(&target, max, hold))
+            .await
+    }
+
+    async fn delivered(&self, claim: &Delivery) -> Result<(), QueueError> {
+        let claim = claim.clone();
+        self.call(move |store| store.delivered(&claim)).await
+    }
+
+    async fn delivery_failed(
+        &self,
+        claim: &Delivery,
+        class: ErrorClass,
+        error: &str,
+    ) -> Result<Disposition, QueueError> {
+        let (claim, error) = (claim.clone(), error.to_owned());
+        self.call(move |store| store.delivery_failed(&claim, class, &error))
+            .await
+    }
+
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, QueueError> {
+        let filter = filter.clone();
+        self.call(move |store| store.list_deliveries(&filter)).await
+    }
+
+    async fn retry_delivery(&self, id: &str) -> Result<Retried, QueueError> {
+        let id = id.to_owned();
+        self.call(move |store| store.retry_delivery(&id)).await
+    }
+
+    async fn pending_deliveries(&self) -> Result<BTreeMap<String, u64>, QueueError> {
+        self.call(|store| store.pending_deliveries()).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Erasures for FjallQueue {
+    async fn record_ref(&self, lease: &Lease, blob: &BlobRef) -> Result<(), QueueError> {
+        let (held, blob) = (Held::of(lease), blob.clone());
+        self.call(move |store| store.record_ref(&held, &blob)).await
+    }
+
+    async fn restore_refs(&self, refs: &[BlobRef]) -> Result<(), QueueError> {
+        let refs = refs.to_vec();
+        self.call(move |store| store.restore_refs(&refs)).await
+    }
+
+    async fn index_complete(&self, store_id: &str) -> Result<bool, QueueError> {
+        let store_id = store_id.to_owned();
+        self.call(move |store| store.index_complete(&store_id))
+            .await
+    }
+
+    async fn mark_index_complete(&self, store_id: &str) -> Result<(), QueueError> {
+        let store_id = store_id.to_owned();
+        self.call(move |store| store.mark_index_complete(&store_id))
+            .await
+    }
+
+    async fn plan_erasure(
+        &self,
+        store_id: &str,
+        filter: &ErasureFilter,
+        dry_run: bool,
+    ) -> Result<Result<ErasurePlan, ErasureRefused>, QueueError> {
+        let (store_id, filter) = (store_id.to_owned(), filter.clone());
+        self.call(move |store| store.plan_erasure(&store_id, &filter, dry_run))
+            .await
+    }
+
+    async fn commit_erasure(
+        &self,
+        store_id: &str,
+        account: &str,
+        messages: &[ErasedMessage],
+    ) -> Result<CommittedErasure, QueueError> {
+        let (store_id, account, messages) =
+            (store_id.to_owned(), account.to_owned(), messages.to_vec());
+        self.call(move |store| store.commit_erasure(&store_id, &account, &messages))
+            .await
+    }
+
+    async fn confirm_blob_erasure(
+        &self,
+        store_id: &str,
+        blob_key: &str,
+    ) -> Result<bool, QueueError> {
+        let (store_id, blob_key) = (store_id.to_owned(), blob_key.to_owned());
+        self.call(move |store| store.confirm_blob_erasure(&store_id, &blob_key))
+            .await
+    }
+
+    async fn end_blob_erasure(&self, store_id: &str, blob_key: &str) -> Result<(), QueueError> {
+        let (store_id, blob_key) = (store_id.to_owned(), blob_key.to_owned());
+        self.call(move |store| store.end_blob_erasure(&store_id, &blob_key))
+            .await
+    }
+
+    async fn unfinished_blob_erasures(&self, store_id: &str) -> Result<Vec<String>, QueueError> {
+        let store_id = store_id.to_owned();
+        self.call(move |store| store.unfinished_blob_erasures(&store_id))
+            .await
+    }
+}
