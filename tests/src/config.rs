@@ -126,6 +126,11 @@ format = "json"
 
 /// The `[queue]` section for a PostgreSQL-backed daemon in the test
 /// database's private schema (append it to the accounts of [`config`]).
+/// A `[queue]` section for the fjall backend, in the daemon's workdir.
+pub fn fjall_queue() -> String {
+    "\n[queue]\nbackend = \"fjall\"\npath = \"data/queue\"\n".to_owned()
+}
+
 pub fn postgres_queue(db: &retry_queue::conformance::pg::PgTestDatabase) -> String {
     format!(
         "\n[queue]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"\nmax_connections = 8\n",

@@ -36,7 +36,7 @@ pub mod standard_webhooks;
 
 pub use archive::{Archive, blob_key};
 pub use config::{
-    ADMIN_TOKEN, NOTIFY_SECRET, StoreUnderTest, config, guarded_config, notify_target,
+    ADMIN_TOKEN, NOTIFY_SECRET, StoreUnderTest, config, fjall_queue, guarded_config, notify_target,
     postgres_queue,
 };
 pub use daemon::{Daemon, binary, free_port, metric_sample};

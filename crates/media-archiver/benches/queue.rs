@@ -14,7 +14,8 @@
 //!    answers 200, (b) the real webhook receiver over a queue that keeps
 //!    nothing (what routing, authentication and parsing cost before any
 //!    durability), (c) the receiver with the SQLite queue (WAL; each 200 is
-//!    after the fsync that covers its group commit), and (d) the same
+//!    after the fsync that covers its group commit), (d) the same with the
+//!    fjall queue (journal fsynced once per group), and (e) the same
 //!    receiver with the PostgreSQL queue when the test server is
 //!    reachable. Only the receiver runs: no worker drains the queue, so the
 //!    figure is ingest alone. Bounded by a request count and a duration,
@@ -40,8 +41,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use retry_queue::conformance::pg::PgTestDatabase;
 use retry_queue::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, PgQueue, QueueError,
-    QueueStats, RetryPolicy, SqliteQueue,
+    Disposition, Enqueued, FjallOptions, FjallQueue, JobFilter, JobQueue, JobRecord, Lease, Leased,
+    PgQueue, QueueError, QueueStats, RetryPolicy, SqliteQueue,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -136,6 +137,22 @@ fn main() {
         ));
         stop.cancel();
     }
+    {
+        let queue: Arc<dyn JobQueue> = Arc::new(
+            FjallQueue::open(
+                &FjallOptions::at(dir.path().join("ingest-fjall")),
+                RetryPolicy::default(),
+                Arc::new(SystemClock),
+            )
+            .expect("fjall queue"),
+        );
+        let (addr, stop) = server_rt.block_on(receiver(queue));
+        ingest.push((
+            "receiver + fjall queue",
+            client_rt.block_on(load(addr, settings, "fjall")),
+        ));
+        stop.cancel();
+    }
     if let Some(db) = &postgres {
         let queue: Arc<dyn JobQueue> = Arc::new(
             server_rt
@@ -170,6 +187,21 @@ fn main() {
         );
         leasing.push((
             backend,
+            backlog,
+            server_rt.block_on(lease_ack(queue, backlog, settings)),
+        ));
+    }
+    for backlog in [1_000, settings.big_backlog] {
+        let queue: Arc<dyn JobQueue> = Arc::new(
+            FjallQueue::open(
+                &FjallOptions::at(dir.path().join(format!("lease-{backlog}-fjall"))),
+                RetryPolicy::default(),
+                Arc::new(SystemClock),
+            )
+            .expect("fjall queue"),
+        );
+        leasing.push((
+            "fjall",
             backlog,
             server_rt.block_on(lease_ack(queue, backlog, settings)),
         ));

@@ -2,7 +2,8 @@
 //! `media find` and `notifications list|retry` talk to a running daemon's
 //! admin API; `check-config` summarises a config, and `verify` (a scrub of
 //! the archive), `backfill` (references into the queue) and `erase` work on
-//! the store and the queue named in it. Here: what the commands share (a runtime of their own, and
+//! the store and the queue named in it; `queue migrate` copies one
+//! config's queue into another's. Here: what the commands share (a runtime of their own, and
 //! [`Findings`] for the problems a long command reports).
 
 use std::fmt::Write as _;
@@ -17,6 +18,7 @@ pub(crate) mod erase;
 pub(crate) mod jobs;
 pub(crate) mod media;
 pub(crate) mod notifications;
+pub(crate) mod queue;
 pub(crate) mod verify;
 
 /// Runs a command's `work` to its exit code on a Tokio runtime of its own

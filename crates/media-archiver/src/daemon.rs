@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use retry_queue::{JobQueue, PgQueue, QueueError, QueueSettings, SqliteQueue};
+use retry_queue::{FjallQueue, JobQueue, PgQueue, QueueError, QueueSettings, SqliteQueue};
 use s3_uploader::Archives;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,8 +45,8 @@ pub(crate) fn init_logging(format: &str) {
     }
 }
 
-/// The configured queue backend: SQLite opened in place, or PostgreSQL
-/// connected and migrated. A PostgreSQL setting that only the server can
+/// The configured queue backend: SQLite or fjall opened in place, or
+/// PostgreSQL connected and migrated. A PostgreSQL setting that only the server can
 /// reject is a config error (exit 78); an unreachable server is a runtime
 /// error (exit 1: a supervisor restarts the daemon).
 pub(crate) async fn open_queue(config: &Settings) -> Result<Arc<dyn JobQueue>, ServeError> {
@@ -65,6 +65,12 @@ pub(crate) async fn open_queue(config: &Settings) -> Result<Arc<dyn JobQueue>, S
                     ),
                 })?;
             tracing::info!(schema = options.schema.as_deref(), "queue: postgres");
+            return Ok(Arc::new(queue));
+        }
+        QueueSettings::Fjall(options) => {
+            let queue = FjallQueue::open(options, policy, clock)
+                .with_context(|| format!("cannot open the queue in {}", options.path.display()))?;
+            tracing::info!(path = %options.path.display(), "queue: fjall");
             return Ok(Arc::new(queue));
         }
         QueueSettings::Sqlite { path } => path,

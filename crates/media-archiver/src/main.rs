@@ -76,6 +76,9 @@ enum Command {
         #[command(flatten)]
         args: cli::erase::EraseArgs,
     },
+    /// Work on queues directly: `queue migrate --from CONFIG --to CONFIG`
+    /// copies every job and the blob index between two backends.
+    Queue(cli::queue::QueueArgs),
     /// Enqueue media references without webhooks, from a JSON Lines file
     /// (one reference per line, in the provider's field names), into the
     /// queue named in the config. Idempotent.
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Jobs(args) => return cli::jobs::run(args),
         Command::Media(args) => return cli::media::run(args),
         Command::Notifications(args) => return cli::notifications::run(args),
+        Command::Queue(args) => return cli::queue::run(args),
     };
     let config = match Settings::load(path) {
         Ok(config) => config,
@@ -126,7 +130,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         // Returned above, before any config is read.
-        Command::Jobs(_) | Command::Media(_) | Command::Notifications(_) => ExitCode::SUCCESS,
+        Command::Jobs(_) | Command::Media(_) | Command::Notifications(_) | Command::Queue(_) => {
+            ExitCode::SUCCESS
+        }
         Command::Verify {
             parallel,
             ref account,

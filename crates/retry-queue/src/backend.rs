@@ -67,6 +67,15 @@ pub(crate) fn log_revived(job_id: &str, account: &str) {
     );
 }
 
+/// The state a job imported from another backend gets: its own, except
+/// that a leased job's worker is gone, so it arrives pending.
+pub(crate) fn imported_state(state: JobState) -> JobState {
+    match state {
+        JobState::Leased => JobState::Pending,
+        state => state,
+    }
+}
+
 /// Counts per state, every state present.
 fn zeroes() -> BTreeMap<String, u64> {
     JobState::ALL

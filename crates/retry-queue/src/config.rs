@@ -11,11 +11,12 @@
 //! `path` while telling how to switch to PostgreSQL).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use archiver_core::SecretRef;
 use serde::Deserialize;
 
-use crate::{PgConfig, PgOptions};
+use crate::{FjallOptions, PgConfig, PgOptions};
 
 /// `[queue]`, as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +28,9 @@ pub enum QueueConfig {
         /// `queue.path`: the database file.
         path: PathBuf,
     },
+    /// `backend = "fjall"`: the embedded LSM queue, one directory used by
+    /// one process.
+    Fjall(FjallOptions),
     /// `backend = "postgres"`: one database that several replicas share.
     Postgres(PgConfig),
 }
@@ -47,6 +51,8 @@ pub enum QueueSettings {
         /// The database file.
         path: PathBuf,
     },
+    /// Open [`FjallQueue`](crate::FjallQueue) with these options.
+    Fjall(FjallOptions),
     /// Connect [`PgQueue`](crate::PgQueue) with these options.
     Postgres(PgOptions),
 }
@@ -57,6 +63,7 @@ impl QueueConfig {
     pub fn validate(&self) -> Result<QueueSettings, Vec<String>> {
         match self {
             QueueConfig::Sqlite { path } => Ok(QueueSettings::Sqlite { path: path.clone() }),
+            QueueConfig::Fjall(options) => Ok(QueueSettings::Fjall(options.clone())),
             QueueConfig::Postgres(pg) => pg.validate().map(QueueSettings::Postgres),
         }
     }
@@ -68,8 +75,12 @@ impl QueueConfig {
 struct QueueSection {
     /// Which backend.
     backend: Backend,
-    /// sqlite: the database file.
-    path: PathBuf,
+    /// sqlite: the database file (default `data/queue.db`); fjall: the
+    /// database directory (default `data/queue`).
+    path: Option<PathBuf>,
+    /// fjall: how long `done` jobs are kept.
+    #[serde(deserialize_with = "archiver_core::config_value::opt_duration")]
+    done_retention: Option<Duration>,
     /// postgres: the connection URL; required.
     url: Option<SecretRef>,
     /// postgres: pool size of each process.
@@ -84,6 +95,7 @@ struct QueueSection {
 enum Backend {
     #[default]
     Sqlite,
+    Fjall,
     Postgres,
 }
 
@@ -91,7 +103,8 @@ impl Default for QueueSection {
     fn default() -> Self {
         Self {
             backend: Backend::default(),
-            path: "data/queue.db".into(),
+            path: None,
+            done_retention: None,
             url: None,
             max_connections: PgOptions::DEFAULT_MAX_CONNECTIONS,
             schema: None,
@@ -104,7 +117,15 @@ impl TryFrom<QueueSection> for QueueConfig {
 
     fn try_from(section: QueueSection) -> Result<Self, String> {
         match section.backend {
-            Backend::Sqlite => Ok(QueueConfig::Sqlite { path: section.path }),
+            Backend::Sqlite => Ok(QueueConfig::Sqlite {
+                path: section.path.unwrap_or_else(|| "data/queue.db".into()),
+            }),
+            Backend::Fjall => Ok(QueueConfig::Fjall(FjallOptions {
+                path: section.path.unwrap_or_else(|| "data/queue".into()),
+                done_retention: section
+                    .done_retention
+                    .unwrap_or(FjallOptions::DEFAULT_DONE_RETENTION),
+            })),
             Backend::Postgres => match section.url {
                 Some(url) => Ok(QueueConfig::Postgres(PgConfig {
                     url,
@@ -134,6 +155,22 @@ mod tests {
     }
 
     #[test]
+    fn fjall_takes_a_directory_and_a_retention_with_defaults() {
+        let QueueConfig::Fjall(options) = parse(r#"{"backend": "fjall"}"#).unwrap() else {
+            panic!("not fjall")
+        };
+        assert_eq!(options.path, PathBuf::from("data/queue"));
+        assert_eq!(options.done_retention, FjallOptions::DEFAULT_DONE_RETENTION);
+        let config =
+            parse(r#"{"backend": "fjall", "path": "/var/lib/q", "done_retention": "7d"}"#).unwrap();
+        let QueueSettings::Fjall(options) = config.validate().unwrap() else {
+            panic!("not fjall")
+        };
+        assert_eq!(options.path, PathBuf::from("/var/lib/q"));
+        assert_eq!(options.done_retention, Duration::from_secs(7 * 24 * 3600));
+    }
+
+    #[test]
     fn postgres_takes_its_url_and_defaults_the_pool() {
         let config = parse(r#"{"backend": "postgres", "url": "postgres://db/q"}"#).unwrap();
         let QueueConfig::Postgres(pg) = config else {
@@ -151,7 +188,8 @@ mod tests {
     fn a_backend_that_does_not_exist_or_lacks_its_url_is_refused() {
         let unknown = parse(r#"{"backend": "mysql"}"#).unwrap_err();
         assert!(
-            unknown.contains("unknown variant `mysql`, expected `sqlite` or `postgres`"),
+            unknown
+                .contains("unknown variant `mysql`, expected one of `sqlite`, `fjall`, `postgres`"),
             "{unknown}"
         );
         let no_url = parse(r#"{"backend": "postgres"}"#).unwrap_err();

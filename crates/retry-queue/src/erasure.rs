@@ -214,4 +214,15 @@ pub trait Erasures: Send + Sync + std::fmt::Debug {
     /// Every blob still marked in `store`: an erasure that failed or died
     /// before deleting it. The next erasure deletes them first.
     async fn unfinished_blob_erasures(&self, store: &str) -> Result<Vec<String>, QueueError>;
+
+    /// Up to `limit` refs after `after`, in the backend's own order:
+    /// `queue migrate` pages through the whole index with it.
+    async fn export_refs(
+        &self,
+        after: Option<&BlobRef>,
+        limit: usize,
+    ) -> Result<Vec<BlobRef>, QueueError>;
+
+    /// Every store whose index is complete.
+    async fn complete_indexes(&self) -> Result<Vec<String>, QueueError>;
 }

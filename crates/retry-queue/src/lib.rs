@@ -11,9 +11,10 @@
 //! worker loop, not this crate, decides what an attempt does.
 //!
 //! Main types:
-//! - [`JobQueue`]: the backend trait (SQLite and PostgreSQL, same
+//! - [`JobQueue`]: the backend trait (SQLite, fjall and PostgreSQL, same
 //!   semantics, one conformance suite behind the `conformance` feature).
-//!   Each backend is a cargo feature (`sqlite`, `postgres`, both default):
+//!   Each backend is a cargo feature (`sqlite`, `fjall`, `postgres`, all
+//!   default):
 //!   a crate that only takes or hands out jobs (the webhook receiver)
 //!   depends on this crate without them and compiles no database driver.
 //! - [`SqliteQueue`]: the embedded backend, one file, one process.
@@ -29,6 +30,10 @@
 //! - [`Erasures`] (from [`JobQueue::erasures`]), [`BlobRef`],
 //!   [`ErasureFilter`], [`ErasurePlan`]: the blob reference index an
 //!   erasure reads, and the jobs it ends (`src/erasure.rs`).
+//! - [`FjallQueue`] (with [`FjallOptions`]): the embedded LSM backend, one
+//!   directory, one process (its keyspaces are documented in `src/fjall`).
+//! - [`migrate`]: `queue migrate`, every job and the blob index copied
+//!   between any two backends, idempotent and resumable.
 //! - [`QueueConfig`]: the `[queue]` section (which backend, its settings),
 //!   checked by [`QueueConfig::validate`] into [`QueueSettings`].
 //!
@@ -148,8 +153,8 @@
 mod backend;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "fjall"))]
 mod backoff;
-// `[queue]` names both backends, so reading it needs both compiled in.
-#[cfg(all(feature = "sqlite", feature = "postgres"))]
+// `[queue]` names every backend, so reading it needs all compiled in.
+#[cfg(all(feature = "sqlite", feature = "postgres", feature = "fjall"))]
 mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -157,6 +162,7 @@ mod erasure;
 mod error;
 #[cfg(feature = "fjall")]
 mod fjall;
+mod migrate;
 mod outbox;
 mod policy;
 #[cfg(feature = "postgres")]
@@ -170,13 +176,14 @@ mod sqlite;
 #[cfg(feature = "fjall")]
 pub use self::fjall::{FjallOptions, FjallQueue};
 pub use archiver_core::{ErrorClass, JobSpec, JobState, ProviderKind, UnixMillis};
-#[cfg(all(feature = "sqlite", feature = "postgres"))]
+#[cfg(all(feature = "sqlite", feature = "postgres", feature = "fjall"))]
 pub use config::{QueueConfig, QueueSettings};
 pub use erasure::{
     BlobRef, CommittedErasure, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures,
     STALE_ERASURE,
 };
 pub use error::QueueError;
+pub use migrate::{Migrated, migrate};
 pub use outbox::{
     Claimed, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryState, MAX_CLAIM_BATCH,
     NotifyEvent, Outbox, Retried, Route,
@@ -184,6 +191,8 @@ pub use outbox::{
 pub use policy::RetryPolicy;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgConfig, PgOptions, PgQueue};
-pub use queue::{Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueStats};
+pub use queue::{
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, MigratedJob, QueueStats,
+};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;

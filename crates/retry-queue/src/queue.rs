@@ -8,7 +8,7 @@ use crate::QueueError;
 /// A job as the queue keeps it: the [`JobSpec`] plus its life-cycle fields.
 /// Serializes to the admin API's job shape (times as Unix milliseconds; the
 /// HTTP layer formats them).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct JobRecord {
     /// `{account}:{media id or message id}`.
     pub id: String,
@@ -39,6 +39,19 @@ pub struct JobRecord {
     pub message_at: UnixMillis,
     /// The adapter's reference to the media, verbatim.
     pub payload: serde_json::Value,
+}
+
+/// A job as `queue migrate` copies it between backends: the record, plus
+/// what only the queue reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigratedJob {
+    /// The job; a `leased` one is imported as `pending` (its worker is gone).
+    pub job: JobRecord,
+    /// The message's chat (erasure by chat).
+    pub chat_id: Option<String>,
+    /// Where the next failure's backoff starts (`None`: not failed since
+    /// queued).
+    pub backoff_interval_ms: Option<i64>,
 }
 
 /// A worker's time-limited hold on one job.
@@ -225,6 +238,32 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug + 'static {
 
     /// Cheap liveness check of the backend (for `/readyz`).
     async fn ping(&self) -> Result<(), QueueError>;
+
+    /// Up to `limit` jobs whose ids come after `after` in the backend's
+    /// own id order, in that order: `queue migrate` pages through every
+    /// job with it.
+    async fn export_jobs(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MigratedJob>, QueueError> {
+        let _ = (after, limit);
+        Err(QueueError::Config(
+            "this queue cannot export jobs".to_owned(),
+        ))
+    }
+
+    /// Stores jobs as exported from another backend, state, attempts,
+    /// times and errors kept, except that a `leased` job arrives
+    /// `pending` (due as it was). A job whose id is already here is left
+    /// alone, so an import can be run again, or resumed, safely. No event
+    /// is sent for the jobs' past transitions. Returns how many were new.
+    async fn import_jobs(&self, jobs: Vec<MigratedJob>) -> Result<u64, QueueError> {
+        let _ = jobs;
+        Err(QueueError::Config(
+            "this queue cannot import jobs".to_owned(),
+        ))
+    }
 
     /// The backend's outbox of events to the user's app, committed with the
     /// jobs' transitions (`None`: this queue keeps none, e.g. a test

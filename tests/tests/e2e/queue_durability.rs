@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use e2e::accounts::GREEN_WEBHOOK_TOKEN as TOKEN;
 use e2e::{
-    Archive, Daemon, StoreUnderTest, accounts, blob_key, bytes, config, now, postgres_queue,
-    sha256_hex,
+    Archive, Daemon, StoreUnderTest, accounts, blob_key, bytes, config, fjall_queue, now,
+    postgres_queue, sha256_hex,
 };
 use retry_queue::conformance::pg::PgTestDatabase;
 use serde_json::Value;
@@ -249,6 +249,11 @@ async fn sqlite_a_kill_9_mid_stream_loses_no_acknowledged_webhook() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn fjall_a_kill_9_mid_stream_loses_no_acknowledged_webhook() {
+    kill_mid_stream_and_restart("fjall", &fjall_queue()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn postgres_a_kill_9_mid_stream_loses_no_acknowledged_webhook() {
     let Some(db) = PgTestDatabase::create() else {
         return;
@@ -358,18 +363,30 @@ async fn postgres_two_replicas_share_the_work_and_fetch_each_file_once() {
     assert_eq!(archive.keys("blobs/").await.len(), TOTAL);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_a_store_outage_delays_archiving_but_loses_nothing() {
+    store_outage_delays_archiving_but_loses_nothing("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fjall_a_store_outage_delays_archiving_but_loses_nothing() {
+    store_outage_delays_archiving_but_loses_nothing(&fjall_queue()).await;
+}
+
 /// With the S3 store down, webhooks are still answered 200 (the queue is
 /// local) and the jobs retry; once the store is back, every file is
 /// archived in it.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_store_outage_delays_archiving_but_loses_nothing() {
+async fn store_outage_delays_archiving_but_loses_nothing(queue: &str) {
     const TOTAL: usize = 40;
     let Some(mut garage) = Garage::start() else {
         return;
     };
     let store = StoreUnderTest::garage(&garage);
     let fake = FakeGreenApi::start().await;
-    let daemon = Daemon::start_in_temp_dir(&config(&store, &accounts::green_api(&fake)));
+    let daemon = Daemon::start_in_temp_dir(&config(
+        &store,
+        &format!("{}{queue}", accounts::green_api(&fake)),
+    ));
     let messages = messages(&fake, "OUT", TOTAL);
 
     garage.stop();
@@ -431,4 +448,104 @@ async fn a_store_outage_delays_archiving_but_loses_nothing() {
             "{key} intact"
         );
     }
+}
+
+/// `queue migrate` moves a daemon from the SQLite queue to fjall: after
+/// the copy the daemon on fjall knows every archived job (a redelivered
+/// webhook is a duplicate, not a second archive) and archives new ones; a
+/// second copy adds nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_migrate_moves_a_daemon_from_sqlite_to_fjall() {
+    const TOTAL: usize = 20;
+    let fake = FakeGreenApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = config(&StoreUnderTest::Fs, &accounts::green_api(&fake));
+    let fjall = format!("{sqlite}{}", fjall_queue());
+    let mut daemon = Daemon::start(&sqlite, dir.path());
+    let messages = messages(&fake, "MOVE", TOTAL + 1);
+    let acked = post_all(
+        vec![daemon.base_url.clone()],
+        &messages[..TOTAL],
+        4,
+        Arc::new(AtomicUsize::new(0)),
+    )
+    .await;
+    assert_eq!(acked.len(), TOTAL);
+    daemon.wait_until_idle(Duration::from_secs(60)).await;
+    assert!(daemon.terminate().success(), "{}", daemon.logs());
+    drop(daemon);
+
+    std::fs::write(dir.path().join("sqlite.toml"), &sqlite).unwrap();
+    std::fs::write(dir.path().join("fjall.toml"), &fjall).unwrap();
+    let migrate = || {
+        e2e::cli::run(
+            dir.path(),
+            &[
+                "queue",
+                "migrate",
+                "--from",
+                "sqlite.toml",
+                "--to",
+                "fjall.toml",
+            ],
+        )
+    };
+    let first = migrate();
+    let (stdout, stderr) = e2e::cli::output_text(&first);
+    assert_eq!(first.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("new in target:   {TOTAL}")),
+        "{stdout}"
+    );
+    let again = migrate();
+    let (stdout, stderr) = e2e::cli::output_text(&again);
+    assert_eq!(again.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("new in target:   0"), "{stdout}");
+    let onto_itself = e2e::cli::run(
+        dir.path(),
+        &[
+            "queue",
+            "migrate",
+            "--from",
+            "fjall.toml",
+            "--to",
+            "fjall.toml",
+        ],
+    );
+    assert_eq!(onto_itself.status.code(), Some(2));
+
+    let daemon = Daemon::start(&fjall, dir.path());
+    assert!(daemon.logs().contains("queue: fjall"), "{}", daemon.logs());
+    let stats = daemon.stats().await;
+    assert_eq!(stats["by_state"]["done"], TOTAL as u64, "{stats}");
+    let auth = format!("Bearer {TOKEN}");
+    let (status, body) = daemon
+        .post_raw(
+            "green",
+            messages[0].webhook.clone(),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (status, body["duplicates"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    post_all(
+        vec![daemon.base_url.clone()],
+        &messages[TOTAL..],
+        1,
+        Arc::new(AtomicUsize::new(0)),
+    )
+    .await;
+    let stats = daemon.wait_until_idle(Duration::from_secs(60)).await;
+    assert_eq!(stats["by_state"]["done"], (TOTAL + 1) as u64, "{stats}");
+    assert_eq!(
+        fake.file_hits(&messages[0].url),
+        1,
+        "fetched once, before the move"
+    );
 }

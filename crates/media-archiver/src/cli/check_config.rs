@@ -24,14 +24,7 @@ pub(crate) fn summary(config: &Settings) -> String {
             "disabled (no server.admin_token)"
         }
     );
-    let queue = match &config.queue {
-        QueueSettings::Sqlite { path } => format!("sqlite ({})", path.display()),
-        // Never the URL: it may hold a password.
-        QueueSettings::Postgres(options) => format!(
-            "postgres (schema {})",
-            options.schema.as_deref().unwrap_or("from search_path")
-        ),
-    };
+    let queue = queue_summary(&config.queue);
     let _ = writeln!(out, "queue: {queue}");
     let _ = writeln!(out, "storage: {}", storage(&config.storage));
     let _ = writeln!(out, "accounts:");
@@ -98,5 +91,22 @@ fn storage(settings: &StorageSettings) -> String {
             )
         }
         StorageSettings::Fs { path } => format!("fs ({})", path.display()),
+    }
+}
+
+/// The queue a config names, in one line (never a PostgreSQL URL: it may
+/// hold a password).
+pub(crate) fn queue_summary(queue: &QueueSettings) -> String {
+    match queue {
+        QueueSettings::Sqlite { path } => format!("sqlite ({})", path.display()),
+        QueueSettings::Fjall(options) => format!(
+            "fjall ({}, done jobs kept {})",
+            options.path.display(),
+            humantime::format_duration(options.done_retention)
+        ),
+        QueueSettings::Postgres(options) => format!(
+            "postgres (schema {})",
+            options.schema.as_deref().unwrap_or("from search_path")
+        ),
     }
 }

@@ -3,6 +3,7 @@
 //! the same blob never interleave.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 
 use archiver_core::{JobState, UnixMillis};
 use serde::{Deserialize, Serialize};
@@ -313,6 +314,46 @@ impl Store {
         let mut tx = self.tx();
         tx.remove(&self.ks.blob_erasures, mark_key(store, blob_key));
         self.commit(tx)
+    }
+
+    pub(super) fn export_refs(
+        &self,
+        after: Option<&BlobRef>,
+        limit: usize,
+    ) -> StoreResult<Vec<BlobRef>> {
+        let start = match after {
+            Some(r) => Bound::Excluded(ref_key(&r.store, &r.account, &r.message_id, &r.blob_key)),
+            None => Bound::Unbounded,
+        };
+        let mut refs = Vec::new();
+        for entry in self
+            .ks
+            .blob_refs
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+        {
+            let (key, value) = entry.into_inner()?;
+            let (parts, blob_key) = split(&key, 3).ok_or_else(malformed)?;
+            let value: RefValue = decode("a blob ref", &value)?;
+            refs.push(BlobRef {
+                store: parts[0].to_owned(),
+                blob_key: blob_key.to_owned(),
+                account: parts[1].to_owned(),
+                message_id: parts[2].to_owned(),
+                chat_id: value.chat_id,
+                message_at: value.message_at,
+            });
+        }
+        Ok(refs)
+    }
+
+    pub(super) fn complete_indexes(&self) -> StoreResult<Vec<String>> {
+        let mut stores = Vec::new();
+        for entry in self.ks.index_complete.iter() {
+            let key = entry.key()?;
+            stores.push(String::from_utf8_lossy(&key).into_owned());
+        }
+        Ok(stores)
     }
 
     pub(super) fn unfinished_blob_erasures(&self, store: &str) -> StoreResult<Vec<String>> {

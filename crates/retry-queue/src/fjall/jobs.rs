@@ -3,15 +3,20 @@
 //! the admin reads and requeues, and the purge of old `done` jobs.
 
 use std::collections::HashSet;
+use std::ops::Bound;
 use std::time::Duration;
 
 use archiver_core::{ErrorClass, JobSpec, JobState, UnixMillis};
 
-use super::keys::{Key, id_after, time_at};
-use super::store::{JOB_COUNTERS, Job, Store, StoreResult, state_tag};
-use crate::backend::{EXPIRED_IN_QUEUE, MAX_LEASE_BATCH, log_lapsed_lease, log_revived, millis};
+use super::keys::{Key, id_after, split, time_at};
+use super::store::{JOB_COUNTERS, Job, Store, StoreResult, decode, state_tag};
+use crate::backend::{
+    EXPIRED_IN_QUEUE, MAX_LEASE_BATCH, imported_state, log_lapsed_lease, log_revived, millis,
+};
 use crate::retry::{self, Stored};
-use crate::{Disposition, Enqueued, JobFilter, JobRecord, Lease, Leased, QueueError, QueueStats};
+use crate::{
+    Disposition, Enqueued, JobFilter, JobRecord, Lease, Leased, MigratedJob, QueueError, QueueStats,
+};
 
 /// Most timers moved into the ready set by one lease call; the rest move
 /// on the next call.
@@ -466,6 +471,76 @@ impl Store {
         Ok(stats)
     }
 
+    pub(super) fn export_jobs(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<MigratedJob>> {
+        let start = match after {
+            Some(after) => Bound::Excluded(after.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut jobs = Vec::new();
+        for entry in self
+            .ks
+            .jobs
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+        {
+            let (key, value) = entry.into_inner()?;
+            let job: Job = decode(&format!("job {}", String::from_utf8_lossy(&key)), &value)?;
+            jobs.push(MigratedJob {
+                job: job.record(),
+                chat_id: job.chat_id,
+                backoff_interval_ms: job.backoff_interval_ms,
+            });
+        }
+        Ok(jobs)
+    }
+
+    pub(super) fn import_jobs(&mut self, jobs: Vec<MigratedJob>) -> StoreResult<u64> {
+        let now = self.now();
+        let mut tx = self.tx();
+        let mut seen = HashSet::with_capacity(jobs.len());
+        let mut new = 0;
+        for MigratedJob {
+            job,
+            chat_id,
+            backoff_interval_ms,
+        } in jobs
+        {
+            if !seen.insert(job.id.clone()) || self.job(&job.id)?.is_some() {
+                continue;
+            }
+            let imported = Job {
+                id: job.id,
+                account: job.account,
+                provider: job.provider,
+                state: imported_state(job.state),
+                attempts: job.attempts,
+                deadline: job.deadline,
+                next_attempt_at: job.next_attempt_at,
+                backoff_interval_ms,
+                lease_token: 0,
+                lease_expires_at: None,
+                last_error: job.last_error,
+                created_at: job.created_at,
+                updated_at: job.updated_at,
+                message_id: job.message_id,
+                media_id: job.media_id,
+                message_at: job.message_at,
+                chat_id,
+                payload: job.payload,
+                woken: false,
+                ready: false,
+            };
+            self.put_job(&mut tx, None, imported, now)?;
+            new += 1;
+        }
+        self.commit(tx)?;
+        Ok(new)
+    }
+
     pub(super) fn ping(&self) -> StoreResult<()> {
         self.ks.meta.get("format")?;
         Ok(())
@@ -482,8 +557,6 @@ fn requeueable(state: JobState) -> bool {
 
 /// A job counter's key after its tag: the account and the state name.
 fn split_counter(rest: &[u8]) -> Option<(String, String)> {
-    let len = usize::try_from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)).ok()?;
-    let account = std::str::from_utf8(rest.get(4..4 + len)?).ok()?;
-    let state = std::str::from_utf8(rest.get(4 + len..)?).ok()?;
-    Some((account.to_owned(), state.to_owned()))
+    let (parts, state) = split(rest, 1)?;
+    Some((parts[0].to_owned(), state.to_owned()))
 }

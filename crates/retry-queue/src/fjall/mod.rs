@@ -93,8 +93,8 @@ use crate::erasure::{
 };
 use crate::outbox::{Claimed, Delivery, DeliveryFilter, Outbox, Retried, Route};
 use crate::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueError, QueueStats,
-    RetryPolicy,
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, MigratedJob, QueueError,
+    QueueStats, RetryPolicy,
 };
 
 /// How a command's reply is sent once its group is durable (or not).
@@ -326,6 +326,20 @@ impl JobQueue for FjallQueue {
         self.call(|store| store.ping()).await
     }
 
+    async fn export_jobs(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MigratedJob>, QueueError> {
+        let after = after.map(str::to_owned);
+        self.call(move |store| store.export_jobs(after.as_deref(), limit))
+            .await
+    }
+
+    async fn import_jobs(&self, jobs: Vec<MigratedJob>) -> Result<u64, QueueError> {
+        self.call(move |store| store.import_jobs(jobs)).await
+    }
+
     fn outbox(&self) -> Option<&dyn Outbox> {
         Some(self)
     }
@@ -454,5 +468,19 @@ impl Erasures for FjallQueue {
         let store_id = store_id.to_owned();
         self.call(move |store| store.unfinished_blob_erasures(&store_id))
             .await
+    }
+
+    async fn export_refs(
+        &self,
+        after: Option<&BlobRef>,
+        limit: usize,
+    ) -> Result<Vec<BlobRef>, QueueError> {
+        let after = after.cloned();
+        self.call(move |store| store.export_refs(after.as_ref(), limit))
+            .await
+    }
+
+    async fn complete_indexes(&self) -> Result<Vec<String>, QueueError> {
+        self.call(|store| store.complete_indexes()).await
     }
 }

@@ -438,7 +438,8 @@ impl Store {
 
     /// Writes `new` in place of `old` (`None`: a new job), with every
     /// index entry and counter that follows from the change, and, for a
-    /// move into done or dead, the deliveries of the matching routes.
+    /// stored job's move into done or dead, the deliveries of the matching
+    /// routes.
     pub(super) fn put_job(
         &self,
         tx: &mut Tx,
@@ -484,15 +485,18 @@ impl Store {
             before.pending_age.take(),
             after.pending_age,
         );
-        let old_state = old.map(|job| job.state);
-        if old_state != Some(new.state) {
-            if let Some(old) = old {
+        match old {
+            // A stored job's transition: the outbox trigger fires.
+            Some(old) if old.state != new.state => {
                 tx.count(job_counter(&old.account, old.state), -1);
+                tx.count(job_counter(&new.account, new.state), 1);
+                if let Some(event) = notify_event(new.state) {
+                    self.notify(tx, &new, event)?;
+                }
             }
-            tx.count(job_counter(&new.account, new.state), 1);
-            if let Some(event) = notify_event(new.state) {
-                self.notify(tx, &new, event)?;
-            }
+            Some(_) => {}
+            // A new job (enqueued, or imported as it was elsewhere).
+            None => tx.count(job_counter(&new.account, new.state), 1),
         }
         tx.insert(&self.ks.jobs, new.id.as_bytes().to_vec(), encode(&new));
         Ok(())

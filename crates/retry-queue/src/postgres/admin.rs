@@ -8,8 +8,8 @@ use sqlx::Row;
 
 use super::row::{db, read_job};
 use super::{PgQueue, stopped};
-use crate::backend::{COLUMNS, millis};
-use crate::{JobFilter, JobRecord, QueueError, QueueStats};
+use crate::backend::{COLUMNS, imported_state, millis};
+use crate::{JobFilter, JobRecord, MigratedJob, QueueError, QueueStats};
 
 pub(super) async fn get(queue: &PgQueue, job_id: &str) -> Result<Option<JobRecord>, QueueError> {
     let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1");
@@ -174,4 +174,72 @@ pub(super) async fn ping(queue: &PgQueue) -> Result<(), QueueError> {
         return Err(stopped());
     }
     Ok(())
+}
+
+pub(super) async fn export_jobs(
+    queue: &PgQueue,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<MigratedJob>, QueueError> {
+    let sql = format!(
+        "SELECT {COLUMNS}, chat_id, backoff_interval_ms FROM jobs
+         WHERE $1::TEXT IS NULL OR id > $1 ORDER BY id LIMIT $2"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&queue.pool)
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|row| {
+            Ok(MigratedJob {
+                job: read_job(row)?.0,
+                chat_id: row.try_get("chat_id").map_err(db)?,
+                backoff_interval_ms: row.try_get("backoff_interval_ms").map_err(db)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn import_jobs(queue: &PgQueue, jobs: &[MigratedJob]) -> Result<u64, QueueError> {
+    let mut tx = queue.pool.begin().await.map_err(db)?;
+    let mut new = 0;
+    for MigratedJob {
+        job,
+        chat_id,
+        backoff_interval_ms,
+    } in jobs
+    {
+        let attempts = i32::try_from(job.attempts).unwrap_or(i32::MAX);
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, account, provider, state, attempts, deadline,
+                next_attempt_at, backoff_interval_ms, last_error, created_at, updated_at,
+                message_id, media_id, message_at, payload, chat_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&job.id)
+        .bind(&job.account)
+        .bind(job.provider.as_str())
+        .bind(imported_state(job.state).as_str())
+        .bind(attempts)
+        .bind(job.deadline)
+        .bind(job.next_attempt_at)
+        .bind(backoff_interval_ms)
+        .bind(&job.last_error)
+        .bind(job.created_at)
+        .bind(job.updated_at)
+        .bind(&job.message_id)
+        .bind(&job.media_id)
+        .bind(job.message_at)
+        .bind(job.payload.to_string())
+        .bind(chat_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        new += inserted.rows_affected();
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(new)
 }

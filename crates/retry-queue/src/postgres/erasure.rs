@@ -354,6 +354,47 @@ impl Erasures for PgQueue {
             .await
             .map_err(db)
     }
+
+    async fn export_refs(
+        &self,
+        after: Option<&BlobRef>,
+        limit: usize,
+    ) -> Result<Vec<BlobRef>, QueueError> {
+        let part = |f: fn(&BlobRef) -> &str| after.map(f);
+        let rows = sqlx::query(
+            "SELECT store, blob_key, account, message_id, chat_id, message_at FROM blob_refs
+             WHERE $1::TEXT IS NULL
+                OR (store, account, message_id, blob_key) > ($1, $2::TEXT, $3::TEXT, $4::TEXT)
+             ORDER BY store, account, message_id, blob_key LIMIT $5",
+        )
+        .bind(part(|r| &r.store))
+        .bind(part(|r| &r.account))
+        .bind(part(|r| &r.message_id))
+        .bind(part(|r| &r.blob_key))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok(BlobRef {
+                    store: row.try_get("store").map_err(db)?,
+                    blob_key: row.try_get("blob_key").map_err(db)?,
+                    account: row.try_get("account").map_err(db)?,
+                    message_id: row.try_get("message_id").map_err(db)?,
+                    chat_id: row.try_get("chat_id").map_err(db)?,
+                    message_at: row.try_get("message_at").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn complete_indexes(&self) -> Result<Vec<String>, QueueError> {
+        sqlx::query_scalar("SELECT store FROM blob_index_complete ORDER BY store")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
+    }
 }
 
 fn lost(lease: &Lease) -> QueueError {

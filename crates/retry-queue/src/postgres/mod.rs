@@ -66,8 +66,8 @@ pub use self::options::{PgConfig, PgOptions};
 use self::schema::{create_schema, migrate};
 use crate::backend::CHANNEL_CAPACITY;
 use crate::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueError, QueueStats,
-    RetryPolicy,
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, MigratedJob, QueueError,
+    QueueStats, RetryPolicy,
 };
 
 /// Batching tasks: while one commits, the next gathers the following group.
@@ -231,6 +231,18 @@ impl JobQueue for PgQueue {
 
     async fn ping(&self) -> Result<(), QueueError> {
         admin::ping(self).await
+    }
+
+    async fn export_jobs(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MigratedJob>, QueueError> {
+        admin::export_jobs(self, after, limit).await
+    }
+
+    async fn import_jobs(&self, jobs: Vec<MigratedJob>) -> Result<u64, QueueError> {
+        admin::import_jobs(self, &jobs).await
     }
 
     fn outbox(&self) -> Option<&dyn crate::Outbox> {

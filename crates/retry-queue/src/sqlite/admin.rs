@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use archiver_core::JobState;
 use rusqlite::types::Value;
-use rusqlite::{OptionalExtension, params, params_from_iter};
+use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::row::read_job;
 use super::thread::{Store, StoreResult};
-use crate::backend::{COLUMNS, millis};
-use crate::{JobFilter, JobRecord, QueueStats};
+use crate::backend::{COLUMNS, imported_state, millis};
+use crate::{JobFilter, JobRecord, MigratedJob, QueueStats};
 
 impl Store {
     pub(super) fn get(&mut self, job_id: &str) -> StoreResult<Option<JobRecord>> {
@@ -97,6 +97,82 @@ impl Store {
         stats.at_risk = at_risk.max(0).unsigned_abs();
         tx.commit()?;
         Ok(stats)
+    }
+
+    pub(super) fn export_jobs(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<MigratedJob>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let jobs = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS}, chat_id, backoff_interval_ms FROM jobs
+                 WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"
+            ))?
+            .query_map(params![after, limit], |row| {
+                Ok(MigratedJob {
+                    job: read_job(row)?.job,
+                    chat_id: row.get(15)?,
+                    backoff_interval_ms: row.get(16)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(jobs)
+    }
+
+    pub(super) fn import_jobs(&mut self, jobs: &[MigratedJob]) -> StoreResult<u64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut new = 0;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (id, account, provider, state, attempts, deadline,
+                    next_attempt_at, backoff_interval_ms, last_error, created_at, updated_at,
+                    message_id, media_id, message_at, payload, chat_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                 ON CONFLICT (id) DO NOTHING",
+            )?;
+            // Inserts are counted by the writer, not by a trigger (schema v3).
+            let mut count = tx.prepare_cached(
+                "INSERT INTO job_counts (account, state, n) VALUES (?1, ?2, 1)
+                 ON CONFLICT (account, state) DO UPDATE SET n = n + 1",
+            )?;
+            for MigratedJob {
+                job,
+                chat_id,
+                backoff_interval_ms,
+            } in jobs
+            {
+                let state = imported_state(job.state).as_str();
+                let inserted = insert.execute(params![
+                    job.id,
+                    job.account,
+                    job.provider.as_str(),
+                    state,
+                    job.attempts,
+                    job.deadline,
+                    job.next_attempt_at,
+                    backoff_interval_ms,
+                    job.last_error,
+                    job.created_at,
+                    job.updated_at,
+                    job.message_id,
+                    job.media_id,
+                    job.message_at,
+                    job.payload.to_string(),
+                    chat_id,
+                ])?;
+                if inserted > 0 {
+                    count.execute(params![job.account, state])?;
+                    new += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(new)
     }
 
     pub(super) fn ping(&mut self) -> StoreResult<()> {

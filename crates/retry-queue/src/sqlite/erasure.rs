@@ -257,6 +257,43 @@ impl Store {
         Ok(())
     }
 
+    pub(super) fn export_refs(
+        &mut self,
+        after: Option<&BlobRef>,
+        limit: usize,
+    ) -> StoreResult<Vec<BlobRef>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let part = |f: fn(&BlobRef) -> &str| after.map(f);
+        let (store, account, message_id, blob_key) = (
+            part(|r| &r.store),
+            part(|r| &r.account),
+            part(|r| &r.message_id),
+            part(|r| &r.blob_key),
+        );
+        let refs = self
+            .conn
+            .prepare_cached(
+                "SELECT store, blob_key, account, message_id, chat_id, message_at FROM blob_refs
+                 WHERE ?1 IS NULL OR (store, account, message_id, blob_key) > (?1, ?2, ?3, ?4)
+                 ORDER BY store, account, message_id, blob_key LIMIT ?5",
+            )?
+            .query_map(
+                params![store, account, message_id, blob_key, limit],
+                read_ref,
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(refs)
+    }
+
+    pub(super) fn complete_indexes(&mut self) -> StoreResult<Vec<String>> {
+        let stores = self
+            .conn
+            .prepare_cached("SELECT store FROM blob_index_complete ORDER BY store")?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(stores)
+    }
+
     pub(super) fn unfinished_blob_erasures(&mut self, store: &str) -> StoreResult<Vec<String>> {
         let blobs = self
             .conn
@@ -295,6 +332,17 @@ fn take_over_or_refuse(
         }
         .into()),
     }
+}
+
+fn read_ref(row: &rusqlite::Row<'_>) -> rusqlite::Result<BlobRef> {
+    Ok(BlobRef {
+        store: row.get(0)?,
+        blob_key: row.get(1)?,
+        account: row.get(2)?,
+        message_id: row.get(3)?,
+        chat_id: row.get(4)?,
+        message_at: row.get(5)?,
+    })
 }
 
 fn insert_ref(tx: &Transaction<'_>, blob: &BlobRef) -> StoreResult<()> {

@@ -53,8 +53,8 @@ use crate::erasure::{
 };
 use crate::outbox::{Claimed, Delivery, DeliveryFilter, Outbox, Retried, Route};
 use crate::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, QueueError, QueueStats,
-    RetryPolicy,
+    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, MigratedJob, QueueError,
+    QueueStats, RetryPolicy,
 };
 
 /// The SQLite [`JobQueue`]: embedded, one process, one file (plus its WAL).
@@ -276,6 +276,20 @@ impl JobQueue for SqliteQueue {
         self.call(|store| store.ping()).await
     }
 
+    async fn export_jobs(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MigratedJob>, QueueError> {
+        let after = after.map(str::to_owned);
+        self.call(move |store| store.export_jobs(after.as_deref(), limit))
+            .await
+    }
+
+    async fn import_jobs(&self, jobs: Vec<MigratedJob>) -> Result<u64, QueueError> {
+        self.call(move |store| store.import_jobs(&jobs)).await
+    }
+
     fn outbox(&self) -> Option<&dyn Outbox> {
         Some(self)
     }
@@ -352,6 +366,20 @@ impl Erasures for SqliteQueue {
         let store_id = store_id.to_owned();
         self.call(move |store| store.unfinished_blob_erasures(&store_id))
             .await
+    }
+
+    async fn export_refs(
+        &self,
+        after: Option<&BlobRef>,
+        limit: usize,
+    ) -> Result<Vec<BlobRef>, QueueError> {
+        let after = after.cloned();
+        self.call(move |store| store.export_refs(after.as_ref(), limit))
+            .await
+    }
+
+    async fn complete_indexes(&self) -> Result<Vec<String>, QueueError> {
+        self.call(Store::complete_indexes).await
     }
 }
 
