@@ -20,3 +20,22 @@ fn fjall_backend() -> impl QueueFactory {
 }
 
 retry_queue::conformance_suite!(fjall_backend);
+
+/// The directory is one process's: a second open is refused with a
+/// message that says why, and the first queue keeps working.
+#[tokio::test]
+async fn a_second_open_of_the_same_directory_is_refused_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = FjallOptions::at(dir.path().join("queue"));
+    let clock = Arc::new(archiver_core::SystemClock);
+    let first = FjallQueue::open(&options, retry_queue::RetryPolicy::default(), clock.clone())
+        .expect("first open");
+    let second = FjallQueue::open(&options, retry_queue::RetryPolicy::default(), clock)
+        .expect_err("a second open of a locked directory");
+    let message = second.to_string();
+    assert!(
+        message.contains("locked by another process") && message.contains("queue"),
+        "{message}"
+    );
+    first.ping().await.expect("the first queue still answers");
+}

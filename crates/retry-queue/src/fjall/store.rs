@@ -329,7 +329,15 @@ impl Store {
         let db = Database::builder(path)
             .cache_size(CACHE_BYTES)
             .max_journaling_size(JOURNAL_BYTES)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                ::fjall::Error::Locked => QueueError::Unavailable(
+                    "locked by another process (a daemon running on this queue? \
+                     a fjall queue is opened by one process at a time)"
+                        .to_owned(),
+                ),
+                other => other.into(),
+            })?;
         let ks = Spaces::open(&db)?;
         match ks.meta.get("format")? {
             None => {

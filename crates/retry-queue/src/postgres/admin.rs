@@ -181,9 +181,15 @@ pub(super) async fn export_jobs(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<MigratedJob>, QueueError> {
+    // Two statements, so that each page is a seek on the primary key.
+    let after_clause = if after.is_some() {
+        "WHERE id > $1"
+    } else {
+        "WHERE $1::TEXT IS NULL"
+    };
     let sql = format!(
         "SELECT {COLUMNS}, chat_id, backoff_interval_ms FROM jobs
-         WHERE $1::TEXT IS NULL OR id > $1 ORDER BY id LIMIT $2"
+         {after_clause} ORDER BY id LIMIT $2"
     );
     let rows = sqlx::query(&sql)
         .bind(after)

@@ -361,20 +361,25 @@ impl Erasures for PgQueue {
         limit: usize,
     ) -> Result<Vec<BlobRef>, QueueError> {
         let part = |f: fn(&BlobRef) -> &str| after.map(f);
-        let rows = sqlx::query(
+        // Two statements, so that each page is a seek on the primary key.
+        let after_clause = if after.is_some() {
+            "WHERE (store, account, message_id, blob_key) > ($1, $2::TEXT, $3::TEXT, $4::TEXT)"
+        } else {
+            "WHERE $1::TEXT IS NULL AND $2::TEXT IS NULL AND $3::TEXT IS NULL AND $4::TEXT IS NULL"
+        };
+        let sql = format!(
             "SELECT store, blob_key, account, message_id, chat_id, message_at FROM blob_refs
-             WHERE $1::TEXT IS NULL
-                OR (store, account, message_id, blob_key) > ($1, $2::TEXT, $3::TEXT, $4::TEXT)
-             ORDER BY store, account, message_id, blob_key LIMIT $5",
-        )
-        .bind(part(|r| &r.store))
-        .bind(part(|r| &r.account))
-        .bind(part(|r| &r.message_id))
-        .bind(part(|r| &r.blob_key))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+             {after_clause} ORDER BY store, account, message_id, blob_key LIMIT $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(part(|r| &r.store))
+            .bind(part(|r| &r.account))
+            .bind(part(|r| &r.message_id))
+            .bind(part(|r| &r.blob_key))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         rows.iter()
             .map(|row| {
                 Ok(BlobRef {

@@ -105,11 +105,18 @@ impl Store {
         limit: usize,
     ) -> StoreResult<Vec<MigratedJob>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Two statements, so that each page is a seek on the primary key
+        // (an `OR` would make it a scan).
+        let after_clause = if after.is_some() {
+            "WHERE id > ?1"
+        } else {
+            "WHERE ?1 IS NULL"
+        };
         let jobs = self
             .conn
             .prepare_cached(&format!(
                 "SELECT {COLUMNS}, chat_id, backoff_interval_ms FROM jobs
-                 WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"
+                 {after_clause} ORDER BY id LIMIT ?2"
             ))?
             .query_map(params![after, limit], |row| {
                 Ok(MigratedJob {

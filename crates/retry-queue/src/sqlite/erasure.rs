@@ -270,13 +270,18 @@ impl Store {
             part(|r| &r.message_id),
             part(|r| &r.blob_key),
         );
+        // Two statements, so that each page is a seek on the primary key.
+        let after_clause = if after.is_some() {
+            "WHERE (store, account, message_id, blob_key) > (?1, ?2, ?3, ?4)"
+        } else {
+            "WHERE ?1 IS NULL AND ?2 IS NULL AND ?3 IS NULL AND ?4 IS NULL"
+        };
         let refs = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT store, blob_key, account, message_id, chat_id, message_at FROM blob_refs
-                 WHERE ?1 IS NULL OR (store, account, message_id, blob_key) > (?1, ?2, ?3, ?4)
-                 ORDER BY store, account, message_id, blob_key LIMIT ?5",
-            )?
+                 {after_clause} ORDER BY store, account, message_id, blob_key LIMIT ?5"
+            ))?
             .query_map(
                 params![store, account, message_id, blob_key, limit],
                 read_ref,
