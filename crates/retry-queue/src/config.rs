@@ -18,6 +18,9 @@ use serde::Deserialize;
 
 use crate::{FjallOptions, PgConfig, PgOptions};
 
+/// The shortest `done_retention` accepted.
+const MIN_DONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 /// `[queue]`, as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "QueueSection")]
@@ -63,6 +66,12 @@ impl QueueConfig {
     pub fn validate(&self) -> Result<QueueSettings, Vec<String>> {
         match self {
             QueueConfig::Sqlite { path } => Ok(QueueSettings::Sqlite { path: path.clone() }),
+            QueueConfig::Fjall(options) if options.done_retention < MIN_DONE_RETENTION => {
+                Err(vec![format!(
+                    "queue.done_retention: must be at least 1d (providers redeliver webhooks \
+                     for days; a job deleted sooner would be archived again)"
+                )])
+            }
             QueueConfig::Fjall(options) => Ok(QueueSettings::Fjall(options.clone())),
             QueueConfig::Postgres(pg) => pg.validate().map(QueueSettings::Postgres),
         }
@@ -168,6 +177,12 @@ mod tests {
         };
         assert_eq!(options.path, PathBuf::from("/var/lib/q"));
         assert_eq!(options.done_retention, Duration::from_secs(7 * 24 * 3600));
+        let short = parse(r#"{"backend": "fjall", "done_retention": "1h"}"#).unwrap();
+        let problems = short.validate().unwrap_err();
+        assert!(
+            problems[0].starts_with("queue.done_retention: must be at least 1d"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -109,6 +109,7 @@ macro_rules! conformance_suite {
             a_delivery_past_its_deadline_is_reported_dead_by_the_claim,
             concurrent_claims_take_disjoint_deliveries,
             a_removed_target_s_pending_deliveries_are_given_up,
+            overlapping_routes_of_one_target_make_one_delivery,
             an_erasure_takes_a_chat_s_messages_and_keeps_blobs_other_chats_name,
             an_erasure_is_refused_while_a_matching_job_is_leased,
             a_blob_being_erased_is_not_recorded_until_the_erasure_is_over,
@@ -1368,6 +1369,46 @@ async fn claim_all(f: &Fixture, target: &str, hold_ms: i64) -> Claimed {
         )
         .await
         .expect("claim")
+}
+
+/// A target with a route for every account and one for the job's own
+/// account is told once: one delivery, counted once as pending, gone from
+/// the count once delivered. Deliveries made at the same instant are
+/// listed by id.
+pub async fn overlapping_routes_of_one_target_make_one_delivery(factory: impl QueueFactory) {
+    let f = start(&factory).await;
+    outbox(&f)
+        .set_routes(&[
+            route("crm", NotifyEvent::Archived, None, DAY),
+            route("crm", NotifyEvent::Archived, Some("acme"), DAY),
+            route("audit", NotifyEvent::Archived, None, DAY),
+        ])
+        .await
+        .expect("set routes");
+    f.enqueue(vec![job("a")]).await;
+    let lease = f.lease_one(&job("a").id).await;
+    f.queue.complete(&lease).await.expect("complete");
+    let made = deliveries(&f).await;
+    assert_eq!(
+        made.keys().collect::<Vec<_>>(),
+        ["audit:acme:a:media.archived", "crm:acme:a:media.archived"]
+    );
+    let pending = outbox(&f).pending_deliveries().await.expect("pending");
+    assert_eq!(pending.get("crm"), Some(&1), "{pending:?}");
+    let first = outbox(&f)
+        .list_deliveries(&DeliveryFilter {
+            limit: 1,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(first[0].id, "audit:acme:a:media.archived", "ties by id");
+
+    let claimed = claim(&f, "crm", 60 * SEC).await;
+    assert_eq!(claimed.len(), 1);
+    outbox(&f).delivered(&claimed[0]).await.expect("delivered");
+    let pending = outbox(&f).pending_deliveries().await.expect("pending");
+    assert_eq!(pending.get("crm"), None, "{pending:?}");
 }
 
 /// A job that becomes `done` or `dead` commits, with that transition, one

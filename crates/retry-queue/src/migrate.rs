@@ -9,7 +9,9 @@
 //! ends with every job of the source in the target, once. The blob index
 //! follows the same way, and a store's "index complete" mark is copied
 //! last, so that a target never believes an index complete that was
-//! copied only in part. Pending events to the user's app are not copied:
+//! copied only in part. An erasure that has not finished deleting its
+//! blobs stops the copy before it starts (its marks, the only record of
+//! those blobs, are not copied). Pending events to the user's app are not copied:
 //! the source's daemon should deliver them before it is stopped (the
 //! summary counts any left).
 
@@ -41,6 +43,21 @@ pub async fn migrate(
     to: &dyn JobQueue,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Migrated, QueueError> {
+    if let Some(source) = from.erasures() {
+        // A mark names a blob whose refs are already gone: only the mark
+        // remembers to delete it, and marks are not copied.
+        for store in source.complete_indexes().await? {
+            let unfinished = source.unfinished_blob_erasures(&store).await?;
+            if !unfinished.is_empty() {
+                return Err(QueueError::Config(format!(
+                    "an erasure in store {store} has not finished deleting {} blob(s); \
+                     run `media-archiver erase` on the source once more (it deletes them \
+                     first), then migrate",
+                    unfinished.len()
+                )));
+            }
+        }
+    }
     let mut done = Migrated::default();
     let mut after: Option<String> = None;
     loop {

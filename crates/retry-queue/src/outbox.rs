@@ -341,6 +341,27 @@ impl Delivery {
     }
 }
 
+/// The routes as stored: a target's route of an event for every account
+/// makes its routes of that event for single accounts redundant, and they
+/// are dropped (as are exact repeats), so that no job ever matches two
+/// routes of one target and event: one transition, one delivery.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "fjall"))]
+pub(crate) fn distinct_routes(routes: &[Route]) -> Vec<Route> {
+    let mut kept: Vec<Route> = Vec::with_capacity(routes.len());
+    for route in routes {
+        let covered = routes.iter().any(|other| {
+            other.target == route.target && other.event == route.event && other.account.is_none()
+        }) && route.account.is_some();
+        let repeated = kept.iter().any(|k| {
+            k.target == route.target && k.event == route.event && k.account == route.account
+        });
+        if !covered && !repeated {
+            kept.push(route.clone());
+        }
+    }
+    kept
+}
+
 /// The stored account of a route (`'*'`: every account; account names
 /// never contain it).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -39,3 +39,38 @@ async fn a_second_open_of_the_same_directory_is_refused_and_says_why() {
     );
     first.ping().await.expect("the first queue still answers");
 }
+
+/// `retry_all` of pending jobs, more of them than one internal chunk:
+/// each job is requeued once and the call returns (a requeued pending job
+/// stays pending, under a new key ahead of the scan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_all_of_many_pending_jobs_returns() {
+    use retry_queue::conformance::{T0, job};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(archiver_core::ManualClock::new(T0));
+    let queue = FjallQueue::open(
+        &FjallOptions::at(dir.path().join("queue")),
+        retry_queue::RetryPolicy::default(),
+        clock.clone(),
+    )
+    .unwrap();
+    const JOBS: usize = 12_345;
+    for chunk in (0..JOBS).collect::<Vec<_>>().chunks(1000) {
+        let specs = chunk.iter().map(|i| job(&format!("j{i:05}"))).collect();
+        queue.enqueue(specs).await.unwrap();
+    }
+    clock.advance(std::time::Duration::from_secs(1));
+    let requeued = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        queue.retry_all(retry_queue::JobState::Pending),
+    )
+    .await
+    .expect("retry_all returns")
+    .unwrap();
+    assert!(
+        (JOBS as u64..=2 * JOBS as u64).contains(&requeued),
+        "each job requeued, at most once more: {requeued}"
+    );
+    let stats = queue.stats(std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(stats.by_state["pending"], JOBS as u64);
+}

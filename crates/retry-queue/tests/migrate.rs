@@ -296,3 +296,53 @@ async fn an_interrupted_copy_is_finished_by_running_it_again() {
         "the counters count each job once: {stats:?}"
     );
 }
+
+/// An erasure that has not finished deleting its blobs (it died between
+/// its commit and the deletes) stops a copy before anything is copied:
+/// its marks are the only record of those blobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_erasure_stops_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let source = fjall(&dir.path().join("source"), &clock);
+    fill(source.as_ref()).await;
+    let erasures = source.erasures().unwrap();
+    let done = job("done");
+    let committed = erasures
+        .commit_erasure(
+            "fs:/archive",
+            &done.account,
+            &[retry_queue::ErasedMessage {
+                message_id: done.message_id.clone(),
+                message_at: done.message_at,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(committed.blobs_to_delete.len(), 2);
+
+    let target = fjall(&dir.path().join("target"), &clock);
+    let refused = migrate(source.as_ref(), target.as_ref(), &mut |_| {})
+        .await
+        .expect_err("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("has not finished deleting 2 blob(s)"),
+        "{refused}"
+    );
+    assert!(
+        everything(target.as_ref()).await.is_empty(),
+        "nothing copied"
+    );
+
+    for blob in committed.blobs_to_delete {
+        erasures
+            .end_blob_erasure("fs:/archive", &blob)
+            .await
+            .unwrap();
+    }
+    migrate(source.as_ref(), target.as_ref(), &mut |_| {})
+        .await
+        .unwrap();
+}

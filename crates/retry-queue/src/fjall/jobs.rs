@@ -164,7 +164,13 @@ impl Store {
         let start = Key::new().tag(tag).prefix();
         let end = Key::new().tag(tag).time(horizon).prefix();
         let mut tx = self.tx();
-        for entry in self.ks.by_state.range(start..end).take(MAX_PURGE) {
+        let mut purged = 0;
+        // Bounded apart from the deletions, so that old jobs whose events
+        // are still pending neither stall the purge nor make it unbounded.
+        for entry in self.ks.by_state.range(start..end).take(4 * MAX_PURGE) {
+            if purged >= MAX_PURGE {
+                break;
+            }
             let key = entry.key()?;
             let Some(id) = id_after(&key, 9) else {
                 continue;
@@ -178,6 +184,7 @@ impl Store {
                 self.delete_delivery(&mut tx, delivery);
             }
             self.delete_job(&mut tx, &job);
+            purged += 1;
         }
         self.commit(tx)
     }
@@ -420,29 +427,35 @@ impl Store {
             return Ok(0);
         }
         let now = self.now();
+        let tag = state_tag(state);
+        let end = Bound::Excluded(vec![tag + 1]);
+        // Chunks resume after the last key done: a requeued pending job
+        // gets a new key (`updated_at` = now) ahead of the cursor, met
+        // once more at most, and then unchanged.
+        let mut cursor = Bound::Included(vec![tag]);
         let mut requeued = 0;
         loop {
             let mut tx = self.tx();
-            let mut n = 0;
+            let mut last = None;
             for entry in self
                 .ks
                 .by_state
-                .prefix([state_tag(state)])
+                .range::<Vec<u8>, _>((cursor.clone(), end.clone()))
                 .take(RETRY_ALL_CHUNK)
             {
                 let key = entry.key()?;
-                let Some(old) = self.indexed_job(&key, 9)? else {
-                    continue;
-                };
-                let mut job = old.clone();
-                job.requeue(now);
-                self.put_job(&mut tx, Some(&old), job, now)?;
-                n += 1;
+                if let Some(old) = self.indexed_job(&key, 9)? {
+                    let mut job = old.clone();
+                    job.requeue(now);
+                    self.put_job(&mut tx, Some(&old), job, now)?;
+                    requeued += 1;
+                }
+                last = Some(key.to_vec());
             }
             self.commit(tx)?;
-            requeued += n;
-            if n < RETRY_ALL_CHUNK as u64 {
-                return Ok(requeued);
+            match last {
+                Some(key) => cursor = Bound::Excluded(key),
+                None => return Ok(requeued),
             }
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use archiver_core::ErrorClass;
 
-use super::keys::{Key, id_after};
+use super::keys::{Key, id_after, time_at};
 use super::store::{
     DeliveryKeys, PENDING_COUNTERS, Store, StoreResult, StoredDelivery, StoredRoute, Tx,
     pending_counter,
@@ -14,7 +14,7 @@ use super::store::{
 use crate::backend::millis;
 use crate::outbox::{
     Claimed, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryState, MAX_CLAIM_BATCH, Retried,
-    Route, TARGET_REMOVED,
+    Route, TARGET_REMOVED, distinct_routes,
 };
 use crate::retry::{self, Stored};
 use crate::{Disposition, QueueError};
@@ -23,7 +23,10 @@ impl Store {
     pub(super) fn set_routes(&mut self, routes: &[Route]) -> StoreResult<u64> {
         let now = self.now();
         let mut tx = self.tx();
-        let routes: Vec<StoredRoute> = routes.iter().map(StoredRoute::of).collect();
+        let routes: Vec<StoredRoute> = distinct_routes(routes)
+            .iter()
+            .map(StoredRoute::of)
+            .collect();
         let mut removed = 0;
         for (target, _) in self.pending_deliveries()? {
             if routes.iter().any(|r| r.target == target) {
@@ -41,8 +44,9 @@ impl Store {
                 removed += 1;
             }
         }
-        self.save_routes(&mut tx, routes);
+        self.save_routes(&mut tx, &routes);
         self.commit(tx)?;
+        self.routes = routes;
         Ok(removed)
     }
 
@@ -165,16 +169,24 @@ impl Store {
             found.truncate(limit);
             return Ok(found);
         }
+        // Newest first; within one `updated_at` (a claim stamps many at
+        // once) by id, as the SQL backends order them: the page is filled,
+        // then completed with the rest of its last instant, then sorted.
         for entry in self.ks.deliveries_updated.iter().rev() {
             let key = entry.key()?;
-            let delivery = self.indexed_delivery(&key, 8)?.delivery()?;
-            if matches(&delivery) {
-                found.push(delivery);
-                if found.len() >= limit {
+            if found.len() >= limit {
+                let last = found.last().map(|d: &Delivery| d.updated_at);
+                if time_at(&key, 0) != last {
                     break;
                 }
             }
+            let delivery = self.indexed_delivery(&key, 8)?.delivery()?;
+            if matches(&delivery) {
+                found.push(delivery);
+            }
         }
+        found.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(a.id.cmp(&b.id)));
+        found.truncate(limit);
         Ok(found)
     }
 

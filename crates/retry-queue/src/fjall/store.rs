@@ -545,6 +545,8 @@ impl Store {
     /// send of the old event still in flight is fenced off.
     fn notify(&self, tx: &mut Tx, job: &Job, event: NotifyEvent) -> StoreResult<()> {
         let at = job.updated_at;
+        // The stored routes never match a job twice for one target
+        // (`distinct_routes`).
         for route in &self.routes {
             if route.event != event.as_str()
                 || route.account.as_ref().is_some_and(|a| *a != job.account)
@@ -600,9 +602,10 @@ impl Store {
         tx.insert(&self.ks.deliveries, new.id.as_bytes().to_vec(), encode(new));
     }
 
-    pub(super) fn save_routes(&mut self, tx: &mut Tx, routes: Vec<StoredRoute>) {
+    /// Writes the routes into `tx`; [`Store::routes`] is the caller's to
+    /// set once `tx` is committed.
+    pub(super) fn save_routes(&self, tx: &mut Tx, routes: &[StoredRoute]) {
         tx.insert(&self.ks.meta, b"routes".to_vec(), encode(&routes));
-        self.routes = routes;
     }
 }
 

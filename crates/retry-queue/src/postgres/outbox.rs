@@ -14,7 +14,8 @@ use super::row::db;
 use crate::backend::millis;
 use crate::outbox::{
     Claimed, DELIVERY_COLUMNS, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryRow,
-    DeliveryState, MAX_CLAIM_BATCH, Outbox, Retried, Route, TARGET_REMOVED, route_account,
+    DeliveryState, MAX_CLAIM_BATCH, Outbox, Retried, Route, TARGET_REMOVED, distinct_routes,
+    route_account,
 };
 use crate::retry::{self, Stored};
 use crate::{Disposition, QueueError};
@@ -49,6 +50,7 @@ fn fence(claim: &Delivery) -> Result<i32, QueueError> {
 #[async_trait::async_trait]
 impl Outbox for PgQueue {
     async fn set_routes(&self, routes: &[Route]) -> Result<u64, QueueError> {
+        let routes = &distinct_routes(routes);
         let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(ROUTES_LOCK)

@@ -11,7 +11,7 @@ use super::thread::{Store, StoreResult};
 use crate::backend::millis;
 use crate::outbox::{
     Claimed, DELIVERY_COLUMNS, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryRow,
-    DeliveryState, MAX_CLAIM_BATCH, Retried, Route, TARGET_REMOVED, route_account,
+    DeliveryState, MAX_CLAIM_BATCH, Retried, Route, TARGET_REMOVED, distinct_routes, route_account,
 };
 use crate::retry::{self, Stored};
 use crate::{Disposition, QueueError};
@@ -42,6 +42,7 @@ fn deliveries(rows: Vec<DeliveryRow>) -> StoreResult<Vec<Delivery>> {
 
 impl Store {
     pub(super) fn set_routes(&mut self, routes: &[Route]) -> StoreResult<u64> {
+        let routes = &distinct_routes(routes);
         let now = self.now();
         let tx = self
             .conn
