@@ -347,18 +347,18 @@ impl Store {
             for id in ids {
                 jobs.extend(self.job(&id)?.filter(|job| matches(job)));
             }
-            jobs.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+            jobs.sort_by_key(|job| std::cmp::Reverse(job.updated_at));
             jobs.truncate(limit);
         } else if let Some(account) = &filter.account {
             let prefix = Key::new().text(account).prefix();
             for entry in self.ks.by_account.prefix(&prefix).rev() {
                 let key = entry.key()?;
-                if let Some(job) = self.indexed_job(&key, prefix.len() + 8)? {
-                    if matches(&job) {
-                        jobs.push(job);
-                        if jobs.len() >= limit {
-                            break;
-                        }
+                if let Some(job) = self.indexed_job(&key, prefix.len() + 8)?
+                    && matches(&job)
+                {
+                    jobs.push(job);
+                    if jobs.len() >= limit {
+                        break;
                     }
                 }
             }
@@ -378,7 +378,7 @@ impl Store {
                     }
                 }
             }
-            newest.sort_by(|a, b| b.0.cmp(&a.0));
+            newest.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
             for (_, id) in newest.into_iter().take(limit) {
                 jobs.extend(self.job(&id)?);
             }
@@ -464,10 +464,10 @@ impl Store {
         let now = self.now();
         let mut stats = QueueStats::empty();
         for (rest, n) in self.counters_with(JOB_COUNTERS) {
-            if n > 0 {
-                if let Some((account, state)) = split_counter(rest) {
-                    stats.add(account, state, n);
-                }
+            if n > 0
+                && let Some((account, state)) = split_counter(rest)
+            {
+                stats.add(account, state, n);
             }
         }
         if let Some(first) = self.ks.pending_age.first_key_value() {
