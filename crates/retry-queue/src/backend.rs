@@ -106,3 +106,313 @@ impl QueueStats {
             .or_default() += n;
     }
 }
+
+/// The trait impls of a backend whose every operation runs on the one
+/// thread that owns its `Store` (SQLite, fjall), written once: each method
+/// moves its arguments into a closure for the backend's `call`, which runs
+/// it on the thread and awaits the answer (sent once the commit is
+/// durable). The backend provides `call`, `enqueue_jobs` (each batches
+/// enqueues its own way), a `Held` with `Held::of(&Lease)`, and on its
+/// `Store` one method per operation, named after it.
+#[cfg(any(feature = "sqlite", feature = "fjall"))]
+macro_rules! thread_queue_impls {
+    ($queue:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::JobQueue for $queue {
+            async fn enqueue(
+                &self,
+                jobs: Vec<$crate::JobSpec>,
+            ) -> Result<Vec<$crate::Enqueued>, $crate::QueueError> {
+                if jobs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.enqueue_jobs(jobs).await
+            }
+
+            async fn lease(
+                &self,
+                max: usize,
+                lease_for: std::time::Duration,
+            ) -> Result<$crate::Leased, $crate::QueueError> {
+                if max == 0 {
+                    return Ok($crate::Leased::default());
+                }
+                self.call(move |store| store.lease(max, lease_for)).await
+            }
+
+            async fn renew(
+                &self,
+                lease: &$crate::Lease,
+                lease_for: std::time::Duration,
+            ) -> Result<$crate::UnixMillis, $crate::QueueError> {
+                let held = Held::of(lease);
+                self.call(move |store| store.renew(&held, lease_for)).await
+            }
+
+            async fn complete(&self, lease: &$crate::Lease) -> Result<(), $crate::QueueError> {
+                let held = Held::of(lease);
+                self.call(move |store| store.complete(&held)).await
+            }
+
+            async fn fail(
+                &self,
+                lease: &$crate::Lease,
+                class: $crate::ErrorClass,
+                error: &str,
+            ) -> Result<$crate::Disposition, $crate::QueueError> {
+                let (held, error) = (Held::of(lease), error.to_owned());
+                self.call(move |store| store.fail(&held, class, &error))
+                    .await
+            }
+
+            async fn park(
+                &self,
+                lease: &$crate::Lease,
+                until: $crate::UnixMillis,
+            ) -> Result<(), $crate::QueueError> {
+                let held = Held::of(lease);
+                self.call(move |store| store.park(&held, until)).await
+            }
+
+            async fn wake(
+                &self,
+                job_id: &str,
+                note: Option<&str>,
+            ) -> Result<bool, $crate::QueueError> {
+                let (id, note) = (job_id.to_owned(), note.map(str::to_owned));
+                self.call(move |store| store.wake(&id, note.as_deref()))
+                    .await
+            }
+
+            async fn release(&self, lease: &$crate::Lease) -> Result<(), $crate::QueueError> {
+                let held = Held::of(lease);
+                self.call(move |store| store.release(&held)).await
+            }
+
+            async fn get(
+                &self,
+                job_id: &str,
+            ) -> Result<Option<$crate::JobRecord>, $crate::QueueError> {
+                let id = job_id.to_owned();
+                self.call(move |store| store.get(&id)).await
+            }
+
+            async fn list(
+                &self,
+                filter: &$crate::JobFilter,
+            ) -> Result<Vec<$crate::JobRecord>, $crate::QueueError> {
+                let filter = filter.clone();
+                self.call(move |store| store.list(&filter)).await
+            }
+
+            async fn retry_now(&self, job_id: &str) -> Result<bool, $crate::QueueError> {
+                let id = job_id.to_owned();
+                self.call(move |store| store.retry_now(&id)).await
+            }
+
+            async fn retry_all(&self, state: $crate::JobState) -> Result<u64, $crate::QueueError> {
+                self.call(move |store| store.retry_all(state)).await
+            }
+
+            async fn stats(
+                &self,
+                at_risk_within: std::time::Duration,
+            ) -> Result<$crate::QueueStats, $crate::QueueError> {
+                self.call(move |store| store.stats(at_risk_within)).await
+            }
+
+            async fn ping(&self) -> Result<(), $crate::QueueError> {
+                self.call(|store| store.ping()).await
+            }
+
+            async fn export_jobs(
+                &self,
+                after: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<$crate::MigratedJob>, $crate::QueueError> {
+                let after = after.map(str::to_owned);
+                self.call(move |store| store.export_jobs(after.as_deref(), limit))
+                    .await
+            }
+
+            async fn import_jobs(
+                &self,
+                jobs: Vec<$crate::MigratedJob>,
+            ) -> Result<u64, $crate::QueueError> {
+                self.call(move |store| store.import_jobs(&jobs)).await
+            }
+
+            fn outbox(&self) -> Option<&dyn $crate::Outbox> {
+                Some(self)
+            }
+
+            fn erasures(&self) -> Option<&dyn $crate::Erasures> {
+                Some(self)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::Outbox for $queue {
+            async fn set_routes(
+                &self,
+                routes: &[$crate::Route],
+            ) -> Result<u64, $crate::QueueError> {
+                let routes = routes.to_vec();
+                self.call(move |store| store.set_routes(&routes)).await
+            }
+
+            async fn claim_deliveries(
+                &self,
+                target: &str,
+                max: usize,
+                hold: std::time::Duration,
+            ) -> Result<$crate::Claimed, $crate::QueueError> {
+                if max == 0 {
+                    return Ok($crate::Claimed::default());
+                }
+                let target = target.to_owned();
+                self.call(move |store| store.claim_deliveries(&target, max, hold))
+                    .await
+            }
+
+            async fn delivered(&self, claim: &$crate::Delivery) -> Result<(), $crate::QueueError> {
+                let claim = claim.clone();
+                self.call(move |store| store.delivered(&claim)).await
+            }
+
+            async fn delivery_failed(
+                &self,
+                claim: &$crate::Delivery,
+                class: $crate::ErrorClass,
+                error: &str,
+            ) -> Result<$crate::Disposition, $crate::QueueError> {
+                let (claim, error) = (claim.clone(), error.to_owned());
+                self.call(move |store| store.delivery_failed(&claim, class, &error))
+                    .await
+            }
+
+            async fn list_deliveries(
+                &self,
+                filter: &$crate::DeliveryFilter,
+            ) -> Result<Vec<$crate::Delivery>, $crate::QueueError> {
+                let filter = filter.clone();
+                self.call(move |store| store.list_deliveries(&filter)).await
+            }
+
+            async fn retry_delivery(
+                &self,
+                id: &str,
+            ) -> Result<$crate::Retried, $crate::QueueError> {
+                let id = id.to_owned();
+                self.call(move |store| store.retry_delivery(&id)).await
+            }
+
+            async fn pending_deliveries(
+                &self,
+            ) -> Result<std::collections::BTreeMap<String, u64>, $crate::QueueError> {
+                self.call(|store| store.pending_deliveries()).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::Erasures for $queue {
+            async fn record_ref(
+                &self,
+                lease: &$crate::Lease,
+                blob: &$crate::BlobRef,
+            ) -> Result<(), $crate::QueueError> {
+                let (held, blob) = (Held::of(lease), blob.clone());
+                self.call(move |store| store.record_ref(&held, &blob)).await
+            }
+
+            async fn restore_refs(
+                &self,
+                refs: &[$crate::BlobRef],
+            ) -> Result<(), $crate::QueueError> {
+                let refs = refs.to_vec();
+                self.call(move |store| store.restore_refs(&refs)).await
+            }
+
+            async fn index_complete(&self, store_id: &str) -> Result<bool, $crate::QueueError> {
+                let store_id = store_id.to_owned();
+                self.call(move |store| store.index_complete(&store_id))
+                    .await
+            }
+
+            async fn mark_index_complete(&self, store_id: &str) -> Result<(), $crate::QueueError> {
+                let store_id = store_id.to_owned();
+                self.call(move |store| store.mark_index_complete(&store_id))
+                    .await
+            }
+
+            async fn plan_erasure(
+                &self,
+                store_id: &str,
+                filter: &$crate::ErasureFilter,
+                dry_run: bool,
+            ) -> Result<Result<$crate::ErasurePlan, $crate::ErasureRefused>, $crate::QueueError>
+            {
+                let (store_id, filter) = (store_id.to_owned(), filter.clone());
+                self.call(move |store| store.plan_erasure(&store_id, &filter, dry_run))
+                    .await
+            }
+
+            async fn commit_erasure(
+                &self,
+                store_id: &str,
+                account: &str,
+                messages: &[$crate::ErasedMessage],
+            ) -> Result<$crate::CommittedErasure, $crate::QueueError> {
+                let (store_id, account, messages) =
+                    (store_id.to_owned(), account.to_owned(), messages.to_vec());
+                self.call(move |store| store.commit_erasure(&store_id, &account, &messages))
+                    .await
+            }
+
+            async fn confirm_blob_erasure(
+                &self,
+                store_id: &str,
+                blob_key: &str,
+            ) -> Result<bool, $crate::QueueError> {
+                let (store_id, blob_key) = (store_id.to_owned(), blob_key.to_owned());
+                self.call(move |store| store.confirm_blob_erasure(&store_id, &blob_key))
+                    .await
+            }
+
+            async fn end_blob_erasure(
+                &self,
+                store_id: &str,
+                blob_key: &str,
+            ) -> Result<(), $crate::QueueError> {
+                let (store_id, blob_key) = (store_id.to_owned(), blob_key.to_owned());
+                self.call(move |store| store.end_blob_erasure(&store_id, &blob_key))
+                    .await
+            }
+
+            async fn unfinished_blob_erasures(
+                &self,
+                store_id: &str,
+            ) -> Result<Vec<String>, $crate::QueueError> {
+                let store_id = store_id.to_owned();
+                self.call(move |store| store.unfinished_blob_erasures(&store_id))
+                    .await
+            }
+
+            async fn export_refs(
+                &self,
+                after: Option<&$crate::BlobRef>,
+                limit: usize,
+            ) -> Result<Vec<$crate::BlobRef>, $crate::QueueError> {
+                let after = after.cloned();
+                self.call(move |store| store.export_refs(after.as_ref(), limit))
+                    .await
+            }
+
+            async fn complete_indexes(&self) -> Result<Vec<String>, $crate::QueueError> {
+                self.call(|store| store.complete_indexes()).await
+            }
+        }
+    };
+}
+#[cfg(any(feature = "sqlite", feature = "fjall"))]
+pub(crate) use thread_queue_impls;

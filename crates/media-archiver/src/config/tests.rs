@@ -139,7 +139,9 @@ fn duplicate_account_names_and_bad_backends_are_rejected() {
     let all = Settings::parse(&text).unwrap_err().0.join("\n");
     assert!(all.contains("used twice"), "{all}");
     assert!(
-        all.contains("[queue]: unknown variant `mysql`, expected one of `sqlite`, `fjall`, `postgres`"),
+        all.contains(
+            "[queue]: unknown variant `mysql`, expected one of `sqlite`, `fjall`, `postgres`"
+        ),
         "{all}"
     );
     assert!(

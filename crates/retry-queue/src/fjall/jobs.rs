@@ -511,7 +511,7 @@ impl Store {
         Ok(jobs)
     }
 
-    pub(super) fn import_jobs(&mut self, jobs: Vec<MigratedJob>) -> StoreResult<u64> {
+    pub(super) fn import_jobs(&mut self, jobs: &[MigratedJob]) -> StoreResult<u64> {
         let now = self.now();
         let mut tx = self.tx();
         let mut seen = HashSet::with_capacity(jobs.len());
@@ -520,7 +520,7 @@ impl Store {
             job,
             chat_id,
             backoff_interval_ms,
-        } in jobs
+        } in jobs.iter().cloned()
         {
             if !seen.insert(job.id.clone()) || self.job(&job.id)?.is_some() {
                 continue;

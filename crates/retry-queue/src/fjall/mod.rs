@@ -76,26 +76,18 @@ mod keys;
 mod outbox;
 mod store;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use archiver_core::{Clock, ErrorClass, JobSpec, JobState, UnixMillis};
+use archiver_core::{Clock, JobSpec};
 use tokio::sync::{mpsc, oneshot};
 
 use self::jobs::Held;
 use self::store::{Store, StoreResult};
 use crate::backend::{CHANNEL_CAPACITY, MAX_GROUP};
-use crate::erasure::{
-    BlobRef, CommittedErasure, ErasedMessage, ErasureFilter, ErasurePlan, ErasureRefused, Erasures,
-};
-use crate::outbox::{Claimed, Delivery, DeliveryFilter, Outbox, Retried, Route};
-use crate::{
-    Disposition, Enqueued, JobFilter, JobQueue, JobRecord, Lease, Leased, MigratedJob, QueueError,
-    QueueStats, RetryPolicy,
-};
+use crate::{Enqueued, QueueError, RetryPolicy};
 
 /// How a command's reply is sent once its group is durable (or not).
 type Answer = Box<dyn FnOnce(Result<(), &str>) + Send>;
@@ -182,6 +174,12 @@ impl FjallQueue {
         })
     }
 
+    /// Commits `jobs` (not empty) on the thread: one batch, fsynced with
+    /// whatever else the thread runs in the same group.
+    async fn enqueue_jobs(&self, jobs: Vec<JobSpec>) -> Result<Vec<Enqueued>, QueueError> {
+        self.call(move |store| store.enqueue(jobs)).await
+    }
+
     /// The error of a call the thread will never answer.
     fn stopped(&self) -> QueueError {
         match self.fault.get() {
@@ -246,241 +244,4 @@ fn run(mut store: Store, mut commands: mpsc::Receiver<Command>, fault: &OnceLock
     }
 }
 
-#[async_trait::async_trait]
-impl JobQueue for FjallQueue {
-    async fn enqueue(&self, jobs: Vec<JobSpec>) -> Result<Vec<Enqueued>, QueueError> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.call(move |store| store.enqueue(jobs)).await
-    }
-
-    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Leased, QueueError> {
-        if max == 0 {
-            return Ok(Leased::default());
-        }
-        self.call(move |store| store.lease(max, lease_for)).await
-    }
-
-    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<UnixMillis, QueueError> {
-        let held = Held::of(lease);
-        self.call(move |store| store.renew(&held, lease_for)).await
-    }
-
-    async fn complete(&self, lease: &Lease) -> Result<(), QueueError> {
-        let held = Held::of(lease);
-        self.call(move |store| store.complete(&held)).await
-    }
-
-    async fn fail(
-        &self,
-        lease: &Lease,
-        class: ErrorClass,
-        error: &str,
-    ) -> Result<Disposition, QueueError> {
-        let (held, error) = (Held::of(lease), error.to_owned());
-        self.call(move |store| store.fail(&held, class, &error))
-            .await
-    }
-
-    async fn park(&self, lease: &Lease, until: UnixMillis) -> Result<(), QueueError> {
-        let held = Held::of(lease);
-        self.call(move |store| store.park(&held, until)).await
-    }
-
-    async fn wake(&self, job_id: &str, note: Option<&str>) -> Result<bool, QueueError> {
-        let (id, note) = (job_id.to_owned(), note.map(str::to_owned));
-        self.call(move |store| store.wake(&id, note.as_deref()))
-            .await
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
-        let held = Held::of(lease);
-        self.call(move |store| store.release(&held)).await
-    }
-
-    async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, QueueError> {
-        let id = job_id.to_owned();
-        self.call(move |store| store.get(&id)).await
-    }
-
-    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, QueueError> {
-        let filter = filter.clone();
-        self.call(move |store| store.list(&filter)).await
-    }
-
-    async fn retry_now(&self, job_id: &str) -> Result<bool, QueueError> {
-        let id = job_id.to_owned();
-        self.call(move |store| store.retry_now(&id)).await
-    }
-
-    async fn retry_all(&self, state: JobState) -> Result<u64, QueueError> {
-        self.call(move |store| store.retry_all(state)).await
-    }
-
-    async fn stats(&self, at_risk_within: Duration) -> Result<QueueStats, QueueError> {
-        self.call(move |store| store.stats(at_risk_within)).await
-    }
-
-    async fn ping(&self) -> Result<(), QueueError> {
-        self.call(|store| store.ping()).await
-    }
-
-    async fn export_jobs(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<MigratedJob>, QueueError> {
-        let after = after.map(str::to_owned);
-        self.call(move |store| store.export_jobs(after.as_deref(), limit))
-            .await
-    }
-
-    async fn import_jobs(&self, jobs: Vec<MigratedJob>) -> Result<u64, QueueError> {
-        self.call(move |store| store.import_jobs(jobs)).await
-    }
-
-    fn outbox(&self) -> Option<&dyn Outbox> {
-        Some(self)
-    }
-
-    fn erasures(&self) -> Option<&dyn Erasures> {
-        Some(self)
-    }
-}
-
-#[async_trait::async_trait]
-impl Outbox for FjallQueue {
-    async fn set_routes(&self, routes: &[Route]) -> Result<u64, QueueError> {
-        let routes = routes.to_vec();
-        self.call(move |store| store.set_routes(&routes)).await
-    }
-
-    async fn claim_deliveries(
-        &self,
-        target: &str,
-        max: usize,
-        hold: Duration,
-    ) -> Result<Claimed, QueueError> {
-        if max == 0 {
-            return Ok(Claimed::default());
-        }
-        let target = target.to_owned();
-        self.call(move |store| store.claim_deliveries(&target, max, hold))
-            .await
-    }
-
-    async fn delivered(&self, claim: &Delivery) -> Result<(), QueueError> {
-        let claim = claim.clone();
-        self.call(move |store| store.delivered(&claim)).await
-    }
-
-    async fn delivery_failed(
-        &self,
-        claim: &Delivery,
-        class: ErrorClass,
-        error: &str,
-    ) -> Result<Disposition, QueueError> {
-        let (claim, error) = (claim.clone(), error.to_owned());
-        self.call(move |store| store.delivery_failed(&claim, class, &error))
-            .await
-    }
-
-    async fn list_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, QueueError> {
-        let filter = filter.clone();
-        self.call(move |store| store.list_deliveries(&filter)).await
-    }
-
-    async fn retry_delivery(&self, id: &str) -> Result<Retried, QueueError> {
-        let id = id.to_owned();
-        self.call(move |store| store.retry_delivery(&id)).await
-    }
-
-    async fn pending_deliveries(&self) -> Result<BTreeMap<String, u64>, QueueError> {
-        self.call(|store| store.pending_deliveries()).await
-    }
-}
-
-#[async_trait::async_trait]
-impl Erasures for FjallQueue {
-    async fn record_ref(&self, lease: &Lease, blob: &BlobRef) -> Result<(), QueueError> {
-        let (held, blob) = (Held::of(lease), blob.clone());
-        self.call(move |store| store.record_ref(&held, &blob)).await
-    }
-
-    async fn restore_refs(&self, refs: &[BlobRef]) -> Result<(), QueueError> {
-        let refs = refs.to_vec();
-        self.call(move |store| store.restore_refs(&refs)).await
-    }
-
-    async fn index_complete(&self, store_id: &str) -> Result<bool, QueueError> {
-        let store_id = store_id.to_owned();
-        self.call(move |store| store.index_complete(&store_id))
-            .await
-    }
-
-    async fn mark_index_complete(&self, store_id: &str) -> Result<(), QueueError> {
-        let store_id = store_id.to_owned();
-        self.call(move |store| store.mark_index_complete(&store_id))
-            .await
-    }
-
-    async fn plan_erasure(
-        &self,
-        store_id: &str,
-        filter: &ErasureFilter,
-        dry_run: bool,
-    ) -> Result<Result<ErasurePlan, ErasureRefused>, QueueError> {
-        let (store_id, filter) = (store_id.to_owned(), filter.clone());
-        self.call(move |store| store.plan_erasure(&store_id, &filter, dry_run))
-            .await
-    }
-
-    async fn commit_erasure(
-        &self,
-        store_id: &str,
-        account: &str,
-        messages: &[ErasedMessage],
-    ) -> Result<CommittedErasure, QueueError> {
-        let (store_id, account, messages) =
-            (store_id.to_owned(), account.to_owned(), messages.to_vec());
-        self.call(move |store| store.commit_erasure(&store_id, &account, &messages))
-            .await
-    }
-
-    async fn confirm_blob_erasure(
-        &self,
-        store_id: &str,
-        blob_key: &str,
-    ) -> Result<bool, QueueError> {
-        let (store_id, blob_key) = (store_id.to_owned(), blob_key.to_owned());
-        self.call(move |store| store.confirm_blob_erasure(&store_id, &blob_key))
-            .await
-    }
-
-    async fn end_blob_erasure(&self, store_id: &str, blob_key: &str) -> Result<(), QueueError> {
-        let (store_id, blob_key) = (store_id.to_owned(), blob_key.to_owned());
-        self.call(move |store| store.end_blob_erasure(&store_id, &blob_key))
-            .await
-    }
-
-    async fn unfinished_blob_erasures(&self, store_id: &str) -> Result<Vec<String>, QueueError> {
-        let store_id = store_id.to_owned();
-        self.call(move |store| store.unfinished_blob_erasures(&store_id))
-            .await
-    }
-
-    async fn export_refs(
-        &self,
-        after: Option<&BlobRef>,
-        limit: usize,
-    ) -> Result<Vec<BlobRef>, QueueError> {
-        let after = after.cloned();
-        self.call(move |store| store.export_refs(after.as_ref(), limit))
-            .await
-    }
-
-    async fn complete_indexes(&self) -> Result<Vec<String>, QueueError> {
-        self.call(|store| store.complete_indexes()).await
-    }
-}
+crate::backend::thread_queue_impls!(FjallQueue);

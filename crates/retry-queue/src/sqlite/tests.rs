@@ -3,6 +3,7 @@
 //! group commit, durability and failure of the helper threads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use archiver_core::{ManualClock, ProviderKind};
 use rusqlite::{Connection, params_from_iter};
@@ -11,6 +12,7 @@ use super::admin::list_sql;
 use super::schema::{SCHEMA_V1, SCHEMA_VERSION, WAL_AUTOCHECKPOINT_PAGES, open_database};
 use super::*;
 use crate::backend::COLUMNS;
+use crate::{ErrorClass, JobFilter, JobQueue, JobState, Lease};
 
 fn spec(id: &str) -> JobSpec {
     JobSpec {
