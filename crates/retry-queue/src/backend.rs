@@ -28,6 +28,16 @@ pub(crate) const MAX_LEASE_BATCH: usize = 1000;
 /// `; last error: ...` follows when the job had failed before.
 pub(crate) const EXPIRED_IN_QUEUE: &str = "expired: the deadline passed before the job could run";
 
+/// A dead-letter `reason`, with `; last error: ...` when there was one
+/// (how SQL spells it: `reason || COALESCE('; last error: ' || last_error, '')`).
+#[cfg(feature = "fjall")]
+pub(crate) fn with_last_error(reason: &str, last_error: Option<&str>) -> String {
+    match last_error {
+        Some(last) => format!("{reason}; last error: {last}"),
+        None => reason.to_owned(),
+    }
+}
+
 /// Whole milliseconds, rounded up (a wait is never shortened), saturating.
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)

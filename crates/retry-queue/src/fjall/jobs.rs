@@ -12,6 +12,7 @@ use super::keys::{Key, id_after, split, time_at};
 use super::store::{JOB_COUNTERS, Job, Store, StoreResult, decode, state_tag};
 use crate::backend::{
     EXPIRED_IN_QUEUE, MAX_LEASE_BATCH, imported_state, log_lapsed_lease, log_revived, millis,
+    with_last_error,
 };
 use crate::retry::{self, Stored};
 use crate::{
@@ -110,13 +111,8 @@ impl Store {
             job.updated_at = now;
             if deadline < now {
                 // The provider has forgotten the file: dead, and reported.
-                let last = old
-                    .last_error
-                    .as_deref()
-                    .map(|e| format!("; last error: {e}"))
-                    .unwrap_or_default();
                 job.state = JobState::Dead;
-                job.last_error = Some(format!("{EXPIRED_IN_QUEUE}{last}"));
+                job.last_error = Some(with_last_error(EXPIRED_IN_QUEUE, old.last_error.as_deref()));
                 leased.expired.push(job.record());
             } else {
                 if old.state == JobState::Leased {

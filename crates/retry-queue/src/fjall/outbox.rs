@@ -11,7 +11,7 @@ use super::store::{
     DeliveryKeys, PENDING_COUNTERS, Store, StoreResult, StoredDelivery, StoredRoute, Tx,
     pending_counter,
 };
-use crate::backend::millis;
+use crate::backend::{millis, with_last_error};
 use crate::outbox::{
     Claimed, DELIVERY_EXPIRED, Delivery, DeliveryFilter, DeliveryState, MAX_CLAIM_BATCH, Retried,
     Route, TARGET_REMOVED, distinct_routes,
@@ -75,13 +75,8 @@ impl Store {
                 if claimed.expired.len() >= MAX_CLAIM_BATCH {
                     continue;
                 }
-                let last = old
-                    .last_error
-                    .as_deref()
-                    .map(|e| format!("; last error: {e}"))
-                    .unwrap_or_default();
                 new.state = DeliveryState::Dead.as_str().to_owned();
-                new.last_error = Some(format!("{DELIVERY_EXPIRED}{last}"));
+                new.last_error = Some(with_last_error(DELIVERY_EXPIRED, old.last_error.as_deref()));
                 claimed.expired.push(new.delivery()?);
             } else {
                 if claimed.deliveries.len() >= limit {
