@@ -50,33 +50,40 @@ impl Held {
 }
 
 impl Store {
-    pub(super) fn enqueue(&mut self, specs: Vec<JobSpec>) -> StoreResult<Vec<Enqueued>> {
+    /// Commits the jobs of every request of a group in one batch (group
+    /// commit); one list of outcomes per request. A job repeated within the
+    /// group is a duplicate of its first occurrence.
+    pub(super) fn enqueue(&mut self, requests: Vec<Vec<JobSpec>>) -> StoreResult<Vec<Vec<Enqueued>>> {
         let now = self.now();
         let mut tx = self.tx();
-        let mut seen = HashSet::with_capacity(specs.len());
-        let mut outcomes = Vec::with_capacity(specs.len());
-        for spec in specs {
-            if !seen.insert(spec.id.clone()) {
-                outcomes.push(Enqueued::Duplicate);
-                continue;
-            }
-            match self.job(&spec.id)? {
-                None => {
-                    self.put_job(&mut tx, None, Job::new(spec, now), now)?;
-                    outcomes.push(Enqueued::New);
+        let mut seen = HashSet::new();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for specs in requests {
+            let mut outcome = Vec::with_capacity(specs.len());
+            for spec in specs {
+                if !seen.insert(spec.id.clone()) {
+                    outcome.push(Enqueued::Duplicate);
+                    continue;
                 }
-                Some(old) => {
-                    if old.state == JobState::Dead {
-                        // A dedup entry never blocks the retry of a failed job.
-                        let mut revived = old.clone();
-                        revived.requeue(now);
-                        revived.attempts = 0;
-                        self.put_job(&mut tx, Some(&old), revived, now)?;
-                        log_revived(&old.id, &old.account);
+                match self.job(&spec.id)? {
+                    None => {
+                        self.put_job(&mut tx, None, Job::new(spec, now), now)?;
+                        outcome.push(Enqueued::New);
                     }
-                    outcomes.push(Enqueued::Duplicate);
+                    Some(old) => {
+                        if old.state == JobState::Dead {
+                            // A dedup entry never blocks the retry of a failed job.
+                            let mut revived = old.clone();
+                            revived.requeue(now);
+                            revived.attempts = 0;
+                            self.put_job(&mut tx, Some(&old), revived, now)?;
+                            log_revived(&old.id, &old.account);
+                        }
+                        outcome.push(Enqueued::Duplicate);
+                    }
                 }
             }
+            outcomes.push(outcome);
         }
         self.commit(tx)?;
         Ok(outcomes)

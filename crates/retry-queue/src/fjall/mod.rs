@@ -91,8 +91,17 @@ use crate::{Enqueued, QueueError, RetryPolicy};
 
 /// How a command's reply is sent once its group is durable (or not).
 type Answer = Box<dyn FnOnce(Result<(), &str>) + Send>;
-/// A command: runs on the thread, returns how to answer.
-type Command = Box<dyn FnOnce(&mut Store) -> Answer + Send>;
+/// The reply to one enqueue request.
+type EnqueueReply = oneshot::Sender<Result<Vec<Enqueued>, QueueError>>;
+
+/// What the thread runs.
+enum Command {
+    /// Kept apart from `Call` so that enqueues waiting together share one
+    /// batch.
+    Enqueue(Vec<JobSpec>, EnqueueReply),
+    /// Anything else; the closure returns how to send its reply.
+    Call(Box<dyn FnOnce(&mut Store) -> Answer + Send>),
+}
 
 /// Where the queue's fjall database is and how long it keeps `done` jobs.
 #[derive(Debug, Clone)]
@@ -177,7 +186,13 @@ impl FjallQueue {
     /// Commits `jobs` (not empty) on the thread: one batch, fsynced with
     /// whatever else the thread runs in the same group.
     async fn enqueue_jobs(&self, jobs: Vec<JobSpec>) -> Result<Vec<Enqueued>, QueueError> {
-        self.call(move |store| store.enqueue(jobs)).await
+        let (reply, answer) = oneshot::channel();
+        let sender = self.commands.as_ref().ok_or_else(|| self.stopped())?;
+        sender
+            .send(Command::Enqueue(jobs, reply))
+            .await
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
     }
 
     /// The error of a call the thread will never answer.
@@ -196,13 +211,12 @@ impl FjallQueue {
         f: impl FnOnce(&mut Store) -> StoreResult<T> + Send + 'static,
     ) -> Result<T, QueueError> {
         let (reply, answer) = oneshot::channel();
-        let command: Command = Box::new(move |store: &mut Store| -> Answer {
+        let command = Command::Call(Box::new(move |store: &mut Store| -> Answer {
             let result = f(store);
             Box::new(move |synced: Result<(), &str>| {
-                let synced = synced.map_err(|fault| QueueError::Unavailable(fault.to_owned()));
-                let _ = reply.send(synced.and(result));
+                let _ = reply.send(durable(synced).and(result));
             })
-        });
+        }));
         let sender = self.commands.as_ref().ok_or_else(|| self.stopped())?;
         sender.send(command).await.map_err(|_| self.stopped())?;
         answer.await.map_err(|_| self.stopped())?
@@ -218,17 +232,30 @@ impl Drop for FjallQueue {
     }
 }
 
-/// The thread's loop: the commands waiting in the channel run in order,
-/// then one fsync makes them all durable, then all are answered.
+/// The thread's loop: the commands waiting in the channel run in order
+/// (enqueues next to each other in one batch), then one fsync makes them
+/// all durable, then all are answered.
 fn run(mut store: Store, mut commands: mpsc::Receiver<Command>, fault: &OnceLock<String>) {
     while let Some(first) = commands.blocking_recv() {
-        let mut answers = vec![first(&mut store)];
-        while answers.len() < MAX_GROUP {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
             match commands.try_recv() {
-                Ok(command) => answers.push(command(&mut store)),
+                Ok(command) => group.push(command),
                 Err(_) => break,
             }
         }
+        let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+        let mut enqueues = Vec::new();
+        for command in group {
+            match command {
+                Command::Enqueue(jobs, reply) => enqueues.push((jobs, reply)),
+                Command::Call(f) => {
+                    answers.extend(enqueue_group(&mut store, std::mem::take(&mut enqueues)));
+                    answers.push(f(&mut store));
+                }
+            }
+        }
+        answers.extend(enqueue_group(&mut store, enqueues));
         let synced = store.sync().map_err(|e| {
             let message = format!("the queue's journal could not be fsynced: {e}");
             tracing::error!(error = %message, "queue stopped");
@@ -242,6 +269,34 @@ fn run(mut store: Store, mut commands: mpsc::Receiver<Command>, fault: &OnceLock
             return;
         }
     }
+}
+
+/// Commits enqueue requests in one batch; the answer tells each its
+/// outcomes (or the error, to all of them).
+fn enqueue_group(store: &mut Store, requests: Vec<(Vec<JobSpec>, EnqueueReply)>) -> Option<Answer> {
+    if requests.is_empty() {
+        return None;
+    }
+    let (jobs, replies): (Vec<_>, Vec<_>) = requests.into_iter().unzip();
+    let outcomes = store.enqueue(jobs);
+    Some(Box::new(move |synced: Result<(), &str>| match outcomes {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(durable(synced).map(|()| outcome));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(QueueError::Unavailable(message.clone())));
+            }
+        }
+    }))
+}
+
+/// A group's fsync outcome as the error its callers get.
+fn durable(synced: Result<(), &str>) -> Result<(), QueueError> {
+    synced.map_err(|fault| QueueError::Unavailable(fault.to_owned()))
 }
 
 crate::backend::thread_queue_impls!(FjallQueue);

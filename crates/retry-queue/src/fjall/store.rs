@@ -329,6 +329,14 @@ impl Store {
         let db = Database::builder(path)
             .cache_size(CACHE_BYTES)
             .max_journaling_size(JOURNAL_BYTES)
+            // Batches stay in the journal's buffer until `sync` writes and
+            // fsyncs them: one write and one fsync a group.
+            .manual_journal_persist(true)
+            // One background worker for flushes and compactions. With two,
+            // fjall 3.1's first worker hands every compaction request back
+            // to the pool, and on two cores the pair spun on that (the
+            // queue bench measured two thirds of the workers' CPU there).
+            .worker_threads(1)
             .open()
             .map_err(|e| match e {
                 ::fjall::Error::Locked => QueueError::Unavailable(
