@@ -53,7 +53,10 @@ impl Store {
     /// Commits the jobs of every request of a group in one batch (group
     /// commit); one list of outcomes per request. A job repeated within the
     /// group is a duplicate of its first occurrence.
-    pub(super) fn enqueue(&mut self, requests: Vec<Vec<JobSpec>>) -> StoreResult<Vec<Vec<Enqueued>>> {
+    pub(super) fn enqueue(
+        &mut self,
+        requests: Vec<Vec<JobSpec>>,
+    ) -> StoreResult<Vec<Vec<Enqueued>>> {
         let now = self.now();
         let mut tx = self.tx();
         let mut seen = HashSet::new();
@@ -97,7 +100,12 @@ impl Store {
         let limit = max.min(MAX_LEASE_BATCH);
         let mut tx = self.tx();
         let mut leased = Leased::default();
-        for entry in self.ks.ready.iter() {
+        // From the floor: every key below it was taken by an earlier call,
+        // and skipping their tombstones keeps a lease from reading back
+        // through every job leased since the last compaction.
+        let start = self.ready_floor.clone().unwrap_or_default();
+        let mut last = None;
+        for entry in self.ks.ready.range(start..) {
             let key = entry.key()?;
             let (Some(deadline), Some(id)) = (time_at(&key, 0), id_after(&key, 16)) else {
                 return Err(QueueError::Corrupt("a ready key is malformed".to_owned()));
@@ -137,6 +145,14 @@ impl Store {
                 });
             }
             self.put_job(&mut tx, Some(&old), job, now)?;
+            last = Some(key);
+        }
+        if let Some(last) = last {
+            // The smallest key after it; `commit` lowers the floor again
+            // for any ready key this batch wrote.
+            let mut floor = last.to_vec();
+            floor.push(0);
+            self.ready_floor = Some(floor);
         }
         self.commit(tx)?;
         Ok(leased)

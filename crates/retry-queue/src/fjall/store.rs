@@ -251,6 +251,8 @@ pub(super) struct Tx {
     batch: OwnedWriteBatch,
     /// Counter changes, applied to [`Store::counters`] at commit.
     deltas: HashMap<Vec<u8>, i64>,
+    /// The smallest `ready` key written, to lower [`Store::ready_floor`].
+    ready_min: Option<Vec<u8>>,
 }
 
 impl Tx {
@@ -277,6 +279,12 @@ impl Tx {
         }
         if let Some(new) = new {
             self.batch.insert(space, new, b"".as_slice());
+        }
+    }
+
+    fn lower_ready_floor(&mut self, key: &[u8]) {
+        if self.ready_min.as_deref().is_none_or(|min| key < min) {
+            self.ready_min = Some(key.to_vec());
         }
     }
 
@@ -317,6 +325,10 @@ pub(super) struct Store {
     pub(super) routes: Vec<StoredRoute>,
     /// Something was committed since the last fsync.
     pub(super) dirty: bool,
+    /// No live key of `ready` is below this (`None`: not known, scan from
+    /// the start): `lease` raises it past what it took, every write of a
+    /// `ready` key lowers it.
+    pub(super) ready_floor: Option<Vec<u8>>,
 }
 
 impl Store {
@@ -384,6 +396,7 @@ impl Store {
             counters,
             routes,
             dirty: false,
+            ready_floor: None,
         })
     }
 
@@ -395,6 +408,7 @@ impl Store {
         Tx {
             batch: self.db.batch(),
             deltas: HashMap::new(),
+            ready_min: None,
         }
     }
 
@@ -408,10 +422,18 @@ impl Store {
                     .insert(&self.ks.counters, key.clone(), n.to_be_bytes().as_slice());
             }
         }
+        if let (Some(floor), Some(written)) = (&self.ready_floor, &tx.ready_min)
+            && written < floor
+        {
+            self.ready_floor = Some(written.clone());
+        }
         if tx.batch.is_empty() {
             return Ok(());
         }
-        tx.batch.commit()?;
+        if let Err(e) = tx.batch.commit() {
+            self.ready_floor = None;
+            return Err(e.into());
+        }
         for (key, delta) in tx.deltas {
             *self.counters.entry(key).or_default() += delta;
         }
@@ -478,6 +500,9 @@ impl Store {
                     tx.index(self.slot(is_ready), None, Some(key));
                 }
             }
+        }
+        if let Some((true, key)) = &after.slot {
+            tx.lower_ready_floor(key);
         }
         let mut before = before.unwrap_or_default();
         tx.index(&self.ks.by_state, before.by_state.take(), after.by_state);
