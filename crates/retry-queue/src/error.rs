@@ -1,7 +1,7 @@
 use archiver_core::{Classify, ErrorClass};
 
 /// Everything a queue operation can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     /// The backend cannot be used right now: I/O or database error, or the
     /// queue's worker has stopped. Nothing was committed; try again later

@@ -286,9 +286,9 @@ fn enqueue_group(store: &mut Store, requests: Vec<(Vec<JobSpec>, EnqueueReply)>)
             }
         }
         Err(e) => {
-            let message = e.to_string();
+            // Nothing of the group was committed; every caller hears why.
             for reply in replies {
-                let _ = reply.send(Err(QueueError::Unavailable(message.clone())));
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }))
@@ -300,3 +300,35 @@ fn durable(synced: Result<(), &str>) -> Result<(), QueueError> {
 }
 
 crate::backend::thread_queue_impls!(FjallQueue);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use archiver_core::ManualClock;
+
+    use super::*;
+    use crate::JobQueue;
+    use crate::conformance::{T0, job};
+
+    /// A stored job this build cannot read fails the enqueue that meets it
+    /// as corrupt (permanent), not as a passing unavailability.
+    #[tokio::test]
+    async fn an_unreadable_stored_job_fails_its_enqueue_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = FjallOptions::at(dir.path().join("queue"));
+        let clock = Arc::new(ManualClock::new(T0));
+        drop(FjallQueue::open(&options, RetryPolicy::default(), clock.clone()).unwrap());
+        {
+            let db = ::fjall::Database::builder(&options.path).open().unwrap();
+            let jobs = db
+                .keyspace("jobs", ::fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            jobs.insert(job("x").id, "not json").unwrap();
+            db.persist(::fjall::PersistMode::SyncAll).unwrap();
+        }
+        let queue = FjallQueue::open(&options, RetryPolicy::default(), clock).unwrap();
+        let error = queue.enqueue(vec![job("x")]).await.unwrap_err();
+        assert!(matches!(error, QueueError::Corrupt(_)), "{error:?}");
+    }
+}
