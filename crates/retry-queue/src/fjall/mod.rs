@@ -43,20 +43,26 @@
 //! # Atomicity and durability
 //!
 //! Each operation writes one batch, committed atomically across keyspaces
-//! (a job, its index entries, its counters and its deliveries together).
-//! The thread runs the commands waiting in its channel one after another,
-//! each committing its batch to the journal, then fsyncs the journal once
+//! (a job, its index entries, its counters and its deliveries together);
+//! enqueue requests waiting next to each other share one batch. The
+//! thread runs the commands waiting in its channel in order, each
+//! committing its batch into the journal's buffer (fjall's
+//! `manual_journal_persist`), then writes and fsyncs the journal once
 //! (`PersistMode::SyncData`) and only then answers every command of the
 //! group: a 200 to a webhook is never sent for a job that a crash could
 //! lose, and a burst of webhooks, leases and acks shares one fsync (group
-//! commit, for acks as for enqueues).
+//! commit, for acks as for enqueues). fjall runs one background worker for
+//! flushes and compactions (two spun on two cores; BENCHMARKS.md).
 //!
 //! # Time and recovery
 //!
 //! A live job is in exactly one of `ready` and `timers`. `lease` first moves
 //! the timers that have come due into `ready` (at most 10 000 a call), so
 //! it never reads a job that is not due, and its cost does not grow with
-//! the number of jobs waiting for a backoff: it reads the head of `ready`.
+//! the number of jobs waiting for a backoff: it reads the head of `ready`,
+//! from a floor kept in memory below which every key was taken (so it does
+//! not read back through the deletions of the jobs it leased before; any
+//! write of a `ready` key lowers the floor, and it starts unknown at open).
 //! A leased job's timer is its lease expiry, so after a `kill -9` the jobs
 //! of dead workers come due when their leases run out, like any other
 //! timer; nothing is scanned at open.
