@@ -100,13 +100,17 @@ impl Store {
         let limit = max.min(MAX_LEASE_BATCH);
         let mut tx = self.tx();
         let mut leased = Leased::default();
-        // From the floor: every key below it was taken by an earlier call,
-        // and skipping their tombstones keeps a lease from reading back
-        // through every job leased since the last compaction.
-        let start = self.ready_floor.clone().unwrap_or_default();
+        // The live keys below the floor, then the keyspace from it: the
+        // deletions of the jobs leased before are never read back.
+        let (below, start) = self.ready_floor.start();
         let mut last = None;
-        for entry in self.ks.ready.range(start..) {
-            let key = entry.key()?;
+        let from_floor = self
+            .ks
+            .ready
+            .range(start.clone()..)
+            .map(|entry| entry.key().map(|key| key.to_vec()));
+        for key in below.into_iter().map(Ok).chain(from_floor) {
+            let key = key?;
             let (Some(deadline), Some(id)) = (time_at(&key, 0), id_after(&key, 16)) else {
                 return Err(QueueError::Corrupt("a ready key is malformed".to_owned()));
             };
@@ -145,14 +149,12 @@ impl Store {
                 });
             }
             self.put_job(&mut tx, Some(&old), job, now)?;
-            last = Some(key);
+            if key >= start {
+                last = Some(key);
+            }
         }
         if let Some(last) = last {
-            // The smallest key after it; `commit` lowers the floor again
-            // for any ready key this batch wrote.
-            let mut floor = last.to_vec();
-            floor.push(0);
-            self.ready_floor = Some(floor);
+            self.ready_floor.taken_through(&last);
         }
         self.commit(tx)?;
         Ok(leased)

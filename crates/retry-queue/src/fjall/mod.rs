@@ -59,10 +59,12 @@
 //! A live job is in exactly one of `ready` and `timers`. `lease` first moves
 //! the timers that have come due into `ready` (at most 10 000 a call), so
 //! it never reads a job that is not due, and its cost does not grow with
-//! the number of jobs waiting for a backoff: it reads the head of `ready`,
-//! from a floor kept in memory below which every key was taken (so it does
-//! not read back through the deletions of the jobs it leased before; any
-//! write of a `ready` key lowers the floor, and it starts unknown at open).
+//! the number of jobs waiting for a backoff: it reads the head of `ready`.
+//! It starts at a floor kept in memory (`ReadyFloor`): every key below it
+//! was taken, except the few written there since (a retry come due, an
+//! earlier deadline), which are kept in a set and read first; so a lease
+//! never reads back through the deletions of the jobs leased before it.
+//! The floor is unknown at open: the first lease reads from the start.
 //! A leased job's timer is its lease expiry, so after a `kill -9` the jobs
 //! of dead workers come due when their leases run out, like any other
 //! timer; nothing is scanned at open.
@@ -315,7 +317,7 @@ mod tests {
 
     use super::*;
     use crate::JobQueue;
-    use crate::conformance::{T0, job};
+    use crate::conformance::{T0, job, job_of};
 
     /// A stored job this build cannot read fails the enqueue that meets it
     /// as corrupt (permanent), not as a passing unavailability.
@@ -336,5 +338,38 @@ mod tests {
         let queue = FjallQueue::open(&options, RetryPolicy::default(), clock).unwrap();
         let error = queue.enqueue(vec![job("x")]).await.unwrap_err();
         assert!(matches!(error, QueueError::Corrupt(_)), "{error:?}");
+    }
+
+    /// A job written below the lease floor (an earlier deadline than
+    /// everything leased so far) is the next one leased, and the floor
+    /// still skips what was taken: earliest deadline first holds.
+    #[tokio::test]
+    async fn a_job_below_the_lease_floor_is_leased_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = FjallOptions::at(dir.path().join("queue"));
+        let clock = Arc::new(ManualClock::new(T0));
+        let queue = FjallQueue::open(&options, RetryPolicy::default(), clock).unwrap();
+        let hour = 3_600_000;
+        let later: Vec<_> = (1..=20)
+            .map(|i| job_of("acme", &format!("late-{i:02}"), T0 + i * hour))
+            .collect();
+        queue.enqueue(later).await.unwrap();
+        let lease = std::time::Duration::from_secs(60);
+        let first = queue.lease(10, lease).await.unwrap().leases;
+        assert_eq!(first.last().unwrap().job.id, "acme:late-10");
+
+        queue
+            .enqueue(vec![job_of("acme", "urgent", T0 + hour / 2)])
+            .await
+            .unwrap();
+        let next: Vec<String> = queue
+            .lease(3, lease)
+            .await
+            .unwrap()
+            .leases
+            .into_iter()
+            .map(|l| l.job.id)
+            .collect();
+        assert_eq!(next, ["acme:urgent", "acme:late-11", "acme:late-12"]);
     }
 }

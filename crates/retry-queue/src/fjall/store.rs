@@ -3,7 +3,7 @@
 //! derive every index entry and counter from the record, so that an
 //! operation only says what a record becomes, never which entries move.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,8 +251,9 @@ pub(super) struct Tx {
     batch: OwnedWriteBatch,
     /// Counter changes, applied to [`Store::counters`] at commit.
     deltas: HashMap<Vec<u8>, i64>,
-    /// The smallest `ready` key written, to lower [`Store::ready_floor`].
-    ready_min: Option<Vec<u8>>,
+    /// `ready` keys this batch deletes and writes, for [`ReadyFloor`].
+    ready_removed: Vec<Vec<u8>>,
+    ready_written: Vec<Vec<u8>>,
 }
 
 impl Tx {
@@ -279,12 +280,6 @@ impl Tx {
         }
         if let Some(new) = new {
             self.batch.insert(space, new, b"".as_slice());
-        }
-    }
-
-    fn lower_ready_floor(&mut self, key: &[u8]) {
-        if self.ready_min.as_deref().is_none_or(|min| key < min) {
-            self.ready_min = Some(key.to_vec());
         }
     }
 
@@ -325,10 +320,63 @@ pub(super) struct Store {
     pub(super) routes: Vec<StoredRoute>,
     /// Something was committed since the last fsync.
     pub(super) dirty: bool,
-    /// No live key of `ready` is below this (`None`: not known, scan from
-    /// the start): `lease` raises it past what it took, every write of a
-    /// `ready` key lowers it.
-    pub(super) ready_floor: Option<Vec<u8>>,
+    /// Where a lease starts reading `ready`.
+    pub(super) ready_floor: ReadyFloor,
+}
+
+/// Where a lease starts reading `ready`: the keys below a floor that are
+/// still live, then the keyspace from the floor on. A lease takes keys in
+/// order, so every key below the last one it took is gone, and an LSM
+/// keeps their deletions until a compaction drops them: reading from the
+/// start would read back through every job leased since. Kept in memory
+/// (unknown at open: read from the start).
+#[derive(Debug, Default)]
+pub(super) struct ReadyFloor {
+    /// Every live `ready` key below this is in `below` (`None`: not known).
+    floor: Option<Vec<u8>>,
+    /// Live keys written below the floor since (a retry come due, a job
+    /// with an earlier deadline), at most [`ReadyFloor::MAX_BELOW`].
+    below: BTreeSet<Vec<u8>>,
+}
+
+impl ReadyFloor {
+    /// More keys below the floor than this, and the floor drops to the
+    /// smallest of them instead.
+    const MAX_BELOW: usize = 4096;
+
+    /// The live keys below the floor, in order, and the key to read
+    /// `ready` from after them.
+    pub(super) fn start(&self) -> (Vec<Vec<u8>>, Vec<u8>) {
+        (
+            self.below.iter().cloned().collect(),
+            self.floor.clone().unwrap_or_default(),
+        )
+    }
+
+    /// A lease took every key up to `key` from the keyspace (and the ones
+    /// below the floor before it).
+    pub(super) fn taken_through(&mut self, key: &[u8]) {
+        let mut floor = key.to_vec();
+        floor.push(0); // the smallest key after it
+        self.floor = Some(floor);
+    }
+
+    /// A committed batch deleted and wrote these `ready` keys.
+    fn applied(&mut self, removed: &[Vec<u8>], written: &[Vec<u8>]) {
+        for key in removed {
+            self.below.remove(key);
+        }
+        let Some(floor) = &self.floor else { return };
+        for key in written {
+            if key < floor {
+                self.below.insert(key.clone());
+            }
+        }
+        if self.below.len() > Self::MAX_BELOW {
+            self.floor = self.below.first().cloned();
+            self.below.clear();
+        }
+    }
 }
 
 impl Store {
@@ -396,7 +444,7 @@ impl Store {
             counters,
             routes,
             dirty: false,
-            ready_floor: None,
+            ready_floor: ReadyFloor::default(),
         })
     }
 
@@ -408,7 +456,8 @@ impl Store {
         Tx {
             batch: self.db.batch(),
             deltas: HashMap::new(),
-            ready_min: None,
+            ready_removed: Vec::new(),
+            ready_written: Vec::new(),
         }
     }
 
@@ -422,18 +471,15 @@ impl Store {
                     .insert(&self.ks.counters, key.clone(), n.to_be_bytes().as_slice());
             }
         }
-        if let (Some(floor), Some(written)) = (&self.ready_floor, &tx.ready_min)
-            && written < floor
-        {
-            self.ready_floor = Some(written.clone());
-        }
         if tx.batch.is_empty() {
             return Ok(());
         }
         if let Err(e) = tx.batch.commit() {
-            self.ready_floor = None;
+            self.ready_floor = ReadyFloor::default();
             return Err(e.into());
         }
+        self.ready_floor
+            .applied(&tx.ready_removed, &tx.ready_written);
         for (key, delta) in tx.deltas {
             *self.counters.entry(key).or_default() += delta;
         }
@@ -501,8 +547,11 @@ impl Store {
                 }
             }
         }
+        if let Some((true, key)) = before.as_ref().and_then(|k| k.slot.as_ref()) {
+            tx.ready_removed.push(key.clone());
+        }
         if let Some((true, key)) = &after.slot {
-            tx.lower_ready_floor(key);
+            tx.ready_written.push(key.clone());
         }
         let mut before = before.unwrap_or_default();
         tx.index(&self.ks.by_state, before.by_state.take(), after.by_state);
