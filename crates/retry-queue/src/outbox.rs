@@ -284,7 +284,7 @@ pub(crate) const DELIVERY_COLUMNS: &str = "id, target, job_id, event, state, att
 
 /// A row of [`DELIVERY_COLUMNS`] as the drivers read it, before its
 /// names are checked.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "fjall"))]
 pub(crate) struct DeliveryRow {
     pub(crate) id: String,
     pub(crate) target: String,
@@ -300,7 +300,7 @@ pub(crate) struct DeliveryRow {
     pub(crate) updated_at: i64,
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "fjall"))]
 impl DeliveryRow {
     /// The delivery, or `Corrupt` naming a stored event or state this
     /// build does not know.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::Key;
 use crate::backend::millis;
-use crate::outbox::{Delivery, DeliveryState, NotifyEvent, Route};
+use crate::outbox::{Delivery, DeliveryRow, DeliveryState, NotifyEvent, Route};
 use crate::{JobRecord, QueueError, RetryPolicy};
 
 /// The format of the keys and records below, kept in `meta`.
@@ -204,24 +204,22 @@ impl StoredDelivery {
 
     /// The delivery as the trait returns it.
     pub(super) fn delivery(&self) -> Result<Delivery, QueueError> {
-        let corrupt = |what: &str, value: &str| {
-            QueueError::Corrupt(format!("delivery {}: unknown {what} {value:?}", self.id))
-        };
-        Ok(Delivery {
+        // The SQL backends' row shape, so the names are checked in one place.
+        DeliveryRow {
             id: self.id.clone(),
             target: self.target.clone(),
             job_id: self.job_id.clone(),
-            event: NotifyEvent::parse(&self.event).ok_or_else(|| corrupt("event", &self.event))?,
-            state: DeliveryState::parse(&self.state)
-                .ok_or_else(|| corrupt("state", &self.state))?,
-            attempts: self.attempts,
+            event: self.event.clone(),
+            state: self.state.clone(),
+            attempts: i64::from(self.attempts),
             next_attempt_at: self.next_attempt_at,
             deadline: self.deadline,
             last_error: self.last_error.clone(),
             job_error: self.job_error.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
-        })
+        }
+        .into_delivery()
     }
 }
 
