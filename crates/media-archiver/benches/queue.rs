@@ -6,7 +6,12 @@
 //! cargo bench -p media-archiver --bench queue              # full run
 //! cargo bench -p media-archiver --bench queue -- --quick   # smaller, for a smoke run
 //! cargo bench -p media-archiver --bench queue -- --ingest  # the ingest table only
+//! cargo bench -p media-archiver --bench queue -- --ingest --only fjall,discard
 //! ```
+//!
+//! `--only` (a comma list of `discard`, `sqlite`, `fjall`, `postgres`)
+//! keeps those ingest rows beside the no-op one, for profiling one
+//! server; figures to quote come from full runs.
 //!
 //! 1. **Ingest**: the same load (64 keep-alive HTTP/1.1 connections, each
 //!    sending 1 KiB Green API file webhooks back to back, every one a new
@@ -67,6 +72,14 @@ struct Settings {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let ingest_only = std::env::args().any(|a| a == "--ingest");
+    let only: Option<Vec<String>> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .map(|rows| rows.split(',').map(str::to_owned).collect());
+    let wanted = |row: &str| {
+        only.as_ref()
+            .is_none_or(|rows| rows.iter().any(|r| r == row))
+    };
     let settings = if quick {
         Settings {
             requests: 20_000,
@@ -113,7 +126,7 @@ fn main() {
             client_rt.block_on(load(addr, settings, "noop")),
         ));
     }
-    {
+    if wanted("discard") {
         let (addr, stop) = server_rt.block_on(receiver(Arc::new(StoresNothing)));
         ingest.push((
             "receiver, nothing stored",
@@ -121,7 +134,7 @@ fn main() {
         ));
         stop.cancel();
     }
-    {
+    if wanted("sqlite") {
         let queue: Arc<dyn JobQueue> = Arc::new(
             SqliteQueue::open(
                 &dir.path().join("ingest.db"),
@@ -137,7 +150,7 @@ fn main() {
         ));
         stop.cancel();
     }
-    {
+    if wanted("fjall") {
         let queue: Arc<dyn JobQueue> = Arc::new(
             FjallQueue::open(
                 &FjallOptions::at(dir.path().join("ingest-fjall")),
@@ -153,7 +166,7 @@ fn main() {
         ));
         stop.cancel();
     }
-    if let Some(db) = &postgres {
+    if let Some(db) = postgres.as_ref().filter(|_| wanted("postgres")) {
         let queue: Arc<dyn JobQueue> = Arc::new(
             server_rt
                 .block_on(PgQueue::connect_with(
@@ -581,20 +594,28 @@ impl CpuTime {
         cpu
     }
 
+    /// The time used since `earlier`, summed thread name by thread name: a
+    /// thread that ended in between (the queue of the previous row, whose
+    /// thread stops when its last handle goes) must not be subtracted from
+    /// the threads still running.
     fn since(&self, earlier: &Self) -> Self {
+        let by_thread: BTreeMap<String, Duration> = self
+            .by_thread
+            .iter()
+            .map(|(comm, ran)| {
+                let before = earlier.by_thread.get(comm).copied().unwrap_or_default();
+                (comm.clone(), ran.saturating_sub(before))
+            })
+            .filter(|(_, ran)| !ran.is_zero())
+            .collect();
+        let (database, server) = by_thread
+            .iter()
+            .partition::<Vec<_>, _>(|(comm, _)| comm.as_str() == "postgres");
         Self {
             client: self.client.saturating_sub(earlier.client),
-            server: self.server.saturating_sub(earlier.server),
-            database: self.database.saturating_sub(earlier.database),
-            by_thread: self
-                .by_thread
-                .iter()
-                .map(|(comm, ran)| {
-                    let before = earlier.by_thread.get(comm).copied().unwrap_or_default();
-                    (comm.clone(), ran.saturating_sub(before))
-                })
-                .filter(|(_, ran)| !ran.is_zero())
-                .collect(),
+            server: server.into_iter().map(|(_, ran)| *ran).sum(),
+            database: database.into_iter().map(|(_, ran)| *ran).sum(),
+            by_thread,
         }
     }
 }
