@@ -72,10 +72,21 @@ struct Settings {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let ingest_only = std::env::args().any(|a| a == "--ingest");
-    let only: Option<Vec<String>> = std::env::args()
-        .skip_while(|a| a != "--only")
-        .nth(1)
-        .map(|rows| rows.split(',').map(str::to_owned).collect());
+    let only: Option<Vec<String>> =
+        std::env::args()
+            .skip_while(|a| a != "--only")
+            .nth(1)
+            .map(|rows| {
+                let rows: Vec<String> = rows.split(',').map(str::to_owned).collect();
+                let known = ["discard", "sqlite", "fjall", "postgres"];
+                if let Some(unknown) = rows.iter().find(|r| !known.contains(&r.as_str())) {
+                    panic!(
+                        "--only {unknown:?}: the ingest rows are {}",
+                        known.join(", ")
+                    );
+                }
+                rows
+            });
     let wanted = |row: &str| {
         only.as_ref()
             .is_none_or(|rows| rows.iter().any(|r| r == row))
@@ -480,7 +491,7 @@ async fn load(addr: SocketAddr, settings: Settings, run: &str) -> LoadResult {
     let bodies: Arc<Vec<Bytes>> =
         Arc::new((0..settings.requests).map(|n| webhook(run, n)).collect());
     let next = Arc::new(AtomicUsize::new(0));
-    let cpu_before = CpuTime::now();
+    let cpu_before = CpuSnapshot::now();
     let written_before = written_bytes();
     let started = Instant::now();
     let deadline = started + settings.duration;
@@ -535,7 +546,7 @@ async fn load(addr: SocketAddr, settings: Settings, run: &str) -> LoadResult {
         errors += failed;
     }
     let elapsed = started.elapsed();
-    let cpu = CpuTime::now().since(&cpu_before);
+    let cpu = CpuSnapshot::now().since(&cpu_before);
     let written = written_bytes().saturating_sub(written_before);
     latencies.sort();
     LoadResult {
@@ -561,7 +572,7 @@ fn written_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time used so far, by role: the load generator (this process's
+/// CPU time used over a run, by role: the load generator (this process's
 /// `client` threads), the server (every other thread of this process: the
 /// `server` runtime and the queue's threads) and PostgreSQL's processes;
 /// `by_thread` splits the server and database time by thread name.
@@ -574,70 +585,70 @@ struct CpuTime {
     by_thread: BTreeMap<String, Duration>,
 }
 
-impl CpuTime {
+/// Each thread's time on a CPU so far, by thread (or process) id: this
+/// process's threads, and PostgreSQL's processes.
+struct CpuSnapshot(BTreeMap<(Role, u32), (String, Duration)>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    Client,
+    Server,
+    Database,
+}
+
+impl CpuSnapshot {
     fn now() -> Self {
-        let mut cpu = Self::default();
-        for (comm, ran) in schedstats("/proc/self/task") {
-            if comm.starts_with("client") {
-                cpu.client += ran;
+        let mut tasks = BTreeMap::new();
+        for (id, comm, ran) in schedstats("/proc/self/task") {
+            let role = if comm.starts_with("client") {
+                Role::Client
             } else {
-                cpu.server += ran;
-                *cpu.by_thread.entry(comm).or_default() += ran;
+                Role::Server
+            };
+            tasks.insert((role, id), (comm, ran));
+        }
+        for (id, comm, ran) in schedstats("/proc") {
+            if comm == "postgres" {
+                tasks.insert((Role::Database, id), (comm, ran));
             }
         }
-        for (comm, ran) in schedstats("/proc") {
-            if comm == "postgres" {
-                cpu.database += ran;
-                *cpu.by_thread.entry(comm).or_default() += ran;
+        Self(tasks)
+    }
+
+    /// The time used since `earlier`, thread by thread: a thread that ended
+    /// in between (the queue of the previous row, whose thread stops when
+    /// its last handle goes) is neither counted nor subtracted.
+    fn since(&self, earlier: &Self) -> CpuTime {
+        let mut cpu = CpuTime::default();
+        for (key, (comm, ran)) in &self.0 {
+            let before = earlier.0.get(key).map_or(Duration::ZERO, |(_, ran)| *ran);
+            let used = ran.saturating_sub(before);
+            match key.0 {
+                Role::Client => cpu.client += used,
+                Role::Server => cpu.server += used,
+                Role::Database => cpu.database += used,
+            }
+            if key.0 != Role::Client && !used.is_zero() {
+                *cpu.by_thread.entry(comm.clone()).or_default() += used;
             }
         }
         cpu
     }
-
-    /// The time used since `earlier`, summed thread name by thread name: a
-    /// thread that ended in between (the queue of the previous row, whose
-    /// thread stops when its last handle goes) must not be subtracted from
-    /// the threads still running.
-    fn since(&self, earlier: &Self) -> Self {
-        let by_thread: BTreeMap<String, Duration> = self
-            .by_thread
-            .iter()
-            .map(|(comm, ran)| {
-                let before = earlier.by_thread.get(comm).copied().unwrap_or_default();
-                (comm.clone(), ran.saturating_sub(before))
-            })
-            .filter(|(_, ran)| !ran.is_zero())
-            .collect();
-        let (database, server) = by_thread
-            .iter()
-            .partition::<Vec<_>, _>(|(comm, _)| comm.as_str() == "postgres");
-        Self {
-            client: self.client.saturating_sub(earlier.client),
-            server: server.into_iter().map(|(_, ran)| *ran).sum(),
-            database: database.into_iter().map(|(_, ran)| *ran).sum(),
-            by_thread,
-        }
-    }
 }
 
-/// `(comm, time on a CPU)` of each numbered entry under `dir`.
-fn schedstats(dir: &str) -> Vec<(String, Duration)> {
+/// `(id, comm, time on a CPU)` of each numbered entry under `dir`.
+fn schedstats(dir: &str) -> Vec<(u32, String, Duration)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
         .filter_map(|e| {
+            let id: u32 = e.file_name().to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
             let stat = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
             let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
-            Some((comm.trim().to_owned(), Duration::from_nanos(ns)))
+            Some((id, comm.trim().to_owned(), Duration::from_nanos(ns)))
         })
         .collect()
 }

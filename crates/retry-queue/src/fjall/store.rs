@@ -25,24 +25,26 @@ const FORMAT_VERSION: u32 = 1;
 
 /// Block cache shared by every keyspace.
 const CACHE_BYTES: u64 = 32 << 20;
-/// Journal kept before memtables are flushed into sorted runs (fjall's
-/// smallest allowed): with [`MEMTABLE_BYTES`], what bounds the memory
-/// held in memtables, whatever the number of jobs.
+/// Journal kept before lagging memtables are forced to flush (fjall's
+/// smallest allowed). fjall checks it only when it starts a new journal
+/// file (every 64 MB written), so the journal, and what the memtables hold
+/// beside it, can reach about twice this for a moment: with the memtable
+/// sizes below, that is what bounds the memory held in memtables, whatever
+/// the number of jobs.
 const JOURNAL_BYTES: u64 = 64 << 20;
-/// An index keyspace's memtable is flushed when it reaches this.
+/// A keyspace's memtable is flushed when it reaches this; `jobs` has its
+/// own, [`JOBS_MEMTABLE_BYTES`].
 const MEMTABLE_BYTES: u64 = 8 << 20;
-/// The memtable of a record keyspace (`jobs`, `deliveries`), whose blocks
-/// are also LZ4-compressed at every level. Each flush writes a burst that
-/// the journal's next fsync queues behind, and fjall's worker fsyncs the
-/// journal under its lock as a flush starts, so a flush can stall the
-/// writer thread (and a group of webhooks) for tens of milliseconds. With
-/// 8 MiB and no compression, `jobs` flushed about every quarter second at
-/// 20k webhooks/s and set the p99; compression halved the bytes written
-/// per webhook and 32 MiB cut the stalls by 40% (BENCHMARKS.md, ninth
-/// session). Memory stays bounded by [`JOURNAL_BYTES`]: what a memtable
-/// holds is in the journal until flushed. These options are fixed when a
+/// The memtable of `jobs`. Each flush writes a burst that the journal's
+/// next fsync queues behind, and fjall's worker fsyncs the journal under
+/// its lock as a flush starts, so a flush can stall the writer thread
+/// (and a group of webhooks) for tens of milliseconds. With 8 MiB and no
+/// compression, `jobs` flushed about every quarter second at 20k
+/// webhooks/s and set the p99; compressing the records halved the bytes
+/// written per webhook, and 32 MiB cut the stalls by about a third more
+/// (BENCHMARKS.md, ninth session). These options are fixed when a
 /// keyspace is created; a database created earlier keeps its own.
-const RECORD_MEMTABLE_BYTES: u64 = 32 << 20;
+const JOBS_MEMTABLE_BYTES: u64 = 32 << 20;
 
 /// Every keyspace of the database (the crate docs of `fjall` module name
 /// what each holds).
@@ -73,14 +75,12 @@ impl Spaces {
         let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let open = |name: &str| db.keyspace(name, options);
         // Records (JSON, about 1.5 KiB a job) are compressed at every
-        // level, and jobs get a larger memtable; see RECORD_MEMTABLE_BYTES.
+        // level; fjall's default leaves the first two uncompressed.
         let records = || {
-            options()
-                .max_memtable_size(RECORD_MEMTABLE_BYTES)
-                .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
+            options().data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
         };
         Ok(Self {
-            jobs: db.keyspace("jobs", records)?,
+            jobs: db.keyspace("jobs", || records().max_memtable_size(JOBS_MEMTABLE_BYTES))?,
             ready: open("ready")?,
             timers: open("timers")?,
             by_state: open("by_state")?,
