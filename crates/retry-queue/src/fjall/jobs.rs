@@ -107,9 +107,9 @@ impl Store {
         let from_floor = self
             .ks
             .ready
-            .range(start.clone()..)
+            .range(start.as_slice()..)
             .map(|entry| entry.key().map(|key| key.to_vec()));
-        for key in below.into_iter().map(Ok).chain(from_floor) {
+        for key in below.map(Ok).chain(from_floor) {
             let key = key?;
             let (Some(deadline), Some(id)) = (time_at(&key, 0), id_after(&key, 16)) else {
                 return Err(QueueError::Corrupt("a ready key is malformed".to_owned()));

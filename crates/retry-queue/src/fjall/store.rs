@@ -364,11 +364,12 @@ impl ReadyFloor {
     /// smallest of them instead.
     const MAX_BELOW: usize = 4096;
 
-    /// The live keys below the floor, in order, and the key to read
+    /// The live keys below the floor, in order (copied only as a lease
+    /// reads them: most leases stop after a few), and the key to read
     /// `ready` from after them.
-    pub(super) fn start(&self) -> (Vec<Vec<u8>>, Vec<u8>) {
+    pub(super) fn start(&self) -> (impl Iterator<Item = Vec<u8>> + '_, Vec<u8>) {
         (
-            self.below.iter().cloned().collect(),
+            self.below.iter().cloned(),
             self.floor.clone().unwrap_or_default(),
         )
     }
