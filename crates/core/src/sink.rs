@@ -23,6 +23,15 @@ use bytes::Bytes;
 /// is about 16 KiB, so the allocation is noise beside hashing it.)
 #[async_trait::async_trait]
 pub trait ByteSink<E>: Send {
+    /// The body's length, when its sender announced it (`Content-Length`):
+    /// called at most once, before the first chunk. A sink may plan by it
+    /// (the s3 store can then send each part straight into its request
+    /// instead of buffering it); the writer still fails a body that comes
+    /// out shorter, and never writes more. Ignored by default.
+    fn expect_length(&mut self, length: u64) {
+        let _ = length;
+    }
+
     /// Takes the next chunk.
     async fn write(&mut self, chunk: Bytes) -> Result<(), E>;
 }

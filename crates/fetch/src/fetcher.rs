@@ -199,6 +199,9 @@ impl Fetcher {
         if expected.is_some_and(|len| len > limit) {
             return Err(ThroughError::Fetch(FetchError::TooLarge { limit }));
         }
+        if let Some(length) = expected {
+            sink.expect_length(length);
+        }
         let mut received: u64 = 0;
         loop {
             let next = tokio::time::timeout(self.cfg.read_timeout, response.chunk()).await;

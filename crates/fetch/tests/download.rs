@@ -993,15 +993,22 @@ async fn the_gateway_s_own_api_host_is_reached_on_a_private_address_and_nothing_
 
 // --- Stream-through (`download_through`) --------------------------------------
 
-/// A sink that keeps what it is given, or refuses after `fail_after` bytes.
+/// A sink that keeps what it is given, or refuses after `fail_after` bytes,
+/// and the length it was told to expect, if it was told before any byte.
 #[derive(Default)]
 struct Collect {
     bytes: Vec<u8>,
     fail_after: Option<usize>,
+    announced: Option<u64>,
 }
 
 #[async_trait::async_trait]
 impl archiver_core::ByteSink<&'static str> for Collect {
+    fn expect_length(&mut self, length: u64) {
+        assert!(self.bytes.is_empty(), "the length came after a byte");
+        assert_eq!(self.announced.replace(length), None, "told twice");
+    }
+
     async fn write(&mut self, chunk: Bytes) -> Result<(), &'static str> {
         if self
             .fail_after
@@ -1034,6 +1041,7 @@ async fn a_download_streams_through_into_the_sink_with_no_spool_file() {
     assert_eq!(written, len as u64);
     assert_eq!(progress.load(Ordering::Relaxed), len as u64);
     assert_eq!(sink.bytes, pattern_chunk(0, len).to_vec());
+    assert_eq!(sink.announced, Some(len as u64), "Content-Length passed on");
     assert!(env.spool_files().is_empty(), "{:?}", env.spool_files());
 }
 

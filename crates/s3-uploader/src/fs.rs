@@ -27,7 +27,9 @@ use archiver_core::{Sha256Digest, StagedBody, StagedFile};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::store::{check_staged_bytes, clamp_page, validate_key, validate_prefix};
+use crate::store::{
+    check_announced, check_staged_bytes, clamp_page, validate_key, validate_prefix,
+};
 use crate::{
     BlobUpload, MAX_SMALL_OBJECT_BYTES, ObjectDigest, ObjectInfo, ObjectPages, ObjectStore,
     PutOutcome, StoreError, Streamed,
@@ -555,6 +557,8 @@ struct StreamedFile {
     writer: tokio::io::BufWriter<tokio::fs::File>,
     hasher: Sha256,
     size: u64,
+    /// The download's length, when it announced one.
+    announced: Option<u64>,
 }
 
 impl StreamedFile {
@@ -574,14 +578,21 @@ impl StreamedFile {
             ),
             hasher: Sha256::new(),
             size: 0,
+            announced: None,
         })
     }
 }
 
 #[async_trait::async_trait]
 impl BlobUpload for StreamedFile {
+    fn expect_length(&mut self, length: u64) {
+        self.announced = Some(length);
+    }
+
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         use tokio::io::AsyncWriteExt as _;
+        let key = self.dest.to_string_lossy();
+        check_announced(&key, self.announced, self.size + chunk.len() as u64, false)?;
         self.hasher.update(&chunk);
         self.writer
             .write_all(&chunk)
@@ -595,6 +606,7 @@ impl BlobUpload for StreamedFile {
         use tokio::io::AsyncWriteExt as _;
         let sha256 = Sha256Digest::from_bytes(self.hasher.finalize_reset().into());
         let size = self.size;
+        check_announced(&self.dest.to_string_lossy(), self.announced, size, true)?;
         if sha256 != self.expected {
             // The temp file goes with `self`.
             return Ok(Streamed::Refused { size, sha256 });

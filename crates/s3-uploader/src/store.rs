@@ -157,10 +157,20 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
 /// written (the s3 backend aborts its multipart upload in a spawned task).
 #[async_trait::async_trait]
 pub trait BlobUpload: Send {
+    /// The file's length, when the download announced it, before the first
+    /// chunk. Both backends then refuse a file that is not of that length;
+    /// the s3 backend with `pipe_parts` sends a file of several parts
+    /// straight into its part requests, with no part buffer at all. Ignored
+    /// by default.
+    fn expect_length(&mut self, length: u64) {
+        let _ = length;
+    }
+
     /// Takes the next chunk of the file. Memory is bounded by the backend's
     /// configuration, never by the file's size: the s3 backend holds at
     /// most one part being filled and its parts in flight, and waits for a
-    /// free stream buffer before filling the next.
+    /// free stream buffer before filling the next (or, piped, two chunks on
+    /// their way into the part's request).
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError>;
 
     /// Commits the object if the bytes written hash to the key's sha256;
@@ -170,9 +180,40 @@ pub trait BlobUpload: Send {
 
 #[async_trait::async_trait]
 impl ByteSink<StoreError> for Box<dyn BlobUpload> {
+    fn expect_length(&mut self, length: u64) {
+        BlobUpload::expect_length(self.as_mut(), length);
+    }
+
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         BlobUpload::write(self.as_mut(), chunk).await
     }
+}
+
+/// Holds a streamed blob to the length its download announced
+/// ([`BlobUpload::expect_length`]): an error once `size` bytes (written so
+/// far, or in all when `finished`) are more, or in the end fewer. Both
+/// backends check it, so a cut-off download is never stored even when the
+/// provider vouched for the hash of what did arrive.
+pub(crate) fn check_announced(
+    key: &str,
+    announced: Option<u64>,
+    size: u64,
+    finished: bool,
+) -> Result<(), StoreError> {
+    let problem = match announced {
+        Some(length) if size > length => {
+            format!("more bytes than the {length} the download announced")
+        }
+        Some(length) if finished && size < length => {
+            format!("the download announced {length} bytes and ended after {size}")
+        }
+        _ => return Ok(()),
+    };
+    Err(StoreError::io(
+        "stream blob",
+        key,
+        std::io::Error::other(problem),
+    ))
 }
 
 /// How a streamed blob ended ([`BlobUpload::finish`]).

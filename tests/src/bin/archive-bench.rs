@@ -6,9 +6,10 @@
 //! cargo build --release -p media-archiver
 //! cargo run --release -p e2e --bin archive-bench            # full run
 //! cargo run --release -p e2e --bin archive-bench -- --quick # smaller files
-//! cargo run --release -p e2e --bin archive-bench -- --only small    # or large
+//! cargo run --release -p e2e --bin archive-bench -- --only small    # or large, or rss (peak RSS only)
 //! cargo run --release -p e2e --bin archive-bench -- --parts 8       # max_parallel_parts
 //! cargo run --release -p e2e --bin archive-bench -- --stream-buffers 0  # no stream-through
+//! cargo run --release -p e2e --bin archive-bench -- --pipe-parts    # storage.s3.pipe_parts
 //! ```
 //!
 //! Method: one local HTTP file host (this process, serving files from
@@ -26,7 +27,8 @@
 //! Peak RSS is the daemon's `VmHWM` after archiving, in a fresh process,
 //! one file of each size, then 16 large files at once, from each announcer
 //! (Green API files are staged in the spool; Cloud API files, whose hash is
-//! vouched for, stream through the daemon's part buffers). CPU is each tool's own user+system time over its
+//! vouched for, stream through the daemon's part buffers, or with
+//! `--pipe-parts` straight into the part requests). CPU is each tool's own user+system time over its
 //! workload (the daemon's from `/proc/<pid>/stat`, rclone's from this
 //! process's waited-children times), per GiB archived and per file;
 //! Garage's CPU over each tool's run is printed apart (per file), since on
@@ -475,7 +477,8 @@ async fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    // `--only small|large`: one size alone (A/B runs of one change).
+    // `--only small|large|rss`: one size alone, or peak RSS alone (A/B runs
+    // of one change).
     let only = value_of("--only");
     // `--parts N`: the daemon's `storage.s3.max_parallel_parts`.
     let parts: Option<usize> = value_of("--parts").map(|n| n.parse().expect("--parts N"));
@@ -483,6 +486,9 @@ async fn main() {
     // no stream-through, every file staged).
     let stream_buffers: Option<usize> =
         value_of("--stream-buffers").map(|n| n.parse().expect("--stream-buffers N"));
+    // `--pipe-parts`: the daemon's `storage.s3.pipe_parts` (stream-through
+    // parts piped into their requests, no part buffers).
+    let pipe_parts = args.iter().any(|a| a == "--pipe-parts");
     let (small, large, rss_sizes) = if quick {
         (
             Workload {
@@ -576,7 +582,8 @@ async fn main() {
     let sizes: Vec<&Workload> = match only.as_deref() {
         Some("small") => vec![&small],
         Some("large") => vec![&large],
-        Some(other) => panic!("--only small|large, not {other}"),
+        Some("rss") => vec![],
+        Some(other) => panic!("--only small|large|rss, not {other}"),
         None => vec![&small, &large],
     };
     let bench_config = |store: &StoreUnderTest, host: &str, cloud: &FakeCloudApi| {
@@ -586,6 +593,9 @@ async fn main() {
         }
         if let Some(n) = stream_buffers {
             s3.push_str(&format!("stream_buffers = {n}\n"));
+        }
+        if pipe_parts {
+            s3.push_str("pipe_parts = true\n");
         }
         bench_config(store, host, cloud).replace("[storage.s3]\n", &format!("[storage.s3]\n{s3}"))
     };
@@ -632,7 +642,7 @@ async fn main() {
             ),
             ..parallel
         }]);
-    for w in rss_runs.filter(|_| only.is_none()) {
+    for w in rss_runs.filter(|_| matches!(only.as_deref(), None | Some("rss"))) {
         for a in ANNOUNCERS {
             let dir = tempfile::tempdir().expect("temp dir");
             let daemon = Daemon::start(&bench_config(&store, &host_url, &cloud), dir.path());

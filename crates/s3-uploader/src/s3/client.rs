@@ -64,6 +64,20 @@ pub(super) fn timeout_override(limit: Duration) -> aws_sdk_s3::config::Builder {
     aws_sdk_s3::config::Builder::default().timeout_config(attempt_timeout(limit))
 }
 
+/// The override for a piped part's request, which lasts as long as the
+/// download feeding it: no limit on the attempt as a whole. A stall is
+/// caught on each side instead: `fetch.read_timeout` for the provider,
+/// [`PIPE_STALL`](super::pipe) for the store, and [`SMALL_REQUEST_TIMEOUT`]
+/// for the answer once the last byte went in.
+pub(super) fn piped_override() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .disable_operation_attempt_timeout()
+            .build(),
+    )
+}
+
 /// How long one attempt to upload `len` bytes may take.
 pub(super) fn upload_limit(len: u64) -> Duration {
     SMALL_REQUEST_TIMEOUT + Duration::from_secs(len / MIN_UPLOAD_BYTES_PER_SEC)

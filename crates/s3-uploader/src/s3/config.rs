@@ -78,6 +78,16 @@ pub struct S3Config {
     /// `part_size`, whatever the number of uploads; an upload that finds
     /// none free stages its file in the spool instead.
     pub stream_buffers: usize,
+    /// Send each part of a stream-through upload whose download announced
+    /// its length straight into its request, with the part's sha256 after
+    /// the bytes as an aws-chunked trailer, instead of through a `part_size`
+    /// buffer (default false). Memory per upload is then a few hundred KiB
+    /// whatever `part_size`, and the upload holds no stream buffer. The
+    /// price: a part that fails is not sent again on its own (the attempt
+    /// fails and the job is retried, download included), and the store
+    /// decodes the chunked bodies (Garage 2.5 spends about 40% more CPU per
+    /// byte on them; BENCHMARKS.md).
+    pub pipe_parts: bool,
 }
 
 impl Default for S3Config {
@@ -99,6 +109,7 @@ impl Default for S3Config {
             part_size: 8 * MIB,
             max_parallel_parts: 4,
             stream_buffers: 4,
+            pipe_parts: false,
         }
     }
 }

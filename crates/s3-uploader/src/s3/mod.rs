@@ -7,7 +7,9 @@
 //! SDK would compute checksums over streamed bodies with the
 //! `STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER` framing, which Garage
 //! rejects.) The store recomputes and refuses a mismatch, so nothing damaged
-//! in transit is stored. We also hash every byte we read from the spool and
+//! in transit is stored. The one exception is a piped part (`pipe_parts`,
+//! see [`pipe`]), whose sha256 is known only after its last byte: it goes
+//! as an unsigned aws-chunked trailer, which the store checks the same way. We also hash every byte we read from the spool and
 //! compare with `StagedFile::sha256` before the object is committed: a part
 //! checksum only proves a part, and not every S3-compatible store checks
 //! checksums at all.
@@ -23,13 +25,15 @@
 //! The module is cut by concern: [`config`] (the `[storage.s3]` settings
 //! and their checks), [`client`] (building the SDK client, request
 //! timeouts), [`upload`] (single and multipart puts), [`stream`]
-//! (stream-through uploads, filled as the download arrives), [`spool`]
+//! (stream-through uploads, filled as the download arrives), [`pipe`] (the
+//! body of a part piped from the download into its request), [`spool`]
 //! (hashing the spool file on the blocking pool), [`read`] (gets, listings, presigned
 //! URLs, the bucket check). This file holds the store and the
 //! [`ObjectStore`] implementation that routes each call to its concern.
 
 mod client;
 mod config;
+mod pipe;
 mod read;
 mod spool;
 mod stream;

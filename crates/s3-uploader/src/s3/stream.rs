@@ -14,28 +14,44 @@
 //! whole file hashed to the key; anything else aborts the upload, so
 //! nothing unverified is ever visible.
 //!
-//! Memory: each buffer is `part_size` bytes (the first starts smaller),
-//! taken from the store's pool of `stream_buffers` permits before it is
-//! filled and given back when its part is sent. An upload starts only
-//! with a free buffer in hand (else [`S3Store::begin_stream`] says `None`
-//! and the caller spools), then waits for the next free one after each
-//! part: the pool bounds memory whatever the number of uploads, and every
-//! upload holding a buffer makes progress, because a filled buffer's
-//! permit comes back when its part is sent.
+//! Memory with `pipe_parts`, when the download announced its length
+//! (`Content-Length`, the usual case) and the file takes more than one
+//! part: no part buffer at all. Each part's bytes go straight into its UploadPart request through
+//! a channel of a few chunks, hashed as they pass, and the store checks
+//! the part's sha256, sent after the bytes as a trailer (its value is only
+//! known at the part's last byte; see `pipe.rs`). A file streams at the
+//! pace of the slower side, and holds a few hundred KiB whatever
+//! `part_size` and its size. Such a part cannot be
+//! sent again from memory, so a part that fails fails the upload.
+//!
+//! Memory otherwise (by default, or length unknown, or at most one part):
+//! each buffer is `part_size` bytes (the first starts smaller), taken from
+//! the store's pool of `stream_buffers` permits before it is filled and
+//! given back when its part is sent. An upload starts only with a free buffer in hand
+//! (else [`S3Store::begin_stream`] says `None` and the caller spools),
+//! then waits for the next free one after each part: the pool bounds
+//! memory whatever the number of uploads, and every upload holding a
+//! buffer makes progress, because a filled buffer's permit comes back when
+//! its part is sent. A piped upload gives its permit back as soon as it
+//! learns its length.
 //!
 //! A failed part fails the upload (the multipart upload is aborted and the
-//! job retried): the SDK retries each part request itself, from the
-//! buffer, so only a part that failed every attempt gets here.
+//! job retried): the SDK retries each buffered part request itself, from
+//! the buffer, so only a part that failed every attempt gets here; a piped
+//! part gets one attempt.
 
 use archiver_core::{Sha256Digest, StagedBody, StagedFile};
 use aws_sdk_s3::types::CompletedPart;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::task::JoinSet;
 
 use super::S3Store;
-use super::upload::{AbortGuard, Body, CreateOnly, MAX_PARTS, join_part};
+use super::client::SMALL_REQUEST_TIMEOUT;
+use super::pipe::{PIPE_STALL, PipeSender, PipeStopped, piped_body};
+use super::upload::{AbortGuard, Body, CreateOnly, MAX_PARTS, b64, join_part};
+use crate::store::check_announced;
 use crate::{BlobUpload, PutOutcome, StoreError, Streamed};
 
 impl S3Store {
@@ -65,6 +81,8 @@ impl S3Store {
             whole: Sha256::new(),
             size: 0,
             multipart: None,
+            announced: None,
+            piped: None,
         })
     }
 }
@@ -83,6 +101,32 @@ pub(super) struct StreamedBlob {
     size: u64,
     /// Created when the first part is sent.
     multipart: Option<Multipart>,
+    /// The download's length, when it announced one: no byte past it is
+    /// taken, and nothing short of it is stored.
+    announced: Option<u64>,
+    /// Set when the length was announced and the file takes more than one
+    /// part: the parts are piped, and `filling` stays empty.
+    piped: Option<Piped>,
+}
+
+/// A file of announced length whose parts are piped into their requests.
+struct Piped {
+    /// The announced length.
+    length: u64,
+    /// The part whose request is taking the bytes, until its last byte.
+    open: Option<PipedPart>,
+}
+
+/// The part being piped.
+struct PipedPart {
+    /// Bytes it still takes.
+    remaining: u64,
+    /// `None` for the first part, whose hash is the whole file's so far.
+    hasher: Option<Sha256>,
+    /// Feeds the request's body.
+    body: PipeSender,
+    /// Our sha256 of the part, for CompleteMultipartUpload.
+    checksum: oneshot::Sender<[u8; 32]>,
 }
 
 /// What the first buffer starts with: most files are small. A file that
@@ -165,9 +209,10 @@ async fn stop_parts(in_flight: &mut JoinSet<Result<CompletedPart, StoreError>>) 
 }
 
 impl StreamedBlob {
-    /// Sends the full buffer as the next part and takes a free buffer to
-    /// fill next (waiting for one).
-    async fn send_filled_part(&mut self) -> Result<(), StoreError> {
+    /// The multipart upload, created on first use, with room for one more
+    /// part in flight (waiting for one to finish if need be). On an error,
+    /// the caller drops it and its guard aborts the upload.
+    async fn multipart_with_room(&mut self) -> Result<Multipart, StoreError> {
         let mut multipart = match self.multipart.take() {
             Some(multipart) => multipart,
             None => {
@@ -188,12 +233,17 @@ impl StreamedBlob {
                 }
             }
         };
-        // On an error below, `multipart` is dropped and its guard aborts
-        // the upload.
         while multipart.in_flight.len() >= self.store.cfg.max_parallel_parts {
             let part = join_part(&mut multipart.in_flight).await?;
             multipart.sent.push(part);
         }
+        Ok(multipart)
+    }
+
+    /// Sends the full buffer as the next part and takes a free buffer to
+    /// fill next (waiting for one).
+    async fn send_filled_part(&mut self) -> Result<(), StoreError> {
+        let mut multipart = self.multipart_with_room().await?;
         // The filled buffer leaves with its permit, which comes back when
         // its part is sent; only then is a permit for the next one awaited
         // (waiting while holding it could wait for ever on a pool of one).
@@ -226,20 +276,154 @@ impl StreamedBlob {
         Ok(())
     }
 
-    /// Sends the last part, waits for every part, completes the upload.
-    async fn complete(&mut self, mut multipart: Multipart) -> Result<PutOutcome, StoreError> {
-        while multipart.in_flight.len() >= self.store.cfg.max_parallel_parts {
-            let part = join_part(&mut multipart.in_flight).await?;
-            multipart.sent.push(part);
-        }
-        let bytes = std::mem::take(&mut self.filling.bytes).freeze();
-        let sha256 = Part::sha256(self.filling.hasher.take(), &self.whole);
+    /// Starts the request of the next piped part, of `len` bytes, which
+    /// takes them as they are written.
+    async fn open_piped_part(&mut self, len: u64) -> Result<PipedPart, StoreError> {
+        let mut multipart = self.multipart_with_room().await?;
         let number = multipart.next_part;
+        multipart.next_part += 1;
+        let (body, stream, announce) = piped_body(len);
+        let (checksum, ours) = oneshot::channel::<[u8; 32]>();
+        let (store, key, upload_id) = (
+            self.store.clone(),
+            self.key.clone(),
+            multipart.upload_id.clone(),
+        );
+        multipart.in_flight.spawn(async move {
+            let request = store.upload_piped_part(&key, &upload_id, number, stream, announce);
+            tokio::pin!(request);
+            let cut_off = || {
+                StoreError::io(
+                    "upload part",
+                    &key,
+                    std::io::Error::other("the part was cut off"),
+                )
+            };
+            // No answer can come before the last byte: until then the
+            // download sets the pace (a stall on either side is caught as
+            // the bytes are written), then the answer gets the time of any
+            // small request.
+            let ours = tokio::select! {
+                answer = &mut request => {
+                    answer?;
+                    return Err(cut_off());
+                }
+                ours = ours => b64(&ours.map_err(|_| cut_off())?),
+            };
+            let sent = tokio::time::timeout(SMALL_REQUEST_TIMEOUT, request)
+                .await
+                .map_err(|_| StoreError::Unreachable {
+                    op: "UploadPart",
+                    key: key.clone(),
+                    detail: format!("no answer {SMALL_REQUEST_TIMEOUT:?} after the last byte"),
+                })??;
+            if let Some(theirs) = sent.checksum_sha256().filter(|theirs| *theirs != ours) {
+                return Err(StoreError::io(
+                    "upload part",
+                    &key,
+                    std::io::Error::other(format!(
+                        "part {number}: the store hashed the bytes to {theirs}, we to {ours}"
+                    )),
+                ));
+            }
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(sent.e_tag().map(str::to_owned))
+                .checksum_sha256(ours)
+                .build())
+        });
+        let first = number == 1;
+        self.multipart = Some(multipart);
+        Ok(PipedPart {
+            remaining: len,
+            hasher: (!first).then(Sha256::new),
+            body,
+            checksum,
+        })
+    }
+
+    /// [`BlobUpload::write`] of a piped file: each byte goes into the open
+    /// part's request, a part opening when a byte comes for it.
+    async fn write_piped(&mut self, mut chunk: Bytes) -> Result<(), StoreError> {
+        let Some(mut piped) = self.piped.take() else {
+            return Ok(());
+        };
+        while !chunk.is_empty() {
+            let mut part = match piped.open.take() {
+                Some(part) => part,
+                None => {
+                    let len = (piped.length - self.size).min(self.part_size as u64);
+                    self.open_piped_part(len).await?
+                }
+            };
+            let piece = chunk.split_to((part.remaining.min(chunk.len() as u64)) as usize);
+            self.whole.update(&piece);
+            if let Some(hasher) = &mut part.hasher {
+                hasher.update(&piece);
+            }
+            self.size += piece.len() as u64;
+            part.remaining -= piece.len() as u64;
+            if let Err(stopped) = part.body.send(piece).await {
+                return Err(self.piped_failure(stopped).await);
+            }
+            if part.remaining == 0 {
+                let sha256 = Part::sha256(part.hasher, &self.whole);
+                let _ = part.checksum.send(sha256);
+                if let Err(stopped) = part.body.finish(&sha256).await {
+                    return Err(self.piped_failure(stopped).await);
+                }
+            } else {
+                piped.open = Some(part);
+            }
+        }
+        self.piped = Some(piped);
+        Ok(())
+    }
+
+    /// Why a piped part's request stopped taking bytes: a stall, or the
+    /// first error among the parts in flight.
+    async fn piped_failure(&mut self, stopped: PipeStopped) -> StoreError {
+        if stopped == PipeStopped::Stalled {
+            return StoreError::Unreachable {
+                op: "UploadPart",
+                key: self.key.clone(),
+                detail: format!("the store took none of the part's bytes for {PIPE_STALL:?}"),
+            };
+        }
+        if let Some(multipart) = &mut self.multipart {
+            while !multipart.in_flight.is_empty() {
+                if let Err(e) = join_part(&mut multipart.in_flight).await {
+                    return e;
+                }
+            }
+        }
+        StoreError::io(
+            "upload part",
+            &self.key,
+            std::io::Error::other("the part's request stopped taking bytes"),
+        )
+    }
+
+    /// Sends the last part (a buffered upload's; a piped one's went with
+    /// its last byte), waits for every part, completes the upload.
+    async fn complete(&mut self, mut multipart: Multipart) -> Result<PutOutcome, StoreError> {
+        let mut parts = Vec::new();
+        if self.piped.is_none() {
+            while multipart.in_flight.len() >= self.store.cfg.max_parallel_parts {
+                let part = join_part(&mut multipart.in_flight).await?;
+                multipart.sent.push(part);
+            }
+            let bytes = std::mem::take(&mut self.filling.bytes).freeze();
+            let sha256 = Part::sha256(self.filling.hasher.take(), &self.whole);
+            let number = multipart.next_part;
+            let (store, key, upload_id) = (&self.store, &self.key, &multipart.upload_id);
+            parts.push(
+                store
+                    .upload_part(key, upload_id, number, Body::Memory(bytes), &sha256)
+                    .await?,
+            );
+        }
         let (store, key, upload_id) = (&self.store, &self.key, &multipart.upload_id);
-        let last_part = store
-            .upload_part(key, upload_id, number, Body::Memory(bytes), &sha256)
-            .await?;
-        let mut parts = vec![last_part];
         while !multipart.in_flight.is_empty() {
             parts.push(join_part(&mut multipart.in_flight).await?);
         }
@@ -287,7 +471,29 @@ impl StreamedBlob {
 
 #[async_trait::async_trait]
 impl BlobUpload for StreamedBlob {
+    fn expect_length(&mut self, length: u64) {
+        if self.size > 0 || self.announced.is_some() {
+            return;
+        }
+        self.announced = Some(length);
+        // A file of one part stays one PutObject from its buffer.
+        if self.store.cfg.pipe_parts && length > self.part_size as u64 {
+            self.piped = Some(Piped { length, open: None });
+            // Its buffer (and the permit) go back to the pool unused.
+            self.filling = Part {
+                bytes: BytesMut::new(),
+                hasher: None,
+                permit: None,
+            };
+        }
+    }
+
     async fn write(&mut self, mut chunk: Bytes) -> Result<(), StoreError> {
+        let size = self.size + chunk.len() as u64;
+        check_announced(&self.key, self.announced, size, false)?;
+        if self.piped.is_some() {
+            return self.write_piped(chunk).await;
+        }
         self.size += chunk.len() as u64;
         while !chunk.is_empty() {
             // A full buffer is sent only once more bytes follow, so a file
@@ -316,6 +522,12 @@ impl BlobUpload for StreamedBlob {
         // The last part's hash may still need `whole` (a file of one part).
         let sha256 = Sha256Digest::from_bytes(self.whole.clone().finalize().into());
         let size = self.size;
+        if let Err(e) = check_announced(&self.key, self.announced, size, true) {
+            if let Some(multipart) = self.multipart.take() {
+                multipart.abort().await;
+            }
+            return Err(e);
+        }
         if sha256 != self.expected {
             if let Some(multipart) = self.multipart.take() {
                 multipart.abort().await;

@@ -38,6 +38,7 @@
 use std::sync::Arc;
 
 use archiver_core::{Sha256Digest, StagedBody, StagedFile};
+use aws_sdk_s3::operation::upload_part::UploadPartOutput;
 use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
@@ -49,8 +50,9 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use super::S3Store;
-use super::client::{COMPLETE_TIMEOUT, timeout_override, upload_limit};
+use super::client::{COMPLETE_TIMEOUT, piped_override, timeout_override, upload_limit};
 use super::config::MIB;
+use super::pipe::UnsignedTrailer;
 use super::spool::SpoolReader;
 use crate::store::check_staged_bytes;
 use crate::{PutOutcome, StoreError};
@@ -476,6 +478,34 @@ impl S3Store {
             .set_e_tag(out.e_tag().map(str::to_owned))
             .checksum_sha256(checksum)
             .build())
+    }
+
+    /// UploadPart of the bytes that `body` yields as the download brings
+    /// them, framed with their sha256 as a trailer (see `pipe.rs`, which
+    /// made `body` and `announce`). Such a body cannot be replayed, so the
+    /// SDK does not retry this request, and the attempt has no time limit
+    /// of its own ([`piped_override`]).
+    pub(super) async fn upload_piped_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: ByteStream,
+        announce: UnsignedTrailer,
+    ) -> Result<UploadPartOutput, StoreError> {
+        self.client
+            .upload_part()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .body(body)
+            .customize()
+            .interceptor(announce)
+            .config_override(piped_override())
+            .send()
+            .await
+            .map_err(|e| self.err("UploadPart", key, e))
     }
 
     /// Best effort: a failure is logged (a bucket lifecycle rule

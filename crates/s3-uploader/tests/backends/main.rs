@@ -36,6 +36,7 @@ macro_rules! conformance_tests {
             streamed_bytes_that_do_not_match_the_key_are_refused,
             streaming_a_stored_blob_again_changes_nothing,
             a_stream_dropped_half_way_leaves_nothing,
+            a_stream_that_is_not_its_announced_length_is_not_stored,
             delete_removes_an_object_and_a_missing_one_is_no_error,
         );
     };

@@ -98,8 +98,21 @@ fn raw_client(g: &Garage) -> Client {
 }
 
 async fn s3_backend() -> Option<S3Backend> {
+    s3_backend_with(|_| {}).await
+}
+
+/// The same, with stream-through parts piped into their requests
+/// (`pipe_parts`): the whole suite again, since every stream case then
+/// takes the other path when its length is announced.
+async fn s3_piped_backend() -> Option<S3Backend> {
+    s3_backend_with(|config| config.pipe_parts = true).await
+}
+
+async fn s3_backend_with(adjust: impl FnOnce(&mut S3Config)) -> Option<S3Backend> {
     let garage = Garage::start()?;
-    let store = connect(config(&garage)).await;
+    let mut config = config(&garage);
+    adjust(&mut config);
+    let store = connect(config).await;
     Some(S3Backend {
         store,
         client: raw_client(&garage),
@@ -109,6 +122,10 @@ async fn s3_backend() -> Option<S3Backend> {
 }
 
 crate::conformance_tests!(s3_backend);
+
+mod piped {
+    crate::conformance_tests!(super::s3_piped_backend);
+}
 
 async fn head_exists(b: &S3Backend, key: &str) -> bool {
     match b
@@ -197,33 +214,39 @@ async fn failed_multipart_uploads_are_aborted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_and_dropped_streams_leave_no_multipart_upload() {
-    let Some(b) = s3_backend().await else { return };
+    let Some(b) = s3_piped_backend().await else {
+        return;
+    };
     let bytes = suite::pseudo_random(20 * MIB, 72);
     let key = Layout::default().blob_key(&suite::sha256(&bytes), None);
-
-    let mut refused = suite::begin(&b, &key, suite::sha256(b"other")).await;
-    suite::write_chunked(&mut refused, &bytes).await;
-    assert_eq!(
-        pending_uploads(&b).await,
-        1,
-        "the parts went up as they came"
-    );
-    refused.finish().await.unwrap();
-    assert_eq!(pending_uploads(&b).await, 0, "refused: aborted");
-
-    let mut dropped = suite::begin(&b, &key, suite::sha256(&bytes)).await;
-    suite::write_chunked(&mut dropped, &bytes[..17 * MIB]).await;
-    drop(dropped);
-    // The abort is spawned when the upload is dropped.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while pending_uploads(&b).await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "dropped: never aborted"
+    // Buffered parts, then parts piped into their requests.
+    for announced in [None, Some(bytes.len() as u64)] {
+        let other = suite::sha256(b"other");
+        let mut refused = suite::begin_announced(&b, &key, other, announced).await;
+        suite::write_chunked(&mut refused, &bytes).await;
+        assert_eq!(
+            pending_uploads(&b).await,
+            1,
+            "the parts went up as they came"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        refused.finish().await.unwrap();
+        assert_eq!(pending_uploads(&b).await, 0, "refused: aborted");
+
+        let whole = suite::sha256(&bytes);
+        let mut dropped = suite::begin_announced(&b, &key, whole, announced).await;
+        suite::write_chunked(&mut dropped, &bytes[..17 * MIB]).await;
+        drop(dropped);
+        // The abort is spawned when the upload is dropped.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while pending_uploads(&b).await > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "dropped: never aborted ({announced:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!head_exists(&b, &key).await);
     }
-    assert!(!head_exists(&b, &key).await);
 }
 
 /// Memory is bounded by `stream_buffers` whatever the number of uploads:
@@ -234,6 +257,7 @@ async fn stream_buffers_bound_the_uploads_and_zero_turns_streaming_off() {
     let Some(b) = s3_backend().await else { return };
     let store = connect(S3Config {
         stream_buffers: 2,
+        pipe_parts: true,
         ..config(&b.garage)
     })
     .await;
@@ -246,11 +270,16 @@ async fn stream_buffers_bound_the_uploads_and_zero_turns_streaming_off() {
         }
     };
     let first = begin(1).await.expect("a free buffer");
-    let second = begin(2).await.expect("a free buffer");
+    let mut second = begin(2).await.expect("a free buffer");
     assert!(begin(3).await.is_none(), "every buffer is taken");
     drop(first);
     let third = begin(3).await.expect("a buffer came back");
-    drop((second, third));
+    // With `pipe_parts`, a download announcing several parts' worth is
+    // piped into its part requests: its buffer goes back to the pool
+    // before it is filled.
+    second.expect_length(20 * MIB as u64);
+    let fourth = begin(4).await.expect("a piped upload holds no buffer");
+    drop((second, third, fourth));
 
     // More than 10,000 parts of `part_size` could not be one upload.
     let too_large = 10_000 * 8 * MIB as u64 + 1;

@@ -577,6 +577,23 @@ pub(crate) async fn begin(
         .expect("the backend streams")
 }
 
+/// Starts a stream-through upload as the fetch step does, telling it the
+/// download's length first when `announced` (the response had a
+/// `Content-Length`; on S3 a file of several parts is then piped into its
+/// part requests instead of buffered).
+pub(crate) async fn begin_announced(
+    b: &dyn Backend,
+    key: &str,
+    sha256: Sha256Digest,
+    announced: Option<u64>,
+) -> Box<dyn s3_uploader::BlobUpload> {
+    let mut upload = begin(b, key, sha256).await;
+    if let Some(length) = announced {
+        upload.expect_length(length);
+    }
+    upload
+}
+
 /// Writes `bytes` in uneven chunks, as a network delivers them (none lines
 /// up with a part boundary).
 pub(crate) async fn write_chunked(upload: &mut Box<dyn s3_uploader::BlobUpload>, bytes: &[u8]) {
@@ -595,28 +612,59 @@ pub(crate) async fn write_chunked(upload: &mut Box<dyn s3_uploader::BlobUpload>,
     }
 }
 
-/// 20 MiB and a few bytes streamed: several parts at the default 8 MiB.
+/// 20 MiB and a few bytes streamed: several parts at the default 8 MiB,
+/// with the length announced and without.
 pub(crate) async fn streamed_blob_round_trip(b: &dyn Backend) {
-    let bytes = pseudo_random(20 * MIB + 123, 61);
-    let key = layout().blob_key(&sha256(&bytes), Some("video/mp4"));
-    let mut upload = begin(b, &key, sha256(&bytes)).await;
-    write_chunked(&mut upload, &bytes).await;
-    assert_eq!(b.read_object(&key).await, None, "visible before finish");
-    let done = upload.finish().await.unwrap();
-    assert_eq!(
-        done,
-        s3_uploader::Streamed::Archived {
-            size: bytes.len() as u64,
-            outcome: PutOutcome::Stored
-        }
-    );
-    assert_eq!(
-        b.store().read_hashed(&key).await.unwrap(),
-        Some(ObjectDigest {
-            size: bytes.len() as u64,
-            sha256: sha256(&bytes)
-        })
-    );
+    for (seed, announce) in [(61, false), (67, true)] {
+        let bytes = pseudo_random(20 * MIB + 123, seed);
+        let key = layout().blob_key(&sha256(&bytes), Some("video/mp4"));
+        let announced = announce.then_some(bytes.len() as u64);
+        let mut upload = begin_announced(b, &key, sha256(&bytes), announced).await;
+        write_chunked(&mut upload, &bytes).await;
+        assert_eq!(b.read_object(&key).await, None, "visible before finish");
+        let done = upload.finish().await.unwrap();
+        assert_eq!(
+            done,
+            s3_uploader::Streamed::Archived {
+                size: bytes.len() as u64,
+                outcome: PutOutcome::Stored
+            }
+        );
+        assert_eq!(
+            b.store().read_hashed(&key).await.unwrap(),
+            Some(ObjectDigest {
+                size: bytes.len() as u64,
+                sha256: sha256(&bytes)
+            }),
+            "announced: {announce}"
+        );
+    }
+}
+
+/// A download that ends before its announced length is not stored, even
+/// when what came hashes to the key (the provider vouched for the prefix),
+/// and one that goes past it is refused at the first byte too many.
+pub(crate) async fn a_stream_that_is_not_its_announced_length_is_not_stored(b: &dyn Backend) {
+    let bytes = pseudo_random(20 * MIB, 68);
+    let key = layout().blob_key(&sha256(&bytes), None);
+    let mut short = begin_announced(b, &key, sha256(&bytes), Some(24 * MIB as u64)).await;
+    write_chunked(&mut short, &bytes).await;
+    let error = short.finish().await.map(|_| ()).unwrap_err();
+    assert!(error.to_string().contains("announced"), "{error}");
+    assert_eq!(b.read_object(&key).await, None, "a cut-off file is visible");
+
+    let mut long = begin_announced(b, &key, sha256(&bytes), Some(16 * MIB as u64)).await;
+    let mut chunks = bytes.chunks(MIB);
+    for chunk in chunks.by_ref().take(16) {
+        long.write(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    let one_too_many = bytes::Bytes::copy_from_slice(chunks.next().unwrap());
+    let error = long.write(one_too_many).await.unwrap_err();
+    assert!(error.to_string().contains("announced"), "{error}");
+    drop(long);
+    assert_eq!(b.read_object(&key).await, None);
 }
 
 /// At most one part: stored whole at the end (one request on S3).
@@ -641,11 +689,12 @@ pub(crate) async fn small_streamed_blob_round_trip(b: &dyn Backend) {
 /// Bytes that hash to anything but the key are discarded, small or in
 /// parts, and the key stays empty.
 pub(crate) async fn streamed_bytes_that_do_not_match_the_key_are_refused(b: &dyn Backend) {
-    for len in [1000, 20 * MIB] {
+    for (len, announce) in [(1000, false), (20 * MIB, false), (20 * MIB, true)] {
         let promised = sha256(b"what the provider vouched for");
         let key = layout().blob_key(&promised, None);
         let bytes = pseudo_random(len, 64);
-        let mut upload = begin(b, &key, promised).await;
+        let announced = announce.then_some(len as u64);
+        let mut upload = begin_announced(b, &key, promised, announced).await;
         write_chunked(&mut upload, &bytes).await;
         let done = upload.finish().await.unwrap();
         assert_eq!(
@@ -682,10 +731,12 @@ pub(crate) async fn streaming_a_stored_blob_again_changes_nothing(b: &dyn Backen
 pub(crate) async fn a_stream_dropped_half_way_leaves_nothing(b: &dyn Backend) {
     let bytes = pseudo_random(20 * MIB, 66);
     let key = layout().blob_key(&sha256(&bytes), None);
-    let mut upload = begin(b, &key, sha256(&bytes)).await;
-    write_chunked(&mut upload, &bytes[..17 * MIB]).await;
-    drop(upload);
-    assert_eq!(b.read_object(&key).await, None);
+    for announced in [None, Some(bytes.len() as u64)] {
+        let mut upload = begin_announced(b, &key, sha256(&bytes), announced).await;
+        write_chunked(&mut upload, &bytes[..17 * MIB]).await;
+        drop(upload);
+        assert_eq!(b.read_object(&key).await, None);
+    }
 }
 
 /// Deleting an object (an erasure) removes it, and only it; deleting a key
