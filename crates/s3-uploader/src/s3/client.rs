@@ -5,7 +5,10 @@
 //! answering fails a job (retried later) instead of holding a worker: small
 //! requests get [`SMALL_REQUEST_TIMEOUT`], an upload as long as the slowest
 //! tolerated rate needs for its bytes, and CompleteMultipartUpload, which
-//! AWS may take minutes over for large objects, [`COMPLETE_TIMEOUT`].
+//! AWS may take minutes over for large objects, [`COMPLETE_TIMEOUT`]. The
+//! exception is a piped part ([`piped_override`]), which lasts as long as
+//! the download feeding it: a store that stops taking its bytes is caught
+//! chunk by chunk instead, one that takes a chunk a minute is not.
 
 use std::sync::Arc;
 use std::time::Duration;

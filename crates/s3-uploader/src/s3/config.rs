@@ -82,11 +82,13 @@ pub struct S3Config {
     /// its length straight into its request, with the part's sha256 after
     /// the bytes as an aws-chunked trailer, instead of through a `part_size`
     /// buffer (default false). Memory per upload is then a few hundred KiB
-    /// whatever `part_size`, and the upload holds no stream buffer. The
+    /// whatever `part_size`, and the upload gives its stream buffer back
+    /// as soon as the length is known (it needs one to start). The
     /// price: a part that fails is not sent again on its own (the attempt
     /// fails and the job is retried, download included), and the store
     /// decodes the chunked bodies (Garage 2.5 spends about 40% more CPU per
-    /// byte on them; BENCHMARKS.md).
+    /// byte on them; BENCHMARKS.md). Only for a store that decodes
+    /// aws-chunked bodies with trailers.
     pub pipe_parts: bool,
 }
 

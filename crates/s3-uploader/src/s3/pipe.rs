@@ -162,3 +162,50 @@ impl Intercept for UnsignedTrailer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that stops reading the body is found out after
+    /// [`PIPE_STALL`], not waited for (the request itself has no time
+    /// limit), and one whose request ended is told at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_nobody_reads_stalls_and_one_whose_request_ended_is_closed() {
+        let (sender, unread, _announce) = piped_body(1 << 20);
+        let chunk = Bytes::from_static(&[7; 1024]);
+        for _ in 0..PIPE_DEPTH {
+            sender.send(chunk.clone()).await.unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        assert_eq!(sender.send(chunk.clone()).await, Err(PipeStopped::Stalled));
+        assert!(started.elapsed() >= PIPE_STALL);
+
+        drop(unread);
+        assert_eq!(sender.send(chunk).await, Err(PipeStopped::Closed));
+    }
+
+    /// What goes on the wire is exactly the length the request announces:
+    /// the bytes, framed, and the sha256 trailer.
+    #[tokio::test]
+    async fn the_framed_body_is_the_announced_length_and_ends_with_the_trailer() {
+        use http_body_util::BodyExt as _;
+        let len = 200 * 1024 + 5;
+        let (sender, body, announce) = piped_body(len);
+        let feed = tokio::spawn(async move {
+            for chunk in vec![3u8; len as usize].chunks(16 * 1024 + 3) {
+                sender.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+            }
+            sender.finish(&[0xab; 32]).await.unwrap();
+        });
+        let wire = body.into_inner().collect().await.unwrap().to_bytes();
+        feed.await.unwrap();
+        assert_eq!(wire.len() as u64, announce.encoded_len);
+        let trailer = format!("0\r\n{CHECKSUM_TRAILER}:{}\r\n\r\n", b64(&[0xab; 32]));
+        assert!(
+            wire.ends_with(trailer.as_bytes()),
+            "{:?}",
+            &wire[wire.len() - 90..]
+        );
+    }
+}

@@ -83,6 +83,7 @@ impl S3Store {
             multipart: None,
             announced: None,
             piped: None,
+            broken: false,
         })
     }
 }
@@ -107,6 +108,8 @@ pub(super) struct StreamedBlob {
     /// Set when the length was announced and the file takes more than one
     /// part: the parts are piped, and `filling` stays empty.
     piped: Option<Piped>,
+    /// A write failed: every later call fails too, and `finish` aborts.
+    broken: bool,
 }
 
 /// A file of announced length whose parts are piped into their requests.
@@ -283,7 +286,7 @@ impl StreamedBlob {
         let number = multipart.next_part;
         multipart.next_part += 1;
         let (body, stream, announce) = piped_body(len);
-        let (checksum, ours) = oneshot::channel::<[u8; 32]>();
+        let (checksum, mut ours) = oneshot::channel::<[u8; 32]>();
         let (store, key, upload_id) = (
             self.store.clone(),
             self.key.clone(),
@@ -303,20 +306,28 @@ impl StreamedBlob {
             // download sets the pace (a stall on either side is caught as
             // the bytes are written), then the answer gets the time of any
             // small request.
-            let ours = tokio::select! {
-                answer = &mut request => {
-                    answer?;
-                    return Err(cut_off());
+            let (sent, ours) = tokio::select! {
+                biased;
+                ours = &mut ours => {
+                    let ours = b64(&ours.map_err(|_| cut_off())?);
+                    let answer = tokio::time::timeout(SMALL_REQUEST_TIMEOUT, request)
+                        .await
+                        .map_err(|_| StoreError::Unreachable {
+                            op: "UploadPart",
+                            key: key.clone(),
+                            detail: format!(
+                                "no answer {SMALL_REQUEST_TIMEOUT:?} after the last byte"
+                            ),
+                        })?;
+                    (answer?, ours)
                 }
-                ours = ours => b64(&ours.map_err(|_| cut_off())?),
+                // The store can answer between the trailer going out and
+                // the writer saying so: the checksum is on its way.
+                answer = &mut request => {
+                    let sent = answer?;
+                    (sent, b64(&ours.await.map_err(|_| cut_off())?))
+                }
             };
-            let sent = tokio::time::timeout(SMALL_REQUEST_TIMEOUT, request)
-                .await
-                .map_err(|_| StoreError::Unreachable {
-                    op: "UploadPart",
-                    key: key.clone(),
-                    detail: format!("no answer {SMALL_REQUEST_TIMEOUT:?} after the last byte"),
-                })??;
             if let Some(theirs) = sent.checksum_sha256().filter(|theirs| *theirs != ours) {
                 return Err(StoreError::io(
                     "upload part",
@@ -368,10 +379,11 @@ impl StreamedBlob {
             }
             if part.remaining == 0 {
                 let sha256 = Part::sha256(part.hasher, &self.whole);
-                let _ = part.checksum.send(sha256);
                 if let Err(stopped) = part.body.finish(&sha256).await {
                     return Err(self.piped_failure(stopped).await);
                 }
+                // The trailer is on its way: the answer's time starts.
+                let _ = part.checksum.send(sha256);
             } else {
                 piped.open = Some(part);
             }
@@ -488,7 +500,38 @@ impl BlobUpload for StreamedBlob {
         }
     }
 
-    async fn write(&mut self, mut chunk: Bytes) -> Result<(), StoreError> {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        if self.broken {
+            return Err(self.broken_error());
+        }
+        let written = self.write_chunk(chunk).await;
+        self.broken = written.is_err();
+        written
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Streamed, StoreError> {
+        if self.broken {
+            if let Some(multipart) = self.multipart.take() {
+                multipart.abort().await;
+            }
+            return Err(self.broken_error());
+        }
+        self.finish_whole().await
+    }
+}
+
+impl StreamedBlob {
+    /// A write failed: the bytes sent are not the file's any more.
+    fn broken_error(&self) -> StoreError {
+        StoreError::io(
+            "stream blob",
+            &self.key,
+            std::io::Error::other("an earlier write failed; the upload is discarded"),
+        )
+    }
+
+    /// [`BlobUpload::write`] of an upload that has not failed.
+    async fn write_chunk(&mut self, mut chunk: Bytes) -> Result<(), StoreError> {
         let size = self.size + chunk.len() as u64;
         check_announced(&self.key, self.announced, size, false)?;
         if self.piped.is_some() {
@@ -518,7 +561,8 @@ impl BlobUpload for StreamedBlob {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<Streamed, StoreError> {
+    /// [`BlobUpload::finish`] of an upload whose every write succeeded.
+    async fn finish_whole(mut self: Box<Self>) -> Result<Streamed, StoreError> {
         // The last part's hash may still need `whole` (a file of one part).
         let sha256 = Sha256Digest::from_bytes(self.whole.clone().finalize().into());
         let size = self.size;
