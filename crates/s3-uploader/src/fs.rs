@@ -559,6 +559,8 @@ struct StreamedFile {
     size: u64,
     /// The download's length, when it announced one.
     announced: Option<u64>,
+    /// A write failed (or was cancelled): `finish` refuses.
+    broken: bool,
 }
 
 impl StreamedFile {
@@ -579,6 +581,7 @@ impl StreamedFile {
             hasher: Sha256::new(),
             size: 0,
             announced: None,
+            broken: false,
         })
     }
 }
@@ -591,6 +594,10 @@ impl BlobUpload for StreamedFile {
 
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         use tokio::io::AsyncWriteExt as _;
+        if self.broken {
+            return Err(broken_stream(&self.dest));
+        }
+        self.broken = true;
         let key = self.dest.to_string_lossy();
         check_announced(&key, self.announced, self.size + chunk.len() as u64, false)?;
         self.hasher.update(&chunk);
@@ -599,11 +606,15 @@ impl BlobUpload for StreamedFile {
             .await
             .map_err(|e| StoreError::io("write", self.tmp.path(), e))?;
         self.size += chunk.len() as u64;
+        self.broken = false;
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Streamed, StoreError> {
         use tokio::io::AsyncWriteExt as _;
+        if self.broken {
+            return Err(broken_stream(&self.dest));
+        }
         let sha256 = Sha256Digest::from_bytes(self.hasher.finalize_reset().into());
         let size = self.size;
         check_announced(&self.dest.to_string_lossy(), self.announced, size, true)?;
@@ -629,6 +640,15 @@ impl BlobUpload for StreamedFile {
         .await?;
         Ok(Streamed::Archived { size, outcome })
     }
+}
+
+/// A streamed blob whose write failed: the bytes written are not the file.
+fn broken_stream(dest: &Path) -> StoreError {
+    StoreError::io(
+        "stream blob",
+        dest,
+        std::io::Error::other("an earlier write failed; the upload is discarded"),
+    )
 }
 
 /// Runs blocking file work off the async threads.

@@ -375,11 +375,14 @@ impl StreamedBlob {
             self.size += piece.len() as u64;
             part.remaining -= piece.len() as u64;
             if let Err(stopped) = part.body.send(piece).await {
+                // Its task may wait for the checksum: this says none comes.
+                drop(part);
                 return Err(self.piped_failure(stopped).await);
             }
             if part.remaining == 0 {
                 let sha256 = Part::sha256(part.hasher, &self.whole);
                 if let Err(stopped) = part.body.finish(&sha256).await {
+                    drop(part.checksum);
                     return Err(self.piped_failure(stopped).await);
                 }
                 // The trailer is on its way: the answer's time starts.
@@ -504,6 +507,8 @@ impl BlobUpload for StreamedBlob {
         if self.broken {
             return Err(self.broken_error());
         }
+        // Until it returns: a write cancelled half-way broke the upload too.
+        self.broken = true;
         let written = self.write_chunk(chunk).await;
         self.broken = written.is_err();
         written
