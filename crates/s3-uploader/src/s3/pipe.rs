@@ -8,10 +8,11 @@
 //! `STREAMING-UNSIGNED-PAYLOAD-TRAILER`, and ends with an
 //! `x-amz-checksum-sha256` trailer holding the sha256 we took of the part
 //! as it passed; the store recomputes it and refuses a part that does not
-//! match. We frame the body ourselves rather than let the SDK do it,
-//! because the SDK would hash every byte once more for the trailer and,
-//! over plain HTTP, once more again to sign each chunk (a framing Garage
-//! refuses as "Invalid payload signature").
+//! match. We put the body and its trailer together ourselves rather than
+//! ask the SDK's checksum interceptor for one, because the SDK would hash
+//! every byte once more for the trailer and, over plain HTTP, once more
+//! again to sign each chunk (a framing Garage refuses as "Invalid payload
+//! signature").
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
