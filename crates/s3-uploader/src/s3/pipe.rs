@@ -27,7 +27,7 @@ use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterce
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use tokio::sync::mpsc;
 
 use super::client::SMALL_REQUEST_TIMEOUT;
@@ -96,13 +96,7 @@ pub(super) fn piped_body(len: u64) -> (PipeSender, ByteStream, UnsignedTrailer) 
         decoded_len: len,
         encoded_len: options.encoded_length(),
     };
-    let body = AwsChunkedBody::new(
-        PipeBody {
-            frames: receiver,
-            len,
-        },
-        options,
-    );
+    let body = AwsChunkedBody::new(PipeBody { frames: receiver }, options);
     (
         PipeSender { frames },
         ByteStream::from_body_1_x(body),
@@ -113,7 +107,6 @@ pub(super) fn piped_body(len: u64) -> (PipeSender, ByteStream, UnsignedTrailer) 
 /// The frames sent into the channel, ending when its sender is dropped.
 struct PipeBody {
     frames: mpsc::Receiver<Frame<Bytes>>,
-    len: u64,
 }
 
 impl http_body::Body for PipeBody {
@@ -125,10 +118,6 @@ impl http_body::Body for PipeBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.frames.poll_recv(cx).map(|frame| frame.map(Ok))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.len)
     }
 }
 

@@ -82,7 +82,7 @@ impl S3Store {
             size: 0,
             multipart: None,
             announced: None,
-            piped: None,
+            open_part: None,
             broken: false,
         })
     }
@@ -105,19 +105,11 @@ pub(super) struct StreamedBlob {
     /// The download's length, when it announced one: no byte past it is
     /// taken, and nothing short of it is stored.
     announced: Option<u64>,
-    /// Set when the length was announced and the file takes more than one
-    /// part: the parts are piped, and `filling` stays empty.
-    piped: Option<Piped>,
+    /// The piped part whose request is taking the bytes, until its last
+    /// byte (see [`Self::piped_length`]).
+    open_part: Option<PipedPart>,
     /// A write failed: every later call fails too, and `finish` aborts.
     broken: bool,
-}
-
-/// A file of announced length whose parts are piped into their requests.
-struct Piped {
-    /// The announced length.
-    length: u64,
-    /// The part whose request is taking the bytes, until its last byte.
-    open: Option<PipedPart>,
 }
 
 /// The part being piped.
@@ -355,15 +347,12 @@ impl StreamedBlob {
 
     /// [`BlobUpload::write`] of a piped file: each byte goes into the open
     /// part's request, a part opening when a byte comes for it.
-    async fn write_piped(&mut self, mut chunk: Bytes) -> Result<(), StoreError> {
-        let Some(mut piped) = self.piped.take() else {
-            return Ok(());
-        };
+    async fn write_piped(&mut self, length: u64, mut chunk: Bytes) -> Result<(), StoreError> {
         while !chunk.is_empty() {
-            let mut part = match piped.open.take() {
+            let mut part = match self.open_part.take() {
                 Some(part) => part,
                 None => {
-                    let len = (piped.length - self.size).min(self.part_size as u64);
+                    let len = (length - self.size).min(self.part_size as u64);
                     self.open_piped_part(len).await?
                 }
             };
@@ -388,10 +377,9 @@ impl StreamedBlob {
                 // The trailer is on its way: the answer's time starts.
                 let _ = part.checksum.send(sha256);
             } else {
-                piped.open = Some(part);
+                self.open_part = Some(part);
             }
         }
-        self.piped = Some(piped);
         Ok(())
     }
 
@@ -423,7 +411,7 @@ impl StreamedBlob {
     /// its last byte), waits for every part, completes the upload.
     async fn complete(&mut self, mut multipart: Multipart) -> Result<PutOutcome, StoreError> {
         let mut parts = Vec::new();
-        if self.piped.is_none() {
+        if self.piped_length().is_none() {
             while multipart.in_flight.len() >= self.store.cfg.max_parallel_parts {
                 let part = join_part(&mut multipart.in_flight).await?;
                 multipart.sent.push(part);
@@ -491,9 +479,7 @@ impl BlobUpload for StreamedBlob {
             return;
         }
         self.announced = Some(length);
-        // A file of one part stays one PutObject from its buffer.
-        if self.store.cfg.pipe_parts && length > self.part_size as u64 {
-            self.piped = Some(Piped { length, open: None });
+        if self.piped_length().is_some() {
             // Its buffer (and the permit) go back to the pool unused.
             self.filling = Part {
                 bytes: BytesMut::new(),
@@ -526,6 +512,14 @@ impl BlobUpload for StreamedBlob {
 }
 
 impl StreamedBlob {
+    /// The announced length, when the parts are piped: `pipe_parts`, and a
+    /// length announced before the first byte that takes more than one
+    /// part (a file of one part stays one PutObject from its buffer).
+    fn piped_length(&self) -> Option<u64> {
+        self.announced
+            .filter(|&length| self.store.cfg.pipe_parts && length > self.part_size as u64)
+    }
+
     /// A write failed: the bytes sent are not the file's any more.
     fn broken_error(&self) -> StoreError {
         StoreError::io(
@@ -539,8 +533,8 @@ impl StreamedBlob {
     async fn write_chunk(&mut self, mut chunk: Bytes) -> Result<(), StoreError> {
         let size = self.size + chunk.len() as u64;
         check_announced(&self.key, self.announced, size, false)?;
-        if self.piped.is_some() {
-            return self.write_piped(chunk).await;
+        if let Some(length) = self.piped_length() {
+            return self.write_piped(length, chunk).await;
         }
         self.size += chunk.len() as u64;
         while !chunk.is_empty() {

@@ -15,7 +15,7 @@ use test_support::garage::Garage;
 
 use super::config::MIB;
 use super::pipe::piped_body;
-use super::upload::{AbortGuard, Body, MAX_PARTS, b64};
+use super::upload::{AbortGuard, Body, MAX_PARTS};
 use super::{S3Config, S3Store};
 use crate::StoreError;
 
@@ -135,11 +135,7 @@ async fn a_piped_part_is_held_to_its_trailing_checksum_and_its_length() {
         }
     };
 
-    let sent = send(1, Some(right), 0).await.unwrap();
-    // Garage 2.5 does not echo a trailer's checksum; AWS does.
-    if let Some(theirs) = sent.checksum_sha256() {
-        assert_eq!(theirs, b64(&right));
-    }
+    send(1, Some(right), 0).await.unwrap();
 
     let err = send(2, Some(wrong), 0).await.unwrap_err();
     assert!(matches!(err, StoreError::ChecksumRejected { .. }), "{err}");
